@@ -1,0 +1,129 @@
+//! `authz-sidecar authorize`: decide one request and explain it.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use cedar_policy::{Authorizer, Entity, PolicyId};
+
+use super::{Sources, exit};
+use crate::authz::{
+    Decision, DecisionRequest, Effect, decide_with, parse_entity_uid, resolve_action,
+};
+use crate::policy_store::PolicySnapshot;
+use crate::policy_tests::describe_decision;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    sources: Sources,
+    /// Who asks, as a Cedar entity uid, e.g. 'Studio::User::"user-1"'.
+    #[arg(long, value_name = "UID")]
+    principal: String,
+    /// What they ask to do: a full action uid, or just its name when that is unique,
+    /// e.g. CreatePresignedDomainUrl.
+    #[arg(long, value_name = "ACTION")]
+    action: String,
+    /// What they ask it of, e.g. 'Studio::UserProfile::"user-1-team1"'.
+    #[arg(long, value_name = "UID")]
+    resource: String,
+    /// The request context as a JSON object, e.g. '{"sourceIp": "10.1.2.3"}'.
+    #[arg(long, value_name = "JSON", default_value = "{}")]
+    context: String,
+    /// A JSON file of extra entities for this request (Cedar entity JSON), replacing
+    /// stored entities with the same uid: how the sidecar adds a token's principal.
+    #[arg(long, value_name = "FILE")]
+    request_entities: Option<PathBuf>,
+    /// Print the decision as one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let snapshot = match args.sources.load(err) {
+        Ok(snapshot) => snapshot,
+        Err(code) => return code,
+    };
+    let decision = match decide(args, &snapshot) {
+        Ok(decision) => decision,
+        Err(message) => {
+            let _ = writeln!(err, "error: {message}");
+            return exit::FAILURE;
+        }
+    };
+    if args.json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&decision).unwrap_or_default()
+        );
+    } else {
+        print_text(out, args, &snapshot, &decision);
+    }
+    match decision.effect {
+        Effect::Allow => exit::OK,
+        Effect::Deny => exit::DENIED,
+    }
+}
+
+fn decide(args: &Args, snapshot: &PolicySnapshot) -> Result<Decision, String> {
+    let principal = parse_entity_uid(&args.principal).map_err(|e| e.to_string())?;
+    let action = resolve_action(snapshot.schema(), &args.action).map_err(|e| e.to_string())?;
+    let resource = parse_entity_uid(&args.resource).map_err(|e| e.to_string())?;
+    let context: serde_json::Value = serde_json::from_str(&args.context)
+        .map_err(|e| format!("--context is not a JSON object: {e}"))?;
+    if !context.is_object() {
+        return Err(
+            "--context must be a JSON object, e.g. '{\"sourceIp\": \"10.1.2.3\"}'".to_owned(),
+        );
+    }
+    let entities = match &args.request_entities {
+        Some(path) => read_entities(path, snapshot)?,
+        None => Vec::new(),
+    };
+    let request = DecisionRequest::new(principal, action, resource)
+        .with_context(context)
+        .with_entities(entities);
+    decide_with(&Authorizer::new(), snapshot, &request).map_err(|e| e.to_string())
+}
+
+fn read_entities(path: &std::path::Path, snapshot: &PolicySnapshot) -> Result<Vec<Entity>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    let items: Vec<serde_json::Value> = serde_json::from_str(&text)
+        .map_err(|e| format!("`{}` is not a JSON array of entities: {e}", path.display()))?;
+    items
+        .into_iter()
+        .map(|json| {
+            Entity::from_json_value(json, Some(snapshot.schema()))
+                .map_err(|e| format!("`{}`: {e}", path.display()))
+        })
+        .collect()
+}
+
+fn print_text(out: &mut dyn Write, args: &Args, snapshot: &PolicySnapshot, decision: &Decision) {
+    let verdict = match decision.effect {
+        Effect::Allow => "ALLOW",
+        Effect::Deny => "DENY",
+    };
+    let _ = writeln!(out, "{verdict}: {}", describe_decision(decision));
+    let _ = writeln!(out, "  principal: {}", args.principal.trim());
+    let _ = writeln!(out, "  action:    {}", args.action.trim());
+    let _ = writeln!(out, "  resource:  {}", args.resource.trim());
+    for id in &decision.policies {
+        let origin = snapshot
+            .policy_origin(&PolicyId::new(id))
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let _ = writeln!(out, "  policy:    {id}  ({origin})");
+    }
+    for error in &decision.errors {
+        let _ = writeln!(out, "  error:     {}: {}", error.policy, error.message);
+    }
+    let _ = writeln!(
+        out,
+        "  snapshot:  {} ({} policies, {} entities)",
+        decision.snapshot,
+        snapshot.policy_count(),
+        snapshot.entity_count()
+    );
+}

@@ -1,0 +1,31 @@
+//! `authz-sidecar validate`: is everything in the two directories valid?
+
+use std::io::Write;
+
+use super::{Sources, exit};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    sources: Sources,
+}
+
+pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let snapshot = match args.sources.load(err) {
+        Ok(snapshot) => snapshot,
+        Err(code) => return code,
+    };
+    for warning in snapshot.warnings() {
+        let _ = writeln!(err, "warning: {warning}");
+    }
+    let _ = writeln!(
+        out,
+        "valid: {} policies and {} entities in `{}` and `{}` (snapshot {})",
+        snapshot.policy_count(),
+        snapshot.entity_count(),
+        args.sources.policies.display(),
+        args.sources.entities.display(),
+        snapshot.version(),
+    );
+    exit::OK
+}

@@ -1,0 +1,17 @@
+//! authz-sidecar: a policy-driven authorization sidecar.
+//!
+//! Every call is authenticated, turned into a Cedar request, decided against the
+//! security team's policies over cached entities, logged, and only then handled or
+//! forwarded. This crate holds the whole of it; the `authz-sidecar` binary is a thin
+//! `main` over [`cli`].
+//!
+//! - [`policy_store`]: the immutable policy snapshot, built from files, and hot reload.
+//! - [`authz`]: the decision engine the data plane and the CLI call.
+//! - [`policy_tests`]: decision tables, the security team's unit tests for policies.
+//! - [`cli`]: `validate`, `authorize`, `test`.
+
+pub mod authz;
+pub mod cli;
+pub mod policy_store;
+pub mod policy_tests;
+pub mod telemetry;

@@ -1,0 +1,134 @@
+//! Policy state: one immutable [`PolicySnapshot`] behind one atomic swap.
+//!
+//! Readers call [`PolicyStore::current`] on every decision and never lock: the snapshot
+//! sits in an [`ArcSwap`], whose load is a few atomic operations. Only the reloader
+//! writes, and only whole snapshots, so a decision always sees policies, schema and
+//! entities that were validated together. A failed rebuild leaves the current snapshot
+//! in place and is recorded in [`ReloadStatus`] (and in metrics and logs by the reloader).
+
+mod diagnostics;
+mod reload;
+mod snapshot;
+mod sources;
+mod statements;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+
+pub use diagnostics::{LoadError, Location, Problem};
+pub use reload::{ReloadOptions, ReloadOutcome, spawn_file_reloader};
+pub use snapshot::{Origin, PolicySnapshot, SnapshotSource, SnapshotVersion};
+pub use sources::{SourceDirs, Sources};
+
+/// Shared handle on the current snapshot. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PolicyStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    current: ArcSwap<PolicySnapshot>,
+    /// Generation of the newest snapshot; each swap takes the next number.
+    generation: AtomicU64,
+    status: ReloadStatus,
+}
+
+/// What the reloader has seen: counters for metrics and `/readyz`, and the last error.
+#[derive(Debug, Default)]
+pub struct ReloadStatus {
+    successes: AtomicU64,
+    failures: AtomicU64,
+    /// The problems of the newest failed rebuild, until a rebuild succeeds. An
+    /// `ArcSwapOption` so that reporting it never blocks the reloader.
+    last_error: ArcSwapOption<LoadError>,
+    /// Digest of the inputs that last failed, so an unchanged broken file is reported
+    /// once, not on every poll.
+    last_failed_digest: ArcSwapOption<String>,
+}
+
+/// A copy of the reload counters at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadStats {
+    pub successes: u64,
+    pub failures: u64,
+    pub last_error: Option<LoadError>,
+}
+
+impl PolicyStore {
+    /// A store serving `initial` (generation 1 by convention of the loaders).
+    pub fn new(initial: PolicySnapshot) -> Self {
+        let generation = initial.version().generation;
+        Self {
+            inner: Arc::new(Inner {
+                current: ArcSwap::from_pointee(initial),
+                generation: AtomicU64::new(generation),
+                status: ReloadStatus::default(),
+            }),
+        }
+    }
+
+    /// Build the first snapshot from two directories (blocking file I/O).
+    pub fn load_files(dirs: &SourceDirs) -> Result<Self, LoadError> {
+        PolicySnapshot::load(dirs, 1).map(Self::new)
+    }
+
+    /// The snapshot serving now. Lock-free; hold it for the length of one decision.
+    pub fn current(&self) -> Arc<PolicySnapshot> {
+        self.inner.current.load_full()
+    }
+
+    /// The generation the next snapshot must carry.
+    pub fn next_generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire) + 1
+    }
+
+    /// Swap in a new snapshot and record the success.
+    pub fn publish(&self, snapshot: PolicySnapshot) {
+        self.inner
+            .generation
+            .fetch_max(snapshot.version().generation, Ordering::AcqRel);
+        self.inner.current.store(Arc::new(snapshot));
+        self.inner.status.successes.fetch_add(1, Ordering::Relaxed);
+        self.inner.status.last_error.store(None);
+        self.inner.status.last_failed_digest.store(None);
+    }
+
+    /// Record a failed rebuild of inputs with `digest`. Returns false when the same
+    /// inputs had already failed (so the caller logs each broken change once).
+    pub fn record_failure(&self, digest: &str, error: LoadError) -> bool {
+        let status = &self.inner.status;
+        if status
+            .last_failed_digest
+            .load()
+            .as_deref()
+            .is_some_and(|d| d == digest)
+        {
+            return false;
+        }
+        status.failures.fetch_add(1, Ordering::Relaxed);
+        status.last_error.store(Some(Arc::new(error)));
+        status
+            .last_failed_digest
+            .store(Some(Arc::new(digest.to_owned())));
+        true
+    }
+
+    /// Forget a recorded failure because the files are back to the serving snapshot.
+    /// Returns whether there was one.
+    pub fn clear_failure(&self) -> bool {
+        let status = &self.inner.status;
+        status.last_failed_digest.swap(None).is_some() | status.last_error.swap(None).is_some()
+    }
+
+    pub fn stats(&self) -> ReloadStats {
+        let status = &self.inner.status;
+        ReloadStats {
+            successes: status.successes.load(Ordering::Relaxed),
+            failures: status.failures.load(Ordering::Relaxed),
+            last_error: status.last_error.load_full().map(|e| (*e).clone()),
+        }
+    }
+}

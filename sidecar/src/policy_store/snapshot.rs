@@ -1,0 +1,602 @@
+//! The immutable policy snapshot: policies, schema and entities that were validated
+//! together, with a version and where they came from.
+//!
+//! A snapshot is built whole or not at all: any problem in any file fails the build and
+//! the caller keeps whatever snapshot it had. Once built it never changes, so readers
+//! share it through an `Arc` with no lock; a reload builds a new one and swaps it in
+//! (see [`super::PolicyStore`]). Per-snapshot caches live inside the snapshot, so a new
+//! snapshot starts with empty caches and can never serve a stale entity.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use cedar_policy::{
+    Entities, Entity, EntityUid, EvalResult, PolicyId, PolicySet, Schema, SchemaFragment,
+    ValidationMode, Validator,
+};
+use moka::sync::Cache;
+use serde_json::value::RawValue;
+
+use super::diagnostics::{LoadError, Location, Problem, describe};
+use super::sources::{SourceDirs, SourceFile, Sources};
+use super::statements::statement_starts;
+
+/// How many per-entity slices a snapshot keeps (see [`PolicySnapshot::entity_slice`]).
+const SLICE_CACHE_CAPACITY: u64 = 50_000;
+
+/// Identifies a snapshot: the digest of its inputs (the same on every sidecar that reads
+/// the same files) and this process's generation counter (increases with every swap).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotVersion {
+    pub digest: String,
+    pub generation: u64,
+}
+
+impl fmt::Display for SnapshotVersion {
+    /// The first 12 hex digits of the digest: short enough for a log line, long enough
+    /// to tell two policy sets apart.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.digest.get(..12).unwrap_or(&self.digest))
+    }
+}
+
+/// Where a snapshot's policies came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotSource {
+    /// `policies/` and `entities/` directories.
+    Files(SourceDirs),
+}
+
+impl fmt::Display for SnapshotSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Files(dirs) => {
+                write!(
+                    f,
+                    "files: policies `{}`, entities `{}`",
+                    dirs.policies.display(),
+                    dirs.entities.display()
+                )
+            }
+        }
+    }
+}
+
+/// Where a policy or entity was defined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub location: Option<Location>,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.location {
+            Some(loc) => write!(f, "{}:{}", self.file.display(), loc.line),
+            None => write!(f, "{}", self.file.display()),
+        }
+    }
+}
+
+/// One immutable, validated policy state.
+pub struct PolicySnapshot {
+    version: SnapshotVersion,
+    source: SnapshotSource,
+    loaded_at: SystemTime,
+    policies: PolicySet,
+    schema: Schema,
+    entities: Entities,
+    policy_origins: HashMap<PolicyId, Origin>,
+    entity_origins: HashMap<EntityUid, Origin>,
+    /// Entity uids written literally in policies (e.g. `Studio::Team::"admins"`): every
+    /// request slice includes them, since a policy may read their attributes.
+    policy_literals: Vec<EntityUid>,
+    warnings: Vec<Problem>,
+    /// Per-entity slice cache: uid → that entity and everything reachable from it.
+    /// moka because readers on every core hit it concurrently and it must stay bounded.
+    slices: Cache<EntityUid, Arc<[Entity]>>,
+}
+
+impl fmt::Debug for PolicySnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicySnapshot")
+            .field("version", &self.version)
+            .field("source", &self.source)
+            .field("policies", &self.policy_count())
+            .field("entities", &self.entity_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PolicySnapshot {
+    /// Read and build a snapshot from two directories (blocking file I/O).
+    pub fn load(dirs: &SourceDirs, generation: u64) -> Result<Self, LoadError> {
+        let sources = Sources::read(dirs)?;
+        Self::from_sources(&sources, SnapshotSource::Files(dirs.clone()), generation)
+    }
+
+    /// Build a snapshot from file texts already read: parse the schema, parse the
+    /// policies and give them their `@id`s, validate them strictly against the schema,
+    /// and parse the entities against the schema. Every problem is collected before
+    /// failing, so one run lists them all.
+    pub fn from_sources(
+        sources: &Sources,
+        source: SnapshotSource,
+        generation: u64,
+    ) -> Result<Self, LoadError> {
+        let mut problems = Vec::new();
+        let mut warnings = Vec::new();
+
+        let schema = parse_schema(&sources.schemas, &mut problems, &mut warnings);
+        let (policies, policy_origins) = parse_policies(&sources.policies, &mut problems);
+        let (Some(schema), Some(policies)) = (schema, policies) else {
+            return Err(LoadError::new(problems));
+        };
+
+        validate_policies(
+            &schema,
+            &policies,
+            &policy_origins,
+            &sources.policies,
+            &mut problems,
+            &mut warnings,
+        );
+        let entities = parse_entities(&sources.entities, &schema, &mut problems);
+        let Some((entities, entity_origins)) = entities else {
+            return Err(LoadError::new(problems));
+        };
+        if !problems.is_empty() {
+            return Err(LoadError::new(problems));
+        }
+        warnings.extend(dangling_references(&entities, &entity_origins));
+
+        let policy_literals = policies
+            .policies()
+            .flat_map(|p| p.entity_literals())
+            .filter(|uid| !is_action(uid))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+
+        Ok(Self {
+            version: SnapshotVersion {
+                digest: sources.digest.clone(),
+                generation,
+            },
+            source,
+            loaded_at: SystemTime::now(),
+            policies,
+            schema,
+            entities,
+            policy_origins,
+            entity_origins,
+            policy_literals,
+            warnings,
+            slices: Cache::builder().max_capacity(SLICE_CACHE_CAPACITY).build(),
+        })
+    }
+
+    pub fn version(&self) -> &SnapshotVersion {
+        &self.version
+    }
+
+    pub fn source(&self) -> &SnapshotSource {
+        &self.source
+    }
+
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    pub fn policies(&self) -> &PolicySet {
+        &self.policies
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    pub fn entities(&self) -> &Entities {
+        &self.entities
+    }
+
+    /// Warnings that did not stop the load (validator warnings, references to entities
+    /// that no file defines).
+    pub fn warnings(&self) -> &[Problem] {
+        &self.warnings
+    }
+
+    pub fn policy_count(&self) -> usize {
+        self.policies.policies().count()
+    }
+
+    /// Entities from the entity files (action entities from the schema not counted).
+    pub fn entity_count(&self) -> usize {
+        self.entity_origins.len()
+    }
+
+    /// Where a policy was defined, e.g. `policies/presign.cedar:14`.
+    pub fn policy_origin(&self, id: &PolicyId) -> Option<&Origin> {
+        self.policy_origins.get(id)
+    }
+
+    /// Ids of every policy, sorted.
+    pub fn policy_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .policies
+            .policies()
+            .map(|p| p.id().to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// A stored entity and every stored entity reachable from it through parents,
+    /// entity-valued attributes and tags (the entity itself first when it exists).
+    /// Cached per snapshot.
+    pub fn entity_slice(&self, uid: &EntityUid) -> Arc<[Entity]> {
+        self.slices
+            .get_with_by_ref(uid, || self.reachable_from([uid.clone()]).into())
+    }
+
+    /// How many entity slices this snapshot has cached (for metrics).
+    pub fn cached_slices(&self) -> u64 {
+        self.slices.entry_count()
+    }
+
+    /// The entities a request needs, when the caller adds entities of its own (e.g. the
+    /// principal built from a token): the slices of every uid the request and the added
+    /// entities mention, the policies' literal entities, and the added entities, which
+    /// replace stored entities with the same uid. Schema-checked; action entities come
+    /// from the schema.
+    ///
+    /// This is complete for evaluation: a policy can only reach an entity from the
+    /// principal, action, resource, context or a literal in a policy, by following
+    /// parents, attributes and tags, and every such path is in the slices.
+    pub fn request_entities(
+        &self,
+        roots: &[EntityUid],
+        extra: &[Entity],
+    ) -> Result<Entities, cedar_policy::entities_errors::EntitiesError> {
+        let replaced: HashSet<EntityUid> = extra.iter().map(Entity::uid).collect();
+        let mut chosen: HashMap<EntityUid, Entity> = HashMap::new();
+        let extra_refs = extra.iter().flat_map(|e| references(e, None));
+        for root in roots
+            .iter()
+            .cloned()
+            .chain(extra_refs)
+            .chain(self.policy_literals.iter().cloned())
+        {
+            if is_action(&root) {
+                continue;
+            }
+            for entity in self.entity_slice(&root).iter() {
+                let uid = entity.uid();
+                if !replaced.contains(&uid) {
+                    chosen.entry(uid).or_insert_with(|| entity.clone());
+                }
+            }
+        }
+        let all = chosen.into_values().chain(extra.iter().cloned());
+        Entities::from_entities(all, Some(&self.schema))
+    }
+
+    fn reachable_from(&self, roots: impl IntoIterator<Item = EntityUid>) -> Vec<Entity> {
+        let mut seen = HashSet::new();
+        let mut stack: Vec<EntityUid> = roots.into_iter().collect();
+        let mut found = Vec::new();
+        while let Some(uid) = stack.pop() {
+            if is_action(&uid) || !seen.insert(uid.clone()) {
+                continue;
+            }
+            let Some(entity) = self.entities.get(&uid) else {
+                continue;
+            };
+            stack.extend(references(entity, Some(&self.entities)));
+            found.push(entity.clone());
+        }
+        found
+    }
+}
+
+/// Uids an entity points at: its ancestors (all of them when `store` has computed the
+/// hierarchy, else its direct parents are not visible and only attributes and tags
+/// count) and every entity uid inside its attributes and tags.
+fn references(entity: &Entity, store: Option<&Entities>) -> Vec<EntityUid> {
+    let uid = entity.uid();
+    let mut out: Vec<EntityUid> = match store.and_then(|s| s.ancestors(&uid)) {
+        Some(ancestors) => ancestors.cloned().collect(),
+        None => Vec::new(),
+    };
+    if store.is_none() {
+        // an entity of the caller's, not in the store: its parents are in its JSON form
+        if let Ok(serde_json::Value::Object(json)) = entity.to_json_value() {
+            if let Some(serde_json::Value::Array(parents)) = json.get("parents") {
+                out.extend(
+                    parents
+                        .iter()
+                        .filter_map(|p| EntityUid::from_json(p.clone()).ok()),
+                );
+            }
+        }
+    }
+    let values = entity
+        .attrs()
+        .map(|(_, v)| v)
+        .chain(entity.tags().map(|(_, v)| v));
+    for value in values.flatten() {
+        collect_uids(&value, &mut out);
+    }
+    out
+}
+
+fn collect_uids(value: &EvalResult, out: &mut Vec<EntityUid>) {
+    match value {
+        EvalResult::EntityUid(uid) => out.push(uid.clone()),
+        EvalResult::Set(set) => set.iter().for_each(|v| collect_uids(v, out)),
+        EvalResult::Record(record) => record.iter().for_each(|(_, v)| collect_uids(v, out)),
+        EvalResult::Bool(_)
+        | EvalResult::Long(_)
+        | EvalResult::String(_)
+        | EvalResult::ExtensionValue(_) => {}
+    }
+}
+
+/// Action entities come from the schema, never from slices.
+pub(crate) fn is_action(uid: &EntityUid) -> bool {
+    uid.type_name().basename() == "Action"
+}
+
+fn parse_schema(
+    files: &[SourceFile],
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<Problem>,
+) -> Option<Schema> {
+    let mut fragments = Vec::new();
+    for file in files {
+        match SchemaFragment::from_cedarschema_str(&file.text) {
+            Ok((fragment, found)) => {
+                fragments.push(fragment);
+                for w in found {
+                    warnings.extend(Problem::from_diagnostic(&file.path, &file.text, &w));
+                }
+            }
+            Err(e) => problems.extend(Problem::from_diagnostic(&file.path, &file.text, &e)),
+        }
+    }
+    if fragments.len() != files.len() {
+        return None;
+    }
+    match Schema::from_schema_fragments(fragments) {
+        Ok(schema) => Some(schema),
+        Err(e) => {
+            // Errors across fragments have no single source; with one file its spans
+            // point into it.
+            match files {
+                [only] => problems.extend(Problem::from_diagnostic(&only.path, &only.text, &e)),
+                _ => {
+                    let names: Vec<String> =
+                        files.iter().map(|f| f.path.display().to_string()).collect();
+                    problems.push(Problem::new(names.join(", "), None, describe(&e, None)));
+                }
+            }
+            None
+        }
+    }
+}
+
+fn parse_policies(
+    files: &[SourceFile],
+    problems: &mut Vec<Problem>,
+) -> (Option<PolicySet>, HashMap<PolicyId, Origin>) {
+    let mut origins: HashMap<PolicyId, Origin> = HashMap::new();
+    let mut policies = Vec::new();
+    let mut failed = false;
+    for file in files {
+        let parsed = match PolicySet::from_str(&file.text) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                problems.extend(Problem::from_diagnostic(&file.path, &file.text, &e));
+                failed = true;
+                continue;
+            }
+        };
+        let starts = statement_starts(&file.text);
+        let origin_of = |auto_id: &PolicyId| Origin {
+            file: file.path.clone(),
+            location: auto_id
+                .to_string()
+                .strip_prefix("policy")
+                .and_then(|n| n.parse::<usize>().ok())
+                .and_then(|n| starts.get(n))
+                .map(|&offset| Location::of_offset(&file.text, offset)),
+        };
+        for template in parsed.templates() {
+            let origin = origin_of(template.id());
+            problems.push(Problem::new(
+                origin.file,
+                origin.location,
+                "policy templates (policies with `?principal` or `?resource` slots) cannot be linked from files; \
+                 write a static policy, or keep templates in a Verified Permissions policy store",
+            ));
+            failed = true;
+        }
+        for policy in parsed.policies() {
+            let origin = origin_of(policy.id());
+            let Some(id) = policy
+                .annotation("id")
+                .map(str::trim)
+                .filter(|id| !id.is_empty())
+            else {
+                problems.push(Problem::new(
+                    origin.file,
+                    origin.location,
+                    "policy has no `@id(\"...\")` annotation; every policy needs a unique id so decisions can name it",
+                ));
+                failed = true;
+                continue;
+            };
+            let id = PolicyId::new(id);
+            if let Some(first) = origins.get(&id) {
+                problems.push(Problem::new(
+                    origin.file.clone(),
+                    origin.location,
+                    format!(
+                        "duplicate policy id `{id}`: it is already used by the policy at {first}"
+                    ),
+                ));
+                failed = true;
+                continue;
+            }
+            policies.push(policy.new_id(id.clone()));
+            origins.insert(id, origin);
+        }
+    }
+    if failed {
+        return (None, origins);
+    }
+    match PolicySet::from_policies(policies) {
+        Ok(set) => (Some(set), origins),
+        Err(e) => {
+            let dir = files
+                .first()
+                .and_then(|f| f.path.parent())
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            problems.push(Problem::new(dir, None, describe(&e, None)));
+            (None, origins)
+        }
+    }
+}
+
+fn validate_policies(
+    schema: &Schema,
+    policies: &PolicySet,
+    origins: &HashMap<PolicyId, Origin>,
+    files: &[SourceFile],
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<Problem>,
+) {
+    let result = Validator::new(schema.clone()).validate(policies, ValidationMode::Strict);
+    let text_of = |id: &PolicyId| {
+        let origin = origins.get(id)?;
+        let file = files.iter().find(|f| f.path == origin.file)?;
+        Some((file.path.clone(), file.text.as_str()))
+    };
+    for error in result.validation_errors() {
+        if let Some((path, text)) = text_of(error.policy_id()) {
+            problems.extend(Problem::from_diagnostic(&path, text, error));
+        }
+    }
+    for warning in result.validation_warnings() {
+        if let Some((path, text)) = text_of(warning.policy_id()) {
+            warnings.extend(Problem::from_diagnostic(&path, text, warning));
+        }
+    }
+}
+
+type ParsedEntities = (Entities, HashMap<EntityUid, Origin>);
+
+fn parse_entities(
+    files: &[SourceFile],
+    schema: &Schema,
+    problems: &mut Vec<Problem>,
+) -> Option<ParsedEntities> {
+    let before = problems.len();
+    let mut origins: HashMap<EntityUid, Origin> = HashMap::new();
+    let mut all = Vec::new();
+    for file in files {
+        let items: Vec<&RawValue> = match serde_json::from_str(&file.text) {
+            Ok(items) => items,
+            Err(e) => {
+                let location = Location {
+                    line: e.line(),
+                    column: e.column(),
+                };
+                problems.push(Problem::new(
+                    &file.path,
+                    Some(location).filter(|l| l.line > 0),
+                    format!("expected a JSON array of Cedar entities: {e}"),
+                ));
+                continue;
+            }
+        };
+        for item in items {
+            let offset = (item.get().as_ptr() as usize).saturating_sub(file.text.as_ptr() as usize);
+            let origin = Origin {
+                file: file.path.clone(),
+                location: Some(Location::of_offset(&file.text, offset)),
+            };
+            match Entity::from_json_str(item.get(), Some(schema)) {
+                Ok(entity) => {
+                    let uid = entity.uid();
+                    if let Some(first) = origins.get(&uid) {
+                        problems.push(Problem::new(
+                            origin.file,
+                            origin.location,
+                            format!("duplicate entity `{uid}`: it is already defined at {first}"),
+                        ));
+                        continue;
+                    }
+                    origins.insert(uid, origin);
+                    all.push(entity);
+                }
+                Err(e) => problems.push(Problem::new(
+                    origin.file,
+                    origin.location,
+                    describe(&e, None),
+                )),
+            }
+        }
+    }
+    if problems.len() > before {
+        return None;
+    }
+    match Entities::from_entities(all, Some(schema)) {
+        Ok(entities) => Some((entities, origins)),
+        Err(e) => {
+            let dir = files
+                .first()
+                .and_then(|f| f.path.parent())
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            problems.push(Problem::new(dir, None, describe(&e, None)));
+            None
+        }
+    }
+}
+
+/// References to entities no file defines. Cedar allows them (an `in` test against a
+/// missing entity is simply false), but in a hand-written entity file they are nearly
+/// always a typo, so they are reported.
+fn dangling_references(entities: &Entities, origins: &HashMap<EntityUid, Origin>) -> Vec<Problem> {
+    let mut warnings = Vec::new();
+    for entity in entities.iter() {
+        let uid = entity.uid();
+        let Some(origin) = origins.get(&uid) else {
+            continue;
+        };
+        let mut missing: Vec<String> = references(entity, Some(entities))
+            .into_iter()
+            .filter(|r| !is_action(r) && entities.get(r).is_none())
+            .map(|r| format!("`{r}`"))
+            .collect();
+        missing.sort();
+        missing.dedup();
+        if !missing.is_empty() {
+            warnings.push(Problem::new(
+                origin.file.clone(),
+                origin.location,
+                format!(
+                    "entity `{uid}` refers to {}, which no entity file defines",
+                    missing.join(", ")
+                ),
+            ));
+        }
+    }
+    warnings
+}
