@@ -1,1 +1,14 @@
-fn main() {}
+//! The integration tests: one binary, real files, the real commands in-process.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
+mod cli;
+mod engine;
+mod reload;
+mod support;

@@ -253,7 +253,7 @@ pub fn decide_with(
         roots.extend(context_uids(&request.context));
         let entities = snapshot
             .request_entities(&roots, &request.entities)
-            .map_err(|e: EntitiesError| RequestError::BadEntities(e.to_string()))?;
+            .map_err(|e: Box<EntitiesError>| RequestError::BadEntities(e.to_string()))?;
         authorizer.is_authorized(&cedar_request, snapshot.policies(), &entities)
     };
     let decision = Decision::from_response(&response, snapshot, started);

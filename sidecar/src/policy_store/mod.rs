@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 pub use diagnostics::{LoadError, Location, Problem};
-pub use reload::{ReloadOptions, ReloadOutcome, spawn_file_reloader};
+pub use reload::{ReloadOptions, ReloadOutcome, reload_once, spawn_file_reloader};
 pub use snapshot::{Origin, PolicySnapshot, SnapshotSource, SnapshotVersion};
 pub use sources::{SourceDirs, Sources};
 

@@ -245,6 +245,8 @@ impl PolicySnapshot {
 
     /// How many entity slices this snapshot has cached (for metrics).
     pub fn cached_slices(&self) -> u64 {
+        // moka counts lazily; settle its pending bookkeeping first
+        self.slices.run_pending_tasks();
         self.slices.entry_count()
     }
 
@@ -261,7 +263,7 @@ impl PolicySnapshot {
         &self,
         roots: &[EntityUid],
         extra: &[Entity],
-    ) -> Result<Entities, cedar_policy::entities_errors::EntitiesError> {
+    ) -> Result<Entities, Box<cedar_policy::entities_errors::EntitiesError>> {
         let replaced: HashSet<EntityUid> = extra.iter().map(Entity::uid).collect();
         let mut chosen: HashMap<EntityUid, Entity> = HashMap::new();
         let extra_refs = extra.iter().flat_map(|e| references(e, None));
@@ -282,7 +284,7 @@ impl PolicySnapshot {
             }
         }
         let all = chosen.into_values().chain(extra.iter().cloned());
-        Entities::from_entities(all, Some(&self.schema))
+        Entities::from_entities(all, Some(&self.schema)).map_err(Box::new)
     }
 
     fn reachable_from(&self, roots: impl IntoIterator<Item = EntityUid>) -> Vec<Entity> {
@@ -312,23 +314,20 @@ fn references(entity: &Entity, store: Option<&Entities>) -> Vec<EntityUid> {
         Some(ancestors) => ancestors.cloned().collect(),
         None => Vec::new(),
     };
-    if store.is_none() {
+    if store.is_none()
+        && let Ok(serde_json::Value::Object(json)) = entity.to_json_value()
+        && let Some(serde_json::Value::Array(parents)) = json.get("parents")
+    {
         // an entity of the caller's, not in the store: its parents are in its JSON form
-        if let Ok(serde_json::Value::Object(json)) = entity.to_json_value() {
-            if let Some(serde_json::Value::Array(parents)) = json.get("parents") {
-                out.extend(
-                    parents
-                        .iter()
-                        .filter_map(|p| EntityUid::from_json(p.clone()).ok()),
-                );
-            }
-        }
+        out.extend(
+            parents
+                .iter()
+                .filter_map(|p| EntityUid::from_json(p.clone()).ok()),
+        );
     }
-    let values = entity
-        .attrs()
-        .map(|(_, v)| v)
-        .chain(entity.tags().map(|(_, v)| v));
-    for value in values.flatten() {
+    let attrs = entity.attrs().filter_map(|(_, v)| v.ok());
+    let tags = entity.tags().filter_map(|(_, v)| v.ok());
+    for value in attrs.chain(tags) {
         collect_uids(&value, &mut out);
     }
     out

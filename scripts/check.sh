@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly what CI runs (.ci/run calls this and nothing else):
+# formatting, lints (which keep the request path panic-free), the shipped policies
+# validated and their decision tables run by the real binary, then every Rust test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+echo "== format"
+cargo fmt --all -- --check
+
+echo "== lint"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== shipped policies: validate and decision tables"
+cargo build --locked -p authz-sidecar
+target_dir="${CARGO_TARGET_DIR:-target}"
+"$target_dir/debug/authz-sidecar" validate --policies policies --entities entities
+"$target_dir/debug/authz-sidecar" test --require-coverage --policies policies --entities entities
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi

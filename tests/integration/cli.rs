@@ -1,0 +1,454 @@
+//! The security team's commands, run in-process on the shipped files and on broken ones.
+
+use crate::support::{Workspace, run_cli};
+
+const PRESIGN_CONTEXT: &str = r#"{"sourceVpce": "vpce-0a1a000000000001a", "sourceIp": "10.1.2.3"}"#;
+
+#[test]
+fn help_explains_every_command() {
+    let out = run_cli(&["--help"]);
+    assert_eq!(out.code, 0);
+    for word in ["validate", "authorize", "test", "Exit codes"] {
+        assert!(
+            out.stdout.contains(word),
+            "--help lacks {word}:\n{}",
+            out.stdout
+        );
+    }
+    let out = run_cli(&["authorize", "--help"]);
+    assert_eq!(out.code, 0);
+    assert!(
+        out.stdout.contains("--principal") && out.stdout.contains("--context"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn unknown_command_is_a_usage_error() {
+    let out = run_cli(&["frobnicate"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("frobnicate"), "{}", out.stderr);
+}
+
+#[test]
+fn validate_passes_on_the_shipped_files_with_a_one_line_summary() {
+    let ws = Workspace::shipped();
+    let out = ws.cli(&["validate"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
+    assert!(
+        out.stdout.starts_with("valid: 8 policies and 22 entities"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "warnings on the shipped files: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn validate_names_file_line_and_column_of_a_syntax_error() {
+    let ws = Workspace::shipped();
+    ws.write_policy(
+        "broken.cedar",
+        "@id(\"broken\")\npermit (principal, action, resource) when { principal == };\n",
+    );
+    let out = ws.cli(&["validate"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("broken.cedar:2:58: unexpected token `}`"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn validate_names_a_policy_that_does_not_type_check() {
+    let ws = Workspace::shipped();
+    ws.write_policy(
+        "typo.cedar",
+        "// a typo in an attribute name\n@id(\"typo\")\npermit (principal, action == Studio::Action::\"CreatePresignedDomainUrl\", resource)\nwhen { resource.ownr == principal };\n",
+    );
+    let out = ws.cli(&["validate"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("typo.cedar:4:8: for policy `typo`, attribute `ownr`"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("did you mean `owner`?"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn validate_rejects_an_unguarded_tag_read_as_strict_validation_requires() {
+    let ws = Workspace::shipped();
+    ws.write_policy(
+        "tags.cedar",
+        "@id(\"unguarded\")\npermit (principal, action == Studio::Action::\"CreatePresignedDomainUrl\", resource)\nwhen { resource.getTag(\"Team\") == \"Team1\" };\n",
+    );
+    let out = ws.cli(&["validate"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("tags.cedar:3:"), "{}", out.stderr);
+    assert!(out.stderr.contains("tag"), "{}", out.stderr);
+}
+
+#[test]
+fn validate_names_an_entity_of_an_unknown_type() {
+    let ws = Workspace::shipped();
+    ws.write_entities("admins.json", "[\n  {\"uid\": {\"type\": \"Studio::Admin\", \"id\": \"root\"}, \"attrs\": {}, \"parents\": []}\n]\n");
+    let out = ws.cli(&["validate"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("admins.json:2:3:"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("`Studio::Admin` which is not declared in the schema"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn validate_names_both_places_of_a_duplicate_policy_id() {
+    let ws = Workspace::shipped();
+    ws.write_policy(
+        "zz-copy.cedar",
+        "\n\n@id(\"presign-own-profile\")\nforbid (principal, action, resource);\n",
+    );
+    let out = ws.cli(&["validate"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("duplicate policy id `presign-own-profile`"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("zz-copy.cedar:3:1"), "{}", out.stderr);
+    assert!(out.stderr.contains("presign.cedar:13"), "{}", out.stderr);
+}
+
+#[test]
+fn validate_requires_an_id_on_every_policy() {
+    let ws = Workspace::shipped();
+    ws.write_policy(
+        "anonymous.cedar",
+        "// no id\npermit (principal, action, resource);\n",
+    );
+    let out = ws.cli(&["validate"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("anonymous.cedar:2:1: policy has no `@id"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn validate_lists_every_problem_in_one_run() {
+    let ws = Workspace::shipped();
+    ws.write_policy(
+        "broken.cedar",
+        "@id(\"x\") permit (principal, action, resource) when { ; };\n",
+    );
+    ws.write_entities("bad.json", "[{\"uid\": {\"type\": \"Studio::Team\", \"id\": \"T\"}, \"attrs\": {\"executionRoleName\": 5}, \"parents\": []}]");
+    ws.write_entities(
+        "worse.json",
+        "[{\"uid\": {\"type\": \"Nope\", \"id\": \"n\"}, \"attrs\": {}, \"parents\": []}]",
+    );
+    let out = ws.cli(&["validate"]);
+    assert_eq!(out.code, 1);
+    // the policy error stops the entity check (entities are checked against a schema
+    // and a policy set that load), so fix-and-rerun shows the entity errors
+    assert!(out.stderr.contains("broken.cedar:1:"), "{}", out.stderr);
+    std::fs::remove_file(ws.policies().join("broken.cedar")).unwrap();
+    let out = ws.cli(&["validate"]);
+    assert!(
+        out.stderr.contains("bad.json:1:2:") && out.stderr.contains("type mismatch"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("worse.json:1:2:"), "{}", out.stderr);
+    assert!(out.stderr.ends_with("2 problems found\n"), "{}", out.stderr);
+}
+
+#[test]
+fn validate_warns_about_references_to_undefined_entities_but_passes() {
+    let ws = Workspace::shipped();
+    ws.write_entities(
+        "typo.json",
+        "[{\"uid\": {\"type\": \"Studio::User\", \"id\": \"u9\"}, \"attrs\": {}, \"parents\": [{\"type\": \"Studio::Team\", \"id\": \"Team9\"}]}]",
+    );
+    let out = ws.cli(&["validate"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("warning: ") && out.stderr.contains("`Studio::Team::\"Team9\"`"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn validate_fails_without_a_schema_or_policies() {
+    let ws = Workspace::shipped();
+    std::fs::remove_file(ws.policies().join("schema.cedarschema")).unwrap();
+    let out = ws.cli(&["validate"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("no schema"), "{}", out.stderr);
+}
+
+#[test]
+fn authorize_explains_an_allow() {
+    let ws = Workspace::shipped();
+    let out = ws.cli(&[
+        "authorize",
+        "--principal",
+        r#"Studio::User::"user-1""#,
+        "--action",
+        "CreatePresignedDomainUrl",
+        "--resource",
+        r#"Studio::UserProfile::"user-1-team1""#,
+        "--context",
+        PRESIGN_CONTEXT,
+    ]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .starts_with("ALLOW: allow decided by [presign-own-profile]"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("presign-own-profile  (") && out.stdout.contains("presign.cedar:13)"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn authorize_names_the_forbid_that_denied_and_exits_3() {
+    let ws = Workspace::shipped();
+    let out = ws.cli(&[
+        "authorize",
+        "--principal",
+        r#"Studio::User::"user-1""#,
+        "--action",
+        r#"Studio::Action::"CreatePresignedDomainUrl""#,
+        "--resource",
+        r#"Studio::UserProfile::"user-1-team1""#,
+        "--context",
+        r#"{"sourceVpce": "vpce-0b2b000000000001b", "sourceIp": "10.1.2.3"}"#,
+        "--json",
+    ]);
+    assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(json["effect"], "deny");
+    assert_eq!(json["reason"], "forbidden");
+    assert_eq!(
+        json["policies"],
+        serde_json::json!(["presign-only-through-lob-vpce"])
+    );
+    assert_eq!(json["errors"], serde_json::json!([]));
+    assert!(json["snapshot"].as_str().is_some_and(|s| s.len() == 12));
+}
+
+#[test]
+fn authorize_rejects_a_context_that_does_not_fit_the_schema() {
+    let ws = Workspace::shipped();
+    let out = ws.cli(&[
+        "authorize",
+        "--principal",
+        r#"Studio::User::"user-1""#,
+        "--action",
+        "CreatePresignedDomainUrl",
+        "--resource",
+        r#"Studio::UserProfile::"user-1-team1""#,
+        "--context",
+        r#"{"sourceVpce": "vpce-0a1a000000000001a"}"#,
+    ]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("sourceIp"), "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn authorize_rejects_a_principal_of_the_wrong_type_for_the_action() {
+    let ws = Workspace::shipped();
+    let out = ws.cli(&[
+        "authorize",
+        "--principal",
+        r#"DataZone::User::"4b89ed84-9842-45dd-a2e5-15e49eda2b03""#,
+        "--action",
+        "CreatePresignedDomainUrl",
+        "--resource",
+        r#"Studio::UserProfile::"user-1-team1""#,
+        "--context",
+        PRESIGN_CONTEXT,
+    ]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("does not fit the schema"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn authorize_lists_the_known_actions_for_an_unknown_one() {
+    let ws = Workspace::shipped();
+    let out = ws.cli(&[
+        "authorize",
+        "--principal",
+        r#"Studio::User::"u""#,
+        "--action",
+        "Fly",
+        "--resource",
+        r#"Studio::UserProfile::"p""#,
+    ]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("no action named `Fly`"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(r#"DataZone::Action::"UseAccount""#),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn test_passes_the_shipped_tables_and_covers_every_policy() {
+    let ws = Workspace::shipped();
+    let out = ws.cli(&["test", "--require-coverage"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains(" passed, 0 failed\n"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("coverage: each of the 8 policies"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("FAIL"), "{}", out.stdout);
+}
+
+#[test]
+fn test_fails_on_a_deliberately_wrong_expectation_and_shows_both_sides() {
+    let ws = Workspace::shipped();
+    let tables = ws.dir.path().join("wrong");
+    std::fs::create_dir(&tables).unwrap();
+    std::fs::write(
+        tables.join("wrong.yaml"),
+        r#"
+cases:
+  - name: quarantined account granted (wrong on purpose)
+    principal: DataZone::User::"4b89ed84-9842-45dd-a2e5-15e49eda2b03"
+    action: UseAccount
+    resource: DataZone::Account::"333333333333"
+    context: { regionName: us-east-1, domainIdentifier: dzd-4igt64u5j25ko9 }
+    expect: allow
+  - name: right
+    principal: DataZone::User::"4b89ed84-9842-45dd-a2e5-15e49eda2b03"
+    action: UseAccount
+    resource: DataZone::Account::"333333333333"
+    context: { regionName: us-east-1, domainIdentifier: dzd-4igt64u5j25ko9 }
+    expect: deny
+"#,
+    )
+    .unwrap();
+    let out = ws.cli(&["test", tables.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("FAIL  wrong.yaml: quarantined account granted (wrong on purpose)"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("expected: allow"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("got:      deny decided by [account-must-be-usable]"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("1 passed, 1 failed"), "{}", out.stdout);
+}
+
+#[test]
+fn test_fails_when_the_deciding_policies_differ() {
+    let ws = Workspace::shipped();
+    let tables = ws.dir.path().join("t");
+    std::fs::create_dir(&tables).unwrap();
+    std::fs::write(
+        tables.join("t.json"),
+        r#"{"cases": [{"name": "right effect, wrong policy",
+            "principal": "DataZone::User::\"4b89ed84-9842-45dd-a2e5-15e49eda2b03\"",
+            "action": "DataZone::Action::\"UseAccount\"",
+            "resource": "DataZone::Account::\"004878717744\"",
+            "context": {"regionName": "us-west-2", "domainIdentifier": "dzd-4igt64u5j25ko9"},
+            "expect": "deny", "policies": ["account-must-be-usable"]}]}"#,
+    )
+    .unwrap();
+    let out = ws.cli(&["test", tables.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("expected: deny decided by [account-must-be-usable]"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("got:      deny decided by [account-region-must-be-supported]"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn test_require_coverage_fails_for_a_policy_no_case_exercises() {
+    let ws = Workspace::shipped();
+    ws.write_policy(
+        "extra.cedar",
+        "@id(\"untested\")\nforbid (principal, action == DataZone::Action::\"UseAccount\", resource)\nwhen { context.regionName == \"ap-south-2\" };\n",
+    );
+    let out = ws.cli(&["test"]);
+    assert_eq!(
+        out.code, 0,
+        "coverage is a warning by default: {}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("no passing case is decided by: untested"),
+        "{}",
+        out.stdout
+    );
+    let out = ws.cli(&["test", "--require-coverage"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+}
+
+#[test]
+fn test_reports_a_malformed_table_with_its_line() {
+    let ws = Workspace::shipped();
+    let tables = ws.dir.path().join("bad");
+    std::fs::create_dir(&tables).unwrap();
+    std::fs::write(
+        tables.join("bad.yaml"),
+        "cases:\n  - name: x\n    expect: maybe\n",
+    )
+    .unwrap();
+    let out = ws.cli(&["test", tables.to_str().unwrap()]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("bad.yaml:3:"), "{}", out.stderr);
+    assert!(out.stderr.contains("maybe"), "{}", out.stderr);
+}

@@ -1,0 +1,170 @@
+//! The engine: fail-closed evaluation, entity slices equal to the whole store, and no
+//! stale entities across snapshots.
+
+use authz_sidecar::authz::{DecisionReason, DecisionRequest, Effect, Engine, parse_entity_uid};
+use authz_sidecar::policy_store::{PolicySnapshot, PolicyStore};
+use cedar_policy::Entity;
+use proptest::prelude::*;
+use serde_json::json;
+
+use crate::support::Workspace;
+
+fn uid(text: &str) -> cedar_policy::EntityUid {
+    parse_entity_uid(text).unwrap()
+}
+
+fn entity(json: serde_json::Value, snapshot: &PolicySnapshot) -> Entity {
+    Entity::from_json_value(json, Some(snapshot.schema())).unwrap()
+}
+
+fn presign(principal: &str, profile: &str) -> DecisionRequest {
+    DecisionRequest::new(
+        uid(&format!("Studio::User::\"{principal}\"")),
+        uid(r#"Studio::Action::"CreatePresignedDomainUrl""#),
+        uid(&format!("Studio::UserProfile::\"{profile}\"")),
+    )
+    .with_context(json!({"sourceVpce": "vpce-0a1a000000000001a", "sourceIp": "10.1.2.3"}))
+}
+
+#[test]
+fn an_evaluation_error_denies_even_when_a_permit_matches() {
+    let ws = Workspace::shipped();
+    let engine = Engine::new(PolicyStore::load_files(&ws.dirs()).unwrap());
+    let snapshot = engine.store().current();
+    // A profile in a LOB no entity defines: the permit holds (owner, team, and the user
+    // is made a member of that LOB), but the VPC endpoint forbid cannot read the LOB's
+    // endpoints and errors. Cedar alone would skip the erroring forbid and allow.
+    let request = presign("user-1", "user-1-team1").with_entities(vec![
+        entity(
+            json!({"uid": {"type": "Studio::User", "id": "user-1"}, "attrs": {},
+                   "parents": [{"type": "Studio::Team", "id": "Team1"}, {"type": "Studio::Lob", "id": "lob-z"}],
+                   "tags": {"Team": ["Team1"]}}),
+            &snapshot,
+        ),
+        entity(
+            json!({"uid": {"type": "Studio::UserProfile", "id": "user-1-team1"},
+                   "attrs": {"profileName": "user-1-team1", "owner": {"type": "Studio::User", "id": "user-1"},
+                             "team": {"type": "Studio::Team", "id": "Team1"}, "lob": {"type": "Studio::Lob", "id": "lob-z"}},
+                   "parents": [], "tags": {"Team": "Team1"}}),
+            &snapshot,
+        ),
+    ]);
+    let decision = engine.decide(&request).unwrap();
+    assert_eq!(decision.effect, Effect::Deny);
+    assert_eq!(decision.reason, DecisionReason::EvaluationError);
+    assert_eq!(
+        decision.policies,
+        vec!["presign-own-profile".to_owned()],
+        "the permit did match"
+    );
+    assert_eq!(decision.errors.len(), 1, "{:?}", decision.errors);
+    assert_eq!(decision.errors[0].policy, "presign-only-through-lob-vpce");
+}
+
+#[test]
+fn request_entities_must_fit_the_schema() {
+    let ws = Workspace::shipped();
+    let engine = Engine::new(PolicyStore::load_files(&ws.dirs()).unwrap());
+    // Built without a schema, so it is the engine that must refuse it.
+    let bad = Entity::from_json_value(
+        json!({"uid": {"type": "Studio::User", "id": "user-1"}, "attrs": {"email": 7}, "parents": []}),
+        None,
+    )
+    .unwrap();
+    let err = engine
+        .decide(&presign("user-1", "user-1-team1").with_entities(vec![bad]))
+        .unwrap_err();
+    assert_eq!(err.kind(), "bad_entities", "{err}");
+}
+
+#[test]
+fn a_new_snapshot_never_serves_entities_of_the_old_one() {
+    let ws = Workspace::shipped();
+    let store = PolicyStore::load_files(&ws.dirs()).unwrap();
+    let engine = Engine::new(store.clone());
+    let snapshot = store.current();
+    // Through the slice path (a request entity present), so the old snapshot caches
+    // user-1's slice.
+    let team_entity = entity(
+        json!({"uid": {"type": "Studio::Team", "id": "Team1"}, "attrs": {"executionRoleName": "x"}, "parents": [], "tags": {"Team": "Team1"}}),
+        &snapshot,
+    );
+    let request = presign("user-1", "user-1-team1").with_entities(vec![team_entity]);
+    assert_eq!(engine.decide(&request).unwrap().effect, Effect::Allow);
+    assert!(snapshot.cached_slices() > 0);
+
+    // user-1 leaves lob-a in the files; the new snapshot must see it at once.
+    let users = std::fs::read_to_string(ws.entities().join("users.json")).unwrap();
+    let moved = users.replacen(
+        r#"{ "type": "Studio::Lob", "id": "lob-a" }"#,
+        r#"{ "type": "Studio::Lob", "id": "lob-b" }"#,
+        1,
+    );
+    assert_ne!(users, moved);
+    ws.write_entities("users.json", &moved);
+    store.publish(PolicySnapshot::load(&ws.dirs(), store.next_generation()).unwrap());
+
+    let decision = engine.decide(&request).unwrap();
+    assert_eq!(decision.effect, Effect::Deny);
+    assert_ne!(decision.snapshot, snapshot.version().to_string());
+    assert_eq!(store.current().version().generation, 2);
+}
+
+/// Every request the shipped tables talk about, in all combinations.
+fn principals() -> Vec<&'static str> {
+    vec![
+        r#"Studio::User::"user-1""#,
+        r#"Studio::User::"user-2""#,
+        r#"DataZone::User::"4b89ed84-9842-45dd-a2e5-15e49eda2b03""#,
+        r#"DataZone::User::"9d2f6c1e-37a4-4b0e-8f5a-6c7d8e9f0a1b""#,
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Deciding over a slice of the entities (the path every request with its own
+    /// entities takes) gives exactly the answer of the whole store.
+    #[test]
+    fn slices_decide_exactly_like_the_whole_store(
+        principal in prop::sample::select(principals()),
+        profile in prop::sample::select(vec!["user-1-team1", "user-1-team2", "user-2-team2", "nobody"]),
+        account in prop::sample::select(vec!["004878717744", "111122223333", "333333333333", "444444444444",
+                                             "555555555555", "666666666666", "777777777777", "000000000000"]),
+        region in prop::sample::select(vec!["us-east-1", "us-east-2", "us-west-2", "eu-west-1"]),
+        vpce in prop::sample::select(vec!["vpce-0a1a000000000001a", "vpce-0b2b000000000001b", "vpce-x"]),
+        ip in prop::sample::select(vec!["10.1.2.3", "172.20.0.1", "192.168.0.1"]),
+        domain in prop::sample::select(vec!["dzd-4igt64u5j25ko9", "dzd-0therdomain01"]),
+    ) {
+        let ws = shared_workspace();
+        let snapshot = ws.1.current();
+        let engine = Engine::new(ws.1.clone());
+        let principal_uid = uid(principal);
+        let request = if principal.starts_with("Studio") {
+            DecisionRequest::new(principal_uid.clone(), uid(r#"Studio::Action::"CreatePresignedDomainUrl""#),
+                uid(&format!("Studio::UserProfile::\"{profile}\"")))
+                .with_context(json!({"sourceVpce": vpce, "sourceIp": ip}))
+        } else {
+            DecisionRequest::new(principal_uid.clone(), uid(r#"DataZone::Action::"UseAccount""#),
+                uid(&format!("DataZone::Account::\"{account}\"")))
+                .with_context(json!({"regionName": region, "domainIdentifier": domain}))
+        };
+        let whole = engine.decide(&request).unwrap();
+        // The stored principal, handed back as a request entity: same data, slice path.
+        let stored = snapshot.entities().get(&principal_uid).unwrap().clone();
+        let sliced = engine.decide(&request.clone().with_entities(vec![stored])).unwrap();
+        prop_assert_eq!(whole.effect, sliced.effect);
+        prop_assert_eq!(whole.reason, sliced.reason);
+        prop_assert_eq!(whole.policies, sliced.policies);
+        prop_assert_eq!(whole.errors.len(), sliced.errors.len());
+    }
+}
+
+fn shared_workspace() -> &'static (Workspace, PolicyStore) {
+    static WS: std::sync::OnceLock<(Workspace, PolicyStore)> = std::sync::OnceLock::new();
+    WS.get_or_init(|| {
+        let ws = Workspace::shipped();
+        let store = PolicyStore::load_files(&ws.dirs()).unwrap();
+        (ws, store)
+    })
+}
