@@ -1,1 +1,92 @@
-fn main() {}
+//! One decision, at 10, 100 and 1,000 policies over 10,000 entities.
+//!
+//! - `presign`: the whole-store path (no request entities), as the CLI and the
+//!   account-pool handler decide.
+//! - `presign_token_principal`: the data plane's path, with the principal passed as a
+//!   request entity, so the engine builds a cached entity slice.
+//! - `use_account`: one validateAccountAuthorization question.
+//! - `snapshot_build`: parsing, validating and indexing everything (reload cost).
+//!
+//! Run: `cargo bench -p authz-sidecar-bench --bench decision`. Results: bench/README.md.
+
+#![allow(clippy::panic, clippy::unwrap_used, reason = "benchmark harness: a broken workload must stop the run")]
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use authz_sidecar::authz::{DecisionRequest, Effect, decide_with, parse_entity_uid};
+use authz_sidecar::policy_store::{PolicySnapshot, SnapshotSource};
+use authz_sidecar_bench::{grown_snapshot, grown_sources, shipped_dirs};
+use cedar_policy::Authorizer;
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use serde_json::json;
+
+const ENTITIES: usize = 10_000;
+const POLICY_COUNTS: [usize; 3] = [10, 100, 1_000];
+
+fn uid(text: &str) -> cedar_policy::EntityUid {
+    parse_entity_uid(text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn presign_request() -> DecisionRequest {
+    DecisionRequest::new(
+        uid(r#"Studio::User::"user-1""#),
+        uid(r#"Studio::Action::"CreatePresignedDomainUrl""#),
+        uid(r#"Studio::UserProfile::"user-1-team1""#),
+    )
+    .with_context(json!({"sourceVpce": "vpce-0a1a000000000001a", "sourceIp": "10.1.2.3"}))
+}
+
+fn use_account_request() -> DecisionRequest {
+    DecisionRequest::new(
+        uid(r#"DataZone::User::"4b89ed84-9842-45dd-a2e5-15e49eda2b03""#),
+        uid(r#"DataZone::Action::"UseAccount""#),
+        uid(r#"DataZone::Account::"004878717744""#),
+    )
+    .with_context(json!({"regionName": "us-east-2", "domainIdentifier": "dzd-4igt64u5j25ko9"}))
+}
+
+fn decisions(c: &mut Criterion) {
+    let authorizer = Authorizer::new();
+    let mut group = c.benchmark_group("decide");
+    group.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    for policies in POLICY_COUNTS {
+        let snapshot = grown_snapshot(policies, ENTITIES).unwrap_or_else(|e| panic!("workload: {e}"));
+        assert_eq!(snapshot.policy_count(), policies);
+        assert!(snapshot.entity_count() >= ENTITIES);
+
+        let presign = presign_request();
+        let check = |r: &DecisionRequest, s: &PolicySnapshot| decide_with(&authorizer, s, r).map(|d| d.effect);
+        assert_eq!(check(&presign, &snapshot).ok(), Some(Effect::Allow));
+        group.bench_with_input(BenchmarkId::new("presign", policies), &snapshot, |b, s| {
+            b.iter(|| decide_with(&authorizer, s, black_box(&presign)))
+        });
+
+        let principal = snapshot.entities().get(&presign.principal).cloned().into_iter().collect();
+        let with_token = presign.clone().with_entities(principal);
+        assert_eq!(check(&with_token, &snapshot).ok(), Some(Effect::Allow));
+        group.bench_with_input(BenchmarkId::new("presign_token_principal", policies), &snapshot, |b, s| {
+            b.iter(|| decide_with(&authorizer, s, black_box(&with_token)))
+        });
+
+        let account = use_account_request();
+        assert_eq!(check(&account, &snapshot).ok(), Some(Effect::Allow));
+        group.bench_with_input(BenchmarkId::new("use_account", policies), &snapshot, |b, s| {
+            b.iter(|| decide_with(&authorizer, s, black_box(&account)))
+        });
+    }
+    group.finish();
+}
+
+fn snapshot_build(c: &mut Criterion) {
+    let mut group = c.benchmark_group("snapshot_build");
+    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(10));
+    let sources = grown_sources(1_000, ENTITIES);
+    group.bench_function("1000_policies_10000_entities", |b| {
+        b.iter(|| PolicySnapshot::from_sources(black_box(&sources), SnapshotSource::Files(shipped_dirs()), 1))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decisions, snapshot_build);
+criterion_main!(benches);

@@ -109,10 +109,7 @@ pub struct Report {
 
 impl Report {
     pub fn passed(&self) -> usize {
-        self.results
-            .iter()
-            .filter(|r| matches!(r.outcome, Outcome::Passed(_)))
-            .count()
+        self.results.iter().filter(|r| matches!(r.outcome, Outcome::Passed(_))).count()
     }
 
     pub fn failed(&self) -> usize {
@@ -121,33 +118,19 @@ impl Report {
 
     /// Policies that decided no passing case: nothing shows they do what they say.
     pub fn uncovered(&self) -> Vec<&str> {
-        self.coverage
-            .iter()
-            .filter(|(_, n)| **n == 0)
-            .map(|(id, _)| id.as_str())
-            .collect()
+        self.coverage.iter().filter(|(_, n)| **n == 0).map(|(id, _)| id.as_str()).collect()
     }
 }
 
 /// Read every `*.yaml`, `*.yml` and `*.json` table in `dir` (top level, sorted).
 pub fn load_tables(dir: &Path) -> Result<Vec<TableFile>, LoadError> {
-    let entries = fs::read_dir(dir).map_err(|e| {
-        LoadError::single(Problem::new(
-            dir,
-            None,
-            format!("cannot read the directory: {e}"),
-        ))
-    })?;
+    let entries = fs::read_dir(dir)
+        .map_err(|e| LoadError::single(Problem::new(dir, None, format!("cannot read the directory: {e}"))))?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.is_file())
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml" | "json")
-            )
-        })
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
         .collect();
     paths.sort();
     if paths.is_empty() {
@@ -165,45 +148,30 @@ pub fn load_tables(dir: &Path) -> Result<Vec<TableFile>, LoadError> {
             Err(problem) => problems.push(problem),
         }
     }
-    if problems.is_empty() {
-        Ok(tables)
-    } else {
-        Err(LoadError::new(problems))
-    }
+    if problems.is_empty() { Ok(tables) } else { Err(LoadError::new(problems)) }
 }
 
 fn parse_table(path: &Path) -> Result<Table, Problem> {
-    let text = fs::read_to_string(path)
-        .map_err(|e| Problem::new(path, None, format!("cannot read the file: {e}")))?;
+    let text = fs::read_to_string(path).map_err(|e| Problem::new(path, None, format!("cannot read the file: {e}")))?;
     let is_json = path.extension().is_some_and(|e| e == "json");
     let table: Table = if is_json {
         serde_json::from_str(&text).map_err(|e| {
             Problem::new(
                 path,
-                Some(Location {
-                    line: e.line(),
-                    column: e.column(),
-                }),
+                Some(Location { line: e.line(), column: e.column() }),
                 format!("not a decision table: {e}"),
             )
         })?
     } else {
         serde_yaml_ng::from_str(&text).map_err(|e| {
-            let location = e.location().map(|l| Location {
-                line: l.line(),
-                column: l.column(),
-            });
+            let location = e.location().map(|l| Location { line: l.line(), column: l.column() });
             Problem::new(path, location, format!("not a decision table: {e}"))
         })?
     };
     let mut seen = std::collections::HashSet::new();
     for case in &table.cases {
         if !seen.insert(case.name.as_str()) {
-            return Err(Problem::new(
-                path,
-                None,
-                format!("two cases are named `{}`; names must be unique", case.name),
-            ));
+            return Err(Problem::new(path, None, format!("two cases are named `{}`; names must be unique", case.name)));
         }
     }
     Ok(table)
@@ -212,14 +180,8 @@ fn parse_table(path: &Path) -> Result<Table, Problem> {
 /// Run every case of every table against `snapshot`.
 pub fn run(snapshot: &PolicySnapshot, tables: &[TableFile]) -> Report {
     let authorizer = Authorizer::new();
-    let mut report = Report {
-        results: Vec::new(),
-        coverage: snapshot
-            .policy_ids()
-            .into_iter()
-            .map(|id| (id, 0))
-            .collect(),
-    };
+    let mut report =
+        Report { results: Vec::new(), coverage: snapshot.policy_ids().into_iter().map(|id| (id, 0)).collect() };
     for file in tables {
         for case in &file.table.cases {
             let outcome = match run_case(&authorizer, snapshot, &file.table.defaults, case) {
@@ -231,11 +193,7 @@ pub fn run(snapshot: &PolicySnapshot, tables: &[TableFile]) -> Report {
                     *report.coverage.entry(id.clone()).or_default() += 1;
                 }
             }
-            report.results.push(CaseResult {
-                file: file.path.clone(),
-                name: case.name.clone(),
-                outcome,
-            });
+            report.results.push(CaseResult { file: file.path.clone(), name: case.name.clone(), outcome });
         }
     }
     report
@@ -252,23 +210,12 @@ fn run_case(
             .or_else(|| default.clone())
             .ok_or_else(|| format!("the case has no `{name}` (and the table no default)"))
     };
-    let principal = parse_entity_uid(&field(
-        "principal",
-        &case.fields.principal,
-        &defaults.principal,
-    )?)
-    .map_err(|e| e.to_string())?;
-    let action = resolve_action(
-        snapshot.schema(),
-        &field("action", &case.fields.action, &defaults.action)?,
-    )
-    .map_err(|e| e.to_string())?;
-    let resource = parse_entity_uid(&field(
-        "resource",
-        &case.fields.resource,
-        &defaults.resource,
-    )?)
-    .map_err(|e| e.to_string())?;
+    let principal = parse_entity_uid(&field("principal", &case.fields.principal, &defaults.principal)?)
+        .map_err(|e| e.to_string())?;
+    let action = resolve_action(snapshot.schema(), &field("action", &case.fields.action, &defaults.action)?)
+        .map_err(|e| e.to_string())?;
+    let resource =
+        parse_entity_uid(&field("resource", &case.fields.resource, &defaults.resource)?).map_err(|e| e.to_string())?;
 
     let mut context = defaults.context.clone().unwrap_or_default();
     for (key, value) in case.fields.context.clone().unwrap_or_default() {
@@ -284,16 +231,13 @@ fn run_case(
         .flatten()
         .chain(case.fields.entities.iter().flatten())
         .map(|json| {
-            Entity::from_json_value(json.clone(), Some(snapshot.schema()))
-                .map_err(|e| format!("entity {json}: {e}"))
+            Entity::from_json_value(json.clone(), Some(snapshot.schema())).map_err(|e| format!("entity {json}: {e}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
 
-    let request = DecisionRequest::new(principal, action, resource)
-        .with_context(Value::Object(context))
-        .with_entities(entities);
-    let decision =
-        crate::authz::decide_with(authorizer, snapshot, &request).map_err(|e| e.to_string())?;
+    let request =
+        DecisionRequest::new(principal, action, resource).with_context(Value::Object(context)).with_entities(entities);
+    let decision = crate::authz::decide_with(authorizer, snapshot, &request).map_err(|e| e.to_string())?;
 
     let effect_ok = decision.effect == case.expect;
     let expected_policies = case.policies.as_ref().map(|p| {
@@ -301,9 +245,7 @@ fn run_case(
         p.sort();
         p
     });
-    let policies_ok = expected_policies
-        .as_ref()
-        .is_none_or(|p| *p == decision.policies);
+    let policies_ok = expected_policies.as_ref().is_none_or(|p| *p == decision.policies);
     if effect_ok && policies_ok {
         return Ok(Outcome::Passed(decision));
     }
@@ -311,10 +253,7 @@ fn run_case(
         Some(p) => format!("{} decided by [{}]", case.expect, p.join(", ")),
         None => case.expect.to_string(),
     };
-    Ok(Outcome::Failed {
-        expected,
-        got: decision,
-    })
+    Ok(Outcome::Failed { expected, got: decision })
 }
 
 /// One line describing a decision: `allow decided by [a, b]`, `deny (no policy permits)`.
@@ -322,11 +261,7 @@ pub fn describe_decision(decision: &Decision) -> String {
     use crate::authz::DecisionReason;
     let mut text = match decision.reason {
         DecisionReason::Permitted | DecisionReason::Forbidden => {
-            format!(
-                "{} decided by [{}]",
-                decision.effect,
-                decision.policies.join(", ")
-            )
+            format!("{} decided by [{}]", decision.effect, decision.policies.join(", "))
         }
         DecisionReason::NoPermit => "deny (no policy permits the request)".to_owned(),
         DecisionReason::EvaluationError => "deny (a policy failed to evaluate)".to_owned(),

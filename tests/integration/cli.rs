@@ -9,19 +9,11 @@ fn help_explains_every_command() {
     let out = run_cli(&["--help"]);
     assert_eq!(out.code, 0);
     for word in ["validate", "authorize", "test", "Exit codes"] {
-        assert!(
-            out.stdout.contains(word),
-            "--help lacks {word}:\n{}",
-            out.stdout
-        );
+        assert!(out.stdout.contains(word), "--help lacks {word}:\n{}", out.stdout);
     }
     let out = run_cli(&["authorize", "--help"]);
     assert_eq!(out.code, 0);
-    assert!(
-        out.stdout.contains("--principal") && out.stdout.contains("--context"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("--principal") && out.stdout.contains("--context"), "{}", out.stdout);
 }
 
 #[test]
@@ -37,33 +29,17 @@ fn validate_passes_on_the_shipped_files_with_a_one_line_summary() {
     let out = ws.cli(&["validate"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
-    assert!(
-        out.stdout.starts_with("valid: 8 policies and 22 entities"),
-        "{}",
-        out.stdout
-    );
-    assert!(
-        out.stderr.is_empty(),
-        "warnings on the shipped files: {}",
-        out.stderr
-    );
+    assert!(out.stdout.starts_with("valid: 8 policies and 22 entities"), "{}", out.stdout);
+    assert!(out.stderr.is_empty(), "warnings on the shipped files: {}", out.stderr);
 }
 
 #[test]
 fn validate_names_file_line_and_column_of_a_syntax_error() {
     let ws = Workspace::shipped();
-    ws.write_policy(
-        "broken.cedar",
-        "@id(\"broken\")\npermit (principal, action, resource) when { principal == };\n",
-    );
+    ws.write_policy("broken.cedar", "@id(\"broken\")\npermit (principal, action, resource) when { principal == };\n");
     let out = ws.cli(&["validate"]);
     assert_eq!(out.code, 1);
-    assert!(
-        out.stderr
-            .contains("broken.cedar:2:58: unexpected token `}`"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("broken.cedar:2:58: unexpected token `}`"), "{}", out.stderr);
     assert!(out.stdout.is_empty());
 }
 
@@ -76,17 +52,8 @@ fn validate_names_a_policy_that_does_not_type_check() {
     );
     let out = ws.cli(&["validate"]);
     assert_eq!(out.code, 1);
-    assert!(
-        out.stderr
-            .contains("typo.cedar:4:8: for policy `typo`, attribute `ownr`"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains("did you mean `owner`?"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("typo.cedar:4:8: for policy `typo`, attribute `ownr`"), "{}", out.stderr);
+    assert!(out.stderr.contains("did you mean `owner`?"), "{}", out.stderr);
 }
 
 #[test]
@@ -105,33 +72,23 @@ fn validate_rejects_an_unguarded_tag_read_as_strict_validation_requires() {
 #[test]
 fn validate_names_an_entity_of_an_unknown_type() {
     let ws = Workspace::shipped();
-    ws.write_entities("admins.json", "[\n  {\"uid\": {\"type\": \"Studio::Admin\", \"id\": \"root\"}, \"attrs\": {}, \"parents\": []}\n]\n");
+    ws.write_entities(
+        "admins.json",
+        "[\n  {\"uid\": {\"type\": \"Studio::Admin\", \"id\": \"root\"}, \"attrs\": {}, \"parents\": []}\n]\n",
+    );
     let out = ws.cli(&["validate"]);
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("admins.json:2:3:"), "{}", out.stderr);
-    assert!(
-        out.stderr
-            .contains("`Studio::Admin` which is not declared in the schema"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("`Studio::Admin` which is not declared in the schema"), "{}", out.stderr);
 }
 
 #[test]
 fn validate_names_both_places_of_a_duplicate_policy_id() {
     let ws = Workspace::shipped();
-    ws.write_policy(
-        "zz-copy.cedar",
-        "\n\n@id(\"presign-own-profile\")\nforbid (principal, action, resource);\n",
-    );
+    ws.write_policy("zz-copy.cedar", "\n\n@id(\"presign-own-profile\")\nforbid (principal, action, resource);\n");
     let out = ws.cli(&["validate"]);
     assert_eq!(out.code, 1);
-    assert!(
-        out.stderr
-            .contains("duplicate policy id `presign-own-profile`"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("duplicate policy id `presign-own-profile`"), "{}", out.stderr);
     assert!(out.stderr.contains("zz-copy.cedar:3:1"), "{}", out.stderr);
     assert!(out.stderr.contains("presign.cedar:13"), "{}", out.stderr);
 }
@@ -139,32 +96,18 @@ fn validate_names_both_places_of_a_duplicate_policy_id() {
 #[test]
 fn validate_requires_an_id_on_every_policy() {
     let ws = Workspace::shipped();
-    ws.write_policy(
-        "anonymous.cedar",
-        "// no id\npermit (principal, action, resource);\n",
-    );
+    ws.write_policy("anonymous.cedar", "// no id\npermit (principal, action, resource);\n");
     let out = ws.cli(&["validate"]);
     assert_eq!(out.code, 1);
-    assert!(
-        out.stderr
-            .contains("anonymous.cedar:2:1: policy has no `@id"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("anonymous.cedar:2:1: policy has no `@id"), "{}", out.stderr);
 }
 
 #[test]
 fn validate_lists_every_problem_in_one_run() {
     let ws = Workspace::shipped();
-    ws.write_policy(
-        "broken.cedar",
-        "@id(\"x\") permit (principal, action, resource) when { ; };\n",
-    );
+    ws.write_policy("broken.cedar", "@id(\"x\") permit (principal, action, resource) when { ; };\n");
     ws.write_entities("bad.json", "[{\"uid\": {\"type\": \"Studio::Team\", \"id\": \"T\"}, \"attrs\": {\"executionRoleName\": 5}, \"parents\": []}]");
-    ws.write_entities(
-        "worse.json",
-        "[{\"uid\": {\"type\": \"Nope\", \"id\": \"n\"}, \"attrs\": {}, \"parents\": []}]",
-    );
+    ws.write_entities("worse.json", "[{\"uid\": {\"type\": \"Nope\", \"id\": \"n\"}, \"attrs\": {}, \"parents\": []}]");
     let out = ws.cli(&["validate"]);
     assert_eq!(out.code, 1);
     // the policy error stops the entity check (entities are checked against a schema
@@ -172,11 +115,7 @@ fn validate_lists_every_problem_in_one_run() {
     assert!(out.stderr.contains("broken.cedar:1:"), "{}", out.stderr);
     std::fs::remove_file(ws.policies().join("broken.cedar")).unwrap();
     let out = ws.cli(&["validate"]);
-    assert!(
-        out.stderr.contains("bad.json:1:2:") && out.stderr.contains("type mismatch"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("bad.json:1:2:") && out.stderr.contains("type mismatch"), "{}", out.stderr);
     assert!(out.stderr.contains("worse.json:1:2:"), "{}", out.stderr);
     assert!(out.stderr.ends_with("2 problems found\n"), "{}", out.stderr);
 }
@@ -190,11 +129,7 @@ fn validate_warns_about_references_to_undefined_entities_but_passes() {
     );
     let out = ws.cli(&["validate"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("warning: ") && out.stderr.contains("`Studio::Team::\"Team9\"`"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("warning: ") && out.stderr.contains("`Studio::Team::\"Team9\"`"), "{}", out.stderr);
 }
 
 #[test]
@@ -221,12 +156,7 @@ fn authorize_explains_an_allow() {
         PRESIGN_CONTEXT,
     ]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-    assert!(
-        out.stdout
-            .starts_with("ALLOW: allow decided by [presign-own-profile]"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.starts_with("ALLOW: allow decided by [presign-own-profile]"), "{}", out.stdout);
     assert!(
         out.stdout.contains("presign-own-profile  (") && out.stdout.contains("presign.cedar:13)"),
         "{}",
@@ -253,10 +183,7 @@ fn authorize_names_the_forbid_that_denied_and_exits_3() {
     let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(json["effect"], "deny");
     assert_eq!(json["reason"], "forbidden");
-    assert_eq!(
-        json["policies"],
-        serde_json::json!(["presign-only-through-lob-vpce"])
-    );
+    assert_eq!(json["policies"], serde_json::json!(["presign-only-through-lob-vpce"]));
     assert_eq!(json["errors"], serde_json::json!([]));
     assert!(json["snapshot"].as_str().is_some_and(|s| s.len() == 12));
 }
@@ -295,11 +222,7 @@ fn authorize_rejects_a_principal_of_the_wrong_type_for_the_action() {
         PRESIGN_CONTEXT,
     ]);
     assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.contains("does not fit the schema"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("does not fit the schema"), "{}", out.stderr);
 }
 
 #[test]
@@ -315,16 +238,8 @@ fn authorize_lists_the_known_actions_for_an_unknown_one() {
         r#"Studio::UserProfile::"p""#,
     ]);
     assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.contains("no action named `Fly`"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains(r#"DataZone::Action::"UseAccount""#),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("no action named `Fly`"), "{}", out.stderr);
+    assert!(out.stderr.contains(r#"DataZone::Action::"UseAccount""#), "{}", out.stderr);
 }
 
 #[test]
@@ -333,11 +248,7 @@ fn test_passes_the_shipped_tables_and_covers_every_policy() {
     let out = ws.cli(&["test", "--require-coverage"]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.contains(" passed, 0 failed\n"), "{}", out.stdout);
-    assert!(
-        out.stdout.contains("coverage: each of the 8 policies"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("coverage: each of the 8 policies"), "{}", out.stdout);
     assert!(!out.stdout.contains("FAIL"), "{}", out.stdout);
 }
 
@@ -367,19 +278,9 @@ cases:
     .unwrap();
     let out = ws.cli(&["test", tables.to_str().unwrap()]);
     assert_eq!(out.code, 1, "{}", out.stdout);
-    assert!(
-        out.stdout
-            .contains("FAIL  wrong.yaml: quarantined account granted (wrong on purpose)"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("FAIL  wrong.yaml: quarantined account granted (wrong on purpose)"), "{}", out.stdout);
     assert!(out.stdout.contains("expected: allow"), "{}", out.stdout);
-    assert!(
-        out.stdout
-            .contains("got:      deny decided by [account-must-be-usable]"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("got:      deny decided by [account-must-be-usable]"), "{}", out.stdout);
     assert!(out.stdout.contains("1 passed, 1 failed"), "{}", out.stdout);
 }
 
@@ -400,18 +301,8 @@ fn test_fails_when_the_deciding_policies_differ() {
     .unwrap();
     let out = ws.cli(&["test", tables.to_str().unwrap()]);
     assert_eq!(out.code, 1, "{}", out.stdout);
-    assert!(
-        out.stdout
-            .contains("expected: deny decided by [account-must-be-usable]"),
-        "{}",
-        out.stdout
-    );
-    assert!(
-        out.stdout
-            .contains("got:      deny decided by [account-region-must-be-supported]"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("expected: deny decided by [account-must-be-usable]"), "{}", out.stdout);
+    assert!(out.stdout.contains("got:      deny decided by [account-region-must-be-supported]"), "{}", out.stdout);
 }
 
 #[test]
@@ -422,17 +313,8 @@ fn test_require_coverage_fails_for_a_policy_no_case_exercises() {
         "@id(\"untested\")\nforbid (principal, action == DataZone::Action::\"UseAccount\", resource)\nwhen { context.regionName == \"ap-south-2\" };\n",
     );
     let out = ws.cli(&["test"]);
-    assert_eq!(
-        out.code, 0,
-        "coverage is a warning by default: {}",
-        out.stdout
-    );
-    assert!(
-        out.stdout
-            .contains("no passing case is decided by: untested"),
-        "{}",
-        out.stdout
-    );
+    assert_eq!(out.code, 0, "coverage is a warning by default: {}", out.stdout);
+    assert!(out.stdout.contains("no passing case is decided by: untested"), "{}", out.stdout);
     let out = ws.cli(&["test", "--require-coverage"]);
     assert_eq!(out.code, 1, "{}", out.stdout);
 }
@@ -442,11 +324,7 @@ fn test_reports_a_malformed_table_with_its_line() {
     let ws = Workspace::shipped();
     let tables = ws.dir.path().join("bad");
     std::fs::create_dir(&tables).unwrap();
-    std::fs::write(
-        tables.join("bad.yaml"),
-        "cases:\n  - name: x\n    expect: maybe\n",
-    )
-    .unwrap();
+    std::fs::write(tables.join("bad.yaml"), "cases:\n  - name: x\n    expect: maybe\n").unwrap();
     let out = ws.cli(&["test", tables.to_str().unwrap()]);
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("bad.yaml:3:"), "{}", out.stderr);

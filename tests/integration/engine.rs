@@ -52,11 +52,7 @@ fn an_evaluation_error_denies_even_when_a_permit_matches() {
     let decision = engine.decide(&request).unwrap();
     assert_eq!(decision.effect, Effect::Deny);
     assert_eq!(decision.reason, DecisionReason::EvaluationError);
-    assert_eq!(
-        decision.policies,
-        vec!["presign-own-profile".to_owned()],
-        "the permit did match"
-    );
+    assert_eq!(decision.policies, vec!["presign-own-profile".to_owned()], "the permit did match");
     assert_eq!(decision.errors.len(), 1, "{:?}", decision.errors);
     assert_eq!(decision.errors[0].policy, "presign-only-through-lob-vpce");
 }
@@ -71,9 +67,7 @@ fn request_entities_must_fit_the_schema() {
         None,
     )
     .unwrap();
-    let err = engine
-        .decide(&presign("user-1", "user-1-team1").with_entities(vec![bad]))
-        .unwrap_err();
+    let err = engine.decide(&presign("user-1", "user-1-team1").with_entities(vec![bad])).unwrap_err();
     assert_eq!(err.kind(), "bad_entities", "{err}");
 }
 
@@ -95,11 +89,8 @@ fn a_new_snapshot_never_serves_entities_of_the_old_one() {
 
     // user-1 leaves lob-a in the files; the new snapshot must see it at once.
     let users = std::fs::read_to_string(ws.entities().join("users.json")).unwrap();
-    let moved = users.replacen(
-        r#"{ "type": "Studio::Lob", "id": "lob-a" }"#,
-        r#"{ "type": "Studio::Lob", "id": "lob-b" }"#,
-        1,
-    );
+    let moved =
+        users.replacen(r#"{ "type": "Studio::Lob", "id": "lob-a" }"#, r#"{ "type": "Studio::Lob", "id": "lob-b" }"#, 1);
     assert_ne!(users, moved);
     ws.write_entities("users.json", &moved);
     store.publish(PolicySnapshot::load(&ws.dirs(), store.next_generation()).unwrap());
@@ -150,6 +141,16 @@ proptest! {
                 .with_context(json!({"regionName": region, "domainIdentifier": domain}))
         };
         let whole = engine.decide(&request).unwrap();
+        // Cedar itself, over every policy and every entity: the engine's per-action
+        // policy subsets must not change its answer.
+        let context = cedar_policy::Context::from_json_value(request.context.clone(), Some((snapshot.schema(), &request.action))).unwrap();
+        let cedar_request = cedar_policy::Request::new(request.principal.clone(), request.action.clone(),
+            request.resource.clone(), context, Some(snapshot.schema())).unwrap();
+        let cedar = cedar_policy::Authorizer::new().is_authorized(&cedar_request, snapshot.policies(), snapshot.entities());
+        let mut cedar_reasons: Vec<String> = cedar.diagnostics().reason().map(ToString::to_string).collect();
+        cedar_reasons.sort();
+        prop_assert_eq!(&cedar_reasons, &whole.policies);
+        prop_assert_eq!(cedar.diagnostics().errors().count(), whole.errors.len());
         // The stored principal, handed back as a request entity: same data, slice path.
         let stored = snapshot.entities().get(&principal_uid).unwrap().clone();
         let sliced = engine.decide(&request.clone().with_entities(vec![stored])).unwrap();

@@ -34,11 +34,7 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 
 fn options(file_events: bool) -> ReloadOptions {
     ReloadOptions {
-        poll_interval: if file_events {
-            Duration::from_secs(3600)
-        } else {
-            Duration::from_millis(100)
-        },
+        poll_interval: if file_events { Duration::from_secs(3600) } else { Duration::from_millis(100) },
         debounce: Duration::from_millis(50),
         file_events,
     }
@@ -49,12 +45,7 @@ async fn change_break_fix(file_events: bool) {
     let store = PolicyStore::load_files(&ws.dirs()).unwrap();
     let engine = Engine::new(store.clone());
     let shutdown = CancellationToken::new();
-    let task = spawn_file_reloader(
-        store.clone(),
-        ws.dirs(),
-        options(file_events),
-        shutdown.clone(),
-    );
+    let task = spawn_file_reloader(store.clone(), ws.dirs(), options(file_events), shutdown.clone());
     tokio::time::sleep(Duration::from_millis(200)).await; // let the watcher start
     assert_eq!(engine.decide(&quarantined()).unwrap().effect, Effect::Deny);
     let first = store.current().version().clone();
@@ -62,16 +53,10 @@ async fn change_break_fix(file_events: bool) {
     // 1. A change is picked up: QUARANTINED becomes a usable status.
     let path = ws.policies().join("account-pool.cedar");
     let good = std::fs::read_to_string(&path).unwrap();
-    let changed = good.replace(
-        r#"["AVAILABLE", "ASSIGNED"]"#,
-        r#"["AVAILABLE", "ASSIGNED", "QUARANTINED"]"#,
-    );
+    let changed = good.replace(r#"["AVAILABLE", "ASSIGNED"]"#, r#"["AVAILABLE", "ASSIGNED", "QUARANTINED"]"#);
     assert_ne!(good, changed);
     std::fs::write(&path, &changed).unwrap();
-    eventually("the change is published", || {
-        store.current().version().generation == 2
-    })
-    .await;
+    eventually("the change is published", || store.current().version().generation == 2).await;
     assert_ne!(store.current().version().digest, first.digest);
     assert_eq!(engine.decide(&quarantined()).unwrap().effect, Effect::Allow);
 
@@ -81,11 +66,7 @@ async fn change_break_fix(file_events: bool) {
     let stats = store.stats();
     let error = stats.last_error.expect("the error is kept for reporting");
     assert!(error.to_string().contains("account-pool.cedar:"), "{error}");
-    assert_eq!(
-        store.current().version().generation,
-        2,
-        "the good snapshot still serves"
-    );
+    assert_eq!(store.current().version().generation, 2, "the good snapshot still serves");
     assert_eq!(engine.decide(&quarantined()).unwrap().effect, Effect::Allow);
     // Reported once per change, not on every look at the same broken file.
     std::fs::write(ws.policies().join("unrelated.txt"), "wake the watcher").unwrap();
@@ -94,24 +75,14 @@ async fn change_break_fix(file_events: bool) {
 
     // 3. The fix recovers.
     std::fs::write(&path, &good).unwrap();
-    eventually("the fix is published", || {
-        store.current().version().generation == 3
-    })
-    .await;
-    assert_eq!(
-        store.current().version().digest,
-        first.digest,
-        "same files, same version"
-    );
+    eventually("the fix is published", || store.current().version().generation == 3).await;
+    assert_eq!(store.current().version().digest, first.digest, "same files, same version");
     assert!(store.stats().last_error.is_none());
     assert_eq!(store.stats().successes, 2);
     assert_eq!(engine.decide(&quarantined()).unwrap().effect, Effect::Deny);
 
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("the reloader stops on shutdown")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("the reloader stops on shutdown").unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,25 +102,24 @@ fn an_entity_change_is_a_new_snapshot_and_a_broken_entity_file_is_not() {
     let reload = |s: &PolicyStore| authz_sidecar::policy_store::reload_once(s, &ws.dirs());
     assert_eq!(reload(&store), ReloadOutcome::Unchanged);
 
-    ws.write_entities("more.json", r#"[{"uid": {"type": "Studio::Team", "id": "Team3"}, "attrs": {"executionRoleName": "t3"}, "parents": []}]"#);
+    ws.write_entities(
+        "more.json",
+        r#"[{"uid": {"type": "Studio::Team", "id": "Team3"}, "attrs": {"executionRoleName": "t3"}, "parents": []}]"#,
+    );
     assert_eq!(reload(&store), ReloadOutcome::Published(2));
     assert_eq!(store.current().entity_count(), 23);
 
-    ws.write_entities(
-        "more.json",
-        r#"[{"uid": {"type": "Studio::Team", "id": "Team3"}, "attrs": {}, "parents": []}]"#,
-    );
+    ws.write_entities("more.json", r#"[{"uid": {"type": "Studio::Team", "id": "Team3"}, "attrs": {}, "parents": []}]"#);
     assert_eq!(reload(&store), ReloadOutcome::Failed);
-    assert_eq!(
-        reload(&store),
-        ReloadOutcome::Unchanged,
-        "the same broken file is reported once"
-    );
+    assert_eq!(reload(&store), ReloadOutcome::Unchanged, "the same broken file is reported once");
     assert_eq!(store.stats().failures, 1);
     assert_eq!(store.current().entity_count(), 23);
 
     // Putting the serving files back clears the failure without a new snapshot.
-    ws.write_entities("more.json", r#"[{"uid": {"type": "Studio::Team", "id": "Team3"}, "attrs": {"executionRoleName": "t3"}, "parents": []}]"#);
+    ws.write_entities(
+        "more.json",
+        r#"[{"uid": {"type": "Studio::Team", "id": "Team3"}, "attrs": {"executionRoleName": "t3"}, "parents": []}]"#,
+    );
     assert_eq!(reload(&store), ReloadOutcome::Unchanged);
     assert!(store.stats().last_error.is_none());
 }
@@ -159,14 +129,8 @@ fn a_vanished_directory_keeps_the_last_good_snapshot() {
     let ws = Workspace::shipped();
     let store = PolicyStore::load_files(&ws.dirs()).unwrap();
     std::fs::remove_dir_all(ws.entities()).unwrap();
-    assert_eq!(
-        authz_sidecar::policy_store::reload_once(&store, &ws.dirs()),
-        ReloadOutcome::Failed
-    );
+    assert_eq!(authz_sidecar::policy_store::reload_once(&store, &ws.dirs()), ReloadOutcome::Failed);
     assert_eq!(store.current().entity_count(), 22);
     let error = store.stats().last_error.unwrap();
-    assert!(
-        error.to_string().contains("cannot read the directory"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("cannot read the directory"), "{error}");
 }

@@ -7,10 +7,7 @@ use authz_sidecar::policy_store::SourceDirs;
 
 /// The repository root (the workspace holds `policies/` and `entities/`).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
 /// A scratch copy of the shipped `policies/` (with its tests) and `entities/`.
@@ -91,9 +88,5 @@ pub fn run_cli(args: &[&str]) -> Output {
     let mut stderr = Vec::new();
     let argv = std::iter::once("authz-sidecar").chain(args.iter().copied());
     let code = authz_sidecar::cli::run(argv, &mut stdout, &mut stderr);
-    Output {
-        code,
-        stdout: String::from_utf8(stdout).expect("utf8"),
-        stderr: String::from_utf8(stderr).expect("utf8"),
-    }
+    Output { code, stdout: String::from_utf8(stdout).expect("utf8"), stderr: String::from_utf8(stderr).expect("utf8") }
 }

@@ -11,8 +11,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use cedar_policy::{
-    Authorizer, Context, Entity, EntityUid, PolicyId, Request, Response,
-    entities_errors::EntitiesError,
+    Authorizer, Context, Entity, EntityUid, PolicyId, Request, Response, entities_errors::EntitiesError,
 };
 use serde::Serialize;
 
@@ -92,39 +91,23 @@ impl Decision {
     }
 
     fn from_response(response: &Response, snapshot: &PolicySnapshot, started: Instant) -> Self {
-        let mut policies: Vec<String> = response
-            .diagnostics()
-            .reason()
-            .map(PolicyId::to_string)
-            .collect();
+        let mut policies: Vec<String> = response.diagnostics().reason().map(PolicyId::to_string).collect();
         policies.sort();
         let errors: Vec<EvaluationError> = response
             .diagnostics()
             .errors()
             .map(|e| {
                 let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = e;
-                EvaluationError {
-                    policy: e.policy_id().to_string(),
-                    message: e.inner().to_string(),
-                }
+                EvaluationError { policy: e.policy_id().to_string(), message: e.inner().to_string() }
             })
             .collect();
         let (effect, reason) = match (response.decision(), errors.is_empty(), policies.is_empty()) {
             (_, false, _) => (Effect::Deny, DecisionReason::EvaluationError),
             (cedar_policy::Decision::Allow, true, _) => (Effect::Allow, DecisionReason::Permitted),
-            (cedar_policy::Decision::Deny, true, false) => {
-                (Effect::Deny, DecisionReason::Forbidden)
-            }
+            (cedar_policy::Decision::Deny, true, false) => (Effect::Deny, DecisionReason::Forbidden),
             (cedar_policy::Decision::Deny, true, true) => (Effect::Deny, DecisionReason::NoPermit),
         };
-        Self {
-            effect,
-            reason,
-            policies,
-            errors,
-            snapshot: snapshot.version().to_string(),
-            elapsed: started.elapsed(),
-        }
+        Self { effect, reason, policies, errors, snapshot: snapshot.version().to_string(), elapsed: started.elapsed() }
     }
 }
 
@@ -145,13 +128,7 @@ pub struct DecisionRequest {
 
 impl DecisionRequest {
     pub fn new(principal: EntityUid, action: EntityUid, resource: EntityUid) -> Self {
-        Self {
-            principal,
-            action,
-            resource,
-            context: serde_json::json!({}),
-            entities: Vec::new(),
-        }
+        Self { principal, action, resource, context: serde_json::json!({}), entities: Vec::new() }
     }
 
     #[must_use]
@@ -206,10 +183,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(store: PolicyStore) -> Self {
-        Self {
-            store,
-            authorizer: std::sync::Arc::new(Authorizer::new()),
-        }
+        Self { store, authorizer: std::sync::Arc::new(Authorizer::new()) }
     }
 
     pub fn store(&self) -> &PolicyStore {
@@ -231,12 +205,8 @@ pub fn decide_with(
 ) -> Result<Decision, RequestError> {
     let started = Instant::now();
     let schema = snapshot.schema();
-    let context =
-        Context::from_json_value(request.context.clone(), Some((schema, &request.action)))
-            .map_err(|e| RequestError::BadContext {
-                action: request.action.to_string(),
-                reason: e.to_string(),
-            })?;
+    let context = Context::from_json_value(request.context.clone(), Some((schema, &request.action)))
+        .map_err(|e| RequestError::BadContext { action: request.action.to_string(), reason: e.to_string() })?;
     let cedar_request = Request::new(
         request.principal.clone(),
         request.action.clone(),
@@ -247,14 +217,14 @@ pub fn decide_with(
     .map_err(|e| RequestError::Invalid(e.to_string()))?;
 
     let response = if request.entities.is_empty() {
-        authorizer.is_authorized(&cedar_request, snapshot.policies(), snapshot.entities())
+        authorizer.is_authorized(&cedar_request, snapshot.policies_for(&request.action), snapshot.entities())
     } else {
         let mut roots = vec![request.principal.clone(), request.resource.clone()];
         roots.extend(context_uids(&request.context));
         let entities = snapshot
             .request_entities(&roots, &request.entities)
             .map_err(|e: Box<EntitiesError>| RequestError::BadEntities(e.to_string()))?;
-        authorizer.is_authorized(&cedar_request, snapshot.policies(), &entities)
+        authorizer.is_authorized(&cedar_request, snapshot.policies_for(&request.action), &entities)
     };
     let decision = Decision::from_response(&response, snapshot, started);
     tracing::debug!(

@@ -8,10 +8,7 @@ use super::engine::RequestError;
 
 /// Parse `Type::"id"` (with any namespace, e.g. `Studio::User::"user-1"`).
 pub fn parse_entity_uid(text: &str) -> Result<EntityUid, RequestError> {
-    EntityUid::from_str(text.trim()).map_err(|e| RequestError::BadUid {
-        text: text.to_owned(),
-        reason: e.to_string(),
-    })
+    EntityUid::from_str(text.trim()).map_err(|e| RequestError::BadUid { text: text.to_owned(), reason: e.to_string() })
 }
 
 /// An action given in full (`Studio::Action::"CreatePresignedDomainUrl"`) or by its
@@ -21,24 +18,13 @@ pub fn resolve_action(schema: &Schema, text: &str) -> Result<EntityUid, RequestE
     if text.contains("::") {
         return parse_entity_uid(text);
     }
-    let matches: Vec<EntityUid> = schema
-        .actions()
-        .filter(|a| a.id().unescaped() == text)
-        .cloned()
-        .collect();
+    let matches: Vec<EntityUid> = schema.actions().filter(|a| a.id().unescaped() == text).cloned().collect();
     match matches.as_slice() {
         [one] => Ok(one.clone()),
-        [] => Err(RequestError::UnknownAction {
-            action: text.to_owned(),
-            known: known_actions(schema),
-        }),
+        [] => Err(RequestError::UnknownAction { action: text.to_owned(), known: known_actions(schema) }),
         _ => Err(RequestError::AmbiguousAction {
             action: text.to_owned(),
-            candidates: matches
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
+            candidates: matches.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
         }),
     }
 }

@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use cedar_policy::{Authorizer, Entity, PolicyId};
 
 use super::{Sources, exit};
-use crate::authz::{
-    Decision, DecisionRequest, Effect, decide_with, parse_entity_uid, resolve_action,
-};
+use crate::authz::{Decision, DecisionRequest, Effect, decide_with, parse_entity_uid, resolve_action};
 use crate::policy_store::PolicySnapshot;
 use crate::policy_tests::describe_decision;
 
@@ -51,11 +49,7 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         }
     };
     if args.json {
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string(&decision).unwrap_or_default()
-        );
+        let _ = writeln!(out, "{}", serde_json::to_string(&decision).unwrap_or_default());
     } else {
         print_text(out, args, &snapshot, &decision);
     }
@@ -69,33 +63,27 @@ fn decide(args: &Args, snapshot: &PolicySnapshot) -> Result<Decision, String> {
     let principal = parse_entity_uid(&args.principal).map_err(|e| e.to_string())?;
     let action = resolve_action(snapshot.schema(), &args.action).map_err(|e| e.to_string())?;
     let resource = parse_entity_uid(&args.resource).map_err(|e| e.to_string())?;
-    let context: serde_json::Value = serde_json::from_str(&args.context)
-        .map_err(|e| format!("--context is not a JSON object: {e}"))?;
+    let context: serde_json::Value =
+        serde_json::from_str(&args.context).map_err(|e| format!("--context is not a JSON object: {e}"))?;
     if !context.is_object() {
-        return Err(
-            "--context must be a JSON object, e.g. '{\"sourceIp\": \"10.1.2.3\"}'".to_owned(),
-        );
+        return Err("--context must be a JSON object, e.g. '{\"sourceIp\": \"10.1.2.3\"}'".to_owned());
     }
     let entities = match &args.request_entities {
         Some(path) => read_entities(path, snapshot)?,
         None => Vec::new(),
     };
-    let request = DecisionRequest::new(principal, action, resource)
-        .with_context(context)
-        .with_entities(entities);
+    let request = DecisionRequest::new(principal, action, resource).with_context(context).with_entities(entities);
     decide_with(&Authorizer::new(), snapshot, &request).map_err(|e| e.to_string())
 }
 
 fn read_entities(path: &std::path::Path, snapshot: &PolicySnapshot) -> Result<Vec<Entity>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
     let items: Vec<serde_json::Value> = serde_json::from_str(&text)
         .map_err(|e| format!("`{}` is not a JSON array of entities: {e}", path.display()))?;
     items
         .into_iter()
         .map(|json| {
-            Entity::from_json_value(json, Some(snapshot.schema()))
-                .map_err(|e| format!("`{}`: {e}", path.display()))
+            Entity::from_json_value(json, Some(snapshot.schema())).map_err(|e| format!("`{}`: {e}", path.display()))
         })
         .collect()
 }
@@ -110,10 +98,7 @@ fn print_text(out: &mut dyn Write, args: &Args, snapshot: &PolicySnapshot, decis
     let _ = writeln!(out, "  action:    {}", args.action.trim());
     let _ = writeln!(out, "  resource:  {}", args.resource.trim());
     for id in &decision.policies {
-        let origin = snapshot
-            .policy_origin(&PolicyId::new(id))
-            .map(ToString::to_string)
-            .unwrap_or_default();
+        let origin = snapshot.policy_origin(&PolicyId::new(id)).map(ToString::to_string).unwrap_or_default();
         let _ = writeln!(out, "  policy:    {id}  ({origin})");
     }
     for error in &decision.errors {

@@ -109,20 +109,12 @@ fn print_problems(err: &mut dyn Write, error: &LoadError) {
         let _ = writeln!(err, "error: {problem}");
     }
     let count = error.problems.len();
-    let _ = writeln!(
-        err,
-        "{count} problem{} found",
-        if count == 1 { "" } else { "s" }
-    );
+    let _ = writeln!(err, "{count} problem{} found", if count == 1 { "" } else { "s" });
 }
 
 /// The binary's entry point.
 pub fn main() -> ExitCode {
-    let code = run(
-        std::env::args_os(),
-        &mut std::io::stdout().lock(),
-        &mut std::io::stderr().lock(),
-    );
+    let code = run(std::env::args_os(), &mut std::io::stdout().lock(), &mut std::io::stderr().lock());
     ExitCode::from(code)
 }
 

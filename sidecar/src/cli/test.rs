@@ -26,10 +26,7 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Ok(snapshot) => snapshot,
         Err(code) => return code,
     };
-    let dir = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| args.sources.policies.join("tests"));
+    let dir = args.dir.clone().unwrap_or_else(|| args.sources.policies.join("tests"));
     let tables = match policy_tests::load_tables(&dir) {
         Ok(tables) => tables,
         Err(e) => {
@@ -39,19 +36,10 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     };
     let report = policy_tests::run(&snapshot, &tables);
     for result in &report.results {
-        let file = result
-            .file
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let file = result.file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
         match &result.outcome {
             Outcome::Passed(decision) if args.verbose => {
-                let _ = writeln!(
-                    out,
-                    "PASS  {file}: {}  ({})",
-                    result.name,
-                    describe_decision(decision)
-                );
+                let _ = writeln!(out, "PASS  {file}: {}  ({})", result.name, describe_decision(decision));
             }
             Outcome::Passed(_) => {}
             Outcome::Failed { expected, got } => {
@@ -66,29 +54,13 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         }
     }
     let uncovered = report.uncovered();
-    let _ = writeln!(
-        out,
-        "{} passed, {} failed",
-        report.passed(),
-        report.failed()
-    );
+    let _ = writeln!(out, "{} passed, {} failed", report.passed(), report.failed());
     if uncovered.is_empty() {
-        let _ = writeln!(
-            out,
-            "coverage: each of the {} policies decided at least one passing case",
-            report.coverage.len()
-        );
+        let _ =
+            writeln!(out, "coverage: each of the {} policies decided at least one passing case", report.coverage.len());
     } else {
-        let _ = writeln!(
-            out,
-            "coverage: no passing case is decided by: {}",
-            uncovered.join(", ")
-        );
+        let _ = writeln!(out, "coverage: no passing case is decided by: {}", uncovered.join(", "));
     }
     let coverage_failed = args.require_coverage && !uncovered.is_empty();
-    if report.failed() > 0 || coverage_failed {
-        exit::FAILURE
-    } else {
-        exit::OK
-    }
+    if report.failed() > 0 || coverage_failed { exit::FAILURE } else { exit::OK }
 }

@@ -33,6 +33,33 @@ impl Location {
     }
 }
 
+/// Byte offset → line and column for one text, in O(log lines) per lookup: loaders
+/// locate every entity of a file that may hold tens of thousands.
+#[derive(Debug, Clone)]
+pub struct LineIndex<'a> {
+    text: &'a str,
+    /// Byte offset where each line starts; the first is 0.
+    starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    pub fn new(text: &'a str) -> Self {
+        let starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        Self { text, starts }
+    }
+
+    pub fn locate(&self, offset: usize) -> Location {
+        let line = self.starts.partition_point(|&start| start <= offset).max(1);
+        let start = self.starts.get(line - 1).copied().unwrap_or(0);
+        let mut end = offset.min(self.text.len()).max(start);
+        while !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let column = self.text.get(start..end).map_or(0, |s| s.chars().count()) + 1;
+        Location { line, column }
+    }
+}
+
 /// One thing wrong with one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -42,16 +69,8 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(
-        file: impl Into<PathBuf>,
-        location: Option<Location>,
-        message: impl Into<String>,
-    ) -> Self {
-        Self {
-            file: file.into(),
-            location,
-            message: message.into(),
-        }
+    pub fn new(file: impl Into<PathBuf>, location: Option<Location>, message: impl Into<String>) -> Self {
+        Self { file: file.into(), location, message: message.into() }
     }
 
     /// Problems from a Cedar diagnostic, one for the diagnostic itself and one for each
@@ -67,14 +86,8 @@ impl Problem {
 
     fn one_from_diagnostic(file: &Path, text: &str, diagnostic: &dyn Diagnostic) -> Self {
         let label = diagnostic.labels().and_then(|mut labels| labels.next());
-        let location = label
-            .as_ref()
-            .map(|l| Location::of_offset(text, l.offset()));
-        Self::new(
-            file,
-            location,
-            describe(diagnostic, label.as_ref().and_then(|l| l.label())),
-        )
+        let location = label.as_ref().map(|l| Location::of_offset(text, l.offset()));
+        Self::new(file, location, describe(diagnostic, label.as_ref().and_then(|l| l.label())))
     }
 }
 
@@ -103,12 +116,7 @@ impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.location {
             Some(Location { line, column }) => {
-                write!(
-                    f,
-                    "{}:{line}:{column}: {}",
-                    self.file.display(),
-                    self.message
-                )
+                write!(f, "{}:{line}:{column}: {}", self.file.display(), self.message)
             }
             None => write!(f, "{}: {}", self.file.display(), self.message),
         }
@@ -129,20 +137,14 @@ impl LoadError {
     }
 
     pub fn single(problem: Problem) -> Self {
-        Self {
-            problems: vec![problem],
-        }
+        Self { problems: vec![problem] }
     }
 }
 
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let count = self.problems.len();
-        write!(
-            f,
-            "{count} problem{} found",
-            if count == 1 { "" } else { "s" }
-        )?;
+        write!(f, "{count} problem{} found", if count == 1 { "" } else { "s" })?;
         for problem in &self.problems {
             write!(f, "\n  {problem}")?;
         }
@@ -157,36 +159,26 @@ mod tests {
     #[test]
     fn offsets_become_one_based_lines_and_columns() {
         let text = "ab\ncdé\nf";
-        assert_eq!(
-            Location::of_offset(text, 0),
-            Location { line: 1, column: 1 }
-        );
-        assert_eq!(
-            Location::of_offset(text, 3),
-            Location { line: 2, column: 1 }
-        );
-        assert_eq!(
-            Location::of_offset(text, 7),
-            Location { line: 2, column: 4 }
-        );
+        assert_eq!(Location::of_offset(text, 0), Location { line: 1, column: 1 });
+        assert_eq!(Location::of_offset(text, 3), Location { line: 2, column: 1 });
+        assert_eq!(Location::of_offset(text, 7), Location { line: 2, column: 4 });
         // inside the two-byte é: clamped to its start
-        assert_eq!(
-            Location::of_offset(text, 6),
-            Location { line: 2, column: 3 }
-        );
-        assert_eq!(
-            Location::of_offset(text, 999),
-            Location { line: 3, column: 2 }
-        );
+        assert_eq!(Location::of_offset(text, 6), Location { line: 2, column: 3 });
+        assert_eq!(Location::of_offset(text, 999), Location { line: 3, column: 2 });
+    }
+
+    #[test]
+    fn the_line_index_agrees_with_a_scan() {
+        let text = "ab\ncdé\n\nf\n";
+        let index = LineIndex::new(text);
+        for offset in 0..=text.len() + 2 {
+            assert_eq!(index.locate(offset), Location::of_offset(text, offset), "offset {offset}");
+        }
     }
 
     #[test]
     fn problems_print_file_line_and_column() {
-        let p = Problem::new(
-            "policies/a.cedar",
-            Some(Location { line: 3, column: 7 }),
-            "unexpected token",
-        );
+        let p = Problem::new("policies/a.cedar", Some(Location { line: 3, column: 7 }), "unexpected token");
         assert_eq!(p.to_string(), "policies/a.cedar:3:7: unexpected token");
         let p = Problem::new("entities", None, "no entity files");
         assert_eq!(p.to_string(), "entities: no entity files");

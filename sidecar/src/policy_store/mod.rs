@@ -9,7 +9,7 @@
 mod diagnostics;
 mod reload;
 mod snapshot;
-mod sources;
+pub mod sources;
 mod statements;
 
 use std::sync::Arc;
@@ -87,9 +87,7 @@ impl PolicyStore {
 
     /// Swap in a new snapshot and record the success.
     pub fn publish(&self, snapshot: PolicySnapshot) {
-        self.inner
-            .generation
-            .fetch_max(snapshot.version().generation, Ordering::AcqRel);
+        self.inner.generation.fetch_max(snapshot.version().generation, Ordering::AcqRel);
         self.inner.current.store(Arc::new(snapshot));
         self.inner.status.successes.fetch_add(1, Ordering::Relaxed);
         self.inner.status.last_error.store(None);
@@ -100,19 +98,12 @@ impl PolicyStore {
     /// inputs had already failed (so the caller logs each broken change once).
     pub fn record_failure(&self, digest: &str, error: LoadError) -> bool {
         let status = &self.inner.status;
-        if status
-            .last_failed_digest
-            .load()
-            .as_deref()
-            .is_some_and(|d| d == digest)
-        {
+        if status.last_failed_digest.load().as_deref().is_some_and(|d| d == digest) {
             return false;
         }
         status.failures.fetch_add(1, Ordering::Relaxed);
         status.last_error.store(Some(Arc::new(error)));
-        status
-            .last_failed_digest
-            .store(Some(Arc::new(digest.to_owned())));
+        status.last_failed_digest.store(Some(Arc::new(digest.to_owned())));
         true
     }
 

@@ -34,11 +34,7 @@ pub struct ReloadOptions {
 
 impl Default for ReloadOptions {
     fn default() -> Self {
-        Self {
-            poll_interval: Duration::from_secs(10),
-            debounce: Duration::from_millis(250),
-            file_events: true,
-        }
+        Self { poll_interval: Duration::from_secs(10), debounce: Duration::from_millis(250), file_events: true }
     }
 }
 
@@ -63,19 +59,10 @@ pub fn spawn_file_reloader(
     tokio::spawn(run(store, dirs, options, shutdown))
 }
 
-async fn run(
-    store: PolicyStore,
-    dirs: SourceDirs,
-    options: ReloadOptions,
-    shutdown: CancellationToken,
-) {
+async fn run(store: PolicyStore, dirs: SourceDirs, options: ReloadOptions, shutdown: CancellationToken) {
     let (wake, mut woken) = mpsc::channel::<()>(1);
     // Keep the watcher alive for as long as the task runs; dropping it stops the events.
-    let _watcher = if options.file_events {
-        watch(&dirs, wake)
-    } else {
-        None
-    };
+    let _watcher = if options.file_events { watch(&dirs, wake) } else { None };
 
     let mut poll = tokio::time::interval(options.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

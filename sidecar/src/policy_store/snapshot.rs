@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use cedar_policy::{
-    Entities, Entity, EntityUid, EvalResult, PolicyId, PolicySet, Schema, SchemaFragment,
+    ActionConstraint, Entities, Entity, EntityUid, EvalResult, Policy, PolicyId, PolicySet, Schema, SchemaFragment,
     ValidationMode, Validator,
 };
 use moka::sync::Cache;
 use serde_json::value::RawValue;
 
-use super::diagnostics::{LoadError, Location, Problem, describe};
+use super::diagnostics::{LineIndex, LoadError, Location, Problem, describe};
 use super::sources::{SourceDirs, SourceFile, Sources};
 use super::statements::statement_starts;
 
@@ -55,12 +55,7 @@ impl fmt::Display for SnapshotSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Files(dirs) => {
-                write!(
-                    f,
-                    "files: policies `{}`, entities `{}`",
-                    dirs.policies.display(),
-                    dirs.entities.display()
-                )
+                write!(f, "files: policies `{}`, entities `{}`", dirs.policies.display(), dirs.entities.display())
             }
         }
     }
@@ -88,6 +83,11 @@ pub struct PolicySnapshot {
     source: SnapshotSource,
     loaded_at: SystemTime,
     policies: PolicySet,
+    /// The policies that can apply to each action of the schema. A policy whose action
+    /// scope cannot match is never satisfied and never evaluated past its scope, so
+    /// deciding over this subset gives exactly Cedar's answer over the whole set, in
+    /// time proportional to the policies of that action only.
+    by_action: HashMap<EntityUid, PolicySet>,
     schema: Schema,
     entities: Entities,
     policy_origins: HashMap<PolicyId, Origin>,
@@ -123,11 +123,7 @@ impl PolicySnapshot {
     /// policies and give them their `@id`s, validate them strictly against the schema,
     /// and parse the entities against the schema. Every problem is collected before
     /// failing, so one run lists them all.
-    pub fn from_sources(
-        sources: &Sources,
-        source: SnapshotSource,
-        generation: u64,
-    ) -> Result<Self, LoadError> {
+    pub fn from_sources(sources: &Sources, source: SnapshotSource, generation: u64) -> Result<Self, LoadError> {
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
 
@@ -137,14 +133,7 @@ impl PolicySnapshot {
             return Err(LoadError::new(problems));
         };
 
-        validate_policies(
-            &schema,
-            &policies,
-            &policy_origins,
-            &sources.policies,
-            &mut problems,
-            &mut warnings,
-        );
+        validate_policies(&schema, &policies, &policy_origins, &sources.policies, &mut problems, &mut warnings);
         let entities = parse_entities(&sources.entities, &schema, &mut problems);
         let Some((entities, entity_origins)) = entities else {
             return Err(LoadError::new(problems));
@@ -162,14 +151,13 @@ impl PolicySnapshot {
             .into_iter()
             .collect();
 
+        let by_action = index_by_action(&policies, &schema, &entities);
         Ok(Self {
-            version: SnapshotVersion {
-                digest: sources.digest.clone(),
-                generation,
-            },
+            version: SnapshotVersion { digest: sources.digest.clone(), generation },
             source,
             loaded_at: SystemTime::now(),
             policies,
+            by_action,
             schema,
             entities,
             policy_origins,
@@ -194,6 +182,12 @@ impl PolicySnapshot {
 
     pub fn policies(&self) -> &PolicySet {
         &self.policies
+    }
+
+    /// The policies that can apply to `action` (all of them for an action the schema
+    /// does not declare, which request validation rejects anyway).
+    pub fn policies_for(&self, action: &EntityUid) -> &PolicySet {
+        self.by_action.get(action).unwrap_or(&self.policies)
     }
 
     pub fn schema(&self) -> &Schema {
@@ -226,11 +220,7 @@ impl PolicySnapshot {
 
     /// Ids of every policy, sorted.
     pub fn policy_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .policies
-            .policies()
-            .map(|p| p.id().to_string())
-            .collect();
+        let mut ids: Vec<String> = self.policies.policies().map(|p| p.id().to_string()).collect();
         ids.sort();
         ids
     }
@@ -239,8 +229,7 @@ impl PolicySnapshot {
     /// entity-valued attributes and tags (the entity itself first when it exists).
     /// Cached per snapshot.
     pub fn entity_slice(&self, uid: &EntityUid) -> Arc<[Entity]> {
-        self.slices
-            .get_with_by_ref(uid, || self.reachable_from([uid.clone()]).into())
+        self.slices.get_with_by_ref(uid, || self.reachable_from([uid.clone()]).into())
     }
 
     /// How many entity slices this snapshot has cached (for metrics).
@@ -267,12 +256,7 @@ impl PolicySnapshot {
         let replaced: HashSet<EntityUid> = extra.iter().map(Entity::uid).collect();
         let mut chosen: HashMap<EntityUid, Entity> = HashMap::new();
         let extra_refs = extra.iter().flat_map(|e| references(e, None));
-        for root in roots
-            .iter()
-            .cloned()
-            .chain(extra_refs)
-            .chain(self.policy_literals.iter().cloned())
-        {
+        for root in roots.iter().cloned().chain(extra_refs).chain(self.policy_literals.iter().cloned()) {
             if is_action(&root) {
                 continue;
             }
@@ -319,11 +303,7 @@ fn references(entity: &Entity, store: Option<&Entities>) -> Vec<EntityUid> {
         && let Some(serde_json::Value::Array(parents)) = json.get("parents")
     {
         // an entity of the caller's, not in the store: its parents are in its JSON form
-        out.extend(
-            parents
-                .iter()
-                .filter_map(|p| EntityUid::from_json(p.clone()).ok()),
-        );
+        out.extend(parents.iter().filter_map(|p| EntityUid::from_json(p.clone()).ok()));
     }
     let attrs = entity.attrs().filter_map(|(_, v)| v.ok());
     let tags = entity.tags().filter_map(|(_, v)| v.ok());
@@ -338,11 +318,26 @@ fn collect_uids(value: &EvalResult, out: &mut Vec<EntityUid>) {
         EvalResult::EntityUid(uid) => out.push(uid.clone()),
         EvalResult::Set(set) => set.iter().for_each(|v| collect_uids(v, out)),
         EvalResult::Record(record) => record.iter().for_each(|(_, v)| collect_uids(v, out)),
-        EvalResult::Bool(_)
-        | EvalResult::Long(_)
-        | EvalResult::String(_)
-        | EvalResult::ExtensionValue(_) => {}
+        EvalResult::Bool(_) | EvalResult::Long(_) | EvalResult::String(_) | EvalResult::ExtensionValue(_) => {}
     }
+}
+
+fn index_by_action(policies: &PolicySet, schema: &Schema, entities: &Entities) -> HashMap<EntityUid, PolicySet> {
+    let mut index = HashMap::new();
+    for action in schema.actions() {
+        let in_group = |group: &EntityUid| {
+            group == action || entities.ancestors(action).is_some_and(|mut a| a.any(|g| g == group))
+        };
+        let applies = |p: &&Policy| match p.action_constraint() {
+            ActionConstraint::Any => true,
+            ActionConstraint::Eq(a) => a == *action,
+            ActionConstraint::In(groups) => groups.iter().any(in_group),
+        };
+        let subset = PolicySet::from_policies(policies.policies().filter(applies).cloned());
+        // ids are unique in `policies`, so a subset cannot fail; keep the whole set if it did
+        index.insert(action.clone(), subset.unwrap_or_else(|_| policies.clone()));
+    }
+    index
 }
 
 /// Action entities come from the schema, never from slices.
@@ -350,11 +345,7 @@ pub(crate) fn is_action(uid: &EntityUid) -> bool {
     uid.type_name().basename() == "Action"
 }
 
-fn parse_schema(
-    files: &[SourceFile],
-    problems: &mut Vec<Problem>,
-    warnings: &mut Vec<Problem>,
-) -> Option<Schema> {
+fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>, warnings: &mut Vec<Problem>) -> Option<Schema> {
     let mut fragments = Vec::new();
     for file in files {
         match SchemaFragment::from_cedarschema_str(&file.text) {
@@ -378,8 +369,7 @@ fn parse_schema(
             match files {
                 [only] => problems.extend(Problem::from_diagnostic(&only.path, &only.text, &e)),
                 _ => {
-                    let names: Vec<String> =
-                        files.iter().map(|f| f.path.display().to_string()).collect();
+                    let names: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
                     problems.push(Problem::new(names.join(", "), None, describe(&e, None)));
                 }
             }
@@ -388,10 +378,7 @@ fn parse_schema(
     }
 }
 
-fn parse_policies(
-    files: &[SourceFile],
-    problems: &mut Vec<Problem>,
-) -> (Option<PolicySet>, HashMap<PolicyId, Origin>) {
+fn parse_policies(files: &[SourceFile], problems: &mut Vec<Problem>) -> (Option<PolicySet>, HashMap<PolicyId, Origin>) {
     let mut origins: HashMap<PolicyId, Origin> = HashMap::new();
     let mut policies = Vec::new();
     let mut failed = false;
@@ -405,6 +392,7 @@ fn parse_policies(
             }
         };
         let starts = statement_starts(&file.text);
+        let lines = LineIndex::new(&file.text);
         let origin_of = |auto_id: &PolicyId| Origin {
             file: file.path.clone(),
             location: auto_id
@@ -412,7 +400,7 @@ fn parse_policies(
                 .strip_prefix("policy")
                 .and_then(|n| n.parse::<usize>().ok())
                 .and_then(|n| starts.get(n))
-                .map(|&offset| Location::of_offset(&file.text, offset)),
+                .map(|&offset| lines.locate(offset)),
         };
         for template in parsed.templates() {
             let origin = origin_of(template.id());
@@ -426,11 +414,7 @@ fn parse_policies(
         }
         for policy in parsed.policies() {
             let origin = origin_of(policy.id());
-            let Some(id) = policy
-                .annotation("id")
-                .map(str::trim)
-                .filter(|id| !id.is_empty())
-            else {
+            let Some(id) = policy.annotation("id").map(str::trim).filter(|id| !id.is_empty()) else {
                 problems.push(Problem::new(
                     origin.file,
                     origin.location,
@@ -444,9 +428,7 @@ fn parse_policies(
                 problems.push(Problem::new(
                     origin.file.clone(),
                     origin.location,
-                    format!(
-                        "duplicate policy id `{id}`: it is already used by the policy at {first}"
-                    ),
+                    format!("duplicate policy id `{id}`: it is already used by the policy at {first}"),
                 ));
                 failed = true;
                 continue;
@@ -461,11 +443,7 @@ fn parse_policies(
     match PolicySet::from_policies(policies) {
         Ok(set) => (Some(set), origins),
         Err(e) => {
-            let dir = files
-                .first()
-                .and_then(|f| f.path.parent())
-                .map(PathBuf::from)
-                .unwrap_or_default();
+            let dir = files.first().and_then(|f| f.path.parent()).map(PathBuf::from).unwrap_or_default();
             problems.push(Problem::new(dir, None, describe(&e, None)));
             (None, origins)
         }
@@ -500,11 +478,7 @@ fn validate_policies(
 
 type ParsedEntities = (Entities, HashMap<EntityUid, Origin>);
 
-fn parse_entities(
-    files: &[SourceFile],
-    schema: &Schema,
-    problems: &mut Vec<Problem>,
-) -> Option<ParsedEntities> {
+fn parse_entities(files: &[SourceFile], schema: &Schema, problems: &mut Vec<Problem>) -> Option<ParsedEntities> {
     let before = problems.len();
     let mut origins: HashMap<EntityUid, Origin> = HashMap::new();
     let mut all = Vec::new();
@@ -512,10 +486,7 @@ fn parse_entities(
         let items: Vec<&RawValue> = match serde_json::from_str(&file.text) {
             Ok(items) => items,
             Err(e) => {
-                let location = Location {
-                    line: e.line(),
-                    column: e.column(),
-                };
+                let location = Location { line: e.line(), column: e.column() };
                 problems.push(Problem::new(
                     &file.path,
                     Some(location).filter(|l| l.line > 0),
@@ -524,12 +495,10 @@ fn parse_entities(
                 continue;
             }
         };
+        let lines = LineIndex::new(&file.text);
         for item in items {
             let offset = (item.get().as_ptr() as usize).saturating_sub(file.text.as_ptr() as usize);
-            let origin = Origin {
-                file: file.path.clone(),
-                location: Some(Location::of_offset(&file.text, offset)),
-            };
+            let origin = Origin { file: file.path.clone(), location: Some(lines.locate(offset)) };
             match Entity::from_json_str(item.get(), Some(schema)) {
                 Ok(entity) => {
                     let uid = entity.uid();
@@ -544,25 +513,27 @@ fn parse_entities(
                     origins.insert(uid, origin);
                     all.push(entity);
                 }
-                Err(e) => problems.push(Problem::new(
-                    origin.file,
-                    origin.location,
-                    describe(&e, None),
-                )),
+                Err(e) => problems.push(Problem::new(origin.file, origin.location, describe(&e, None))),
             }
         }
     }
     if problems.len() > before {
         return None;
     }
-    match Entities::from_entities(all, Some(schema)) {
+    // Each entity was checked against the schema as it was parsed; what is left is to
+    // add the schema's action entities and compute the hierarchy.
+    let actions = match schema.action_entities() {
+        Ok(actions) => actions,
+        Err(e) => {
+            let dir = files.first().and_then(|f| f.path.parent()).map(PathBuf::from).unwrap_or_default();
+            problems.push(Problem::new(dir, None, describe(&e, None)));
+            return None;
+        }
+    };
+    match Entities::from_entities(all.into_iter().chain(actions.iter().cloned()), None) {
         Ok(entities) => Some((entities, origins)),
         Err(e) => {
-            let dir = files
-                .first()
-                .and_then(|f| f.path.parent())
-                .map(PathBuf::from)
-                .unwrap_or_default();
+            let dir = files.first().and_then(|f| f.path.parent()).map(PathBuf::from).unwrap_or_default();
             problems.push(Problem::new(dir, None, describe(&e, None)));
             None
         }
@@ -590,10 +561,7 @@ fn dangling_references(entities: &Entities, origins: &HashMap<EntityUid, Origin>
             warnings.push(Problem::new(
                 origin.file.clone(),
                 origin.location,
-                format!(
-                    "entity `{uid}` refers to {}, which no entity file defines",
-                    missing.join(", ")
-                ),
+                format!("entity `{uid}` refers to {}, which no entity file defines", missing.join(", ")),
             ));
         }
     }

@@ -21,10 +21,7 @@ pub struct SourceDirs {
 
 impl SourceDirs {
     pub fn new(policies: impl Into<PathBuf>, entities: impl Into<PathBuf>) -> Self {
-        Self {
-            policies: policies.into(),
-            entities: entities.into(),
-        }
+        Self { policies: policies.into(), entities: entities.into() }
     }
 }
 
@@ -95,19 +92,12 @@ impl Sources {
             return Err(LoadError::new(problems));
         }
         let digest = digest([&schemas, &policies, &entities]);
-        Ok(Self {
-            schemas,
-            policies,
-            entities,
-            digest,
-        })
+        Ok(Self { schemas, policies, entities, digest })
     }
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// Regular files (following symlinks) at the top of `dir`, sorted by name.
@@ -115,11 +105,7 @@ fn list(dir: &Path, problems: &mut Vec<Problem>) -> Vec<PathBuf> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
-            problems.push(Problem::new(
-                dir,
-                None,
-                format!("cannot read the directory: {e}"),
-            ));
+            problems.push(Problem::new(dir, None, format!("cannot read the directory: {e}")));
             return Vec::new();
         }
     };
@@ -135,16 +121,9 @@ fn list(dir: &Path, problems: &mut Vec<Problem>) -> Vec<PathBuf> {
 
 fn read_one(path: &Path, problems: &mut Vec<Problem>) -> Option<SourceFile> {
     match fs::read_to_string(path) {
-        Ok(text) => Some(SourceFile {
-            path: path.to_path_buf(),
-            text,
-        }),
+        Ok(text) => Some(SourceFile { path: path.to_path_buf(), text }),
         Err(e) => {
-            problems.push(Problem::new(
-                path,
-                None,
-                format!("cannot read the file: {e}"),
-            ));
+            problems.push(Problem::new(path, None, format!("cannot read the file: {e}")));
             None
         }
     }
@@ -161,9 +140,5 @@ fn digest(groups: [&Vec<SourceFile>; 3]) -> String {
             hasher.update(file.text.as_bytes());
         }
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }

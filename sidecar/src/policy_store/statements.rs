@@ -69,7 +69,8 @@ mod tests {
 
     #[test]
     fn escaped_quotes_do_not_end_strings() {
-        let text = "permit(principal, action, resource) when { \"a\\\";\" == \"b\" };permit(principal, action, resource);";
+        let text =
+            "permit(principal, action, resource) when { \"a\\\";\" == \"b\" };permit(principal, action, resource);";
         let starts = statement_starts(text);
         assert_eq!(starts.len(), 2);
         assert!(text[starts[1]..].starts_with("permit("));
