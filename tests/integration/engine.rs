@@ -169,3 +169,26 @@ fn shared_workspace() -> &'static (Workspace, PolicyStore) {
         (ws, store)
     })
 }
+
+#[test]
+fn entities_named_in_policies_are_part_of_every_slice() {
+    let ws = Workspace::shipped();
+    // A forbid that reads an attribute of an entity named only in the policy text: if
+    // the slice left lob-b out, the forbid would error instead of matching.
+    ws.write_policy(
+        "literal.cedar",
+        "@id(\"not-through-lob-b-endpoints\")\nforbid (principal, action == Studio::Action::\"CreatePresignedDomainUrl\", resource)\n\
+         when { context has sourceVpce && Studio::Lob::\"lob-b\".vpceIds.contains(context.sourceVpce) };\n",
+    );
+    let engine = Engine::new(PolicyStore::load_files(&ws.dirs()).unwrap());
+    let snapshot = engine.store().current();
+    let request = presign("user-2", "user-2-team2")
+        .with_context(json!({"sourceVpce": "vpce-0b2b000000000001b", "sourceIp": "10.1.2.3"}));
+    let whole = engine.decide(&request).unwrap();
+    let stored = snapshot.entities().get(&request.principal).unwrap().clone();
+    let sliced = engine.decide(&request.clone().with_entities(vec![stored])).unwrap();
+    assert_eq!(whole.policies, vec!["not-through-lob-b-endpoints".to_owned()]);
+    assert_eq!(sliced.policies, whole.policies);
+    assert!(sliced.errors.is_empty(), "{:?}", sliced.errors);
+    assert_eq!(sliced.reason, DecisionReason::Forbidden);
+}

@@ -92,9 +92,10 @@ pub struct PolicySnapshot {
     entities: Entities,
     policy_origins: HashMap<PolicyId, Origin>,
     entity_origins: HashMap<EntityUid, Origin>,
-    /// Entity uids written literally in policies (e.g. `Studio::Team::"admins"`): every
-    /// request slice includes them, since a policy may read their attributes.
-    policy_literals: Vec<EntityUid>,
+    /// The entities written literally in policies (e.g. `Studio::Team::"admins"`) and
+    /// everything reachable from them: every request slice includes them, since a policy
+    /// may read their attributes. Fixed for the snapshot, so computed once.
+    literal_slice: Vec<Entity>,
     warnings: Vec<Problem>,
     /// Per-entity slice cache: uid → that entity and everything reachable from it.
     /// moka because readers on every core hit it concurrently and it must stay bounded.
@@ -143,13 +144,8 @@ impl PolicySnapshot {
         }
         warnings.extend(dangling_references(&entities, &entity_origins));
 
-        let policy_literals = policies
-            .policies()
-            .flat_map(|p| p.entity_literals())
-            .filter(|uid| !is_action(uid))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let literals: HashSet<EntityUid> = policies.policies().flat_map(|p| p.entity_literals()).collect();
+        let literal_slice = reachable_from(&entities, literals);
 
         let by_action = index_by_action(&policies, &schema, &entities);
         Ok(Self {
@@ -162,7 +158,7 @@ impl PolicySnapshot {
             entities,
             policy_origins,
             entity_origins,
-            policy_literals,
+            literal_slice,
             warnings,
             slices: Cache::builder().max_capacity(SLICE_CACHE_CAPACITY).build(),
         })
@@ -229,7 +225,7 @@ impl PolicySnapshot {
     /// entity-valued attributes and tags (the entity itself first when it exists).
     /// Cached per snapshot.
     pub fn entity_slice(&self, uid: &EntityUid) -> Arc<[Entity]> {
-        self.slices.get_with_by_ref(uid, || self.reachable_from([uid.clone()]).into())
+        self.slices.get_with_by_ref(uid, || reachable_from(&self.entities, [uid.clone()]).into())
     }
 
     /// How many entity slices this snapshot has cached (for metrics).
@@ -256,37 +252,38 @@ impl PolicySnapshot {
         let replaced: HashSet<EntityUid> = extra.iter().map(Entity::uid).collect();
         let mut chosen: HashMap<EntityUid, Entity> = HashMap::new();
         let extra_refs = extra.iter().flat_map(|e| references(e, None));
-        for root in roots.iter().cloned().chain(extra_refs).chain(self.policy_literals.iter().cloned()) {
-            if is_action(&root) {
-                continue;
+        let mut choose = |entity: &Entity| {
+            let uid = entity.uid();
+            if !replaced.contains(&uid) {
+                chosen.entry(uid).or_insert_with(|| entity.clone());
             }
-            for entity in self.entity_slice(&root).iter() {
-                let uid = entity.uid();
-                if !replaced.contains(&uid) {
-                    chosen.entry(uid).or_insert_with(|| entity.clone());
-                }
+        };
+        for root in roots.iter().cloned().chain(extra_refs) {
+            if !is_action(&root) {
+                self.entity_slice(&root).iter().for_each(&mut choose);
             }
         }
+        self.literal_slice.iter().for_each(choose);
         let all = chosen.into_values().chain(extra.iter().cloned());
         Entities::from_entities(all, Some(&self.schema)).map_err(Box::new)
     }
+}
 
-    fn reachable_from(&self, roots: impl IntoIterator<Item = EntityUid>) -> Vec<Entity> {
-        let mut seen = HashSet::new();
-        let mut stack: Vec<EntityUid> = roots.into_iter().collect();
-        let mut found = Vec::new();
-        while let Some(uid) = stack.pop() {
-            if is_action(&uid) || !seen.insert(uid.clone()) {
-                continue;
-            }
-            let Some(entity) = self.entities.get(&uid) else {
-                continue;
-            };
-            stack.extend(references(entity, Some(&self.entities)));
-            found.push(entity.clone());
+/// Every stored entity reachable from `roots` through ancestors, entity-valued
+/// attributes and tags (roots included when they exist). Action entities excluded.
+fn reachable_from(entities: &Entities, roots: impl IntoIterator<Item = EntityUid>) -> Vec<Entity> {
+    let mut seen = HashSet::new();
+    let mut stack: Vec<EntityUid> = roots.into_iter().collect();
+    let mut found = Vec::new();
+    while let Some(uid) = stack.pop() {
+        if is_action(&uid) || !seen.insert(uid.clone()) {
+            continue;
         }
-        found
+        let Some(entity) = entities.get(&uid) else { continue };
+        stack.extend(references(entity, Some(entities)));
+        found.push(entity.clone());
     }
+    found
 }
 
 /// Uids an entity points at: its ancestors (all of them when `store` has computed the
