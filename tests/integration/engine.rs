@@ -182,12 +182,16 @@ fn entities_named_in_policies_are_part_of_every_slice() {
     );
     let engine = Engine::new(PolicyStore::load_files(&ws.dirs()).unwrap());
     let snapshot = engine.store().current();
-    let request = presign("user-2", "user-2-team2")
+    // user-1 and their profile are in lob-a: nothing they reach leads to lob-b.
+    let request = presign("user-1", "user-1-team1")
         .with_context(json!({"sourceVpce": "vpce-0b2b000000000001b", "sourceIp": "10.1.2.3"}));
     let whole = engine.decide(&request).unwrap();
     let stored = snapshot.entities().get(&request.principal).unwrap().clone();
     let sliced = engine.decide(&request.clone().with_entities(vec![stored])).unwrap();
-    assert_eq!(whole.policies, vec!["not-through-lob-b-endpoints".to_owned()]);
+    assert_eq!(
+        whole.policies,
+        vec!["not-through-lob-b-endpoints".to_owned(), "presign-only-through-lob-vpce".to_owned()]
+    );
     assert_eq!(sliced.policies, whole.policies);
     assert!(sliced.errors.is_empty(), "{:?}", sliced.errors);
     assert_eq!(sliced.reason, DecisionReason::Forbidden);
