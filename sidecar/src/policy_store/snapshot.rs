@@ -244,6 +244,10 @@ impl PolicySnapshot {
     /// This is complete for evaluation: a policy can only reach an entity from the
     /// principal, action, resource, context or a literal in a policy, by following
     /// parents, attributes and tags, and every such path is in the slices.
+    ///
+    /// Added entities are meant to be leaves of the hierarchy (a principal). Stored
+    /// entities keep the ancestors the snapshot computed for them, so replacing an entity
+    /// that stored entities descend from changes its own ancestors, not theirs.
     pub fn request_entities(
         &self,
         roots: &[EntityUid],
@@ -286,9 +290,9 @@ fn reachable_from(entities: &Entities, roots: impl IntoIterator<Item = EntityUid
     found
 }
 
-/// Uids an entity points at: its ancestors (all of them when `store` has computed the
-/// hierarchy, else its direct parents are not visible and only attributes and tags
-/// count) and every entity uid inside its attributes and tags.
+/// Uids an entity points at: its ancestors (all of them, from `store`, which has
+/// computed the hierarchy; for an entity of a caller's, not in any store, its direct
+/// parents) and every entity uid inside its attributes and tags.
 fn references(entity: &Entity, store: Option<&Entities>) -> Vec<EntityUid> {
     let uid = entity.uid();
     let mut out: Vec<EntityUid> = match store.and_then(|s| s.ancestors(&uid)) {
