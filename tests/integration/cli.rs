@@ -1,8 +1,39 @@
 //! The security team's commands, run in-process on the shipped files and on broken ones.
 
-use crate::support::{Workspace, run_cli};
+use std::path::PathBuf;
 
+use crate::support::{Output, Workspace, run_cli};
+
+const USER_1: &str = r#"Studio::User::"user-1""#;
+const USER_1_TEAM1: &str = r#"Studio::UserProfile::"user-1-team1""#;
+const PRESIGN: &str = "CreatePresignedDomainUrl";
 const PRESIGN_CONTEXT: &str = r#"{"sourceVpce": "vpce-0a1a000000000001a", "sourceIp": "10.1.2.3"}"#;
+const DZ_USER_1: &str = r#"DataZone::User::"4b89ed84-9842-45dd-a2e5-15e49eda2b03""#;
+
+/// `validate` must exit 1, print nothing on stdout, and say each of `needles` on stderr.
+fn assert_validate_fails(ws: &Workspace, needles: &[&str]) -> Output {
+    let out = ws.cli(&["validate"]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    for needle in needles {
+        assert!(out.stderr.contains(needle), "missing {needle:?} in:\n{}", out.stderr);
+    }
+    out
+}
+
+fn authorize(ws: &Workspace, principal: &str, action: &str, resource: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["authorize", "--principal", principal, "--action", action, "--resource", resource];
+    args.extend_from_slice(extra);
+    ws.cli(&args)
+}
+
+/// A directory of decision tables holding one table.
+fn tables(ws: &Workspace, file: &str, text: &str) -> PathBuf {
+    let dir = ws.dir.path().join(format!("tables-{file}"));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join(file), text).unwrap();
+    dir
+}
 
 #[test]
 fn help_explains_every_command() {
@@ -37,10 +68,7 @@ fn validate_passes_on_the_shipped_files_with_a_one_line_summary() {
 fn validate_names_file_line_and_column_of_a_syntax_error() {
     let ws = Workspace::shipped();
     ws.write_policy("broken.cedar", "@id(\"broken\")\npermit (principal, action, resource) when { principal == };\n");
-    let out = ws.cli(&["validate"]);
-    assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("broken.cedar:2:58: unexpected token `}`"), "{}", out.stderr);
-    assert!(out.stdout.is_empty());
+    assert_validate_fails(&ws, &["broken.cedar:2:58: unexpected token `}`", "1 problem found"]);
 }
 
 #[test]
@@ -48,12 +76,11 @@ fn validate_names_a_policy_that_does_not_type_check() {
     let ws = Workspace::shipped();
     ws.write_policy(
         "typo.cedar",
-        "// a typo in an attribute name\n@id(\"typo\")\npermit (principal, action == Studio::Action::\"CreatePresignedDomainUrl\", resource)\nwhen { resource.ownr == principal };\n",
+        "// a typo in an attribute name\n@id(\"typo\")\n\
+         permit (principal, action == Studio::Action::\"CreatePresignedDomainUrl\", resource)\n\
+         when { resource.ownr == principal };\n",
     );
-    let out = ws.cli(&["validate"]);
-    assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("typo.cedar:4:8: for policy `typo`, attribute `ownr`"), "{}", out.stderr);
-    assert!(out.stderr.contains("did you mean `owner`?"), "{}", out.stderr);
+    assert_validate_fails(&ws, &["typo.cedar:4:8: for policy `typo`, attribute `ownr`", "did you mean `owner`?"]);
 }
 
 #[test]
@@ -61,12 +88,10 @@ fn validate_rejects_an_unguarded_tag_read_as_strict_validation_requires() {
     let ws = Workspace::shipped();
     ws.write_policy(
         "tags.cedar",
-        "@id(\"unguarded\")\npermit (principal, action == Studio::Action::\"CreatePresignedDomainUrl\", resource)\nwhen { resource.getTag(\"Team\") == \"Team1\" };\n",
+        "@id(\"unguarded\")\npermit (principal, action == Studio::Action::\"CreatePresignedDomainUrl\", resource)\n\
+         when { resource.getTag(\"Team\") == \"Team1\" };\n",
     );
-    let out = ws.cli(&["validate"]);
-    assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("tags.cedar:3:"), "{}", out.stderr);
-    assert!(out.stderr.contains("tag"), "{}", out.stderr);
+    assert_validate_fails(&ws, &["tags.cedar:3:", "tag"]);
 }
 
 #[test]
@@ -76,47 +101,37 @@ fn validate_names_an_entity_of_an_unknown_type() {
         "admins.json",
         "[\n  {\"uid\": {\"type\": \"Studio::Admin\", \"id\": \"root\"}, \"attrs\": {}, \"parents\": []}\n]\n",
     );
-    let out = ws.cli(&["validate"]);
-    assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("admins.json:2:3:"), "{}", out.stderr);
-    assert!(out.stderr.contains("`Studio::Admin` which is not declared in the schema"), "{}", out.stderr);
+    assert_validate_fails(&ws, &["admins.json:2:3:", "`Studio::Admin` which is not declared in the schema"]);
 }
 
 #[test]
 fn validate_names_both_places_of_a_duplicate_policy_id() {
     let ws = Workspace::shipped();
     ws.write_policy("zz-copy.cedar", "\n\n@id(\"presign-own-profile\")\nforbid (principal, action, resource);\n");
-    let out = ws.cli(&["validate"]);
-    assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("duplicate policy id `presign-own-profile`"), "{}", out.stderr);
-    assert!(out.stderr.contains("zz-copy.cedar:3:1"), "{}", out.stderr);
-    assert!(out.stderr.contains("presign.cedar:13"), "{}", out.stderr);
+    assert_validate_fails(&ws, &["duplicate policy id `presign-own-profile`", "zz-copy.cedar:3:1", "presign.cedar:13"]);
 }
 
 #[test]
 fn validate_requires_an_id_on_every_policy() {
     let ws = Workspace::shipped();
     ws.write_policy("anonymous.cedar", "// no id\npermit (principal, action, resource);\n");
-    let out = ws.cli(&["validate"]);
-    assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("anonymous.cedar:2:1: policy has no `@id"), "{}", out.stderr);
+    assert_validate_fails(&ws, &["anonymous.cedar:2:1: policy has no `@id"]);
 }
 
 #[test]
 fn validate_lists_every_problem_in_one_run() {
     let ws = Workspace::shipped();
     ws.write_policy("broken.cedar", "@id(\"x\") permit (principal, action, resource) when { ; };\n");
-    ws.write_entities("bad.json", "[{\"uid\": {\"type\": \"Studio::Team\", \"id\": \"T\"}, \"attrs\": {\"executionRoleName\": 5}, \"parents\": []}]");
+    ws.write_entities(
+        "bad.json",
+        "[{\"uid\": {\"type\": \"Studio::Team\", \"id\": \"T\"}, \"attrs\": {\"executionRoleName\": 5}, \"parents\": []}]",
+    );
     ws.write_entities("worse.json", "[{\"uid\": {\"type\": \"Nope\", \"id\": \"n\"}, \"attrs\": {}, \"parents\": []}]");
-    let out = ws.cli(&["validate"]);
-    assert_eq!(out.code, 1);
     // the policy error stops the entity check (entities are checked against a schema
     // and a policy set that load), so fix-and-rerun shows the entity errors
-    assert!(out.stderr.contains("broken.cedar:1:"), "{}", out.stderr);
+    assert_validate_fails(&ws, &["broken.cedar:1:"]);
     std::fs::remove_file(ws.policies().join("broken.cedar")).unwrap();
-    let out = ws.cli(&["validate"]);
-    assert!(out.stderr.contains("bad.json:1:2:") && out.stderr.contains("type mismatch"), "{}", out.stderr);
-    assert!(out.stderr.contains("worse.json:1:2:"), "{}", out.stderr);
+    let out = assert_validate_fails(&ws, &["bad.json:1:2:", "type mismatch", "worse.json:1:2:"]);
     assert!(out.stderr.ends_with("2 problems found\n"), "{}", out.stderr);
 }
 
@@ -125,7 +140,8 @@ fn validate_warns_about_references_to_undefined_entities_but_passes() {
     let ws = Workspace::shipped();
     ws.write_entities(
         "typo.json",
-        "[{\"uid\": {\"type\": \"Studio::User\", \"id\": \"u9\"}, \"attrs\": {}, \"parents\": [{\"type\": \"Studio::Team\", \"id\": \"Team9\"}]}]",
+        "[{\"uid\": {\"type\": \"Studio::User\", \"id\": \"u9\"}, \"attrs\": {}, \
+         \"parents\": [{\"type\": \"Studio::Team\", \"id\": \"Team9\"}]}]",
     );
     let out = ws.cli(&["validate"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -136,25 +152,13 @@ fn validate_warns_about_references_to_undefined_entities_but_passes() {
 fn validate_fails_without_a_schema_or_policies() {
     let ws = Workspace::shipped();
     std::fs::remove_file(ws.policies().join("schema.cedarschema")).unwrap();
-    let out = ws.cli(&["validate"]);
-    assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("no schema"), "{}", out.stderr);
+    assert_validate_fails(&ws, &["no schema"]);
 }
 
 #[test]
 fn authorize_explains_an_allow() {
     let ws = Workspace::shipped();
-    let out = ws.cli(&[
-        "authorize",
-        "--principal",
-        r#"Studio::User::"user-1""#,
-        "--action",
-        "CreatePresignedDomainUrl",
-        "--resource",
-        r#"Studio::UserProfile::"user-1-team1""#,
-        "--context",
-        PRESIGN_CONTEXT,
-    ]);
+    let out = authorize(&ws, USER_1, PRESIGN, USER_1_TEAM1, &["--context", PRESIGN_CONTEXT]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.starts_with("ALLOW: allow decided by [presign-own-profile]"), "{}", out.stdout);
     assert!(
@@ -167,18 +171,9 @@ fn authorize_explains_an_allow() {
 #[test]
 fn authorize_names_the_forbid_that_denied_and_exits_3() {
     let ws = Workspace::shipped();
-    let out = ws.cli(&[
-        "authorize",
-        "--principal",
-        r#"Studio::User::"user-1""#,
-        "--action",
-        r#"Studio::Action::"CreatePresignedDomainUrl""#,
-        "--resource",
-        r#"Studio::UserProfile::"user-1-team1""#,
-        "--context",
-        r#"{"sourceVpce": "vpce-0b2b000000000001b", "sourceIp": "10.1.2.3"}"#,
-        "--json",
-    ]);
+    let context = r#"{"sourceVpce": "vpce-0b2b000000000001b", "sourceIp": "10.1.2.3"}"#;
+    let action = r#"Studio::Action::"CreatePresignedDomainUrl""#;
+    let out = authorize(&ws, USER_1, action, USER_1_TEAM1, &["--context", context, "--json"]);
     assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
     let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(json["effect"], "deny");
@@ -191,17 +186,8 @@ fn authorize_names_the_forbid_that_denied_and_exits_3() {
 #[test]
 fn authorize_rejects_a_context_that_does_not_fit_the_schema() {
     let ws = Workspace::shipped();
-    let out = ws.cli(&[
-        "authorize",
-        "--principal",
-        r#"Studio::User::"user-1""#,
-        "--action",
-        "CreatePresignedDomainUrl",
-        "--resource",
-        r#"Studio::UserProfile::"user-1-team1""#,
-        "--context",
-        r#"{"sourceVpce": "vpce-0a1a000000000001a"}"#,
-    ]);
+    let out =
+        authorize(&ws, USER_1, PRESIGN, USER_1_TEAM1, &["--context", r#"{"sourceVpce": "vpce-0a1a000000000001a"}"#]);
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("sourceIp"), "{}", out.stderr);
     assert!(out.stdout.is_empty());
@@ -210,17 +196,7 @@ fn authorize_rejects_a_context_that_does_not_fit_the_schema() {
 #[test]
 fn authorize_rejects_a_principal_of_the_wrong_type_for_the_action() {
     let ws = Workspace::shipped();
-    let out = ws.cli(&[
-        "authorize",
-        "--principal",
-        r#"DataZone::User::"4b89ed84-9842-45dd-a2e5-15e49eda2b03""#,
-        "--action",
-        "CreatePresignedDomainUrl",
-        "--resource",
-        r#"Studio::UserProfile::"user-1-team1""#,
-        "--context",
-        PRESIGN_CONTEXT,
-    ]);
+    let out = authorize(&ws, DZ_USER_1, PRESIGN, USER_1_TEAM1, &["--context", PRESIGN_CONTEXT]);
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("does not fit the schema"), "{}", out.stderr);
 }
@@ -228,15 +204,7 @@ fn authorize_rejects_a_principal_of_the_wrong_type_for_the_action() {
 #[test]
 fn authorize_lists_the_known_actions_for_an_unknown_one() {
     let ws = Workspace::shipped();
-    let out = ws.cli(&[
-        "authorize",
-        "--principal",
-        r#"Studio::User::"u""#,
-        "--action",
-        "Fly",
-        "--resource",
-        r#"Studio::UserProfile::"p""#,
-    ]);
+    let out = authorize(&ws, USER_1, "Fly", USER_1_TEAM1, &[]);
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("no action named `Fly`"), "{}", out.stderr);
     assert!(out.stderr.contains(r#"DataZone::Action::"UseAccount""#), "{}", out.stderr);
@@ -255,28 +223,23 @@ fn test_passes_the_shipped_tables_and_covers_every_policy() {
 #[test]
 fn test_fails_on_a_deliberately_wrong_expectation_and_shows_both_sides() {
     let ws = Workspace::shipped();
-    let tables = ws.dir.path().join("wrong");
-    std::fs::create_dir(&tables).unwrap();
-    std::fs::write(
-        tables.join("wrong.yaml"),
+    let dir = tables(
+        &ws,
+        "wrong.yaml",
         r#"
+defaults:
+  principal: DataZone::User::"4b89ed84-9842-45dd-a2e5-15e49eda2b03"
+  action: UseAccount
+  resource: DataZone::Account::"333333333333"
+  context: { regionName: us-east-1, domainIdentifier: dzd-4igt64u5j25ko9 }
 cases:
   - name: quarantined account granted (wrong on purpose)
-    principal: DataZone::User::"4b89ed84-9842-45dd-a2e5-15e49eda2b03"
-    action: UseAccount
-    resource: DataZone::Account::"333333333333"
-    context: { regionName: us-east-1, domainIdentifier: dzd-4igt64u5j25ko9 }
     expect: allow
   - name: right
-    principal: DataZone::User::"4b89ed84-9842-45dd-a2e5-15e49eda2b03"
-    action: UseAccount
-    resource: DataZone::Account::"333333333333"
-    context: { regionName: us-east-1, domainIdentifier: dzd-4igt64u5j25ko9 }
     expect: deny
 "#,
-    )
-    .unwrap();
-    let out = ws.cli(&["test", tables.to_str().unwrap()]);
+    );
+    let out = ws.cli(&["test", dir.to_str().unwrap()]);
     assert_eq!(out.code, 1, "{}", out.stdout);
     assert!(out.stdout.contains("FAIL  wrong.yaml: quarantined account granted (wrong on purpose)"), "{}", out.stdout);
     assert!(out.stdout.contains("expected: allow"), "{}", out.stdout);
@@ -287,19 +250,17 @@ cases:
 #[test]
 fn test_fails_when_the_deciding_policies_differ() {
     let ws = Workspace::shipped();
-    let tables = ws.dir.path().join("t");
-    std::fs::create_dir(&tables).unwrap();
-    std::fs::write(
-        tables.join("t.json"),
+    let dir = tables(
+        &ws,
+        "t.json",
         r#"{"cases": [{"name": "right effect, wrong policy",
             "principal": "DataZone::User::\"4b89ed84-9842-45dd-a2e5-15e49eda2b03\"",
             "action": "DataZone::Action::\"UseAccount\"",
             "resource": "DataZone::Account::\"004878717744\"",
             "context": {"regionName": "us-west-2", "domainIdentifier": "dzd-4igt64u5j25ko9"},
             "expect": "deny", "policies": ["account-must-be-usable"]}]}"#,
-    )
-    .unwrap();
-    let out = ws.cli(&["test", tables.to_str().unwrap()]);
+    );
+    let out = ws.cli(&["test", dir.to_str().unwrap()]);
     assert_eq!(out.code, 1, "{}", out.stdout);
     assert!(out.stdout.contains("expected: deny decided by [account-must-be-usable]"), "{}", out.stdout);
     assert!(out.stdout.contains("got:      deny decided by [account-region-must-be-supported]"), "{}", out.stdout);
@@ -310,7 +271,8 @@ fn test_require_coverage_fails_for_a_policy_no_case_exercises() {
     let ws = Workspace::shipped();
     ws.write_policy(
         "extra.cedar",
-        "@id(\"untested\")\nforbid (principal, action == DataZone::Action::\"UseAccount\", resource)\nwhen { context.regionName == \"ap-south-2\" };\n",
+        "@id(\"untested\")\nforbid (principal, action == DataZone::Action::\"UseAccount\", resource)\n\
+         when { context.regionName == \"ap-south-2\" };\n",
     );
     let out = ws.cli(&["test"]);
     assert_eq!(out.code, 0, "coverage is a warning by default: {}", out.stdout);
@@ -322,11 +284,24 @@ fn test_require_coverage_fails_for_a_policy_no_case_exercises() {
 #[test]
 fn test_reports_a_malformed_table_with_its_line() {
     let ws = Workspace::shipped();
-    let tables = ws.dir.path().join("bad");
-    std::fs::create_dir(&tables).unwrap();
-    std::fs::write(tables.join("bad.yaml"), "cases:\n  - name: x\n    expect: maybe\n").unwrap();
-    let out = ws.cli(&["test", tables.to_str().unwrap()]);
+    let dir = tables(&ws, "bad.yaml", "cases:\n  - name: x\n    expect: maybe\n");
+    let out = ws.cli(&["test", dir.to_str().unwrap()]);
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("bad.yaml:3:"), "{}", out.stderr);
     assert!(out.stderr.contains("maybe"), "{}", out.stderr);
+}
+
+#[test]
+fn test_reports_a_case_that_does_not_fit_the_schema_as_an_error() {
+    let ws = Workspace::shipped();
+    let dir = tables(
+        &ws,
+        "bad-case.yaml",
+        "cases:\n  - name: no region\n    principal: DataZone::User::\"u\"\n    action: UseAccount\n    \
+         resource: DataZone::Account::\"004878717744\"\n    expect: deny\n",
+    );
+    let out = ws.cli(&["test", dir.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "a case that cannot run fails, even when its expectation is deny");
+    assert!(out.stdout.contains("ERROR bad-case.yaml: no region"), "{}", out.stdout);
+    assert!(out.stdout.contains("regionName"), "{}", out.stdout);
 }

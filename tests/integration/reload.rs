@@ -134,3 +134,56 @@ fn a_vanished_directory_keeps_the_last_good_snapshot() {
     let error = store.stats().last_error.unwrap();
     assert!(error.to_string().contains("cannot read the directory"), "{error}");
 }
+
+/// Lay `files` out the way the kubelet mounts a ConfigMap: the real files in a hidden
+/// timestamped directory, a `..data` link to it, and one link per file through `..data`.
+/// A second call swaps `..data` atomically to a new directory, as an update does.
+#[cfg(unix)]
+fn configmap_mount(dir: &std::path::Path, version: &str, files: &[(&str, String)]) {
+    use std::os::unix::fs::symlink;
+    let real = dir.join(format!("..{version}"));
+    std::fs::create_dir_all(&real).unwrap();
+    for (name, text) in files {
+        std::fs::write(real.join(name), text).unwrap();
+        let link = dir.join(name);
+        if !link.exists() {
+            symlink(format!("..data/{name}"), &link).unwrap();
+        }
+    }
+    let tmp = dir.join("..data_tmp");
+    symlink(format!("..{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_configmap_mount_loads_through_its_links_and_reloads_on_the_data_swap() {
+    let shipped = Workspace::shipped();
+    let mount = tempfile::tempdir().unwrap();
+    let policies = mount.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    let read = |name: &str| std::fs::read_to_string(shipped.policies().join(name)).unwrap();
+    let files = vec![
+        ("schema.cedarschema", read("schema.cedarschema")),
+        ("presign.cedar", read("presign.cedar")),
+        ("account-pool.cedar", read("account-pool.cedar")),
+    ];
+    configmap_mount(&policies, "2026_11_22_v1", &files);
+    let dirs = authz_sidecar::policy_store::SourceDirs::new(&policies, shipped.entities());
+
+    let store = PolicyStore::load_files(&dirs).unwrap();
+    assert_eq!(store.current().policy_count(), 8, "the hidden ..data directory is not read twice");
+
+    let mut changed = files.clone();
+    changed[2].1 = changed[2].1.replace(r#"["AVAILABLE", "ASSIGNED"]"#, r#"["AVAILABLE"]"#);
+    configmap_mount(&policies, "2026_11_22_v2", &changed);
+    assert_eq!(authz_sidecar::policy_store::reload_once(&store, &dirs), ReloadOutcome::Published(2));
+    let engine = Engine::new(store);
+    let assigned = DecisionRequest::new(
+        parse_entity_uid(r#"DataZone::User::"4b89ed84-9842-45dd-a2e5-15e49eda2b03""#).unwrap(),
+        parse_entity_uid(r#"DataZone::Action::"UseAccount""#).unwrap(),
+        parse_entity_uid(r#"DataZone::Account::"111122223333""#).unwrap(),
+    )
+    .with_context(json!({"regionName": "us-east-1", "domainIdentifier": "dzd-4igt64u5j25ko9"}));
+    assert_eq!(engine.decide(&assigned).unwrap().effect, Effect::Deny, "ASSIGNED is no longer usable");
+}
