@@ -7,6 +7,15 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# rustfmt and clippy come with rustup's default profile; add them if a minimal profile left
+# them out, and say so plainly if that is not possible.
+for component in rustfmt clippy; do
+  command="fmt"; [ "$component" = clippy ] && command="clippy"
+  if ! cargo "$command" --version >/dev/null 2>&1; then
+    rustup component add "$component" || { echo "error: cargo $command is missing and rustup cannot add $component" >&2; exit 1; }
+  fi
+done
+
 echo "== format"
 cargo fmt --all -- --check
 

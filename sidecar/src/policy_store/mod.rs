@@ -86,12 +86,16 @@ impl PolicyStore {
     }
 
     /// Swap in a new snapshot and record the success.
+    ///
+    /// The status is settled before the swap, so whoever sees the new snapshot also
+    /// sees the success counted and the previous failure cleared.
     pub fn publish(&self, snapshot: PolicySnapshot) {
+        let status = &self.inner.status;
+        status.successes.fetch_add(1, Ordering::Release);
+        status.last_error.store(None);
+        status.last_failed_digest.store(None);
         self.inner.generation.fetch_max(snapshot.version().generation, Ordering::AcqRel);
         self.inner.current.store(Arc::new(snapshot));
-        self.inner.status.successes.fetch_add(1, Ordering::Relaxed);
-        self.inner.status.last_error.store(None);
-        self.inner.status.last_failed_digest.store(None);
     }
 
     /// Record a failed rebuild of inputs with `digest`. Returns false when the same
@@ -101,9 +105,10 @@ impl PolicyStore {
         if status.last_failed_digest.load().as_deref().is_some_and(|d| d == digest) {
             return false;
         }
-        status.failures.fetch_add(1, Ordering::Relaxed);
+        // the error first, then the count: whoever sees the count sees the error
         status.last_error.store(Some(Arc::new(error)));
         status.last_failed_digest.store(Some(Arc::new(digest.to_owned())));
+        status.failures.fetch_add(1, Ordering::Release);
         true
     }
 
@@ -117,8 +122,8 @@ impl PolicyStore {
     pub fn stats(&self) -> ReloadStats {
         let status = &self.inner.status;
         ReloadStats {
-            successes: status.successes.load(Ordering::Relaxed),
-            failures: status.failures.load(Ordering::Relaxed),
+            successes: status.successes.load(Ordering::Acquire),
+            failures: status.failures.load(Ordering::Acquire),
             last_error: status.last_error.load_full().map(|e| (*e).clone()),
         }
     }
