@@ -10,8 +10,16 @@
 //! - [`policy_tests`]: decision tables, the security team's unit tests for policies.
 //! - [`cli`]: `validate`, `authorize`, `test`.
 
+pub mod admin;
+pub mod app;
+pub mod authn;
 pub mod authz;
 pub mod cli;
+pub mod config;
+pub mod http_client;
 pub mod policy_store;
 pub mod policy_tests;
+pub mod proxy;
+pub mod rescue;
+pub mod server;
 pub mod telemetry;

@@ -195,6 +195,12 @@ impl Engine {
         let snapshot = self.store.current();
         decide_with(&self.authorizer, &snapshot, request)
     }
+
+    /// Decide against a snapshot the caller already holds (and built request entities
+    /// from), so one request never mixes two snapshots.
+    pub fn decide_on(&self, snapshot: &PolicySnapshot, request: &DecisionRequest) -> Result<Decision, RequestError> {
+        decide_with(&self.authorizer, snapshot, request)
+    }
 }
 
 /// Decide against one given snapshot (tests and the CLI use this directly).

@@ -5,6 +5,7 @@
 //! Results go to `out`; problems and log lines go to `err`.
 
 mod authorize;
+mod serve;
 mod test;
 mod validate;
 
@@ -41,6 +42,7 @@ pub mod exit {
         business, Studio profiles, pool accounts) as Cedar entity JSON in an entities directory. \
         These commands check and exercise them offline, exactly as the sidecar will decide.\n\n\
         Start with:\n  \
+        authz-sidecar serve --dev\n  \
         authz-sidecar validate\n  \
         authz-sidecar test\n  \
         authz-sidecar authorize --principal 'Studio::User::\"user-1\"' \\\n    \
@@ -50,9 +52,9 @@ pub mod exit {
     propagate_version = true
 )]
 struct Cli {
-    /// How log lines on stderr are written.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    /// How log lines on stderr are written (default: json for `serve`, text otherwise).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
 
     #[command(subcommand)]
     command: Command,
@@ -77,6 +79,12 @@ enum Command {
     /// prints each failing case with what was expected and what came, then a summary.
     /// Exits 1 if any case fails. See the README for the table format.
     Test(test::Args),
+    /// Serve: authenticate, authorize and forward every call (see the README).
+    ///
+    /// Checks the whole configuration first and exits 1 naming what is wrong. Then
+    /// serves the data plane and the admin endpoints until SIGTERM or SIGINT, drains
+    /// in-flight requests for at most `server.shutdown_grace`, and exits 0.
+    Serve(serve::Args),
 }
 
 /// Where the policies and entities are.
@@ -114,7 +122,8 @@ fn print_problems(err: &mut dyn Write, error: &LoadError) {
 
 /// The binary's entry point.
 pub fn main() -> ExitCode {
-    let code = run(std::env::args_os(), &mut std::io::stdout().lock(), &mut std::io::stderr().lock());
+    // Unlocked handles: `serve` logs to stderr from other threads while this one waits.
+    let code = run(std::env::args_os(), &mut std::io::stdout(), &mut std::io::stderr());
     ExitCode::from(code)
 }
 
@@ -132,10 +141,15 @@ where
             return u8::try_from(e.exit_code()).unwrap_or(exit::USAGE);
         }
     };
-    telemetry::init(cli.log_format, "warn");
+    let (format, level) = match cli.command {
+        Command::Serve(_) => (cli.log_format.unwrap_or(LogFormat::Json), "info"),
+        _ => (cli.log_format.unwrap_or(LogFormat::Text), "warn"),
+    };
+    telemetry::init(format, level);
     match cli.command {
         Command::Validate(args) => validate::run(&args, out, err),
         Command::Authorize(args) => authorize::run(&args, out, err),
         Command::Test(args) => test::run(&args, out, err),
+        Command::Serve(args) => serve::run(&args, out, err),
     }
 }

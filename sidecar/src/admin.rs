@@ -1,0 +1,76 @@
+//! The admin listener: `/livez`, `/readyz`, `/metrics`, and with `--dev` the token
+//! endpoint of the development issuer. A separate address, never the data plane.
+
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::app::App;
+use crate::http_client::Body;
+use crate::rescue::{full, json_response};
+
+pub fn handle<B>(app: &App, metrics: &PrometheusHandle, request: Request<B>) -> Response<Body> {
+    if request.method() != Method::GET {
+        return json_response(StatusCode::METHOD_NOT_ALLOWED, r#"{"error":"use GET"}"#.to_owned());
+    }
+    match request.uri().path() {
+        "/livez" => json_response(StatusCode::OK, r#"{"live":true}"#.to_owned()),
+        "/readyz" => {
+            let reasons = app.not_ready_reasons();
+            let snapshot = app.engine().map(|e| e.store().current().version().to_string());
+            let reloads = app.engine().map(|e| e.store().stats());
+            let body = serde_json::json!({
+                "ready": reasons.is_empty(),
+                "reasons": reasons,
+                "snapshot": snapshot,
+                "reload_failures": reloads.as_ref().map(|s| s.failures),
+                "last_reload_error": reloads.and_then(|s| s.last_error).map(|e| e.to_string()),
+            });
+            let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            json_response(status, body.to_string())
+        }
+        "/metrics" => {
+            metrics.run_upkeep();
+            let mut response = Response::new(full(metrics.render()));
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
+            response
+        }
+        "/dev/token" => match &app.dev {
+            Some(dev) => dev_token(dev, request.uri().query().unwrap_or_default()),
+            None => json_response(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.to_owned()),
+        },
+        _ => json_response(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.to_owned()),
+    }
+}
+
+/// `/dev/token?user=user-1&groups=Team1,Team2`: a token from the development issuer.
+fn dev_token(dev: &crate::authn::dev::DevIssuer, query: &str) -> Response<Body> {
+    let mut user = None;
+    let mut groups = Vec::new();
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy().into_owned();
+        match key {
+            "user" => user = Some(value),
+            "groups" => groups = value.split(',').filter(|g| !g.is_empty()).map(str::to_owned).collect(),
+            _ => {}
+        }
+    }
+    let Some(user) = user.filter(|u| !u.is_empty()) else {
+        return json_response(StatusCode::BAD_REQUEST, r#"{"error":"give ?user=<name>&groups=<a,b>"}"#.to_owned());
+    };
+    match dev.mint(&user, &groups, Duration::from_secs(3600)) {
+        Ok(token) => {
+            let mut response = Response::new(full(token));
+            response.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "dev token minting failed");
+            json_response(StatusCode::INTERNAL_SERVER_ERROR, r#"{"error":"cannot mint a token"}"#.to_owned())
+        }
+    }
+}

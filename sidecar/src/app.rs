@@ -1,0 +1,237 @@
+//! Building and running the sidecar from a validated [`Config`].
+//!
+//! [`App`] is the state every request reads: config, router, authenticator, the engine
+//! (set once the first policy snapshot loads), one HTTP client per upstream, the
+//! concurrency limit. [`run`] starts the background tasks (snapshot load and reload,
+//! JWKS load and refresh) and both listeners, and returns when `shutdown` is cancelled
+//! and they have drained.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use cedar_policy::{Context, EntityId, EntityUid, Request};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::authn::Authenticator;
+use crate::authn::dev::DevIssuer;
+use crate::authz::Engine;
+use crate::config::{Config, ContextSource, Handler};
+use crate::http_client::{self, HttpClient};
+use crate::policy_store::{PolicySnapshot, PolicyStore, ReloadOptions, spawn_file_reloader};
+use crate::server::router::Router;
+use crate::server::{self, ConnLimits};
+
+/// How often issuer keys are re-fetched even when no token names an unknown key.
+const JWKS_REFRESH: Duration = Duration::from_secs(600);
+
+pub struct App {
+    pub config: Config,
+    pub router: Router,
+    pub authn: Authenticator,
+    engine: OnceLock<Engine>,
+    /// Why the policy snapshot is not loaded yet, for `/readyz`.
+    load_error: ArcSwapOption<String>,
+    upstreams: HashMap<String, HttpClient>,
+    /// Requests in flight; a request that finds none free is shed with 429.
+    pub in_flight: Arc<Semaphore>,
+    pub dev: Option<DevIssuer>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("config", &self.config.origin).finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Build the state (no I/O besides creating clients). `dev` adds the development issuer.
+    pub fn new(mut config: Config, dev: bool) -> Result<Self, String> {
+        let dev = if dev { Some(DevIssuer::generate()?) } else { None };
+        if let Some(dev) = &dev {
+            config.issuers.push(dev.issuer_config());
+        }
+        let router = Router::new(&config.routes)?;
+        let jwks_client = http_client::client(Duration::from_secs(5)).map_err(|e| e.to_string())?;
+        let authn = Authenticator::new(&config.issuers, &config.principal.id_claim, &jwks_client);
+        let mut upstreams = HashMap::new();
+        for route in &config.routes {
+            if let Handler::Forward(upstream) = &route.handler {
+                let client = http_client::client(upstream.connect_timeout).map_err(|e| e.to_string())?;
+                upstreams.insert(route.name.clone(), client);
+            }
+        }
+        let in_flight = Arc::new(Semaphore::new(config.server.max_concurrent_requests));
+        Ok(Self {
+            config,
+            router,
+            authn,
+            engine: OnceLock::new(),
+            load_error: ArcSwapOption::empty(),
+            upstreams,
+            in_flight,
+            dev,
+        })
+    }
+
+    pub fn engine(&self) -> Option<&Engine> {
+        self.engine.get()
+    }
+
+    pub fn upstream_client(&self, route: &str) -> Option<&HttpClient> {
+        self.upstreams.get(route)
+    }
+
+    /// Why the sidecar is not ready, or empty when it is.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if self.engine.get().is_none() {
+            match self.load_error.load_full() {
+                Some(error) => reasons.push(format!("no policy snapshot: {error}")),
+                None => reasons.push("no policy snapshot yet".to_owned()),
+            }
+        }
+        for issuer in self.authn.issuers() {
+            if !issuer.has_keys() {
+                reasons.push(format!("no keys yet for issuer `{}`", issuer.config.issuer));
+            }
+        }
+        reasons
+    }
+
+    /// Load the first snapshot (retrying until it loads or `shutdown`), then keep it fresh.
+    async fn load_policies(self: Arc<Self>, shutdown: CancellationToken) {
+        let dirs = self.config.sources.clone();
+        let mut delay = Duration::from_millis(500);
+        let store = loop {
+            let attempt = {
+                let dirs = dirs.clone();
+                tokio::task::spawn_blocking(move || PolicyStore::load_files(&dirs)).await
+            };
+            match attempt {
+                Ok(Ok(store)) => break store,
+                Ok(Err(error)) => {
+                    tracing::error!(error = %error, "cannot load the policy snapshot; not ready, retrying");
+                    self.load_error.store(Some(Arc::new(error.to_string())));
+                }
+                Err(e) => tracing::error!(error = %e, "policy load task failed"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(self.config.poll_interval.max(Duration::from_secs(1)));
+        };
+        let snapshot = store.current();
+        for problem in check_routes(&self.config, &snapshot) {
+            tracing::error!(%problem, "route does not fit the policy schema; its requests will be denied");
+        }
+        tracing::info!(version = %snapshot.version(), policies = snapshot.policy_count(), entities = snapshot.entity_count(), "policy snapshot loaded");
+        self.load_error.store(None);
+        let _ = self.engine.set(Engine::new(store.clone()));
+        let options = ReloadOptions { poll_interval: self.config.poll_interval, ..ReloadOptions::default() };
+        let _ = spawn_file_reloader(store, dirs, options, shutdown).await;
+    }
+
+    /// Fetch every issuer's keys (retrying with backoff until each has some), then
+    /// refresh them periodically.
+    async fn load_keys(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            let mut missing = false;
+            for issuer in self.authn.issuers() {
+                if !issuer.has_keys() && issuer.refresh().await.is_err() {
+                    missing = true;
+                }
+            }
+            let wait = if missing {
+                delay = (delay * 2).min(Duration::from_secs(30));
+                delay
+            } else {
+                JWKS_REFRESH
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            if !missing {
+                for issuer in self.authn.issuers() {
+                    let _ = issuer.refresh().await;
+                }
+            }
+        }
+    }
+}
+
+/// Check every route against the snapshot's schema with a sample request: the action
+/// exists, the principal and resource types fit it, the context keys the route sends
+/// are the ones the action declares.
+pub fn check_routes(config: &Config, snapshot: &PolicySnapshot) -> Vec<String> {
+    let mut problems = Vec::new();
+    for route in &config.routes {
+        let mut sample = serde_json::Map::new();
+        for (name, source) in &route.context {
+            let value = match source {
+                ContextSource::SourceIp => "10.0.0.1".to_owned(),
+                ContextSource::RequestTime => "2026-01-01T00:00:00Z".to_owned(),
+                _ => "sample".to_owned(),
+            };
+            sample.insert(name.clone(), serde_json::Value::String(value));
+        }
+        let context =
+            Context::from_json_value(serde_json::Value::Object(sample), Some((snapshot.schema(), &route.action)));
+        let result = context.map_err(|e| e.to_string()).and_then(|context| {
+            Request::new(
+                EntityUid::from_type_name_and_id(config.principal.entity_type.clone(), EntityId::new("sample")),
+                route.action.clone(),
+                EntityUid::from_type_name_and_id(route.resource_type.clone(), EntityId::new("sample")),
+                context,
+                Some(snapshot.schema()),
+            )
+            .map_err(|e| e.to_string())
+        });
+        if let Err(error) = result {
+            problems.push(format!("route `{}`: {error}", route.name));
+        }
+    }
+    problems
+}
+
+/// The bound listeners.
+#[derive(Debug)]
+pub struct Listeners {
+    pub data: TcpListener,
+    pub admin: TcpListener,
+}
+
+/// Run until `shutdown` is cancelled and both listeners have drained.
+pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: CancellationToken) -> Result<(), String> {
+    let tls = match &app.config.server.tls {
+        Some(files) => Some(server::tls::acceptor(files)?),
+        None => None,
+    };
+    let metrics = crate::telemetry::metrics_handle();
+    // Background tasks end with `tasks`, which is cancelled after the listeners drain.
+    let tasks = CancellationToken::new();
+    tokio::spawn(app.clone().load_policies(tasks.clone()));
+    tokio::spawn(app.clone().load_keys(tasks.clone()));
+
+    let limits = ConnLimits::from_config(&app.config.server);
+    let data_app = app.clone();
+    let data = server::serve(listeners.data, tls, limits.clone(), shutdown.clone(), move |request, peer| {
+        let app = data_app.clone();
+        async move { server::pipeline::handle(&app, request, peer).await }
+    });
+    let admin_app = app.clone();
+    let admin = server::serve(listeners.admin, None, limits, shutdown.clone(), move |request, _peer| {
+        let app = admin_app.clone();
+        let metrics = metrics.clone();
+        async move { crate::admin::handle(&app, &metrics, request) }
+    });
+    tokio::join!(data, admin);
+    tasks.cancel();
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! The Cedar principal of a verified token.
+//!
+//! The entity's id is the configured id claim. When the snapshot has an entity with
+//! that uid (the users→LOB table, stored tags), it is the starting point; then the
+//! token wins where it speaks: the groups claim replaces the stored parents of the group
+//! type (the identity provider is the authority on group membership; other parents,
+//! such as the user's LOB, stay), and each mapped claim sets its tag or attribute.
+//! The result is checked against the schema, so a claim of the wrong shape is an error,
+//! never a silently different principal.
+
+use cedar_policy::{Entity, EntityId, EntityUid};
+use serde_json::{Map, Value, json};
+
+use super::Identity;
+use crate::config::PrincipalConfig;
+use crate::policy_store::PolicySnapshot;
+
+/// Build the principal entity for `identity` under `snapshot`'s schema.
+pub fn principal_entity(
+    identity: &Identity,
+    config: &PrincipalConfig,
+    snapshot: &PolicySnapshot,
+) -> Result<(EntityUid, Entity), String> {
+    let uid = EntityUid::from_type_name_and_id(config.entity_type.clone(), EntityId::new(&identity.subject));
+    let mut json = match snapshot.entities().get(&uid).map(Entity::to_json_value) {
+        Some(Ok(Value::Object(stored))) => stored,
+        _ => {
+            json!({"uid": {"type": config.entity_type.to_string(), "id": identity.subject}, "attrs": {}, "parents": []})
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
+        }
+    };
+
+    if let Some(claim) = &config.groups_claim {
+        let group_type = config.group_type.to_string();
+        let groups = strings(identity.claims.get(claim));
+        let parents = json.entry("parents").or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(parents) = parents {
+            parents.retain(|p| p.get("type").and_then(Value::as_str) != Some(group_type.as_str()));
+            parents.extend(groups.into_iter().map(|g| json!({"type": group_type, "id": g})));
+        }
+    }
+    for (field, pairs) in [("tags", &config.tags), ("attrs", &config.attributes)] {
+        let target = json.entry(field).or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(target) = target {
+            for (name, claim) in pairs {
+                if let Some(value) = identity.claims.get(claim) {
+                    target.insert(name.clone(), value.clone());
+                }
+            }
+        }
+    }
+    let entity = Entity::from_json_value(Value::Object(json), Some(snapshot.schema()))
+        .map_err(|e| format!("the principal built from the token does not fit the schema: {e}"))?;
+    Ok((uid, entity))
+}
+
+/// A claim as a list of strings: a JSON array of strings, or one string.
+fn strings(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(Value::String(s)) => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}

@@ -1,0 +1,165 @@
+//! `authz-sidecar serve`: check the configuration, bind, serve until SIGTERM/SIGINT.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::exit;
+use crate::app::{self, App, Listeners};
+use crate::config::{Config, KeySource};
+use crate::policy_store::PolicySnapshot;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Configuration file (TOML). Without it, the embedded example configuration
+    /// (loopback addresses, the `policies/` and `entities/` of the working directory).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data-plane address, overriding `server.listen`.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Admin address (/livez, /readyz, /metrics), overriding `server.admin_listen`.
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
+    /// Policies directory, overriding `policies.dir`.
+    #[arg(long, value_name = "DIR")]
+    policies: Option<PathBuf>,
+    /// Entities directory, overriding `policies.entities`.
+    #[arg(long, value_name = "DIR")]
+    entities: Option<PathBuf>,
+    /// Add a development token issuer, for trying the sidecar out: its tokens come from
+    /// GET http://<admin address>/dev/token?user=NAME&groups=A,B. Loopback addresses only.
+    #[arg(long)]
+    dev: bool,
+    /// Check the whole configuration (routes, issuers, TLS files, policies and entities,
+    /// routes against the policy schema) and exit without serving.
+    #[arg(long)]
+    check_config: bool,
+}
+
+pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let config = match prepare(args) {
+        Ok(config) => config,
+        Err(message) => {
+            let _ = writeln!(err, "error: {message}");
+            return exit::FAILURE;
+        }
+    };
+    if args.check_config {
+        let _ = writeln!(
+            out,
+            "configuration ok: {} ({} routes, {} issuers, policies `{}`, entities `{}`)",
+            config.origin,
+            config.routes.len(),
+            config.issuers.len(),
+            config.sources.policies.display(),
+            config.sources.entities.display(),
+        );
+        return exit::OK;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot start the async runtime: {e}");
+            return exit::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config, args.dev)) {
+        Ok(()) => exit::OK,
+        Err(message) => {
+            let _ = writeln!(err, "error: {message}");
+            exit::FAILURE
+        }
+    }
+}
+
+/// Load, override and check everything that can be checked without serving.
+fn prepare(args: &Args) -> Result<Config, String> {
+    let mut config = Config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(admin) = args.admin_listen {
+        config.server.admin_listen = admin;
+    }
+    if let Some(dir) = &args.policies {
+        config.sources.policies.clone_from(dir);
+    }
+    if let Some(dir) = &args.entities {
+        config.sources.entities.clone_from(dir);
+    }
+    if args.dev && !(config.server.listen.ip().is_loopback() && config.server.admin_listen.ip().is_loopback()) {
+        return Err("--dev mints tokens for anyone who asks: it only runs on loopback addresses".to_owned());
+    }
+    crate::server::router::Router::new(&config.routes)?;
+    if let Some(tls) = &config.server.tls {
+        crate::server::tls::acceptor(tls)?;
+    }
+    for issuer in &config.issuers {
+        if let KeySource::File(path) = &issuer.keys {
+            let bytes =
+                std::fs::read(path).map_err(|e| format!("issuer `{}`: `{}`: {e}", issuer.issuer, path.display()))?;
+            crate::authn::KeySet::parse(&bytes)
+                .map_err(|e| format!("issuer `{}`: `{}`: {e}", issuer.issuer, path.display()))?;
+        }
+    }
+    let snapshot = PolicySnapshot::load(&config.sources, 1).map_err(|e| format!("policies: {e}"))?;
+    let problems = app::check_routes(&config, &snapshot);
+    if !problems.is_empty() {
+        return Err(problems.join("\n  "));
+    }
+    Ok(config)
+}
+
+async fn serve(config: Config, dev: bool) -> Result<(), String> {
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
+    };
+    let listeners = Listeners {
+        data: bind(config.server.listen, "data plane").await?,
+        admin: bind(config.server.admin_listen, "admin").await?,
+    };
+    let app = Arc::new(App::new(config, dev)?);
+    let data = listeners.data.local_addr().map_err(|e| e.to_string())?;
+    let admin = listeners.admin.local_addr().map_err(|e| e.to_string())?;
+    if dev {
+        tracing::warn!(
+            "DEVELOPMENT ISSUER ENABLED: anyone on this machine can mint tokens at http://{admin}/dev/token; never use --dev in production"
+        );
+    }
+    tracing::info!(%data, %admin, config = %app.config.origin, routes = app.config.routes.len(), "authz-sidecar listening");
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shutdown_on_signal(shutdown.clone()));
+    app::run(app, listeners, shutdown).await?;
+    tracing::info!("authz-sidecar stopped");
+    Ok(())
+}
+
+/// Cancel `shutdown` on SIGTERM or SIGINT.
+async fn shutdown_on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the sidecar");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,526 @@
+//! Configuration: the TOML file (or the embedded default) parsed into raw structs, then
+//! checked and turned into a [`Config`] with parsed addresses, durations, header names,
+//! Cedar uids and route templates. Nothing binds a port before this succeeds, and every
+//! error says which key is wrong and why.
+
+mod raw;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use cedar_policy::{EntityTypeName, EntityUid};
+use http::{HeaderName, Method, Uri};
+
+use crate::policy_store::SourceDirs;
+pub use raw::RawConfig;
+
+/// The commented example configuration, compiled in: what `serve` uses without `--config`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.toml");
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file `{path}`: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config `{origin}`: {message}")]
+    Parse { origin: String, message: String },
+    #[error("config `{origin}`: {key}: {message}")]
+    Invalid { origin: String, key: String, message: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the configuration came from (a file path, or `embedded default`).
+    pub origin: String,
+    pub server: ServerConfig,
+    pub sources: SourceDirs,
+    pub poll_interval: Duration,
+    pub context: ContextConfig,
+    pub principal: PrincipalConfig,
+    pub issuers: Vec<IssuerConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub shutdown_grace: Duration,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: usize,
+    pub max_concurrent_requests: usize,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ContextConfig {
+    pub vpce_header: HeaderName,
+    pub forwarded_for_header: HeaderName,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PrincipalConfig {
+    pub entity_type: EntityTypeName,
+    pub id_claim: String,
+    pub groups_claim: Option<String>,
+    pub group_type: EntityTypeName,
+    pub tags: Vec<(String, String)>,
+    pub attributes: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    Url(Uri),
+    File(PathBuf),
+    /// A JWKS document held in memory (the development issuer).
+    Inline(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    pub issuer: String,
+    pub keys: KeySource,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub audiences: Vec<String>,
+    pub token_use: Option<String>,
+    pub leeway: Duration,
+    pub refresh_min_interval: Duration,
+    pub fetch_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Deny means 403.
+    Enforce,
+    /// Deny is logged and counted, and the call proceeds.
+    DryRun,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::DryRun => "dry-run",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Handler {
+    /// Proxy to an upstream.
+    Forward(Upstream),
+    /// Answer 200 with the decision and identity (for trying the sidecar out).
+    Echo,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Scheme and authority (and an optional path prefix) the request path is appended to.
+    pub base: Uri,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub pass_authorization: bool,
+}
+
+/// Where a context attribute's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContextSource {
+    SourceIp,
+    Vpce,
+    RequestTime,
+    Method,
+    Path,
+    PathParam(String),
+    Header(HeaderName),
+}
+
+/// An id built from path parameters, e.g. `{user}-{team}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdTemplate {
+    parts: Vec<IdPart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum IdPart {
+    Literal(String),
+    Param(String),
+}
+
+impl IdTemplate {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            let (literal, after) = rest.split_at(open);
+            if !literal.is_empty() {
+                parts.push(IdPart::Literal(literal.to_owned()));
+            }
+            let close = after.find('}').ok_or_else(|| format!("unclosed `{{` in `{text}`"))?;
+            let name = after.get(1..close).unwrap_or_default();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("`{{{name}}}` in `{text}` is not a path parameter name"));
+            }
+            parts.push(IdPart::Param(name.to_owned()));
+            rest = after.get(close + 1..).unwrap_or_default();
+        }
+        if rest.contains('}') {
+            return Err(format!("stray `}}` in `{text}`"));
+        }
+        if !rest.is_empty() {
+            parts.push(IdPart::Literal(rest.to_owned()));
+        }
+        Ok(Self { parts })
+    }
+
+    pub fn params(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            IdPart::Param(name) => Some(name.as_str()),
+            IdPart::Literal(_) => None,
+        })
+    }
+
+    /// Fill in the parameters; `None` if one is missing.
+    pub fn render<'a>(&self, lookup: impl Fn(&str) -> Option<&'a str>) -> Option<String> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                IdPart::Literal(text) => out.push_str(text),
+                IdPart::Param(name) => out.push_str(lookup(name)?),
+            }
+        }
+        Some(out)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub method: Method,
+    pub path: String,
+    pub action: EntityUid,
+    pub resource_type: EntityTypeName,
+    pub resource_id: IdTemplate,
+    pub context: Vec<(String, ContextSource)>,
+    pub handler: Handler,
+    pub mode: Mode,
+}
+
+impl Config {
+    /// The configuration from `path`, or the embedded default when `None`. Relative
+    /// paths in a file are taken from the directory the process runs in, like the CLI's.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+                Self::from_toml(&text, &path.display().to_string())
+            }
+            None => Self::from_toml(EMBEDDED_DEFAULT, "embedded default"),
+        }
+    }
+
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { origin: origin.to_owned(), message: e.to_string() })?;
+        Self::from_raw(raw, origin)
+    }
+
+    pub fn from_raw(raw: RawConfig, origin: &str) -> Result<Self, ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid { origin: origin.to_owned(), key, message };
+        let server = &raw.server;
+        for (key, value) in [
+            ("server.max_header_bytes", server.max_header_bytes),
+            ("server.max_headers", server.max_headers),
+            ("server.max_concurrent_requests", server.max_concurrent_requests),
+        ] {
+            if value == 0 {
+                return Err(invalid(key.to_owned(), "must be greater than 0".to_owned()));
+            }
+        }
+        if server.max_header_bytes < 8192 {
+            // hyper's HTTP/1 read buffer cannot be smaller than this
+            return Err(invalid("server.max_header_bytes".into(), "must be at least 8192".into()));
+        }
+        let header = |key: &str, value: &str| {
+            HeaderName::from_str(value).map_err(|_| invalid(key.to_owned(), format!("`{value}` is not a header name")))
+        };
+        let context = ContextConfig {
+            vpce_header: header("context.vpce_header", &raw.context.vpce_header)?,
+            forwarded_for_header: header("context.forwarded_for_header", &raw.context.forwarded_for_header)?,
+            trusted_proxies: raw.context.trusted_proxies.clone(),
+        };
+        let type_name = |key: &str, value: &str| {
+            EntityTypeName::from_str(value)
+                .map_err(|e| invalid(key.to_owned(), format!("`{value}` is not a Cedar entity type: {e}")))
+        };
+        let principal = PrincipalConfig {
+            entity_type: type_name("principal.entity_type", &raw.principal.entity_type)?,
+            id_claim: raw.principal.id_claim.clone(),
+            groups_claim: raw.principal.groups_claim.clone(),
+            group_type: type_name("principal.group_type", &raw.principal.group_type)?,
+            tags: raw.principal.tags.clone().into_iter().collect(),
+            attributes: raw.principal.attributes.clone().into_iter().collect(),
+        };
+
+        let mut issuers = Vec::new();
+        for (i, issuer) in raw.issuers.iter().enumerate() {
+            let key = |field: &str| format!("issuers[{i}].{field}");
+            let keys = match (&issuer.jwks_url, &issuer.jwks_file) {
+                (Some(url), None) => {
+                    let uri = Uri::from_str(url).map_err(|e| invalid(key("jwks_url"), format!("`{url}`: {e}")))?;
+                    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+                        return Err(invalid(key("jwks_url"), format!("`{url}` must be an http(s) URL")));
+                    }
+                    KeySource::Url(uri)
+                }
+                (None, Some(file)) => KeySource::File(file.clone()),
+                _ => return Err(invalid(key("jwks_url"), "give exactly one of `jwks_url` and `jwks_file`".into())),
+            };
+            let mut algorithms = Vec::new();
+            for name in &issuer.algorithms {
+                let alg = jsonwebtoken::Algorithm::from_str(name)
+                    .map_err(|_| invalid(key("algorithms"), format!("`{name}` is not a JWT algorithm")))?;
+                if matches!(
+                    alg,
+                    jsonwebtoken::Algorithm::HS256 | jsonwebtoken::Algorithm::HS384 | jsonwebtoken::Algorithm::HS512
+                ) {
+                    return Err(invalid(
+                        key("algorithms"),
+                        format!("`{name}` is symmetric; only asymmetric algorithms verify tokens against a JWKS"),
+                    ));
+                }
+                algorithms.push(alg);
+            }
+            if algorithms.is_empty() {
+                return Err(invalid(key("algorithms"), "name at least one algorithm".into()));
+            }
+            if issuer.issuer.is_empty() {
+                return Err(invalid(key("issuer"), "must not be empty".into()));
+            }
+            issuers.push(IssuerConfig {
+                issuer: issuer.issuer.clone(),
+                keys,
+                algorithms,
+                audiences: issuer.audiences.clone(),
+                token_use: issuer.token_use.clone(),
+                leeway: issuer.leeway,
+                refresh_min_interval: issuer.jwks_refresh_min_interval,
+                fetch_timeout: issuer.jwks_fetch_timeout,
+            });
+        }
+
+        let mut routes = Vec::new();
+        for (i, route) in raw.routes.iter().enumerate() {
+            routes.push(parse_route(i, route, &invalid)?);
+        }
+        let mut names = std::collections::HashSet::new();
+        for route in &routes {
+            if !names.insert(route.name.as_str()) {
+                return Err(invalid("routes".into(), format!("two routes are named `{}`", route.name)));
+            }
+        }
+
+        Ok(Self {
+            origin: origin.to_owned(),
+            server: ServerConfig {
+                listen: server.listen,
+                admin_listen: server.admin_listen,
+                shutdown_grace: server.shutdown_grace,
+                header_read_timeout: server.header_read_timeout,
+                request_timeout: server.request_timeout,
+                max_header_bytes: server.max_header_bytes,
+                max_headers: server.max_headers,
+                max_body_bytes: server.max_body_bytes,
+                max_concurrent_requests: server.max_concurrent_requests,
+                tls: server.tls.as_ref().map(|t| TlsFiles {
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                    client_ca: t.client_ca.clone(),
+                }),
+            },
+            sources: SourceDirs::new(&raw.policies.dir, &raw.policies.entities),
+            poll_interval: raw.policies.poll_interval,
+            context,
+            principal,
+            issuers,
+            routes,
+        })
+    }
+}
+
+fn parse_route(
+    i: usize,
+    route: &raw::RawRoute,
+    invalid: &dyn Fn(String, String) -> ConfigError,
+) -> Result<RouteConfig, ConfigError> {
+    let key = |field: &str| format!("routes[{i}] (`{}`).{field}", route.name);
+    let method = Method::from_str(&route.method.to_ascii_uppercase())
+        .map_err(|_| invalid(key("method"), format!("`{}` is not an HTTP method", route.method)))?;
+    if !route.path.starts_with('/') {
+        return Err(invalid(key("path"), format!("`{}` must start with `/`", route.path)));
+    }
+    let path_params: Vec<&str> = route
+        .path
+        .split('/')
+        .filter_map(|segment| segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|name| name.trim_start_matches('*'))
+        .collect();
+    let action = EntityUid::from_str(&route.action)
+        .map_err(|e| invalid(key("action"), format!("`{}` is not an action uid: {e}", route.action)))?;
+    let resource_type = EntityTypeName::from_str(&route.resource_type)
+        .map_err(|e| invalid(key("resource_type"), format!("`{}`: {e}", route.resource_type)))?;
+    let resource_id = IdTemplate::parse(&route.resource_id).map_err(|m| invalid(key("resource_id"), m))?;
+    for param in resource_id.params() {
+        if !path_params.contains(&param) {
+            return Err(invalid(key("resource_id"), format!("`{{{param}}}` is not a parameter of `{}`", route.path)));
+        }
+    }
+    let context = match &route.context {
+        None => vec![
+            ("sourceVpce".to_owned(), ContextSource::Vpce),
+            ("sourceIp".to_owned(), ContextSource::SourceIp),
+            ("requestTime".to_owned(), ContextSource::RequestTime),
+        ],
+        Some(map) => {
+            let mut out = Vec::new();
+            for (name, source) in map {
+                let parsed = match source.as_str() {
+                    "source_ip" => ContextSource::SourceIp,
+                    "vpce" => ContextSource::Vpce,
+                    "request_time" => ContextSource::RequestTime,
+                    "method" => ContextSource::Method,
+                    "path" => ContextSource::Path,
+                    other => match other.split_once(':') {
+                        Some(("path", param)) if path_params.contains(&param) => {
+                            ContextSource::PathParam(param.to_owned())
+                        }
+                        Some(("header", header)) => {
+                            ContextSource::Header(HeaderName::from_str(header).map_err(|_| {
+                                invalid(key(&format!("context.{name}")), format!("`{header}` is not a header name"))
+                            })?)
+                        }
+                        _ => {
+                            return Err(invalid(
+                                key(&format!("context.{name}")),
+                                format!(
+                                    "`{other}` is not a context source; use source_ip, vpce, request_time, method, path, \
+                                     path:<parameter> or header:<name>"
+                                ),
+                            ));
+                        }
+                    },
+                };
+                out.push((name.clone(), parsed));
+            }
+            out
+        }
+    };
+    let mode = match route.mode.as_str() {
+        "enforce" => Mode::Enforce,
+        "dry-run" => Mode::DryRun,
+        other => return Err(invalid(key("mode"), format!("`{other}`: use `enforce` or `dry-run`"))),
+    };
+    let handler = match route.handler.as_str() {
+        "forward" => {
+            let Some(upstream) = &route.upstream else {
+                return Err(invalid(key("upstream"), "a `forward` route needs an upstream URL".into()));
+            };
+            let base = Uri::from_str(upstream).map_err(|e| invalid(key("upstream"), format!("`{upstream}`: {e}")))?;
+            if !matches!(base.scheme_str(), Some("http" | "https")) || base.authority().is_none() {
+                return Err(invalid(key("upstream"), format!("`{upstream}` must be an http(s) URL")));
+            }
+            Handler::Forward(Upstream {
+                base,
+                connect_timeout: route.connect_timeout,
+                timeout: route.upstream_timeout,
+                pass_authorization: route.pass_authorization,
+            })
+        }
+        "echo" => Handler::Echo,
+        "presign" | "account_pool" => {
+            return Err(invalid(
+                key("handler"),
+                format!("the built-in `{}` handler is not part of this version yet", route.handler),
+            ));
+        }
+        other => return Err(invalid(key("handler"), format!("`{other}`: use `forward` or `echo`"))),
+    };
+    Ok(RouteConfig {
+        name: route.name.clone(),
+        method,
+        path: route.path.clone(),
+        action,
+        resource_type,
+        resource_id,
+        context,
+        handler,
+        mode,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_is_valid() {
+        let config = Config::load(None).unwrap();
+        assert!(!config.routes.is_empty());
+        assert!(config.server.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn id_templates_fill_parameters() {
+        let t = IdTemplate::parse("{user}-{team}").unwrap();
+        assert_eq!(t.params().collect::<Vec<_>>(), vec!["user", "team"]);
+        let lookup = |name: &str| match name {
+            "user" => Some("user-1"),
+            "team" => Some("team1"),
+            _ => None,
+        };
+        assert_eq!(t.render(lookup).as_deref(), Some("user-1-team1"));
+        assert!(IdTemplate::parse("{user").is_err());
+        assert!(IdTemplate::parse("a}b").is_err());
+        assert!(IdTemplate::parse("{a b}").is_err());
+    }
+
+    fn with_route(route: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(&format!("[[routes]]\n{route}"), "test")
+    }
+
+    #[test]
+    fn route_errors_name_the_route_and_key() {
+        let base = "name = \"r\"\nmethod = \"GET\"\npath = \"/s/{user}\"\naction = 'Studio::Action::\"A\"'\n\
+                    resource_type = \"Studio::UserProfile\"\n";
+        let err = with_route(&format!("{base}resource_id = \"{{team}}\"\nhandler = \"echo\"")).unwrap_err();
+        assert!(err.to_string().contains("routes[0] (`r`).resource_id: `{team}` is not a parameter"), "{err}");
+        let err = with_route(&format!("{base}resource_id = \"{{user}}\"")).unwrap_err();
+        assert!(err.to_string().contains("needs an upstream"), "{err}");
+        let err =
+            with_route(&format!("{base}resource_id = \"{{user}}\"\nhandler = \"echo\"\nmode = \"audit\"")).unwrap_err();
+        assert!(err.to_string().contains("`audit`: use `enforce` or `dry-run`"), "{err}");
+        let err = with_route(&format!("{base}resource_id = \"{{user}}\"\nhandler = \"echo\"\nbogus = 1")).unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn symmetric_algorithms_are_refused() {
+        let err =
+            Config::from_toml("[[issuers]]\nissuer = \"i\"\njwks_file = \"k.json\"\nalgorithms = [\"HS256\"]", "t")
+                .unwrap_err();
+        assert!(err.to_string().contains("symmetric"), "{err}");
+    }
+}

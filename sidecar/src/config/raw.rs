@@ -1,0 +1,195 @@
+//! The configuration file as written: plain serde structs, every unknown key an error.
+//!
+//! [`super::Config::from_raw`] turns this into the validated form; nothing outside the
+//! config module sees these types.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub policies: RawPolicies,
+    pub context: RawContext,
+    pub principal: RawPrincipal,
+    pub issuers: Vec<RawIssuer>,
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: usize,
+    pub max_concurrent_requests: usize,
+    pub tls: Option<RawTls>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            shutdown_grace: Duration::from_secs(20),
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_body_bytes: 1024 * 1024,
+            max_concurrent_requests: 1024,
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by one of these CAs.
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPolicies {
+    pub dir: PathBuf,
+    pub entities: PathBuf,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for RawPolicies {
+    fn default() -> Self {
+        Self { dir: "policies".into(), entities: "entities".into(), poll_interval: Duration::from_secs(10) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawContext {
+    pub vpce_header: String,
+    pub forwarded_for_header: String,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Default for RawContext {
+    fn default() -> Self {
+        Self {
+            vpce_header: "x-amzn-vpce-id".into(),
+            forwarded_for_header: "x-forwarded-for".into(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPrincipal {
+    pub entity_type: String,
+    pub id_claim: String,
+    pub groups_claim: Option<String>,
+    pub group_type: String,
+    /// Cedar tag name → claim name.
+    pub tags: BTreeMap<String, String>,
+    /// Cedar attribute name → claim name.
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl Default for RawPrincipal {
+    fn default() -> Self {
+        Self {
+            entity_type: "Studio::User".into(),
+            id_claim: "username".into(),
+            groups_claim: Some("cognito:groups".into()),
+            group_type: "Studio::Team".into(),
+            tags: BTreeMap::from([("Team".to_owned(), "cognito:groups".to_owned())]),
+            attributes: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    pub issuer: String,
+    pub jwks_url: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub token_use: Option<String>,
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    pub jwks_refresh_min_interval: Duration,
+    #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
+    pub jwks_fetch_timeout: Duration,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into()]
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_fetch_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    pub method: String,
+    pub path: String,
+    pub action: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    /// Cedar context attribute → source (`source_ip`, `vpce`, `request_time`, `method`,
+    /// `path`, `path:<param>`, `header:<name>`). Default: sourceVpce, sourceIp, requestTime.
+    pub context: Option<BTreeMap<String, String>>,
+    #[serde(default = "default_handler")]
+    pub handler: String,
+    pub upstream: Option<String>,
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    #[serde(default)]
+    pub pass_authorization: bool,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
+    pub upstream_timeout: Duration,
+}
+
+fn default_handler() -> String {
+    "forward".into()
+}
+fn default_mode() -> String {
+    "enforce".into()
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_upstream_timeout() -> Duration {
+    Duration::from_secs(15)
+}

@@ -1,0 +1,31 @@
+//! The outbound HTTP client (JWKS fetches, forwarding): hyper-util's pooled client over
+//! plain TCP or rustls, one body type for everything the sidecar sends.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every body the sidecar sends or answers with.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// A client that speaks http and https (webpki roots), HTTP/1.1 and HTTP/2.
+pub fn client(connect_timeout: Duration) -> Result<HttpClient, rustls::Error> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    let https = HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(https))
+}

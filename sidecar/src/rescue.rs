@@ -1,0 +1,138 @@
+//! The one place where a failure becomes an HTTP response.
+//!
+//! Every phase returns an [`ApiError`]; this maps it to a status and a small JSON body
+//! `{"error": "...", "request_id": "..."}` that names the problem without internal
+//! detail (no policy text, no upstream address, no token). Nothing reaches hyper as an
+//! error.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+
+use crate::authn::AuthnError;
+use crate::http_client::Body;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(AuthnError),
+    #[error("forbidden")]
+    Forbidden,
+    #[error("not found")]
+    NotFound,
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("too many requests")]
+    Overloaded,
+    #[error("not ready")]
+    NotReady,
+    #[error("upstream unreachable")]
+    BadGateway,
+    #[error("upstream timed out")]
+    GatewayTimeout,
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadGateway => StatusCode::BAD_GATEWAY,
+            Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// What the client is told: enough to act on, nothing internal.
+    fn public_message(&self) -> String {
+        match self {
+            Self::BadRequest(why) => format!("bad request: {why}"),
+            Self::Unauthenticated(AuthnError::Missing) => "a bearer token is required".to_owned(),
+            Self::Unauthenticated(_) => "the bearer token is not valid".to_owned(),
+            Self::Forbidden => "the policy does not allow this request".to_owned(),
+            Self::NotFound => "no route matches this method and path".to_owned(),
+            Self::PayloadTooLarge => "the request body is too large".to_owned(),
+            Self::Overloaded => "too many requests in flight; retry shortly".to_owned(),
+            Self::NotReady => "the sidecar is not ready yet; retry shortly".to_owned(),
+            Self::BadGateway => "the upstream could not be reached".to_owned(),
+            Self::GatewayTimeout => "the upstream did not answer in time".to_owned(),
+            Self::Internal => "internal error".to_owned(),
+        }
+    }
+
+    pub fn into_response(self, request_id: &str) -> Response<Body> {
+        let body = serde_json::json!({"error": self.public_message(), "request_id": request_id}).to_string();
+        let mut response = json_response(self.status(), body);
+        let headers = response.headers_mut();
+        match &self {
+            Self::Unauthenticated(AuthnError::Missing) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"authz-sidecar\""));
+            }
+            Self::Unauthenticated(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"authz-sidecar\", error=\"invalid_token\""),
+                );
+            }
+            Self::Overloaded | Self::NotReady => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// A JSON response with `Cache-Control: no-store`.
+pub fn json_response(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+pub fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unauthenticated_answers_carry_www_authenticate() {
+        let r = ApiError::Unauthenticated(AuthnError::Missing).into_response("rid");
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"authz-sidecar\"");
+        let r = ApiError::Unauthenticated(AuthnError::Invalid("expired")).into_response("rid");
+        assert!(r.headers()[header::WWW_AUTHENTICATE].to_str().unwrap().contains("invalid_token"));
+    }
+
+    #[test]
+    fn every_error_has_its_status() {
+        let cases = [
+            (ApiError::BadRequest("x"), 400),
+            (ApiError::Forbidden, 403),
+            (ApiError::NotFound, 404),
+            (ApiError::PayloadTooLarge, 413),
+            (ApiError::Overloaded, 429),
+            (ApiError::NotReady, 503),
+            (ApiError::BadGateway, 502),
+            (ApiError::GatewayTimeout, 504),
+        ];
+        for (error, status) in cases {
+            assert_eq!(error.into_response("r").status().as_u16(), status);
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Request paths, made canonical before routing.
+//!
+//! The sidecar authorizes the path it forwards, so the two must be the same string.
+//! Each segment is percent-decoded; empty segments (`//`) and `.` are dropped and `..`
+//! removes the segment before it (RFC 3986 dot-segment removal, also for `%2e%2e`); the
+//! canonical path is re-encoded from the decoded segments. What cannot be made
+//! unambiguous is refused: an encoded `/` (`%2F`) or `\`, a backslash, a NUL, invalid
+//! UTF-8, or `..` climbing above the root.
+
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+/// Characters encoded when a decoded segment is written back into a path.
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
+/// A path in canonical form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalPath {
+    /// Decoded segments, for routing (`/studio/user 1` matches `/studio/{user}` with `user 1`).
+    pub decoded: String,
+    /// Re-encoded, for forwarding.
+    pub encoded: String,
+}
+
+/// Why a path was refused (400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the request path is ambiguous or malformed: {0}")]
+pub struct BadPath(pub &'static str);
+
+pub fn canonicalize(raw: &str) -> Result<CanonicalPath, BadPath> {
+    if !raw.starts_with('/') {
+        return Err(BadPath("it does not start with `/`"));
+    }
+    let mut segments: Vec<String> = Vec::new();
+    for raw_segment in raw.split('/') {
+        let decoded =
+            percent_decode_str(raw_segment).decode_utf8().map_err(|_| BadPath("it is not UTF-8 once decoded"))?;
+        if decoded.contains('/') {
+            return Err(BadPath("it has an encoded `/`"));
+        }
+        if decoded.contains('\\') {
+            return Err(BadPath("it has a backslash"));
+        }
+        if decoded.contains('\0') {
+            return Err(BadPath("it has a NUL character"));
+        }
+        match decoded.as_ref() {
+            "" | "." => {}
+            ".." => {
+                if segments.pop().is_none() {
+                    return Err(BadPath("`..` climbs above the root"));
+                }
+            }
+            segment => segments.push(segment.to_owned()),
+        }
+    }
+    // a trailing slash is kept: `/a/` and `/a` may be different resources upstream
+    let trailing = raw.len() > 1 && raw.ends_with('/') && !segments.is_empty();
+    let mut decoded = String::from("/");
+    decoded.push_str(&segments.join("/"));
+    let mut encoded = String::from("/");
+    encoded
+        .push_str(&segments.iter().map(|s| utf8_percent_encode(s, SEGMENT).to_string()).collect::<Vec<_>>().join("/"));
+    if trailing {
+        decoded.push('/');
+        encoded.push('/');
+    }
+    Ok(CanonicalPath { decoded, encoded })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(raw: &str) -> String {
+        canonicalize(raw).unwrap().decoded
+    }
+
+    #[test]
+    fn dot_segments_and_duplicate_slashes_are_resolved() {
+        assert_eq!(canon("/studio/user-1/team1"), "/studio/user-1/team1");
+        assert_eq!(canon("//studio///user-1/./team1"), "/studio/user-1/team1");
+        assert_eq!(canon("/admin/../studio/user-1/team1"), "/studio/user-1/team1");
+        assert_eq!(canon("/studio/%2e%2e/studio/u/t"), "/studio/u/t");
+        assert_eq!(canon("/studio/user%2D1/team1"), "/studio/user-1/team1");
+        assert_eq!(canon("/"), "/");
+        assert_eq!(canon("/a/b/"), "/a/b/");
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        for raw in
+            ["/studio/user-1%2Fteam1", "/studio/a%2fb", "/a\\b", "/a%5Cb", "/a%00b", "/..", "/a/../..", "/%ff", "x"]
+        {
+            assert!(canonicalize(raw).is_err(), "{raw} should be refused");
+        }
+    }
+
+    #[test]
+    fn the_forwarded_form_re_encodes_what_needs_it() {
+        let path = canonicalize("/files/a%20b/c%3Fd").unwrap();
+        assert_eq!(path.decoded, "/files/a b/c?d");
+        assert_eq!(path.encoded, "/files/a%20b/c%3Fd");
+    }
+}

@@ -1,0 +1,240 @@
+//! The life of one data-plane request, top to bottom:
+//!
+//! 1. **shed**: over the concurrency limit → 429, before any work;
+//! 2. **ready**: no policy snapshot or issuer keys yet → 503;
+//! 3. **authenticate**: bearer JWT → identity, or 401 (before routing, so unknown paths
+//!    reveal nothing to anonymous callers);
+//! 4. **route**: canonical path + method → route, or 400 (ambiguous path) / 404;
+//! 5. **read** the body, bounded → 413;
+//! 6. **authorize**: principal, action, resource and context → Cedar; one audit event;
+//!    deny → 403 (a dry-run route logs and counts the denial and goes on);
+//! 7. **handle**: forward to the upstream, or answer (echo).
+//!
+//! Each phase returns early with an [`ApiError`]; `rescue` turns it into the response.
+
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use cedar_policy::{EntityId, EntityUid};
+use http::{HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body as _, Incoming};
+
+use super::context;
+use super::path::canonicalize;
+use crate::app::App;
+use crate::authn::principal::principal_entity;
+use crate::authz::{Decision, DecisionRequest, Effect};
+use crate::config::{Handler, Mode};
+use crate::http_client::Body;
+use crate::proxy::{self, Outgoing, Vouch};
+use crate::rescue::{ApiError, json_response};
+
+/// What a failed request is labelled with in metrics before a route is known.
+const NO_ROUTE: &str = "-";
+
+pub async fn handle(app: &App, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let started = Instant::now();
+    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    let mut route = NO_ROUTE.to_owned();
+    let outcome =
+        tokio::time::timeout(app.config.server.request_timeout, run(app, request, peer, &request_id, &mut route)).await;
+    let mut response = match outcome {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => error.into_response(&request_id),
+        Err(_) => ApiError::GatewayTimeout.into_response(&request_id),
+    };
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("authz_requests_total", "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("authz_request_seconds", "route" => route).record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn run(
+    app: &App,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    request_id: &str,
+    route_label: &mut String,
+) -> Result<Response<Body>, ApiError> {
+    // 1. shed
+    let _permit = app.in_flight.clone().try_acquire_owned().map_err(|_| ApiError::Overloaded)?;
+    // 2. ready
+    let engine = app.engine().ok_or(ApiError::NotReady)?;
+    if !app.authn.ready() {
+        return Err(ApiError::NotReady);
+    }
+    let (parts, body) = request.into_parts();
+
+    // 3. authenticate
+    let authn_started = Instant::now();
+    let identity = app.authn.authenticate(&parts.headers).await;
+    metrics::histogram!("authz_authn_seconds").record(authn_started.elapsed().as_secs_f64());
+    let identity = identity.map_err(|e| {
+        tracing::info!(request_id, reason = e.label(), "unauthenticated");
+        metrics::counter!("authz_authn_failures_total", "reason" => e.label()).increment(1);
+        ApiError::Unauthenticated(e)
+    })?;
+
+    // 4. route
+    let path = canonicalize(parts.uri.path()).map_err(|e| ApiError::BadRequest(e.0))?;
+    let matched = app.router.find(&parts.method, &path.decoded).ok_or(ApiError::NotFound)?;
+    let route = matched.route.clone();
+    route_label.clone_from(&route.name);
+
+    // 5. read the body, bounded
+    let limit = app.config.server.max_body_bytes;
+    if body.size_hint().lower() > limit as u64 {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let body: Bytes = Limited::new(body, limit).collect().await.map_err(|_| ApiError::PayloadTooLarge)?.to_bytes();
+
+    // 6. authorize
+    let authz_started = Instant::now();
+    let snapshot = engine.store().current();
+    let origin = context::origin(&app.config.context, peer.ip(), &parts.headers);
+    let resource_id = route.resource_id.render(|name| matched.param(name)).ok_or(ApiError::NotFound)?;
+    let resource = EntityUid::from_type_name_and_id(route.resource_type.clone(), EntityId::new(resource_id));
+    let context = context::context(
+        &route.context,
+        &matched,
+        &origin,
+        &parts.method,
+        &path.decoded,
+        &parts.headers,
+        SystemTime::now(),
+    );
+    let decided = principal_entity(&identity, &app.config.principal, &snapshot).and_then(|(principal, entity)| {
+        let request = DecisionRequest::new(principal, route.action.clone(), resource.clone())
+            .with_context(context)
+            .with_entities(vec![entity]);
+        engine.decide_on(&snapshot, &request).map(|d| (request.principal, d)).map_err(|e| e.to_string())
+    });
+    metrics::histogram!("authz_authz_seconds").record(authz_started.elapsed().as_secs_f64());
+    let principal =
+        EntityUid::from_type_name_and_id(app.config.principal.entity_type.clone(), EntityId::new(&identity.subject));
+    let decision = match decided {
+        Ok((_, decision)) => decision,
+        Err(error) => {
+            audit_error(
+                request_id,
+                &route.name,
+                &principal,
+                &route.action,
+                &resource,
+                &error,
+                &snapshot.version().to_string(),
+            );
+            metrics::counter!("authz_decisions_total", "route" => route.name.clone(), "decision" => "deny", "reason" => "invalid_request").increment(1);
+            return Err(ApiError::Forbidden);
+        }
+    };
+    audit(request_id, &route.name, route.mode, &principal, &route.action, &resource, &decision);
+    metrics::counter!(
+        "authz_decisions_total",
+        "route" => route.name.clone(),
+        "decision" => decision.effect.to_string(),
+        "reason" => decision.reason.as_str()
+    )
+    .increment(1);
+    let vouched = match (decision.effect, route.mode) {
+        (Effect::Allow, _) => "allow",
+        (Effect::Deny, Mode::Enforce) => return Err(ApiError::Forbidden),
+        (Effect::Deny, Mode::DryRun) => {
+            metrics::counter!("authz_dry_run_denials_total", "route" => route.name.clone()).increment(1);
+            "dry-run-deny"
+        }
+    };
+
+    // 7. handle
+    let vouch = Vouch {
+        principal: principal.to_string(),
+        issuer: identity.issuer.clone(),
+        request_id: request_id.to_owned(),
+        decision: vouched,
+        policies: decision.policies.clone(),
+        source_ip: origin.source_ip,
+    };
+    match &route.handler {
+        Handler::Forward(upstream) => {
+            let client = app.upstream_client(&route.name).ok_or(ApiError::Internal)?;
+            let path_and_query = match parts.uri.query() {
+                Some(query) => format!("{}?{query}", path.encoded),
+                None => path.encoded.clone(),
+            };
+            let call = Outgoing { method: parts.method, headers: parts.headers, path_and_query, body, vouch: &vouch };
+            proxy::forward(client, upstream, call).await
+        }
+        Handler::Echo => {
+            let body = serde_json::json!({
+                "request_id": request_id,
+                "route": route.name,
+                "principal": vouch.principal,
+                "action": route.action.to_string(),
+                "resource": resource.to_string(),
+                "decision": vouched,
+                "policies": decision.policies,
+                "snapshot": decision.snapshot,
+            });
+            Ok(json_response(http::StatusCode::OK, body.to_string()))
+        }
+    }
+}
+
+/// The audit event: one per decision, JSON when logs are JSON. Ids only: never a token.
+fn audit(
+    request_id: &str,
+    route: &str,
+    mode: Mode,
+    principal: &EntityUid,
+    action: &EntityUid,
+    resource: &EntityUid,
+    decision: &Decision,
+) {
+    let errors: Vec<String> = decision.errors.iter().map(|e| format!("{}: {}", e.policy, e.message)).collect();
+    tracing::info!(
+        target: "authz_sidecar::audit",
+        request_id,
+        route,
+        mode = mode.as_str(),
+        principal = %principal,
+        action = %action,
+        resource = %resource,
+        decision = %decision.effect,
+        reason = decision.reason.as_str(),
+        policies = %decision.policies.join(","),
+        errors = %serde_json::Value::from(errors),
+        snapshot = %decision.snapshot,
+        latency_us = u64::try_from(decision.elapsed.as_micros()).unwrap_or(u64::MAX),
+        "decision"
+    );
+}
+
+fn audit_error(
+    request_id: &str,
+    route: &str,
+    principal: &EntityUid,
+    action: &EntityUid,
+    resource: &EntityUid,
+    error: &str,
+    snapshot: &str,
+) {
+    tracing::warn!(
+        target: "authz_sidecar::audit",
+        request_id,
+        route,
+        principal = %principal,
+        action = %action,
+        resource = %resource,
+        decision = "deny",
+        reason = "invalid_request",
+        policies = "",
+        errors = %serde_json::json!([error]),
+        snapshot,
+        "decision"
+    );
+}
