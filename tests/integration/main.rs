@@ -10,5 +10,7 @@
 
 mod cli;
 mod engine;
+mod harness;
 mod reload;
+mod server;
 mod support;
