@@ -305,3 +305,53 @@ fn test_reports_a_case_that_does_not_fit_the_schema_as_an_error() {
     assert!(out.stdout.contains("ERROR bad-case.yaml: no region"), "{}", out.stdout);
     assert!(out.stdout.contains("regionName"), "{}", out.stdout);
 }
+
+#[test]
+fn serve_check_config_accepts_the_embedded_default() {
+    let ws = Workspace::shipped();
+    let out = ws.cli(&["serve", "--check-config"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("configuration ok: embedded default (1 routes"), "{}", out.stdout);
+}
+
+#[test]
+fn serve_check_config_names_what_is_wrong() {
+    let ws = Workspace::shipped();
+    let config = ws.dir.path().join("bad.toml");
+    // a route whose context the action does not declare
+    std::fs::write(
+        &config,
+        "[[routes]]\nname = \"r\"\nmethod = \"GET\"\npath = \"/s/{u}\"\naction = 'Studio::Action::\"CreatePresignedDomainUrl\"'\n\
+         resource_type = \"Studio::UserProfile\"\nresource_id = \"{u}\"\nhandler = \"echo\"\ncontext = { sourceIp = \"source_ip\", nonsense = \"method\" }\n",
+    )
+    .unwrap();
+    let out = ws.cli(&["serve", "--check-config", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("route `r`") && out.stderr.contains("nonsense"), "{}", out.stderr);
+
+    std::fs::write(&config, "[server]\nlisten = \"not an address\"\n").unwrap();
+    let out = ws.cli(&["serve", "--check-config", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("bad.toml") && out.stderr.contains("listen"), "{}", out.stderr);
+
+    let out = ws.cli(&["serve", "--check-config", "--config", "/nonexistent/authz.toml"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("cannot read config file"), "{}", out.stderr);
+}
+
+#[test]
+fn serve_check_config_refuses_broken_policies() {
+    let ws = Workspace::shipped();
+    ws.write_policy("broken.cedar", "@id(\"b\") permit (principal, action, resource) when { ; };\n");
+    let out = ws.cli(&["serve", "--check-config"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("broken.cedar:1:"), "{}", out.stderr);
+}
+
+#[test]
+fn the_dev_issuer_refuses_non_loopback_addresses() {
+    let ws = Workspace::shipped();
+    let out = ws.cli(&["serve", "--dev", "--check-config", "--listen", "0.0.0.0:8080"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("only runs on loopback"), "{}", out.stderr);
+}

@@ -298,3 +298,61 @@ async fn shutdown_drains_in_flight_requests() {
     tokio::time::timeout(Duration::from_secs(5), sidecar.task).await.expect("stops after draining").unwrap().unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_concurrency_limit_are_shed_with_429() {
+    let sidecar = Sidecar::start_with(Workspace::shipped(), Setup { max_concurrent: 1, ..Setup::default() }, |_| {
+        (200, "slow".to_owned(), Duration::from_millis(800))
+    })
+    .await
+    .ready()
+    .await;
+    let addr = sidecar.data;
+    let token = token("user-1", &["Team1"]);
+    let auth = format!("Bearer {token}");
+    let first = {
+        let auth = auth.clone();
+        tokio::spawn(async move {
+            harness::get(
+                addr,
+                ALLOWED,
+                &[
+                    ("authorization", &auth),
+                    ("x-amzn-vpce-id", "vpce-0a1a000000000001a"),
+                    ("x-forwarded-for", "10.1.2.3"),
+                ],
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, headers, _) = sidecar.get(ALLOWED, &[("authorization", &auth)]).await;
+    assert_eq!(status, 429);
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(first.await.unwrap().0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_is_served_too() {
+    use http_body_util::{BodyExt, Full};
+    let sidecar = Sidecar::start(Setup::default()).await.ready().await;
+    let stream = tokio::net::TcpStream::connect(sidecar.data).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let request = http::Request::get(format!("http://{}{ALLOWED}", sidecar.data))
+        .header("authorization", format!("Bearer {}", token("user-1", &["Team1"])))
+        .header("x-amzn-vpce-id", "vpce-0a1a000000000001a")
+        .header("x-forwarded-for", "10.1.2.3")
+        .body(Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"upstream ok");
+}
