@@ -28,6 +28,9 @@ target_dir="${CARGO_TARGET_DIR:-target}"
 "$target_dir/debug/authz-sidecar" validate --policies policies --entities entities
 "$target_dir/debug/authz-sidecar" test --require-coverage --policies policies --entities entities
 
+echo "== test tools (moto's Cognito emulator)"
+bash scripts/test-tools.sh
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

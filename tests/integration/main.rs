@@ -9,6 +9,7 @@
 )]
 
 mod cli;
+mod cognito;
 mod engine;
 mod harness;
 mod reload;

@@ -1,0 +1,197 @@
+//! Real Cognito-shaped tokens from a local Cognito emulator (moto's server, installed by
+//! `scripts/test-tools.sh`): a user pool, an app client, groups and users created there,
+//! tokens obtained there with AdminInitiateAuth, decisions made here.
+//!
+//! Like real Cognito, moto's tokens name the public Cognito URL as `iss` while its JWKS
+//! is served on loopback, so the issuer and the JWKS URL are configured separately.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use authz_sidecar::app::{self, App, Listeners};
+use authz_sidecar::config::Config;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness;
+use crate::support::Workspace;
+
+/// moto's server: `AUTHZ_MOTO_SERVER`, else where scripts/test-tools.sh installs it.
+fn moto_server_path() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("AUTHZ_MOTO_SERVER") {
+        return path.into();
+    }
+    let venv = std::env::var_os("AUTHZ_TEST_VENV").map_or_else(
+        || std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/authz-sidecar/venv"),
+        std::path::PathBuf::from,
+    );
+    venv.join("bin/moto_server")
+}
+
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_moto() -> Moto {
+    let path = moto_server_path();
+    assert!(path.exists(), "{} is missing: run `bash scripts/test-tools.sh` (scripts/check.sh does)", path.display());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(&path)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let moto = Moto { child, port };
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return moto;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("moto_server did not start on port {port}");
+}
+
+/// One Cognito API call (AWS JSON 1.1; moto does not check signatures).
+async fn cognito(moto: &Moto, operation: &str, body: Value) -> Value {
+    let addr = format!("127.0.0.1:{}", moto.port).parse().unwrap();
+    let headers = [
+        ("content-type", "application/x-amz-json-1.1"),
+        ("x-amz-target", &format!("AWSCognitoIdentityProviderService.{operation}")),
+        (
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/cognito-idp/aws4_request, SignedHeaders=host, Signature=0",
+        ),
+    ];
+    let (status, _, text) = harness::request(addr, "POST", "/", &headers, body.to_string().into_bytes()).await;
+    assert_eq!(status, 200, "{operation}: {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_from_a_cognito_user_pool_drive_the_decisions() {
+    let moto = start_moto().await;
+    let pool = cognito(&moto, "CreateUserPool", json!({"PoolName": "studio-users"})).await;
+    let pool_id = pool["UserPool"]["Id"].as_str().unwrap().to_owned();
+    let client = cognito(
+        &moto,
+        "CreateUserPoolClient",
+        json!({"UserPoolId": pool_id, "ClientName": "studio-api", "ExplicitAuthFlows": ["ADMIN_NO_SRP_AUTH"]}),
+    )
+    .await;
+    let client_id = client["UserPoolClient"]["ClientId"].as_str().unwrap().to_owned();
+    for group in ["Team1", "Team2"] {
+        cognito(&moto, "CreateGroup", json!({"UserPoolId": pool_id, "GroupName": group})).await;
+    }
+    for (user, groups) in [("user-1", vec!["Team1", "Team2"]), ("user-2", vec!["Team2"])] {
+        cognito(
+            &moto,
+            "AdminCreateUser",
+            json!({"UserPoolId": pool_id, "Username": user, "TemporaryPassword": "Temp-Passw0rd!", "MessageAction": "SUPPRESS"}),
+        )
+        .await;
+        cognito(
+            &moto,
+            "AdminSetUserPassword",
+            json!({"UserPoolId": pool_id, "Username": user, "Password": "Real-Passw0rd!", "Permanent": true}),
+        )
+        .await;
+        for group in groups {
+            cognito(&moto, "AdminAddUserToGroup", json!({"UserPoolId": pool_id, "Username": user, "GroupName": group}))
+                .await;
+        }
+    }
+    let login = |user: &'static str| {
+        let (pool_id, client_id) = (pool_id.clone(), client_id.clone());
+        let moto = &moto;
+        async move {
+            let auth = cognito(
+                moto,
+                "AdminInitiateAuth",
+                json!({"UserPoolId": pool_id, "ClientId": client_id, "AuthFlow": "ADMIN_NO_SRP_AUTH",
+                       "AuthParameters": {"USERNAME": user, "PASSWORD": "Real-Passw0rd!"}}),
+            )
+            .await;
+            let result = &auth["AuthenticationResult"];
+            (result["AccessToken"].as_str().unwrap().to_owned(), result["IdToken"].as_str().unwrap().to_owned())
+        }
+    };
+    let (user1_access, user1_id) = login("user-1").await;
+    let (user2_access, _) = login("user-2").await;
+
+    // The sidecar, trusting this pool.
+    let ws = Workspace::shipped();
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[policies]
+dir = "{policies}"
+entities = "{entities}"
+[context]
+trusted_proxies = ["127.0.0.1/32"]
+[[issuers]]
+issuer = "https://cognito-idp.us-east-1.amazonaws.com/{pool_id}"
+jwks_url = "http://127.0.0.1:{port}/{pool_id}/.well-known/jwks.json"
+audiences = ["{client_id}"]
+token_use = "access"
+[[routes]]
+name = "studio"
+method = "GET"
+path = "/studio/{{user}}/{{team}}"
+action = 'Studio::Action::"CreatePresignedDomainUrl"'
+resource_type = "Studio::UserProfile"
+resource_id = "{{user}}-{{team}}"
+handler = "echo"
+"#,
+        policies = ws.policies().display(),
+        entities = ws.entities().display(),
+        port = moto.port,
+    );
+    let app = Arc::new(App::new(Config::from_toml(&toml, "cognito test").unwrap(), false).unwrap());
+    let (data, admin) =
+        (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let (data_addr, admin_addr) = (data.local_addr().unwrap(), admin.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(app::run(app.clone(), Listeners { data, admin }, shutdown.clone()));
+    for _ in 0..200 {
+        if harness::get(admin_addr, "/readyz", &[]).await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(app.not_ready_reasons().is_empty(), "{:?}", app.not_ready_reasons());
+
+    let call = |token: String, path: &'static str, vpce: &'static str| async move {
+        let auth = format!("Bearer {token}");
+        let (status, _, body) = harness::get(
+            data_addr,
+            path,
+            &[("authorization", &auth), ("x-amzn-vpce-id", vpce), ("x-forwarded-for", "10.1.2.3")],
+        )
+        .await;
+        (status, body)
+    };
+    let lob_a = "vpce-0a1a000000000001a";
+    let lob_b = "vpce-0b2b000000000001b";
+    let (status, body) = call(user1_access.clone(), "/studio/user-1/team1", lob_a).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"principal\":\"Studio::User::\\\"user-1\\\"\""), "{body}");
+    assert_eq!(call(user1_access.clone(), "/studio/user-1/team2", lob_a).await.0, 200, "user-1's other team");
+    assert_eq!(call(user2_access.clone(), "/studio/user-2/team2", lob_b).await.0, 200);
+    assert_eq!(call(user2_access.clone(), "/studio/user-1/team1", lob_a).await.0, 403, "not user-2's profile");
+    assert_eq!(call(user1_access, "/studio/user-1/team1", lob_b).await.0, 403, "wrong endpoint for lob-a");
+    assert_eq!(call(user1_id, "/studio/user-1/team1", lob_a).await.0, 401, "an id token is not an access token");
+    shutdown.cancel();
+}
