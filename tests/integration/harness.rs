@@ -164,6 +164,7 @@ pub struct Setup {
     pub upstream_timeout: &'static str,
     pub max_body_bytes: usize,
     pub max_concurrent: usize,
+    pub header_read_timeout: &'static str,
     pub extra: String,
 }
 
@@ -175,6 +176,7 @@ impl Default for Setup {
             upstream_timeout: "5s",
             max_body_bytes: 1024,
             max_concurrent: 64,
+            header_read_timeout: "10s",
             extra: String::new(),
         }
     }
@@ -189,6 +191,7 @@ admin_listen = "127.0.0.1:0"
 shutdown_grace = "5s"
 max_body_bytes = {max_body}
 max_concurrent_requests = {max_concurrent}
+header_read_timeout = "{header_timeout}"
 
 [policies]
 dir = "{policies}"
@@ -230,6 +233,7 @@ upstream = "{upstream}"
 "#,
         max_body = setup.max_body_bytes,
         max_concurrent = setup.max_concurrent,
+        header_timeout = setup.header_read_timeout,
         policies = ws.policies().display(),
         entities = ws.entities().display(),
         trusted = setup.trusted_proxies,

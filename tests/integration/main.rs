@@ -15,3 +15,4 @@ mod harness;
 mod reload;
 mod server;
 mod support;
+mod tls;

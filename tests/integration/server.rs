@@ -356,3 +356,18 @@ async fn http2_is_served_too() {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"upstream ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_too_slow_with_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sidecar = Sidecar::start(Setup { header_read_timeout: "300ms", ..Setup::default() }).await.ready().await;
+    let mut stream = tokio::net::TcpStream::connect(sidecar.data).await.unwrap();
+    stream.write_all(b"GET /studio/user-1/team1 HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    // ...and never finishes the headers
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the sidecar closed the connection instead of waiting forever");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    assert_eq!(sidecar.upstream.calls(), 0);
+}
