@@ -8,6 +8,7 @@
     reason = "test code: a panic is a failed test"
 )]
 
+mod binary;
 mod cli;
 mod cognito;
 mod engine;

@@ -265,6 +265,7 @@ async fn metrics_parse_as_prometheus_text() {
         "authz_jwks_fetches_total",
         "authz_token_cache_total",
         "authz_authn_failures_total",
+        "authz_entity_cache_total",
     ] {
         assert!(names.contains(name), "{name} missing from:\n{text}");
     }

@@ -1,0 +1,109 @@
+//! The real `authz-sidecar` binary: `serve --dev` on loopback, a few calls, a real
+//! SIGTERM. Checks the exit code and the log: exactly one JSON audit event per
+//! decision, and never the token.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness;
+use crate::support::Workspace;
+
+/// `target/<profile>/authz-sidecar`, next to this test binary's `deps/` directory.
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = profile_dir.join("authz-sidecar");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p authz-sidecar` first (scripts/check.sh does)",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_audits_every_decision_and_exits_0_on_sigterm() {
+    let ws = Workspace::shipped();
+    let log = ws.dir.path().join("sidecar.log");
+    let (data_port, admin_port) = (free_port(), free_port());
+    let mut child = Command::new(binary())
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            &format!("127.0.0.1:{data_port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin_port}"),
+        ])
+        .args(["--policies", ws.policies().to_str().unwrap(), "--entities", ws.entities().to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let admin = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let data = format!("127.0.0.1:{data_port}").parse().unwrap();
+    let mut ready = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(admin).await.is_ok() && harness::get(admin, "/readyz", &[]).await.0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "not ready: {}", std::fs::read_to_string(&log).unwrap_or_default());
+
+    let (status, _, token) = harness::get(admin, "/dev/token?user=user-1&groups=Team1,Team2", &[]).await;
+    assert_eq!(status, 200);
+    let auth = format!("Bearer {token}");
+    let through_lob_a = [
+        ("authorization", auth.as_str()),
+        ("x-amzn-vpce-id", "vpce-0a1a000000000001a"),
+        ("x-forwarded-for", "10.1.2.3"),
+    ];
+    assert_eq!(harness::get(data, "/studio/user-1/team1", &through_lob_a).await.0, 200);
+    assert_eq!(harness::get(data, "/studio/user-2/team2", &through_lob_a).await.0, 403);
+    assert_eq!(harness::get(data, "/studio/user-1/team1", &[]).await.0, 401);
+
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let mut status = None;
+    for _ in 0..100 {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!("the sidecar did not stop within 5 s of SIGTERM");
+    };
+    assert!(status.success(), "exit status {status:?}");
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(&token), "the token reached the log");
+    let events: Vec<Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let audits: Vec<&Value> = events.iter().filter(|e| e["target"] == "authz_sidecar::audit").collect();
+    assert_eq!(audits.len(), 2, "one audit event per decision (the 401 never reached one):\n{text}");
+    let fields: Vec<&Value> = audits.iter().map(|e| &e["fields"]).collect();
+    assert_eq!(fields[0]["decision"], "allow");
+    assert_eq!(fields[0]["policies"], "presign-own-profile");
+    assert_eq!(fields[0]["principal"], "Studio::User::\"user-1\"");
+    assert_eq!(fields[1]["decision"], "deny");
+    assert_eq!(fields[1]["resource"], "Studio::UserProfile::\"user-2-team2\"");
+    for f in &fields {
+        for key in ["request_id", "route", "action", "reason", "snapshot", "latency_us", "errors"] {
+            assert!(!f[key].is_null(), "audit event lacks {key}: {f}");
+        }
+    }
+    assert!(audits.iter().all(|e| e["timestamp"].is_string()));
+    assert!(text.contains("DEVELOPMENT ISSUER ENABLED"), "--dev says so loudly");
+}
