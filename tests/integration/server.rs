@@ -372,3 +372,14 @@ async fn a_client_too_slow_with_its_headers_is_cut_off() {
     assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
     assert_eq!(sidecar.upstream.calls(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_the_authority_on_group_membership() {
+    let sidecar = Sidecar::start(Setup::default()).await.ready().await;
+    // The stored user-1 is in Team1 and Team2 and in lob-a. A token that no longer
+    // lists Team1 loses the Team1 profile, and keeps the LOB from the stored entity.
+    assert_eq!(sidecar.studio(ALLOWED, &token("user-1", &["Team2"])).await.0, 403);
+    assert_eq!(sidecar.studio("/studio/user-1/team2", &token("user-1", &["Team2"])).await.0, 200);
+    // A user the entities do not know gets no LOB, so no profile at all.
+    assert_eq!(sidecar.studio("/studio/user-9/team1", &token("user-9", &["Team1"])).await.0, 403);
+}
