@@ -6,14 +6,10 @@
 //! is served on loopback, so the issuer and the JWKS URL are configured separately.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use authz_sidecar::app::{self, App, Listeners};
 use authz_sidecar::config::Config;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::harness;
 use crate::support::Workspace;
@@ -149,29 +145,17 @@ token_use = "access"
 [[routes]]
 name = "studio"
 method = "GET"
-path = "/studio/{{user}}/{{team}}"
-action = 'Studio::Action::"CreatePresignedDomainUrl"'
-resource_type = "Studio::UserProfile"
-resource_id = "{{user}}-{{team}}"
 handler = "echo"
+{route}
 "#,
+        route = harness::STUDIO_ROUTE,
         policies = ws.policies().display(),
         entities = ws.entities().display(),
         port = moto.port,
     );
-    let app = Arc::new(App::new(Config::from_toml(&toml, "cognito test").unwrap(), false).unwrap());
-    let (data, admin) =
-        (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
-    let (data_addr, admin_addr) = (data.local_addr().unwrap(), admin.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(app::run(app.clone(), Listeners { data, admin }, shutdown.clone()));
-    for _ in 0..200 {
-        if harness::get(admin_addr, "/readyz", &[]).await.0 == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(app.not_ready_reasons().is_empty(), "{:?}", app.not_ready_reasons());
+    let sidecar = harness::launch(Config::from_toml(&toml, "cognito test").unwrap()).await;
+    harness::wait_ready(sidecar.admin, &sidecar.app).await;
+    let data_addr = sidecar.data;
 
     let call = |token: String, path: &'static str, vpce: &'static str| async move {
         let auth = format!("Bearer {token}");
@@ -193,5 +177,5 @@ handler = "echo"
     assert_eq!(call(user2_access.clone(), "/studio/user-1/team1", lob_a).await.0, 403, "not user-2's profile");
     assert_eq!(call(user1_access, "/studio/user-1/team1", lob_b).await.0, 403, "wrong endpoint for lob-a");
     assert_eq!(call(user1_id, "/studio/user-1/team1", lob_a).await.0, 401, "an id token is not an access token");
-    shutdown.cancel();
+    sidecar.shutdown.cancel();
 }

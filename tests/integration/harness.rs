@@ -182,6 +182,12 @@ impl Default for Setup {
     }
 }
 
+/// The Studio route's template lines (name, method, handler are the caller's).
+pub const STUDIO_ROUTE: &str = r#"path = "/studio/{user}/{team}"
+action = 'Studio::Action::"CreatePresignedDomainUrl"'
+resource_type = "Studio::UserProfile"
+resource_id = "{user}-{team}""#;
+
 pub fn config_toml(ws: &Workspace, jwks_url: &str, upstream: &str, setup: &Setup) -> String {
     format!(
         r#"
@@ -213,10 +219,7 @@ jwks_fetch_timeout = "1s"
 [[routes]]
 name = "studio"
 method = "GET"
-path = "/studio/{{user}}/{{team}}"
-action = 'Studio::Action::"CreatePresignedDomainUrl"'
-resource_type = "Studio::UserProfile"
-resource_id = "{{user}}-{{team}}"
+{STUDIO_ROUTE}
 upstream = "{upstream}"
 mode = "{mode}"
 upstream_timeout = "{timeout}"
@@ -224,10 +227,7 @@ upstream_timeout = "{timeout}"
 [[routes]]
 name = "studio-post"
 method = "POST"
-path = "/studio/{{user}}/{{team}}"
-action = 'Studio::Action::"CreatePresignedDomainUrl"'
-resource_type = "Studio::UserProfile"
-resource_id = "{{user}}-{{team}}"
+{STUDIO_ROUTE}
 upstream = "{upstream}"
 {extra}
 "#,
@@ -241,6 +241,37 @@ upstream = "{upstream}"
         timeout = setup.upstream_timeout,
         extra = setup.extra,
     )
+}
+
+/// The real app on two loopback listeners.
+pub struct Launched {
+    pub app: Arc<App>,
+    pub data: SocketAddr,
+    pub admin: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+pub async fn launch(config: Config) -> Launched {
+    let app = Arc::new(App::new(config, false).unwrap());
+    let data_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (data, admin) = (data_listener.local_addr().unwrap(), admin_listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let listeners = Listeners { data: data_listener, admin: admin_listener };
+    let task = tokio::spawn(app::run(app.clone(), listeners, shutdown.clone()));
+    Launched { app, data, admin, shutdown, task }
+}
+
+/// Wait (at most 10 s) until `/readyz` on `admin` says ready.
+pub async fn wait_ready(admin: SocketAddr, app: &App) {
+    for _ in 0..200 {
+        if get(admin, "/readyz", &[]).await.0 == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the sidecar did not become ready: {:?}", app.not_ready_reasons());
 }
 
 /// A running sidecar and what it talks to.
@@ -269,29 +300,14 @@ impl Sidecar {
         let jwks = Jwks::start(&[key1]).await;
         let upstream = TestServer::start(upstream).await;
         let toml = config_toml(&ws, &jwks.url(), &upstream.url(), &setup);
-        let config = Config::from_toml(&toml, "test").unwrap();
-        let app = Arc::new(App::new(config, false).unwrap());
-        let data_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (data, admin) = (data_listener.local_addr().unwrap(), admin_listener.local_addr().unwrap());
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(app::run(
-            app.clone(),
-            Listeners { data: data_listener, admin: admin_listener },
-            shutdown.clone(),
-        ));
+        let Launched { app, data, admin, shutdown, task } = launch(Config::from_toml(&toml, "test").unwrap()).await;
         Self { app, data, admin, shutdown, task, _ws: ws, jwks, upstream }
     }
 
     /// Wait (at most 10 s) until `/readyz` says ready.
     pub async fn ready(self) -> Self {
-        for _ in 0..200 {
-            if get(self.admin, "/readyz", &[]).await.0 == 200 {
-                return self;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the sidecar did not become ready: {:?}", self.app.not_ready_reasons());
+        wait_ready(self.admin, &self.app).await;
+        self
     }
 
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, http::HeaderMap, String) {
