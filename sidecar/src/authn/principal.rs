@@ -15,12 +15,13 @@ use super::Identity;
 use crate::config::PrincipalConfig;
 use crate::policy_store::PolicySnapshot;
 
-/// Build the principal entity for `identity` under `snapshot`'s schema.
+/// Build the principal entity for `identity` under `snapshot`'s schema. Its uid is
+/// `config.entity_type` with the identity's subject as id.
 pub fn principal_entity(
     identity: &Identity,
     config: &PrincipalConfig,
     snapshot: &PolicySnapshot,
-) -> Result<(EntityUid, Entity), String> {
+) -> Result<Entity, String> {
     let uid = EntityUid::from_type_name_and_id(config.entity_type.clone(), EntityId::new(&identity.subject));
     let mut json = match snapshot.entities().get(&uid).map(Entity::to_json_value) {
         Some(Ok(Value::Object(stored))) => stored,
@@ -53,7 +54,7 @@ pub fn principal_entity(
     }
     let entity = Entity::from_json_value(Value::Object(json), Some(snapshot.schema()))
         .map_err(|e| format!("the principal built from the token does not fit the schema: {e}"))?;
-    Ok((uid, entity))
+    Ok(entity)
 }
 
 /// A claim as a list of strings: a JSON array of strings, or one string.

@@ -108,17 +108,17 @@ async fn run(
         &parts.headers,
         SystemTime::now(),
     );
-    let decided = principal_entity(&identity, &app.config.principal, &snapshot).and_then(|(principal, entity)| {
-        let request = DecisionRequest::new(principal, route.action.clone(), resource.clone())
-            .with_context(context)
-            .with_entities(vec![entity]);
-        engine.decide_on(&snapshot, &request).map(|d| (request.principal, d)).map_err(|e| e.to_string())
-    });
-    metrics::histogram!("authz_authz_seconds").record(authz_started.elapsed().as_secs_f64());
     let principal =
         EntityUid::from_type_name_and_id(app.config.principal.entity_type.clone(), EntityId::new(&identity.subject));
+    let decided = principal_entity(&identity, &app.config.principal, &snapshot).and_then(|entity| {
+        let request = DecisionRequest::new(principal.clone(), route.action.clone(), resource.clone())
+            .with_context(context)
+            .with_entities(vec![entity]);
+        engine.decide_on(&snapshot, &request).map_err(|e| e.to_string())
+    });
+    metrics::histogram!("authz_authz_seconds").record(authz_started.elapsed().as_secs_f64());
     let decision = match decided {
-        Ok((_, decision)) => decision,
+        Ok(decision) => decision,
         Err(error) => {
             audit_error(
                 request_id,
