@@ -39,6 +39,8 @@ pub struct App {
     /// Requests in flight; a request that finds none free is shed with 429.
     pub in_flight: Arc<Semaphore>,
     pub dev: Option<DevIssuer>,
+    /// Set when a route uses the presign handler (see [`App::with_presigner`]).
+    pub presigner: Option<crate::handlers::presign::Presigner>,
 }
 
 impl std::fmt::Debug for App {
@@ -74,7 +76,28 @@ impl App {
             upstreams,
             in_flight,
             dev,
+            presigner: None,
         })
+    }
+
+    /// Whether any route needs AWS (and so a [`Presigner`](crate::handlers::presign::Presigner)).
+    pub fn needs_aws(&self) -> bool {
+        self.config.routes.iter().any(|r| matches!(r.handler, Handler::Presign(_)))
+    }
+
+    #[must_use]
+    pub fn with_presigner(mut self, presigner: crate::handlers::presign::Presigner) -> Self {
+        self.presigner = Some(presigner);
+        self
+    }
+
+    /// A presigner on the standard AWS credential chain, region and endpoint overrides.
+    pub async fn aws_presigner(&self) -> crate::handlers::presign::Presigner {
+        let base = crate::aws::load(&self.config.aws).await;
+        let sts = crate::aws::sts(&base, &self.config.aws);
+        let endpoint = self.config.aws.sagemaker_endpoint.clone();
+        let sagemaker = crate::handlers::presign::SdkSageMakerClients { base, endpoint };
+        crate::handlers::presign::Presigner::new(sts, Arc::new(sagemaker))
     }
 
     pub fn engine(&self) -> Option<&Engine> {

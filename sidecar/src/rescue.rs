@@ -30,6 +30,12 @@ pub enum ApiError {
     NotReady,
     #[error("upstream unreachable")]
     BadGateway,
+    #[error("profile not found: {0}")]
+    ProfileNotFound(String),
+    #[error("AWS denied: {0}")]
+    AwsDenied(String),
+    #[error("AWS throttled")]
+    Throttled,
     #[error("upstream timed out")]
     GatewayTimeout,
     #[error("internal error")]
@@ -46,7 +52,9 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-            Self::BadGateway => StatusCode::BAD_GATEWAY,
+            Self::BadGateway | Self::AwsDenied(_) => StatusCode::BAD_GATEWAY,
+            Self::ProfileNotFound(_) => StatusCode::NOT_FOUND,
+            Self::Throttled => StatusCode::SERVICE_UNAVAILABLE,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -64,6 +72,8 @@ impl ApiError {
             Self::Overloaded => "too many requests in flight; retry shortly".to_owned(),
             Self::NotReady => "the sidecar is not ready yet; retry shortly".to_owned(),
             Self::BadGateway => "the upstream could not be reached".to_owned(),
+            Self::ProfileNotFound(message) | Self::AwsDenied(message) => message.clone(),
+            Self::Throttled => "AWS is throttling the sidecar; retry shortly".to_owned(),
             Self::GatewayTimeout => "the upstream did not answer in time".to_owned(),
             Self::Internal => "internal error".to_owned(),
         }
@@ -83,7 +93,7 @@ impl ApiError {
                     HeaderValue::from_static("Bearer realm=\"authz-sidecar\", error=\"invalid_token\""),
                 );
             }
-            Self::Overloaded | Self::NotReady => {
+            Self::Overloaded | Self::NotReady | Self::Throttled => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

@@ -12,7 +12,7 @@ use crate::harness;
 use crate::support::Workspace;
 
 /// `target/<profile>/authz-sidecar`, next to this test binary's `deps/` directory.
-fn binary() -> PathBuf {
+pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
     let path = profile_dir.join("authz-sidecar");
@@ -24,7 +24,7 @@ fn binary() -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

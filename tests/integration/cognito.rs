@@ -5,58 +5,11 @@
 //! Like real Cognito, moto's tokens name the public Cognito URL as `iss` while its JWKS
 //! is served on loopback, so the issuer and the JWKS URL are configured separately.
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use authz_sidecar::config::Config;
 use serde_json::{Value, json};
 
-use crate::harness;
+use crate::harness::{self, Moto, start_moto};
 use crate::support::Workspace;
-
-/// moto's server: `AUTHZ_MOTO_SERVER`, else where scripts/test-tools.sh installs it.
-fn moto_server_path() -> std::path::PathBuf {
-    if let Some(path) = std::env::var_os("AUTHZ_MOTO_SERVER") {
-        return path.into();
-    }
-    let venv = std::env::var_os("AUTHZ_TEST_VENV").map_or_else(
-        || std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/authz-sidecar/venv"),
-        std::path::PathBuf::from,
-    );
-    venv.join("bin/moto_server")
-}
-
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_moto() -> Moto {
-    let path = moto_server_path();
-    assert!(path.exists(), "{} is missing: run `bash scripts/test-tools.sh` (scripts/check.sh does)", path.display());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(&path)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let moto = Moto { child, port };
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return moto;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("moto_server did not start on port {port}");
-}
 
 /// One Cognito API call (AWS JSON 1.1; moto does not check signatures).
 async fn cognito(moto: &Moto, operation: &str, body: Value) -> Value {

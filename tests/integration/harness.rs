@@ -253,7 +253,11 @@ pub struct Launched {
 }
 
 pub async fn launch(config: Config) -> Launched {
-    let app = Arc::new(App::new(config, false).unwrap());
+    launch_app(App::new(config, false).unwrap()).await
+}
+
+pub async fn launch_app(app: App) -> Launched {
+    let app = Arc::new(app);
     let data_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (data, admin) = (data_listener.local_addr().unwrap(), admin_listener.local_addr().unwrap());
@@ -356,4 +360,49 @@ pub async fn request(
 
 pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, http::HeaderMap, String) {
     request(addr, "GET", path, headers, Vec::new()).await
+}
+
+/// moto's server: `AUTHZ_MOTO_SERVER`, else where scripts/test-tools.sh installs it.
+fn moto_server_path() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("AUTHZ_MOTO_SERVER") {
+        return path.into();
+    }
+    let venv = std::env::var_os("AUTHZ_TEST_VENV").map_or_else(
+        || std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/authz-sidecar/venv"),
+        std::path::PathBuf::from,
+    );
+    venv.join("bin/moto_server")
+}
+
+pub struct Moto {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start moto's server on a free loopback port.
+pub async fn start_moto() -> Moto {
+    let path = moto_server_path();
+    assert!(path.exists(), "{} is missing: run `bash scripts/test-tools.sh` (scripts/check.sh does)", path.display());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = std::process::Command::new(&path)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let moto = Moto { child, port };
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return moto;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("moto_server did not start on port {port}");
 }

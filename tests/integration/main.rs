@@ -8,11 +8,13 @@
     reason = "test code: a panic is a failed test"
 )]
 
+mod aws_emulator;
 mod binary;
 mod cli;
 mod cognito;
 mod engine;
 mod harness;
+mod presign;
 mod reload;
 mod server;
 mod support;

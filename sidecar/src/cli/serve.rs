@@ -122,7 +122,12 @@ async fn serve(config: Config, dev: bool) -> Result<(), String> {
         data: bind(config.server.listen, "data plane").await?,
         admin: bind(config.server.admin_listen, "admin").await?,
     };
-    let app = Arc::new(App::new(config, dev)?);
+    let mut app = App::new(config, dev)?;
+    if app.needs_aws() {
+        let presigner = app.aws_presigner().await;
+        app = app.with_presigner(presigner);
+    }
+    let app = Arc::new(app);
     let data = listeners.data.local_addr().map_err(|e| e.to_string())?;
     let admin = listeners.admin.local_addr().map_err(|e| e.to_string())?;
     if dev {

@@ -41,6 +41,35 @@ pub struct Config {
     pub principal: PrincipalConfig,
     pub issuers: Vec<IssuerConfig>,
     pub routes: Vec<RouteConfig>,
+    pub aws: AwsConfig,
+}
+
+/// Where AWS is: region (else the standard chain's) and endpoint overrides.
+#[derive(Debug, Clone, Default)]
+pub struct AwsConfig {
+    pub region: Option<String>,
+    pub sts_endpoint: Option<String>,
+    pub sagemaker_endpoint: Option<String>,
+}
+
+/// How the presign handler answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresignResponse {
+    /// 302 to the URL.
+    Redirect,
+    /// 200 with `{"url": ..., "expires_in": ...}`.
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresignOptions {
+    pub session_expiration_seconds: i32,
+    pub expires_in_seconds: i32,
+    pub space_name: Option<String>,
+    pub landing_uri: Option<String>,
+    pub response: PresignResponse,
+    pub external_id: Option<String>,
+    pub source_identity: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +153,8 @@ pub enum Handler {
     Forward(Upstream),
     /// Answer 200 with the decision and identity (for trying the sidecar out).
     Echo,
+    /// Answer with a SageMaker Studio presigned URL for the resource's profile.
+    Presign(PresignOptions),
 }
 
 #[derive(Debug, Clone)]
@@ -357,6 +388,11 @@ impl Config {
             principal,
             issuers,
             routes,
+            aws: AwsConfig {
+                region: raw.aws.region.clone(),
+                sts_endpoint: raw.aws.sts_endpoint.clone(),
+                sagemaker_endpoint: raw.aws.sagemaker_endpoint.clone(),
+            },
         })
     }
 }
@@ -450,13 +486,14 @@ fn parse_route(
             })
         }
         "echo" => Handler::Echo,
-        "presign" | "account_pool" => {
+        "presign" => Handler::Presign(presign_options(route.presign.clone().unwrap_or_default(), &key, invalid)?),
+        "account_pool" => {
             return Err(invalid(
                 key("handler"),
                 format!("the built-in `{}` handler is not part of this version yet", route.handler),
             ));
         }
-        other => return Err(invalid(key("handler"), format!("`{other}`: use `forward` or `echo`"))),
+        other => return Err(invalid(key("handler"), format!("`{other}`: use `forward`, `presign` or `echo`"))),
     };
     Ok(RouteConfig {
         name: route.name.clone(),
@@ -468,6 +505,40 @@ fn parse_route(
         context,
         handler,
         mode,
+    })
+}
+
+fn presign_options(
+    raw: raw::RawPresign,
+    key: &dyn Fn(&str) -> String,
+    invalid: &dyn Fn(String, String) -> ConfigError,
+) -> Result<PresignOptions, ConfigError> {
+    let seconds = |field: &str, value: Duration, min: u64, max: u64| {
+        let secs = value.as_secs();
+        if (min..=max).contains(&secs) {
+            Ok(i32::try_from(secs).unwrap_or(i32::MAX))
+        } else {
+            Err(invalid(key(field), format!("{secs} s is outside SageMaker's {min}..={max} s")))
+        }
+    };
+    let response = match raw.response.as_str() {
+        "redirect" => PresignResponse::Redirect,
+        "json" => PresignResponse::Json,
+        other => return Err(invalid(key("presign.response"), format!("`{other}`: use `redirect` or `json`"))),
+    };
+    if let Some(id) = &raw.external_id
+        && !(2..=1224).contains(&id.len())
+    {
+        return Err(invalid(key("presign.external_id"), "must be 2 to 1224 characters".into()));
+    }
+    Ok(PresignOptions {
+        session_expiration_seconds: seconds("presign.session_expiration", raw.session_expiration, 1800, 43200)?,
+        expires_in_seconds: seconds("presign.expires_in", raw.expires_in, 5, 300)?,
+        space_name: raw.space_name,
+        landing_uri: raw.landing_uri,
+        response,
+        external_id: raw.external_id,
+        source_identity: raw.source_identity,
     })
 }
 
@@ -514,6 +585,18 @@ mod tests {
         assert!(err.to_string().contains("`audit`: use `enforce` or `dry-run`"), "{err}");
         let err = with_route(&format!("{base}resource_id = \"{{user}}\"\nhandler = \"echo\"\nbogus = 1")).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn presign_durations_are_checked_at_load() {
+        let route = "name = \"p\"\nmethod = \"GET\"\npath = \"/s/{u}\"\naction = 'Studio::Action::\"A\"'\n\
+                     resource_type = \"Studio::UserProfile\"\nresource_id = \"{u}\"\nhandler = \"presign\"\n";
+        let err = with_route(&format!("{route}presign = {{ expires_in = \"10m\" }}")).unwrap_err();
+        assert!(err.to_string().contains("presign.expires_in: 600 s is outside SageMaker's 5..=300 s"), "{err}");
+        let err = with_route(&format!("{route}presign = {{ session_expiration = \"1m\" }}")).unwrap_err();
+        assert!(err.to_string().contains("presign.session_expiration"), "{err}");
+        let ok = with_route(route).unwrap();
+        assert!(matches!(&ok.routes[0].handler, Handler::Presign(p) if p.expires_in_seconds == 60));
     }
 
     #[test]

@@ -19,6 +19,43 @@ pub struct RawConfig {
     pub principal: RawPrincipal,
     pub issuers: Vec<RawIssuer>,
     pub routes: Vec<RawRoute>,
+    pub aws: RawAws,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAws {
+    pub region: Option<String>,
+    pub sts_endpoint: Option<String>,
+    pub sagemaker_endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPresign {
+    #[serde(with = "humantime_serde")]
+    pub session_expiration: Duration,
+    #[serde(with = "humantime_serde")]
+    pub expires_in: Duration,
+    pub space_name: Option<String>,
+    pub landing_uri: Option<String>,
+    pub response: String,
+    pub external_id: Option<String>,
+    pub source_identity: bool,
+}
+
+impl Default for RawPresign {
+    fn default() -> Self {
+        Self {
+            session_expiration: Duration::from_secs(12 * 3600),
+            expires_in: Duration::from_secs(60),
+            space_name: None,
+            landing_uri: None,
+            response: "redirect".into(),
+            external_id: None,
+            source_identity: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,6 +216,7 @@ pub struct RawRoute {
     pub connect_timeout: Duration,
     #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
     pub upstream_timeout: Duration,
+    pub presign: Option<RawPresign>,
 }
 
 fn default_handler() -> String {

@@ -169,6 +169,15 @@ async fn run(
             let call = Outgoing { method: parts.method, headers: parts.headers, path_and_query, body, vouch: &vouch };
             proxy::forward(client, upstream, call).await
         }
+        Handler::Presign(options) => {
+            let presigner = app.presigner.as_ref().ok_or(ApiError::Internal)?;
+            let result =
+                presigner.presign(&snapshot, &identity.subject, &resource, resource.id().unescaped(), options).await;
+            if let Err(error) = &result {
+                tracing::warn!(request_id, route = %route.name, resource = %resource, error = %error, "presign failed");
+            }
+            result
+        }
         Handler::Echo => {
             let body = serde_json::json!({
                 "request_id": request_id,

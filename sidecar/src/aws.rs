@@ -1,0 +1,25 @@
+//! AWS configuration: the standard credential chain and region (environment, profile,
+//! container or instance role), with endpoint overrides for STS and SageMaker (private
+//! VPC endpoints, or a local emulator in tests).
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+use crate::config::AwsConfig;
+
+/// The base SDK configuration every AWS client of the sidecar starts from.
+pub async fn load(config: &AwsConfig) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = &config.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    loader.load().await
+}
+
+/// An STS client, through `sts_endpoint` when configured.
+pub fn sts(base: &SdkConfig, config: &AwsConfig) -> aws_sdk_sts::Client {
+    let mut builder = aws_sdk_sts::config::Builder::from(base);
+    if let Some(endpoint) = &config.sts_endpoint {
+        builder = builder.endpoint_url(endpoint.clone());
+    }
+    aws_sdk_sts::Client::from_conf(builder.build())
+}

@@ -1,0 +1,4 @@
+//! Built-in handlers: what the sidecar does itself with an allowed call, instead of
+//! forwarding it.
+
+pub mod presign;

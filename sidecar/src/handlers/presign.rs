@@ -1,0 +1,285 @@
+//! The presign handler: an allowed call gets a SageMaker Studio presigned URL.
+//!
+//! Where to call comes from entities, never from the request: the Studio profile entity
+//! names its LOB, and the LOB entity its account, region, Studio domain and presign role.
+//! The sidecar assumes that role with STS (session name and source identity derived from
+//! the user), caches the credentials per role and session until shortly before they
+//! expire (moka; concurrent misses make one STS call), and calls
+//! CreatePresignedDomainUrl in the LOB's region. The URL goes back as a 302 (or JSON)
+//! with `Cache-Control: no-store`; it is never logged and never cached.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::Credentials;
+use aws_sdk_sagemaker::error::ProvideErrorMetadata;
+use aws_sdk_sts::error::SdkError;
+use cedar_policy::{Entity, EntityUid, EvalResult};
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::config::{PresignOptions, PresignResponse};
+use crate::http_client::Body;
+use crate::policy_store::PolicySnapshot;
+use crate::rescue::{ApiError, full, json_response};
+
+/// Credentials are refreshed this long before they expire.
+const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
+/// How long assumed-role sessions last (STS's minimum: they are refreshed anyway).
+const SESSION_SECONDS: i32 = 900;
+
+/// Builds the SageMaker client for one set of credentials and region. A trait so tests
+/// hand out the SDK's mock clients and see which credentials and region were used.
+pub trait SageMakerClients: Send + Sync {
+    fn client(&self, credentials: Credentials, region: &str) -> aws_sdk_sagemaker::Client;
+}
+
+/// SageMaker clients from the base SDK configuration (and `sagemaker_endpoint`).
+#[derive(Debug)]
+pub struct SdkSageMakerClients {
+    pub base: aws_config::SdkConfig,
+    pub endpoint: Option<String>,
+}
+
+impl SageMakerClients for SdkSageMakerClients {
+    fn client(&self, credentials: Credentials, region: &str) -> aws_sdk_sagemaker::Client {
+        let mut builder = aws_sdk_sagemaker::config::Builder::from(&self.base)
+            .credentials_provider(credentials)
+            .region(aws_config::Region::new(region.to_owned()));
+        if let Some(endpoint) = &self.endpoint {
+            builder = builder.endpoint_url(endpoint.clone());
+        }
+        aws_sdk_sagemaker::Client::from_conf(builder.build())
+    }
+}
+
+/// Where a user's Studio URL comes from, read from the entities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub account_id: String,
+    pub region: String,
+    pub domain_id: String,
+    pub role_arn: String,
+    pub profile_name: String,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct SessionKey {
+    role_arn: String,
+    session_name: String,
+}
+
+struct UntilNearExpiry;
+
+impl moka::Expiry<SessionKey, Arc<Credentials>> for UntilNearExpiry {
+    fn expire_after_create(&self, _: &SessionKey, creds: &Arc<Credentials>, _: std::time::Instant) -> Option<Duration> {
+        let left = creds.expiry().and_then(|at| at.duration_since(SystemTime::now()).ok()).unwrap_or_default();
+        Some(left.saturating_sub(REFRESH_BEFORE_EXPIRY))
+    }
+}
+
+pub struct Presigner {
+    sts: aws_sdk_sts::Client,
+    sagemaker: Arc<dyn SageMakerClients>,
+    credentials: moka::future::Cache<SessionKey, Arc<Credentials>>,
+}
+
+impl std::fmt::Debug for Presigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Presigner").finish_non_exhaustive()
+    }
+}
+
+impl Presigner {
+    pub fn new(sts: aws_sdk_sts::Client, sagemaker: Arc<dyn SageMakerClients>) -> Self {
+        let credentials = moka::future::Cache::builder().max_capacity(10_000).expire_after(UntilNearExpiry).build();
+        Self { sts, sagemaker, credentials }
+    }
+
+    /// The presigned URL for `user`'s profile `resource`, as the route's response.
+    pub async fn presign(
+        &self,
+        snapshot: &PolicySnapshot,
+        user: &str,
+        resource: &EntityUid,
+        profile_name_fallback: &str,
+        options: &PresignOptions,
+    ) -> Result<Response<Body>, ApiError> {
+        let target = resolve(snapshot, resource, profile_name_fallback)?;
+        let credentials = self.credentials_for(&target.role_arn, user, options).await?;
+        let client = self.sagemaker.client((*credentials).clone(), &target.region);
+        let mut call = client
+            .create_presigned_domain_url()
+            .domain_id(&target.domain_id)
+            .user_profile_name(&target.profile_name)
+            .session_expiration_duration_in_seconds(options.session_expiration_seconds)
+            .expires_in_seconds(options.expires_in_seconds);
+        if let Some(space) = &options.space_name {
+            call = call.space_name(space);
+        }
+        if let Some(uri) = &options.landing_uri {
+            call = call.landing_uri(uri);
+        }
+        let output = call.send().await.map_err(|e| match &e {
+            SdkError::ServiceError(service) if service.err().is_resource_not_found() => ApiError::ProfileNotFound(
+                format!("no Studio user profile `{}` exists in domain `{}`", target.profile_name, target.domain_id),
+            ),
+            _ => map_sdk_error(&e, "SageMaker CreatePresignedDomainUrl", &target.role_arn),
+        })?;
+        let url = output.authorized_url().ok_or(ApiError::BadGateway)?;
+        Ok(respond(url, options))
+    }
+
+    async fn credentials_for(
+        &self,
+        role_arn: &str,
+        user: &str,
+        options: &PresignOptions,
+    ) -> Result<Arc<Credentials>, ApiError> {
+        let key = SessionKey { role_arn: role_arn.to_owned(), session_name: session_name(user) };
+        let source_identity = options.source_identity.then(|| session_name(user));
+        let external_id = options.external_id.clone();
+        let sts = self.sts.clone();
+        let fetch_key = key.clone();
+        self.credentials
+            .try_get_with(key, async move {
+                let mut call = sts
+                    .assume_role()
+                    .role_arn(&fetch_key.role_arn)
+                    .role_session_name(&fetch_key.session_name)
+                    .duration_seconds(SESSION_SECONDS);
+                if let Some(id) = external_id {
+                    call = call.external_id(id);
+                }
+                if let Some(identity) = source_identity {
+                    call = call.source_identity(identity);
+                }
+                let output = call.send().await.map_err(|e| map_sdk_error(&e, "STS AssumeRole", &fetch_key.role_arn))?;
+                let c = output.credentials().ok_or(ApiError::BadGateway)?;
+                let expiry = SystemTime::try_from(*c.expiration()).ok();
+                Ok::<_, ApiError>(Arc::new(Credentials::new(
+                    c.access_key_id(),
+                    c.secret_access_key(),
+                    Some(c.session_token().to_owned()),
+                    expiry,
+                    "authz-sidecar-assume-role",
+                )))
+            })
+            .await
+            .map_err(|e: Arc<ApiError>| (*e).clone())
+    }
+}
+
+/// Map an SDK failure: access denied names the role (never the credentials), throttling
+/// is 503 (after the SDK's own retries), timeouts 504, the rest 502.
+fn map_sdk_error<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
+    error: &SdkError<E, R>,
+    call: &'static str,
+    role_arn: &str,
+) -> ApiError {
+    let code = match error {
+        SdkError::ServiceError(service) => service.err().code().unwrap_or("unknown").to_owned(),
+        SdkError::TimeoutError(_) => return ApiError::GatewayTimeout,
+        _ => "unreachable".to_owned(),
+    };
+    tracing::warn!(call, role = role_arn, code = %code, "AWS call failed");
+    match code.as_str() {
+        "AccessDenied" | "AccessDeniedException" => {
+            ApiError::AwsDenied(format!("the sidecar is not allowed to use role `{role_arn}` ({call} was denied)"))
+        }
+        "Throttling" | "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => {
+            ApiError::Throttled
+        }
+        _ => ApiError::BadGateway,
+    }
+}
+
+fn respond(url: &str, options: &PresignOptions) -> Response<Body> {
+    match options.response {
+        PresignResponse::Redirect => {
+            let mut response = Response::new(full(""));
+            *response.status_mut() = StatusCode::FOUND;
+            if let Ok(location) = HeaderValue::from_str(url) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        PresignResponse::Json => json_response(
+            StatusCode::OK,
+            serde_json::json!({"url": url, "expires_in": options.expires_in_seconds}).to_string(),
+        ),
+    }
+}
+
+/// The account, region, domain, role and profile name for `resource`, from entities.
+pub fn resolve(
+    snapshot: &PolicySnapshot,
+    resource: &EntityUid,
+    profile_name_fallback: &str,
+) -> Result<Target, ApiError> {
+    let entities = snapshot.entities();
+    let unknown =
+        || ApiError::ProfileNotFound(format!("no Studio user profile `{}` is known", resource.id().unescaped()));
+    let profile = entities.get(resource).ok_or_else(unknown)?;
+    let lob_uid = match attr(profile, "lob") {
+        Some(EvalResult::EntityUid(uid)) => uid,
+        _ => return Err(unknown()),
+    };
+    let lob = entities.get(&lob_uid).ok_or(ApiError::Internal)?;
+    let text = |entity: &Entity, name: &str| match attr(entity, name) {
+        Some(EvalResult::String(s)) => Some(s),
+        _ => None,
+    };
+    let name = text(profile, "profileName").unwrap_or_else(|| profile_name_fallback.to_owned());
+    Ok(Target {
+        account_id: text(lob, "accountId").ok_or(ApiError::Internal)?,
+        region: text(lob, "region").ok_or(ApiError::Internal)?,
+        domain_id: text(lob, "domainId").ok_or(ApiError::Internal)?,
+        role_arn: text(lob, "presignRoleArn").ok_or(ApiError::Internal)?,
+        profile_name: profile_name(&name).ok_or(ApiError::Internal)?,
+    })
+}
+
+fn attr(entity: &Entity, name: &str) -> Option<EvalResult> {
+    entity.attr(name).and_then(Result::ok)
+}
+
+/// An STS session name (and source identity) for `user`: `authz-` and the user, with
+/// characters outside `[\w+=,.@-]` replaced by `-`, at most 64 characters.
+pub fn session_name(user: &str) -> String {
+    let cleaned: String =
+        user.chars().map(|c| if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) { c } else { '-' }).collect();
+    format!("authz-{cleaned}").chars().take(64).collect()
+}
+
+/// A valid SageMaker user profile name (`[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}`) from `raw`:
+/// other characters become `-`, leading and trailing `-` go, at most 63 characters.
+pub fn profile_name(raw: &str) -> Option<String> {
+    let mapped: String = raw.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let trimmed: String = mapped.trim_matches('-').chars().take(63).collect();
+    let trimmed = trimmed.trim_end_matches('-').to_owned();
+    (!trimmed.is_empty()).then_some(trimmed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_names_fit_sts_rules() {
+        assert_eq!(session_name("user-1"), "authz-user-1");
+        assert_eq!(session_name("jane doe/ä"), "authz-jane-doe--");
+        assert_eq!(session_name(&"x".repeat(100)).len(), 64);
+        assert!(session_name("").len() >= 2);
+    }
+
+    #[test]
+    fn profile_names_fit_sagemaker_rules() {
+        assert_eq!(profile_name("user-1-team1").as_deref(), Some("user-1-team1"));
+        assert_eq!(profile_name("User_1.Team 1").as_deref(), Some("User-1-Team-1"));
+        assert_eq!(profile_name("--a--").as_deref(), Some("a"));
+        assert_eq!(profile_name("___"), None);
+        let long = profile_name(&format!("{}-{}", "a".repeat(62), "b".repeat(10))).unwrap();
+        assert!(long.len() <= 63 && !long.ends_with('-'));
+    }
+}
