@@ -21,16 +21,15 @@ use crate::support::Workspace;
 /// What SageMaker was asked: (access key, region, domain, profile, session seconds, expires seconds).
 type Call = (String, String, String, String, i32, i32);
 
-/// Hands out mock SageMaker clients and records the credentials and region each used.
+/// Hands out mock SageMaker clients answering by `rules`.
 struct MockSageMaker {
-    rule: Rule,
-    calls: Arc<Mutex<Vec<Call>>>,
+    rules: Vec<Rule>,
 }
 
 impl SageMakerClients for MockSageMaker {
-    fn client(&self, credentials: Credentials, region: &str) -> aws_sdk_sagemaker::Client {
-        let _ = (credentials, region, &self.calls);
-        mock_client!(aws_sdk_sagemaker, RuleMode::MatchAny, &[&self.rule])
+    fn client(&self, _credentials: Credentials, _region: &str) -> aws_sdk_sagemaker::Client {
+        let rules: Vec<&Rule> = self.rules.iter().collect();
+        mock_client!(aws_sdk_sagemaker, RuleMode::MatchAny, &rules)
     }
 }
 
@@ -106,7 +105,7 @@ fn mocked_presigner(
         })
     };
     let regions = Arc::new(Mutex::new(Vec::new()));
-    let sagemaker = RecordingFactory { inner: MockSageMaker { rule, calls: calls.clone() }, regions: regions.clone() };
+    let sagemaker = RecordingFactory { inner: MockSageMaker { rules: vec![rule] }, regions: regions.clone() };
     let sts_client = mock_client!(aws_sdk_sts, RuleMode::MatchAny, &[&sts]);
     let presigner = Presigner::new(sts_client, Arc::new(sagemaker));
     (presigner, Aws { sts, assumed, sagemaker: calls, regions })
@@ -165,19 +164,15 @@ handler = "presign"
 }
 
 async fn open(
-    launched: &Launched,
+    data: std::net::SocketAddr,
     path: &str,
     user: &str,
     groups: &[&str],
     vpce: &str,
 ) -> (u16, http::HeaderMap, String) {
     let auth = format!("Bearer {}", token(user, groups));
-    harness::get(
-        launched.data,
-        path,
-        &[("authorization", &auth), ("x-amzn-vpce-id", vpce), ("x-forwarded-for", "10.1.2.3")],
-    )
-    .await
+    harness::get(data, path, &[("authorization", &auth), ("x-amzn-vpce-id", vpce), ("x-forwarded-for", "10.1.2.3")])
+        .await
 }
 
 const LOB_A: &str = "vpce-0a1a000000000001a";
@@ -188,20 +183,21 @@ async fn each_seed_user_gets_the_right_account_role_region_domain_and_profile() 
     let (presigner, aws) = mocked_presigner(Duration::from_secs(3600), None, false);
     let (sidecar, _ws) = start_sidecar(presigner, "").await;
 
-    let (status, headers, body) = open(&sidecar, "/studio/user-1/team1", "user-1", &["Team1", "Team2"], LOB_A).await;
+    let (status, headers, body) =
+        open(sidecar.data, "/studio/user-1/team1", "user-1", &["Team1", "Team2"], LOB_A).await;
     assert_eq!(status, 302, "{body}");
     assert_eq!(headers["location"], "https://d-lobaexample01.studio.sagemaker.aws/auth?token=SECRET-user-1-team1");
     assert_eq!(headers["cache-control"], "no-store");
     assert!(body.is_empty());
 
-    let (status, headers, _) = open(&sidecar, "/studio/user-1/team2", "user-1", &["Team1", "Team2"], LOB_A).await;
+    let (status, headers, _) = open(sidecar.data, "/studio/user-1/team2", "user-1", &["Team1", "Team2"], LOB_A).await;
     assert_eq!(status, 302);
     assert!(
         headers["location"].to_str().unwrap().ends_with("SECRET-user-1-team2"),
         "a different profile for the other team"
     );
 
-    let (status, headers, _) = open(&sidecar, "/studio/user-2/team2", "user-2", &["Team2"], LOB_B).await;
+    let (status, headers, _) = open(sidecar.data, "/studio/user-2/team2", "user-2", &["Team2"], LOB_B).await;
     assert_eq!(status, 302);
     assert!(headers["location"].to_str().unwrap().starts_with("https://d-lobbexample01."));
 
@@ -249,10 +245,10 @@ async fn denied_calls_never_reach_aws() {
     let (presigner, aws) = mocked_presigner(Duration::from_secs(3600), None, false);
     let (sidecar, _ws) = start_sidecar(presigner, "").await;
     // user-2 asks for a Team1 profile and for a lob-a profile
-    assert_eq!(open(&sidecar, "/studio/user-1/team1", "user-2", &["Team2"], LOB_A).await.0, 403);
-    assert_eq!(open(&sidecar, "/studio/user-1/team2", "user-2", &["Team2"], LOB_A).await.0, 403);
+    assert_eq!(open(sidecar.data, "/studio/user-1/team1", "user-2", &["Team2"], LOB_A).await.0, 403);
+    assert_eq!(open(sidecar.data, "/studio/user-1/team2", "user-2", &["Team2"], LOB_A).await.0, 403);
     // user-1 through lob-b's endpoint
-    assert_eq!(open(&sidecar, "/studio/user-1/team1", "user-1", &["Team1"], LOB_B).await.0, 403);
+    assert_eq!(open(sidecar.data, "/studio/user-1/team1", "user-1", &["Team1"], LOB_B).await.0, 403);
     assert_eq!(aws.sts.num_calls(), 0);
     assert!(aws.sagemaker.lock().unwrap().is_empty());
 }
@@ -262,7 +258,7 @@ async fn credentials_are_reused_until_near_expiry() {
     let (presigner, aws) = mocked_presigner(Duration::from_secs(3600), None, false);
     let (sidecar, _ws) = start_sidecar(presigner, "").await;
     for _ in 0..3 {
-        assert_eq!(open(&sidecar, "/studio/user-1/team1", "user-1", &["Team1"], LOB_A).await.0, 302);
+        assert_eq!(open(sidecar.data, "/studio/user-1/team1", "user-1", &["Team1"], LOB_A).await.0, 302);
     }
     assert_eq!(aws.sts.num_calls(), 1, "fresh credentials are reused");
 
@@ -270,7 +266,7 @@ async fn credentials_are_reused_until_near_expiry() {
     let (presigner, aws) = mocked_presigner(Duration::from_secs(120), None, false);
     let (sidecar, _ws) = start_sidecar(presigner, "").await;
     for _ in 0..2 {
-        assert_eq!(open(&sidecar, "/studio/user-1/team1", "user-1", &["Team1"], LOB_A).await.0, 302);
+        assert_eq!(open(sidecar.data, "/studio/user-1/team1", "user-1", &["Team1"], LOB_A).await.0, 302);
     }
     assert_eq!(aws.sts.num_calls(), 2, "near-expiry credentials are refreshed");
 }
@@ -280,21 +276,21 @@ async fn aws_errors_map_to_clear_statuses() {
     // STS refuses the role: 502 naming the role, not the credentials
     let (presigner, _aws) = mocked_presigner(Duration::from_secs(3600), Some("AccessDenied"), false);
     let (sidecar, _ws) = start_sidecar(presigner, "").await;
-    let (status, _, body) = open(&sidecar, "/studio/user-1/team1", "user-1", &["Team1"], LOB_A).await;
+    let (status, _, body) = open(sidecar.data, "/studio/user-1/team1", "user-1", &["Team1"], LOB_A).await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("arn:aws:iam::111111111111:role/authz-sidecar-presign"), "{body}");
 
     // the profile does not exist in the domain: 404 with a clear message
     let (presigner, _aws) = mocked_presigner(Duration::from_secs(3600), None, true);
     let (sidecar, _ws) = start_sidecar(presigner, "").await;
-    let (status, _, body) = open(&sidecar, "/studio/user-1/team1", "user-1", &["Team1"], LOB_A).await;
+    let (status, _, body) = open(sidecar.data, "/studio/user-1/team1", "user-1", &["Team1"], LOB_A).await;
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("no Studio user profile `user-1-team1` exists in domain `d-lobaexample01`"), "{body}");
 
     // throttling, after the SDK's own retries: 503 with Retry-After
     let (presigner, aws) = mocked_presigner(Duration::from_secs(3600), Some("Throttling"), false);
     let (sidecar, _ws) = start_sidecar(presigner, "").await;
-    let (status, headers, body) = open(&sidecar, "/studio/user-1/team1", "user-1", &["Team1"], LOB_A).await;
+    let (status, headers, body) = open(sidecar.data, "/studio/user-1/team1", "user-1", &["Team1"], LOB_A).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(headers["retry-after"], "1");
     assert!(aws.sts.num_calls() >= 1);
@@ -304,10 +300,106 @@ async fn aws_errors_map_to_clear_statuses() {
 async fn the_json_form_returns_the_url_without_caching() {
     let (presigner, _aws) = mocked_presigner(Duration::from_secs(3600), None, false);
     let (sidecar, _ws) = start_sidecar(presigner, "presign = { response = \"json\", expires_in = \"30s\" }").await;
-    let (status, headers, body) = open(&sidecar, "/studio/user-1/team1", "user-1", &["Team1"], LOB_A).await;
+    let (status, headers, body) = open(sidecar.data, "/studio/user-1/team1", "user-1", &["Team1"], LOB_A).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["cache-control"], "no-store");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(json["url"].as_str().unwrap().contains("SECRET-user-1-team1"));
     assert_eq!(json["expires_in"], 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_profile_is_provisioned_once_under_concurrency() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use aws_sdk_sagemaker::operation::create_user_profile::CreateUserProfileOutput;
+    use aws_sdk_sagemaker::operation::describe_user_profile::DescribeUserProfileOutput;
+    use aws_sdk_sagemaker::types::UserProfileStatus;
+    use aws_smithy_mocks::MockResponse;
+
+    let created = Arc::new(AtomicBool::new(false));
+    let (exists, describes) = (created.clone(), Arc::new(AtomicUsize::new(0)));
+    let presign = mock!(aws_sdk_sagemaker::Client::create_presigned_domain_url).then_compute_response(move |input| {
+        if exists.load(Ordering::SeqCst) {
+            MockResponse::Output(
+                CreatePresignedDomainUrlOutput::builder()
+                    .authorized_url(format!("https://studio/auth?token=SECRET-{}", input.user_profile_name().unwrap()))
+                    .build(),
+            )
+        } else {
+            MockResponse::Error(CreatePresignedDomainUrlError::ResourceNotFound(
+                aws_sdk_sagemaker::types::error::ResourceNotFound::builder().message("no such profile").build(),
+            ))
+        }
+    });
+    let made = Arc::new(Mutex::new(Vec::new()));
+    let record = made.clone();
+    let create = mock!(aws_sdk_sagemaker::Client::create_user_profile).then_compute_output(move |input| {
+        let tags: Vec<(String, String)> = input
+            .tags()
+            .iter()
+            .map(|t| (t.key().unwrap_or_default().to_owned(), t.value().unwrap_or_default().to_owned()))
+            .collect();
+        let role = input.user_settings().and_then(|u| u.execution_role()).unwrap_or_default().to_owned();
+        record.lock().unwrap().push((input.user_profile_name().unwrap().to_owned(), role, tags));
+        CreateUserProfileOutput::builder()
+            .user_profile_arn("arn:aws:sagemaker:us-east-1:111111111111:user-profile/x")
+            .build()
+    });
+    let (polls, ready) = (describes.clone(), created.clone());
+    let describe = mock!(aws_sdk_sagemaker::Client::describe_user_profile).then_compute_output(move |_| {
+        // pending for the first two looks; usable (and presignable) once in service
+        let status = if polls.fetch_add(1, Ordering::SeqCst) < 2 {
+            UserProfileStatus::Pending
+        } else {
+            ready.store(true, Ordering::SeqCst);
+            UserProfileStatus::InService
+        };
+        DescribeUserProfileOutput::builder().status(status).build()
+    });
+    let sts = mock!(aws_sdk_sts::Client::assume_role)
+        .then_compute_output(|input| sts_credentials(input.role_arn().unwrap(), Duration::from_secs(3600)));
+    let presigner = Presigner::new(
+        mock_client!(aws_sdk_sts, RuleMode::MatchAny, &[&sts]),
+        Arc::new(MockSageMaker { rules: vec![presign, create.clone(), describe] }),
+    );
+    let extra = "presign = { provision = true, provision_poll = \"50ms\", provision_wait = \"5s\" }";
+    let (sidecar, _ws) = start_sidecar(presigner, extra).await;
+
+    let data = sidecar.data;
+    let requests = (0..5).map(|_| open(data, "/studio/user-1/team1", "user-1", &["Team1"], LOB_A));
+    let results = futures_join_all(requests).await;
+    for (status, headers, body) in &results {
+        assert_eq!(*status, 302, "{body}");
+        assert!(headers["location"].to_str().unwrap().ends_with("SECRET-user-1-team1"));
+    }
+    assert_eq!(create.num_calls(), 1, "five concurrent first requests create the profile once");
+    let made = made.lock().unwrap().clone();
+    let (profile, role, mut tags) = made[0].clone();
+    tags.sort();
+    assert_eq!(profile, "user-1-team1");
+    assert_eq!(role, "arn:aws:iam::111111111111:role/sagemaker-team1-execution", "the team's role, in the LOB account");
+    assert_eq!(
+        tags,
+        vec![
+            ("CreatedBy".to_owned(), "authz-sidecar".to_owned()),
+            ("Owner".to_owned(), "user-1".to_owned()),
+            ("Team".to_owned(), "Team1".to_owned()),
+        ]
+    );
+    assert!(describes.load(Ordering::SeqCst) >= 3, "it waited for InService");
+}
+
+/// Run futures concurrently on the runtime and collect their results in order.
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
 }

@@ -70,6 +70,15 @@ pub struct PresignOptions {
     pub response: PresignResponse,
     pub external_id: Option<String>,
     pub source_identity: bool,
+    /// Create a missing profile before presigning (off by default).
+    pub provision: Option<Provisioning>,
+}
+
+/// How long to wait for a profile the sidecar created to become InService.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provisioning {
+    pub max_wait: Duration,
+    pub poll_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -539,6 +548,9 @@ fn presign_options(
         response,
         external_id: raw.external_id,
         source_identity: raw.source_identity,
+        provision: raw
+            .provision
+            .then_some(Provisioning { max_wait: raw.provision_wait, poll_interval: raw.provision_poll }),
     })
 }
 

@@ -42,6 +42,11 @@ pub struct RawPresign {
     pub response: String,
     pub external_id: Option<String>,
     pub source_identity: bool,
+    pub provision: bool,
+    #[serde(with = "humantime_serde")]
+    pub provision_wait: Duration,
+    #[serde(with = "humantime_serde")]
+    pub provision_poll: Duration,
 }
 
 impl Default for RawPresign {
@@ -54,6 +59,9 @@ impl Default for RawPresign {
             response: "redirect".into(),
             external_id: None,
             source_identity: true,
+            provision: false,
+            provision_wait: Duration::from_secs(120),
+            provision_poll: Duration::from_secs(3),
         }
     }
 }

@@ -17,7 +17,7 @@ use aws_sdk_sts::error::SdkError;
 use cedar_policy::{Entity, EntityUid, EvalResult};
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::config::{PresignOptions, PresignResponse};
+use crate::config::{PresignOptions, PresignResponse, Provisioning};
 use crate::http_client::Body;
 use crate::policy_store::PolicySnapshot;
 use crate::rescue::{ApiError, full, json_response};
@@ -60,6 +60,10 @@ pub struct Target {
     pub domain_id: String,
     pub role_arn: String,
     pub profile_name: String,
+    /// The execution role a new profile of this team runs as, in the LOB's account.
+    pub execution_role_arn: Option<String>,
+    /// The profile's `Team` tag, copied onto a profile the sidecar creates.
+    pub team_tag: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -81,6 +85,9 @@ pub struct Presigner {
     sts: aws_sdk_sts::Client,
     sagemaker: Arc<dyn SageMakerClients>,
     credentials: moka::future::Cache<SessionKey, Arc<Credentials>>,
+    /// (domain, profile) being or just provisioned: concurrent first requests share one
+    /// creation. Entries go after a minute, so a profile deleted later is made again.
+    provisioned: moka::future::Cache<(String, String), ()>,
 }
 
 impl std::fmt::Debug for Presigner {
@@ -92,7 +99,9 @@ impl std::fmt::Debug for Presigner {
 impl Presigner {
     pub fn new(sts: aws_sdk_sts::Client, sagemaker: Arc<dyn SageMakerClients>) -> Self {
         let credentials = moka::future::Cache::builder().max_capacity(10_000).expire_after(UntilNearExpiry).build();
-        Self { sts, sagemaker, credentials }
+        let provisioned =
+            moka::future::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(60)).build();
+        Self { sts, sagemaker, credentials, provisioned }
     }
 
     /// The presigned URL for `user`'s profile `resource`, as the route's response.
@@ -107,6 +116,25 @@ impl Presigner {
         let target = resolve(snapshot, resource, profile_name_fallback)?;
         let credentials = self.credentials_for(&target.role_arn, user, options).await?;
         let client = self.sagemaker.client((*credentials).clone(), &target.region);
+        let url = match self.create_url(&client, &target, options).await {
+            Err(ApiError::ProfileNotFound(message)) => match &options.provision {
+                None => return Err(ApiError::ProfileNotFound(message)),
+                Some(provisioning) => {
+                    self.ensure_profile(&client, &target, user, provisioning).await?;
+                    self.create_url(&client, &target, options).await?
+                }
+            },
+            other => other?,
+        };
+        Ok(respond(&url, options))
+    }
+
+    async fn create_url(
+        &self,
+        client: &aws_sdk_sagemaker::Client,
+        target: &Target,
+        options: &PresignOptions,
+    ) -> Result<String, ApiError> {
         let mut call = client
             .create_presigned_domain_url()
             .domain_id(&target.domain_id)
@@ -125,8 +153,25 @@ impl Presigner {
             ),
             _ => map_sdk_error(&e, "SageMaker CreatePresignedDomainUrl", &target.role_arn),
         })?;
-        let url = output.authorized_url().ok_or(ApiError::BadGateway)?;
-        Ok(respond(url, options))
+        output.authorized_url().map(str::to_owned).ok_or(ApiError::BadGateway)
+    }
+
+    /// Create the profile (once, however many requests ask at the same time) with the
+    /// team's execution role and tags, and wait until it is InService.
+    async fn ensure_profile(
+        &self,
+        client: &aws_sdk_sagemaker::Client,
+        target: &Target,
+        user: &str,
+        provisioning: &Provisioning,
+    ) -> Result<(), ApiError> {
+        let key = (target.domain_id.clone(), target.profile_name.clone());
+        let (client, target, user, provisioning) =
+            (client.clone(), target.clone(), user.to_owned(), provisioning.clone());
+        self.provisioned
+            .try_get_with(key, async move { provision(&client, &target, &user, &provisioning).await })
+            .await
+            .map_err(|e: Arc<ApiError>| (*e).clone())
     }
 
     async fn credentials_for(
@@ -166,6 +211,60 @@ impl Presigner {
             })
             .await
             .map_err(|e: Arc<ApiError>| (*e).clone())
+    }
+}
+
+async fn provision(
+    client: &aws_sdk_sagemaker::Client,
+    target: &Target,
+    user: &str,
+    provisioning: &Provisioning,
+) -> Result<(), ApiError> {
+    use aws_sdk_sagemaker::types::{Tag, UserProfileStatus, UserSettings};
+    let Some(role) = &target.execution_role_arn else {
+        tracing::warn!(profile = %target.profile_name, "cannot provision: the profile's team has no execution role");
+        return Err(ApiError::ProfileNotFound(format!(
+            "no Studio user profile `{}` exists in domain `{}`, and its team names no execution role to create it with",
+            target.profile_name, target.domain_id
+        )));
+    };
+    let mut create = client
+        .create_user_profile()
+        .domain_id(&target.domain_id)
+        .user_profile_name(&target.profile_name)
+        .user_settings(UserSettings::builder().execution_role(role).build())
+        .tags(Tag::builder().key("Owner").value(user).build())
+        .tags(Tag::builder().key("CreatedBy").value("authz-sidecar").build());
+    if let Some(team) = &target.team_tag {
+        create = create.tags(Tag::builder().key("Team").value(team).build());
+    }
+    match create.send().await {
+        Ok(_) => tracing::info!(profile = %target.profile_name, domain = %target.domain_id, "Studio profile created"),
+        // someone else (another sidecar) is creating it: wait for it like our own
+        Err(SdkError::ServiceError(e)) if e.err().is_resource_in_use() => {}
+        Err(e) => return Err(map_sdk_error(&e, "SageMaker CreateUserProfile", &target.role_arn)),
+    }
+    let deadline = tokio::time::Instant::now() + provisioning.max_wait;
+    loop {
+        let described = client
+            .describe_user_profile()
+            .domain_id(&target.domain_id)
+            .user_profile_name(&target.profile_name)
+            .send()
+            .await
+            .map_err(|e| map_sdk_error(&e, "SageMaker DescribeUserProfile", &target.role_arn))?;
+        match described.status() {
+            Some(UserProfileStatus::InService) => return Ok(()),
+            Some(UserProfileStatus::Failed | UserProfileStatus::DeleteFailed | UserProfileStatus::Deleting) => {
+                tracing::warn!(profile = %target.profile_name, status = ?described.status(), "Studio profile cannot be used");
+                return Err(ApiError::BadGateway);
+            }
+            _ => {}
+        }
+        if tokio::time::Instant::now() + provisioning.poll_interval > deadline {
+            return Err(ApiError::GatewayTimeout);
+        }
+        tokio::time::sleep(provisioning.poll_interval).await;
     }
 }
 
@@ -231,12 +330,25 @@ pub fn resolve(
         _ => None,
     };
     let name = text(profile, "profileName").unwrap_or_else(|| profile_name_fallback.to_owned());
+    let account_id = text(lob, "accountId").ok_or(ApiError::Internal)?;
+    let team = match attr(profile, "team") {
+        Some(EvalResult::EntityUid(uid)) => entities.get(&uid),
+        _ => None,
+    };
+    let execution_role_arn =
+        team.and_then(|t| text(t, "executionRoleName")).map(|name| format!("arn:aws:iam::{account_id}:role/{name}"));
+    let team_tag = match profile.tag("Team").and_then(Result::ok) {
+        Some(EvalResult::String(tag)) => Some(tag),
+        _ => None,
+    };
     Ok(Target {
-        account_id: text(lob, "accountId").ok_or(ApiError::Internal)?,
+        account_id,
         region: text(lob, "region").ok_or(ApiError::Internal)?,
         domain_id: text(lob, "domainId").ok_or(ApiError::Internal)?,
         role_arn: text(lob, "presignRoleArn").ok_or(ApiError::Internal)?,
         profile_name: profile_name(&name).ok_or(ApiError::Internal)?,
+        execution_role_arn,
+        team_tag,
     })
 }
 
