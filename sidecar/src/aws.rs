@@ -8,7 +8,8 @@ use crate::config::AwsConfig;
 
 /// The base SDK configuration every AWS client of the sidecar starts from.
 pub async fn load(config: &AwsConfig) -> SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    let timeouts = aws_config::timeout::TimeoutConfig::builder().operation_timeout(config.timeout).build();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts);
     if let Some(region) = &config.region {
         loader = loader.region(Region::new(region.clone()));
     }

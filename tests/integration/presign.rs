@@ -374,6 +374,7 @@ async fn a_missing_profile_is_provisioned_once_under_concurrency() {
         assert!(headers["location"].to_str().unwrap().ends_with("SECRET-user-1-team1"));
     }
     assert_eq!(create.num_calls(), 1, "five concurrent first requests create the profile once");
+    assert_eq!(sts.num_calls(), 1, "and share one AssumeRole");
     let made = made.lock().unwrap().clone();
     let (profile, role, mut tags) = made[0].clone();
     tags.sort();
@@ -402,4 +403,32 @@ where
         out.push(handle.await.unwrap());
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sagemaker_call_past_the_aws_timeout_is_504() {
+    use authz_sidecar::handlers::presign::SdkSageMakerClients;
+    // The real SDK client over real HTTP, at a SageMaker endpoint that answers too late.
+    let slow =
+        harness::TestServer::start(|_| (200, r#"{"AuthorizedUrl":"https://late"}"#.to_owned(), Duration::from_secs(3)))
+            .await;
+    let base = aws_config_for_tests(Duration::from_millis(300)).await;
+    let sagemaker = SdkSageMakerClients { base, endpoint: Some(slow.url()) };
+    let sts = mock!(aws_sdk_sts::Client::assume_role)
+        .then_compute_output(|input| sts_credentials(input.role_arn().unwrap(), Duration::from_secs(3600)));
+    let presigner = Presigner::new(mock_client!(aws_sdk_sts, RuleMode::MatchAny, &[&sts]), Arc::new(sagemaker));
+    let (sidecar, _ws) = start_sidecar(presigner, "").await;
+    let (status, _, body) = open(sidecar.data, "/studio/user-1/team1", "user-1", &["Team1"], LOB_A).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(slow.calls(), 1, "the call did reach SageMaker");
+}
+
+/// An SDK configuration like `authz_sidecar::aws::load` makes, with fixed test credentials.
+async fn aws_config_for_tests(timeout: Duration) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+        .timeout_config(aws_config::timeout::TimeoutConfig::builder().operation_timeout(timeout).build())
+        .load()
+        .await
 }

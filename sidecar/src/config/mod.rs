@@ -44,12 +44,14 @@ pub struct Config {
     pub aws: AwsConfig,
 }
 
-/// Where AWS is: region (else the standard chain's) and endpoint overrides.
-#[derive(Debug, Clone, Default)]
+/// Where AWS is: region (else the standard chain's), endpoint overrides, and how long
+/// one call (with its retries) may take.
+#[derive(Debug, Clone)]
 pub struct AwsConfig {
     pub region: Option<String>,
     pub sts_endpoint: Option<String>,
     pub sagemaker_endpoint: Option<String>,
+    pub timeout: Duration,
 }
 
 /// How the presign handler answers.
@@ -401,6 +403,7 @@ impl Config {
                 region: raw.aws.region.clone(),
                 sts_endpoint: raw.aws.sts_endpoint.clone(),
                 sagemaker_endpoint: raw.aws.sagemaker_endpoint.clone(),
+                timeout: raw.aws.timeout,
             },
         })
     }

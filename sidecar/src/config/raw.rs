@@ -22,12 +22,21 @@ pub struct RawConfig {
     pub aws: RawAws,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAws {
     pub region: Option<String>,
     pub sts_endpoint: Option<String>,
     pub sagemaker_endpoint: Option<String>,
+    /// Each AWS call, retries included, must finish within this.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for RawAws {
+    fn default() -> Self {
+        Self { region: None, sts_endpoint: None, sagemaker_endpoint: None, timeout: Duration::from_secs(10) }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
