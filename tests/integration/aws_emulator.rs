@@ -5,10 +5,10 @@
 //! the LOB's region. moto has no CreatePresignedDomainUrl, so SageMaker is a local fake
 //! that records what it was sent.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use crate::binary::{binary, free_port};
+use crate::binary::{Running, start_binary};
 use crate::harness::{self, TestServer, start_moto};
 use crate::support::Workspace;
 
@@ -52,33 +52,16 @@ handler = "presign"
         ),
     )
     .unwrap();
-    let (data_port, admin_port) = (free_port(), free_port());
     let log = ws.dir.path().join("sidecar.log");
-    let mut child = Command::new(binary())
-        .args(["serve", "--dev", "--config", config.to_str().unwrap()])
-        .args(["--listen", &format!("127.0.0.1:{data_port}"), "--admin-listen", &format!("127.0.0.1:{admin_port}")])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("AWS_ACCESS_KEY_ID", "AKIDBASECREDENTIALS")
-        .env("AWS_SECRET_ACCESS_KEY", "base-secret")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", ws.dir.path().join("no-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", ws.dir.path().join("no-credentials"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let admin = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let data = format!("127.0.0.1:{data_port}").parse().unwrap();
-    let mut ready = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(admin).await.is_ok() && harness::get(admin, "/readyz", &[]).await.0 == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "not ready: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    let (no_config, no_credentials) = (ws.dir.path().join("no-config"), ws.dir.path().join("no-credentials"));
+    let env: [(&str, &std::ffi::OsStr); 5] = [
+        ("AWS_ACCESS_KEY_ID", "AKIDBASECREDENTIALS".as_ref()),
+        ("AWS_SECRET_ACCESS_KEY", "base-secret".as_ref()),
+        ("AWS_EC2_METADATA_DISABLED", "true".as_ref()),
+        ("AWS_CONFIG_FILE", no_config.as_os_str()),
+        ("AWS_SHARED_CREDENTIALS_FILE", no_credentials.as_os_str()),
+    ];
+    let Running { mut child, data, admin } = start_binary(&["--config", config.to_str().unwrap()], &env, &log).await;
     let (_, _, token) = harness::get(admin, "/dev/token?user=user-1&groups=Team1,Team2", &[]).await;
     let auth = format!("Bearer {token}");
     let (status, headers, body) = harness::get(

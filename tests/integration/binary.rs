@@ -28,36 +28,50 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The real binary, serving `serve --dev` plus `args` on two free loopback ports, with
+/// stderr in `log`; ready when this returns.
+pub struct Running {
+    pub child: std::process::Child,
+    pub data: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+}
+
+pub async fn start_binary(args: &[&str], env: &[(&str, &std::ffi::OsStr)], log: &std::path::Path) -> Running {
+    let (data_port, admin_port) = (free_port(), free_port());
+    let mut command = Command::new(binary());
+    command
+        .args(["serve", "--dev"])
+        .args(["--listen", &format!("127.0.0.1:{data_port}"), "--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    if !env.is_empty() {
+        command.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+    }
+    let mut child = command.spawn().unwrap();
+    let admin = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let data = format!("127.0.0.1:{data_port}").parse().unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(admin).await.is_ok() && harness::get(admin, "/readyz", &[]).await.0 == 200 {
+            return Running { child, data, admin };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("not ready: {}", std::fs::read_to_string(log).unwrap_or_default());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_audits_every_decision_and_exits_0_on_sigterm() {
     let ws = Workspace::shipped();
     let log = ws.dir.path().join("sidecar.log");
-    let (data_port, admin_port) = (free_port(), free_port());
-    let mut child = Command::new(binary())
-        .args([
-            "serve",
-            "--dev",
-            "--listen",
-            &format!("127.0.0.1:{data_port}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin_port}"),
-        ])
-        .args(["--policies", ws.policies().to_str().unwrap(), "--entities", ws.entities().to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let admin = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let data = format!("127.0.0.1:{data_port}").parse().unwrap();
-    let mut ready = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(admin).await.is_ok() && harness::get(admin, "/readyz", &[]).await.0 == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "not ready: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    let (policies, entities) = (ws.policies(), ws.entities());
+    let args = ["--policies", policies.to_str().unwrap(), "--entities", entities.to_str().unwrap()];
+    let Running { mut child, data, admin } = start_binary(&args, &[], &log).await;
 
     let (status, _, token) = harness::get(admin, "/dev/token?user=user-1&groups=Team1,Team2", &[]).await;
     assert_eq!(status, 200);

@@ -80,31 +80,13 @@ async fn tokens_from_a_cognito_user_pool_drive_the_decisions() {
 
     // The sidecar, trusting this pool.
     let ws = Workspace::shipped();
+    let issuer = format!("https://cognito-idp.us-east-1.amazonaws.com/{pool_id}");
+    let jwks = format!("http://127.0.0.1:{}/{pool_id}/.well-known/jwks.json", moto.port);
     let toml = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-[policies]
-dir = "{policies}"
-entities = "{entities}"
-[context]
-trusted_proxies = ["127.0.0.1/32"]
-[[issuers]]
-issuer = "https://cognito-idp.us-east-1.amazonaws.com/{pool_id}"
-jwks_url = "http://127.0.0.1:{port}/{pool_id}/.well-known/jwks.json"
-audiences = ["{client_id}"]
-token_use = "access"
-[[routes]]
-name = "studio"
-method = "GET"
-handler = "echo"
-{route}
-"#,
+        "{base}audiences = [\"{client_id}\"]\ntoken_use = \"access\"\n\
+         [[routes]]\nname = \"studio\"\nmethod = \"GET\"\nhandler = \"echo\"\n{route}\n",
+        base = harness::base_toml(&ws, &issuer, &jwks),
         route = harness::STUDIO_ROUTE,
-        policies = ws.policies().display(),
-        entities = ws.entities().display(),
-        port = moto.port,
     );
     let sidecar = harness::launch(Config::from_toml(&toml, "cognito test").unwrap()).await;
     harness::wait_ready(sidecar.admin, &sidecar.app).await;

@@ -188,6 +188,19 @@ action = 'Studio::Action::"CreatePresignedDomainUrl"'
 resource_type = "Studio::UserProfile"
 resource_id = "{user}-{team}""#;
 
+/// A config on loopback port 0 over `ws`, trusting loopback as a proxy, with one issuer.
+/// Append routes (and anything else) to it.
+pub fn base_toml(ws: &Workspace, issuer: &str, jwks_url: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [policies]\ndir = \"{}\"\nentities = \"{}\"\n\
+         [context]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
+         [[issuers]]\nissuer = \"{issuer}\"\njwks_url = \"{jwks_url}\"\n",
+        ws.policies().display(),
+        ws.entities().display(),
+    )
+}
+
 pub fn config_toml(ws: &Workspace, jwks_url: &str, upstream: &str, setup: &Setup) -> String {
     format!(
         r#"

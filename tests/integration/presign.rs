@@ -129,29 +129,8 @@ async fn start_sidecar(presigner: Presigner, extra: &str) -> (Launched, Workspac
     let (key1, _) = harness::keys();
     let jwks = harness::Jwks::start(&[key1]).await;
     let toml = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-[policies]
-dir = "{policies}"
-entities = "{entities}"
-[context]
-trusted_proxies = ["127.0.0.1/32"]
-[[issuers]]
-issuer = "{issuer}"
-jwks_url = "{jwks}"
-[[routes]]
-name = "studio"
-method = "GET"
-handler = "presign"
-{route}
-{extra}
-"#,
-        policies = ws.policies().display(),
-        entities = ws.entities().display(),
-        issuer = harness::ISSUER,
-        jwks = jwks.url(),
+        "{base}[[routes]]\nname = \"studio\"\nmethod = \"GET\"\nhandler = \"presign\"\n{route}\n{extra}\n",
+        base = harness::base_toml(&ws, harness::ISSUER, &jwks.url()),
         route = harness::STUDIO_ROUTE,
     );
     let app = authz_sidecar::app::App::new(Config::from_toml(&toml, "presign test").unwrap(), false)
