@@ -8,6 +8,7 @@
     reason = "test code: a panic is a failed test"
 )]
 
+mod account_pool;
 mod aws_emulator;
 mod binary;
 mod cli;

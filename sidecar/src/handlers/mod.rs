@@ -1,4 +1,5 @@
 //! Built-in handlers: what the sidecar does itself with an allowed call, instead of
 //! forwarding it.
 
+pub mod account_pool;
 pub mod presign;

@@ -1,0 +1,164 @@
+//! The DataZone account-pool handler: the sample events and their field variants with
+//! exact JSON answers, pagination, and list and validate never disagreeing.
+
+use authz_sidecar::handlers::account_pool::{EventError, apply, parse};
+use authz_sidecar::policy_store::{PolicySnapshot, PolicyStore};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use crate::support::Workspace;
+
+const USER_1: &str = "4b89ed84-9842-45dd-a2e5-15e49eda2b03";
+const USER_2: &str = "9d2f6c1e-37a4-4b0e-8f5a-6c7d8e9f0a1b";
+const DOMAIN: &str = "dzd-4igt64u5j25ko9";
+
+fn snapshot() -> std::sync::Arc<PolicySnapshot> {
+    static STORE: std::sync::OnceLock<(Workspace, PolicyStore)> = std::sync::OnceLock::new();
+    let (_, store) = STORE.get_or_init(|| {
+        let ws = Workspace::shipped();
+        let store = PolicyStore::load_files(&ws.dirs()).unwrap();
+        (ws, store)
+    });
+    store.current()
+}
+
+/// The answer to an event, as the exact JSON text a handler sends.
+fn answer(event: &str) -> Result<String, EventError> {
+    let operation = parse(event.as_bytes())?;
+    apply(&snapshot(), &operation, "test").map(|v| v.to_string())
+}
+
+fn validate(user: &str, account: &str, region: &str, domain: &str) -> String {
+    let event = json!({"operationRequest": {"listAuthorizedAccountsRequest": null,
+        "validateAccountAuthorizationRequest": {"domainIdentifier": domain, "awsAccountId": account,
+                                                "regionName": region, "userIdentifier": user}}});
+    answer(&event.to_string()).unwrap()
+}
+
+fn list(user: &str, domain: &str) -> Value {
+    let event = json!({"operationRequest": {"validateAccountAuthorizationRequest": null,
+        "listAuthorizedAccountsRequest": {"domainIdentifier": domain, "userIdentifier": user}}});
+    serde_json::from_str(&answer(&event.to_string()).unwrap()).unwrap()
+}
+
+const GRANT: &str = r#"{"operationResponse":{"validateAccountAuthorizationResponse":{"authResult":"GRANT"}}}"#;
+const DENY: &str = r#"{"operationResponse":{"validateAccountAuthorizationResponse":{"authResult":"DENY"}}}"#;
+
+#[test]
+fn the_sample_validate_event_is_granted_exactly() {
+    // the captured event: both keys present, the other one null
+    let event = r#"{"operationRequest": {"listAuthorizedAccountsRequest": null, "validateAccountAuthorizationRequest":
+        {"domainIdentifier": "dzd-4igt64u5j25ko9", "awsAccountId": "004878717744", "regionName": "us-east-2",
+         "userIdentifier": "4b89ed84-9842-45dd-a2e5-15e49eda2b03"}}}"#;
+    assert_eq!(answer(event).unwrap(), GRANT);
+}
+
+#[test]
+fn the_sample_list_event_lists_exactly_the_granted_accounts_and_regions() {
+    let event = r#"{"operationRequest": {"listAuthorizedAccountsRequest": {"domainIdentifier": "dzd-4igt64u5j25ko9",
+        "domainUnitIdentifier": "6kg8zlq8mvid9l", "domainRegion": "us-east-2", "domainPartition": "aws",
+        "userIdentifier": "4b89ed84-9842-45dd-a2e5-15e49eda2b03", "maxResults": 100, "nextToken": null},
+        "validateAccountAuthorizationRequest": null}}"#;
+    assert_eq!(
+        answer(event).unwrap(),
+        concat!(
+            r#"{"operationResponse":{"listAuthorizedAccountsResponse":{"items":["#,
+            r#"{"awsAccountId":"004878717744","awsAccountName":"lob-a-analytics-1","supportedRegions":["us-east-1","us-east-2"]},"#,
+            r#"{"awsAccountId":"111122223333","awsAccountName":"Acct1","supportedRegions":["eu-west-1","us-east-1","us-west-2"]},"#,
+            r#"{"awsAccountId":"555555555555","awsAccountName":"shared-sandbox","supportedRegions":["eu-west-1","us-east-1"]}"#,
+            r#"]}}}"#
+        )
+    );
+}
+
+#[test]
+fn field_variants_are_tolerated_and_fail_closed() {
+    // the other key absent instead of null, unknown fields ignored
+    let event = format!(
+        r#"{{"operationRequest": {{"validateAccountAuthorizationRequest": {{"domainIdentifier": "{DOMAIN}",
+        "awsAccountId": "004878717744", "regionName": "us-east-2", "userIdentifier": "{USER_1}",
+        "projectId": "p-1", "someNewField": {{"x": 1}}}}}}, "extra": true}}"#
+    );
+    assert_eq!(answer(&event).unwrap(), GRANT);
+    assert_eq!(validate(USER_1, "4878717744", "us-east-2", DOMAIN), DENY, "a non-12-digit id");
+    assert_eq!(validate(USER_1, "004878717744", "us-west-2", DOMAIN), DENY, "a region the account does not support");
+    assert_eq!(validate(USER_1, "999999999999", "us-east-1", DOMAIN), DENY, "an unknown account");
+    assert_eq!(validate("", "004878717744", "us-east-2", DOMAIN), DENY, "no user");
+    assert_eq!(validate(USER_2, "004878717744", "us-east-2", DOMAIN), DENY, "another LOB's pool");
+    assert_eq!(validate(USER_1, "333333333333", "us-east-1", DOMAIN), DENY, "quarantined");
+    assert_eq!(validate(USER_1, "004878717744", "us-east-2", "dzd-0therdomain01"), DENY, "another domain");
+    let no_region = format!(
+        r#"{{"operationRequest": {{"validateAccountAuthorizationRequest": {{"awsAccountId": "004878717744", "userIdentifier": "{USER_1}"}}}}}}"#
+    );
+    assert_eq!(answer(&no_region).unwrap(), DENY);
+    // an empty list request is a list request (with nobody to list for)
+    assert_eq!(
+        answer(r#"{"operationRequest": {"listAuthorizedAccountsRequest": {}}}"#).unwrap(),
+        r#"{"operationResponse":{"listAuthorizedAccountsResponse":{"items":[]}}}"#
+    );
+}
+
+#[test]
+fn malformed_events_are_errors_never_grants() {
+    assert!(matches!(answer("not json"), Err(EventError::NotJson(_))));
+    assert!(matches!(answer("[]"), Err(EventError::NotJson(_))));
+    assert_eq!(answer("{}"), Err(EventError::NoOperation));
+    assert_eq!(answer(r#"{"operationRequest": null}"#), Err(EventError::NoOperation));
+    assert_eq!(
+        answer(
+            r#"{"operationRequest": {"listAuthorizedAccountsRequest": null, "validateAccountAuthorizationRequest": null}}"#
+        ),
+        Err(EventError::NoOperation)
+    );
+    assert_eq!(
+        answer(
+            r#"{"operationRequest": {"listAuthorizedAccountsRequest": {}, "validateAccountAuthorizationRequest": {}}}"#
+        ),
+        Err(EventError::BothOperations)
+    );
+}
+
+#[test]
+fn pages_follow_max_results_and_next_token() {
+    let page = |token: Option<&str>| {
+        let event = json!({"operationRequest": {"listAuthorizedAccountsRequest":
+            {"domainIdentifier": DOMAIN, "userIdentifier": USER_1, "maxResults": 2, "nextToken": token}}});
+        answer(&event.to_string()).map(|text| serde_json::from_str::<Value>(&text).unwrap())
+    };
+    let first = page(None).unwrap();
+    let body = &first["operationResponse"]["listAuthorizedAccountsResponse"];
+    assert_eq!(body["items"].as_array().unwrap().len(), 2);
+    let token = body["nextToken"].as_str().unwrap().to_owned();
+    let second = page(Some(&token)).unwrap();
+    let body = &second["operationResponse"]["listAuthorizedAccountsResponse"];
+    assert_eq!(body["items"][0]["awsAccountId"], "555555555555");
+    assert!(body.get("nextToken").is_none(), "the last page has no token");
+    assert_eq!(page(Some("forged")), Err(EventError::BadNextToken));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// validate says GRANT exactly when list lists that account with that region.
+    #[test]
+    fn list_and_validate_never_disagree(
+        user in prop::sample::select(vec![USER_1, USER_2, "00000000-0000-0000-0000-000000000000"]),
+        account in prop::sample::select(vec!["004878717744", "111122223333", "333333333333", "444444444444",
+                                             "555555555555", "666666666666", "777777777777", "000000000000"]),
+        region in prop::sample::select(vec!["us-east-1", "us-east-2", "us-west-2", "eu-west-1", "ap-south-1"]),
+        domain in prop::sample::select(vec![DOMAIN, "dzd-0therdomain01"]),
+    ) {
+        let listed = list(user, domain);
+        let items = listed["operationResponse"]["listAuthorizedAccountsResponse"]["items"].as_array().unwrap().clone();
+        let in_list = items.iter().any(|item| {
+            item["awsAccountId"] == account && item["supportedRegions"].as_array().unwrap().iter().any(|r| r == region)
+        });
+        let granted = validate(user, account, region, domain) == GRANT;
+        prop_assert_eq!(in_list, granted, "user {} account {} region {} domain {}", user, account, region, domain);
+        for item in &items {
+            let regions = item["supportedRegions"].as_array().unwrap();
+            prop_assert!((1..=3).contains(&regions.len()));
+            prop_assert_eq!(item["awsAccountId"].as_str().unwrap().len(), 12);
+        }
+    }
+}
