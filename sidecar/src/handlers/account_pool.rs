@@ -270,9 +270,10 @@ fn page(items: Vec<Value>, request: &ListRequest) -> Result<Value, EventError> {
     };
     let end = start.saturating_add(size).min(items.len());
     let page: Vec<Value> = items.get(start.min(items.len())..end).unwrap_or_default().to_vec();
-    let mut response = json!({"items": page});
+    let mut response = serde_json::Map::new();
+    response.insert("items".into(), Value::Array(page));
     if end < items.len() {
-        response["nextToken"] = json!(format!("offset-{end}"));
+        response.insert("nextToken".into(), json!(format!("offset-{end}")));
     }
     Ok(json!({"operationResponse": {"listAuthorizedAccountsResponse": response}}))
 }
