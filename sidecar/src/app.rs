@@ -195,8 +195,9 @@ impl App {
 pub fn check_routes(config: &Config, snapshot: &PolicySnapshot) -> Vec<String> {
     let mut problems = Vec::new();
     for route in &config.routes {
+        let Some(authz) = &route.authz else { continue };
         let mut sample = serde_json::Map::new();
-        for (name, source) in &route.context {
+        for (name, source) in &authz.context {
             let value = match source {
                 ContextSource::SourceIp => "10.0.0.1".to_owned(),
                 ContextSource::RequestTime => "2026-01-01T00:00:00Z".to_owned(),
@@ -205,12 +206,12 @@ pub fn check_routes(config: &Config, snapshot: &PolicySnapshot) -> Vec<String> {
             sample.insert(name.clone(), serde_json::Value::String(value));
         }
         let context =
-            Context::from_json_value(serde_json::Value::Object(sample), Some((snapshot.schema(), &route.action)));
+            Context::from_json_value(serde_json::Value::Object(sample), Some((snapshot.schema(), &authz.action)));
         let result = context.map_err(|e| e.to_string()).and_then(|context| {
             Request::new(
                 EntityUid::from_type_name_and_id(config.principal.entity_type.clone(), EntityId::new("sample")),
-                route.action.clone(),
-                EntityUid::from_type_name_and_id(route.resource_type.clone(), EntityId::new("sample")),
+                authz.action.clone(),
+                EntityUid::from_type_name_and_id(authz.resource_type.clone(), EntityId::new("sample")),
                 context,
                 Some(snapshot.schema()),
             )

@@ -162,3 +162,47 @@ proptest! {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_form_answers_byte_for_byte_like_the_handler_behind_authentication() {
+    use crate::harness::{self, Setup, Sidecar, token};
+    let route = "[[routes]]\nname = \"account-pool\"\nmethod = \"POST\"\npath = \"/datazone/account-pool\"\nhandler = \"account_pool\"\n";
+    let sidecar = Sidecar::start(Setup { extra: route.to_owned(), ..Setup::default() }).await.ready().await;
+    let auth = format!("Bearer {}", token("datazone-service", &[]));
+    let post = |body: String, auth: Option<String>| {
+        let addr = sidecar.data;
+        async move {
+            let mut headers = vec![("content-type", "application/json".to_owned())];
+            if let Some(auth) = auth {
+                headers.push(("authorization", auth));
+            }
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            harness::request(addr, "POST", "/datazone/account-pool", &headers, body.into_bytes()).await
+        }
+    };
+    for event in [
+        json!({"operationRequest": {"listAuthorizedAccountsRequest": null, "validateAccountAuthorizationRequest":
+            {"domainIdentifier": DOMAIN, "awsAccountId": "004878717744", "regionName": "us-east-2", "userIdentifier": USER_1}}}),
+        json!({"operationRequest": {"validateAccountAuthorizationRequest": null, "listAuthorizedAccountsRequest":
+            {"domainIdentifier": DOMAIN, "userIdentifier": USER_1, "maxResults": 100, "nextToken": null}}}),
+        json!({"operationRequest": {"validateAccountAuthorizationRequest":
+            {"domainIdentifier": DOMAIN, "awsAccountId": "333333333333", "regionName": "us-east-1", "userIdentifier": USER_1}}}),
+    ] {
+        let (status, headers, body) = post(event.to_string(), Some(auth.clone())).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(headers["content-type"], "application/json");
+        assert_eq!(body, answer(&event.to_string()).unwrap(), "the HTTP answer is the handler's, byte for byte");
+    }
+    let (status, _, _) =
+        post(json!({"operationRequest": {"listAuthorizedAccountsRequest": {}}}).to_string(), None).await;
+    assert_eq!(status, 401, "the HTTP form sits behind authentication");
+    for bad in [
+        "not json",
+        "{}",
+        r#"{"operationRequest": {"listAuthorizedAccountsRequest": {}, "validateAccountAuthorizationRequest": {}}}"#,
+    ] {
+        let (status, _, body) = post(bad.to_owned(), Some(auth.clone())).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(!body.contains("GRANT"));
+    }
+}

@@ -166,6 +166,8 @@ pub enum Handler {
     Echo,
     /// Answer with a SageMaker Studio presigned URL for the resource's profile.
     Presign(PresignOptions),
+    /// Answer DataZone account-pool events (the handler decides per event).
+    AccountPool,
 }
 
 #[derive(Debug, Clone)]
@@ -252,12 +254,20 @@ pub struct RouteConfig {
     pub name: String,
     pub method: Method,
     pub path: String,
+    /// The route's Cedar question; `None` for an account-pool route, whose handler asks
+    /// one per event.
+    pub authz: Option<RouteAuthz>,
+    pub handler: Handler,
+    pub mode: Mode,
+}
+
+/// How a route's call becomes a Cedar request.
+#[derive(Debug, Clone)]
+pub struct RouteAuthz {
     pub action: EntityUid,
     pub resource_type: EntityTypeName,
     pub resource_id: IdTemplate,
     pub context: Vec<(String, ContextSource)>,
-    pub handler: Handler,
-    pub mode: Mode,
 }
 
 impl Config {
@@ -426,11 +436,41 @@ fn parse_route(
         .filter_map(|segment| segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
         .map(|name| name.trim_start_matches('*'))
         .collect();
-    let action = EntityUid::from_str(&route.action)
-        .map_err(|e| invalid(key("action"), format!("`{}` is not an action uid: {e}", route.action)))?;
-    let resource_type = EntityTypeName::from_str(&route.resource_type)
-        .map_err(|e| invalid(key("resource_type"), format!("`{}`: {e}", route.resource_type)))?;
-    let resource_id = IdTemplate::parse(&route.resource_id).map_err(|m| invalid(key("resource_id"), m))?;
+    if route.handler == "account_pool" {
+        if route.action.is_some()
+            || route.resource_type.is_some()
+            || route.resource_id.is_some()
+            || route.context.is_some()
+        {
+            return Err(invalid(
+                key("handler"),
+                "an `account_pool` route asks Cedar once per account and region of each event; remove its \
+                 action, resource_type, resource_id and context"
+                    .into(),
+            ));
+        }
+        return Ok(RouteConfig {
+            name: route.name.clone(),
+            method,
+            path: route.path.clone(),
+            authz: None,
+            handler: Handler::AccountPool,
+            mode: Mode::Enforce,
+        });
+    }
+    let required = |field: &str, value: &Option<String>| {
+        value.clone().ok_or_else(|| invalid(key(field), format!("a `{}` route needs `{field}`", route.handler)))
+    };
+    let (action_text, type_text, id_text) = (
+        required("action", &route.action)?,
+        required("resource_type", &route.resource_type)?,
+        required("resource_id", &route.resource_id)?,
+    );
+    let action = EntityUid::from_str(&action_text)
+        .map_err(|e| invalid(key("action"), format!("`{action_text}` is not an action uid: {e}")))?;
+    let resource_type = EntityTypeName::from_str(&type_text)
+        .map_err(|e| invalid(key("resource_type"), format!("`{type_text}`: {e}")))?;
+    let resource_id = IdTemplate::parse(&id_text).map_err(|m| invalid(key("resource_id"), m))?;
     for param in resource_id.params() {
         if !path_params.contains(&param) {
             return Err(invalid(key("resource_id"), format!("`{{{param}}}` is not a parameter of `{}`", route.path)));
@@ -499,22 +539,18 @@ fn parse_route(
         }
         "echo" => Handler::Echo,
         "presign" => Handler::Presign(presign_options(route.presign.clone().unwrap_or_default(), &key, invalid)?),
-        "account_pool" => {
+        other => {
             return Err(invalid(
                 key("handler"),
-                format!("the built-in `{}` handler is not part of this version yet", route.handler),
+                format!("`{other}`: use `forward`, `presign`, `account_pool` or `echo`"),
             ));
         }
-        other => return Err(invalid(key("handler"), format!("`{other}`: use `forward`, `presign` or `echo`"))),
     };
     Ok(RouteConfig {
         name: route.name.clone(),
         method,
         path: route.path.clone(),
-        action,
-        resource_type,
-        resource_id,
-        context,
+        authz: Some(RouteAuthz { action, resource_type, resource_id, context }),
         handler,
         mode,
     })
@@ -612,6 +648,17 @@ mod tests {
         assert!(err.to_string().contains("presign.session_expiration"), "{err}");
         let ok = with_route(route).unwrap();
         assert!(matches!(&ok.routes[0].handler, Handler::Presign(p) if p.expires_in_seconds == 60));
+    }
+
+    #[test]
+    fn account_pool_routes_carry_no_route_level_question() {
+        let base = "name = \"ap\"\nmethod = \"POST\"\npath = \"/datazone/account-pool\"\nhandler = \"account_pool\"\n";
+        let ok = with_route(base).unwrap();
+        assert!(ok.routes[0].authz.is_none() && matches!(ok.routes[0].handler, Handler::AccountPool));
+        let err = with_route(&format!("{base}action = 'DataZone::Action::\"UseAccount\"'")).unwrap_err();
+        assert!(err.to_string().contains("asks Cedar once per account and region"), "{err}");
+        let err = with_route("name = \"e\"\nmethod = \"GET\"\npath = \"/e\"\nhandler = \"echo\"\n").unwrap_err();
+        assert!(err.to_string().contains("a `echo` route needs `action`"), "{err}");
     }
 
     #[test]

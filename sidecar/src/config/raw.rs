@@ -216,9 +216,9 @@ pub struct RawRoute {
     pub name: String,
     pub method: String,
     pub path: String,
-    pub action: String,
-    pub resource_type: String,
-    pub resource_id: String,
+    pub action: Option<String>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
     /// Cedar context attribute → source (`source_ip`, `vpce`, `request_time`, `method`,
     /// `path`, `path:<param>`, `header:<name>`). Default: sourceVpce, sourceIp, requestTime.
     pub context: Option<BTreeMap<String, String>>,

@@ -28,6 +28,7 @@ use crate::authn::principal::principal_entity;
 use crate::authz::{Decision, DecisionRequest, Effect};
 use crate::config::{Handler, Mode};
 use crate::http_client::Body;
+use crate::policy_store::PolicySnapshot;
 use crate::proxy::{self, Outgoing, Vouch};
 use crate::rescue::{ApiError, json_response};
 
@@ -93,14 +94,20 @@ async fn run(
     }
     let body: Bytes = Limited::new(body, limit).collect().await.map_err(|_| ApiError::PayloadTooLarge)?.to_bytes();
 
+    let snapshot = engine.store().current();
+    // An account-pool route has no question of its own: its handler asks one per
+    // account and region of the event (and audits each).
+    let Some(authz) = &route.authz else {
+        return account_pool(&snapshot, &body, request_id);
+    };
+
     // 6. authorize
     let authz_started = Instant::now();
-    let snapshot = engine.store().current();
     let origin = context::origin(&app.config.context, peer.ip(), &parts.headers);
-    let resource_id = route.resource_id.render(|name| matched.param(name)).ok_or(ApiError::NotFound)?;
-    let resource = EntityUid::from_type_name_and_id(route.resource_type.clone(), EntityId::new(resource_id));
+    let resource_id = authz.resource_id.render(|name| matched.param(name)).ok_or(ApiError::NotFound)?;
+    let resource = EntityUid::from_type_name_and_id(authz.resource_type.clone(), EntityId::new(resource_id));
     let context = context::context(
-        &route.context,
+        &authz.context,
         &matched,
         &origin,
         &parts.method,
@@ -111,7 +118,7 @@ async fn run(
     let principal =
         EntityUid::from_type_name_and_id(app.config.principal.entity_type.clone(), EntityId::new(&identity.subject));
     let decided = principal_entity(&identity, &app.config.principal, &snapshot).and_then(|entity| {
-        let request = DecisionRequest::new(principal.clone(), route.action.clone(), resource.clone())
+        let request = DecisionRequest::new(principal.clone(), authz.action.clone(), resource.clone())
             .with_context(context)
             .with_entities(vec![entity]);
         engine.decide_on(&snapshot, &request).map_err(|e| e.to_string())
@@ -124,7 +131,7 @@ async fn run(
                 request_id,
                 &route.name,
                 &principal,
-                &route.action,
+                &authz.action,
                 &resource,
                 &error,
                 &snapshot.version().to_string(),
@@ -133,7 +140,7 @@ async fn run(
             return Err(ApiError::Forbidden);
         }
     };
-    audit(request_id, &route.name, route.mode, &principal, &route.action, &resource, &decision);
+    audit(request_id, &route.name, route.mode, &principal, &authz.action, &resource, &decision);
     metrics::counter!(
         "authz_decisions_total",
         "route" => route.name.clone(),
@@ -178,12 +185,13 @@ async fn run(
             }
             result
         }
+        Handler::AccountPool => Err(ApiError::Internal),
         Handler::Echo => {
             let body = serde_json::json!({
                 "request_id": request_id,
                 "route": route.name,
                 "principal": vouch.principal,
-                "action": route.action.to_string(),
+                "action": authz.action.to_string(),
                 "resource": resource.to_string(),
                 "decision": vouched,
                 "policies": decision.policies,
@@ -192,6 +200,22 @@ async fn run(
             Ok(json_response(http::StatusCode::OK, body.to_string()))
         }
     }
+}
+
+/// The HTTP form of the account-pool handler: the event in, the answer out, byte for
+/// byte what the Lambda form answers.
+fn account_pool(snapshot: &PolicySnapshot, body: &[u8], request_id: &str) -> Result<Response<Body>, ApiError> {
+    use crate::handlers::account_pool::{EventError, apply, parse};
+    let answer = parse(body).and_then(|operation| apply(snapshot, &operation, request_id)).map_err(|e| {
+        tracing::info!(request_id, error = %e, "account-pool event refused");
+        match e {
+            EventError::NotJson(_) => ApiError::BadRequest("the event is not a JSON object"),
+            EventError::NoOperation => ApiError::BadRequest("the event names no operation"),
+            EventError::BothOperations => ApiError::BadRequest("the event names both operations"),
+            EventError::BadNextToken => ApiError::BadRequest("nextToken is not one this handler issued"),
+        }
+    })?;
+    Ok(json_response(http::StatusCode::OK, answer.to_string()))
 }
 
 /// The audit event: one per decision, JSON when logs are JSON. Ids only: never a token.
