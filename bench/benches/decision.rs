@@ -88,5 +88,24 @@ fn snapshot_build(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decisions, snapshot_build);
+/// `listAuthorizedAccounts` for user-1 over pools of about 10, 100 and 1,000 accounts:
+/// one UseAccount decision per account and region.
+fn list_accounts(c: &mut Criterion) {
+    use authz_sidecar::handlers::account_pool::{apply, parse};
+    let mut group = c.benchmark_group("account_pool_list");
+    group.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    let event = br#"{"operationRequest": {"listAuthorizedAccountsRequest": {"domainIdentifier": "dzd-4igt64u5j25ko9",
+        "userIdentifier": "4b89ed84-9842-45dd-a2e5-15e49eda2b03"}}}"#;
+    let operation = parse(event).unwrap_or_else(|e| panic!("{e}"));
+    for accounts in [10, 100, 1_000] {
+        // the generator makes about half of its entities pool accounts
+        let snapshot = grown_snapshot(10, 22 + 2 * accounts).unwrap_or_else(|e| panic!("workload: {e}"));
+        group.bench_with_input(BenchmarkId::from_parameter(accounts), &snapshot, |b, s| {
+            b.iter(|| apply(s, black_box(&operation), "bench"))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decisions, snapshot_build, list_accounts);
 criterion_main!(benches);

@@ -15,6 +15,7 @@ mod cli;
 mod cognito;
 mod engine;
 mod harness;
+mod lambda;
 mod presign;
 mod reload;
 mod server;

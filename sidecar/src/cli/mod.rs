@@ -5,6 +5,7 @@
 //! Results go to `out`; problems and log lines go to `err`.
 
 mod authorize;
+mod lambda;
 mod serve;
 mod test;
 mod validate;
@@ -85,6 +86,12 @@ enum Command {
     /// serves the data plane and the admin endpoints until SIGTERM or SIGINT, drains
     /// in-flight requests for at most `server.shutdown_grace`, and exits 0.
     Serve(serve::Args),
+    /// Run as the DataZone account-pool handler in AWS Lambda.
+    ///
+    /// The Lambda entry point (package this binary as `bootstrap` with the policies and
+    /// entities): answers `listAuthorizedAccounts` and `validateAccountAuthorization`
+    /// events exactly as the HTTP route does.
+    Lambda(lambda::Args),
 }
 
 /// Where the policies and entities are.
@@ -142,7 +149,7 @@ where
         }
     };
     let (format, level) = match cli.command {
-        Command::Serve(_) => (cli.log_format.unwrap_or(LogFormat::Json), "info"),
+        Command::Serve(_) | Command::Lambda(_) => (cli.log_format.unwrap_or(LogFormat::Json), "info"),
         _ => (cli.log_format.unwrap_or(LogFormat::Text), "warn"),
     };
     telemetry::init(format, level);
@@ -151,5 +158,6 @@ where
         Command::Authorize(args) => authorize::run(&args, out, err),
         Command::Test(args) => test::run(&args, out, err),
         Command::Serve(args) => serve::run(&args, out, err),
+        Command::Lambda(args) => lambda::run(&args, out, err),
     }
 }

@@ -1,0 +1,71 @@
+//! `authz-sidecar lambda`: the account-pool handler as an AWS Lambda function.
+//!
+//! DataZone registers a Lambda ARN as the custom account-pool handler. This command is
+//! that function's entry point (package the binary as `bootstrap` with the policies and
+//! entities next to it): it loads the snapshot once, then answers each invocation with
+//! the same `parse` and `apply` as the HTTP route, so both forms give the same bytes. A
+//! malformed event is an error result, never a GRANT.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use lambda_runtime::{LambdaEvent, service_fn};
+use serde_json::Value;
+
+use super::{Sources, exit};
+use crate::handlers::account_pool::{apply, parse};
+use crate::policy_store::PolicySnapshot;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    sources: Sources,
+}
+
+/// What the Lambda runtime sets; the runtime crate panics without them.
+const LAMBDA_ENVIRONMENT: [&str; 4] = [
+    "AWS_LAMBDA_RUNTIME_API",
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    "AWS_LAMBDA_FUNCTION_VERSION",
+];
+
+pub fn run(args: &Args, _out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    if let Some(missing) = LAMBDA_ENVIRONMENT.iter().find(|var| std::env::var_os(var).is_none()) {
+        let _ = writeln!(err, "error: not running in AWS Lambda: `{missing}` is not set (use `serve` outside Lambda)");
+        return exit::FAILURE;
+    }
+    let snapshot = match args.sources.load(err) {
+        Ok(snapshot) => Arc::new(snapshot),
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot start the async runtime: {e}");
+            return exit::FAILURE;
+        }
+    };
+    tracing::info!(version = %snapshot.version(), "account-pool Lambda handler ready");
+    let handler = service_fn(move |event: LambdaEvent<Value>| {
+        let snapshot = snapshot.clone();
+        async move { answer(&snapshot, event) }
+    });
+    match runtime.block_on(lambda_runtime::run(handler)) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            let _ = writeln!(err, "error: the Lambda runtime stopped: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+fn answer(snapshot: &PolicySnapshot, event: LambdaEvent<Value>) -> Result<Value, lambda_runtime::Error> {
+    let body = serde_json::to_vec(&event.payload)?;
+    let request_id = event.context.request_id;
+    let operation = parse(&body).map_err(|e| {
+        tracing::info!(request_id, error = %e, "account-pool event refused");
+        Box::new(e)
+    })?;
+    Ok(apply(snapshot, &operation, &request_id)?)
+}

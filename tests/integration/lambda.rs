@@ -1,0 +1,138 @@
+//! The account-pool handler's Lambda form: the real binary against a fake Lambda Runtime
+//! API on loopback. Its answers must be the HTTP form's, byte for byte.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::binary::binary;
+use crate::support::{Workspace, run_cli};
+
+/// (path, body) of every result the function posted.
+type Posted = Arc<Mutex<Vec<(String, String)>>>;
+
+/// Serves `events` one by one at `/invocation/next` (then holds the next poll open) and
+/// records what the function posts back.
+async fn fake_runtime_api(events: Vec<String>) -> (std::net::SocketAddr, Posted) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let queue = Arc::new(Mutex::new(events.into_iter().enumerate().collect::<std::collections::VecDeque<_>>()));
+    let posted: Posted = Arc::new(Mutex::new(Vec::new()));
+    let recorded = posted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (queue, recorded) = (queue.clone(), recorded.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |request: http::Request<Incoming>| {
+                    let (queue, recorded) = (queue.clone(), recorded.clone());
+                    async move {
+                        let path = request.uri().path().to_owned();
+                        if request.method() == http::Method::GET && path.ends_with("/invocation/next") {
+                            let next = queue.lock().unwrap().pop_front();
+                            let Some((n, event)) = next else {
+                                tokio::time::sleep(Duration::from_secs(60)).await;
+                                return Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())));
+                            };
+                            let deadline = (std::time::SystemTime::now() + Duration::from_secs(60))
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .unwrap()
+                                .as_millis();
+                            let response = http::Response::builder()
+                                .header("lambda-runtime-aws-request-id", format!("req-{n}"))
+                                .header("lambda-runtime-deadline-ms", deadline.to_string())
+                                .header(
+                                    "lambda-runtime-invoked-function-arn",
+                                    "arn:aws:lambda:us-east-1:123456789012:function:authz",
+                                )
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from(event)))
+                                .unwrap();
+                            return Ok(response);
+                        }
+                        let body = request.into_body().collect().await.unwrap().to_bytes();
+                        recorded.lock().unwrap().push((path, String::from_utf8_lossy(&body).into_owned()));
+                        let mut response = http::Response::new(Full::new(Bytes::from_static(b"{}")));
+                        *response.status_mut() = http::StatusCode::ACCEPTED;
+                        Ok(response)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, posted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lambda_form_answers_like_the_http_form_and_refuses_bad_events() {
+    let validate =
+        json!({"operationRequest": {"listAuthorizedAccountsRequest": null, "validateAccountAuthorizationRequest":
+        {"domainIdentifier": "dzd-4igt64u5j25ko9", "awsAccountId": "004878717744", "regionName": "us-east-2",
+         "userIdentifier": "4b89ed84-9842-45dd-a2e5-15e49eda2b03"}}})
+        .to_string();
+    let list =
+        json!({"operationRequest": {"validateAccountAuthorizationRequest": null, "listAuthorizedAccountsRequest":
+        {"domainIdentifier": "dzd-4igt64u5j25ko9", "userIdentifier": "4b89ed84-9842-45dd-a2e5-15e49eda2b03"}}})
+        .to_string();
+    let both =
+        json!({"operationRequest": {"listAuthorizedAccountsRequest": {}, "validateAccountAuthorizationRequest": {}}})
+            .to_string();
+    let (api, posted) = fake_runtime_api(vec![validate.clone(), list.clone(), both]).await;
+
+    let ws = Workspace::shipped();
+    let mut child = std::process::Command::new(binary())
+        .args(["lambda", "--policies", ws.policies().to_str().unwrap(), "--entities", ws.entities().to_str().unwrap()])
+        .env_clear()
+        .env("AWS_LAMBDA_RUNTIME_API", api.to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "authz-account-pool")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if posted.lock().unwrap().len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let posted = posted.lock().unwrap().clone();
+    assert_eq!(posted.len(), 3, "{posted:?}");
+
+    // the same bytes the HTTP form sends (its test compares them to the handler's answer)
+    let expected = |event: &str| {
+        let operation = authz_sidecar::handlers::account_pool::parse(event.as_bytes()).unwrap();
+        let ws = Workspace::shipped();
+        let store = authz_sidecar::policy_store::PolicyStore::load_files(&ws.dirs()).unwrap();
+        authz_sidecar::handlers::account_pool::apply(&store.current(), &operation, "x").unwrap().to_string()
+    };
+    assert_eq!(posted[0], ("/2018-06-01/runtime/invocation/req-0/response".to_owned(), expected(&validate)));
+    assert!(posted[0].1.contains("GRANT"));
+    assert_eq!(posted[1], ("/2018-06-01/runtime/invocation/req-1/response".to_owned(), expected(&list)));
+    assert_eq!(posted[2].0, "/2018-06-01/runtime/invocation/req-2/error", "a malformed event is an error result");
+    assert!(posted[2].1.contains("both operations"), "{}", posted[2].1);
+}
+
+#[test]
+fn outside_lambda_the_command_says_so() {
+    let ws = Workspace::shipped();
+    let policies = ws.policies();
+    let out = run_cli(&["lambda", "--policies", policies.to_str().unwrap()]);
+    // the test process has no Lambda environment
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("not running in AWS Lambda"), "{}", out.stderr);
+}
