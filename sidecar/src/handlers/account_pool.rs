@@ -110,12 +110,12 @@ pub fn apply(snapshot: &PolicySnapshot, operation: &Operation, request_id: &str)
         Operation::Validate(request) => {
             let grant = request.aws_account_id.as_deref().zip(request.region_name.as_deref()).is_some_and(
                 |(account, region)| {
-                    let asked = Question {
-                        user: request.user_identifier.as_deref(),
-                        domain: request.domain_identifier.as_deref(),
-                        domain_unit: request.domain_unit_identifier.as_deref(),
-                        domain_region: request.domain_region.as_deref(),
-                    };
+                    let asked = Question::new(
+                        &request.user_identifier,
+                        &request.domain_identifier,
+                        &request.domain_unit_identifier,
+                        &request.domain_region,
+                    );
                     asked.allows(&authorizer, snapshot, account, region, request_id, tracing::Level::INFO)
                 },
             );
@@ -123,12 +123,12 @@ pub fn apply(snapshot: &PolicySnapshot, operation: &Operation, request_id: &str)
             Ok(json!({"operationResponse": {"validateAccountAuthorizationResponse": {"authResult": result}}}))
         }
         Operation::List(request) => {
-            let asked = Question {
-                user: request.user_identifier.as_deref(),
-                domain: request.domain_identifier.as_deref(),
-                domain_unit: request.domain_unit_identifier.as_deref(),
-                domain_region: request.domain_region.as_deref(),
-            };
+            let asked = Question::new(
+                &request.user_identifier,
+                &request.domain_identifier,
+                &request.domain_unit_identifier,
+                &request.domain_region,
+            );
             let items = authorized_accounts(&authorizer, snapshot, &asked, request_id);
             tracing::info!(
                 target: "authz_sidecar::audit",
@@ -152,7 +152,21 @@ struct Question<'a> {
     domain_region: Option<&'a str>,
 }
 
-impl Question<'_> {
+impl<'a> Question<'a> {
+    fn new(
+        user: &'a Option<String>,
+        domain: &'a Option<String>,
+        domain_unit: &'a Option<String>,
+        domain_region: &'a Option<String>,
+    ) -> Self {
+        Self {
+            user: user.as_deref(),
+            domain: domain.as_deref(),
+            domain_unit: domain_unit.as_deref(),
+            domain_region: domain_region.as_deref(),
+        }
+    }
+
     /// Whether the policies allow `account` in `region`. Anything missing, malformed or
     /// failing to evaluate is a deny.
     fn allows(
