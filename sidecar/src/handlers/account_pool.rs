@@ -9,13 +9,16 @@
 //! into a closed [`Operation`] (exactly one request; unknown fields ignored), and an
 //! event that is neither, both, or not JSON is an error, never a GRANT.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 
-use cedar_policy::{Authorizer, EntityId, EntityTypeName, EntityUid, EvalResult};
+use cedar_policy::{
+    Authorizer, Context, EntityId, EntityTypeName, EntityUid, EvalResult, Request, RestrictedExpression, Schema,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::authz::{DecisionRequest, decide_with};
+use crate::authz::{Decision, RequestError, decide_prepared};
 use crate::policy_store::PolicySnapshot;
 
 /// The largest page a list answer has when the caller asks for pages.
@@ -108,15 +111,19 @@ pub fn apply(snapshot: &PolicySnapshot, operation: &Operation, request_id: &str)
     let authorizer = Authorizer::new();
     match operation {
         Operation::Validate(request) => {
+            let asked = Question::new(
+                &request.user_identifier,
+                &request.domain_identifier,
+                &request.domain_unit_identifier,
+                &request.domain_region,
+            );
             let grant = request.aws_account_id.as_deref().zip(request.region_name.as_deref()).is_some_and(
                 |(account, region)| {
-                    let asked = Question::new(
-                        &request.user_identifier,
-                        &request.domain_identifier,
-                        &request.domain_unit_identifier,
-                        &request.domain_region,
-                    );
-                    asked.allows(&authorizer, snapshot, account, region, request_id, tracing::Level::INFO)
+                    let decision = asked.context(region).and_then(|context| {
+                        let request = asked.request(account, context, Some(snapshot.schema()))?;
+                        Ok(decide_prepared(&authorizer, snapshot, &request))
+                    });
+                    asked.audit(tracing::Level::INFO, snapshot, request_id, account, region, &decision)
                 },
             );
             let result = if grant { "GRANT" } else { "DENY" };
@@ -144,12 +151,16 @@ pub fn apply(snapshot: &PolicySnapshot, operation: &Operation, request_id: &str)
     }
 }
 
-/// One `UseAccount` question's fixed parts.
+/// One `UseAccount` question's fixed parts, built once per event: the principal, the
+/// action and the domain fields of the context. Only the account and the region vary,
+/// so a list of a thousand accounts parses no uid, no context JSON, and checks each
+/// distinct context against the schema once.
 struct Question<'a> {
     user: Option<&'a str>,
-    domain: Option<&'a str>,
-    domain_unit: Option<&'a str>,
-    domain_region: Option<&'a str>,
+    principal: Option<EntityUid>,
+    action: Option<EntityUid>,
+    account_type: Option<EntityTypeName>,
+    fixed_context: Vec<(String, RestrictedExpression)>,
 }
 
 impl<'a> Question<'a> {
@@ -159,62 +170,103 @@ impl<'a> Question<'a> {
         domain_unit: &'a Option<String>,
         domain_region: &'a Option<String>,
     ) -> Self {
+        let user = user.as_deref().filter(|u| !u.is_empty());
+        let fixed_context =
+            [("domainIdentifier", domain), ("domainUnitIdentifier", domain_unit), ("domainRegion", domain_region)]
+                .into_iter()
+                .filter_map(|(key, value)| Some((key.to_owned(), RestrictedExpression::new_string(value.clone()?))))
+                .collect();
         Self {
-            user: user.as_deref(),
-            domain: domain.as_deref(),
-            domain_unit: domain_unit.as_deref(),
-            domain_region: domain_region.as_deref(),
+            user,
+            principal: user.and_then(|user| uid("DataZone::User", user)),
+            action: uid("DataZone::Action", "UseAccount"),
+            account_type: EntityTypeName::from_str("DataZone::Account").ok(),
+            fixed_context,
         }
     }
 
-    /// Whether the policies allow `account` in `region`. Anything missing, malformed or
-    /// failing to evaluate is a deny.
-    fn allows(
+    /// The context for `region`: the fixed parts and `regionName`.
+    fn context(&self, region: &str) -> Result<Context, Refusal> {
+        let pairs = self
+            .fixed_context
+            .iter()
+            .cloned()
+            .chain([("regionName".to_owned(), RestrictedExpression::new_string(region.to_owned()))]);
+        Context::from_pairs(pairs).map_err(|e| {
+            Refusal::Request(RequestError::BadContext {
+                action: "DataZone::Action::\"UseAccount\"".to_owned(),
+                reason: e.to_string(),
+            })
+        })
+    }
+
+    /// The Cedar request for `account`, checked against `schema` when one is given. The
+    /// principal, action and resource types never change between questions, so once a
+    /// context has passed the check with one account it passes with every account.
+    fn request(&self, account: &str, context: Context, schema: Option<&Schema>) -> Result<Request, Refusal> {
+        let (Some(principal), Some(action), Some(account_type)) = (&self.principal, &self.action, &self.account_type)
+        else {
+            return Err(Refusal::NoUser);
+        };
+        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Refusal::BadAccountId);
+        }
+        let resource = EntityUid::from_type_name_and_id(account_type.clone(), EntityId::new(account));
+        Request::new(principal.clone(), action.clone(), resource, context, schema)
+            .map_err(|e| Refusal::Request(RequestError::Invalid(e.to_string())))
+    }
+
+    /// Write the audit event of one decision and say whether it allowed. Validate
+    /// decisions are info events; list decisions are debug events (the list writes one
+    /// info event of its own), so a thousand-account list does not flood the log.
+    fn audit(
         &self,
-        authorizer: &Authorizer,
+        level: tracing::Level,
         snapshot: &PolicySnapshot,
+        request_id: &str,
         account: &str,
         region: &str,
-        request_id: &str,
-        level: tracing::Level,
+        decision: &Result<Decision, Refusal>,
     ) -> bool {
-        let Some(user) = self.user.filter(|u| !u.is_empty()) else { return false };
-        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
-            return false;
-        }
-        let mut context = serde_json::Map::new();
-        context.insert("regionName".into(), json!(region));
-        for (key, value) in [
-            ("domainIdentifier", self.domain),
-            ("domainUnitIdentifier", self.domain_unit),
-            ("domainRegion", self.domain_region),
-        ] {
-            if let Some(value) = value {
-                context.insert(key.into(), json!(value));
-            }
-        }
-        let (Some(principal), Some(action), Some(resource)) =
-            (uid("DataZone::User", user), uid("DataZone::Action", "UseAccount"), uid("DataZone::Account", account))
-        else {
-            return false;
+        let allowed = decision.as_ref().is_ok_and(Decision::is_allowed);
+        let verdict = if allowed { "allow" } else { "deny" };
+        let reason = match decision {
+            Ok(d) => d.reason.as_str(),
+            Err(e) => e.kind(),
         };
-        let request = DecisionRequest::new(principal, action, resource).with_context(Value::Object(context));
-        let decision = decide_with(authorizer, snapshot, &request);
-        let allowed = decision.as_ref().is_ok_and(|d| d.is_allowed());
-        let (policies, reason) = match &decision {
-            Ok(d) => (d.policies.join(","), d.reason.as_str()),
-            Err(e) => (String::new(), e.kind()),
-        };
+        let policies = || decision.as_ref().map(|d| d.policies.join(",")).unwrap_or_default();
+        let principal = self.user.unwrap_or("");
         if level == tracing::Level::INFO {
             tracing::info!(target: "authz_sidecar::audit", request_id, operation = "validateAccountAuthorization",
-                principal = user, account, region, decision = if allowed { "allow" } else { "deny" }, reason, policies,
+                principal, account, region, decision = verdict, reason, policies = policies(),
                 snapshot = %snapshot.version(), "decision");
         } else {
             tracing::debug!(target: "authz_sidecar::audit", request_id, operation = "listAuthorizedAccounts",
-                principal = user, account, region, decision = if allowed { "allow" } else { "deny" }, reason, policies,
+                principal, account, region, decision = verdict, reason, policies = policies(),
                 snapshot = %snapshot.version(), "decision");
         }
         allowed
+    }
+}
+
+/// Why a question was denied before Cedar saw it.
+#[derive(Debug)]
+enum Refusal {
+    /// The event names no user.
+    NoUser,
+    /// The account id is not 12 digits.
+    BadAccountId,
+    /// The question does not fit the schema.
+    Request(RequestError),
+}
+
+impl Refusal {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::NoUser => "no_user",
+            Self::BadAccountId => "bad_account_id",
+            Self::Request(e) => e.kind(),
+        }
     }
 }
 
@@ -223,19 +275,21 @@ fn uid(type_name: &str, id: &str) -> Option<EntityUid> {
 }
 
 /// Every pool account with at least one region the user may use, sorted by account id:
-/// `AccountInfo` items within the public limits.
+/// `AccountInfo` items within the public limits. Each account and region is the same
+/// question validate asks, decided by the same policies.
 fn authorized_accounts(
     authorizer: &Authorizer,
     snapshot: &PolicySnapshot,
     asked: &Question<'_>,
     request_id: &str,
 ) -> Vec<Value> {
-    let mut accounts: Vec<_> =
-        snapshot.entities().iter().filter(|e| e.uid().type_name().to_string() == "DataZone::Account").collect();
-    accounts.sort_by_key(|e| e.uid().id().unescaped().to_owned());
+    let Some(account_type) = &asked.account_type else { return Vec::new() };
+    // region -> its context, once it has passed the schema check
+    let mut contexts: HashMap<String, Context> = HashMap::new();
     let mut items = Vec::new();
-    for account in accounts {
-        let id = account.uid().id().unescaped().to_owned();
+    for uid in snapshot.entities_of_type(account_type).iter() {
+        let Some(account) = snapshot.entities().get(uid) else { continue };
+        let id = uid.id().unescaped();
         let mut regions: Vec<String> = match account.attr("regions").and_then(Result::ok) {
             Some(EvalResult::Set(set)) => set
                 .iter()
@@ -249,7 +303,18 @@ fn authorized_accounts(
         regions.sort();
         let permitted: Vec<String> = regions
             .into_iter()
-            .filter(|region| asked.allows(authorizer, snapshot, &id, region, request_id, tracing::Level::DEBUG))
+            .filter(|region| {
+                let request = match contexts.get(region.as_str()) {
+                    Some(context) => asked.request(id, context.clone(), None),
+                    None => asked.context(region).and_then(|context| {
+                        let request = asked.request(id, context.clone(), Some(snapshot.schema()))?;
+                        contexts.insert(region.clone(), context);
+                        Ok(request)
+                    }),
+                };
+                let decision = request.map(|request| decide_prepared(authorizer, snapshot, &request));
+                asked.audit(tracing::Level::DEBUG, snapshot, request_id, id, region, &decision)
+            })
             .take(MAX_REGIONS)
             .collect();
         if permitted.is_empty() {

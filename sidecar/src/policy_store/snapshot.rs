@@ -11,12 +11,12 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use cedar_policy::{
-    ActionConstraint, Entities, Entity, EntityUid, EvalResult, Policy, PolicyId, PolicySet, Schema, SchemaFragment,
-    ValidationMode, Validator,
+    ActionConstraint, Entities, Entity, EntityTypeName, EntityUid, EvalResult, Policy, PolicyId, PolicySet, Schema,
+    SchemaFragment, ValidationMode, Validator,
 };
 use moka::sync::Cache;
 use serde_json::value::RawValue;
@@ -97,6 +97,9 @@ pub struct PolicySnapshot {
     /// may read their attributes. Fixed for the snapshot, so computed once.
     literal_slice: Vec<Entity>,
     warnings: Vec<Problem>,
+    /// The uids of each entity type, sorted by id; built on first use (see
+    /// [`PolicySnapshot::entities_of_type`]).
+    by_type: OnceLock<HashMap<EntityTypeName, Arc<[EntityUid]>>>,
     /// Per-entity slice cache: uid → that entity and everything reachable from it.
     /// moka because readers on every core hit it concurrently and it must stay bounded.
     slices: Cache<EntityUid, Arc<[Entity]>>,
@@ -160,6 +163,7 @@ impl PolicySnapshot {
             entity_origins,
             literal_slice,
             warnings,
+            by_type: OnceLock::new(),
             slices: Cache::builder().max_capacity(SLICE_CACHE_CAPACITY).build(),
         })
     }
@@ -231,6 +235,27 @@ impl PolicySnapshot {
         }
         metrics::counter!("authz_entity_cache_total", "result" => "miss").increment(1);
         self.slices.get_with_by_ref(uid, || reachable_from(&self.entities, [uid.clone()]).into())
+    }
+
+    /// The uids of every stored entity of `type_name`, sorted by id (e.g. the pool
+    /// accounts a `listAuthorizedAccounts` answer walks). The index of all types is built
+    /// in one pass the first time any type is asked for, and kept with the snapshot.
+    pub fn entities_of_type(&self, type_name: &EntityTypeName) -> Arc<[EntityUid]> {
+        let index = self.by_type.get_or_init(|| {
+            let mut by_type: HashMap<EntityTypeName, Vec<EntityUid>> = HashMap::new();
+            for entity in self.entities.iter() {
+                let uid = entity.uid();
+                by_type.entry(uid.type_name().clone()).or_default().push(uid);
+            }
+            by_type
+                .into_iter()
+                .map(|(type_name, mut uids)| {
+                    uids.sort_by(|a, b| a.id().unescaped().cmp(b.id().unescaped()));
+                    (type_name, uids.into())
+                })
+                .collect()
+        });
+        index.get(type_name).cloned().unwrap_or_else(|| Arc::from([]))
     }
 
     /// How many entity slices this snapshot has cached (for metrics).
