@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::authn::Authenticator;
 use crate::authn::dev::DevIssuer;
 use crate::authz::Engine;
+use crate::avp::mirror::Mirror;
+use crate::config::PolicySource;
 use crate::config::{Config, ContextSource, Handler};
 use crate::http_client::{self, HttpClient};
 use crate::policy_store::{PolicySnapshot, PolicyStore, ReloadOptions, spawn_file_reloader};
@@ -127,6 +129,12 @@ impl App {
 
     /// Load the first snapshot (retrying until it loads or `shutdown`), then keep it fresh.
     async fn load_policies(self: Arc<Self>, shutdown: CancellationToken) {
+        if let PolicySource::VerifiedPermissions(avp) = self.config.policy_source.clone() {
+            let base = crate::aws::load(&self.config.aws).await;
+            let client = crate::avp::client(&base, self.config.aws.verifiedpermissions_endpoint.as_deref());
+            let mirror = Mirror::new(client, &avp.policy_store_id, avp.max_calls_per_refresh);
+            return self.load_from_store(mirror, avp.poll_interval, shutdown).await;
+        }
         let dirs = self.config.sources.clone();
         let mut delay = Duration::from_millis(500);
         let store = loop {
@@ -157,6 +165,37 @@ impl App {
         let _ = self.engine.set(Engine::new(store.clone()));
         let options = ReloadOptions { poll_interval: self.config.poll_interval, ..ReloadOptions::default() };
         let _ = spawn_file_reloader(store, dirs, options, shutdown).await;
+    }
+
+    /// Mirror a Verified Permissions store: not ready until the first snapshot builds
+    /// (retrying with backoff, the error shown in `/readyz`), then refreshed by polling.
+    pub async fn load_from_store(self: Arc<Self>, mut mirror: Mirror, interval: Duration, shutdown: CancellationToken) {
+        let entities = self.config.sources.entities.clone();
+        let mut delays = crate::avp::refresh::backoff(Duration::from_millis(500).min(interval));
+        let snapshot = loop {
+            match crate::avp::refresh::load_first(&mut mirror, &entities).await {
+                Ok(snapshot) => break snapshot,
+                Err(error) => {
+                    tracing::error!(policy_store = mirror.policy_store_id(), error = %error,
+                        "cannot load the policy snapshot from Verified Permissions; not ready, retrying");
+                    self.load_error.store(Some(Arc::new(error.to_string())));
+                }
+            }
+            let delay = delays.next().unwrap_or(interval).min(interval);
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        };
+        for problem in check_routes(&self.config, &snapshot) {
+            tracing::error!(%problem, "route does not fit the policy schema; its requests will be denied");
+        }
+        tracing::info!(version = %snapshot.version(), source = %snapshot.source(), policies = snapshot.policy_count(),
+            entities = snapshot.entity_count(), "policy snapshot loaded");
+        let store = PolicyStore::new(snapshot);
+        self.load_error.store(None);
+        let _ = self.engine.set(Engine::new(store.clone()));
+        crate::avp::refresh::run(mirror, store, entities, interval, shutdown).await;
     }
 
     /// Fetch every issuer's keys (retrying with backoff until each has some), then

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod app;
 pub mod authn;
 pub mod authz;
+pub mod avp;
 pub mod aws;
 pub mod cli;
 pub mod config;

@@ -5,6 +5,7 @@
 //! Results go to `out`; problems and log lines go to `err`.
 
 mod authorize;
+pub mod avp;
 mod lambda;
 mod serve;
 mod test;
@@ -92,6 +93,7 @@ enum Command {
     /// entities): answers `listAuthorizedAccounts` and `validateAccountAuthorization`
     /// events exactly as the HTTP route does.
     Lambda(lambda::Args),
+    Avp(avp::Args),
 }
 
 /// Where the policies and entities are.
@@ -159,5 +161,6 @@ where
         Command::Test(args) => test::run(&args, out, err),
         Command::Serve(args) => serve::run(&args, out, err),
         Command::Lambda(args) => lambda::run(&args, out, err),
+        Command::Avp(args) => avp::run(&args, out, err),
     }
 }

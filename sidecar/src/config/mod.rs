@@ -37,6 +37,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub sources: SourceDirs,
     pub poll_interval: Duration,
+    /// Where policies come from; entities always come from `sources.entities`.
+    pub policy_source: PolicySource,
     pub context: ContextConfig,
     pub principal: PrincipalConfig,
     pub issuers: Vec<IssuerConfig>,
@@ -51,7 +53,25 @@ pub struct AwsConfig {
     pub region: Option<String>,
     pub sts_endpoint: Option<String>,
     pub sagemaker_endpoint: Option<String>,
+    pub verifiedpermissions_endpoint: Option<String>,
     pub timeout: Duration,
+}
+
+/// Where the policies and schema come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// `*.cedar` and `*.cedarschema` files in `sources.policies`, reloaded on change.
+    Files,
+    /// A Verified Permissions policy store, mirrored and polled.
+    VerifiedPermissions(AvpSource),
+}
+
+/// `[policies.avp]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AvpSource {
+    pub policy_store_id: String,
+    pub poll_interval: Duration,
+    pub max_calls_per_refresh: usize,
 }
 
 /// How the presign handler answers.
@@ -292,6 +312,34 @@ impl Config {
 
     pub fn from_raw(raw: RawConfig, origin: &str) -> Result<Self, ConfigError> {
         let invalid = |key: String, message: String| ConfigError::Invalid { origin: origin.to_owned(), key, message };
+        let policy_source = match (raw.policies.source.as_str(), &raw.policies.avp) {
+            ("files", _) => PolicySource::Files,
+            ("avp", Some(avp)) => {
+                if avp.policy_store_id.trim().is_empty() {
+                    return Err(invalid("policies.avp.policy_store_id".into(), "must not be empty".into()));
+                }
+                if avp.poll_interval < Duration::from_secs(1) || avp.max_calls_per_refresh < 3 {
+                    return Err(invalid(
+                        "policies.avp".into(),
+                        "poll_interval must be at least 1s and max_calls_per_refresh at least 3".into(),
+                    ));
+                }
+                PolicySource::VerifiedPermissions(AvpSource {
+                    policy_store_id: avp.policy_store_id.clone(),
+                    poll_interval: avp.poll_interval,
+                    max_calls_per_refresh: avp.max_calls_per_refresh,
+                })
+            }
+            ("avp", None) => {
+                return Err(invalid(
+                    "policies.source".into(),
+                    "`avp` needs a `[policies.avp]` table with `policy_store_id`".into(),
+                ));
+            }
+            (other, _) => {
+                return Err(invalid("policies.source".into(), format!("`{other}` is not `files` or `avp`")));
+            }
+        };
         let server = &raw.server;
         for (key, value) in [
             ("server.max_header_bytes", server.max_header_bytes),
@@ -405,6 +453,7 @@ impl Config {
             },
             sources: SourceDirs::new(&raw.policies.dir, &raw.policies.entities),
             poll_interval: raw.policies.poll_interval,
+            policy_source,
             context,
             principal,
             issuers,
@@ -413,6 +462,7 @@ impl Config {
                 region: raw.aws.region.clone(),
                 sts_endpoint: raw.aws.sts_endpoint.clone(),
                 sagemaker_endpoint: raw.aws.sagemaker_endpoint.clone(),
+                verifiedpermissions_endpoint: raw.aws.verifiedpermissions_endpoint.clone(),
                 timeout: raw.aws.timeout,
             },
         })

@@ -28,6 +28,7 @@ pub struct RawAws {
     pub region: Option<String>,
     pub sts_endpoint: Option<String>,
     pub sagemaker_endpoint: Option<String>,
+    pub verifiedpermissions_endpoint: Option<String>,
     /// Each AWS call, retries included, must finish within this.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -35,7 +36,13 @@ pub struct RawAws {
 
 impl Default for RawAws {
     fn default() -> Self {
-        Self { region: None, sts_endpoint: None, sagemaker_endpoint: None, timeout: Duration::from_secs(10) }
+        Self {
+            region: None,
+            sts_endpoint: None,
+            sagemaker_endpoint: None,
+            verifiedpermissions_endpoint: None,
+            timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -122,15 +129,45 @@ pub struct RawTls {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawPolicies {
+    /// `files` (the `dir` directory) or `avp` (the `[policies.avp]` store).
+    pub source: String,
     pub dir: PathBuf,
     pub entities: PathBuf,
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    pub avp: Option<RawAvp>,
 }
 
 impl Default for RawPolicies {
     fn default() -> Self {
-        Self { dir: "policies".into(), entities: "entities".into(), poll_interval: Duration::from_secs(10) }
+        Self {
+            source: "files".into(),
+            dir: "policies".into(),
+            entities: "entities".into(),
+            poll_interval: Duration::from_secs(10),
+            avp: None,
+        }
+    }
+}
+
+/// `[policies.avp]`: a Verified Permissions policy store as the policy source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAvp {
+    pub policy_store_id: String,
+    #[serde(with = "humantime_serde", default = "RawAvp::default_poll_interval")]
+    pub poll_interval: Duration,
+    #[serde(default = "RawAvp::default_max_calls")]
+    pub max_calls_per_refresh: usize,
+}
+
+impl RawAvp {
+    fn default_poll_interval() -> Duration {
+        Duration::from_secs(60)
+    }
+
+    fn default_max_calls() -> usize {
+        100
     }
 }
 

@@ -49,6 +49,8 @@ impl fmt::Display for SnapshotVersion {
 pub enum SnapshotSource {
     /// `policies/` and `entities/` directories.
     Files(SourceDirs),
+    /// An Amazon Verified Permissions policy store, with entities from a directory.
+    VerifiedPermissions { policy_store_id: String, entities: PathBuf },
 }
 
 impl fmt::Display for SnapshotSource {
@@ -56,6 +58,9 @@ impl fmt::Display for SnapshotSource {
         match self {
             Self::Files(dirs) => {
                 write!(f, "files: policies `{}`, entities `{}`", dirs.policies.display(), dirs.entities.display())
+            }
+            Self::VerifiedPermissions { policy_store_id, entities } => {
+                write!(f, "Verified Permissions policy store `{policy_store_id}`, entities `{}`", entities.display())
             }
         }
     }
@@ -137,8 +142,36 @@ impl PolicySnapshot {
             return Err(LoadError::new(problems));
         };
 
-        validate_policies(&schema, &policies, &policy_origins, &sources.policies, &mut problems, &mut warnings);
-        let entities = parse_entities(&sources.entities, &schema, &mut problems);
+        let parts = PolicyParts { schema, policies, policy_origins, policy_texts: &sources.policies };
+        Self::assemble(parts, &sources.entities, &sources.digest, source, generation, problems, warnings)
+    }
+
+    /// Build a snapshot from a schema and policies that did not come from files (a
+    /// Verified Permissions store), and entity files. The checks are those of
+    /// [`Self::from_sources`]: strict validation, entities against the schema, all or
+    /// nothing.
+    pub fn from_parts(
+        parts: PolicyParts<'_>,
+        entities: &[SourceFile],
+        digest: &str,
+        source: SnapshotSource,
+        generation: u64,
+    ) -> Result<Self, LoadError> {
+        Self::assemble(parts, entities, digest, source, generation, Vec::new(), Vec::new())
+    }
+
+    fn assemble(
+        parts: PolicyParts<'_>,
+        entity_files: &[SourceFile],
+        digest: &str,
+        source: SnapshotSource,
+        generation: u64,
+        mut problems: Vec<Problem>,
+        mut warnings: Vec<Problem>,
+    ) -> Result<Self, LoadError> {
+        let PolicyParts { schema, policies, policy_origins, policy_texts } = parts;
+        validate_policies(&schema, &policies, &policy_origins, policy_texts, &mut problems, &mut warnings);
+        let entities = parse_entities(entity_files, &schema, &mut problems);
         let Some((entities, entity_origins)) = entities else {
             return Err(LoadError::new(problems));
         };
@@ -152,7 +185,7 @@ impl PolicySnapshot {
 
         let by_action = index_by_action(&policies, &schema, &entities);
         Ok(Self {
-            version: SnapshotVersion { digest: sources.digest.clone(), generation },
+            version: SnapshotVersion { digest: digest.to_owned(), generation },
             source,
             loaded_at: SystemTime::now(),
             policies,
@@ -301,6 +334,18 @@ impl PolicySnapshot {
         let all = chosen.into_values().chain(extra.iter().cloned());
         Entities::from_entities(all, Some(&self.schema)).map_err(Box::new)
     }
+}
+
+/// A schema and policies ready to be assembled with entities into a snapshot.
+#[derive(Debug)]
+pub struct PolicyParts<'a> {
+    pub schema: Schema,
+    pub policies: PolicySet,
+    /// Where each policy came from (a file, or a pseudo-path naming a store's policy).
+    pub policy_origins: HashMap<PolicyId, Origin>,
+    /// Texts that origins point into, so validation errors can quote lines. A policy
+    /// whose origin names no text here is still reported, without a line.
+    pub policy_texts: &'a [SourceFile],
 }
 
 /// Every stored entity reachable from `roots` through ancestors, entity-valued
@@ -496,8 +541,14 @@ fn validate_policies(
         Some((file.path.clone(), file.text.as_str()))
     };
     for error in result.validation_errors() {
-        if let Some((path, text)) = text_of(error.policy_id()) {
-            problems.extend(Problem::from_diagnostic(&path, text, error));
+        match text_of(error.policy_id()) {
+            Some((path, text)) => problems.extend(Problem::from_diagnostic(&path, text, error)),
+            // never drop an error for want of a text to point into
+            None => problems.push(Problem::new(
+                origins.get(error.policy_id()).map(|o| o.file.clone()).unwrap_or_default(),
+                None,
+                format!("policy `{}`: {}", error.policy_id(), describe(error, None)),
+            )),
         }
     }
     for warning in result.validation_warnings() {

@@ -96,6 +96,32 @@ impl Sources {
     }
 }
 
+/// The entity files of one directory and their digest, for snapshots whose policies come
+/// from elsewhere (a Verified Permissions store).
+#[derive(Debug, Clone)]
+pub struct EntitySources {
+    pub entities: Vec<SourceFile>,
+    /// Hex SHA-256 over every file's name and text.
+    pub digest: String,
+}
+
+impl EntitySources {
+    /// Read the top level of `dir` (the same rules as [`Sources::read`]).
+    pub fn read(dir: &Path) -> Result<Self, LoadError> {
+        let mut problems = Vec::new();
+        let entities: Vec<_> = list(dir, &mut problems)
+            .into_iter()
+            .filter(|p| file_name(p).ends_with(ENTITIES_SUFFIX))
+            .filter_map(|p| read_one(&p, &mut problems))
+            .collect();
+        if !problems.is_empty() {
+            return Err(LoadError::new(problems));
+        }
+        let digest = digest([&Vec::new(), &Vec::new(), &entities]);
+        Ok(Self { entities, digest })
+    }
+}
+
 fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
