@@ -9,6 +9,7 @@
 )]
 
 mod account_pool;
+mod avp;
 mod aws_emulator;
 mod binary;
 mod cli;
