@@ -657,3 +657,65 @@ async fn pull_writes_files_that_load_as_the_same_policies() {
     let decision = decide_with(&authorizer, &pulled, &presign("user-1", "user-1-team1")).unwrap();
     assert_eq!(decision.effect, Effect::Allow);
 }
+
+fn avp_toml(ws: &Workspace, avp: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [policies]\nentities = \"{}\"\n{avp}\n",
+        ws.entities().display()
+    )
+}
+
+#[test]
+fn the_config_names_a_store_or_says_what_is_missing() {
+    use authz_sidecar::config::{Config, PolicySource};
+    let ws = Workspace::shipped();
+    let config = Config::from_toml(
+        &avp_toml(&ws, "source = \"avp\"\n[policies.avp]\npolicy_store_id = \"PS1\"\nmax_calls_per_refresh = 10"),
+        "t",
+    )
+    .unwrap();
+    let PolicySource::VerifiedPermissions(avp) = config.policy_source else { panic!("not avp") };
+    assert_eq!((avp.policy_store_id.as_str(), avp.max_calls_per_refresh), ("PS1", 10));
+    assert_eq!(avp.poll_interval, Duration::from_secs(60));
+
+    let missing = Config::from_toml(&avp_toml(&ws, "source = \"avp\""), "t").unwrap_err().to_string();
+    assert!(missing.contains("[policies.avp]"), "{missing}");
+    let unknown = Config::from_toml(&avp_toml(&ws, "source = \"s3\""), "t").unwrap_err().to_string();
+    assert!(unknown.contains("`s3` is not `files` or `avp`"), "{unknown}");
+}
+
+#[tokio::test]
+async fn the_sidecar_is_not_ready_while_the_store_denies_access_and_ready_once_it_loads() {
+    use authz_sidecar::app::App;
+    use authz_sidecar::config::Config;
+    let ws = Workspace::shipped();
+    let toml = avp_toml(&ws, "source = \"avp\"\n[policies.avp]\npolicy_store_id = \"PSEXAMPLEabcdefg111111\"");
+    let app = Arc::new(App::new(Config::from_toml(&toml, "t").unwrap(), false).unwrap());
+    let store = shipped_store();
+    store.lock().unwrap().failing = Some("AccessDeniedException");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mirror = Mirror::new(client(&store), STORE, 100);
+    let task = tokio::spawn(app.clone().load_from_store(mirror, Duration::from_secs(60), shutdown.clone()));
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let reason = loop {
+        let reasons = app.not_ready_reasons();
+        if let Some(reason) = reasons.iter().find(|r| r.contains("access denied")) {
+            break reason.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "never reported: {reasons:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(reason.contains("verifiedpermissions:GetSchema"), "{reason}");
+    assert!(app.engine().is_none());
+
+    store.lock().unwrap().failing = None;
+    while app.engine().is_none() {
+        assert!(std::time::Instant::now() < deadline, "never loaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(app.not_ready_reasons().is_empty(), "{:?}", app.not_ready_reasons());
+    shutdown.cancel();
+    task.await.unwrap();
+}
