@@ -1,0 +1,93 @@
+//! The end-to-end load benchmark: the sidecar against the upstream alone and against
+//! nginx as a plain reverse proxy, on one machine, in one run. `bench/run.sh` installs
+//! the tools, builds, and calls `loadbench run`; see `bench/README.md`.
+//!
+//! `loadbench upstream` is the minimal upstream every proxy forwards to.
+
+// A benchmark driver reports on stdout and stderr.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod http1;
+mod oha;
+mod procs;
+mod report;
+mod scenario;
+mod setup;
+mod upstream;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "loadbench", about = "End-to-end load benchmark for authz-sidecar")]
+enum Command {
+    /// Serve 200 "ok" to every request (the upstream of every proxy in the benchmark).
+    Upstream {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
+    /// Run the whole benchmark and print the tables.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The oha load generator.
+    #[arg(long, default_value = "oha")]
+    oha: PathBuf,
+    /// The nginx binary.
+    #[arg(long, default_value = "nginx")]
+    nginx: PathBuf,
+    /// The authz-sidecar binary (default: beside this one, in the same target directory).
+    #[arg(long)]
+    sidecar: Option<PathBuf>,
+    /// How long each measurement runs.
+    #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// How long each scale-sweep measurement runs.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    sweep_duration: Duration,
+    /// Connections for the saturation runs.
+    #[arg(long, default_value_t = 50)]
+    connections: u32,
+    /// Fixed request rates for the latency runs.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+    rates: Vec<u32>,
+    /// Skip the scale sweep.
+    #[arg(long)]
+    no_sweep: bool,
+    /// Also write the report (Markdown) to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    match Command::parse() {
+        Command::Upstream { listen } => match upstream::serve(listen) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("upstream: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => match scenario::run(&args) {
+            Ok(report) => {
+                println!("{report}");
+                if let Some(path) = &args.out
+                    && let Err(e) = std::fs::write(path, &report)
+                {
+                    eprintln!("loadbench: cannot write {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadbench: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

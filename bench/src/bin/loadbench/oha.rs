@@ -1,0 +1,123 @@
+//! Driving oha (the load generator) and reading its JSON summary.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+/// What to send, to where, and what every answer must be.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: String,
+    pub method: &'static str,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<String>,
+    pub expect_status: u16,
+}
+
+/// How hard to push.
+#[derive(Debug, Clone, Copy)]
+pub enum Load {
+    /// As fast as `connections` keep-alive connections go.
+    Saturate { connections: u32 },
+    /// `rate` requests per second, latency corrected for coordinated omission.
+    Rate { rate: u32, connections: u32 },
+}
+
+/// One oha run's summary. Latencies in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured {
+    pub rps: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    /// Answers counted (all with the expected status).
+    pub requests: u64,
+}
+
+pub fn measure(oha: &Path, target: &Target, load: Load, duration: Duration) -> anyhow::Result<Measured> {
+    let mut command = Command::new(oha);
+    command
+        .arg("--no-tui")
+        .arg("--output-format")
+        .arg("json")
+        .arg("-z")
+        .arg(format!("{}ms", duration.as_millis()))
+        .arg("-m")
+        .arg(target.method);
+    match load {
+        Load::Saturate { connections } => {
+            command.arg("-c").arg(connections.to_string());
+        }
+        Load::Rate { rate, connections } => {
+            command.arg("-c").arg(connections.to_string()).arg("-q").arg(rate.to_string()).arg("--latency-correction");
+        }
+    }
+    for (name, value) in &target.headers {
+        command.arg("-H").arg(format!("{name}: {value}"));
+    }
+    if let Some(body) = &target.body {
+        command.arg("-d").arg(body).arg("-T").arg("application/json");
+    }
+    command.arg(&target.url);
+    let output = command.output().with_context(|| format!("cannot run {}", oha.display()))?;
+    if !output.status.success() {
+        bail!("oha failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
+    }
+    let summary: Value = serde_json::from_slice(&output.stdout).context("oha's output is not JSON")?;
+    parse(&summary, target.expect_status)
+}
+
+fn parse(summary: &Value, expect_status: u16) -> anyhow::Result<Measured> {
+    let statuses = summary.get("statusCodeDistribution").and_then(Value::as_object).context("no status counts")?;
+    let mut requests = 0;
+    for (status, count) in statuses {
+        let count = count.as_u64().unwrap_or(0);
+        if status != &expect_status.to_string() {
+            bail!("{count} answers were {status}, not {expect_status}: the target is not doing the measured job");
+        }
+        requests += count;
+    }
+    if let Some(errors) = summary.get("errorDistribution").and_then(Value::as_object)
+        && !errors.is_empty()
+    {
+        // Connections cut by the end of the run are reported too; anything else is a failure.
+        let failed: u64 = errors.iter().filter(|(k, _)| !k.contains("aborted")).filter_map(|(_, v)| v.as_u64()).sum();
+        if failed > requests / 1000 {
+            bail!("oha saw errors: {errors:?}");
+        }
+    }
+    if requests == 0 {
+        bail!("no request succeeded");
+    }
+    let seconds = |pointer: &str| summary.pointer(pointer).and_then(Value::as_f64).map(|s| s * 1000.0);
+    let p = |name: &str| seconds(&format!("/latencyPercentiles/{name}")).with_context(|| format!("no {name}"));
+    Ok(Measured {
+        rps: summary.pointer("/summary/requestsPerSec").and_then(Value::as_f64).context("no requestsPerSec")?,
+        p50: p("p50")?,
+        p99: p("p99")?,
+        p999: p("p99.9")?,
+        requests,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_are_read_and_wrong_statuses_fail_the_run() {
+        let summary = serde_json::json!({
+            "summary": {"requestsPerSec": 1000.5},
+            "latencyPercentiles": {"p50": 0.0002, "p99": 0.001, "p99.9": 0.002},
+            "statusCodeDistribution": {"200": 8000},
+            "errorDistribution": {}
+        });
+        let m = parse(&summary, 200).unwrap();
+        assert_eq!(m.requests, 8000);
+        assert!((m.p99 - 1.0).abs() < 1e-9);
+        assert!(parse(&summary, 403).is_err());
+    }
+}

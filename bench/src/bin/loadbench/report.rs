@@ -1,0 +1,225 @@
+//! The printed report: Markdown tables, so that `bench/README.md` can hold them as printed.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::RunArgs;
+use crate::oha::Measured;
+
+/// The issue's targets.
+const THROUGHPUT_VS_NGINX: f64 = 0.8;
+const ADDED_P99_MS: f64 = 0.5;
+const ADDED_P99_RATE: u32 = 5_000;
+const RSS_MIB: f64 = 32.0;
+const READY_MS: f64 = 100.0;
+
+#[derive(Debug)]
+pub struct MainRow {
+    pub name: String,
+    pub saturated: Measured,
+    pub at_rates: Vec<Measured>,
+}
+
+#[derive(Debug)]
+pub struct SweepRow {
+    pub policies: usize,
+    pub entities: usize,
+    pub ready: Duration,
+    pub saturated: Measured,
+    pub at_rate: Measured,
+    pub rss_kib: Option<(u64, u64)>,
+}
+
+#[derive(Debug)]
+pub struct ListRow {
+    pub accounts: usize,
+    pub items: usize,
+    pub measured: Measured,
+}
+
+#[derive(Debug)]
+pub struct Report {
+    machine: String,
+    tools: String,
+    duration: Duration,
+    sweep_duration: Duration,
+    connections: u32,
+    rates: Vec<u32>,
+    pub main: Vec<MainRow>,
+    pub sidecar_ready: Option<Duration>,
+    pub sidecar_rss_kib: Option<(u64, u64)>,
+    pub sweep: Vec<SweepRow>,
+    pub lists: Vec<ListRow>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn latencies(m: &Measured) -> String {
+    format!("{:.3} / {:.3} / {:.3}", m.p50, m.p99, m.p999)
+}
+
+impl Report {
+    pub fn new(machine: String, tools: String, args: &RunArgs) -> Self {
+        Self {
+            machine,
+            tools,
+            duration: args.duration,
+            sweep_duration: args.sweep_duration,
+            connections: args.connections,
+            rates: args.rates.clone(),
+            main: Vec::new(),
+            sidecar_ready: None,
+            sidecar_rss_kib: None,
+            sweep: Vec::new(),
+            lists: Vec::new(),
+        }
+    }
+
+    fn row(&self, prefix: &str) -> Option<&MainRow> {
+        self.main.iter().find(|r| r.name.starts_with(prefix))
+    }
+
+    /// p99 at `rate` of the row named `prefix`.
+    fn p99_at(&self, prefix: &str, rate: u32) -> Option<f64> {
+        let index = self.rates.iter().position(|&r| r == rate)?;
+        self.row(prefix)?.at_rates.get(index).map(|m| m.p99)
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "## End-to-end: shipped policies and entities\n");
+        let _ = writeln!(out, "Machine: {}. Tools: {}.", self.machine, self.tools);
+        let _ = writeln!(
+            out,
+            "Each measurement runs {:?}; saturation with {} keep-alive connections; fixed rates with \
+             latency correction (coordinated omission). Latencies in ms.\n",
+            self.duration, self.connections
+        );
+        let mut header = "| target | saturated req/s | × nginx |".to_owned();
+        let mut rule = "|---|---:|---:|".to_owned();
+        for rate in &self.rates {
+            let _ = write!(header, " p50 / p99 / p99.9 at {rate}/s |");
+            rule.push_str("---:|");
+        }
+        let _ = writeln!(out, "{header}\n{rule}");
+        let nginx_rps = self.row("nginx").map(|r| r.saturated.rps);
+        for row in &self.main {
+            let ratio = nginx_rps.map_or_else(|| "-".to_owned(), |n| format!("{:.2}", row.saturated.rps / n));
+            let _ = write!(
+                out,
+                "| {} | {:.0} ({} answers) | {ratio} |",
+                row.name, row.saturated.rps, row.saturated.requests
+            );
+            for m in &row.at_rates {
+                let _ = write!(out, " {} |", latencies(m));
+            }
+            out.push('\n');
+        }
+        out.push('\n');
+        for &rate in &self.rates {
+            if let (Some(sidecar), Some(upstream), Some(nginx)) =
+                (self.p99_at("authz-sidecar →", rate), self.p99_at("upstream", rate), self.p99_at("nginx", rate))
+            {
+                let _ = writeln!(
+                    out,
+                    "- Added p99 at {rate}/s: {:+.3} ms over the upstream alone ({:+.3} ms over nginx).",
+                    sidecar - upstream,
+                    sidecar - nginx
+                );
+            }
+        }
+        if let Some(ready) = self.sidecar_ready {
+            let _ = writeln!(out, "- Sidecar ready (spawn to `/readyz` 200): {:.1} ms.", ms(ready));
+        }
+        if let Some((peak, now)) = self.sidecar_rss_kib {
+            let _ = writeln!(out, "- Sidecar RSS after the runs: peak {:.1} MiB, now {:.1} MiB.", mib(peak), mib(now));
+        }
+        self.render_targets(&mut out);
+        self.render_sweep(&mut out);
+        out
+    }
+
+    fn render_targets(&self, out: &mut String) {
+        let _ = writeln!(out, "\n### Targets\n\n| target | goal | measured | met |\n|---|---|---|---|");
+        let mut line = |what: &str, goal: String, measured: Option<f64>, unit: &str, ok: &dyn Fn(f64) -> bool| {
+            let (value, met) = match measured {
+                Some(v) => (format!("{v:.2}{unit}"), if ok(v) { "yes" } else { "**no**" }),
+                None => ("not measured".to_owned(), "-"),
+            };
+            let _ = writeln!(out, "| {what} | {goal} | {value} | {met} |");
+        };
+        let throughput = match (self.row("authz-sidecar →"), self.row("nginx")) {
+            (Some(s), Some(n)) => Some(s.saturated.rps / n.saturated.rps),
+            _ => None,
+        };
+        line(
+            "throughput, JWT + Cedar + forward",
+            format!("≥ {THROUGHPUT_VS_NGINX}× nginx"),
+            throughput,
+            "×",
+            &|v| v >= THROUGHPUT_VS_NGINX,
+        );
+        let added = match (self.p99_at("authz-sidecar →", ADDED_P99_RATE), self.p99_at("upstream", ADDED_P99_RATE)) {
+            (Some(s), Some(u)) => Some(s - u),
+            _ => None,
+        };
+        line(&format!("added p99 at {ADDED_P99_RATE}/s"), format!("< {ADDED_P99_MS} ms"), added, " ms", &|v| {
+            v < ADDED_P99_MS
+        });
+        let rss = self
+            .sweep
+            .iter()
+            .find(|r| r.policies == 1_000 && r.entities == 10_000)
+            .and_then(|r| r.rss_kib)
+            .map(|(peak, _)| mib(peak));
+        line("peak RSS, 1,000 policies and 10,000 entities", format!("< {RSS_MIB} MiB"), rss, " MiB", &|v| v < RSS_MIB);
+        line("ready, shipped policies", format!("< {READY_MS} ms"), self.sidecar_ready.map(ms), " ms", &|v| {
+            v < READY_MS
+        });
+    }
+
+    fn render_sweep(&self, out: &mut String) {
+        if !self.sweep.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n## Scale sweep: the sidecar (JWT + Cedar + forward) over grown policy and entity sets\n\n\
+                 Each measurement runs {:?}.\n\n\
+                 | policies | entities | ready (ms) | saturated req/s | p50 / p99 / p99.9 at 1000/s | peak RSS (MiB) |\n\
+                 |---:|---:|---:|---:|---:|---:|",
+                self.sweep_duration
+            );
+            for r in &self.sweep {
+                let rss = r.rss_kib.map_or_else(|| "-".to_owned(), |(peak, _)| format!("{:.1}", mib(peak)));
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.1} | {:.0} | {} | {rss} |",
+                    r.policies,
+                    r.entities,
+                    ms(r.ready),
+                    r.saturated.rps,
+                    latencies(&r.at_rate)
+                );
+            }
+        }
+        if !self.lists.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n## `listAuthorizedAccounts` over HTTP, 4 connections\n\n\
+                 | pool accounts | items in the answer | req/s | p50 (ms) | p99 (ms) |\n|---:|---:|---:|---:|---:|"
+            );
+            for r in &self.lists {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.0} | {:.3} | {:.3} |",
+                    r.accounts, r.items, r.measured.rps, r.measured.p50, r.measured.p99
+                );
+            }
+        }
+    }
+}

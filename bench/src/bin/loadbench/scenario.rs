@@ -1,0 +1,277 @@
+//! One whole run: start the upstream, nginx and the sidecar, check that each answers as
+//! it must (so a sidecar that denies everything cannot look fast), measure, then sweep
+//! the sidecar over policy, entity and pool-account counts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+
+use crate::RunArgs;
+use crate::http1;
+use crate::oha::{self, Load, Target};
+use crate::procs::{Process, free_addr};
+use crate::report::{ListRow, MainRow, Report, SweepRow};
+use crate::setup::{self, SidecarFiles};
+
+/// Policy and entity counts of the sweep, and pool sizes of the list sweep.
+const SWEEP_POLICIES: [usize; 3] = [10, 100, 1_000];
+const SWEEP_ENTITIES: [usize; 2] = [100, 10_000];
+const LIST_ACCOUNTS: [usize; 3] = [10, 100, 1_000];
+/// The sweep's latency run, and the list runs' concurrency (a list is a big answer).
+const SWEEP_RATE: u32 = 1_000;
+const LIST_CONNECTIONS: u32 = 4;
+
+struct Tools {
+    oha: PathBuf,
+    nginx: PathBuf,
+    sidecar: PathBuf,
+    me: PathBuf,
+}
+
+pub fn run(args: &RunArgs) -> anyhow::Result<String> {
+    let tools = tools(args)?;
+    let dir = tempfile::Builder::new().prefix("authz-loadbench-").tempdir()?;
+    let run_dir = dir.path();
+    eprintln!("loadbench: run directory {}", run_dir.display());
+    let jwks = run_dir.join("jwks.json");
+    let token = setup::key_and_token(&jwks)?;
+
+    let upstream_addr = free_addr()?;
+    let mut upstream_cmd = Command::new(&tools.me);
+    upstream_cmd.arg("upstream").arg("--listen").arg(upstream_addr.to_string());
+    let mut upstream = Process::spawn("upstream", upstream_cmd, run_dir)?;
+    upstream.wait_http_ok(upstream_addr, "/", Duration::from_secs(10))?;
+
+    let nginx_addr = free_addr()?;
+    let nginx_conf = run_dir.join("nginx.conf");
+    std::fs::write(&nginx_conf, setup::nginx_config(run_dir, nginx_addr, upstream_addr))?;
+    let mut nginx_cmd = Command::new(&tools.nginx);
+    nginx_cmd.arg("-p").arg(run_dir).arg("-e").arg(run_dir.join("nginx-error.log")).arg("-c").arg(&nginx_conf);
+    let mut nginx = Process::spawn("nginx", nginx_cmd, run_dir)?;
+    nginx.wait_http_ok(nginx_addr, "/", Duration::from_secs(10))?;
+
+    let shipped = authz_sidecar_bench::shipped_dirs();
+    let files = SidecarFiles {
+        listen: free_addr()?,
+        admin: free_addr()?,
+        policies: shipped.policies.clone(),
+        entities: shipped.entities.clone(),
+        jwks: jwks.clone(),
+        upstream: upstream_addr,
+    };
+    let (mut sidecar, ready) = start_sidecar(&tools, run_dir, "sidecar", &files)?;
+    check_sidecar(files.listen, &token)?;
+    check_forwarded(nginx_addr)?;
+
+    let studio = |addr: SocketAddr, headers: Vec<(String, String)>| Target {
+        url: format!("http://{addr}{}", setup::STUDIO_PATH),
+        method: "GET",
+        headers,
+        body: None,
+        expect_status: 200,
+    };
+    let targets = [
+        ("upstream alone (hyper)", studio(upstream_addr, setup::gateway_headers())),
+        ("nginx → upstream (no authorization)", studio(nginx_addr, setup::gateway_headers())),
+        ("authz-sidecar → upstream (JWT + Cedar + forward)", studio(files.listen, setup::studio_headers(&token))),
+        (
+            "authz-sidecar account-pool validate (no upstream)",
+            Target {
+                url: format!("http://{}/datazone/account-pool", files.listen),
+                method: "POST",
+                headers: setup::studio_headers(&token),
+                body: Some(setup::validate_event()),
+                expect_status: 200,
+            },
+        ),
+    ];
+    let mut report = Report::new(setup::machine(), versions(&tools), args);
+    for (name, target) in &targets {
+        eprintln!("loadbench: {name}");
+        let saturated =
+            oha::measure(&tools.oha, target, Load::Saturate { connections: args.connections }, args.duration)
+                .with_context(|| format!("{name}, saturation"))?;
+        let mut at_rates = Vec::new();
+        for &rate in &args.rates {
+            let load = Load::Rate { rate, connections: args.connections };
+            at_rates.push(
+                oha::measure(&tools.oha, target, load, args.duration).with_context(|| format!("{name}, {rate}/s"))?,
+            );
+        }
+        report.main.push(MainRow { name: (*name).to_owned(), saturated, at_rates });
+    }
+    sidecar.check_running()?;
+    report.sidecar_ready = Some(ready);
+    report.sidecar_rss_kib = sidecar.memory_kib();
+    drop(sidecar);
+
+    if !args.no_sweep {
+        sweep(&tools, args, run_dir, &files, &token, &mut report)?;
+    }
+    drop(nginx);
+    drop(upstream);
+    Ok(report.render())
+}
+
+fn sweep(
+    tools: &Tools,
+    args: &RunArgs,
+    run_dir: &Path,
+    base: &SidecarFiles,
+    token: &str,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    for &entities in &SWEEP_ENTITIES {
+        for &policies in &SWEEP_POLICIES {
+            let name = format!("sweep-{policies}p-{entities}e");
+            eprintln!("loadbench: {name}");
+            let workload = run_dir.join(&name);
+            let (policy_dir, entity_dir) = setup::write_workload(&workload, policies, entities)?;
+            let files = SidecarFiles {
+                listen: free_addr()?,
+                admin: free_addr()?,
+                policies: policy_dir,
+                entities: entity_dir,
+                ..base.clone()
+            };
+            let (mut sidecar, ready) = start_sidecar(tools, run_dir, &name, &files)?;
+            check_sidecar(files.listen, token)?;
+            let target = Target {
+                url: format!("http://{}{}", files.listen, setup::STUDIO_PATH),
+                method: "GET",
+                headers: setup::studio_headers(token),
+                body: None,
+                expect_status: 200,
+            };
+            let saturated = oha::measure(
+                &tools.oha,
+                &target,
+                Load::Saturate { connections: args.connections },
+                args.sweep_duration,
+            )?;
+            let load = Load::Rate { rate: SWEEP_RATE, connections: args.connections };
+            let at_rate = oha::measure(&tools.oha, &target, load, args.sweep_duration)?;
+            sidecar.check_running()?;
+            report.sweep.push(SweepRow {
+                policies,
+                entities,
+                ready,
+                saturated,
+                at_rate,
+                rss_kib: sidecar.memory_kib(),
+            });
+        }
+    }
+    for &accounts in &LIST_ACCOUNTS {
+        let name = format!("list-{accounts}");
+        eprintln!("loadbench: {name}");
+        // the generator makes about half of its entities pool accounts (as the criterion bench)
+        let (policy_dir, entity_dir) = setup::write_workload(&run_dir.join(&name), 10, 22 + 2 * accounts)?;
+        let files = SidecarFiles {
+            listen: free_addr()?,
+            admin: free_addr()?,
+            policies: policy_dir,
+            entities: entity_dir,
+            ..base.clone()
+        };
+        let (mut sidecar, _) = start_sidecar(tools, run_dir, &name, &files)?;
+        let headers = setup::studio_headers(token);
+        let answer = http1::request(files.listen, "POST", "/datazone/account-pool", &headers, &setup::list_event())?;
+        ensure!(answer.status == 200, "the list answered {}: {}", answer.status, answer.body);
+        let items = answer.body.matches("\"awsAccountId\"").count();
+        ensure!(items > 0, "the list is empty: {}", answer.body);
+        let target = Target {
+            url: format!("http://{}/datazone/account-pool", files.listen),
+            method: "POST",
+            headers,
+            body: Some(setup::list_event()),
+            expect_status: 200,
+        };
+        let load = Load::Saturate { connections: LIST_CONNECTIONS };
+        let measured = oha::measure(&tools.oha, &target, load, args.sweep_duration)?;
+        sidecar.check_running()?;
+        report.lists.push(ListRow { accounts, items, measured });
+    }
+    Ok(())
+}
+
+/// Start a sidecar and time it from spawn to `/readyz` 200.
+fn start_sidecar(
+    tools: &Tools,
+    run_dir: &Path,
+    name: &str,
+    files: &SidecarFiles,
+) -> anyhow::Result<(Process, Duration)> {
+    let config = run_dir.join(format!("{name}.toml"));
+    std::fs::write(&config, setup::sidecar_config(files))?;
+    let mut command = Command::new(&tools.sidecar);
+    command.arg("serve").arg("--config").arg(&config).env("RUST_LOG", "info");
+    let mut process = Process::spawn(name, command, run_dir)?;
+    let ready = process.wait_http_ok(files.admin, "/readyz", Duration::from_secs(30))?;
+    Ok((process, ready))
+}
+
+/// The sidecar allows the measured request (and forwards it), and really authenticates
+/// and authorizes: no token is 401, a call from outside the LOB's VPC endpoint is 403.
+fn check_sidecar(addr: SocketAddr, token: &str) -> anyhow::Result<()> {
+    let allowed = http1::request(addr, "GET", setup::STUDIO_PATH, &setup::studio_headers(token), "")?;
+    ensure!(
+        allowed.status == 200 && allowed.body == "ok\n",
+        "the measured request is not forwarded: {} {}",
+        allowed.status,
+        allowed.body
+    );
+    let anonymous = http1::request(addr, "GET", setup::STUDIO_PATH, &setup::gateway_headers(), "")?;
+    ensure!(anonymous.status == 401, "a request without a token answered {}", anonymous.status);
+    let auth = vec![("authorization".to_owned(), format!("Bearer {token}"))];
+    let outside = http1::request(addr, "GET", setup::STUDIO_PATH, &auth, "")?;
+    ensure!(outside.status == 403, "a request from outside the VPC endpoint answered {}", outside.status);
+    let validate = http1::request(addr, "POST", "/datazone/account-pool", &auth, &setup::validate_event())?;
+    ensure!(
+        validate.status == 200 && validate.body.contains("\"GRANT\""),
+        "the validate event is not granted: {} {}",
+        validate.status,
+        validate.body
+    );
+    Ok(())
+}
+
+fn check_forwarded(addr: SocketAddr) -> anyhow::Result<()> {
+    let answer = http1::request(addr, "GET", setup::STUDIO_PATH, &setup::gateway_headers(), "")?;
+    ensure!(answer.status == 200 && answer.body == "ok\n", "nginx does not forward: {} {}", answer.status, answer.body);
+    Ok(())
+}
+
+fn tools(args: &RunArgs) -> anyhow::Result<Tools> {
+    let me = std::env::current_exe()?;
+    let sidecar = match &args.sidecar {
+        Some(path) => path.clone(),
+        None => me.with_file_name("authz-sidecar"),
+    };
+    if !sidecar.exists() {
+        bail!("no sidecar binary at {} (build it: cargo build --release -p authz-sidecar)", sidecar.display());
+    }
+    for (tool, flag) in [(&args.oha, "--version"), (&args.nginx, "-v")] {
+        let ok = Command::new(tool).arg(flag).output().is_ok_and(|o| o.status.success());
+        ensure!(ok, "{} is not runnable (bench/run.sh installs it)", tool.display());
+    }
+    Ok(Tools { oha: args.oha.clone(), nginx: args.nginx.clone(), sidecar, me })
+}
+
+fn versions(tools: &Tools) -> String {
+    let first_line = |tool: &Path, flag: &str| {
+        Command::new(tool)
+            .arg(flag)
+            .output()
+            .ok()
+            .map(|o| {
+                let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
+                String::from_utf8_lossy(&text).lines().next().unwrap_or_default().trim().to_owned()
+            })
+            .unwrap_or_default()
+    };
+    format!("{}; {}", first_line(&tools.oha, "--version"), first_line(&tools.nginx, "-v"))
+}
