@@ -14,6 +14,7 @@ mod aws_emulator;
 mod binary;
 mod cli;
 mod cognito;
+mod data_plane_path;
 mod engine;
 mod harness;
 mod lambda;

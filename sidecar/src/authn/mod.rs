@@ -66,6 +66,8 @@ pub struct Identity {
     pub claims: Map<String, Value>,
     /// Unix seconds.
     pub expires_at: u64,
+    /// SHA-256 of the token: a key for what is built from it (never the token).
+    pub token_digest: [u8; 32],
 }
 
 /// Verifies tokens for every configured issuer.
@@ -128,7 +130,7 @@ impl Authenticator {
             return Ok(identity);
         }
         metrics::counter!("authz_token_cache_total", "result" => "miss").increment(1);
-        let identity = Arc::new(self.verify(token).await?);
+        let identity = Arc::new(Identity { token_digest: digest, ..self.verify(token).await? });
         self.verified.insert(digest, identity.clone());
         Ok(identity)
     }
@@ -179,7 +181,7 @@ impl Authenticator {
             .ok_or(AuthnError::Invalid("missing_id_claim"))?
             .to_owned();
         let expires_at = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
-        Ok(Identity { issuer: config.issuer.clone(), subject, claims, expires_at })
+        Ok(Identity { issuer: config.issuer.clone(), subject, claims, expires_at, token_digest: [0; 32] })
     }
 }
 

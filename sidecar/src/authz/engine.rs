@@ -15,7 +15,7 @@ use cedar_policy::{
 };
 use serde::Serialize;
 
-use crate::policy_store::{PolicySnapshot, PolicyStore};
+use crate::policy_store::{PolicySnapshot, PolicyStore, RequestPrincipal};
 
 /// Allow or deny, the only two answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -201,6 +201,18 @@ impl Engine {
     pub fn decide_on(&self, snapshot: &PolicySnapshot, request: &DecisionRequest) -> Result<Decision, RequestError> {
         decide_with(&self.authorizer, snapshot, request)
     }
+
+    /// [`decide_for_principal`] with this engine's authorizer.
+    pub fn decide_as(
+        &self,
+        snapshot: &PolicySnapshot,
+        principal: &RequestPrincipal,
+        action: &EntityUid,
+        resource: &EntityUid,
+        context: Context,
+    ) -> Result<Decision, RequestError> {
+        decide_for_principal(&self.authorizer, snapshot, principal, action, resource, context)
+    }
 }
 
 /// Decide against one given snapshot (tests and the CLI use this directly).
@@ -245,6 +257,30 @@ pub fn decide_with(
         "decision"
     );
     Ok(decision)
+}
+
+/// The data plane's question: `principal` (built from a verified token, see
+/// [`PolicySnapshot::request_principal`]) asks for `action` on `resource` with a typed
+/// `context` (see [`super::context_from_strings`]). The request is checked against the
+/// schema (principal and resource types, the context's shape) exactly as in
+/// [`decide_with`]; the entities are the request's slices plus the principal.
+pub fn decide_for_principal(
+    authorizer: &Authorizer,
+    snapshot: &PolicySnapshot,
+    principal: &RequestPrincipal,
+    action: &EntityUid,
+    resource: &EntityUid,
+    context: Context,
+) -> Result<Decision, RequestError> {
+    let started = Instant::now();
+    let request =
+        Request::new(principal.uid().clone(), action.clone(), resource.clone(), context, Some(snapshot.schema()))
+            .map_err(|e| RequestError::Invalid(e.to_string()))?;
+    let entities = snapshot
+        .entities_for_principal(principal, std::slice::from_ref(resource))
+        .map_err(|e| RequestError::BadEntities(e.to_string()))?;
+    let response = authorizer.is_authorized(&request, snapshot.policies_for(action), &entities);
+    Ok(Decision::from_response(&response, snapshot, started))
 }
 
 /// Decide a Cedar request the caller built itself, over the snapshot's stored entities.

@@ -19,7 +19,9 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 
 pub use diagnostics::{LoadError, Location, Problem};
 pub use reload::{ReloadOptions, ReloadOutcome, reload_once, spawn_file_reloader};
-pub use snapshot::{Origin, PolicyParts, PolicySnapshot, SnapshotSource, SnapshotVersion};
+pub use snapshot::{
+    ContextValueKind, Origin, PolicyParts, PolicySnapshot, RequestPrincipal, SnapshotSource, SnapshotVersion,
+};
 pub use sources::{EntitySources, SourceDirs, SourceFile, Sources};
 
 /// Shared handle on the current snapshot. Cheap to clone.

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::SystemTime;
 
 use cedar_policy::{
@@ -27,6 +27,46 @@ use super::statements::statement_starts;
 
 /// How many per-entity slices a snapshot keeps (see [`PolicySnapshot::entity_slice`]).
 const SLICE_CACHE_CAPACITY: u64 = 50_000;
+/// How many request principals (one per verified token) a snapshot keeps.
+const PRINCIPAL_CACHE_CAPACITY: u64 = 10_000;
+
+/// How a context attribute given as a string becomes a Cedar value, as the schema
+/// declares it for an action (see [`PolicySnapshot::context_kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ContextValueKind {
+    String,
+    Ip,
+    Datetime,
+    Decimal,
+    Duration,
+    /// Anything else: the attribute goes through Cedar's schema-directed JSON parser.
+    Other,
+}
+
+/// A principal built for requests (from a verified token) and checked against the
+/// schema, with the uids it points at, ready to be added to request entities.
+#[derive(Debug)]
+pub struct RequestPrincipal {
+    uid: EntityUid,
+    entity: Entity,
+    references: Vec<EntityUid>,
+}
+
+impl RequestPrincipal {
+    /// `entity` must already conform to the snapshot's schema (it is added to request
+    /// entities without another check).
+    pub fn new(entity: Entity) -> Self {
+        Self { uid: entity.uid(), references: references(&entity, None), entity }
+    }
+
+    pub fn uid(&self) -> &EntityUid {
+        &self.uid
+    }
+
+    pub fn entity(&self) -> &Entity {
+        &self.entity
+    }
+}
 
 /// Identifies a snapshot: the digest of its inputs (the same on every sidecar that reads
 /// the same files) and this process's generation counter (increases with every swap).
@@ -101,6 +141,9 @@ pub struct PolicySnapshot {
     /// everything reachable from them: every request slice includes them, since a policy
     /// may read their attributes. Fixed for the snapshot, so computed once.
     literal_slice: Vec<Entity>,
+    /// The schema's action entities (with their groups as parents), for request
+    /// entities assembled without a second schema check.
+    action_entities: Vec<Entity>,
     warnings: Vec<Problem>,
     /// The uids of each entity type, sorted by id; built on first use (see
     /// [`PolicySnapshot::entities_of_type`]).
@@ -108,6 +151,14 @@ pub struct PolicySnapshot {
     /// Per-entity slice cache: uid → that entity and everything reachable from it.
     /// moka because readers on every core hit it concurrently and it must stay bounded.
     slices: Cache<EntityUid, Arc<[Entity]>>,
+    /// Request principals by the SHA-256 of the token they were built from. A principal
+    /// depends only on the token's claims and this snapshot, so it is built once per
+    /// token per snapshot.
+    principals: Cache<[u8; 32], Arc<RequestPrincipal>>,
+    /// Learned per action and attribute name, from Cedar's own parse of the first
+    /// context that had it (see [`PolicySnapshot::learn_context_kind`]). Attribute names
+    /// come from the configuration, so this stays small.
+    context_kinds: RwLock<HashMap<EntityUid, HashMap<String, ContextValueKind>>>,
 }
 
 impl fmt::Debug for PolicySnapshot {
@@ -182,6 +233,7 @@ impl PolicySnapshot {
 
         let literals: HashSet<EntityUid> = policies.policies().flat_map(|p| p.entity_literals()).collect();
         let literal_slice = reachable_from(&entities, literals);
+        let action_entities = entities.iter().filter(|e| is_action(&e.uid())).cloned().collect();
 
         let by_action = index_by_action(&policies, &schema, &entities);
         Ok(Self {
@@ -195,9 +247,12 @@ impl PolicySnapshot {
             policy_origins,
             entity_origins,
             literal_slice,
+            action_entities,
             warnings,
             by_type: OnceLock::new(),
             slices: Cache::builder().max_capacity(SLICE_CACHE_CAPACITY).build(),
+            principals: Cache::builder().max_capacity(PRINCIPAL_CACHE_CAPACITY).build(),
+            context_kinds: RwLock::new(HashMap::new()),
         })
     }
 
@@ -333,6 +388,66 @@ impl PolicySnapshot {
         self.literal_slice.iter().for_each(choose);
         let all = chosen.into_values().chain(extra.iter().cloned());
         Entities::from_entities(all, Some(&self.schema)).map_err(Box::new)
+    }
+}
+
+impl PolicySnapshot {
+    /// The principal of the token with SHA-256 `token_digest`, built by `build` the first
+    /// time this snapshot sees that token. Failures are not kept.
+    pub fn request_principal(
+        &self,
+        token_digest: [u8; 32],
+        build: impl FnOnce() -> Result<Entity, String>,
+    ) -> Result<Arc<RequestPrincipal>, String> {
+        if let Some(principal) = self.principals.get(&token_digest) {
+            return Ok(principal);
+        }
+        let principal = Arc::new(RequestPrincipal::new(build()?));
+        self.principals.insert(token_digest, principal.clone());
+        Ok(principal)
+    }
+
+    /// The entities of a request made by `principal` about `roots` (the resource, and
+    /// any entity in the context): as [`Self::request_entities`], but without checking
+    /// stored entities against the schema again. They were checked when the snapshot was
+    /// built and the principal when it was made, so the result is the same set.
+    pub fn entities_for_principal(
+        &self,
+        principal: &RequestPrincipal,
+        roots: &[EntityUid],
+    ) -> Result<Entities, Box<cedar_policy::entities_errors::EntitiesError>> {
+        let mut chosen: HashMap<EntityUid, Entity> = HashMap::with_capacity(32);
+        let mut choose = |entity: &Entity| {
+            let uid = entity.uid();
+            if uid != principal.uid {
+                chosen.entry(uid).or_insert_with(|| entity.clone());
+            }
+        };
+        let starts = std::iter::once(&principal.uid).chain(roots).chain(&principal.references);
+        for root in starts {
+            if !is_action(root) {
+                self.entity_slice(root).iter().for_each(&mut choose);
+            }
+        }
+        self.literal_slice.iter().for_each(choose);
+        let all = chosen
+            .into_values()
+            .chain(std::iter::once(principal.entity.clone()))
+            .chain(self.action_entities.iter().cloned());
+        Entities::from_entities(all, None).map_err(Box::new)
+    }
+
+    /// How `attr` of `action`'s context is built from a string, once learned.
+    pub fn context_kind(&self, action: &EntityUid, attr: &str) -> Option<ContextValueKind> {
+        let kinds = self.context_kinds.read().ok()?;
+        kinds.get(action)?.get(attr).copied()
+    }
+
+    /// Remember how `attr` of `action`'s context is built from a string.
+    pub fn learn_context_kind(&self, action: &EntityUid, attr: &str, kind: ContextValueKind) {
+        if let Ok(mut kinds) = self.context_kinds.write() {
+            kinds.entry(action.clone()).or_default().insert(attr.to_owned(), kind);
+        }
     }
 }
 

@@ -10,7 +10,6 @@ use std::net::IpAddr;
 use std::time::SystemTime;
 
 use http::HeaderMap;
-use serde_json::{Map, Value};
 
 use super::router::Matched;
 use crate::config::{ContextConfig, ContextSource};
@@ -61,8 +60,9 @@ pub fn origin(config: &ContextConfig, peer: IpAddr, headers: &HeaderMap) -> Orig
     Origin { peer, peer_trusted: true, source_ip, vpce }
 }
 
-/// The Cedar context of a route's request, as JSON (the engine checks it against the
-/// schema). Absent values (no VPC endpoint, a missing header) are left out.
+/// The Cedar context attributes of a route's request, as strings (the schema says what
+/// each becomes; see [`crate::authz::context_from_strings`]). Absent values (no VPC
+/// endpoint, a missing header) are left out.
 pub fn context(
     sources: &[(String, ContextSource)],
     matched: &Matched,
@@ -71,8 +71,8 @@ pub fn context(
     path: &str,
     headers: &HeaderMap,
     now: SystemTime,
-) -> Value {
-    let mut map = Map::new();
+) -> Vec<(String, String)> {
+    let mut pairs = Vec::with_capacity(sources.len());
     for (name, source) in sources {
         let value = match source {
             ContextSource::SourceIp => Some(origin.source_ip.to_string()),
@@ -84,10 +84,10 @@ pub fn context(
             ContextSource::Header(header) => headers.get(header).and_then(|v| v.to_str().ok()).map(str::to_owned),
         };
         if let Some(value) = value {
-            map.insert(name.clone(), Value::String(value));
+            pairs.push((name.clone(), value));
         }
     }
-    Value::Object(map)
+    pairs
 }
 
 #[cfg(test)]

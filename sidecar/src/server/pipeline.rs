@@ -25,7 +25,7 @@ use super::context;
 use super::path::canonicalize;
 use crate::app::App;
 use crate::authn::principal::principal_entity;
-use crate::authz::{Decision, DecisionRequest, Effect};
+use crate::authz::{Decision, Effect, context_from_strings};
 use crate::config::{Handler, Mode};
 use crate::http_client::Body;
 use crate::policy_store::PolicySnapshot;
@@ -117,12 +117,12 @@ async fn run(
     );
     let principal =
         EntityUid::from_type_name_and_id(app.config.principal.entity_type.clone(), EntityId::new(&identity.subject));
-    let decided = principal_entity(&identity, &app.config.principal, &snapshot).and_then(|entity| {
-        let request = DecisionRequest::new(principal.clone(), authz.action.clone(), resource.clone())
-            .with_context(context)
-            .with_entities(vec![entity]);
-        engine.decide_on(&snapshot, &request).map_err(|e| e.to_string())
-    });
+    let decided = snapshot
+        .request_principal(identity.token_digest, || principal_entity(&identity, &app.config.principal, &snapshot))
+        .and_then(|requester| {
+            let context = context_from_strings(&snapshot, &authz.action, &context).map_err(|e| e.to_string())?;
+            engine.decide_as(&snapshot, &requester, &authz.action, &resource, context).map_err(|e| e.to_string())
+        });
     metrics::histogram!("authz_authz_seconds").record(authz_started.elapsed().as_secs_f64());
     let decision = match decided {
         Ok(decision) => decision,

@@ -1,0 +1,157 @@
+//! Cedar contexts from the strings the data plane knows (source IP, VPC endpoint, time,
+//! path parameters, headers), built from typed values instead of parsed from JSON.
+//!
+//! Every value the data plane puts in a context is a string, and the schema says what
+//! each becomes (`sourceIp: ipaddr`, `requestTime: datetime`, ...). Cedar's JSON parser
+//! works that out on every request, and that was most of a decision's fixed cost. Here
+//! the first context with a given attribute goes through Cedar's parser; the kind whose
+//! constructor gives the same value from the same string is remembered for that action
+//! and attribute in the snapshot, and later contexts are built from typed values.
+//! Either way `Request::new` type-checks the context against the schema, so a wrong
+//! kind is refused, never silently let through.
+
+use std::sync::LazyLock;
+
+use cedar_policy::{Context, EntityUid, RestrictedExpression};
+use moka::sync::Cache;
+use serde_json::Value;
+
+use super::RequestError;
+use crate::policy_store::{ContextValueKind, PolicySnapshot};
+
+/// The kinds tried, in order, when learning how an attribute is built.
+const KINDS: [ContextValueKind; 5] = [
+    ContextValueKind::String,
+    ContextValueKind::Ip,
+    ContextValueKind::Datetime,
+    ContextValueKind::Decimal,
+    ContextValueKind::Duration,
+];
+
+/// The context of a request about `action` with these string-valued attributes.
+pub fn context_from_strings(
+    snapshot: &PolicySnapshot,
+    action: &EntityUid,
+    pairs: &[(String, String)],
+) -> Result<Context, RequestError> {
+    let mut typed = Vec::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        match snapshot.context_kind(action, name) {
+            Some(ContextValueKind::Other) | None => return parse_and_learn(snapshot, action, pairs),
+            Some(kind) => typed.push((name.clone(), expression(kind, value))),
+        }
+    }
+    Context::from_pairs(typed).map_err(|e| bad_context(action, &e))
+}
+
+/// Typed values by kind and string. Making an extension value parses the constructor's
+/// name with Cedar's parser every time, which costs more than the rest of the context;
+/// the same values recur (the current second, the addresses behind a NAT or endpoint).
+static VALUES: LazyLock<Cache<(ContextValueKind, String), RestrictedExpression>> =
+    LazyLock::new(|| Cache::builder().max_capacity(10_000).build());
+
+fn expression(kind: ContextValueKind, value: &str) -> RestrictedExpression {
+    if kind == ContextValueKind::String || kind == ContextValueKind::Other {
+        return RestrictedExpression::new_string(value.to_owned());
+    }
+    VALUES.get_with((kind, value.to_owned()), || make(kind, value))
+}
+
+fn make(kind: ContextValueKind, value: &str) -> RestrictedExpression {
+    match kind {
+        ContextValueKind::Ip => RestrictedExpression::new_ip(value),
+        ContextValueKind::Datetime => RestrictedExpression::new_datetime(value),
+        ContextValueKind::Decimal => RestrictedExpression::new_decimal(value),
+        ContextValueKind::Duration => RestrictedExpression::new_duration(value),
+        ContextValueKind::String | ContextValueKind::Other => RestrictedExpression::new_string(value.to_owned()),
+    }
+}
+
+/// Parse through Cedar's schema-directed JSON parser, and learn the kind of every
+/// attribute not learned yet from what the parser made of it.
+fn parse_and_learn(
+    snapshot: &PolicySnapshot,
+    action: &EntityUid,
+    pairs: &[(String, String)],
+) -> Result<Context, RequestError> {
+    let json = Value::Object(pairs.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect());
+    let context =
+        Context::from_json_value(json, Some((snapshot.schema(), action))).map_err(|e| bad_context(action, &e))?;
+    for (name, value) in pairs {
+        if snapshot.context_kind(action, name).is_some() {
+            continue;
+        }
+        let Some(parsed) = context.get(name) else { continue };
+        let same = |kind: &ContextValueKind| {
+            Context::from_pairs([(name.clone(), expression(*kind, value))]).ok().and_then(|c| c.get(name)).as_ref()
+                == Some(&parsed)
+        };
+        let kind = KINDS.iter().find(|k| same(k)).copied().unwrap_or(ContextValueKind::Other);
+        snapshot.learn_context_kind(action, name, kind);
+    }
+    Ok(context)
+}
+
+fn bad_context(action: &EntityUid, error: &dyn std::fmt::Display) -> RequestError {
+    RequestError::BadContext { action: action.to_string(), reason: error.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use cedar_policy::EvalResult;
+
+    use super::*;
+    use crate::policy_store::SourceDirs;
+
+    fn shipped() -> PolicySnapshot {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        PolicySnapshot::load(&SourceDirs::new(root.join("policies"), root.join("entities")), 1).unwrap()
+    }
+
+    fn presign() -> EntityUid {
+        r#"Studio::Action::"CreatePresignedDomainUrl""#.parse().unwrap()
+    }
+
+    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn kinds_are_learned_from_the_schema_and_typed_contexts_equal_parsed_ones() {
+        let snapshot = shipped();
+        let action = presign();
+        let items =
+            pairs(&[("sourceIp", "10.1.2.3"), ("sourceVpce", "vpce-1"), ("requestTime", "2026-11-22T10:00:00Z")]);
+        assert_eq!(snapshot.context_kind(&action, "sourceIp"), None);
+        let parsed = context_from_strings(&snapshot, &action, &items).unwrap();
+        assert_eq!(snapshot.context_kind(&action, "sourceIp"), Some(ContextValueKind::Ip));
+        assert_eq!(snapshot.context_kind(&action, "sourceVpce"), Some(ContextValueKind::String));
+        assert_eq!(snapshot.context_kind(&action, "requestTime"), Some(ContextValueKind::Datetime));
+        let typed = context_from_strings(&snapshot, &action, &items).unwrap();
+        for name in ["sourceIp", "sourceVpce", "requestTime"] {
+            assert_eq!(typed.get(name), parsed.get(name), "{name}");
+        }
+        assert!(matches!(typed.get("sourceIp"), Some(EvalResult::ExtensionValue(_))));
+    }
+
+    #[test]
+    fn a_bad_value_is_refused_on_both_paths() {
+        let snapshot = shipped();
+        let action = presign();
+        let bad = pairs(&[("sourceIp", "not-an-ip")]);
+        assert!(matches!(context_from_strings(&snapshot, &action, &bad), Err(RequestError::BadContext { .. })));
+        context_from_strings(&snapshot, &action, &pairs(&[("sourceIp", "10.1.2.3")])).unwrap();
+        assert!(matches!(context_from_strings(&snapshot, &action, &bad), Err(RequestError::BadContext { .. })));
+    }
+
+    #[test]
+    fn an_attribute_the_schema_does_not_declare_is_refused_and_not_learned() {
+        let snapshot = shipped();
+        let action = presign();
+        let items = pairs(&[("sourceIp", "10.1.2.3"), ("undeclared", "x")]);
+        assert!(context_from_strings(&snapshot, &action, &items).is_err());
+        assert_eq!(snapshot.context_kind(&action, "undeclared"), None);
+    }
+}

@@ -1,0 +1,109 @@
+//! The data plane's decision path (a principal built once per token and snapshot, a
+//! context built from typed values, request entities assembled without a second schema
+//! check) gives exactly the answers of the general path (`decide_with`: the context
+//! parsed from JSON by Cedar, the request entities schema-checked), for random
+//! principals, resources, addresses, endpoints and times over the shipped policies.
+
+use std::sync::Arc;
+
+use authz_sidecar::authz::{DecisionRequest, context_from_strings, decide_for_principal, decide_with};
+use authz_sidecar::policy_store::{PolicySnapshot, PolicyStore};
+use cedar_policy::{Authorizer, Entity, EntityUid};
+use proptest::prelude::*;
+use serde_json::json;
+
+use crate::support::Workspace;
+
+fn snapshot() -> Arc<PolicySnapshot> {
+    static STORE: std::sync::OnceLock<(Workspace, PolicyStore)> = std::sync::OnceLock::new();
+    let (_, store) = STORE.get_or_init(|| {
+        let ws = Workspace::shipped();
+        let store = PolicyStore::load_files(&ws.dirs()).unwrap();
+        (ws, store)
+    });
+    store.current()
+}
+
+fn uid(text: &str) -> EntityUid {
+    text.parse().unwrap()
+}
+
+/// A principal as a token would make it: the user, the token's teams as parents (plus
+/// a LOB), and the Team tag.
+fn principal(user: &str, teams: &[&str], lob: &str, snapshot: &PolicySnapshot) -> Entity {
+    let mut parents: Vec<_> = teams.iter().map(|t| json!({"type": "Studio::Team", "id": t})).collect();
+    parents.push(json!({"type": "Studio::Lob", "id": lob}));
+    let value = json!({"uid": {"type": "Studio::User", "id": user}, "attrs": {}, "parents": parents,
+                       "tags": {"Team": teams}});
+    Entity::from_json_value(value, Some(snapshot.schema())).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn the_data_plane_path_decides_as_the_general_path(
+        user in prop::sample::select(vec!["user-1", "user-2", "user-9"]),
+        teams in prop::sample::subsequence(vec!["Team1", "Team2"], 0..=2),
+        lob in prop::sample::select(vec!["lob-a", "lob-b"]),
+        profile in prop::sample::select(vec!["user-1-team1", "user-1-team2", "user-2-team2", "nobody-team1"]),
+        ip in prop::sample::select(vec!["10.1.2.3", "172.16.9.9", "192.168.1.1", "8.8.8.8", "::1"]),
+        vpce in prop::sample::select(vec![Some("vpce-0a1a000000000001a"), Some("vpce-0b2b000000000001b"), Some("vpce-x"), None]),
+        second in 0u32..60,
+        token in any::<[u8; 32]>(),
+    ) {
+        let snapshot = snapshot();
+        let action = uid(r#"Studio::Action::"CreatePresignedDomainUrl""#);
+        let resource = uid(&format!(r#"Studio::UserProfile::"{profile}""#));
+        let entity = principal(user, &teams, lob, &snapshot);
+        let mut pairs = vec![
+            ("sourceIp".to_owned(), ip.to_owned()),
+            ("requestTime".to_owned(), format!("2026-11-22T10:00:{second:02}Z")),
+        ];
+        if let Some(vpce) = vpce {
+            pairs.push(("sourceVpce".to_owned(), vpce.to_owned()));
+        }
+
+        let json_context = serde_json::Value::Object(
+            pairs.iter().map(|(k, v)| (k.clone(), json!(v))).collect(),
+        );
+        let general = decide_with(
+            &Authorizer::new(),
+            &snapshot,
+            &DecisionRequest::new(entity.uid(), action.clone(), resource.clone())
+                .with_context(json_context)
+                .with_entities(vec![entity.clone()]),
+        )
+        .unwrap();
+
+        let requester = snapshot.request_principal(token, || Ok(entity.clone())).unwrap();
+        // twice: the first may learn the context's kinds through Cedar's parser, the
+        // second is built from typed values
+        for _ in 0..2 {
+            let context = context_from_strings(&snapshot, &action, &pairs).unwrap();
+            let fast = decide_for_principal(&Authorizer::new(), &snapshot, &requester, &action, &resource, context)
+                .unwrap();
+            prop_assert_eq!(fast.effect, general.effect);
+            prop_assert_eq!(&fast.policies, &general.policies);
+            prop_assert_eq!(fast.reason, general.reason);
+        }
+    }
+}
+
+#[test]
+fn both_paths_allow_the_seed_request_so_the_property_is_not_all_denies() {
+    let snapshot = snapshot();
+    let action = uid(r#"Studio::Action::"CreatePresignedDomainUrl""#);
+    let resource = uid(r#"Studio::UserProfile::"user-1-team1""#);
+    let entity = principal("user-1", &["Team1", "Team2"], "lob-a", &snapshot);
+    let requester = snapshot.request_principal([7; 32], || Ok(entity)).unwrap();
+    let pairs = vec![
+        ("sourceIp".to_owned(), "10.1.2.3".to_owned()),
+        ("sourceVpce".to_owned(), "vpce-0a1a000000000001a".to_owned()),
+    ];
+    let context = context_from_strings(&snapshot, &action, &pairs).unwrap();
+    let decision =
+        decide_for_principal(&Authorizer::new(), &snapshot, &requester, &action, &resource, context).unwrap();
+    assert!(decision.is_allowed(), "{decision:?}");
+    assert_eq!(decision.policies, ["presign-own-profile"]);
+}
