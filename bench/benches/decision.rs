@@ -4,6 +4,9 @@
 //!   account-pool handler decide.
 //! - `presign_token_principal`: the data plane's path, with the principal passed as a
 //!   request entity, so the engine builds a cached entity slice.
+//! - `data_plane`: what the data plane does per request since the principal is built
+//!   once per token and the context from typed values: context, request entities,
+//!   schema check of the request, evaluation.
 //! - `use_account`: one validateAccountAuthorization question.
 //! - `snapshot_build`: parsing, validating and indexing everything (reload cost).
 //!
@@ -14,7 +17,9 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use authz_sidecar::authz::{DecisionRequest, Effect, decide_with, parse_entity_uid};
+use authz_sidecar::authz::{
+    DecisionRequest, Effect, context_from_strings, decide_for_principal, decide_with, parse_entity_uid,
+};
 use authz_sidecar::policy_store::{PolicySnapshot, SnapshotSource};
 use authz_sidecar_bench::{grown_snapshot, grown_sources, shipped_dirs};
 use cedar_policy::Authorizer;
@@ -67,6 +72,21 @@ fn decisions(c: &mut Criterion) {
         assert_eq!(check(&with_token, &snapshot).ok(), Some(Effect::Allow));
         group.bench_with_input(BenchmarkId::new("presign_token_principal", policies), &snapshot, |b, s| {
             b.iter(|| decide_with(&authorizer, s, black_box(&with_token)))
+        });
+
+        let requester = snapshot
+            .request_principal([1; 32], || with_token.entities.first().cloned().ok_or_else(|| "no user-1".to_owned()))
+            .unwrap();
+        let pairs: Vec<(String, String)> = [("sourceVpce", "vpce-0a1a000000000001a"), ("sourceIp", "10.1.2.3")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into();
+        let data_plane = |s: &PolicySnapshot| {
+            let context = context_from_strings(s, &presign.action, &pairs)?;
+            decide_for_principal(&authorizer, s, &requester, &presign.action, &presign.resource, context)
+        };
+        assert_eq!(data_plane(&snapshot).map(|d| d.effect).ok(), Some(Effect::Allow));
+        group.bench_with_input(BenchmarkId::new("data_plane", policies), &snapshot, |b, s| {
+            b.iter(|| data_plane(black_box(s)))
         });
 
         let account = use_account_request();

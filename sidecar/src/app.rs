@@ -43,6 +43,9 @@ pub struct App {
     pub dev: Option<DevIssuer>,
     /// Set when a route uses the presign handler (see [`App::with_presigner`]).
     pub presigner: Option<crate::handlers::presign::Presigner>,
+    /// A snapshot already built from the policy files (by `serve`'s start-up checks),
+    /// served first instead of building the same files again (see [`App::with_snapshot`]).
+    preloaded: std::sync::Mutex<Option<PolicySnapshot>>,
 }
 
 impl std::fmt::Debug for App {
@@ -79,7 +82,19 @@ impl App {
             in_flight,
             dev,
             presigner: None,
+            preloaded: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Serve `snapshot` (built from the configured policy files) first, instead of
+    /// building it again: a 10,000-entity snapshot takes a third of a second and tens of
+    /// MiB to build. Ignored when the policies come from Verified Permissions.
+    #[must_use]
+    pub fn with_snapshot(self, snapshot: PolicySnapshot) -> Self {
+        if let Ok(mut slot) = self.preloaded.lock() {
+            *slot = Some(snapshot);
+        }
+        self
     }
 
     /// Whether any route needs AWS (and so a [`Presigner`](crate::handlers::presign::Presigner)).
@@ -129,6 +144,7 @@ impl App {
 
     /// Load the first snapshot (retrying until it loads or `shutdown`), then keep it fresh.
     async fn load_policies(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut preloaded = self.preloaded.lock().ok().and_then(|mut slot| slot.take());
         if let PolicySource::VerifiedPermissions(avp) = self.config.policy_source.clone() {
             let base = crate::aws::load(&self.config.aws).await;
             let client = crate::avp::client(&base, self.config.aws.verifiedpermissions_endpoint.as_deref());
@@ -138,6 +154,9 @@ impl App {
         let dirs = self.config.sources.clone();
         let mut delay = Duration::from_millis(500);
         let store = loop {
+            if let Some(snapshot) = preloaded.take() {
+                break PolicyStore::new(snapshot);
+            }
             let attempt = {
                 let dirs = dirs.clone();
                 tokio::task::spawn_blocking(move || PolicyStore::load_files(&dirs)).await

@@ -2,24 +2,16 @@
 //! exact JSON answers, pagination, and list and validate never disagreeing.
 
 use authz_sidecar::handlers::account_pool::{EventError, apply, parse};
-use authz_sidecar::policy_store::{PolicySnapshot, PolicyStore};
+use authz_sidecar::policy_store::PolicySnapshot;
 use proptest::prelude::*;
 use serde_json::{Value, json};
-
-use crate::support::Workspace;
 
 const USER_1: &str = "4b89ed84-9842-45dd-a2e5-15e49eda2b03";
 const USER_2: &str = "9d2f6c1e-37a4-4b0e-8f5a-6c7d8e9f0a1b";
 const DOMAIN: &str = "dzd-4igt64u5j25ko9";
 
 fn snapshot() -> std::sync::Arc<PolicySnapshot> {
-    static STORE: std::sync::OnceLock<(Workspace, PolicyStore)> = std::sync::OnceLock::new();
-    let (_, store) = STORE.get_or_init(|| {
-        let ws = Workspace::shipped();
-        let store = PolicyStore::load_files(&ws.dirs()).unwrap();
-        (ws, store)
-    });
-    store.current()
+    crate::support::shipped_snapshot()
 }
 
 /// The answer to an event, as the exact JSON text a handler sends.

@@ -4,24 +4,14 @@
 //! parsed from JSON by Cedar, the request entities schema-checked), for random
 //! principals, resources, addresses, endpoints and times over the shipped policies.
 
-use std::sync::Arc;
-
 use authz_sidecar::authz::{DecisionRequest, context_from_strings, decide_for_principal, decide_with};
-use authz_sidecar::policy_store::{PolicySnapshot, PolicyStore};
+use authz_sidecar::policy_store::PolicySnapshot;
 use cedar_policy::{Authorizer, Entity, EntityUid};
 use proptest::prelude::*;
 use serde_json::json;
 
-use crate::support::Workspace;
-
-fn snapshot() -> Arc<PolicySnapshot> {
-    static STORE: std::sync::OnceLock<(Workspace, PolicyStore)> = std::sync::OnceLock::new();
-    let (_, store) = STORE.get_or_init(|| {
-        let ws = Workspace::shipped();
-        let store = PolicyStore::load_files(&ws.dirs()).unwrap();
-        (ws, store)
-    });
-    store.current()
+fn snapshot() -> std::sync::Arc<PolicySnapshot> {
+    crate::support::shipped_snapshot()
 }
 
 fn uid(text: &str) -> EntityUid {

@@ -10,6 +10,18 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
+/// One shared snapshot of the shipped files, for tests that only read it.
+pub fn shipped_snapshot() -> std::sync::Arc<authz_sidecar::policy_store::PolicySnapshot> {
+    use authz_sidecar::policy_store::PolicyStore;
+    static STORE: std::sync::OnceLock<(Workspace, PolicyStore)> = std::sync::OnceLock::new();
+    let (_, store) = STORE.get_or_init(|| {
+        let ws = Workspace::shipped();
+        let store = PolicyStore::load_files(&ws.dirs()).expect("the shipped files load");
+        (ws, store)
+    });
+    store.current()
+}
+
 /// A scratch copy of the shipped `policies/` (with its tests) and `entities/`.
 pub struct Workspace {
     pub dir: tempfile::TempDir,

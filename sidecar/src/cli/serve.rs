@@ -41,8 +41,8 @@ pub struct Args {
 }
 
 pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    let config = match prepare(args) {
-        Ok(config) => config,
+    let (config, snapshot) = match prepare(args) {
+        Ok(prepared) => prepared,
         Err(message) => {
             let _ = writeln!(err, "error: {message}");
             return exit::FAILURE;
@@ -67,7 +67,7 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             return exit::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, args.dev)) {
+    match runtime.block_on(serve(config, snapshot, args.dev)) {
         Ok(()) => exit::OK,
         Err(message) => {
             let _ = writeln!(err, "error: {message}");
@@ -76,8 +76,9 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     }
 }
 
-/// Load, override and check everything that can be checked without serving.
-fn prepare(args: &Args) -> Result<Config, String> {
+/// Load, override and check everything that can be checked without serving. The policy
+/// snapshot built for the checks is served first.
+fn prepare(args: &Args) -> Result<(Config, PolicySnapshot), String> {
     let mut config = Config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
     if let Some(listen) = args.listen {
         config.server.listen = listen;
@@ -111,10 +112,10 @@ fn prepare(args: &Args) -> Result<Config, String> {
     if !problems.is_empty() {
         return Err(problems.join("\n  "));
     }
-    Ok(config)
+    Ok((config, snapshot))
 }
 
-async fn serve(config: Config, dev: bool) -> Result<(), String> {
+async fn serve(config: Config, snapshot: PolicySnapshot, dev: bool) -> Result<(), String> {
     let bind = |addr: SocketAddr, what: &'static str| async move {
         tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
     };
@@ -122,7 +123,7 @@ async fn serve(config: Config, dev: bool) -> Result<(), String> {
         data: bind(config.server.listen, "data plane").await?,
         admin: bind(config.server.admin_listen, "admin").await?,
     };
-    let mut app = App::new(config, dev)?;
+    let mut app = App::new(config, dev)?.with_snapshot(snapshot);
     if app.needs_aws() {
         let presigner = app.aws_presigner().await;
         app = app.with_presigner(presigner);

@@ -31,6 +31,15 @@ enum Command {
     },
     /// Run the whole benchmark and print the tables.
     Run(RunArgs),
+    /// Write a sweep workload (`<dir>/policies`, `<dir>/entities`), to profile by hand.
+    Workload {
+        #[arg(long)]
+        policies: usize,
+        #[arg(long)]
+        entities: usize,
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -70,6 +79,16 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("upstream: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Workload { policies, entities, dir } => match setup::write_workload(&dir, policies, entities) {
+            Ok((p, e)) => {
+                println!("policies: {}\nentities: {}", p.display(), e.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadbench: {e:#}");
                 ExitCode::FAILURE
             }
         },

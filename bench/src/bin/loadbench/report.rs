@@ -190,12 +190,14 @@ impl Report {
                 out,
                 "\n## Scale sweep: the sidecar (JWT + Cedar + forward) over grown policy and entity sets\n\n\
                  Each measurement runs {:?}.\n\n\
-                 | policies | entities | ready (ms) | saturated req/s | p50 / p99 / p99.9 at 1000/s | peak RSS (MiB) |\n\
+                 | policies | entities | ready (ms) | saturated req/s | p50 / p99 / p99.9 at 1000/s | RSS peak / after (MiB) |\n\
                  |---:|---:|---:|---:|---:|---:|",
                 self.sweep_duration
             );
             for r in &self.sweep {
-                let rss = r.rss_kib.map_or_else(|| "-".to_owned(), |(peak, _)| format!("{:.1}", mib(peak)));
+                let rss = r
+                    .rss_kib
+                    .map_or_else(|| "-".to_owned(), |(peak, now)| format!("{:.1} / {:.1}", mib(peak), mib(now)));
                 let _ = writeln!(
                     out,
                     "| {} | {} | {:.1} | {:.0} | {} | {rss} |",

@@ -128,15 +128,7 @@ fn sweep(
         for &policies in &SWEEP_POLICIES {
             let name = format!("sweep-{policies}p-{entities}e");
             eprintln!("loadbench: {name}");
-            let workload = run_dir.join(&name);
-            let (policy_dir, entity_dir) = setup::write_workload(&workload, policies, entities)?;
-            let files = SidecarFiles {
-                listen: free_addr()?,
-                admin: free_addr()?,
-                policies: policy_dir,
-                entities: entity_dir,
-                ..base.clone()
-            };
+            let files = workload_files(base, &run_dir.join(&name), policies, entities)?;
             let (mut sidecar, ready) = start_sidecar(tools, run_dir, &name, &files)?;
             check_sidecar(files.listen, token)?;
             let target = Target {
@@ -196,6 +188,18 @@ fn sweep(
         report.lists.push(ListRow { accounts, items, measured });
     }
     Ok(())
+}
+
+/// A sidecar on fresh ports over a grown workload written into `dir`.
+fn workload_files(base: &SidecarFiles, dir: &Path, policies: usize, entities: usize) -> anyhow::Result<SidecarFiles> {
+    let (policy_dir, entity_dir) = setup::write_workload(dir, policies, entities)?;
+    Ok(SidecarFiles {
+        listen: free_addr()?,
+        admin: free_addr()?,
+        policies: policy_dir,
+        entities: entity_dir,
+        ..base.clone()
+    })
 }
 
 /// Start a sidecar and time it from spawn to `/readyz` 200.
