@@ -130,12 +130,12 @@ impl Authenticator {
             return Ok(identity);
         }
         metrics::counter!("authz_token_cache_total", "result" => "miss").increment(1);
-        let identity = Arc::new(Identity { token_digest: digest, ..self.verify(token).await? });
+        let identity = Arc::new(self.verify(token, digest).await?);
         self.verified.insert(digest, identity.clone());
         Ok(identity)
     }
 
-    async fn verify(&self, token: &str) -> Result<Identity, AuthnError> {
+    async fn verify(&self, token: &str, token_digest: [u8; 32]) -> Result<Identity, AuthnError> {
         let header = decode_header(token).map_err(|_| AuthnError::Malformed)?;
         let peek = jsonwebtoken::dangerous::insecure_decode::<Peek>(token).map_err(|_| AuthnError::Malformed)?;
         let iss = peek.claims.iss.ok_or(AuthnError::Invalid("missing_iss"))?;
@@ -181,7 +181,7 @@ impl Authenticator {
             .ok_or(AuthnError::Invalid("missing_id_claim"))?
             .to_owned();
         let expires_at = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
-        Ok(Identity { issuer: config.issuer.clone(), subject, claims, expires_at, token_digest: [0; 32] })
+        Ok(Identity { issuer: config.issuer.clone(), subject, claims, expires_at, token_digest })
     }
 }
 
