@@ -8,6 +8,7 @@
 //!   once per token and the context from typed values: context, request entities,
 //!   schema check of the request, evaluation.
 //! - `use_account`: one validateAccountAuthorization question.
+//! - `account_pool_list*`: whole listAuthorizedAccounts answers (see [`list_accounts`]).
 //! - `snapshot_build`: parsing, validating and indexing everything (reload cost).
 //!
 //! Run: `cargo bench -p authz-sidecar-bench --bench decision`. Results: bench/README.md.
@@ -20,10 +21,10 @@ use std::time::Duration;
 use authz_sidecar::authz::{
     DecisionRequest, Effect, context_from_strings, decide_for_principal, decide_with, parse_entity_uid,
 };
-use authz_sidecar::policy_store::{PolicySnapshot, SnapshotSource};
+use authz_sidecar::policy_store::{PolicySnapshot, SnapshotSource, SourceFile};
 use authz_sidecar_bench::{grown_snapshot, grown_sources, shipped_dirs};
 use cedar_policy::Authorizer;
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use serde_json::json;
 
 const ENTITIES: usize = 10_000;
@@ -108,8 +109,15 @@ fn snapshot_build(c: &mut Criterion) {
     group.finish();
 }
 
-/// `listAuthorizedAccounts` for user-1 over pools of about 10, 100 and 1,000 accounts:
-/// one UseAccount decision per account and region.
+/// `listAuthorizedAccounts` for user-1 over pools of about 10, 100 and 1,000 accounts.
+///
+/// - `account_pool_list/N`: a list on a snapshot that has listed before. Accounts the
+///   policies cannot tell apart share one decision per region.
+/// - `account_pool_list_cold/1000`: the first list after a reload, which also reads the
+///   pool into the snapshot's index (the snapshot build itself is not timed).
+/// - `account_pool_list_distinct/1000`: one extra policy reads each account's name, which
+///   differs for every account, so each account and region is decided on its own (the
+///   cost before answers were shared, and the worst case now).
 fn list_accounts(c: &mut Criterion) {
     use authz_sidecar::handlers::account_pool::{apply, parse};
     let mut group = c.benchmark_group("account_pool_list");
@@ -117,13 +125,39 @@ fn list_accounts(c: &mut Criterion) {
     let event = br#"{"operationRequest": {"listAuthorizedAccountsRequest": {"domainIdentifier": "dzd-4igt64u5j25ko9",
         "userIdentifier": "4b89ed84-9842-45dd-a2e5-15e49eda2b03"}}}"#;
     let operation = parse(event).unwrap_or_else(|e| panic!("{e}"));
+    // the generator makes about half of its entities pool accounts
+    let entities = |accounts: usize| 22 + 2 * accounts;
     for accounts in [10, 100, 1_000] {
-        // the generator makes about half of its entities pool accounts
-        let snapshot = grown_snapshot(10, 22 + 2 * accounts).unwrap_or_else(|e| panic!("workload: {e}"));
+        let snapshot = grown_snapshot(10, entities(accounts)).unwrap_or_else(|e| panic!("workload: {e}"));
         group.bench_with_input(BenchmarkId::from_parameter(accounts), &snapshot, |b, s| {
             b.iter(|| apply(s, black_box(&operation), "bench"))
         });
     }
+    group.finish();
+
+    let mut group = c.benchmark_group("account_pool_list_cold");
+    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(8));
+    group.bench_function("1000", |b| {
+        b.iter_batched_ref(
+            || grown_snapshot(10, entities(1_000)).unwrap_or_else(|e| panic!("workload: {e}")),
+            |s| apply(s, black_box(&operation), "bench"),
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("account_pool_list_distinct");
+    group.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    let mut sources = grown_sources(10, entities(1_000));
+    sources.policies.push(SourceFile {
+        path: "by-name.cedar".into(),
+        text: "@id(\"no-retired-names\")\nforbid (principal, action == DataZone::Action::\"UseAccount\", resource)\n\
+               when { resource.name like \"*-retired\" };\n"
+            .to_owned(),
+    });
+    let snapshot = PolicySnapshot::from_sources(&sources, SnapshotSource::Files(shipped_dirs()), 1)
+        .unwrap_or_else(|e| panic!("workload: {e}"));
+    group.bench_function("1000", |b| b.iter(|| apply(&snapshot, black_box(&operation), "bench")));
     group.finish();
 }
 

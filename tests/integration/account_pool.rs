@@ -155,6 +155,133 @@ proptest! {
     }
 }
 
+/// Extra `UseAccount` policies for [`shared_answers_match_fresh_decisions`]: each reads
+/// accounts differently (status and region, a pool scope, the account's LOB, tags, the
+/// name, an account named by id, and an account used as a value, which turns sharing off).
+const EXTRA_POLICIES: [&str; 7] = [
+    r#"forbid (principal, action == DataZone::Action::"UseAccount", resource)
+       when { resource.status == "ASSIGNED" && context.regionName == "eu-west-1" };"#,
+    r#"permit (principal in Studio::Lob::"lob-b", action == DataZone::Action::"UseAccount",
+               resource in DataZone::AccountPool::"pool-lob-a") when { resource.lob == Studio::Lob::"lob-b" };"#,
+    r#"permit (principal, action == DataZone::Action::"UseAccount", resource)
+       when { resource.hasTag("env") && resource.getTag("env") == "sandbox" };"#,
+    r#"forbid (principal, action == DataZone::Action::"UseAccount", resource)
+       when { resource.name like "*-1" && principal in Studio::Team::"Team1" };"#,
+    r#"forbid (principal in Studio::Team::"Team2", action == DataZone::Action::"UseAccount",
+               resource in DataZone::AccountPool::"pool-shared") when { context.regionName == "us-east-1" };"#,
+    r#"forbid (principal, action == DataZone::Action::"UseAccount", resource == DataZone::Account::"900000000003");"#,
+    r#"forbid (principal, action == DataZone::Action::"UseAccount", resource)
+       when { [resource].contains(DataZone::Account::"900000000006") && context.regionName == "us-east-1" };"#,
+];
+
+const REGIONS: [&str; 5] = ["us-east-1", "us-east-2", "us-west-2", "eu-west-1", "ap-south-1"];
+
+/// What a generated account holds: status, pool, regions, LOB, env tag, name (indexes
+/// into small lists, so accounts often look alike).
+type Look = [u8; 6];
+
+/// Generated accounts: an id number, a look to copy, and at most one field of it changed,
+/// so that many accounts look alike or differ in exactly one thing a policy may read.
+type GeneratedAccount = (u8, usize, Option<(usize, u8)>);
+
+fn look_strategy() -> impl Strategy<Value = Look> {
+    [0u8..4, 0u8..4, 0u8..3, 0u8..2, 0u8..3, 0u8..3]
+}
+
+/// The shipped files plus `extra` policies and the generated accounts.
+fn generated_snapshot(extra: &[bool], looks: &[Look], accounts: &[GeneratedAccount]) -> PolicySnapshot {
+    use authz_sidecar::policy_store::{SnapshotSource, SourceDirs, SourceFile, Sources};
+    let root = crate::support::repo_root();
+    let dirs = SourceDirs::new(root.join("policies"), root.join("entities"));
+    let mut sources = Sources::read(&dirs).unwrap();
+    let policies: Vec<String> = EXTRA_POLICIES
+        .iter()
+        .enumerate()
+        .zip(extra)
+        .filter(|(_, on)| **on)
+        .map(|((i, policy), _)| format!("@id(\"extra-{i}\")\n{policy}"))
+        .collect();
+    sources.policies.push(SourceFile { path: "extra.cedar".into(), text: policies.join("\n") });
+    let mut seen = std::collections::HashSet::new();
+    let entities: Vec<Value> = accounts
+        .iter()
+        .filter(|a| seen.insert(a.0))
+        .map(|&(n, look, change)| {
+            let mut look = looks[look % looks.len()];
+            if let Some((field, value)) = change {
+                look[field % 6] = value;
+            }
+            let [status, pool, regions, lob, env, name] = look.map(usize::from);
+            // a few 11-digit ids, which are never granted
+            let id = if n % 7 == 5 { format!("9{n:010}") } else { format!("9{n:011}") };
+            let pool = ["pool-lob-a", "pool-lob-b", "pool-shared", "pool-other-domain"][pool % 4];
+            let regions = [&["us-east-1", "eu-west-1"][..], &["us-east-1"], &["us-east-2", "us-west-2", "ap-south-1"]]
+                [regions % 3];
+            let status = ["AVAILABLE", "ASSIGNED", "QUARANTINED", "RETIRED"][status % 4];
+            let lob = ["lob-a", "lob-b"][lob % 2];
+            let env = [None, Some(true), Some(false)][env % 3];
+            let mut account = json!({
+                "uid": {"type": "DataZone::Account", "id": id},
+                "attrs": {
+                    "name": format!("acct-{name}"),
+                    "status": status,
+                    "regions": regions,
+                    "pool": {"type": "DataZone::AccountPool", "id": pool},
+                    "lob": {"type": "Studio::Lob", "id": lob},
+                },
+                "parents": [{"type": "DataZone::AccountPool", "id": pool}],
+            });
+            if let Some(sandbox) = env {
+                account["tags"] = json!({"env": if sandbox { "sandbox" } else { "prod" }});
+            }
+            account
+        })
+        .collect();
+    sources.entities.push(SourceFile { path: "generated.json".into(), text: Value::Array(entities).to_string() });
+    PolicySnapshot::from_sources(&sources, SnapshotSource::Files(dirs), 1).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(60))]
+
+    /// A list shares one answer among accounts that no policy can tell apart. Over random
+    /// policy sets and pools (with many look-alike accounts), every account and region is
+    /// listed exactly when a fresh validate decision for it is GRANT.
+    #[test]
+    fn shared_answers_match_fresh_decisions(
+        extra in prop::collection::vec(any::<bool>(), EXTRA_POLICIES.len()),
+        looks in prop::collection::vec(look_strategy(), 1..4),
+        accounts in prop::collection::vec((0u8..80, 0usize..4, prop::option::of((0usize..6, 0u8..4))), 10..50),
+        user in prop::sample::select(vec![USER_1, USER_2, "00000000-0000-0000-0000-000000000000"]),
+        domain in prop::sample::select(vec![DOMAIN, "dzd-0therdomain01"]),
+    ) {
+        let snapshot = generated_snapshot(&extra, &looks, &accounts);
+        let answer = |event: Value| {
+            let operation = parse(event.to_string().as_bytes()).unwrap();
+            apply(&snapshot, &operation, "test").unwrap()
+        };
+        let listed = answer(json!({"operationRequest": {"listAuthorizedAccountsRequest":
+            {"domainIdentifier": domain, "userIdentifier": user}}}));
+        let items = listed["operationResponse"]["listAuthorizedAccountsResponse"]["items"].as_array().unwrap().clone();
+        let mut granted_pairs = 0;
+        for id in snapshot.entities_of_type(&"DataZone::Account".parse().unwrap()).iter().map(|u| u.id().unescaped().to_owned()) {
+            for region in REGIONS {
+                let validated = answer(json!({"operationRequest": {"validateAccountAuthorizationRequest":
+                    {"domainIdentifier": domain, "awsAccountId": id, "regionName": region, "userIdentifier": user}}}));
+                let granted = validated["operationResponse"]["validateAccountAuthorizationResponse"]["authResult"] == "GRANT";
+                let in_list = items.iter().any(|item| {
+                    item["awsAccountId"] == id.as_str()
+                        && item["supportedRegions"].as_array().unwrap().iter().any(|r| r == region)
+                });
+                prop_assert_eq!(in_list, granted, "account {} region {} user {} domain {}", id, region, user, domain);
+                granted_pairs += usize::from(granted);
+            }
+        }
+        let listed_pairs: usize = items.iter().map(|item| item["supportedRegions"].as_array().unwrap().len()).sum();
+        prop_assert_eq!(listed_pairs, granted_pairs);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_form_answers_byte_for_byte_like_the_handler_behind_authentication() {
     use crate::harness::{self, Setup, Sidecar, token};

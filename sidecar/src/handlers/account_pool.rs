@@ -9,7 +9,8 @@
 //! into a closed [`Operation`] (exactly one request; unknown fields ignored), and an
 //! event that is neither, both, or not JSON is an error, never a GRANT.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 use std::str::FromStr;
 
 use cedar_policy::{
@@ -18,7 +19,7 @@ use cedar_policy::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::authz::{Decision, RequestError, decide_prepared};
+use crate::authz::{Decision, RequestError, ResourceObservation, View, decide_prepared};
 use crate::policy_store::PolicySnapshot;
 
 /// The largest page a list answer has when the caller asks for pages.
@@ -119,10 +120,7 @@ pub fn apply(snapshot: &PolicySnapshot, operation: &Operation, request_id: &str)
             );
             let grant = request.aws_account_id.as_deref().zip(request.region_name.as_deref()).is_some_and(
                 |(account, region)| {
-                    let decision = asked.context(region).and_then(|context| {
-                        let request = asked.request(account, context, Some(snapshot.schema()))?;
-                        Ok(decide_prepared(&authorizer, snapshot, &request))
-                    });
+                    let decision = asked.decide(&authorizer, snapshot, &mut HashMap::new(), account, region);
                     asked.audit(tracing::Level::INFO, snapshot, request_id, account, region, &decision)
                 },
             );
@@ -208,12 +206,34 @@ impl<'a> Question<'a> {
         else {
             return Err(Refusal::NoUser);
         };
-        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        if !is_account_id(account) {
             return Err(Refusal::BadAccountId);
         }
         let resource = EntityUid::from_type_name_and_id(account_type.clone(), EntityId::new(account));
         Request::new(principal.clone(), action.clone(), resource, context, schema)
             .map_err(|e| Refusal::Request(RequestError::Invalid(e.to_string())))
+    }
+
+    /// Decide `account` in `region`. `contexts` holds the context of each region once it
+    /// has passed the schema check, so that check runs once per region.
+    fn decide(
+        &self,
+        authorizer: &Authorizer,
+        snapshot: &PolicySnapshot,
+        contexts: &mut HashMap<String, Context>,
+        account: &str,
+        region: &str,
+    ) -> Result<Decision, Refusal> {
+        let request = match contexts.get(region) {
+            Some(context) => self.request(account, context.clone(), None)?,
+            None => {
+                let context = self.context(region)?;
+                let request = self.request(account, context.clone(), Some(snapshot.schema()))?;
+                contexts.insert(region.to_owned(), context);
+                request
+            }
+        };
+        Ok(decide_prepared(authorizer, snapshot, &request))
     }
 
     /// Write the audit event of one decision and say whether it allowed. Validate
@@ -270,49 +290,122 @@ impl Refusal {
     }
 }
 
+/// An AWS account id: exactly 12 digits.
+fn is_account_id(id: &str) -> bool {
+    id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit())
+}
+
 fn uid(type_name: &str, id: &str) -> Option<EntityUid> {
     Some(EntityUid::from_type_name_and_id(EntityTypeName::from_str(type_name).ok()?, EntityId::new(id)))
 }
 
+/// The pool accounts of one snapshot, read once and kept with it (see
+/// [`PolicySnapshot::derived`]): each account's id, name and sorted regions, in id
+/// order, and its class. Accounts of one class look the same to every `UseAccount`
+/// policy ([`ResourceObservation`]), so they get the same answer to the same question,
+/// and a list decides each class and region once, however many accounts share them.
+struct PoolIndex {
+    accounts: Vec<PoolAccount>,
+}
+
+struct PoolAccount {
+    id: String,
+    name: Option<String>,
+    regions: Vec<String>,
+    class: usize,
+}
+
+impl PoolIndex {
+    fn build(snapshot: &PolicySnapshot) -> Self {
+        let (Some(action), Ok(account_type)) =
+            (uid("DataZone::Action", "UseAccount"), EntityTypeName::from_str("DataZone::Account"))
+        else {
+            return Self { accounts: Vec::new() };
+        };
+        let observation = ResourceObservation::of(snapshot.policies_for(&action), &account_type);
+        let mut classes: BTreeMap<View, usize> = BTreeMap::new();
+        let mut next_class = 0;
+        let mut accounts = Vec::new();
+        for uid in snapshot.entities_of_type(&account_type).iter() {
+            let Some(account) = snapshot.entities().get(uid) else { continue };
+            let fresh = next_class;
+            let class = match observation.view(snapshot.entities(), uid) {
+                Some(view) => *classes.entry(view).or_insert(fresh),
+                None => fresh,
+            };
+            if class == fresh {
+                next_class += 1;
+            }
+            let mut regions: Vec<String> = match account.attr("regions").and_then(Result::ok) {
+                Some(EvalResult::Set(set)) => set
+                    .iter()
+                    .filter_map(|r| match r {
+                        EvalResult::String(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            regions.sort();
+            let name = match account.attr("name").and_then(Result::ok) {
+                Some(EvalResult::String(name)) => Some(name.chars().take(MAX_NAME).collect::<String>()),
+                _ => None,
+            };
+            let name = name.filter(|n| !n.is_empty());
+            accounts.push(PoolAccount { id: uid.id().unescaped().to_owned(), name, regions, class });
+        }
+        match observation.by_uid() {
+            Some(reason) => tracing::info!(
+                accounts = accounts.len(),
+                reason,
+                snapshot = %snapshot.version(),
+                "account pool: the UseAccount policies can tell accounts apart by id, so a list decides every account on its own"
+            ),
+            None => tracing::debug!(
+                accounts = accounts.len(),
+                classes = next_class,
+                attributes = %observation.attrs().collect::<Vec<_>>().join(","),
+                snapshot = %snapshot.version(),
+                "account pool indexed"
+            ),
+        }
+        Self { accounts }
+    }
+}
+
 /// Every pool account with at least one region the user may use, sorted by account id:
 /// `AccountInfo` items within the public limits. Each account and region is the same
-/// question validate asks, decided by the same policies.
+/// question validate asks, decided by the same policies; an answer is shared with the
+/// other accounts of its class only when it carries no evaluation error (an error's
+/// message names the account it was evaluated for).
 fn authorized_accounts(
     authorizer: &Authorizer,
     snapshot: &PolicySnapshot,
     asked: &Question<'_>,
     request_id: &str,
 ) -> Vec<Value> {
-    let Some(account_type) = &asked.account_type else { return Vec::new() };
-    // region -> its context, once it has passed the schema check
-    let mut contexts: HashMap<String, Context> = HashMap::new();
+    let index = snapshot.derived(PoolIndex::build);
+    let mut contexts = HashMap::new();
+    let mut decided: HashMap<(usize, &str), Rc<Result<Decision, Refusal>>> = HashMap::new();
     let mut items = Vec::new();
-    for uid in snapshot.entities_of_type(account_type).iter() {
-        let Some(account) = snapshot.entities().get(uid) else { continue };
-        let id = uid.id().unescaped();
-        let mut regions: Vec<String> = match account.attr("regions").and_then(Result::ok) {
-            Some(EvalResult::Set(set)) => set
-                .iter()
-                .filter_map(|r| match r {
-                    EvalResult::String(s) => Some(s.clone()),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        regions.sort();
-        let permitted: Vec<String> = regions
-            .into_iter()
-            .filter(|region| {
-                let request = match contexts.get(region.as_str()) {
-                    Some(context) => asked.request(id, context.clone(), None),
-                    None => asked.context(region).and_then(|context| {
-                        let request = asked.request(id, context.clone(), Some(snapshot.schema()))?;
-                        contexts.insert(region.clone(), context);
-                        Ok(request)
-                    }),
+    for account in &index.accounts {
+        let id = account.id.as_str();
+        let permitted: Vec<&str> = account
+            .regions
+            .iter()
+            .map(String::as_str)
+            .filter(|&region| {
+                let decision = if !is_account_id(id) {
+                    Rc::new(Err(Refusal::BadAccountId))
+                } else if let Some(shared) = decided.get(&(account.class, region)) {
+                    Rc::clone(shared)
+                } else {
+                    let decision = Rc::new(asked.decide(authorizer, snapshot, &mut contexts, id, region));
+                    if matches!(&*decision, Ok(d) if d.errors.is_empty()) {
+                        decided.insert((account.class, region), Rc::clone(&decision));
+                    }
+                    decision
                 };
-                let decision = request.map(|request| decide_prepared(authorizer, snapshot, &request));
                 asked.audit(tracing::Level::DEBUG, snapshot, request_id, id, region, &decision)
             })
             .take(MAX_REGIONS)
@@ -323,11 +416,8 @@ fn authorized_accounts(
         // the order of AWS's sample: id, name, regions
         let mut item = serde_json::Map::new();
         item.insert("awsAccountId".into(), json!(id));
-        if let Some(EvalResult::String(name)) = account.attr("name").and_then(Result::ok) {
-            let name: String = name.chars().take(MAX_NAME).collect();
-            if !name.is_empty() {
-                item.insert("awsAccountName".into(), json!(name));
-            }
+        if let Some(name) = &account.name {
+            item.insert("awsAccountName".into(), json!(name));
         }
         item.insert("supportedRegions".into(), json!(permitted));
         items.push(Value::Object(item));

@@ -7,6 +7,7 @@
 //! (see [`super::PolicyStore`]). Per-snapshot caches live inside the snapshot, so a new
 //! snapshot starts with empty caches and can never serve a stale entity.
 
+use std::any::{Any, TypeId};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
@@ -159,6 +160,9 @@ pub struct PolicySnapshot {
     /// context that had it (see [`PolicySnapshot::learn_context_kind`]). Attribute names
     /// come from the configuration, so this stays small.
     context_kinds: RwLock<HashMap<EntityUid, HashMap<String, ContextValueKind>>>,
+    /// Values derived from this snapshot by other modules, one per type, built on first
+    /// use (see [`PolicySnapshot::derived`]).
+    derived: RwLock<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
 impl fmt::Debug for PolicySnapshot {
@@ -253,6 +257,7 @@ impl PolicySnapshot {
             slices: Cache::builder().max_capacity(SLICE_CACHE_CAPACITY).build(),
             principals: Cache::builder().max_capacity(PRINCIPAL_CACHE_CAPACITY).build(),
             context_kinds: RwLock::new(HashMap::new()),
+            derived: RwLock::new(HashMap::new()),
         })
     }
 
@@ -441,6 +446,28 @@ impl PolicySnapshot {
     pub fn context_kind(&self, action: &EntityUid, attr: &str) -> Option<ContextValueKind> {
         let kinds = self.context_kinds.read().ok()?;
         kinds.get(action)?.get(attr).copied()
+    }
+
+    /// The value of type `T` derived from this snapshot: built by `build` the first time
+    /// it is asked for, then kept (and dropped) with the snapshot. For indexes that only
+    /// one caller needs (e.g. the account pool's), so this module need not know them.
+    /// Two first callers at once may both build; the first to finish is kept.
+    pub fn derived<T: Any + Send + Sync>(&self, build: impl FnOnce(&Self) -> T) -> Arc<T> {
+        let key = TypeId::of::<T>();
+        let stored = |map: &HashMap<TypeId, Arc<dyn Any + Send + Sync>>| {
+            map.get(&key).and_then(|value| Arc::clone(value).downcast::<T>().ok())
+        };
+        if let Some(value) = self.derived.read().ok().and_then(|map| stored(&map)) {
+            return value;
+        }
+        let built = Arc::new(build(self));
+        match self.derived.write() {
+            Ok(mut map) => {
+                let kept = map.entry(key).or_insert_with(|| Arc::clone(&built) as Arc<dyn Any + Send + Sync>);
+                Arc::clone(kept).downcast::<T>().unwrap_or(built)
+            }
+            Err(_) => built,
+        }
     }
 
     /// Remember how `attr` of `action`'s context is built from a string.
