@@ -5,7 +5,9 @@
 //! (`validateAccountAuthorization`, GRANT or DENY). Both are the one Cedar question
 //! `DataZone::Action::"UseAccount"`: validate asks it once; list asks it for every
 //! account and region of the pools and returns those answered allow, so the two can
-//! never disagree. Parse, then authorize, then answer: the event is parsed tolerantly
+//! never disagree. A list asks Cedar once per region for each class of accounts that no
+//! policy can tell apart ([`ResourceObservation`]), so a thousand look-alike accounts
+//! cost a handful of decisions. Parse, then authorize, then answer: the event is parsed tolerantly
 //! into a closed [`Operation`] (exactly one request; unknown fields ignored), and an
 //! event that is neither, both, or not JSON is an error, never a GRANT.
 

@@ -13,6 +13,7 @@
 //! Each phase returns early with an [`ApiError`]; `rescue` turns it into the response.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -98,7 +99,7 @@ async fn run(
     // An account-pool route has no question of its own: its handler asks one per
     // account and region of the event (and audits each).
     let Some(authz) = &route.authz else {
-        return account_pool(&snapshot, &body, request_id);
+        return account_pool(snapshot, &body, request_id).await;
     };
 
     // 6. authorize
@@ -203,10 +204,17 @@ async fn run(
 }
 
 /// The HTTP form of the account-pool handler: the event in, the answer out, byte for
-/// byte what the Lambda form answers.
-fn account_pool(snapshot: &PolicySnapshot, body: &[u8], request_id: &str) -> Result<Response<Body>, ApiError> {
-    use crate::handlers::account_pool::{EventError, apply, parse};
-    let answer = parse(body).and_then(|operation| apply(snapshot, &operation, request_id)).map_err(|e| {
+/// byte what the Lambda form answers. A list asks a question per account and region (a
+/// millisecond for a thousand look-alike accounts, tens when every account differs), so
+/// it runs on the blocking pool rather than holding up an async worker; a validation is
+/// one decision and runs here.
+async fn account_pool(
+    snapshot: Arc<PolicySnapshot>,
+    body: &[u8],
+    request_id: &str,
+) -> Result<Response<Body>, ApiError> {
+    use crate::handlers::account_pool::{EventError, Operation, apply, parse};
+    let refused = |e: EventError| {
         tracing::info!(request_id, error = %e, "account-pool event refused");
         match e {
             EventError::NotJson(_) => ApiError::BadRequest("the event is not a JSON object"),
@@ -214,7 +222,18 @@ fn account_pool(snapshot: &PolicySnapshot, body: &[u8], request_id: &str) -> Res
             EventError::BothOperations => ApiError::BadRequest("the event names both operations"),
             EventError::BadNextToken => ApiError::BadRequest("nextToken is not one this handler issued"),
         }
-    })?;
+    };
+    let operation = parse(body).map_err(refused)?;
+    let answer = match operation {
+        Operation::Validate(_) => apply(&snapshot, &operation, request_id),
+        Operation::List(_) => {
+            let id = request_id.to_owned();
+            tokio::task::spawn_blocking(move || apply(&snapshot, &operation, &id))
+                .await
+                .map_err(|_| ApiError::Internal)?
+        }
+    }
+    .map_err(refused)?;
     Ok(json_response(http::StatusCode::OK, answer.to_string()))
 }
 
