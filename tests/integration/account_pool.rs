@@ -241,6 +241,24 @@ fn generated_snapshot(extra: &[bool], looks: &[Look], accounts: &[GeneratedAccou
     PolicySnapshot::from_sources(&sources, SnapshotSource::Files(dirs), 1).unwrap()
 }
 
+#[test]
+fn look_alike_accounts_share_one_class_unless_a_policy_uses_the_account_as_a_value() {
+    use authz_sidecar::handlers::account_pool::list_sharing;
+    let look: Look = [0, 0, 0, 0, 0, 0];
+    let alike: Vec<GeneratedAccount> = (0..30).map(|n| (n, 0, None)).collect();
+    let shipped = list_sharing(&generated_snapshot(&[false; 7], &[look], &[]));
+    let grown = list_sharing(&generated_snapshot(&[false; 7], &[look], &alike));
+    // 30 new accounts, one new class
+    assert_eq!(grown.accounts, shipped.accounts + 30);
+    assert_eq!(grown.classes, shipped.classes + 1, "{grown:?}");
+    assert_eq!(grown.by_uid, None);
+    let mut by_value = [false; 7];
+    by_value[6] = true;
+    let apart = list_sharing(&generated_snapshot(&by_value, &[look], &alike));
+    assert_eq!(apart.classes, apart.accounts, "{apart:?}");
+    assert!(apart.by_uid.unwrap().contains("`resource` used as a value"));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(60))]
 

@@ -65,6 +65,21 @@ fn validate_passes_on_the_shipped_files_with_a_one_line_summary() {
 }
 
 #[test]
+fn validate_notes_a_policy_that_makes_account_lists_decide_every_account_alone() {
+    let ws = Workspace::shipped();
+    ws.write_policy(
+        "by-value.cedar",
+        "@id(\"never-this-account\")\nforbid (principal, action == DataZone::Action::\"UseAccount\", resource)\n\
+         when { [resource].contains(DataZone::Account::\"333333333333\") };\n",
+    );
+    let out = ws.cli(&["validate"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("valid: 9 policies"), "{}", out.stdout);
+    assert!(out.stderr.starts_with("note: account-pool lists will decide each of the "), "{}", out.stderr);
+    assert!(out.stderr.contains("`resource` used as a value"), "{}", out.stderr);
+}
+
+#[test]
 fn validate_names_file_line_and_column_of_a_syntax_error() {
     let ws = Workspace::shipped();
     ws.write_policy("broken.cedar", "@id(\"broken\")\npermit (principal, action, resource) when { principal == };\n");

@@ -27,5 +27,14 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         args.sources.entities.display(),
         snapshot.version(),
     );
+    let sharing = crate::handlers::account_pool::list_sharing(&snapshot);
+    if let (Some(reason), true) = (&sharing.by_uid, sharing.accounts > 0) {
+        let _ = writeln!(
+            err,
+            "note: account-pool lists will decide each of the {} accounts on its own, because a UseAccount \
+             policy can tell accounts apart by id: {reason}",
+            sharing.accounts
+        );
+    }
     exit::OK
 }

@@ -308,6 +308,27 @@ fn uid(type_name: &str, id: &str) -> Option<EntityUid> {
 /// and a list decides each class and region once, however many accounts share them.
 struct PoolIndex {
     accounts: Vec<PoolAccount>,
+    classes: usize,
+    /// Why the policies can tell accounts apart by id, when they can.
+    by_uid: Option<String>,
+}
+
+/// How lists over a snapshot's pool are decided (for `authz-sidecar validate` and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListSharing {
+    /// Pool accounts (`DataZone::Account` entities).
+    pub accounts: usize,
+    /// Classes of accounts that no `UseAccount` policy can tell apart; a list makes one
+    /// decision per class and region.
+    pub classes: usize,
+    /// Why every account is its own class, when a policy uses the account as a value.
+    pub by_uid: Option<String>,
+}
+
+/// How lists over `snapshot`'s pool are decided (builds the pool index if need be).
+pub fn list_sharing(snapshot: &PolicySnapshot) -> ListSharing {
+    let index = snapshot.derived(PoolIndex::build);
+    ListSharing { accounts: index.accounts.len(), classes: index.classes, by_uid: index.by_uid.clone() }
 }
 
 struct PoolAccount {
@@ -322,7 +343,7 @@ impl PoolIndex {
         let (Some(action), Ok(account_type)) =
             (uid("DataZone::Action", "UseAccount"), EntityTypeName::from_str("DataZone::Account"))
         else {
-            return Self { accounts: Vec::new() };
+            return Self { accounts: Vec::new(), classes: 0, by_uid: None };
         };
         let observation = ResourceObservation::of(snapshot.policies_for(&action), &account_type);
         let mut classes: BTreeMap<View, usize> = BTreeMap::new();
@@ -371,7 +392,7 @@ impl PoolIndex {
                 "account pool indexed"
             ),
         }
-        Self { accounts }
+        Self { accounts, classes: next_class, by_uid: observation.by_uid().map(str::to_owned) }
     }
 }
 
