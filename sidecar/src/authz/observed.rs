@@ -143,7 +143,7 @@ impl Walk {
     fn scope(&mut self, scope: &Value) {
         match scope.get("op").and_then(Value::as_str) {
             Some("All") => {}
-            Some("==") => match scope.get("entity").and_then(|e| EntityUid::from_json(e.clone()).ok()) {
+            Some("==") => match scope_entity(scope) {
                 Some(uid) => {
                     self.reads.identities.insert(uid);
                 }
@@ -161,7 +161,7 @@ impl Walk {
 
     /// `in` a literal entity (or a template slot, whose linked value is not known here).
     fn scope_membership(&mut self, constraint: &Value) {
-        match constraint.get("entity").and_then(|e| EntityUid::from_json(e.clone()).ok()) {
+        match scope_entity(constraint) {
             Some(uid) => {
                 self.reads.memberships.insert(uid);
             }
@@ -288,6 +288,11 @@ impl Walk {
             None => self.by_uid("an operator without its operand"),
         }
     }
+}
+
+/// The literal entity of a scope constraint (`None` for a template slot).
+fn scope_entity(constraint: &Value) -> Option<EntityUid> {
+    EntityUid::from_json(constraint.get("entity")?.clone()).ok()
 }
 
 /// A literal entity, or a literal set of them (`Pool::"p"`, `[Pool::"p", Pool::"q"]`).

@@ -179,8 +179,8 @@ impl<'a> Question<'a> {
         Self {
             user,
             principal: user.and_then(|user| uid("DataZone::User", user)),
-            action: uid("DataZone::Action", "UseAccount"),
-            account_type: EntityTypeName::from_str("DataZone::Account").ok(),
+            action: use_account(),
+            account_type: account_type(),
             fixed_context,
         }
     }
@@ -297,6 +297,16 @@ fn is_account_id(id: &str) -> bool {
     id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// The action both operations ask.
+fn use_account() -> Option<EntityUid> {
+    uid("DataZone::Action", "UseAccount")
+}
+
+/// The type of pool accounts.
+fn account_type() -> Option<EntityTypeName> {
+    EntityTypeName::from_str("DataZone::Account").ok()
+}
+
 fn uid(type_name: &str, id: &str) -> Option<EntityUid> {
     Some(EntityUid::from_type_name_and_id(EntityTypeName::from_str(type_name).ok()?, EntityId::new(id)))
 }
@@ -340,9 +350,7 @@ struct PoolAccount {
 
 impl PoolIndex {
     fn build(snapshot: &PolicySnapshot) -> Self {
-        let (Some(action), Ok(account_type)) =
-            (uid("DataZone::Action", "UseAccount"), EntityTypeName::from_str("DataZone::Account"))
-        else {
+        let (Some(action), Some(account_type)) = (use_account(), account_type()) else {
             return Self { accounts: Vec::new(), classes: 0, by_uid: None };
         };
         let observation = ResourceObservation::of(snapshot.policies_for(&action), &account_type);
@@ -351,14 +359,15 @@ impl PoolIndex {
         let mut accounts = Vec::new();
         for uid in snapshot.entities_of_type(&account_type).iter() {
             let Some(account) = snapshot.entities().get(uid) else { continue };
-            let fresh = next_class;
-            let class = match observation.view(snapshot.entities(), uid) {
-                Some(view) => *classes.entry(view).or_insert(fresh),
-                None => fresh,
-            };
-            if class == fresh {
+            // a new view, or no view at all, starts a class of its own
+            let mut new_class = || {
                 next_class += 1;
-            }
+                next_class - 1
+            };
+            let class = match observation.view(snapshot.entities(), uid) {
+                Some(view) => *classes.entry(view).or_insert_with(new_class),
+                None => new_class(),
+            };
             let mut regions: Vec<String> = match account.attr("regions").and_then(Result::ok) {
                 Some(EvalResult::Set(set)) => set
                     .iter()
@@ -371,10 +380,9 @@ impl PoolIndex {
             };
             regions.sort();
             let name = match account.attr("name").and_then(Result::ok) {
-                Some(EvalResult::String(name)) => Some(name.chars().take(MAX_NAME).collect::<String>()),
+                Some(EvalResult::String(name)) if !name.is_empty() => Some(name.chars().take(MAX_NAME).collect()),
                 _ => None,
             };
-            let name = name.filter(|n| !n.is_empty());
             accounts.push(PoolAccount { id: uid.id().unescaped().to_owned(), name, regions, class });
         }
         match observation.by_uid() {
