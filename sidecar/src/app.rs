@@ -63,7 +63,7 @@ impl App {
         }
         let router = Router::new(&config.routes)?;
         let jwks_client = http_client::client(Duration::from_secs(5)).map_err(|e| e.to_string())?;
-        let authn = Authenticator::new(&config.issuers, &config.principal.id_claim, &jwks_client);
+        let authn = Authenticator::new(&config.issuers, &config.principal, &jwks_client);
         let mut upstreams = HashMap::new();
         for route in &config.routes {
             if let Handler::Forward(upstream) = &route.handler {
@@ -299,16 +299,21 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: CancellationToke
     // Background tasks end with `tasks`, which is cancelled after the listeners drain.
     let tasks = CancellationToken::new();
     tokio::spawn(app.clone().load_policies(tasks.clone()));
+    tokio::spawn(crate::telemetry::upkeep(metrics.clone(), crate::telemetry::UPKEEP_INTERVAL, tasks.clone()));
     tokio::spawn(app.clone().load_keys(tasks.clone()));
 
-    let limits = ConnLimits::from_config(&app.config.server);
+    let soft = server::limits::nofile().map(|(soft, _)| soft);
+    let max_connections = server::limits::max_connections(app.config.server.max_connections, soft);
+    tracing::info!(max_connections, descriptor_limit = soft, "data-plane connection cap");
+    let limits = ConnLimits::from_config(&app.config.server, max_connections);
+    let admin_limits = limits.admin();
     let data_app = app.clone();
     let data = server::serve(listeners.data, tls, limits.clone(), shutdown.clone(), move |request, peer| {
         let app = data_app.clone();
         async move { server::pipeline::handle(&app, request, peer).await }
     });
     let admin_app = app.clone();
-    let admin = server::serve(listeners.admin, None, limits, shutdown.clone(), move |request, _peer| {
+    let admin = server::serve(listeners.admin, None, admin_limits, shutdown.clone(), move |request, _peer| {
         let app = admin_app.clone();
         let metrics = metrics.clone();
         async move { crate::admin::handle(&app, &metrics, request) }

@@ -15,6 +15,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
+/// Idle connections kept per upstream host.
+pub const MAX_IDLE_PER_HOST: usize = 256;
+
 /// A client that speaks http and https (webpki roots), HTTP/1.1 and HTTP/2.
 pub fn client(connect_timeout: Duration) -> Result<HttpClient, rustls::Error> {
     let mut http = HttpConnector::new();
@@ -27,5 +30,9 @@ pub fn client(connect_timeout: Duration) -> Result<HttpClient, rustls::Error> {
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(https))
+    // idle pooled connections are descriptors too: keep a bounded number per host
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+        .build(https))
 }

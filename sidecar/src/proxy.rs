@@ -1,22 +1,35 @@
 //! Forwarding an allowed call to its upstream.
 //!
 //! Header hygiene, in order: hop-by-hop headers (and any the `Connection` header names)
-//! are removed; every incoming header with the sidecar's `x-authz-` prefix is removed,
-//! so a client cannot forge the identity headers; `Authorization` is removed unless the
-//! route passes it on; then the sidecar adds the verified identity and decision.
+//! are removed; every client header the sidecar speaks for is removed, under its own
+//! name *and every spelling an upstream could fold into it* (`x_authz_principal` is
+//! `X-Authz-Principal` to a CGI/WSGI server: names are compared lower-cased with `_`
+//! read as `-`): the `x-authz-` identity headers, the route's strip list (request-routing
+//! and client-address headers, see [`crate::config::DEFAULT_STRIPPED_HEADERS`]), the
+//! forwarded-for header (the sidecar writes its own), and the VPC endpoint header unless
+//! a trusted proxy set it. `Authorization` is removed unless the route passes it on. Then
+//! the sidecar adds the verified identity and decision. The same removal runs in
+//! `enforce` and `dry-run` modes.
+//!
+//! The body is streamed, never buffered: it is read only after the decision, bounded by
+//! `max_body_bytes` as it flows (413 past it, 400 when the client's framing is broken).
 //! The upstream has a connect timeout (502 when it cannot be reached) and a response
 //! timeout (504).
 
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::config::Upstream;
-use crate::http_client::{Body, HttpClient};
-use crate::rescue::{ApiError, full};
+use crate::http_client::{Body, BoxError, HttpClient};
+use crate::rescue::ApiError;
 
 /// Headers the sidecar sets on forwarded requests; incoming ones with this prefix are dropped.
 pub const IDENTITY_PREFIX: &str = "x-authz-";
@@ -25,6 +38,7 @@ pub const ISSUER_HEADER: HeaderName = HeaderName::from_static("x-authz-issuer");
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-authz-request-id");
 pub const DECISION_HEADER: HeaderName = HeaderName::from_static("x-authz-decision");
 pub const POLICIES_HEADER: HeaderName = HeaderName::from_static("x-authz-policies");
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
@@ -54,6 +68,45 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A header name as an upstream may read it: lower-cased (already, in `http`), with `_`
+/// read as `-`.
+fn folded(name: &HeaderName) -> std::borrow::Cow<'_, str> {
+    let text = name.as_str();
+    if text.contains('_') { std::borrow::Cow::Owned(text.replace('_', "-")) } else { std::borrow::Cow::Borrowed(text) }
+}
+
+/// What to remove from a client's headers before the upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct Hygiene<'a> {
+    /// The route's strip list.
+    pub strip: &'a [HeaderName],
+    /// The forwarded-for header the sidecar reads (the sidecar writes `x-forwarded-for`).
+    pub forwarded_for: &'a HeaderName,
+    /// The VPC endpoint header, and whether a trusted proxy set it (only then is it kept).
+    pub vpce: &'a HeaderName,
+    pub vpce_believed: bool,
+    pub pass_authorization: bool,
+}
+
+/// Remove every client header the sidecar speaks for (see the module documentation).
+pub fn strip_client_headers(headers: &mut HeaderMap, hygiene: &Hygiene<'_>) {
+    strip_hop_by_hop(headers);
+    let spoken_for = |name: &HeaderName| -> bool {
+        let folded = folded(name);
+        let is = |other: &HeaderName| folded == other.as_str();
+        folded.starts_with(IDENTITY_PREFIX)
+            || hygiene.strip.iter().any(is)
+            || is(hygiene.forwarded_for)
+            || is(&FORWARDED_FOR)
+            || (is(hygiene.vpce) && !(hygiene.vpce_believed && name == hygiene.vpce))
+            || (is(&header::AUTHORIZATION) && !(hygiene.pass_authorization && name == header::AUTHORIZATION))
+    };
+    let doomed: Vec<HeaderName> = headers.keys().filter(|name| spoken_for(name)).cloned().collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
 /// What the sidecar vouches for on a forwarded call.
 #[derive(Debug, Clone)]
 pub struct Vouch {
@@ -71,24 +124,100 @@ pub struct Outgoing<'a> {
     pub method: http::Method,
     pub headers: HeaderMap,
     pub path_and_query: String,
-    pub body: Bytes,
+    pub body: ClientBody,
     pub vouch: &'a Vouch,
+    pub hygiene: Hygiene<'a>,
+}
+
+/// Why the client's body stopped flowing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    /// Past `max_body_bytes`: 413.
+    TooLarge,
+    /// The client's framing was broken (a malformed chunk, a connection cut short): 400.
+    Malformed,
+}
+
+/// The client's request body on its way out: bounded as it flows, and remembering why
+/// it failed, so that an upstream call that fails because of the *client's* body is
+/// answered 413 or 400, not 502.
+pub struct ClientBody {
+    inner: Pin<Box<Limited<hyper::body::Incoming>>>,
+    fault: Arc<OnceLock<BodyFault>>,
+}
+
+impl std::fmt::Debug for ClientBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBody").field("fault", &self.fault.get()).finish_non_exhaustive()
+    }
+}
+
+impl ClientBody {
+    pub fn new(body: hyper::body::Incoming, limit: usize) -> Self {
+        Self { inner: Box::pin(Limited::new(body, limit)), fault: Arc::new(OnceLock::new()) }
+    }
+
+    /// A handle on why the body failed, readable after the body is gone.
+    pub fn fault(&self) -> Arc<OnceLock<BodyFault>> {
+        self.fault.clone()
+    }
+
+    /// Read it all (for handlers that need the bytes): 413 or 400 on a fault.
+    pub async fn collect(self) -> Result<Bytes, ApiError> {
+        match BodyExt::collect(self).await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(error) => {
+                Err(fault_of(&error).map_or(ApiError::BadRequest("the request body is malformed"), ApiError::from))
+            }
+        }
+    }
+}
+
+impl From<BodyFault> for ApiError {
+    fn from(fault: BodyFault) -> Self {
+        match fault {
+            BodyFault::TooLarge => Self::PayloadTooLarge,
+            BodyFault::Malformed => Self::BadRequest("the request body is malformed"),
+        }
+    }
+}
+
+fn fault_of(error: &BoxError) -> Option<BodyFault> {
+    if error.downcast_ref::<LengthLimitError>().is_some() {
+        Some(BodyFault::TooLarge)
+    } else {
+        Some(BodyFault::Malformed)
+    }
+}
+
+impl HttpBody for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = self.inner.as_mut().poll_frame(cx);
+        if let Poll::Ready(Some(Err(error))) = &polled
+            && let Some(fault) = fault_of(error)
+        {
+            let _ = self.fault.set(fault);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 pub async fn forward(client: &HttpClient, upstream: &Upstream, call: Outgoing<'_>) -> Result<Response<Body>, ApiError> {
     let uri = upstream_uri(&upstream.base, &call.path_and_query).ok_or(ApiError::Internal)?;
     let mut headers = call.headers;
-    strip_hop_by_hop(&mut headers);
-    let forged: Vec<HeaderName> =
-        headers.keys().filter(|name| name.as_str().starts_with(IDENTITY_PREFIX)).cloned().collect();
-    for name in forged {
-        headers.remove(name);
-    }
-    if !upstream.pass_authorization {
-        headers.remove(header::AUTHORIZATION);
-    }
+    strip_client_headers(&mut headers, &call.hygiene);
     headers.remove(header::HOST);
-    headers.remove(header::CONTENT_LENGTH);
     let vouch = call.vouch;
     let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
         if let Ok(value) = HeaderValue::from_str(value) {
@@ -100,9 +229,10 @@ pub async fn forward(client: &HttpClient, upstream: &Upstream, call: Outgoing<'_
     set(&mut headers, REQUEST_ID_HEADER, &vouch.request_id);
     set(&mut headers, DECISION_HEADER, vouch.decision);
     set(&mut headers, POLICIES_HEADER, &vouch.policies.join(","));
-    set(&mut headers, HeaderName::from_static("x-forwarded-for"), &vouch.source_ip.to_string());
+    set(&mut headers, FORWARDED_FOR, &vouch.source_ip.to_string());
 
-    let mut request = Request::new(full(call.body));
+    let fault = call.body.fault();
+    let mut request = Request::new(call.body.boxed_unsync());
     *request.method_mut() = call.method;
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
@@ -113,6 +243,9 @@ pub async fn forward(client: &HttpClient, upstream: &Upstream, call: Outgoing<'_
     let response = match result {
         Err(_) => return Err(ApiError::GatewayTimeout),
         Ok(Err(e)) => {
+            if let Some(fault) = fault.get() {
+                return Err(ApiError::from(*fault));
+            }
             tracing::warn!(request_id = %vouch.request_id, error = %e, "upstream request failed");
             return Err(ApiError::BadGateway);
         }
@@ -120,7 +253,7 @@ pub async fn forward(client: &HttpClient, upstream: &Upstream, call: Outgoing<'_
     };
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let body = body.map_err(|e| -> crate::http_client::BoxError { Box::new(e) }).boxed_unsync();
+    let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
     Ok(Response::from_parts(parts, body))
 }
 
@@ -161,5 +294,59 @@ mod tests {
         );
         let base: Uri = "https://up.example".parse().unwrap();
         assert_eq!(upstream_uri(&base, "/a").unwrap().to_string(), "https://up.example/a");
+    }
+
+    #[test]
+    fn spoken_for_headers_go_under_every_spelling() {
+        let strip: Vec<HeaderName> =
+            crate::config::DEFAULT_STRIPPED_HEADERS.iter().map(|h| HeaderName::from_static(h)).collect();
+        let vpce = HeaderName::from_static("x-amzn-vpce-id");
+        let xff = HeaderName::from_static("x-forwarded-for");
+        let hygiene =
+            Hygiene { strip: &strip, forwarded_for: &xff, vpce: &vpce, vpce_believed: true, pass_authorization: false };
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("x-authz-principal", "Studio::User::\"admin\""),
+            ("x_authz_principal", "Studio::User::\"admin\""),
+            ("x-authz_decision", "allow"),
+            ("x_original_url", "/admin"),
+            ("x-original-url", "/admin"),
+            ("x-http-method-override", "DELETE"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-real-ip", "10.1.2.3"),
+            ("forwarded", "for=10.1.2.3"),
+            ("x_forwarded_for", "10.1.2.3"),
+            ("x_amzn_vpce_id", "vpce-forged"),
+            ("x-amzn-vpce-id", "vpce-0a1a000000000001a"),
+            ("authorization", "Bearer t"),
+            ("x_authorization", "keep: not spoken for"),
+            ("x-app", "1"),
+        ] {
+            h.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        }
+        strip_client_headers(&mut h, &hygiene);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["x-amzn-vpce-id", "x-app", "x_authorization"]);
+        // an endpoint header no trusted proxy set is removed too
+        let untrusted = Hygiene { vpce_believed: false, ..hygiene };
+        strip_client_headers(&mut h, &untrusted);
+        assert!(!h.contains_key("x-amzn-vpce-id"));
+    }
+
+    #[test]
+    fn a_route_keeps_or_adds_to_the_strip_list() {
+        let strip = [HeaderName::from_static("x-tenant")];
+        let (vpce, xff) = (HeaderName::from_static("x-amzn-vpce-id"), HeaderName::from_static("x-client"));
+        let hygiene =
+            Hygiene { strip: &strip, forwarded_for: &xff, vpce: &vpce, vpce_believed: false, pass_authorization: true };
+        let mut h = HeaderMap::new();
+        for name in ["x-tenant", "x_tenant", "x-forwarded-host", "x-client", "x-forwarded-for", "authorization"] {
+            h.append(HeaderName::from_static(name), "v".parse().unwrap());
+        }
+        strip_client_headers(&mut h, &hygiene);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["authorization", "x-forwarded-host"]);
     }
 }

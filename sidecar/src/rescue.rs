@@ -24,6 +24,8 @@ pub enum ApiError {
     NotFound,
     #[error("request body too large")]
     PayloadTooLarge,
+    #[error("request headers too large")]
+    HeadersTooLarge,
     #[error("too many requests")]
     Overloaded,
     #[error("not ready")]
@@ -50,6 +52,7 @@ impl ApiError {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadGateway | Self::AwsDenied(_) => StatusCode::BAD_GATEWAY,
@@ -65,10 +68,12 @@ impl ApiError {
         match self {
             Self::BadRequest(why) => format!("bad request: {why}"),
             Self::Unauthenticated(AuthnError::Missing) => "a bearer token is required".to_owned(),
+            Self::Unauthenticated(AuthnError::Ambiguous) => "send exactly one Authorization header".to_owned(),
             Self::Unauthenticated(_) => "the bearer token is not valid".to_owned(),
             Self::Forbidden => "the policy does not allow this request".to_owned(),
             Self::NotFound => "no route matches this method and path".to_owned(),
             Self::PayloadTooLarge => "the request body is too large".to_owned(),
+            Self::HeadersTooLarge => "the request headers are too large or too many".to_owned(),
             Self::Overloaded => "too many requests in flight; retry shortly".to_owned(),
             Self::NotReady => "the sidecar is not ready yet; retry shortly".to_owned(),
             Self::BadGateway => "the upstream could not be reached".to_owned(),
@@ -136,6 +141,7 @@ mod tests {
             (ApiError::Forbidden, 403),
             (ApiError::NotFound, 404),
             (ApiError::PayloadTooLarge, 413),
+            (ApiError::HeadersTooLarge, 431),
             (ApiError::Overloaded, 429),
             (ApiError::NotReady, 503),
             (ApiError::BadGateway, 502),

@@ -37,8 +37,24 @@ pub struct Running {
 }
 
 pub async fn start_binary(args: &[&str], env: &[(&str, &std::ffi::OsStr)], log: &std::path::Path) -> Running {
+    start_binary_in(Command::new(binary()), args, env, log).await
+}
+
+/// As [`start_binary`], under a descriptor limit of `nofile` (soft and hard, set by the
+/// shell before it becomes the sidecar).
+pub async fn start_binary_with_nofile(nofile: u64, args: &[&str], log: &std::path::Path) -> Running {
+    let mut command = Command::new("sh");
+    command.args(["-c", &format!("ulimit -n {nofile} && exec \"$0\" \"$@\"")]).arg(binary());
+    start_binary_in(command, args, &[], log).await
+}
+
+async fn start_binary_in(
+    mut command: Command,
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+    log: &std::path::Path,
+) -> Running {
     let (data_port, admin_port) = (free_port(), free_port());
-    let mut command = Command::new(binary());
     command
         .args(["serve", "--dev"])
         .args(["--listen", &format!("127.0.0.1:{data_port}"), "--admin-listen", &format!("127.0.0.1:{admin_port}")])

@@ -165,6 +165,7 @@ pub struct Setup {
     pub max_body_bytes: usize,
     pub max_concurrent: usize,
     pub header_read_timeout: &'static str,
+    pub idle_timeout: &'static str,
     pub extra: String,
 }
 
@@ -177,6 +178,7 @@ impl Default for Setup {
             max_body_bytes: 1024,
             max_concurrent: 64,
             header_read_timeout: "10s",
+            idle_timeout: "60s",
             extra: String::new(),
         }
     }
@@ -211,6 +213,7 @@ shutdown_grace = "5s"
 max_body_bytes = {max_body}
 max_concurrent_requests = {max_concurrent}
 header_read_timeout = "{header_timeout}"
+idle_timeout = "{idle_timeout}"
 
 [policies]
 dir = "{policies}"
@@ -247,6 +250,7 @@ upstream = "{upstream}"
         max_body = setup.max_body_bytes,
         max_concurrent = setup.max_concurrent,
         header_timeout = setup.header_read_timeout,
+        idle_timeout = setup.idle_timeout,
         policies = ws.policies().display(),
         entities = ws.entities().display(),
         trusted = setup.trusted_proxies,

@@ -15,6 +15,7 @@ mod binary;
 mod cli;
 mod cognito;
 mod data_plane_path;
+mod edge;
 mod engine;
 mod harness;
 mod lambda;

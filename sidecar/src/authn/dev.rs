@@ -50,6 +50,7 @@ impl DevIssuer {
             leeway: Duration::from_secs(5),
             refresh_min_interval: Duration::from_secs(3600),
             fetch_timeout: Duration::from_secs(1),
+            principal_id_prefix: String::new(),
         }
     }
 

@@ -4,6 +4,12 @@
 //!
 //! A failed refresh keeps the keys we have, so a JWKS outage never stops tokens signed
 //! with known keys, and never lets a token with an unknown key through.
+//!
+//! Each published key is read on its own and kept only if it can verify signatures:
+//! `use`, when present, must be `sig`; `key_ops`, when present, must hold `verify`; and
+//! a key whose `alg` is set verifies only tokens with that `alg`. A key the library
+//! cannot use is skipped with a log line and `authz_jwks_keys_skipped_total`; the rest
+//! of the set still loads.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,8 +17,10 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use http_body_util::{BodyExt, Empty, Limited};
-use jsonwebtoken::DecodingKey;
-use jsonwebtoken::jwk::JwkSet;
+use std::str::FromStr;
+
+use jsonwebtoken::jwk::{Jwk, KeyOperations, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
 
 use crate::config::{IssuerConfig, KeySource};
 use crate::http_client::HttpClient;
@@ -20,11 +28,27 @@ use crate::http_client::HttpClient;
 /// The largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
+/// One verification key and the algorithm its JWK pins (its `alg`), if any.
+#[derive(Clone)]
+struct Key {
+    decoding: DecodingKey,
+    alg: Option<Algorithm>,
+}
+
+impl Key {
+    /// The key, if it may verify a token signed with `alg`.
+    fn for_alg(&self, alg: Algorithm) -> Option<DecodingKey> {
+        self.alg.is_none_or(|pinned| pinned == alg).then(|| self.decoding.clone())
+    }
+}
+
 /// The usable keys of one JWKS.
 pub struct KeySet {
-    by_kid: HashMap<String, DecodingKey>,
+    by_kid: HashMap<String, Key>,
     /// Keys published without a `kid`; tried only for tokens without one.
-    without_kid: Vec<DecodingKey>,
+    without_kid: Vec<Key>,
+    /// Keys left out, and why (for the log line and metric).
+    skipped: Vec<(String, &'static str)>,
 }
 
 impl std::fmt::Debug for KeySet {
@@ -33,15 +57,68 @@ impl std::fmt::Debug for KeySet {
     }
 }
 
+/// Why a published key cannot verify tokens, or `None` when it can. A key that says
+/// it is for something else (`use` other than `sig`, `key_ops` without `verify`) is left
+/// out even when its type would work.
+fn unusable(jwk: &Jwk) -> Option<&'static str> {
+    if let Some(key_use) = &jwk.common.public_key_use
+        && *key_use != PublicKeyUse::Signature
+    {
+        return Some("use_not_sig");
+    }
+    if let Some(ops) = &jwk.common.key_operations
+        && !ops.contains(&KeyOperations::Verify)
+    {
+        return Some("key_ops_without_verify");
+    }
+    None
+}
+
 impl KeySet {
-    /// Parse a JWKS document, keeping every key jsonwebtoken can verify with (an
-    /// unsupported key type is skipped, not an error: issuers publish keys for others).
+    /// Parse a JWKS document, keeping every key that can verify signatures. Each key is
+    /// read on its own: one the library cannot use (another curve, an `OKP` key, an
+    /// unknown `alg`, an encryption key) is skipped and reported, never a reason to
+    /// drop the whole set. Only a set with no usable key at all is an error.
     pub fn parse(json: &[u8]) -> Result<Self, String> {
-        let set: JwkSet = serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
+        #[derive(serde::Deserialize)]
+        struct Document {
+            keys: Vec<serde_json::Value>,
+        }
+        let document: Document = serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
         let mut by_kid = HashMap::new();
         let mut without_kid = Vec::new();
-        for jwk in &set.keys {
-            let Ok(key) = DecodingKey::from_jwk(jwk) else { continue };
+        let mut skipped = Vec::new();
+        for (index, value) in document.keys.into_iter().enumerate() {
+            let label = value
+                .get("kid")
+                .and_then(serde_json::Value::as_str)
+                .map_or_else(|| format!("#{index}"), |kid| kid.chars().take(64).collect());
+            let jwk: Jwk = match serde_json::from_value(value) {
+                Ok(jwk) => jwk,
+                Err(_) => {
+                    skipped.push((label, "unsupported_key"));
+                    continue;
+                }
+            };
+            if let Some(reason) = unusable(&jwk) {
+                skipped.push((label, reason));
+                continue;
+            }
+            let alg = match jwk.common.key_algorithm {
+                None => None,
+                Some(pinned) => match Algorithm::from_str(&pinned.to_string()) {
+                    Ok(alg) => Some(alg),
+                    Err(_) => {
+                        skipped.push((label, "not_a_signing_alg"));
+                        continue;
+                    }
+                },
+            };
+            let Ok(decoding) = DecodingKey::from_jwk(&jwk) else {
+                skipped.push((label, "unsupported_key"));
+                continue;
+            };
+            let key = Key { decoding, alg };
             match &jwk.common.key_id {
                 Some(kid) => {
                     by_kid.insert(kid.clone(), key);
@@ -50,9 +127,9 @@ impl KeySet {
             }
         }
         if by_kid.is_empty() && without_kid.is_empty() {
-            return Err("the JWKS holds no usable key".to_owned());
+            return Err(format!("the JWKS holds no usable key ({} skipped)", skipped.len()));
         }
-        Ok(Self { by_kid, without_kid })
+        Ok(Self { by_kid, without_kid, skipped })
     }
 
     pub fn len(&self) -> usize {
@@ -61,6 +138,11 @@ impl KeySet {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The keys left out of the set, with the reason.
+    pub fn skipped(&self) -> &[(String, &'static str)] {
+        &self.skipped
     }
 }
 
@@ -95,28 +177,29 @@ impl IssuerKeys {
         self.keys.store(Some(Arc::new(keys)));
     }
 
-    fn lookup(&self, kid: Option<&str>) -> Option<DecodingKey> {
+    fn lookup(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
         let keys = self.keys.load();
         let keys = keys.as_ref()?;
         match kid {
-            Some(kid) => keys.by_kid.get(kid).cloned(),
-            None => keys.without_kid.first().cloned().or_else(|| {
+            Some(kid) => keys.by_kid.get(kid)?.for_alg(alg),
+            None => keys.without_kid.iter().find_map(|key| key.for_alg(alg)).or_else(|| {
                 // a single published key may be used by tokens that do not name it
-                if keys.by_kid.len() == 1 { keys.by_kid.values().next().cloned() } else { None }
+                if keys.by_kid.len() == 1 { keys.by_kid.values().next()?.for_alg(alg) } else { None }
             }),
         }
     }
 
-    /// The key for `kid`, refreshing the JWKS once if it is unknown and the last fetch
-    /// is older than the configured interval.
-    /// `None` when no key has that `kid` (or no keys are loaded yet).
-    pub async fn key_for(&self, kid: Option<&str>) -> Option<DecodingKey> {
-        if let Some(key) = self.lookup(kid) {
+    /// The key for `kid` that may verify `alg` (a key whose JWK pins another `alg` is
+    /// no key for this token), refreshing the JWKS once if there is none and the last
+    /// fetch is older than the configured interval.
+    /// `None` when no such key is published (or no keys are loaded yet).
+    pub async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
+        if let Some(key) = self.lookup(kid, alg) {
             return Some(key);
         }
         let mut last = self.last_fetch.lock().await;
         // another request may have refreshed while we waited for the lock
-        if let Some(key) = self.lookup(kid) {
+        if let Some(key) = self.lookup(kid, alg) {
             return Some(key);
         }
         if last.is_some_and(|t| t.elapsed() < self.config.refresh_min_interval) {
@@ -125,7 +208,7 @@ impl IssuerKeys {
         *last = Some(Instant::now());
         let _ = self.fetch_and_install().await;
         drop(last);
-        self.lookup(kid)
+        self.lookup(kid, alg)
     }
 
     /// Fetch now (start-up, periodic refresh), ignoring the interval. Keeps the old keys
@@ -154,6 +237,11 @@ impl IssuerKeys {
         match result {
             Ok(keys) => {
                 let count = keys.len();
+                for (kid, reason) in keys.skipped() {
+                    tracing::warn!(issuer = %self.config.issuer, kid = %kid, reason, "JWKS key skipped: it cannot verify tokens");
+                    metrics::counter!("authz_jwks_keys_skipped_total", "issuer" => self.config.issuer.clone(), "reason" => *reason)
+                        .increment(1);
+                }
                 metrics::counter!("authz_jwks_fetches_total", "issuer" => self.config.issuer.clone(), "result" => "success")
                     .increment(1);
                 tracing::info!(issuer = %self.config.issuer, keys = count, "JWKS loaded");
@@ -187,4 +275,54 @@ async fn fetch_url(client: &HttpClient, uri: &http::Uri, timeout: Duration) -> R
         .map_err(|_| format!("`{uri}` did not send its body within {timeout:?}"))?
         .map_err(|e| format!("`{uri}`: {e}"))?;
     Ok(body.to_bytes().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RSA_N: &str = "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw";
+
+    fn rsa(extra: serde_json::Value) -> serde_json::Value {
+        let mut key = serde_json::json!({"kty": "RSA", "n": RSA_N, "e": "AQAB"});
+        if let (Some(key), Some(extra)) = (key.as_object_mut(), extra.as_object()) {
+            key.extend(extra.clone());
+        }
+        key
+    }
+
+    fn parse(keys: Vec<serde_json::Value>) -> Result<KeySet, String> {
+        KeySet::parse(serde_json::json!({"keys": keys}).to_string().as_bytes())
+    }
+
+    #[test]
+    fn keys_the_library_cannot_use_are_skipped_not_fatal() {
+        let set = parse(vec![
+            serde_json::json!({"kty": "EC", "crv": "P-521", "kid": "p521", "x": "AQ", "y": "AQ"}),
+            serde_json::json!({"kty": "OKP", "crv": "X25519", "kid": "x25519", "x": "AQ"}),
+            serde_json::json!({"kty": "oct", "kid": "weird"}),
+            rsa(serde_json::json!({"kid": "enc", "use": "enc"})),
+            rsa(serde_json::json!({"kid": "wrap", "key_ops": ["wrapKey"]})),
+            rsa(serde_json::json!({"kid": "oaep", "alg": "RSA-OAEP"})),
+            rsa(serde_json::json!({"kid": "future", "alg": "RS999"})),
+            rsa(serde_json::json!({"kid": "good", "use": "sig", "alg": "RS256"})),
+        ])
+        .unwrap();
+        assert!(set.by_kid.contains_key("good"), "{set:?}");
+        for kid in ["x25519", "weird", "enc", "wrap", "oaep", "future"] {
+            assert!(!set.by_kid.contains_key(kid), "{kid} should be skipped: {set:?}");
+        }
+        let reasons: Vec<&str> = set.skipped().iter().map(|(_, r)| *r).collect();
+        assert!(reasons.contains(&"use_not_sig") && reasons.contains(&"key_ops_without_verify"), "{reasons:?}");
+        assert!(parse(vec![rsa(serde_json::json!({"kid": "enc", "use": "enc"}))]).is_err());
+    }
+
+    #[test]
+    fn a_key_pinned_to_an_alg_verifies_only_that_alg() {
+        let key = Key { decoding: DecodingKey::from_secret(b"x"), alg: Some(Algorithm::RS256) };
+        assert!(key.for_alg(Algorithm::RS256).is_some());
+        assert!(key.for_alg(Algorithm::PS256).is_none());
+        let open = Key { alg: None, ..key };
+        assert!(open.for_alg(Algorithm::PS256).is_some());
+    }
 }

@@ -3,10 +3,21 @@
 //!
 //! Per token: the issuer is chosen by the (unverified) `iss` claim among the configured
 //! ones, the algorithm must be on that issuer's allow-list (asymmetric only), the key is
-//! found by `kid` (refreshing the JWKS once if unknown), then jsonwebtoken checks the
-//! signature, `exp`, `nbf` and `iss`, and this module checks the audience (`aud` or
-//! Cognito's `client_id`) and `token_use`. Verified tokens are cached (moka, keyed by
-//! the token's SHA-256, never the token) until they expire.
+//! found by `kid` (refreshing the JWKS once if unknown) and must allow the token's
+//! algorithm (its `alg`, `use` and `key_ops`, see [`jwks`]), then jsonwebtoken checks
+//! the signature, `exp`, `nbf` and `iss`, and this module checks the audience and
+//! `token_use`. The audience is the claim that fits the token: a present `aud` must
+//! name a configured audience (ID tokens, OIDC access tokens); only a token with no
+//! `aud` that says it is a Cognito access token (`token_use: access`) is checked by its
+//! `client_id`. Verified tokens are cached (moka, keyed by the token's SHA-256, never
+//! the token) until they expire.
+//!
+//! A principal is bound to its issuer: its id is the issuer's `principal_id_prefix`
+//! followed by the subject. The config refuses two issuers with the same prefix, and a
+//! token whose id falls inside another issuer's longer prefix is refused, so no two
+//! issuers can mint the same principal (unless `issuers_share_principals` says they are
+//! one directory). A request with two `Authorization` headers is refused,
+//! never "the first wins".
 
 pub mod dev;
 mod jwks;
@@ -23,7 +34,7 @@ use sha2::{Digest, Sha256};
 
 pub use jwks::{IssuerKeys, KeySet};
 
-use crate::config::IssuerConfig;
+use crate::config::{IssuerConfig, PrincipalConfig};
 use crate::http_client::HttpClient;
 
 /// Why a request is unauthenticated. Every variant is a 401; the label goes to logs
@@ -42,6 +53,8 @@ pub enum AuthnError {
     UnknownKey,
     #[error("the token is invalid: {0}")]
     Invalid(&'static str),
+    #[error("the request has more than one Authorization header")]
+    Ambiguous,
 }
 
 impl AuthnError {
@@ -53,6 +66,7 @@ impl AuthnError {
             Self::AlgorithmNotAllowed => "algorithm",
             Self::UnknownKey => "unknown_key",
             Self::Invalid(reason) => reason,
+            Self::Ambiguous => "ambiguous",
         }
     }
 }
@@ -63,6 +77,8 @@ pub struct Identity {
     pub issuer: String,
     /// The value of the configured id claim.
     pub subject: String,
+    /// The id of the Cedar principal: the issuer's namespace prefix, then the subject.
+    pub principal_id: String,
     pub claims: Map<String, Value>,
     /// Unix seconds.
     pub expires_at: u64,
@@ -74,6 +90,9 @@ pub struct Identity {
 pub struct Authenticator {
     issuers: Vec<Arc<IssuerKeys>>,
     id_claim: String,
+    /// Keep each issuer's principals out of the others' longer prefixes (off when the
+    /// operator says the issuers are one user directory).
+    namespaced: bool,
     /// SHA-256 of a token → its identity, until the token expires.
     verified: Cache<[u8; 32], Arc<Identity>>,
 }
@@ -102,10 +121,11 @@ struct Peek {
 }
 
 impl Authenticator {
-    pub fn new(issuers: &[IssuerConfig], id_claim: &str, client: &HttpClient) -> Self {
+    pub fn new(issuers: &[IssuerConfig], principal: &PrincipalConfig, client: &HttpClient) -> Self {
         Self {
             issuers: issuers.iter().map(|c| Arc::new(IssuerKeys::new(c.clone(), client.clone()))).collect(),
-            id_claim: id_claim.to_owned(),
+            id_claim: principal.id_claim.clone(),
+            namespaced: !principal.issuers_share_principals,
             verified: Cache::builder().max_capacity(100_000).expire_after(UntilExpiry).build(),
         }
     }
@@ -121,7 +141,7 @@ impl Authenticator {
 
     /// Verify the bearer token of a request.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Identity>, AuthnError> {
-        let token = bearer_token(headers).ok_or(AuthnError::Missing)?;
+        let token = bearer_token(headers)?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(identity) = self.verified.get(&digest)
             && identity.expires_at > now_secs()
@@ -144,7 +164,7 @@ impl Authenticator {
         if !config.algorithms.contains(&header.alg) {
             return Err(AuthnError::AlgorithmNotAllowed);
         }
-        let key = issuer.key_for(header.kid.as_deref()).await.ok_or(AuthnError::UnknownKey)?;
+        let key = issuer.key_for(header.kid.as_deref(), header.alg).await.ok_or(AuthnError::UnknownKey)?;
 
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
@@ -181,28 +201,57 @@ impl Authenticator {
             .ok_or(AuthnError::Invalid("missing_id_claim"))?
             .to_owned();
         let expires_at = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
-        Ok(Identity { issuer: config.issuer.clone(), subject, claims, expires_at, token_digest })
+        let principal_id = format!("{}{subject}", config.principal_id_prefix);
+        if self.namespaced && self.in_another_namespace(config, &principal_id) {
+            return Err(AuthnError::Invalid("foreign_namespace"));
+        }
+        Ok(Identity { issuer: config.issuer.clone(), subject, principal_id, claims, expires_at, token_digest })
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+impl Authenticator {
+    /// Whether `principal_id`, minted by `issuer`, lies in another issuer's longer
+    /// prefix: with prefixes `""` and `partner/`, the first issuer's subject
+    /// `partner/alice` would be the partner's `alice`. Equal prefixes are refused when
+    /// the config loads, so this keeps every issuer's principals apart.
+    fn in_another_namespace(&self, issuer: &IssuerConfig, principal_id: &str) -> bool {
+        let own = &issuer.principal_id_prefix;
+        self.issuers.iter().map(|other| &other.config).any(|other| {
+            other.issuer != issuer.issuer
+                && other.principal_id_prefix.len() > own.len()
+                && principal_id.starts_with(&other.principal_id_prefix)
+        })
+    }
 }
 
-/// `aud` (a string or a list) or, for Cognito access tokens, `client_id` is one of
-/// the configured audiences.
+/// The token of the one `Authorization: Bearer <token>` header (scheme
+/// case-insensitive). Two `Authorization` headers are refused: which one a proxy or the
+/// upstream would read cannot be known.
+fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthnError> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(AuthnError::Missing)?;
+    if values.next().is_some() {
+        return Err(AuthnError::Ambiguous);
+    }
+    let value = value.to_str().map_err(|_| AuthnError::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthnError::Missing)?;
+    let token = token.trim();
+    if scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() { Ok(token) } else { Err(AuthnError::Missing) }
+}
+
+/// The token's audience is one of the configured ones. A present `aud` (a string or a
+/// list) decides alone, whatever else the token says; without `aud`, only a Cognito
+/// access token (`token_use: access`) is checked by its `client_id`.
 fn audience_matches(claims: &Map<String, Value>, audiences: &[String]) -> bool {
     let accepted = |v: &Value| v.as_str().is_some_and(|s| audiences.iter().any(|a| a == s));
-    let aud = match claims.get("aud") {
+    match claims.get("aud") {
         Some(Value::Array(items)) => items.iter().any(accepted),
         Some(value) => accepted(value),
-        None => false,
-    };
-    aud || claims.get("client_id").is_some_and(accepted)
+        None => {
+            claims.get("token_use").and_then(Value::as_str) == Some("access")
+                && claims.get("client_id").is_some_and(accepted)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -212,13 +261,21 @@ mod tests {
     #[test]
     fn bearer_tokens_are_found_case_insensitively() {
         let mut headers = HeaderMap::new();
-        assert_eq!(bearer_token(&headers), None);
+        assert_eq!(bearer_token(&headers), Err(AuthnError::Missing));
         headers.insert(http::header::AUTHORIZATION, "bearer abc.def.ghi".parse().unwrap());
-        assert_eq!(bearer_token(&headers), Some("abc.def.ghi"));
+        assert_eq!(bearer_token(&headers), Ok("abc.def.ghi"));
         headers.insert(http::header::AUTHORIZATION, "Basic dXNlcjpwYXNz".parse().unwrap());
-        assert_eq!(bearer_token(&headers), None);
+        assert_eq!(bearer_token(&headers), Err(AuthnError::Missing));
         headers.insert(http::header::AUTHORIZATION, "Bearer ".parse().unwrap());
-        assert_eq!(bearer_token(&headers), None);
+        assert_eq!(bearer_token(&headers), Err(AuthnError::Missing));
+    }
+
+    #[test]
+    fn two_authorization_headers_are_refused() {
+        let mut headers = HeaderMap::new();
+        headers.append(http::header::AUTHORIZATION, "Bearer a.b.c".parse().unwrap());
+        headers.append(http::header::AUTHORIZATION, "Bearer d.e.f".parse().unwrap());
+        assert_eq!(bearer_token(&headers), Err(AuthnError::Ambiguous));
     }
 
     #[test]
@@ -227,8 +284,16 @@ mod tests {
         let claims = |v: Value| v.as_object().cloned().unwrap();
         assert!(audience_matches(&claims(serde_json::json!({"aud": "client-a"})), &auds));
         assert!(audience_matches(&claims(serde_json::json!({"aud": ["x", "client-a"]})), &auds));
-        assert!(audience_matches(&claims(serde_json::json!({"client_id": "client-a"})), &auds));
+        assert!(audience_matches(&claims(serde_json::json!({"client_id": "client-a", "token_use": "access"})), &auds));
         assert!(!audience_matches(&claims(serde_json::json!({"aud": "client-b"})), &auds));
         assert!(!audience_matches(&claims(serde_json::json!({})), &auds));
+        // a present `aud` decides: `client_id` cannot stand in for another API's audience
+        assert!(!audience_matches(
+            &claims(serde_json::json!({"aud": "other-api", "client_id": "client-a", "token_use": "access"})),
+            &auds
+        ));
+        // `client_id` alone counts only on a Cognito access token
+        assert!(!audience_matches(&claims(serde_json::json!({"client_id": "client-a"})), &auds));
+        assert!(!audience_matches(&claims(serde_json::json!({"client_id": "client-a", "token_use": "id"})), &auds));
     }
 }

@@ -16,17 +16,18 @@ use crate::config::PrincipalConfig;
 use crate::policy_store::PolicySnapshot;
 
 /// Build the principal entity for `identity` under `snapshot`'s schema. Its uid is
-/// `config.entity_type` with the identity's subject as id.
+/// `config.entity_type` with the identity's principal id (its issuer's namespace
+/// prefix, then the subject) as id.
 pub fn principal_entity(
     identity: &Identity,
     config: &PrincipalConfig,
     snapshot: &PolicySnapshot,
 ) -> Result<Entity, String> {
-    let uid = EntityUid::from_type_name_and_id(config.entity_type.clone(), EntityId::new(&identity.subject));
+    let uid = EntityUid::from_type_name_and_id(config.entity_type.clone(), EntityId::new(&identity.principal_id));
     let mut json = match snapshot.entities().get(&uid).map(Entity::to_json_value) {
         Some(Ok(Value::Object(stored))) => stored,
         _ => {
-            json!({"uid": {"type": config.entity_type.to_string(), "id": identity.subject}, "attrs": {}, "parents": []})
+            json!({"uid": {"type": config.entity_type.to_string(), "id": identity.principal_id}, "attrs": {}, "parents": []})
                 .as_object()
                 .cloned()
                 .unwrap_or_default()

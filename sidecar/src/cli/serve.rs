@@ -116,6 +116,8 @@ fn prepare(args: &Args) -> Result<(Config, PolicySnapshot), String> {
 }
 
 async fn serve(config: Config, snapshot: PolicySnapshot, dev: bool) -> Result<(), String> {
+    // before anything opens a descriptor: the connection cap is fitted to this limit
+    crate::server::limits::raise_nofile();
     let bind = |addr: SocketAddr, what: &'static str| async move {
         tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
     };

@@ -114,6 +114,11 @@ pub struct ServerConfig {
     pub max_headers: usize,
     pub max_body_bytes: usize,
     pub max_concurrent_requests: usize,
+    /// Open data-plane connections; `None`: what the descriptor limit allows (see
+    /// [`crate::server::limits`]).
+    pub max_connections: Option<usize>,
+    pub idle_timeout: Duration,
+    pub http2_keep_alive_interval: Duration,
     pub tls: Option<TlsFiles>,
 }
 
@@ -139,6 +144,8 @@ pub struct PrincipalConfig {
     pub group_type: EntityTypeName,
     pub tags: Vec<(String, String)>,
     pub attributes: Vec<(String, String)>,
+    /// The operator says every issuer is one user directory.
+    pub issuers_share_principals: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +166,8 @@ pub struct IssuerConfig {
     pub leeway: Duration,
     pub refresh_min_interval: Duration,
     pub fetch_timeout: Duration,
+    /// Put before the subject in the principal's id: binds principals to their issuer.
+    pub principal_id_prefix: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,7 +206,41 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub pass_authorization: bool,
+    /// Client headers removed before the upstream, besides the ones the sidecar always
+    /// removes: [`DEFAULT_STRIPPED_HEADERS`] less the route's `keep_headers`, plus its
+    /// `strip_headers`.
+    pub strip: Vec<HeaderName>,
 }
+
+/// Request-routing and client-address headers a client must not set through an
+/// authorization proxy: an upstream framework may route, re-method or re-address the
+/// call by them after the sidecar authorized another. Removed from every forwarded call
+/// unless a route's `keep_headers` names them (`Forwarded` is not read, only removed).
+pub const DEFAULT_STRIPPED_HEADERS: &[&str] = &[
+    "forwarded",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-original-method",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-forwarded-port",
+    "x-forwarded-proto",
+    "x-forwarded-scheme",
+    "x-forwarded-prefix",
+    "x-forwarded-path",
+    "x-forwarded-uri",
+    "x-original-host",
+    "x-host",
+    "x-real-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "true-client-ip",
+    "x-original-forwarded-for",
+];
 
 /// Where a context attribute's value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +255,14 @@ pub enum ContextSource {
 }
 
 /// An id built from path parameters, e.g. `{user}-{team}`.
+///
+/// A rendered id must name one set of parameter values, or two different requests
+/// (`/studio/user-1/team1`, `/studio/user/1-team1`) would be authorized as the same
+/// resource while the upstream sees different ones. So every parameter after the first
+/// must not contain any of the template's literal text (`-` here; the first parameter
+/// may, as user names like `user-1` do), and the id is accepted only if it reads back
+/// into exactly one set of values under that rule. Two parameters with no literal
+/// between them can never be told apart and are refused when the config loads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdTemplate {
     parts: Vec<IdPart>,
@@ -221,6 +272,15 @@ pub struct IdTemplate {
 enum IdPart {
     Literal(String),
     Param(String),
+}
+
+/// Why an id could not be rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("path parameter `{0}` is missing")]
+    Missing(String),
+    #[error("path parameter `{0}` holds the resource id template's literal text, so the id would be ambiguous")]
+    Ambiguous(String),
 }
 
 impl IdTemplate {
@@ -236,6 +296,12 @@ impl IdTemplate {
             let name = after.get(1..close).unwrap_or_default();
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("`{{{name}}}` in `{text}` is not a path parameter name"));
+            }
+            if matches!(parts.last(), Some(IdPart::Param(_))) {
+                return Err(format!(
+                    "`{text}` puts two parameters next to each other; put literal text between them so the id \
+                     says where one ends"
+                ));
             }
             parts.push(IdPart::Param(name.to_owned()));
             rest = after.get(close + 1..).unwrap_or_default();
@@ -256,16 +322,96 @@ impl IdTemplate {
         })
     }
 
-    /// Fill in the parameters; `None` if one is missing.
-    pub fn render<'a>(&self, lookup: impl Fn(&str) -> Option<&'a str>) -> Option<String> {
+    fn literals(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            IdPart::Literal(text) => Some(text.as_str()),
+            IdPart::Param(_) => None,
+        })
+    }
+
+    /// Fill in the parameters, refusing a missing one and values that would make the id
+    /// ambiguous (see the type's documentation).
+    pub fn render<'a>(&self, lookup: impl Fn(&str) -> Option<&'a str>) -> Result<String, RenderError> {
         let mut out = String::new();
+        let mut first_param = true;
         for part in &self.parts {
             match part {
                 IdPart::Literal(text) => out.push_str(text),
-                IdPart::Param(name) => out.push_str(lookup(name)?),
+                IdPart::Param(name) => {
+                    let value = lookup(name).ok_or_else(|| RenderError::Missing(name.clone()))?;
+                    if !first_param && self.literals().any(|literal| value.contains(literal)) {
+                        return Err(RenderError::Ambiguous(name.clone()));
+                    }
+                    first_param = false;
+                    out.push_str(value);
+                }
             }
         }
-        Some(out)
+        if self.readings(out.as_bytes()) != 1 {
+            let name = self.params().next().unwrap_or_default().to_owned();
+            return Err(RenderError::Ambiguous(name));
+        }
+        Ok(out)
+    }
+
+    /// In how many ways (0, 1, or 2 meaning "more than one") `id` reads back into
+    /// non-empty parameter values under the rule that only the first parameter may hold
+    /// literal text.
+    fn readings(&self, id: &[u8]) -> u8 {
+        let literals: Vec<&[u8]> = self.literals().map(str::as_bytes).filter(|l| !l.is_empty()).collect();
+        // end_limit[i]: a value starting at i that must not hold literal text ends
+        // before this (the end of the first literal occurrence at or after i)
+        let mut end_limit = vec![usize::MAX; id.len() + 1];
+        for start in (0..id.len()).rev() {
+            let here = literals
+                .iter()
+                .filter(|l| id.get(start..).is_some_and(|rest| rest.starts_with(l)))
+                .map(|l| start + l.len())
+                .min()
+                .unwrap_or(usize::MAX);
+            let later = end_limit.get(start + 1).copied().unwrap_or(usize::MAX);
+            if let Some(slot) = end_limit.get_mut(start) {
+                *slot = here.min(later);
+            }
+        }
+        let mut memo = vec![None; (self.parts.len() + 1) * (id.len() + 1)];
+        self.count(0, 0, id, &end_limit, &mut memo)
+    }
+
+    fn count(&self, part: usize, pos: usize, id: &[u8], end_limit: &[usize], memo: &mut [Option<u8>]) -> u8 {
+        let slot = part * (id.len() + 1) + pos;
+        if let Some(Some(known)) = memo.get(slot) {
+            return *known;
+        }
+        let found = match self.parts.get(part) {
+            None => u8::from(pos == id.len()),
+            Some(IdPart::Literal(text)) => match id.get(pos..) {
+                Some(rest) if rest.starts_with(text.as_bytes()) => {
+                    self.count(part + 1, pos + text.len(), id, end_limit, memo)
+                }
+                _ => 0,
+            },
+            Some(IdPart::Param(_)) => {
+                let first = !self.parts.iter().take(part).any(|p| matches!(p, IdPart::Param(_)));
+                let limit = if first {
+                    id.len()
+                } else {
+                    end_limit.get(pos).copied().unwrap_or(0).saturating_sub(1).min(id.len())
+                };
+                let mut total = 0u8;
+                for end in pos + 1..=limit {
+                    total = total.saturating_add(self.count(part + 1, end, id, end_limit, memo));
+                    if total >= 2 {
+                        break;
+                    }
+                }
+                total.min(2)
+            }
+        };
+        if let Some(memo_slot) = memo.get_mut(slot) {
+            *memo_slot = Some(found);
+        }
+        found
     }
 }
 
@@ -345,9 +491,23 @@ impl Config {
             ("server.max_header_bytes", server.max_header_bytes),
             ("server.max_headers", server.max_headers),
             ("server.max_concurrent_requests", server.max_concurrent_requests),
+            ("server.max_connections", server.max_connections.unwrap_or(1)),
         ] {
             if value == 0 {
                 return Err(invalid(key.to_owned(), "must be greater than 0".to_owned()));
+            }
+        }
+        for (key, value) in [
+            ("server.header_read_timeout", server.header_read_timeout),
+            ("server.idle_timeout", server.idle_timeout),
+            ("server.http2_keep_alive_interval", server.http2_keep_alive_interval),
+            ("server.request_timeout", server.request_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(
+                    key.to_owned(),
+                    "must be longer than 0s: a connection needs a deadline".to_owned(),
+                ));
             }
         }
         if server.max_header_bytes < 8192 {
@@ -373,6 +533,7 @@ impl Config {
             group_type: type_name("principal.group_type", &raw.principal.group_type)?,
             tags: raw.principal.tags.clone().into_iter().collect(),
             attributes: raw.principal.attributes.clone().into_iter().collect(),
+            issuers_share_principals: raw.principal.issuers_share_principals,
         };
 
         let mut issuers = Vec::new();
@@ -419,7 +580,11 @@ impl Config {
                 leeway: issuer.leeway,
                 refresh_min_interval: issuer.jwks_refresh_min_interval,
                 fetch_timeout: issuer.jwks_fetch_timeout,
+                principal_id_prefix: issuer.principal_id_prefix.clone(),
             });
+        }
+        if !raw.principal.issuers_share_principals {
+            check_principal_namespaces(&issuers).map_err(|m| invalid("issuers".into(), m))?;
         }
 
         let mut routes = Vec::new();
@@ -445,6 +610,9 @@ impl Config {
                 max_headers: server.max_headers,
                 max_body_bytes: server.max_body_bytes,
                 max_concurrent_requests: server.max_concurrent_requests,
+                max_connections: server.max_connections,
+                idle_timeout: server.idle_timeout,
+                http2_keep_alive_interval: server.http2_keep_alive_interval,
                 tls: server.tls.as_ref().map(|t| TlsFiles {
                     cert: t.cert.clone(),
                     key: t.key.clone(),
@@ -469,6 +637,29 @@ impl Config {
     }
 }
 
+/// Two issuers with the same `principal_id_prefix` (two empty ones included) would
+/// mint the same principal for the same subject. Nested prefixes (`""` and `partner/`)
+/// are kept apart at run time instead: a token whose id falls in another issuer's
+/// longer prefix is refused (see [`crate::authn`]).
+fn check_principal_namespaces(issuers: &[IssuerConfig]) -> Result<(), String> {
+    for (i, a) in issuers.iter().enumerate() {
+        for b in issuers.iter().skip(i + 1) {
+            if a.issuer == b.issuer {
+                return Err(format!("issuer `{}` is configured twice", a.issuer));
+            }
+            if a.principal_id_prefix == b.principal_id_prefix {
+                return Err(format!(
+                    "issuers `{}` and `{}` can mint the same principal id (both with prefix `{}`): give one a \
+                     `principal_id_prefix` (e.g. \"partner/\"), or set `[principal] issuers_share_principals = \
+                     true` if they are one user directory",
+                    a.issuer, b.issuer, a.principal_id_prefix
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn parse_route(
     i: usize,
     route: &raw::RawRoute,
@@ -486,6 +677,12 @@ fn parse_route(
         .filter_map(|segment| segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
         .map(|name| name.trim_start_matches('*'))
         .collect();
+    if route.handler != "forward" && !(route.strip_headers.is_empty() && route.keep_headers.is_empty()) {
+        return Err(invalid(
+            key("strip_headers"),
+            "`strip_headers` and `keep_headers` apply to `forward` routes only".into(),
+        ));
+    }
     if route.handler == "account_pool" {
         if route.action.is_some()
             || route.resource_type.is_some()
@@ -585,6 +782,7 @@ fn parse_route(
                 connect_timeout: route.connect_timeout,
                 timeout: route.upstream_timeout,
                 pass_authorization: route.pass_authorization,
+                strip: stripped_headers(route, &key, invalid)?,
             })
         }
         "echo" => Handler::Echo,
@@ -604,6 +802,43 @@ fn parse_route(
         handler,
         mode,
     })
+}
+
+/// The headers a forward route strips: the default list, less `keep_headers`, plus
+/// `strip_headers`. Keeping a header that is not on the default list is refused (it
+/// would keep nothing, which is nearly always a typo), and so is keeping one of the
+/// sidecar's own.
+fn stripped_headers(
+    route: &raw::RawRoute,
+    key: &dyn Fn(&str) -> String,
+    invalid: &dyn Fn(String, String) -> ConfigError,
+) -> Result<Vec<HeaderName>, ConfigError> {
+    let name = |field: &str, text: &str| {
+        HeaderName::from_str(text).map_err(|_| invalid(key(field), format!("`{text}` is not a header name")))
+    };
+    let mut keep = Vec::new();
+    for text in &route.keep_headers {
+        let header = name("keep_headers", text)?;
+        if !DEFAULT_STRIPPED_HEADERS.contains(&header.as_str()) {
+            return Err(invalid(
+                key("keep_headers"),
+                format!(
+                    "`{text}` is not one of the headers stripped by default: {}",
+                    DEFAULT_STRIPPED_HEADERS.join(", ")
+                ),
+            ));
+        }
+        keep.push(header);
+    }
+    let mut strip: Vec<HeaderName> = DEFAULT_STRIPPED_HEADERS
+        .iter()
+        .map(|text| HeaderName::from_static(text))
+        .filter(|header| !keep.contains(header))
+        .collect();
+    for text in &route.strip_headers {
+        strip.push(name("strip_headers", text)?);
+    }
+    Ok(strip)
 }
 
 fn presign_options(
@@ -663,10 +898,61 @@ mod tests {
             "team" => Some("team1"),
             _ => None,
         };
-        assert_eq!(t.render(lookup).as_deref(), Some("user-1-team1"));
+        assert_eq!(t.render(lookup).as_deref(), Ok("user-1-team1"));
+        assert_eq!(t.render(|_| None), Err(RenderError::Missing("user".into())));
         assert!(IdTemplate::parse("{user").is_err());
+        assert!(IdTemplate::parse("{a}{b}").is_err(), "adjacent parameters can never be told apart");
         assert!(IdTemplate::parse("a}b").is_err());
         assert!(IdTemplate::parse("{a b}").is_err());
+    }
+
+    fn render(template: &str, values: &[(&str, &str)]) -> Result<String, RenderError> {
+        let t = IdTemplate::parse(template).unwrap();
+        t.render(|name| values.iter().find(|(k, _)| *k == name).map(|(_, v)| *v))
+    }
+
+    #[test]
+    fn ids_that_read_back_two_ways_are_refused() {
+        // the attack: user-1 asks for /studio/user/1-team1 and would be authorized as
+        // the owner of user-1-team1 while the upstream sees user `user`
+        assert_eq!(
+            render("{user}-{team}", &[("user", "user"), ("team", "1-team1")]),
+            Err(RenderError::Ambiguous("team".into()))
+        );
+        assert_eq!(render("{user}-{team}", &[("user", "user-1"), ("team", "team1")]).as_deref(), Ok("user-1-team1"));
+        // a self-overlapping separator: `xa`+`aa`+`b` and `x`+`aa`+`ab` are the same id
+        assert!(render("{a}aa{b}", &[("a", "xa"), ("b", "b")]).is_err());
+        assert!(render("{a}aa{b}", &[("a", "x"), ("b", "ab")]).is_err());
+        assert_eq!(render("{a}aa{b}", &[("a", "x"), ("b", "b")]).as_deref(), Ok("xaab"));
+        // literal prefixes and suffixes count as separators too
+        assert!(render("p:{a}:{b}:s", &[("a", "x"), ("b", "y:s")]).is_err());
+        assert_eq!(render("p:{a}:{b}:s", &[("a", "x:y"), ("b", "z")]).as_deref(), Ok("p:x:y:z:s"));
+        assert_eq!(render("{only}", &[("only", "a-b-c")]).as_deref(), Ok("a-b-c"));
+    }
+
+    proptest::proptest! {
+        /// Two requests whose ids are both accepted and equal carry the same values: no
+        /// path makes the sidecar authorize one resource while the upstream sees another.
+        #[test]
+        fn an_accepted_id_names_one_set_of_values(
+            template in proptest::sample::select(vec!["{a}-{b}", "{a}--{b}", "{a}aa{b}", "x{a}-{b}-{c}y", "{a}.{b}-{c}"]),
+            v1 in proptest::collection::vec("[a\\-.xy]{1,5}", 3),
+            v2 in proptest::collection::vec("[a\\-.xy]{1,5}", 3),
+        ) {
+            let t = IdTemplate::parse(template).unwrap();
+            let names: Vec<&str> = t.params().collect();
+            let pairs = |values: &[String]| -> Vec<(String, String)> {
+                names.iter().zip(values).map(|(n, v)| ((*n).to_owned(), v.clone())).collect()
+            };
+            let (owned1, owned2) = (pairs(&v1), pairs(&v2));
+            let id1 = t.render(|name| owned1.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()));
+            let id2 = t.render(|name| owned2.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()));
+            if let (Ok(id1), Ok(id2)) = (&id1, &id2)
+                && id1 == id2
+            {
+                proptest::prop_assert_eq!(&owned1, &owned2, "{} renders both as {}", template, id1);
+            }
+        }
     }
 
     fn with_route(route: &str) -> Result<Config, ConfigError> {
@@ -709,6 +995,23 @@ mod tests {
         assert!(err.to_string().contains("asks Cedar once per account and region"), "{err}");
         let err = with_route("name = \"e\"\nmethod = \"GET\"\npath = \"/e\"\nhandler = \"echo\"\n").unwrap_err();
         assert!(err.to_string().contains("a `echo` route needs `action`"), "{err}");
+    }
+
+    #[test]
+    fn two_issuers_cannot_mint_the_same_principal_unless_the_operator_says_so() {
+        let issuer = |name: &str, prefix: &str| {
+            format!("[[issuers]]\nissuer = \"{name}\"\njwks_file = \"k.json\"\nprincipal_id_prefix = \"{prefix}\"\n")
+        };
+        let err = Config::from_toml(&format!("{}{}", issuer("a", ""), issuer("b", "")), "t").unwrap_err();
+        assert!(err.to_string().contains("can mint the same principal id"), "{err}");
+        let err = Config::from_toml(&format!("{}{}", issuer("a", "p/"), issuer("b", "p/")), "t").unwrap_err();
+        assert!(err.to_string().contains("can mint the same principal id"), "{err}");
+        let err = Config::from_toml(&format!("{}{}", issuer("a", "x/"), issuer("a", "y/")), "t").unwrap_err();
+        assert!(err.to_string().contains("configured twice"), "{err}");
+        let ok = Config::from_toml(&format!("{}{}", issuer("a", ""), issuer("b", "partner/")), "t").unwrap();
+        assert_eq!(ok.issuers[1].principal_id_prefix, "partner/");
+        let shared = format!("[principal]\nissuers_share_principals = true\n{}{}", issuer("a", ""), issuer("b", ""));
+        assert!(Config::from_toml(&shared, "t").is_ok());
     }
 
     #[test]

@@ -97,6 +97,12 @@ pub struct RawServer {
     pub max_headers: usize,
     pub max_body_bytes: usize,
     pub max_concurrent_requests: usize,
+    /// Open data-plane connections; default: what the descriptor limit allows.
+    pub max_connections: Option<usize>,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub http2_keep_alive_interval: Duration,
     pub tls: Option<RawTls>,
 }
 
@@ -112,6 +118,9 @@ impl Default for RawServer {
             max_headers: 100,
             max_body_bytes: 1024 * 1024,
             max_concurrent_requests: 1024,
+            max_connections: None,
+            idle_timeout: Duration::from_secs(60),
+            http2_keep_alive_interval: Duration::from_secs(20),
             tls: None,
         }
     }
@@ -200,6 +209,9 @@ pub struct RawPrincipal {
     pub tags: BTreeMap<String, String>,
     /// Cedar attribute name → claim name.
     pub attributes: BTreeMap<String, String>,
+    /// The operator's statement that the issuers are one user directory, so a subject
+    /// means the same person whichever issuer signed the token.
+    pub issuers_share_principals: bool,
 }
 
 impl Default for RawPrincipal {
@@ -211,6 +223,7 @@ impl Default for RawPrincipal {
             group_type: "Studio::Team".into(),
             tags: BTreeMap::from([("Team".to_owned(), "cognito:groups".to_owned())]),
             attributes: BTreeMap::new(),
+            issuers_share_principals: false,
         }
     }
 }
@@ -232,6 +245,10 @@ pub struct RawIssuer {
     pub jwks_refresh_min_interval: Duration,
     #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
     pub jwks_fetch_timeout: Duration,
+    /// Put before the subject in the principal's id (e.g. `partner/`), so that two
+    /// issuers never mint the same principal.
+    #[serde(default)]
+    pub principal_id_prefix: String,
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -266,6 +283,12 @@ pub struct RawRoute {
     pub mode: String,
     #[serde(default)]
     pub pass_authorization: bool,
+    /// Client headers to remove before the upstream, besides the default list.
+    #[serde(default)]
+    pub strip_headers: Vec<String>,
+    /// Headers of the default strip list this route's upstream should receive after all.
+    #[serde(default)]
+    pub keep_headers: Vec<String>,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     #[serde(default = "default_upstream_timeout", with = "humantime_serde")]

@@ -3,14 +3,20 @@
 //!
 //! The source IP is the socket peer. Only when that peer is a configured trusted proxy
 //! is the forwarded-for header read (right to left, skipping trusted proxies, so a
-//! client cannot put an address of its choosing at the front), and only then is the VPC
-//! endpoint header believed. From anyone else both headers are ignored.
+//! client cannot put an address of its choosing at the front; a hop that cannot be read
+//! stops the walk and refuses the request, see [`super::forwarded`]), and only then is
+//! the VPC endpoint header believed. From anyone else both headers are ignored (and the
+//! proxy removes them before the upstream).
+//!
+//! Headers the decision reads (the VPC endpoint, headers a route maps into the context)
+//! must appear at most once: two values are refused with 400, never "the first wins".
 
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
+use super::forwarded::{self, canonical_ip};
 use super::router::Matched;
 use crate::config::{ContextConfig, ContextSource};
 
@@ -23,41 +29,61 @@ pub struct Origin {
     pub vpce: Option<String>,
 }
 
+/// Why the headers that say where a call came from were refused (400): the sidecar
+/// never resolves an ambiguity in the caller's favour.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OriginError {
+    #[error("a forwarded-for hop written by a trusted proxy cannot be read as an address")]
+    UnreadableForwardedFor,
+    #[error("the request has more than one `{0}` header")]
+    Duplicate(HeaderName),
+    #[error("the `{0}` header is not one visible-ASCII value")]
+    Unreadable(HeaderName),
+}
+
+impl OriginError {
+    /// The client-facing reason (no header values).
+    pub fn public(&self) -> &'static str {
+        match self {
+            Self::UnreadableForwardedFor => "a forwarded-for hop from a trusted proxy cannot be read",
+            Self::Duplicate(_) => "a header that must appear once appears more than once",
+            Self::Unreadable(_) => "a header the decision reads is not visible ASCII",
+        }
+    }
+}
+
 fn trusted(config: &ContextConfig, ip: IpAddr) -> bool {
     let ip = canonical_ip(ip);
     config.trusted_proxies.iter().any(|net| net.contains(&ip))
 }
 
-/// An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) as the IPv4 address it is.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
+/// The one value of a header that must appear at most once: `None` when absent, an
+/// error when it appears twice or more (never "the first wins") or is not visible ASCII.
+pub fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, OriginError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(OriginError::Duplicate(name.clone()));
     }
+    first.to_str().map(Some).map_err(|_| OriginError::Unreadable(name.clone()))
 }
 
-pub fn origin(config: &ContextConfig, peer: IpAddr, headers: &HeaderMap) -> Origin {
+pub fn origin(config: &ContextConfig, peer: IpAddr, headers: &HeaderMap) -> Result<Origin, OriginError> {
     let peer = canonical_ip(peer);
     if !trusted(config, peer) {
-        return Origin { peer, peer_trusted: false, source_ip: peer, vpce: None };
+        return Ok(Origin { peer, peer_trusted: false, source_ip: peer, vpce: None });
     }
-    // Every forwarded-for header, in order, as one list of hops.
-    let hops: Vec<IpAddr> = headers
-        .get_all(&config.forwarded_for_header)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
-        .map(canonical_ip)
-        .collect();
-    let source_ip = hops.iter().rev().find(|ip| !trusted(config, **ip)).or(hops.first()).copied().unwrap_or(peer);
-    let vpce = headers
-        .get(&config.vpce_header)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_owned);
-    Origin { peer, peer_trusted: true, source_ip, vpce }
+    let hops = forwarded::hops(headers, &config.forwarded_for_header);
+    let source_ip = forwarded::client_address(peer, &hops, |ip| trusted(config, ip))
+        .map_err(|_| OriginError::UnreadableForwardedFor)?;
+    // A VPC endpoint id never holds a comma: one means a proxy appended to a value the
+    // client sent, and which part is whose cannot be told.
+    let vpce = match single(headers, &config.vpce_header)?.map(str::trim) {
+        Some(value) if value.contains(',') => return Err(OriginError::Duplicate(config.vpce_header.clone())),
+        Some("") | None => None,
+        Some(value) => Some(value.to_owned()),
+    };
+    Ok(Origin { peer, peer_trusted: true, source_ip, vpce })
 }
 
 /// The Cedar context attributes of a route's request, as strings (the schema says what
@@ -71,7 +97,7 @@ pub fn context(
     path: &str,
     headers: &HeaderMap,
     now: SystemTime,
-) -> Vec<(String, String)> {
+) -> Result<Vec<(String, String)>, OriginError> {
     let mut pairs = Vec::with_capacity(sources.len());
     for (name, source) in sources {
         let value = match source {
@@ -81,13 +107,13 @@ pub fn context(
             ContextSource::Method => Some(method.as_str().to_owned()),
             ContextSource::Path => Some(path.to_owned()),
             ContextSource::PathParam(param) => matched.param(param).map(str::to_owned),
-            ContextSource::Header(header) => headers.get(header).and_then(|v| v.to_str().ok()).map(str::to_owned),
+            ContextSource::Header(header) => single(headers, header)?.map(str::to_owned),
         };
         if let Some(value) = value {
             pairs.push((name.clone(), value));
         }
     }
-    pairs
+    Ok(pairs)
 }
 
 #[cfg(test)]
@@ -113,7 +139,7 @@ mod tests {
     #[test]
     fn an_untrusted_peer_cannot_set_the_source_ip_or_endpoint() {
         let h = headers(&[("x-forwarded-for", "10.1.2.3"), ("x-amzn-vpce-id", "vpce-0a1a000000000001a")]);
-        let o = origin(&config(&["10.0.0.0/8"]), "192.168.1.5".parse().unwrap(), &h);
+        let o = origin(&config(&["10.0.0.0/8"]), "192.168.1.5".parse().unwrap(), &h).unwrap();
         assert_eq!(o.source_ip, "192.168.1.5".parse::<IpAddr>().unwrap());
         assert_eq!(o.vpce, None);
         assert!(!o.peer_trusted);
@@ -124,19 +150,56 @@ mod tests {
         let h = headers(&[("x-forwarded-for", "6.6.6.6, 10.9.9.9"), ("x-forwarded-for", "10.0.0.7")]);
         // the client forged 6.6.6.6; the proxies 10.0.0.7 and 10.9.9.9 are trusted... the
         // last untrusted hop is what the first trusted proxy saw
-        let o = origin(&config(&["10.0.0.0/8"]), "10.0.0.1".parse().unwrap(), &h);
+        let o = origin(&config(&["10.0.0.0/8"]), "10.0.0.1".parse().unwrap(), &h).unwrap();
         assert_eq!(o.source_ip, "6.6.6.6".parse::<IpAddr>().unwrap());
         let h = headers(&[("x-forwarded-for", "6.6.6.6, 172.20.1.1, 10.0.0.7")]);
-        let o = origin(&config(&["10.0.0.0/8"]), "10.0.0.1".parse().unwrap(), &h);
+        let o = origin(&config(&["10.0.0.0/8"]), "10.0.0.1".parse().unwrap(), &h).unwrap();
         assert_eq!(o.source_ip, "172.20.1.1".parse::<IpAddr>().unwrap(), "the forged front entry is skipped");
     }
 
     #[test]
     fn ipv4_mapped_peers_match_ipv4_proxies() {
         let h = headers(&[("x-forwarded-for", "172.20.1.1"), ("x-amzn-vpce-id", "vpce-1")]);
-        let o = origin(&config(&["127.0.0.1/32"]), "::ffff:127.0.0.1".parse().unwrap(), &h);
+        let o = origin(&config(&["127.0.0.1/32"]), "::ffff:127.0.0.1".parse().unwrap(), &h).unwrap();
         assert!(o.peer_trusted);
         assert_eq!(o.source_ip, "172.20.1.1".parse::<IpAddr>().unwrap());
         assert_eq!(o.vpce.as_deref(), Some("vpce-1"));
+    }
+
+    #[test]
+    fn ambiguous_endpoint_headers_are_refused() {
+        let c = config(&["10.0.0.0/8"]);
+        let peer = "10.0.0.1".parse().unwrap();
+        let h = headers(&[("x-amzn-vpce-id", "vpce-0a1a000000000001a"), ("x-amzn-vpce-id", "vpce-other")]);
+        assert!(matches!(origin(&c, peer, &h), Err(OriginError::Duplicate(_))));
+        let h = headers(&[("x-amzn-vpce-id", "vpce-forged, vpce-0a1a000000000001a")]);
+        assert!(matches!(origin(&c, peer, &h), Err(OriginError::Duplicate(_))));
+        // from an untrusted peer the header is not read at all
+        let o = origin(&c, "192.168.1.5".parse().unwrap(), &h).unwrap();
+        assert_eq!(o.vpce, None);
+    }
+
+    #[test]
+    fn a_port_on_the_proxys_hop_does_not_hand_the_walk_to_the_client() {
+        let c = config(&["10.0.0.0/8"]);
+        let peer = "10.0.0.1".parse().unwrap();
+        let o = origin(&c, peer, &headers(&[("x-forwarded-for", "10.1.2.3, 6.6.6.6:41234")])).unwrap();
+        assert_eq!(o.source_ip, "6.6.6.6".parse::<IpAddr>().unwrap());
+        for appended in ["unknown", "fe80::1%eth0", "", "_proxy"] {
+            let h = headers(&[("x-forwarded-for", &format!("10.1.2.3, {appended}"))]);
+            assert_eq!(origin(&c, peer, &h), Err(OriginError::UnreadableForwardedFor), "{appended:?}");
+        }
+    }
+
+    #[test]
+    fn a_header_the_decision_reads_must_appear_once() {
+        let name = HeaderName::from_static("x-tenant");
+        assert_eq!(single(&headers(&[]), &name), Ok(None));
+        assert_eq!(single(&headers(&[("x-tenant", "a")]), &name), Ok(Some("a")));
+        let twice = headers(&[("x-tenant", "a"), ("x-tenant", "b")]);
+        assert_eq!(single(&twice, &name), Err(OriginError::Duplicate(name.clone())));
+        let mut bytes = HeaderMap::new();
+        bytes.insert(&name, http::HeaderValue::from_bytes(b"a\xff").unwrap());
+        assert_eq!(single(&bytes, &name), Err(OriginError::Unreadable(name.clone())));
     }
 }

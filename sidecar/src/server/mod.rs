@@ -3,8 +3,26 @@
 //! Both take a bound listener and a shutdown token from the caller, so tests run the
 //! real server on `127.0.0.1:0`. On shutdown a listener stops accepting at once, lets
 //! in-flight requests finish for at most the grace period, then closes what is left.
+//!
+//! Every connection is bounded, whatever the client does or does not send:
+//!
+//! - **open connections** are capped per listener; past the cap a new connection is
+//!   accepted and closed at once (counted), so the cap holds below the process's
+//!   descriptor limit and the admin listener, with its own cap, keeps answering;
+//! - **the first request** (TLS handshake, HTTP/1 or HTTP/2 detection, and the complete
+//!   request head) must arrive within `header_read_timeout` of the accept, or the
+//!   connection is closed: a socket that sends nothing, one byte, half a preface or
+//!   HTTP/2 `HEADERS` without `END_HEADERS` is gone after that;
+//! - **idle connections** (no request in flight, no response body still flowing) are
+//!   closed after `idle_timeout`; HTTP/2 connections are also pinged, and closed when
+//!   a ping goes unanswered.
+//!
+//! Memory per connection is bounded by hyper's buffers (`max_header_bytes` for a
+//! request head), so a flood holds at most the cap times that.
 
 pub mod context;
+pub mod forwarded;
+pub mod limits;
 pub mod path;
 pub mod pipeline;
 pub mod router;
@@ -14,16 +32,21 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
 use crate::http_client::Body;
@@ -31,37 +54,138 @@ use crate::http_client::Body;
 /// Limits every connection of a listener gets.
 #[derive(Debug, Clone)]
 pub struct ConnLimits {
+    /// The listener's name in logs and metrics (`data`, `admin`).
+    pub listener: &'static str,
+    /// The first request's head must be complete within this of the accept.
     pub header_read_timeout: Duration,
+    /// A connection with nothing in flight is closed after this.
+    pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    pub max_connections: usize,
+    pub http2_keep_alive_interval: Duration,
     pub shutdown_grace: Duration,
 }
 
 impl ConnLimits {
-    pub fn from_config(server: &ServerConfig) -> Self {
+    /// The data plane's limits, with `max_connections` already fitted to the process's
+    /// descriptor budget.
+    pub fn from_config(server: &ServerConfig, max_connections: usize) -> Self {
         Self {
+            listener: "data",
             header_read_timeout: server.header_read_timeout,
+            idle_timeout: server.idle_timeout,
             max_header_bytes: server.max_header_bytes,
             max_headers: server.max_headers,
+            max_connections,
+            http2_keep_alive_interval: server.http2_keep_alive_interval,
             shutdown_grace: server.shutdown_grace,
         }
     }
+
+    /// The admin listener's: the same deadlines, a small cap of its own.
+    #[must_use]
+    pub fn admin(&self) -> Self {
+        Self { listener: "admin", max_connections: ADMIN_MAX_CONNECTIONS, ..self.clone() }
+    }
 }
+
+/// Open connections the admin listener accepts (probes and a scraper need a handful).
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// hyper's own limits on a request head are this many times the configured ones: a
+/// head between the two reaches the pipeline, which answers 431 in the JSON shape of
+/// every other error (see [`head_within_limits`]); only a head past hyper's backstop
+/// gets hyper's bare 431.
+const HYPER_BACKSTOP: usize = 2;
 
 fn builder(limits: &ConnLimits) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
+    let head_bytes = limits.max_header_bytes.saturating_mul(HYPER_BACKSTOP);
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers);
+        .max_buf_size(head_bytes)
+        .max_headers(limits.max_headers.saturating_mul(HYPER_BACKSTOP));
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
+        .max_header_list_size(u32::try_from(head_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(limits.http2_keep_alive_interval)
+        .keep_alive_timeout(limits.http2_keep_alive_interval);
     builder
+}
+
+/// Whether a request head fits the configured limits: at most `max_headers` fields, and
+/// at most `max_header_bytes` for the target and the fields (name, value and the four
+/// bytes of `: ` and CRLF each), as HTTP/1 would send them.
+pub fn head_within_limits<B>(request: &hyper::Request<B>, max_header_bytes: usize, max_headers: usize) -> bool {
+    let headers = request.headers();
+    if headers.len() > max_headers {
+        return false;
+    }
+    let target = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    let fields: usize = headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    target + fields <= max_header_bytes
+}
+
+/// What one connection is doing, for its deadlines.
+#[derive(Debug)]
+struct Activity {
+    /// Requests whose response (body included) is not finished.
+    in_flight: AtomicUsize,
+    /// Requests started on this connection.
+    started: AtomicUsize,
+    /// When the connection last went idle (accept, or the end of its last response).
+    idle_since: std::sync::Mutex<Instant>,
+}
+
+/// Held by a request from the service call until its response body is dropped.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
+            idle_since: std::sync::Mutex::new(Instant::now()),
+        })
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// When the connection must be closed if nothing changes; `None` while a request
+    /// is in flight (its own timeouts bound it).
+    fn deadline(&self, limits: &ConnLimits) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = self.idle_since.lock().map(|t| *t).unwrap_or_else(|poisoned| *poisoned.into_inner());
+        let allowed =
+            if self.started.load(Ordering::Relaxed) == 0 { limits.header_read_timeout } else { limits.idle_timeout };
+        Some(since + allowed)
+    }
+}
+
+impl Busy {
+    /// Nothing: lets a closure own the guard (and so the request stay in flight).
+    fn touch(&self) {}
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Ok(mut since) = self.0.idle_since.lock()
+        {
+            *since = Instant::now();
+        }
+    }
 }
 
 /// Serve `handler` on `listener` until `shutdown`, then drain.
@@ -75,8 +199,13 @@ pub async fn serve<H, F>(
     H: Fn(hyper::Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
 {
+    let limits = Arc::new(limits);
     let builder = Arc::new(builder(&limits));
-    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    // `draining`: finish what is in flight, take nothing new; `closing`: drop it all.
+    let (draining, closing) = (CancellationToken::new(), CancellationToken::new());
+    let listener_name = limits.listener;
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -84,58 +213,129 @@ pub async fn serve<H, F>(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // e.g. out of file descriptors: back off instead of spinning
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(listener = listener_name, error = %e, "accept failed");
+                    metrics::counter!("authz_accept_errors_total", "listener" => listener_name).increment(1);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(listener = listener_name, %peer, "connection refused: at max_connections");
+            metrics::counter!("authz_connections_refused_total", "listener" => listener_name).increment(1);
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = service_fn(move |request| {
-            let response = handler(request, peer);
-            async move { Ok::<_, Infallible>(response.await) }
-        });
-        let builder = builder.clone();
-        match &tls {
-            None => {
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let watched = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(e) = watched.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let timeout = limits.header_read_timeout;
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
+        let (handler, builder, limits, tls) = (handler.clone(), builder.clone(), limits.clone(), tls.clone());
+        let (draining, closing) = (draining.clone(), closing.clone());
+        connections.spawn(async move {
+            metrics::gauge!("authz_connections_open", "listener" => listener_name).increment(1.0);
+            let accepted = Instant::now();
+            match tls {
+                None => serve_connection(stream, peer, &builder, &limits, handler, accepted, &draining, &closing).await,
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout_at(accepted + limits.header_read_timeout, acceptor.accept(stream));
+                    let stream = tokio::select! {
+                        () = closing.cancelled() => None,
+                        result = handshake => match result {
+                            Ok(Ok(stream)) => Some(stream),
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                None
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                metrics::counter!("authz_connections_timed_out_total", "listener" => listener_name, "phase" => "first_request").increment(1);
+                                None
+                            }
+                        },
                     };
-                    let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                    if let Err(e) = watcher.watch(connection).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    if let Some(stream) = stream {
+                        serve_connection(stream, peer, &builder, &limits, handler, accepted, &draining, &closing).await;
                     }
-                });
+                }
             }
-        }
+            metrics::gauge!("authz_connections_open", "listener" => listener_name).decrement(1.0);
+            drop(slot);
+        });
     }
     drop(listener);
+    draining.cancel();
+    connections.close();
     tokio::select! {
-        () = graceful.shutdown() => tracing::debug!("all connections drained"),
+        () = connections.wait() => tracing::debug!(listener = listener_name, "all connections drained"),
         () = tokio::time::sleep(limits.shutdown_grace) => {
-            tracing::warn!(grace = ?limits.shutdown_grace, "shutdown grace elapsed; closing the connections left");
+            tracing::warn!(listener = listener_name, grace = ?limits.shutdown_grace, "shutdown grace elapsed; closing the connections left");
+            closing.cancel();
+            connections.wait().await;
+        }
+    }
+}
+
+/// Drive one connection under its deadlines (see the module documentation).
+#[expect(clippy::too_many_arguments, reason = "one call site; the pieces of one connection")]
+async fn serve_connection<IO, H, F>(
+    io: IO,
+    peer: SocketAddr,
+    builder: &Builder<TokioExecutor>,
+    limits: &ConnLimits,
+    handler: H,
+    accepted: Instant,
+    draining: &CancellationToken,
+    closing: &CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(hyper::Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = hyper::Response<Body>> + Send + 'static,
+{
+    let activity = Activity::new();
+    if let Ok(mut since) = activity.idle_since.lock() {
+        *since = accepted;
+    }
+    let tracked = activity.clone();
+    let service = service_fn(move |request| {
+        let busy = tracked.begin();
+        let response = handler(request, peer);
+        async move {
+            let response = response.await;
+            // the request stays in flight until its response body is done or dropped
+            Ok::<_, Infallible>(response.map(|body| {
+                body.map_frame(move |frame| {
+                    busy.touch();
+                    frame
+                })
+                .boxed_unsync()
+            }))
+        }
+    });
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let mut shutting_down = false;
+    loop {
+        let deadline = activity.deadline(limits);
+        // with a request in flight there is no deadline here; look again shortly
+        let wake = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = draining.cancelled(), if !shutting_down => {
+                connection.as_mut().graceful_shutdown();
+                shutting_down = true;
+            }
+            () = closing.cancelled() => return,
+            () = tokio::time::sleep_until(wake) => {
+                if deadline.is_some_and(|d| d <= Instant::now()) && activity.deadline(limits).is_some_and(|d| d <= Instant::now()) {
+                    let phase = if activity.started.load(Ordering::Relaxed) == 0 { "first_request" } else { "idle" };
+                    tracing::debug!(%peer, phase, "connection closed: deadline passed");
+                    metrics::counter!("authz_connections_timed_out_total", "listener" => limits.listener, "phase" => phase).increment(1);
+                    return;
+                }
+            }
         }
     }
 }

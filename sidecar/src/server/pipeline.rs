@@ -1,14 +1,19 @@
 //! The life of one data-plane request, top to bottom:
 //!
+//! 0. **head**: more or larger headers than configured → 431;
 //! 1. **shed**: over the concurrency limit → 429, before any work;
 //! 2. **ready**: no policy snapshot or issuer keys yet → 503;
 //! 3. **authenticate**: bearer JWT → identity, or 401 (before routing, so unknown paths
 //!    reveal nothing to anonymous callers);
-//! 4. **route**: canonical path + method → route, or 400 (ambiguous path) / 404;
-//! 5. **read** the body, bounded → 413;
-//! 6. **authorize**: principal, action, resource and context → Cedar; one audit event;
-//!    deny → 403 (a dry-run route logs and counts the denial and goes on);
-//! 7. **handle**: forward to the upstream, or answer (echo).
+//! 4. **route**: canonical path + method → route, or 400 (ambiguous path) / 404; a
+//!    declared body larger than `max_body_bytes` → 413 (nothing of it is read);
+//! 5. **authorize**: principal, action, resource and context → Cedar; one audit event;
+//!    deny → 403 (a dry-run route logs and counts the denial and goes on). The body is
+//!    not read before this: a denied call's body is never read, and an
+//!    `Expect: 100-continue` client is never told to send it;
+//! 6. **handle**: forward to the upstream, streaming the body (bounded as it flows), or
+//!    answer (presign, echo). An account-pool route reads its event (bounded) and asks
+//!    its own questions.
 //!
 //! Each phase returns early with an [`ApiError`]; `rescue` turns it into the response.
 
@@ -16,10 +21,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use bytes::Bytes;
 use cedar_policy::{EntityId, EntityUid};
 use http::{HeaderValue, Request, Response};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
 
 use super::context;
@@ -27,10 +30,10 @@ use super::path::canonicalize;
 use crate::app::App;
 use crate::authn::principal::principal_entity;
 use crate::authz::{Decision, Effect, context_from_strings};
-use crate::config::{Handler, Mode};
+use crate::config::{Handler, Mode, RenderError};
 use crate::http_client::Body;
 use crate::policy_store::PolicySnapshot;
-use crate::proxy::{self, Outgoing, Vouch};
+use crate::proxy::{self, ClientBody, Hygiene, Outgoing, Vouch};
 use crate::rescue::{ApiError, json_response};
 
 /// What a failed request is labelled with in metrics before a route is known.
@@ -63,6 +66,11 @@ async fn run(
     request_id: &str,
     route_label: &mut String,
 ) -> Result<Response<Body>, ApiError> {
+    // 0. a head past the configured limits (hyper's own are a looser backstop)
+    let server = &app.config.server;
+    if !super::head_within_limits(&request, server.max_header_bytes, server.max_headers) {
+        return Err(ApiError::HeadersTooLarge);
+    }
     // 1. shed
     let _permit = app.in_flight.clone().try_acquire_owned().map_err(|_| ApiError::Overloaded)?;
     // 2. ready
@@ -87,25 +95,34 @@ async fn run(
     let matched = app.router.find(&parts.method, &path.decoded).ok_or(ApiError::NotFound)?;
     let route = matched.route.clone();
     route_label.clone_from(&route.name);
-
-    // 5. read the body, bounded
     let limit = app.config.server.max_body_bytes;
     if body.size_hint().lower() > limit as u64 {
         return Err(ApiError::PayloadTooLarge);
     }
-    let body: Bytes = Limited::new(body, limit).collect().await.map_err(|_| ApiError::PayloadTooLarge)?.to_bytes();
+    let body = ClientBody::new(body, limit);
 
     let snapshot = engine.store().current();
     // An account-pool route has no question of its own: its handler asks one per
-    // account and region of the event (and audits each).
+    // account and region of the event (and audits each), so it reads the event first.
     let Some(authz) = &route.authz else {
-        return account_pool(snapshot, &body, request_id).await;
+        let event = body.collect().await?;
+        return account_pool(snapshot, &event, request_id).await;
     };
 
-    // 6. authorize
+    // 5. authorize
     let authz_started = Instant::now();
-    let origin = context::origin(&app.config.context, peer.ip(), &parts.headers);
-    let resource_id = authz.resource_id.render(|name| matched.param(name)).ok_or(ApiError::NotFound)?;
+    let refused = |e: context::OriginError| {
+        tracing::info!(request_id, route = %route.name, error = %e, "request refused");
+        ApiError::BadRequest(e.public())
+    };
+    let origin = context::origin(&app.config.context, peer.ip(), &parts.headers).map_err(refused)?;
+    let resource_id = authz.resource_id.render(|name| matched.param(name)).map_err(|e| match e {
+        RenderError::Missing(_) => ApiError::NotFound,
+        RenderError::Ambiguous(_) => {
+            tracing::info!(request_id, route = %route.name, error = %e, "request refused");
+            ApiError::BadRequest("a path parameter holds the separator of the resource id")
+        }
+    })?;
     let resource = EntityUid::from_type_name_and_id(authz.resource_type.clone(), EntityId::new(resource_id));
     let context = context::context(
         &authz.context,
@@ -115,9 +132,12 @@ async fn run(
         &path.decoded,
         &parts.headers,
         SystemTime::now(),
+    )
+    .map_err(refused)?;
+    let principal = EntityUid::from_type_name_and_id(
+        app.config.principal.entity_type.clone(),
+        EntityId::new(&identity.principal_id),
     );
-    let principal =
-        EntityUid::from_type_name_and_id(app.config.principal.entity_type.clone(), EntityId::new(&identity.subject));
     let decided = snapshot
         .request_principal(identity.token_digest, || principal_entity(&identity, &app.config.principal, &snapshot))
         .and_then(|requester| {
@@ -158,7 +178,7 @@ async fn run(
         }
     };
 
-    // 7. handle
+    // 6. handle
     let vouch = Vouch {
         principal: principal.to_string(),
         issuer: identity.issuer.clone(),
@@ -174,7 +194,15 @@ async fn run(
                 Some(query) => format!("{}?{query}", path.encoded),
                 None => path.encoded.clone(),
             };
-            let call = Outgoing { method: parts.method, headers: parts.headers, path_and_query, body, vouch: &vouch };
+            let hygiene = Hygiene {
+                strip: &upstream.strip,
+                forwarded_for: &app.config.context.forwarded_for_header,
+                vpce: &app.config.context.vpce_header,
+                vpce_believed: origin.peer_trusted,
+                pass_authorization: upstream.pass_authorization,
+            };
+            let call =
+                Outgoing { method: parts.method, headers: parts.headers, path_and_query, body, vouch: &vouch, hygiene };
             proxy::forward(client, upstream, call).await
         }
         Handler::Presign(options) => {
