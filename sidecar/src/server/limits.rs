@@ -13,7 +13,7 @@ pub const RESERVED_DESCRIPTORS: u64 = 128;
 
 /// The most data-plane connections the default allows whatever the limit: a sidecar
 /// serves one API replica, and each connection may hold a request head in memory.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// The fewest the budget ever gives.
 const MIN_CONNECTIONS: usize = 8;

@@ -115,4 +115,51 @@ mod tests {
         assert_eq!(path.decoded, "/files/a b/c?d");
         assert_eq!(path.encoded, "/files/a%20b/c%3Fd");
     }
+
+    fn segment() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(String::new()),
+            Just(".".to_owned()),
+            Just("..".to_owned()),
+            Just("%2e".to_owned()),
+            Just("%2E%2e".to_owned()),
+            Just("%2F".to_owned()),
+            Just("%5c".to_owned()),
+            Just("%25".to_owned()),
+            Just("%".to_owned()),
+            Just("%00".to_owned()),
+            Just("%3F".to_owned()),
+            Just("%23".to_owned()),
+            "[a-z0-9._~-]{1,6}",
+            "[a-z%0-9]{1,8}",
+            "\\PC{1,3}",
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever path a client sends, what the sidecar routes (`decoded`) is what the
+        /// upstream reads from what it forwards (`encoded`), by the same rules or by a
+        /// plain percent-decode: a path is never authorized as one resource and served
+        /// as another.
+        #[test]
+        fn the_forwarded_path_reads_back_as_the_authorized_one(
+            segments in proptest::collection::vec(segment(), 0..8),
+            trailing in proptest::bool::ANY,
+        ) {
+            let mut raw = format!("/{}", segments.join("/"));
+            if trailing {
+                raw.push('/');
+            }
+            if let Ok(canonical) = canonicalize(&raw) {
+                proptest::prop_assert_eq!(canonicalize(&canonical.encoded), Ok(canonical.clone()), "{}", raw);
+                let plain = percent_encoding::percent_decode_str(&canonical.encoded).decode_utf8().unwrap();
+                proptest::prop_assert_eq!(plain.as_ref(), canonical.decoded.as_str(), "{}", raw);
+                let inner = canonical.decoded.trim_end_matches('/');
+                for part in inner.split('/').skip(1) {
+                    proptest::prop_assert!(!matches!(part, "" | "." | ".."), "{} -> {}", raw, canonical.decoded);
+                }
+            }
+        }
+    }
 }
