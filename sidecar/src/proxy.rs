@@ -218,6 +218,11 @@ pub async fn forward(client: &HttpClient, upstream: &Upstream, call: Outgoing<'_
     let mut headers = call.headers;
     strip_client_headers(&mut headers, &call.hygiene);
     headers.remove(header::HOST);
+    // the body is re-framed for the upstream from what actually flows (hyper sets the
+    // length from the body's exact size, or chunks it), never from the client's claim;
+    // and `100-continue` was this hop's business
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::EXPECT);
     let vouch = call.vouch;
     let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
         if let Ok(value) = HeaderValue::from_str(value) {

@@ -180,6 +180,9 @@ async fn a_denied_calls_body_is_never_asked_for_nor_read() {
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&rest).contains("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&rest));
     assert_eq!(sidecar.upstream.calls(), 1);
+    let seen = sidecar.upstream.requests.lock().unwrap();
+    assert_eq!(seen[0].headers["content-length"], "5", "framed from the body that flowed");
+    assert!(!seen[0].headers.contains_key("expect"), "100-continue was the client's hop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
