@@ -16,6 +16,10 @@ use crate::http_client::Body;
 pub enum ApiError {
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// An account-pool event that cannot be read; the message names the field and the
+    /// type found, never a value.
+    #[error("invalid event: {0}")]
+    InvalidEvent(String),
     #[error("unauthenticated: {0}")]
     Unauthenticated(AuthnError),
     #[error("forbidden")]
@@ -47,7 +51,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::InvalidEvent(_) => StatusCode::BAD_REQUEST,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -67,6 +71,7 @@ impl ApiError {
     fn public_message(&self) -> String {
         match self {
             Self::BadRequest(why) => format!("bad request: {why}"),
+            Self::InvalidEvent(why) => format!("invalid event: {why}"),
             Self::Unauthenticated(AuthnError::Missing) => "a bearer token is required".to_owned(),
             Self::Unauthenticated(AuthnError::Ambiguous) => "send exactly one Authorization header".to_owned(),
             Self::Unauthenticated(_) => "the bearer token is not valid".to_owned(),

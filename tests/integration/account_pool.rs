@@ -93,7 +93,7 @@ fn field_variants_are_tolerated_and_fail_closed() {
 #[test]
 fn malformed_events_are_errors_never_grants() {
     assert!(matches!(answer("not json"), Err(EventError::NotJson(_))));
-    assert!(matches!(answer("[]"), Err(EventError::NotJson(_))));
+    assert!(matches!(answer("[]"), Err(EventError::WrongType { field: "(the event)", .. })));
     assert_eq!(answer("{}"), Err(EventError::NoOperation));
     assert_eq!(answer(r#"{"operationRequest": null}"#), Err(EventError::NoOperation));
     assert_eq!(
@@ -108,6 +108,237 @@ fn malformed_events_are_errors_never_grants() {
         ),
         Err(EventError::BothOperations)
     );
+}
+
+#[test]
+fn arrays_are_never_read_as_objects_at_any_level() {
+    // a positional validate request, an array operationRequest, a list request as an
+    // array: serde's derive would read these as the struct's fields in order
+    let positional = format!(
+        r#"{{"operationRequest": {{"validateAccountAuthorizationRequest":
+            ["{DOMAIN}", null, null, "004878717744", "us-east-2", "{USER_1}"]}}}}"#
+    );
+    let err = answer(&positional).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "`operationRequest.validateAccountAuthorizationRequest` must be an object, not an array"
+    );
+    let as_array = format!(
+        r#"{{"operationRequest": [null, {{"domainIdentifier": "{DOMAIN}", "awsAccountId": "004878717744",
+            "regionName": "us-east-2", "userIdentifier": "{USER_1}"}}]}}"#
+    );
+    assert_eq!(answer(&as_array).unwrap_err().to_string(), "`operationRequest` must be an object, not an array");
+    let list = format!(
+        r#"{{"operationRequest": {{"listAuthorizedAccountsRequest": ["{DOMAIN}", null, null, null, "{USER_1}"]}}}}"#
+    );
+    assert!(matches!(answer(&list), Err(EventError::WrongType { .. })));
+}
+
+#[test]
+fn a_wrong_typed_field_is_named_with_the_type_found_never_its_value() {
+    let secret = "x".repeat(5000);
+    let cases = [
+        (
+            json!({"awsAccountId": 4878717744_u64}),
+            "`operationRequest.validateAccountAuthorizationRequest.awsAccountId` must be a string, not a number",
+        ),
+        (
+            json!({"regionName": ["us-east-1"]}),
+            "`operationRequest.validateAccountAuthorizationRequest.regionName` must be a string, not an array",
+        ),
+        (
+            json!({"userIdentifier": {"id": secret}}),
+            "`operationRequest.validateAccountAuthorizationRequest.userIdentifier` must be a string, not an object",
+        ),
+        (
+            json!({"domainIdentifier": true}),
+            "`operationRequest.validateAccountAuthorizationRequest.domainIdentifier` must be a string, not a boolean",
+        ),
+    ];
+    for (fields, message) in cases {
+        let event = json!({"operationRequest": {"validateAccountAuthorizationRequest": fields}});
+        let err = answer(&event.to_string()).unwrap_err();
+        assert_eq!(err.to_string(), message);
+        assert_eq!(err.error_type(), "InvalidEvent");
+    }
+    let event = json!({"operationRequest": {"listAuthorizedAccountsRequest": {"maxResults": "10"}}});
+    assert_eq!(
+        answer(&event.to_string()).unwrap_err().to_string(),
+        "`operationRequest.listAuthorizedAccountsRequest.maxResults` must be an integer, not a string"
+    );
+}
+
+#[test]
+fn an_event_larger_than_the_limit_is_refused_before_it_is_read() {
+    use authz_sidecar::handlers::account_pool::MAX_EVENT_BYTES;
+    let event = json!({"operationRequest": {"validateAccountAuthorizationRequest": {"domainIdentifier": DOMAIN,
+        "awsAccountId": "004878717744", "regionName": "us-east-2", "userIdentifier": USER_1}},
+        "padding": "p".repeat(MAX_EVENT_BYTES)});
+    let err = answer(&event.to_string()).unwrap_err();
+    assert_eq!(err, EventError::TooLarge { limit: MAX_EVENT_BYTES });
+    assert_eq!(err.error_type(), "EventTooLarge");
+}
+
+/// The shipped files with the account-pool policies replaced by `policies`.
+fn with_account_pool_policies(policies: &str) -> PolicySnapshot {
+    use authz_sidecar::policy_store::{SnapshotSource, SourceDirs, Sources};
+    let root = crate::support::repo_root();
+    let dirs = SourceDirs::new(root.join("policies"), root.join("entities"));
+    let mut sources = Sources::read(&dirs).unwrap();
+    for file in &mut sources.policies {
+        if file.path.ends_with("account-pool.cedar") {
+            file.text = policies.to_owned();
+        }
+    }
+    PolicySnapshot::from_sources(&sources, SnapshotSource::Files(dirs), 1).unwrap()
+}
+
+/// Policies that say nothing of status, pool or regions.
+const LAX_POLICIES: [&str; 3] = [
+    r#"@id("any-account-in-us-east-1") permit (principal, action == DataZone::Action::"UseAccount", resource)
+       when { context.regionName == "us-east-1" };"#,
+    r#"@id("any-account-anywhere") permit (principal, action == DataZone::Action::"UseAccount", resource);"#,
+    r#"@id("lob-a-users") permit (principal in Studio::Lob::"lob-a", action == DataZone::Action::"UseAccount", resource);"#,
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Whatever the policies say, an account that is in no pool, or a region the account
+    /// does not list, is DENY, and list and validate agree.
+    #[test]
+    fn unknown_accounts_and_unsupported_regions_are_denied_whatever_the_policies_say(
+        policy in prop::sample::select(LAX_POLICIES.to_vec()),
+        user in prop::sample::select(vec![USER_1, USER_2]),
+        account in prop::sample::select(vec!["004878717744", "111122223333", "555555555555", "999999999999",
+                                             "000000000000", "123456789012"]),
+        region in prop::sample::select(vec!["us-east-1", "us-east-2", "us-west-2", "eu-west-1", "ap-south-1"]),
+    ) {
+        let snapshot = with_account_pool_policies(policy);
+        let answer = |event: Value| apply(&snapshot, &parse(event.to_string().as_bytes()).unwrap(), "t").unwrap();
+        let validated = answer(json!({"operationRequest": {"validateAccountAuthorizationRequest":
+            {"domainIdentifier": DOMAIN, "awsAccountId": account, "regionName": region, "userIdentifier": user}}}));
+        let granted = validated["operationResponse"]["validateAccountAuthorizationResponse"]["authResult"] == "GRANT";
+        let uid: cedar_policy::EntityUid = format!("DataZone::Account::\"{account}\"").parse().unwrap();
+        let regions: Vec<String> = match snapshot.entities().get(&uid).and_then(|e| e.attr("regions")).and_then(Result::ok) {
+            Some(cedar_policy::EvalResult::Set(set)) => set.iter().map(|r| format!("{r:?}")).collect(),
+            _ => Vec::new(),
+        };
+        let supported = regions.iter().any(|r| r.contains(region));
+        if granted {
+            prop_assert!(supported, "GRANT for {} in {} (regions {:?})", account, region, regions);
+        }
+        let listed = answer(json!({"operationRequest": {"listAuthorizedAccountsRequest":
+            {"domainIdentifier": DOMAIN, "userIdentifier": user}}}));
+        let items = listed["operationResponse"]["listAuthorizedAccountsResponse"]["items"].as_array().unwrap().clone();
+        let in_list = items.iter().any(|item| {
+            item["awsAccountId"] == account && item["supportedRegions"].as_array().unwrap().iter().any(|r| r == region)
+        });
+        prop_assert_eq!(in_list, granted, "{} account {} region {}", policy, account, region);
+    }
+}
+
+/// An arbitrary JSON value.
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        prop::sample::select(vec![DOMAIN, "004878717744", "us-east-2", USER_1, "GRANT", ""]).prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map(
+                prop::sample::select(vec![
+                    "operationRequest",
+                    "validateAccountAuthorizationRequest",
+                    "listAuthorizedAccountsRequest",
+                    "awsAccountId",
+                    "regionName",
+                    "userIdentifier",
+                    "domainIdentifier",
+                    "extra"
+                ])
+                .prop_map(str::to_owned),
+                inner,
+                0..6,
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// A validate event well-formed as the interface gives it: objects where objects go, a
+/// string account, region and user.
+fn well_formed_validate(event: &Value) -> bool {
+    let Some(request) = event.as_object().and_then(|e| e.get("operationRequest")).and_then(Value::as_object) else {
+        return false;
+    };
+    let list_absent = request.get("listAuthorizedAccountsRequest").is_none_or(Value::is_null);
+    let Some(validate) = request.get("validateAccountAuthorizationRequest").and_then(Value::as_object) else {
+        return false;
+    };
+    list_absent
+        && ["awsAccountId", "regionName", "userIdentifier"]
+            .iter()
+            .all(|k| validate.get(*k).is_some_and(Value::is_string))
+        && ["domainIdentifier", "domainUnitIdentifier", "domainRegion"]
+            .iter()
+            .all(|k| validate.get(*k).is_none_or(|v| v.is_string() || v.is_null()))
+}
+
+/// Ways to damage the sample GRANT event: a node replaced by another JSON value.
+fn damaged_sample() -> impl Strategy<Value = Value> {
+    let paths: Vec<Vec<&'static str>> = vec![
+        vec!["operationRequest"],
+        vec!["operationRequest", "validateAccountAuthorizationRequest"],
+        vec!["operationRequest", "listAuthorizedAccountsRequest"],
+        vec!["operationRequest", "validateAccountAuthorizationRequest", "awsAccountId"],
+        vec!["operationRequest", "validateAccountAuthorizationRequest", "regionName"],
+        vec!["operationRequest", "validateAccountAuthorizationRequest", "userIdentifier"],
+        vec!["operationRequest", "validateAccountAuthorizationRequest", "domainIdentifier"],
+    ];
+    (prop::sample::select(paths), any_json(), 0u8..3).prop_map(|(path, replacement, how)| {
+        let mut event = json!({"operationRequest": {"listAuthorizedAccountsRequest": null,
+            "validateAccountAuthorizationRequest": {"domainIdentifier": DOMAIN, "awsAccountId": "004878717744",
+            "regionName": "us-east-2", "userIdentifier": USER_1}}});
+        let mut node = &mut event;
+        for key in &path {
+            node = &mut node[*key];
+        }
+        // the node is replaced, wrapped in an array, or (an object) written positionally,
+        // its values in the interface's field order
+        const ORDER: [&str; 6] = [
+            "domainIdentifier",
+            "domainUnitIdentifier",
+            "domainRegion",
+            "awsAccountId",
+            "regionName",
+            "userIdentifier",
+        ];
+        *node = match (how, node.take()) {
+            (0, _) => replacement,
+            (1, old) => Value::Array(vec![old]),
+            (_, Value::Object(map)) => {
+                Value::Array(ORDER.iter().map(|k| map.get(*k).cloned().unwrap_or(Value::Null)).collect())
+            }
+            (_, old) => Value::Array(vec![Value::Null, old]),
+        };
+        event
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// Nothing but a well-formed validate event is ever answered GRANT.
+    #[test]
+    fn only_a_well_formed_validate_event_is_ever_granted(event in prop_oneof![any_json(), damaged_sample()]) {
+        if answer(&event.to_string()).is_ok_and(|text| text == GRANT) {
+            prop_assert!(well_formed_validate(&event), "GRANT for {}", event);
+        }
+    }
 }
 
 #[test]

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::binary::binary;
@@ -88,7 +88,11 @@ async fn the_lambda_form_answers_like_the_http_form_and_refuses_bad_events() {
     let both =
         json!({"operationRequest": {"listAuthorizedAccountsRequest": {}, "validateAccountAuthorizationRequest": {}}})
             .to_string();
-    let (api, posted) = fake_runtime_api(vec![validate.clone(), list.clone(), both]).await;
+    let huge = json!({"operationRequest": {"validateAccountAuthorizationRequest": {"domainIdentifier": "dzd-4igt64u5j25ko9",
+        "awsAccountId": "004878717744", "regionName": "us-east-2", "userIdentifier": "4b89ed84-9842-45dd-a2e5-15e49eda2b03"}},
+        "padding": "p".repeat(3 * 1024 * 1024)})
+    .to_string();
+    let (api, posted) = fake_runtime_api(vec![validate.clone(), list.clone(), both, huge]).await;
 
     let ws = Workspace::shipped();
     let mut child = std::process::Command::new(binary())
@@ -103,7 +107,7 @@ async fn the_lambda_form_answers_like_the_http_form_and_refuses_bad_events() {
         .spawn()
         .unwrap();
     for _ in 0..200 {
-        if posted.lock().unwrap().len() >= 3 {
+        if posted.lock().unwrap().len() >= 4 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -111,7 +115,7 @@ async fn the_lambda_form_answers_like_the_http_form_and_refuses_bad_events() {
     let _ = child.kill();
     let _ = child.wait();
     let posted = posted.lock().unwrap().clone();
-    assert_eq!(posted.len(), 3, "{posted:?}");
+    assert_eq!(posted.len(), 4, "{posted:?}");
 
     // the same bytes the HTTP form sends (its test compares them to the handler's answer)
     let expected = |event: &str| {
@@ -125,6 +129,12 @@ async fn the_lambda_form_answers_like_the_http_form_and_refuses_bad_events() {
     assert_eq!(posted[1], ("/2018-06-01/runtime/invocation/req-1/response".to_owned(), expected(&list)));
     assert_eq!(posted[2].0, "/2018-06-01/runtime/invocation/req-2/error", "a malformed event is an error result");
     assert!(posted[2].1.contains("both operations"), "{}", posted[2].1);
+    let error: Value = serde_json::from_str(&posted[2].1).unwrap();
+    assert_eq!(error["errorType"], "InvalidEvent", "a stable, documented name: {error}");
+    // one size limit for both forms: a 3 MB event is refused, never granted
+    assert_eq!(posted[3].0, "/2018-06-01/runtime/invocation/req-3/error");
+    let error: Value = serde_json::from_str(&posted[3].1).unwrap();
+    assert_eq!(error["errorType"], "EventTooLarge", "{error}");
 }
 
 #[test]

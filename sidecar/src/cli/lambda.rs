@@ -9,11 +9,11 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use lambda_runtime::{LambdaEvent, service_fn};
+use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use serde_json::Value;
 
 use super::{Sources, exit};
-use crate::handlers::account_pool::{apply, parse};
+use crate::handlers::account_pool::{EventError, apply, parse};
 use crate::policy_store::PolicySnapshot;
 
 #[derive(Debug, clap::Args)]
@@ -60,12 +60,16 @@ pub fn run(args: &Args, _out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     }
 }
 
-fn answer(snapshot: &PolicySnapshot, event: LambdaEvent<Value>) -> Result<Value, lambda_runtime::Error> {
-    let body = serde_json::to_vec(&event.payload)?;
+/// One invocation: the same `parse` (and so the same size limit) and `apply` as the
+/// HTTP route. An error result carries a stable `errorType` ([`EventError::error_type`]).
+fn answer(snapshot: &PolicySnapshot, event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
     let request_id = event.context.request_id;
-    let operation = parse(&body).map_err(|e| {
-        tracing::info!(request_id, error = %e, "account-pool event refused");
-        Box::new(e)
-    })?;
-    Ok(apply(snapshot, &operation, &request_id)?)
+    let refused = |e: EventError| {
+        tracing::info!(request_id, error = %e, error_type = e.error_type(), "account-pool event refused");
+        Diagnostic { error_type: e.error_type().to_owned(), error_message: e.to_string() }
+    };
+    let body = serde_json::to_vec(&event.payload)
+        .map_err(|e| Diagnostic { error_type: "InvalidEvent".to_owned(), error_message: e.to_string() })?;
+    let operation = parse(&body).map_err(refused)?;
+    apply(snapshot, &operation, &request_id).map_err(refused)
 }

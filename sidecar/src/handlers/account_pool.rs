@@ -7,9 +7,12 @@
 //! account and region of the pools and returns those answered allow, so the two can
 //! never disagree. A list asks Cedar once per region for each class of accounts that no
 //! policy can tell apart ([`ResourceObservation`]), so a thousand look-alike accounts
-//! cost a handful of decisions. Parse, then authorize, then answer: the event is parsed tolerantly
-//! into a closed [`Operation`] (exactly one request; unknown fields ignored), and an
-//! event that is neither, both, or not JSON is an error, never a GRANT.
+//! cost a handful of decisions. Parse, then authorize, then answer: the event is read by
+//! type at every level into a closed [`Operation`] (exactly one request; objects must be
+//! objects and fields their types; unknown fields ignored), and an event that is neither,
+//! both, or of the wrong shape is an error naming the field, never a GRANT. An account
+//! that is not in the pool, or a region it does not list, is DENY before Cedar is asked,
+//! so list and validate agree whatever the policies say.
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -18,7 +21,6 @@ use std::str::FromStr;
 use cedar_policy::{
     Authorizer, Context, EntityId, EntityTypeName, EntityUid, EvalResult, Request, RestrictedExpression, Schema,
 };
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::authz::{Decision, RequestError, ResourceObservation, View, decide_prepared};
@@ -31,22 +33,12 @@ const MAX_REGIONS: usize = 3;
 /// `AccountInfo.awsAccountName` is 1 to 256 characters.
 const MAX_NAME: usize = 256;
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-struct Event {
-    operation_request: Option<OperationRequest>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-struct OperationRequest {
-    list_authorized_accounts_request: Option<ListRequest>,
-    validate_account_authorization_request: Option<ValidateRequest>,
-}
+/// The largest event either form accepts: DataZone's events are well under a
+/// kilobyte, and nothing bigger is parsed (HTTP: 413; Lambda: `EventTooLarge`).
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 
 /// `listAuthorizedAccountsRequest`; every field optional as far as parsing goes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListRequest {
     pub domain_identifier: Option<String>,
     pub domain_unit_identifier: Option<String>,
@@ -58,8 +50,7 @@ pub struct ListRequest {
 }
 
 /// `validateAccountAuthorizationRequest`; every field optional as far as parsing goes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ValidateRequest {
     pub domain_identifier: Option<String>,
     pub domain_unit_identifier: Option<String>,
@@ -76,11 +67,17 @@ pub enum Operation {
     Validate(ValidateRequest),
 }
 
-/// Why an event was refused (HTTP 400; an error result in the Lambda form).
+/// Why an event was refused (HTTP 400 or 413; an error result in the Lambda form, whose
+/// `errorType` is [`EventError::error_type`]). Messages name the field and the JSON
+/// type found, never the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {
-    #[error("the event is not a JSON object: {0}")]
+    #[error("the event is not JSON: {0}")]
     NotJson(String),
+    #[error("`{field}` must be {expected}, not {found}")]
+    WrongType { field: &'static str, expected: &'static str, found: &'static str },
+    #[error("the event is larger than {limit} bytes")]
+    TooLarge { limit: usize },
     #[error(
         "the event names no operation: expected `operationRequest` with `listAuthorizedAccountsRequest` or `validateAccountAuthorizationRequest`"
     )]
@@ -93,19 +90,141 @@ pub enum EventError {
     BadNextToken,
 }
 
-/// Parse an event. A `null` or absent request counts as absent; an empty object is a request.
-pub fn parse(body: &[u8]) -> Result<Operation, EventError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| EventError::NotJson(e.to_string()))?;
-    if !value.is_object() {
-        return Err(EventError::NotJson("it is not an object".to_owned()));
+impl EventError {
+    /// The stable name of the error, for the Lambda form's `errorType` and for logs:
+    /// `EventTooLarge`, `InvalidNextToken`, or `InvalidEvent` for everything else.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::TooLarge { .. } => "EventTooLarge",
+            Self::BadNextToken => "InvalidNextToken",
+            Self::NotJson(_) | Self::WrongType { .. } | Self::NoOperation | Self::BothOperations => "InvalidEvent",
+        }
     }
-    let event: Event = serde_json::from_value(value).map_err(|e| EventError::NotJson(e.to_string()))?;
-    let request = event.operation_request.ok_or(EventError::NoOperation)?;
-    match (request.list_authorized_accounts_request, request.validate_account_authorization_request) {
+}
+
+/// The JSON type of a value, for error messages.
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// One object of the event, read by type: every field is looked up by name and must have
+/// the type the interface gives it (`null` and absent are the same); unknown fields are
+/// ignored, since DataZone may add some. Arrays are never read as objects.
+struct Fields<'v> {
+    map: &'v serde_json::Map<String, Value>,
+}
+
+impl<'v> Fields<'v> {
+    fn of(value: &'v Value, path: &'static str) -> Result<Option<Self>, EventError> {
+        match value {
+            Value::Null => Ok(None),
+            Value::Object(map) => Ok(Some(Self { map })),
+            other => Err(EventError::WrongType { field: path, expected: "an object", found: json_type(other) }),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&'v Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn object(&self, key: &str, path: &'static str) -> Result<Option<Fields<'v>>, EventError> {
+        self.get(key).map_or(Ok(None), |value| Fields::of(value, path))
+    }
+
+    fn string(&self, key: &'static str, field: &'static str) -> Result<Option<String>, EventError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.clone())),
+            Some(other) => Err(EventError::WrongType { field, expected: "a string", found: json_type(other) }),
+        }
+    }
+
+    fn integer(&self, key: &'static str, field: &'static str) -> Result<Option<i64>, EventError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(value) => value.as_i64().map(Some).ok_or(EventError::WrongType {
+                field,
+                expected: "an integer",
+                found: json_type(value),
+            }),
+        }
+    }
+}
+
+/// Parse an event (at most [`MAX_EVENT_BYTES`]). A `null` or absent request counts as
+/// absent; an empty object is a request; every field that is present must have its type.
+pub fn parse(body: &[u8]) -> Result<Operation, EventError> {
+    if body.len() > MAX_EVENT_BYTES {
+        return Err(EventError::TooLarge { limit: MAX_EVENT_BYTES });
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| EventError::NotJson(e.to_string()))?;
+    let event = match Fields::of(&value, "(the event)")? {
+        Some(event) => event,
+        None => return Err(EventError::WrongType { field: "(the event)", expected: "an object", found: "null" }),
+    };
+    let request = event.object("operationRequest", "operationRequest")?.ok_or(EventError::NoOperation)?;
+    const LIST: &str = "operationRequest.listAuthorizedAccountsRequest";
+    const VALIDATE: &str = "operationRequest.validateAccountAuthorizationRequest";
+    let list = request.object("listAuthorizedAccountsRequest", LIST)?;
+    let validate = request.object("validateAccountAuthorizationRequest", VALIDATE)?;
+    match (list, validate) {
         (Some(_), Some(_)) => Err(EventError::BothOperations),
-        (None, Some(validate)) => Ok(Operation::Validate(validate)),
-        (Some(list), None) => Ok(Operation::List(list)),
         (None, None) => Err(EventError::NoOperation),
+        (Some(list), None) => Ok(Operation::List(ListRequest {
+            domain_identifier: list.string(
+                "domainIdentifier",
+                concat!("operationRequest.listAuthorizedAccountsRequest", ".domainIdentifier"),
+            )?,
+            domain_unit_identifier: list.string(
+                "domainUnitIdentifier",
+                concat!("operationRequest.listAuthorizedAccountsRequest", ".domainUnitIdentifier"),
+            )?,
+            domain_region: list
+                .string("domainRegion", concat!("operationRequest.listAuthorizedAccountsRequest", ".domainRegion"))?,
+            domain_partition: list.string(
+                "domainPartition",
+                concat!("operationRequest.listAuthorizedAccountsRequest", ".domainPartition"),
+            )?,
+            user_identifier: list.string(
+                "userIdentifier",
+                concat!("operationRequest.listAuthorizedAccountsRequest", ".userIdentifier"),
+            )?,
+            max_results: list
+                .integer("maxResults", concat!("operationRequest.listAuthorizedAccountsRequest", ".maxResults"))?,
+            next_token: list
+                .string("nextToken", concat!("operationRequest.listAuthorizedAccountsRequest", ".nextToken"))?,
+        })),
+        (None, Some(validate)) => Ok(Operation::Validate(ValidateRequest {
+            domain_identifier: validate.string(
+                "domainIdentifier",
+                concat!("operationRequest.validateAccountAuthorizationRequest", ".domainIdentifier"),
+            )?,
+            domain_unit_identifier: validate.string(
+                "domainUnitIdentifier",
+                concat!("operationRequest.validateAccountAuthorizationRequest", ".domainUnitIdentifier"),
+            )?,
+            domain_region: validate.string(
+                "domainRegion",
+                concat!("operationRequest.validateAccountAuthorizationRequest", ".domainRegion"),
+            )?,
+            aws_account_id: validate.string(
+                "awsAccountId",
+                concat!("operationRequest.validateAccountAuthorizationRequest", ".awsAccountId"),
+            )?,
+            region_name: validate
+                .string("regionName", concat!("operationRequest.validateAccountAuthorizationRequest", ".regionName"))?,
+            user_identifier: validate.string(
+                "userIdentifier",
+                concat!("operationRequest.validateAccountAuthorizationRequest", ".userIdentifier"),
+            )?,
+        })),
     }
 }
 
@@ -120,9 +239,17 @@ pub fn apply(snapshot: &PolicySnapshot, operation: &Operation, request_id: &str)
                 &request.domain_unit_identifier,
                 &request.domain_region,
             );
+            let index = snapshot.derived(PoolIndex::build);
             let grant = request.aws_account_id.as_deref().zip(request.region_name.as_deref()).is_some_and(
                 |(account, region)| {
-                    let decision = asked.decide(&authorizer, snapshot, &mut HashMap::new(), account, region);
+                    // what a list would never offer is DENY before Cedar is asked, whatever
+                    // the policies say: an account that is not in the pool, or a region
+                    // the account does not support
+                    let decision = match index.account(account) {
+                        None => Err(Refusal::UnknownAccount),
+                        Some(known) if !known.regions.iter().any(|r| r == region) => Err(Refusal::UnsupportedRegion),
+                        Some(_) => asked.decide(&authorizer, snapshot, &mut HashMap::new(), account, region),
+                    };
                     asked.audit(tracing::Level::INFO, snapshot, request_id, account, region, &decision)
                 },
             );
@@ -278,6 +405,10 @@ enum Refusal {
     NoUser,
     /// The account id is not 12 digits.
     BadAccountId,
+    /// No `DataZone::Account` entity has this id.
+    UnknownAccount,
+    /// The account does not list this region.
+    UnsupportedRegion,
     /// The question does not fit the schema.
     Request(RequestError),
 }
@@ -287,6 +418,8 @@ impl Refusal {
         match self {
             Self::NoUser => "no_user",
             Self::BadAccountId => "bad_account_id",
+            Self::UnknownAccount => "unknown_account",
+            Self::UnsupportedRegion => "unsupported_region",
             Self::Request(e) => e.kind(),
         }
     }
@@ -318,6 +451,8 @@ fn uid(type_name: &str, id: &str) -> Option<EntityUid> {
 /// and a list decides each class and region once, however many accounts share them.
 struct PoolIndex {
     accounts: Vec<PoolAccount>,
+    /// Account id → its place in `accounts`.
+    by_id: HashMap<String, usize>,
     classes: usize,
     /// Why the policies can tell accounts apart by id, when they can.
     by_uid: Option<String>,
@@ -351,7 +486,7 @@ struct PoolAccount {
 impl PoolIndex {
     fn build(snapshot: &PolicySnapshot) -> Self {
         let (Some(action), Some(account_type)) = (use_account(), account_type()) else {
-            return Self { accounts: Vec::new(), classes: 0, by_uid: None };
+            return Self { accounts: Vec::new(), by_id: HashMap::new(), classes: 0, by_uid: None };
         };
         let observation = ResourceObservation::of(snapshot.policies_for(&action), &account_type);
         let mut classes: BTreeMap<View, usize> = BTreeMap::new();
@@ -400,7 +535,13 @@ impl PoolIndex {
                 "account pool indexed"
             ),
         }
-        Self { accounts, classes: next_class, by_uid: observation.by_uid().map(str::to_owned) }
+        let by_id = accounts.iter().enumerate().map(|(i, a)| (a.id.clone(), i)).collect();
+        Self { accounts, by_id, classes: next_class, by_uid: observation.by_uid().map(str::to_owned) }
+    }
+
+    /// The pool account with this id.
+    fn account(&self, id: &str) -> Option<&PoolAccount> {
+        self.accounts.get(*self.by_id.get(id)?)
     }
 }
 

@@ -243,12 +243,10 @@ async fn account_pool(
 ) -> Result<Response<Body>, ApiError> {
     use crate::handlers::account_pool::{EventError, Operation, apply, parse};
     let refused = |e: EventError| {
-        tracing::info!(request_id, error = %e, "account-pool event refused");
+        tracing::info!(request_id, error = %e, error_type = e.error_type(), "account-pool event refused");
         match e {
-            EventError::NotJson(_) => ApiError::BadRequest("the event is not a JSON object"),
-            EventError::NoOperation => ApiError::BadRequest("the event names no operation"),
-            EventError::BothOperations => ApiError::BadRequest("the event names both operations"),
-            EventError::BadNextToken => ApiError::BadRequest("nextToken is not one this handler issued"),
+            EventError::TooLarge { .. } => ApiError::PayloadTooLarge,
+            other => ApiError::InvalidEvent(other.to_string()),
         }
     };
     let operation = parse(body).map_err(refused)?;
