@@ -253,7 +253,7 @@ impl App {
 pub fn check_routes(config: &Config, snapshot: &PolicySnapshot) -> Vec<String> {
     let mut problems = Vec::new();
     for route in &config.routes {
-        let Some(authz) = &route.authz else { continue };
+        let authz = &route.authz;
         let mut sample = serde_json::Map::new();
         for (name, source) in &authz.context {
             let value = match source {

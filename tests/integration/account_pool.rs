@@ -536,7 +536,7 @@ async fn the_http_form_answers_byte_for_byte_like_the_handler_behind_authenticat
     use crate::harness::{self, Setup, Sidecar, token};
     let route = "[[routes]]\nname = \"account-pool\"\nmethod = \"POST\"\npath = \"/datazone/account-pool\"\nhandler = \"account_pool\"\n";
     let sidecar = Sidecar::start(Setup { extra: route.to_owned(), ..Setup::default() }).await.ready().await;
-    let auth = format!("Bearer {}", token("datazone-service", &[]));
+    let auth = format!("Bearer {}", token("datazone-service", &["DataZoneAccountPool"]));
     let post = |body: String, auth: Option<String>| {
         let addr = sidecar.data;
         async move {
@@ -564,6 +564,15 @@ async fn the_http_form_answers_byte_for_byte_like_the_handler_behind_authenticat
     let (status, _, _) =
         post(json!({"operationRequest": {"listAuthorizedAccountsRequest": {}}}).to_string(), None).await;
     assert_eq!(status, 401, "the HTTP form sits behind authentication");
+    // an end user's valid token may not ask for anyone's accounts: 403 before the event is read
+    let end_user = format!("Bearer {}", token("user-1", &["Team1", "Team2"]));
+    let list = json!({"operationRequest": {"listAuthorizedAccountsRequest": {"domainIdentifier": DOMAIN,
+        "userIdentifier": USER_1}}});
+    let (status, _, body) = post(list.to_string(), Some(end_user.clone())).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(!body.contains("awsAccountId"));
+    let (status, _, _) = post("not json".to_owned(), Some(end_user)).await;
+    assert_eq!(status, 403, "the caller is decided before the event is read");
     for bad in [
         "not json",
         "{}",

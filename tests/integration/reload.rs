@@ -172,7 +172,7 @@ fn a_configmap_mount_loads_through_its_links_and_reloads_on_the_data_swap() {
     let dirs = authz_sidecar::policy_store::SourceDirs::new(&policies, shipped.entities());
 
     let store = PolicyStore::load_files(&dirs).unwrap();
-    assert_eq!(store.current().policy_count(), 8, "the hidden ..data directory is not read twice");
+    assert_eq!(store.current().policy_count(), 9, "the hidden ..data directory is not read twice");
 
     let mut changed = files.clone();
     changed[2].1 = changed[2].1.replace(r#"["AVAILABLE", "ASSIGNED"]"#, r#"["AVAILABLE"]"#);

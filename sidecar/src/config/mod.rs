@@ -420,12 +420,18 @@ pub struct RouteConfig {
     pub name: String,
     pub method: Method,
     pub path: String,
-    /// The route's Cedar question; `None` for an account-pool route, whose handler asks
-    /// one per event.
-    pub authz: Option<RouteAuthz>,
+    /// The route's Cedar question. For an account-pool route it is whether the caller
+    /// may ask the handler at all; the handler then asks its own per account and region.
+    pub authz: RouteAuthz,
     pub handler: Handler,
     pub mode: Mode,
 }
+
+/// The question an `account_pool` route asks of its caller unless the route names
+/// another: may this principal ask the handler?
+pub const ACCOUNT_POOL_CALLER_ACTION: &str = r#"DataZone::Action::"InvokeAccountPoolHandler""#;
+/// The type of the handler as a resource; its id is the route's name.
+pub const ACCOUNT_POOL_HANDLER_TYPE: &str = "DataZone::AccountPoolHandler";
 
 /// How a route's call becomes a Cedar request.
 #[derive(Debug, Clone)]
@@ -683,36 +689,24 @@ fn parse_route(
             "`strip_headers` and `keep_headers` apply to `forward` routes only".into(),
         ));
     }
-    if route.handler == "account_pool" {
-        if route.action.is_some()
-            || route.resource_type.is_some()
-            || route.resource_id.is_some()
-            || route.context.is_some()
-        {
-            return Err(invalid(
-                key("handler"),
-                "an `account_pool` route asks Cedar once per account and region of each event; remove its \
-                 action, resource_type, resource_id and context"
-                    .into(),
-            ));
-        }
-        return Ok(RouteConfig {
-            name: route.name.clone(),
-            method,
-            path: route.path.clone(),
-            authz: None,
-            handler: Handler::AccountPool,
-            mode: Mode::Enforce,
-        });
-    }
-    let required = |field: &str, value: &Option<String>| {
-        value.clone().ok_or_else(|| invalid(key(field), format!("a `{}` route needs `{field}`", route.handler)))
+    let (action_text, type_text, id_text) = if route.handler == "account_pool" {
+        // the caller's question: may it ask this handler (one resource per route)?
+        let or = |value: &Option<String>, default: String| value.clone().unwrap_or(default);
+        (
+            or(&route.action, ACCOUNT_POOL_CALLER_ACTION.to_owned()),
+            or(&route.resource_type, ACCOUNT_POOL_HANDLER_TYPE.to_owned()),
+            or(&route.resource_id, route.name.replace(['{', '}'], "")),
+        )
+    } else {
+        let required = |field: &str, value: &Option<String>| {
+            value.clone().ok_or_else(|| invalid(key(field), format!("a `{}` route needs `{field}`", route.handler)))
+        };
+        (
+            required("action", &route.action)?,
+            required("resource_type", &route.resource_type)?,
+            required("resource_id", &route.resource_id)?,
+        )
     };
-    let (action_text, type_text, id_text) = (
-        required("action", &route.action)?,
-        required("resource_type", &route.resource_type)?,
-        required("resource_id", &route.resource_id)?,
-    );
     let action = EntityUid::from_str(&action_text)
         .map_err(|e| invalid(key("action"), format!("`{action_text}` is not an action uid: {e}")))?;
     let resource_type = EntityTypeName::from_str(&type_text)
@@ -786,6 +780,12 @@ fn parse_route(
             })
         }
         "echo" => Handler::Echo,
+        "account_pool" => {
+            if mode == Mode::DryRun {
+                return Err(invalid(key("mode"), "an `account_pool` route always enforces who may ask it".into()));
+            }
+            Handler::AccountPool
+        }
         "presign" => Handler::Presign(presign_options(route.presign.clone().unwrap_or_default(), &key, invalid)?),
         other => {
             return Err(invalid(
@@ -798,7 +798,7 @@ fn parse_route(
         name: route.name.clone(),
         method,
         path: route.path.clone(),
-        authz: Some(RouteAuthz { action, resource_type, resource_id, context }),
+        authz: RouteAuthz { action, resource_type, resource_id, context },
         handler,
         mode,
     })
@@ -987,12 +987,18 @@ mod tests {
     }
 
     #[test]
-    fn account_pool_routes_carry_no_route_level_question() {
+    fn account_pool_routes_ask_who_may_call_them() {
         let base = "name = \"ap\"\nmethod = \"POST\"\npath = \"/datazone/account-pool\"\nhandler = \"account_pool\"\n";
         let ok = with_route(base).unwrap();
-        assert!(ok.routes[0].authz.is_none() && matches!(ok.routes[0].handler, Handler::AccountPool));
-        let err = with_route(&format!("{base}action = 'DataZone::Action::\"UseAccount\"'")).unwrap_err();
-        assert!(err.to_string().contains("asks Cedar once per account and region"), "{err}");
+        assert!(matches!(ok.routes[0].handler, Handler::AccountPool));
+        let authz = &ok.routes[0].authz;
+        assert_eq!(authz.action.to_string(), ACCOUNT_POOL_CALLER_ACTION);
+        assert_eq!(authz.resource_type.to_string(), ACCOUNT_POOL_HANDLER_TYPE);
+        assert_eq!(authz.resource_id.render(|_| None).as_deref(), Ok("ap"));
+        let other = with_route(&format!("{base}action = 'DataZone::Action::\"AskPool\"'")).unwrap();
+        assert_eq!(other.routes[0].authz.action.to_string(), r#"DataZone::Action::"AskPool""#);
+        let err = with_route(&format!("{base}mode = \"dry-run\"")).unwrap_err();
+        assert!(err.to_string().contains("always enforces"), "{err}");
         let err = with_route("name = \"e\"\nmethod = \"GET\"\npath = \"/e\"\nhandler = \"echo\"\n").unwrap_err();
         assert!(err.to_string().contains("a `echo` route needs `action`"), "{err}");
     }

@@ -12,8 +12,9 @@
 //!    not read before this: a denied call's body is never read, and an
 //!    `Expect: 100-continue` client is never told to send it;
 //! 6. **handle**: forward to the upstream, streaming the body (bounded as it flows), or
-//!    answer (presign, echo). An account-pool route reads its event (bounded) and asks
-//!    its own questions.
+//!    answer (presign, echo). An account-pool route's question is whether the caller may
+//!    ask the handler at all; once allowed, the handler reads the event (bounded) and
+//!    asks its own questions.
 //!
 //! Each phase returns early with an [`ApiError`]; `rescue` turns it into the response.
 
@@ -102,12 +103,7 @@ async fn run(
     let body = ClientBody::new(body, limit);
 
     let snapshot = engine.store().current();
-    // An account-pool route has no question of its own: its handler asks one per
-    // account and region of the event (and audits each), so it reads the event first.
-    let Some(authz) = &route.authz else {
-        let event = body.collect().await?;
-        return account_pool(snapshot, &event, request_id).await;
-    };
+    let authz = &route.authz;
 
     // 5. authorize
     let authz_started = Instant::now();
@@ -214,7 +210,12 @@ async fn run(
             }
             result
         }
-        Handler::AccountPool => Err(ApiError::Internal),
+        // the caller may ask; the handler reads the event and asks its own questions, one
+        // per account and region (and audits each)
+        Handler::AccountPool => {
+            let event = body.collect().await?;
+            account_pool(snapshot, &event, request_id).await
+        }
         Handler::Echo => {
             let body = serde_json::json!({
                 "request_id": request_id,

@@ -18,7 +18,9 @@ const KID: &str = "bench-1";
 
 /// The user every measured request is made as, and what makes the request allowed.
 pub const USER: &str = "user-1";
-pub const GROUPS: [&str; 2] = ["Team1", "Team2"];
+/// The token's groups: the user's teams, and the group the shipped `account-pool-callers`
+/// policy admits to the account-pool route (the validate target shares the token).
+pub const GROUPS: [&str; 3] = ["Team1", "Team2", "DataZoneAccountPool"];
 pub const STUDIO_PATH: &str = "/studio/user-1/team1";
 pub const VPCE: &str = "vpce-0a1a000000000001a";
 pub const CLIENT_IP: &str = "10.1.2.3";
