@@ -99,7 +99,7 @@ impl App {
 
     /// Whether any route needs AWS (and so a [`Presigner`](crate::handlers::presign::Presigner)).
     pub fn needs_aws(&self) -> bool {
-        self.config.routes.iter().any(|r| matches!(r.handler, Handler::Presign(_)))
+        needs_aws(&self.config)
     }
 
     #[must_use]
@@ -108,13 +108,17 @@ impl App {
         self
     }
 
-    /// A presigner on the standard AWS credential chain, region and endpoint overrides.
-    pub async fn aws_presigner(&self) -> crate::handlers::presign::Presigner {
+    /// A presigner on the standard AWS credential chain, region and endpoint overrides;
+    /// an error when no region is set anywhere (every call would fail).
+    pub async fn aws_presigner(&self) -> Result<crate::handlers::presign::Presigner, String> {
         let base = crate::aws::load(&self.config.aws).await;
+        require_region(&base)?;
         let sts = crate::aws::sts(&base, &self.config.aws);
+        let regional_sts = crate::aws::regional_sts(&base, &self.config.aws);
         let endpoint = self.config.aws.sagemaker_endpoint.clone();
-        let sagemaker = crate::handlers::presign::SdkSageMakerClients { base, endpoint };
-        crate::handlers::presign::Presigner::new(sts, Arc::new(sagemaker))
+        let regional = self.config.aws.sagemaker_endpoints.clone();
+        let sagemaker = crate::handlers::presign::SdkSageMakerClients { base, endpoint, regional };
+        Ok(crate::handlers::presign::Presigner::new(sts, Arc::new(sagemaker)).with_regional_sts(regional_sts))
     }
 
     pub fn engine(&self) -> Option<&Engine> {
@@ -245,6 +249,29 @@ impl App {
             }
         }
     }
+}
+
+/// Whether any route of `config` calls AWS (the presign handler).
+pub fn needs_aws(config: &Config) -> bool {
+    config.routes.iter().any(|r| matches!(r.handler, Handler::Presign(_)))
+}
+
+fn require_region(base: &aws_config::SdkConfig) -> Result<(), String> {
+    match base.region() {
+        Some(_) => Ok(()),
+        None => Err("the presign handler calls AWS, and no AWS region is set: set `[aws] region` in the config \
+                     (or AWS_REGION, or a region in the AWS profile)"
+            .to_owned()),
+    }
+}
+
+/// What `--check-config` can tell of the AWS set-up without calling AWS: a region is
+/// known (from the config, the environment, the profile or the instance).
+pub async fn check_aws(config: &Config) -> Result<(), String> {
+    if !needs_aws(config) {
+        return Ok(());
+    }
+    require_region(&crate::aws::load(&config.aws).await)
 }
 
 /// Check every route against the snapshot's schema with a sample request: the action

@@ -16,6 +16,22 @@ pub async fn load(config: &AwsConfig) -> SdkConfig {
     loader.load().await
 }
 
+/// STS clients for the regions that have an endpoint of their own (`sts_endpoints`),
+/// each in its region.
+pub fn regional_sts(base: &SdkConfig, config: &AwsConfig) -> std::collections::HashMap<String, aws_sdk_sts::Client> {
+    config
+        .sts_endpoints
+        .iter()
+        .map(|(region, endpoint)| {
+            let conf = aws_sdk_sts::config::Builder::from(base)
+                .region(Region::new(region.clone()))
+                .endpoint_url(endpoint.clone())
+                .build();
+            (region.clone(), aws_sdk_sts::Client::from_conf(conf))
+        })
+        .collect()
+}
+
 /// An STS client, through `sts_endpoint` when configured.
 pub fn sts(base: &SdkConfig, config: &AwsConfig) -> aws_sdk_sts::Client {
     let mut builder = aws_sdk_sts::config::Builder::from(base);

@@ -42,6 +42,14 @@ pub enum ApiError {
     AwsDenied(String),
     #[error("AWS throttled")]
     Throttled,
+    /// An AWS call failed in a way the client may be told of (the message names the call
+    /// and the service's error code or the kind of failure, never credentials).
+    #[error("AWS call failed: {message}")]
+    Aws { status: StatusCode, message: String },
+    /// AWS rejected the assumed-role credentials the sidecar held (expired, revoked):
+    /// the handler drops them and tries once more with fresh ones.
+    #[error("AWS rejected the credentials: {0}")]
+    AwsCredentialsRejected(String),
     #[error("upstream timed out")]
     GatewayTimeout,
     #[error("internal error")]
@@ -62,6 +70,8 @@ impl ApiError {
             Self::BadGateway | Self::AwsDenied(_) => StatusCode::BAD_GATEWAY,
             Self::ProfileNotFound(_) => StatusCode::NOT_FOUND,
             Self::Throttled => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Aws { status, .. } => *status,
+            Self::AwsCredentialsRejected(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -82,7 +92,8 @@ impl ApiError {
             Self::Overloaded => "too many requests in flight; retry shortly".to_owned(),
             Self::NotReady => "the sidecar is not ready yet; retry shortly".to_owned(),
             Self::BadGateway => "the upstream could not be reached".to_owned(),
-            Self::ProfileNotFound(message) | Self::AwsDenied(message) => message.clone(),
+            Self::ProfileNotFound(message) | Self::AwsDenied(message) | Self::Aws { message, .. } => message.clone(),
+            Self::AwsCredentialsRejected(message) => message.clone(),
             Self::Throttled => "AWS is throttling the sidecar; retry shortly".to_owned(),
             Self::GatewayTimeout => "the upstream did not answer in time".to_owned(),
             Self::Internal => "internal error".to_owned(),

@@ -20,6 +20,7 @@ mod engine;
 mod harness;
 mod lambda;
 mod presign;
+mod presign_faults;
 mod reload;
 mod server;
 mod support;

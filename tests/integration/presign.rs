@@ -342,7 +342,7 @@ async fn a_missing_profile_is_provisioned_once_under_concurrency() {
         mock_client!(aws_sdk_sts, RuleMode::MatchAny, &[&sts]),
         Arc::new(MockSageMaker { rules: vec![presign, create.clone(), describe] }),
     );
-    let extra = "presign = { provision = true, provision_poll = \"50ms\", provision_wait = \"5s\" }";
+    let extra = "presign = { provision = true, provision_poll = \"500ms\", provision_wait = \"10s\" }";
     let (sidecar, _ws) = start_sidecar(presigner, extra).await;
 
     let data = sidecar.data;
@@ -392,7 +392,7 @@ async fn a_sagemaker_call_past_the_aws_timeout_is_504() {
         harness::TestServer::start(|_| (200, r#"{"AuthorizedUrl":"https://late"}"#.to_owned(), Duration::from_secs(3)))
             .await;
     let base = aws_config_for_tests(Duration::from_millis(300)).await;
-    let sagemaker = SdkSageMakerClients { base, endpoint: Some(slow.url()) };
+    let sagemaker = SdkSageMakerClients { base, endpoint: Some(slow.url()), regional: Default::default() };
     let sts = mock!(aws_sdk_sts::Client::assume_role)
         .then_compute_output(|input| sts_credentials(input.role_arn().unwrap(), Duration::from_secs(3600)));
     let presigner = Presigner::new(mock_client!(aws_sdk_sts, RuleMode::MatchAny, &[&sts]), Arc::new(sagemaker));

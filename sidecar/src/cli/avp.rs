@@ -80,6 +80,8 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             region: store.region.clone(),
             sts_endpoint: None,
             sagemaker_endpoint: None,
+            sts_endpoints: std::collections::BTreeMap::new(),
+            sagemaker_endpoints: std::collections::BTreeMap::new(),
             verifiedpermissions_endpoint: store.endpoint_url.clone(),
             timeout: std::time::Duration::from_secs(30),
         };

@@ -48,7 +48,18 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             return exit::FAILURE;
         }
     };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot start the async runtime: {e}");
+            return exit::FAILURE;
+        }
+    };
     if args.check_config {
+        if let Err(message) = runtime.block_on(app::check_aws(&config)) {
+            let _ = writeln!(err, "error: {message}");
+            return exit::FAILURE;
+        }
         let _ = writeln!(
             out,
             "configuration ok: {} ({} routes, {} issuers, policies `{}`, entities `{}`)",
@@ -60,13 +71,6 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         );
         return exit::OK;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            let _ = writeln!(err, "error: cannot start the async runtime: {e}");
-            return exit::FAILURE;
-        }
-    };
     match runtime.block_on(serve(config, snapshot, args.dev)) {
         Ok(()) => exit::OK,
         Err(message) => {
@@ -127,7 +131,7 @@ async fn serve(config: Config, snapshot: PolicySnapshot, dev: bool) -> Result<()
     };
     let mut app = App::new(config, dev)?.with_snapshot(snapshot);
     if app.needs_aws() {
-        let presigner = app.aws_presigner().await;
+        let presigner = app.aws_presigner().await?;
         app = app.with_presigner(presigner);
     }
     let app = Arc::new(app);

@@ -53,6 +53,11 @@ pub struct AwsConfig {
     pub region: Option<String>,
     pub sts_endpoint: Option<String>,
     pub sagemaker_endpoint: Option<String>,
+    /// Per-region endpoints (VPC endpoints are regional): STS is called in the LOB's
+    /// region when it has one here; SageMaker always is, through its region's endpoint
+    /// here, else `sagemaker_endpoint`, else the public one.
+    pub sts_endpoints: std::collections::BTreeMap<String, String>,
+    pub sagemaker_endpoints: std::collections::BTreeMap<String, String>,
     pub verifiedpermissions_endpoint: Option<String>,
     pub timeout: Duration,
 }
@@ -593,6 +598,24 @@ impl Config {
             check_principal_namespaces(&issuers).map_err(|m| invalid("issuers".into(), m))?;
         }
 
+        let endpoints =
+            [("aws.sts_endpoint", &raw.aws.sts_endpoint), ("aws.sagemaker_endpoint", &raw.aws.sagemaker_endpoint)]
+                .into_iter()
+                .filter_map(|(key, url)| Some((key.to_owned(), url.as_ref()?)))
+                .chain(raw.aws.sts_endpoints.iter().map(|(region, url)| (format!("aws.sts_endpoints.{region}"), url)))
+                .chain(
+                    raw.aws
+                        .sagemaker_endpoints
+                        .iter()
+                        .map(|(region, url)| (format!("aws.sagemaker_endpoints.{region}"), url)),
+                );
+        for (key, url) in endpoints {
+            let uri = Uri::from_str(url).map_err(|e| invalid(key.clone(), format!("`{url}`: {e}")))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+                return Err(invalid(key, format!("`{url}` must be an http(s) URL")));
+            }
+        }
+
         let mut routes = Vec::new();
         for (i, route) in raw.routes.iter().enumerate() {
             routes.push(parse_route(i, route, &invalid)?);
@@ -636,6 +659,8 @@ impl Config {
                 region: raw.aws.region.clone(),
                 sts_endpoint: raw.aws.sts_endpoint.clone(),
                 sagemaker_endpoint: raw.aws.sagemaker_endpoint.clone(),
+                sts_endpoints: raw.aws.sts_endpoints.clone(),
+                sagemaker_endpoints: raw.aws.sagemaker_endpoints.clone(),
                 verifiedpermissions_endpoint: raw.aws.verifiedpermissions_endpoint.clone(),
                 timeout: raw.aws.timeout,
             },
@@ -841,6 +866,9 @@ fn stripped_headers(
     Ok(strip)
 }
 
+/// The shortest `provision_poll`: each poll is a SageMaker API call.
+pub const MIN_PROVISION_POLL: Duration = Duration::from_millis(500);
+
 fn presign_options(
     raw: raw::RawPresign,
     key: &dyn Fn(&str) -> String,
@@ -859,6 +887,12 @@ fn presign_options(
         "json" => PresignResponse::Json,
         other => return Err(invalid(key("presign.response"), format!("`{other}`: use `redirect` or `json`"))),
     };
+    if raw.provision && raw.provision_poll < MIN_PROVISION_POLL {
+        return Err(invalid(
+            key("presign.provision_poll"),
+            format!("must be at least {MIN_PROVISION_POLL:?}: each poll is a DescribeUserProfile call"),
+        ));
+    }
     if let Some(id) = &raw.external_id
         && !(2..=1224).contains(&id.len())
     {

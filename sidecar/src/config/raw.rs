@@ -28,6 +28,10 @@ pub struct RawAws {
     pub region: Option<String>,
     pub sts_endpoint: Option<String>,
     pub sagemaker_endpoint: Option<String>,
+    /// Region → STS endpoint (e.g. the STS VPC endpoint of that region).
+    pub sts_endpoints: BTreeMap<String, String>,
+    /// Region → SageMaker API endpoint (e.g. the SageMaker API VPC endpoint of that region).
+    pub sagemaker_endpoints: BTreeMap<String, String>,
     pub verifiedpermissions_endpoint: Option<String>,
     /// Each AWS call, retries included, must finish within this.
     #[serde(with = "humantime_serde")]
@@ -40,6 +44,8 @@ impl Default for RawAws {
             region: None,
             sts_endpoint: None,
             sagemaker_endpoint: None,
+            sts_endpoints: BTreeMap::new(),
+            sagemaker_endpoints: BTreeMap::new(),
             verifiedpermissions_endpoint: None,
             timeout: Duration::from_secs(10),
         }

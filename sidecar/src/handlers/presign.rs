@@ -33,11 +33,13 @@ pub trait SageMakerClients: Send + Sync {
     fn client(&self, credentials: Credentials, region: &str) -> aws_sdk_sagemaker::Client;
 }
 
-/// SageMaker clients from the base SDK configuration (and `sagemaker_endpoint`).
+/// SageMaker clients from the base SDK configuration, through the region's own endpoint
+/// (`sagemaker_endpoints`), else `sagemaker_endpoint`, else the public one.
 #[derive(Debug)]
 pub struct SdkSageMakerClients {
     pub base: aws_config::SdkConfig,
     pub endpoint: Option<String>,
+    pub regional: std::collections::BTreeMap<String, String>,
 }
 
 impl SageMakerClients for SdkSageMakerClients {
@@ -45,7 +47,7 @@ impl SageMakerClients for SdkSageMakerClients {
         let mut builder = aws_sdk_sagemaker::config::Builder::from(&self.base)
             .credentials_provider(credentials)
             .region(aws_config::Region::new(region.to_owned()));
-        if let Some(endpoint) = &self.endpoint {
+        if let Some(endpoint) = self.regional.get(region).or(self.endpoint.as_ref()) {
             builder = builder.endpoint_url(endpoint.clone());
         }
         aws_sdk_sagemaker::Client::from_conf(builder.build())
@@ -83,6 +85,9 @@ impl moka::Expiry<SessionKey, Arc<Credentials>> for UntilNearExpiry {
 
 pub struct Presigner {
     sts: aws_sdk_sts::Client,
+    /// STS clients in the regions with an endpoint of their own: a LOB's role is assumed
+    /// through its region's endpoint when there is one.
+    regional_sts: std::collections::HashMap<String, aws_sdk_sts::Client>,
     sagemaker: Arc<dyn SageMakerClients>,
     credentials: moka::future::Cache<SessionKey, Arc<Credentials>>,
     /// (domain, profile) being or just provisioned: concurrent first requests share one
@@ -101,10 +106,20 @@ impl Presigner {
         let credentials = moka::future::Cache::builder().max_capacity(10_000).expire_after(UntilNearExpiry).build();
         let provisioned =
             moka::future::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(60)).build();
-        Self { sts, sagemaker, credentials, provisioned }
+        Self { sts, regional_sts: std::collections::HashMap::new(), sagemaker, credentials, provisioned }
+    }
+
+    /// Assume roles through these per-region STS clients for LOBs in their regions.
+    #[must_use]
+    pub fn with_regional_sts(mut self, clients: std::collections::HashMap<String, aws_sdk_sts::Client>) -> Self {
+        self.regional_sts = clients;
+        self
     }
 
     /// The presigned URL for `user`'s profile `resource`, as the route's response.
+    ///
+    /// Credentials that AWS rejects (expired or revoked before their stated expiry) are
+    /// dropped from the cache and the role is assumed again, once per request.
     pub async fn presign(
         &self,
         snapshot: &PolicySnapshot,
@@ -114,19 +129,49 @@ impl Presigner {
         options: &PresignOptions,
     ) -> Result<Response<Body>, ApiError> {
         let target = resolve(snapshot, resource, profile_name_fallback)?;
-        let credentials = self.credentials_for(&target.role_arn, user, options).await?;
-        let client = self.sagemaker.client((*credentials).clone(), &target.region);
-        let url = match self.create_url(&client, &target, options).await {
-            Err(ApiError::ProfileNotFound(message)) => match &options.provision {
-                None => return Err(ApiError::ProfileNotFound(message)),
-                Some(provisioning) => {
-                    self.ensure_profile(&client, &target, user, provisioning).await?;
-                    self.create_url(&client, &target, options).await?
-                }
-            },
+        let key = SessionKey { role_arn: target.role_arn.clone(), session_name: session_name(user) };
+        let url = match self.attempt(&target, &key, user, options).await {
+            Err(ApiError::AwsCredentialsRejected(why)) => {
+                tracing::warn!(role = %target.role_arn, %why, "AWS rejected cached credentials; assuming the role again");
+                metrics::counter!("authz_aws_credentials_rejected_total").increment(1);
+                self.credentials.invalidate(&key).await;
+                self.attempt(&target, &key, user, options).await?
+            }
             other => other?,
         };
         Ok(respond(&url, options))
+    }
+
+    /// One try: credentials (cached), then the URL, creating the profile or waiting for
+    /// it to be InService when provisioning is on.
+    async fn attempt(
+        &self,
+        target: &Target,
+        key: &SessionKey,
+        user: &str,
+        options: &PresignOptions,
+    ) -> Result<String, ApiError> {
+        let credentials = self.credentials_for(key, &target.region, user, options).await?;
+        let client = self.sagemaker.client((*credentials).clone(), &target.region);
+        match (self.create_url(&client, target, options).await, &options.provision) {
+            (Ok(url), _) => Ok(url),
+            (Err(ApiError::ProfileNotFound(message)), None) => Err(ApiError::ProfileNotFound(message)),
+            (Err(ApiError::ProfileNotFound(_)), Some(provisioning)) => {
+                self.ensure_profile(&client, target, user, provisioning).await?;
+                self.create_url(&client, target, options).await
+            }
+            // the profile may exist and not be InService yet (made by a concurrent
+            // request or another sidecar): wait for it as for one this request made
+            (Err(error @ ApiError::Aws { .. }), Some(provisioning)) => match profile_state(&client, target).await {
+                ProfileState::Unusable => Err(error),
+                ProfileState::Ready => self.create_url(&client, target, options).await,
+                ProfileState::Coming => {
+                    wait_in_service(&client, target, provisioning).await?;
+                    self.create_url(&client, target, options).await
+                }
+            },
+            (Err(error), _) => Err(error),
+        }
     }
 
     async fn create_url(
@@ -147,13 +192,16 @@ impl Presigner {
         if let Some(uri) = &options.landing_uri {
             call = call.landing_uri(uri);
         }
-        let output = call.send().await.map_err(|e| match &e {
+        let output = call.send().await.map_err(|e| match e {
             SdkError::ServiceError(service) if service.err().is_resource_not_found() => ApiError::ProfileNotFound(
                 format!("no Studio user profile `{}` exists in domain `{}`", target.profile_name, target.domain_id),
             ),
-            _ => map_sdk_error(&e, "SageMaker CreatePresignedDomainUrl", &target.role_arn),
+            e => map_sdk_error(e, "SageMaker CreatePresignedDomainUrl", &target.role_arn),
         })?;
-        output.authorized_url().map(str::to_owned).ok_or(ApiError::BadGateway)
+        output.authorized_url().map(str::to_owned).ok_or(ApiError::Aws {
+            status: StatusCode::BAD_GATEWAY,
+            message: "SageMaker CreatePresignedDomainUrl answered without a URL".to_owned(),
+        })
     }
 
     /// Create the profile (once, however many requests ask at the same time) with the
@@ -176,14 +224,15 @@ impl Presigner {
 
     async fn credentials_for(
         &self,
-        role_arn: &str,
+        key: &SessionKey,
+        region: &str,
         user: &str,
         options: &PresignOptions,
     ) -> Result<Arc<Credentials>, ApiError> {
-        let key = SessionKey { role_arn: role_arn.to_owned(), session_name: session_name(user) };
+        let key = key.clone();
         let source_identity = options.source_identity.then(|| session_name(user));
         let external_id = options.external_id.clone();
-        let sts = self.sts.clone();
+        let sts = self.regional_sts.get(region).unwrap_or(&self.sts).clone();
         let fetch_key = key.clone();
         self.credentials
             .try_get_with(key, async move {
@@ -198,7 +247,7 @@ impl Presigner {
                 if let Some(identity) = source_identity {
                     call = call.source_identity(identity);
                 }
-                let output = call.send().await.map_err(|e| map_sdk_error(&e, "STS AssumeRole", &fetch_key.role_arn))?;
+                let output = call.send().await.map_err(|e| map_sdk_error(e, "STS AssumeRole", &fetch_key.role_arn))?;
                 let c = output.credentials().ok_or(ApiError::BadGateway)?;
                 let expiry = SystemTime::try_from(*c.expiration()).ok();
                 Ok::<_, ApiError>(Arc::new(Credentials::new(
@@ -220,7 +269,7 @@ async fn provision(
     user: &str,
     provisioning: &Provisioning,
 ) -> Result<(), ApiError> {
-    use aws_sdk_sagemaker::types::{Tag, UserProfileStatus, UserSettings};
+    use aws_sdk_sagemaker::types::{Tag, UserSettings};
     let Some(role) = &target.execution_role_arn else {
         tracing::warn!(profile = %target.profile_name, "cannot provision: the profile's team has no execution role");
         return Err(ApiError::ProfileNotFound(format!(
@@ -242,8 +291,49 @@ async fn provision(
         Ok(_) => tracing::info!(profile = %target.profile_name, domain = %target.domain_id, "Studio profile created"),
         // someone else (another sidecar) is creating it: wait for it like our own
         Err(SdkError::ServiceError(e)) if e.err().is_resource_in_use() => {}
-        Err(e) => return Err(map_sdk_error(&e, "SageMaker CreateUserProfile", &target.role_arn)),
+        Err(e) => return Err(map_sdk_error(e, "SageMaker CreateUserProfile", &target.role_arn)),
     }
+    wait_in_service(client, target, provisioning).await
+}
+
+/// Where a profile SageMaker just refused to presign stands.
+enum ProfileState {
+    /// Pending or Updating, or not visible yet (SageMaker refused it as existing but not
+    /// usable, so a DescribeUserProfile that cannot find it lags behind a creation).
+    Coming,
+    /// InService by now (it became so between the two calls).
+    Ready,
+    /// Failed, being deleted, or the call failed: the refusal stands.
+    Unusable,
+}
+
+async fn profile_state(client: &aws_sdk_sagemaker::Client, target: &Target) -> ProfileState {
+    use aws_sdk_sagemaker::types::UserProfileStatus;
+    let described = client
+        .describe_user_profile()
+        .domain_id(&target.domain_id)
+        .user_profile_name(&target.profile_name)
+        .send()
+        .await;
+    match described {
+        Ok(described) => match described.status() {
+            Some(UserProfileStatus::InService) => ProfileState::Ready,
+            Some(UserProfileStatus::Pending | UserProfileStatus::Updating) => ProfileState::Coming,
+            _ => ProfileState::Unusable,
+        },
+        Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found() => ProfileState::Coming,
+        Err(_) => ProfileState::Unusable,
+    }
+}
+
+/// Poll until the profile is InService, within `provisioning.max_wait` (else 504). A
+/// profile not found yet is taken as on its way (a creation is not visible at once).
+async fn wait_in_service(
+    client: &aws_sdk_sagemaker::Client,
+    target: &Target,
+    provisioning: &Provisioning,
+) -> Result<(), ApiError> {
+    use aws_sdk_sagemaker::types::UserProfileStatus;
     let deadline = tokio::time::Instant::now() + provisioning.max_wait;
     loop {
         let described = client
@@ -251,15 +341,24 @@ async fn provision(
             .domain_id(&target.domain_id)
             .user_profile_name(&target.profile_name)
             .send()
-            .await
-            .map_err(|e| map_sdk_error(&e, "SageMaker DescribeUserProfile", &target.role_arn))?;
-        match described.status() {
-            Some(UserProfileStatus::InService) => return Ok(()),
-            Some(UserProfileStatus::Failed | UserProfileStatus::DeleteFailed | UserProfileStatus::Deleting) => {
-                tracing::warn!(profile = %target.profile_name, status = ?described.status(), "Studio profile cannot be used");
-                return Err(ApiError::BadGateway);
-            }
-            _ => {}
+            .await;
+        match described {
+            Ok(described) => match described.status() {
+                Some(UserProfileStatus::InService) => return Ok(()),
+                Some(UserProfileStatus::Failed | UserProfileStatus::DeleteFailed | UserProfileStatus::Deleting) => {
+                    tracing::warn!(profile = %target.profile_name, status = ?described.status(), "Studio profile cannot be used");
+                    return Err(ApiError::Aws {
+                        status: StatusCode::BAD_GATEWAY,
+                        message: format!(
+                            "the Studio user profile `{}` cannot be used (it failed or is being deleted)",
+                            target.profile_name
+                        ),
+                    });
+                }
+                _ => {}
+            },
+            Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found() => {}
+            Err(e) => return Err(map_sdk_error(e, "SageMaker DescribeUserProfile", &target.role_arn)),
         }
         if tokio::time::Instant::now() + provisioning.poll_interval > deadline {
             return Err(ApiError::GatewayTimeout);
@@ -268,28 +367,67 @@ async fn provision(
     }
 }
 
-/// Map an SDK failure: access denied names the role (never the credentials), throttling
-/// is 503 (after the SDK's own retries), timeouts 504, the rest 502.
-fn map_sdk_error<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
-    error: &SdkError<E, R>,
-    call: &'static str,
-    role_arn: &str,
-) -> ApiError {
-    let code = match error {
-        SdkError::ServiceError(service) => service.err().code().unwrap_or("unknown").to_owned(),
-        SdkError::TimeoutError(_) => return ApiError::GatewayTimeout,
-        _ => "unreachable".to_owned(),
+/// Error codes that mean AWS did not accept the credentials the call was signed with.
+const REJECTED_CREDENTIALS: [&str; 8] = [
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "InvalidToken",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidSignatureException",
+];
+
+/// Map an SDK failure, told apart: a service error by its code (access denied names the
+/// role, never the credentials; throttling is 503 after the SDK's own retries; rejected
+/// credentials are retried by the caller; any other code is named), a timeout (504), a
+/// connection failure (502), and the sidecar's own AWS configuration (no region or
+/// credentials: 500).
+fn map_sdk_error<E, R>(error: SdkError<E, R>, call: &'static str, role_arn: &str) -> ApiError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    use aws_sdk_sts::error::DisplayErrorContext;
+    let aws = |status: StatusCode, message: String| ApiError::Aws { status, message };
+    let (kind, mapped) = match &error {
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or("unknown").to_owned();
+            let mapped = match code.as_str() {
+                "AccessDenied" | "AccessDeniedException" => ApiError::AwsDenied(format!(
+                    "the sidecar is not allowed to use role `{role_arn}` ({call} was denied)"
+                )),
+                "Throttling" | "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => {
+                    ApiError::Throttled
+                }
+                code if REJECTED_CREDENTIALS.contains(&code) => ApiError::AwsCredentialsRejected(format!(
+                    "{call} rejected the credentials of role `{role_arn}` ({code})"
+                )),
+                code => aws(StatusCode::BAD_GATEWAY, format!("{call} failed: {code}")),
+            };
+            (code, mapped)
+        }
+        SdkError::TimeoutError(_) => ("timeout".to_owned(), ApiError::GatewayTimeout),
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => ("timeout".to_owned(), ApiError::GatewayTimeout),
+        SdkError::DispatchFailure(failure) if failure.is_io() => {
+            ("unreachable".to_owned(), aws(StatusCode::BAD_GATEWAY, format!("AWS could not be reached for {call}")))
+        }
+        SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) => (
+            "configuration".to_owned(),
+            aws(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the sidecar's AWS configuration cannot make {call} (region, credentials or endpoint)"),
+            ),
+        ),
+        _ => (
+            "bad_response".to_owned(),
+            aws(StatusCode::BAD_GATEWAY, format!("{call} gave an answer that cannot be read")),
+        ),
     };
-    tracing::warn!(call, role = role_arn, code = %code, "AWS call failed");
-    match code.as_str() {
-        "AccessDenied" | "AccessDeniedException" => {
-            ApiError::AwsDenied(format!("the sidecar is not allowed to use role `{role_arn}` ({call} was denied)"))
-        }
-        "Throttling" | "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => {
-            ApiError::Throttled
-        }
-        _ => ApiError::BadGateway,
-    }
+    tracing::warn!(call, role = role_arn, kind = %kind, error = %DisplayErrorContext(&error), "AWS call failed");
+    metrics::counter!("authz_aws_errors_total", "call" => call, "kind" => kind).increment(1);
+    mapped
 }
 
 fn respond(url: &str, options: &PresignOptions) -> Response<Body> {
