@@ -12,6 +12,7 @@ mod account_pool;
 mod avp;
 mod aws_emulator;
 mod binary;
+mod cedar_parity;
 mod cli;
 mod cognito;
 mod data_plane_path;

@@ -6,8 +6,14 @@
 //! type (the identity provider is the authority on group membership; other parents,
 //! such as the user's LOB, stay), and each mapped claim sets its tag or attribute.
 //! The result is checked against the schema, so a claim of the wrong shape is an error,
-//! never a silently different principal.
+//! never a silently different principal. One exception, so that the sidecar decides as
+//! Cedar does: a user no entity file knows, of a type that declares required attributes,
+//! cannot get them from a token; that principal is built without the schema check (its
+//! groups and tags still apply, and a policy reading a missing attribute errors, which
+//! denies).
 
+use cedar_policy::conformance_errors::EntitySchemaConformanceError;
+use cedar_policy::entities_errors::EntitiesError;
 use cedar_policy::{Entity, EntityId, EntityUid};
 use serde_json::{Map, Value, json};
 
@@ -24,7 +30,9 @@ pub fn principal_entity(
     snapshot: &PolicySnapshot,
 ) -> Result<Entity, String> {
     let uid = EntityUid::from_type_name_and_id(config.entity_type.clone(), EntityId::new(&identity.principal_id));
-    let mut json = match snapshot.entities().get(&uid).map(Entity::to_json_value) {
+    let stored = snapshot.entities().get(&uid).map(Entity::to_json_value);
+    let is_stored = matches!(stored, Some(Ok(Value::Object(_))));
+    let mut json = match stored {
         Some(Ok(Value::Object(stored))) => stored,
         _ => {
             json!({"uid": {"type": config.entity_type.to_string(), "id": identity.principal_id}, "attrs": {}, "parents": []})
@@ -53,9 +61,18 @@ pub fn principal_entity(
             }
         }
     }
-    let entity = Entity::from_json_value(Value::Object(json), Some(snapshot.schema()))
-        .map_err(|e| format!("the principal built from the token does not fit the schema: {e}"))?;
-    Ok(entity)
+    match Entity::from_json_value(Value::Object(json.clone()), Some(snapshot.schema())) {
+        Ok(entity) => Ok(entity),
+        // A user the entities do not know, of a type that declares required attributes:
+        // the token cannot supply them. Cedar does not need the principal to exist, so
+        // decide as Cedar does: the token's groups and tags apply, and a policy that
+        // reads a missing attribute errors (and so denies).
+        Err(EntitiesError::InvalidEntity(EntitySchemaConformanceError::MissingRequiredEntityAttr(_))) if !is_stored => {
+            Entity::from_json_value(Value::Object(json), None)
+                .map_err(|e| format!("the principal built from the token is not an entity: {e}"))
+        }
+        Err(e) => Err(format!("the principal built from the token does not fit the schema: {e}")),
+    }
 }
 
 /// A claim as a list of strings: a JSON array of strings, or one string.
