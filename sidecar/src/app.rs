@@ -196,12 +196,21 @@ impl App {
         let entities = self.config.sources.entities.clone();
         let mut delays = crate::avp::refresh::backoff(Duration::from_millis(500).min(interval));
         let snapshot = loop {
-            match crate::avp::refresh::load_first(&mut mirror, &entities).await {
+            // a store whose schema does not fit the routes is not served: every request
+            // would be denied; say so in /readyz and look again
+            let loaded = crate::avp::refresh::load_first(&mut mirror, &entities)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|snapshot| match check_routes(&self.config, &snapshot).as_slice() {
+                    [] => Ok(snapshot),
+                    problems => Err(format!("the store's schema does not fit the routes: {}", problems.join("; "))),
+                });
+            match loaded {
                 Ok(snapshot) => break snapshot,
                 Err(error) => {
                     tracing::error!(policy_store = mirror.policy_store_id(), error = %error,
-                        "cannot load the policy snapshot from Verified Permissions; not ready, retrying");
-                    self.load_error.store(Some(Arc::new(error.to_string())));
+                        "cannot serve the policy snapshot from Verified Permissions; not ready, retrying");
+                    self.load_error.store(Some(Arc::new(error)));
                 }
             }
             let delay = delays.next().unwrap_or(interval).min(interval);
@@ -210,9 +219,6 @@ impl App {
                 () = tokio::time::sleep(delay) => {}
             }
         };
-        for problem in check_routes(&self.config, &snapshot) {
-            tracing::error!(%problem, "route does not fit the policy schema; its requests will be denied");
-        }
         tracing::info!(version = %snapshot.version(), source = %snapshot.source(), policies = snapshot.policy_count(),
             entities = snapshot.entity_count(), "policy snapshot loaded");
         let store = PolicyStore::new(snapshot);

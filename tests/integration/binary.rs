@@ -37,7 +37,18 @@ pub struct Running {
 }
 
 pub async fn start_binary(args: &[&str], env: &[(&str, &std::ffi::OsStr)], log: &std::path::Path) -> Running {
-    start_binary_in(Command::new(binary()), args, env, log).await
+    start_binary_in(Command::new(binary()), args, env, log, true).await
+}
+
+/// As [`start_binary`]; with `wait_ready` false it returns once the admin listener
+/// answers, ready or not.
+pub async fn start_binary_in_env(
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+    log: &std::path::Path,
+    wait_ready: bool,
+) -> Running {
+    start_binary_in(Command::new(binary()), args, env, log, wait_ready).await
 }
 
 /// As [`start_binary`], under a descriptor limit of `nofile` (soft and hard, set by the
@@ -45,7 +56,7 @@ pub async fn start_binary(args: &[&str], env: &[(&str, &std::ffi::OsStr)], log: 
 pub async fn start_binary_with_nofile(nofile: u64, args: &[&str], log: &std::path::Path) -> Running {
     let mut command = Command::new("sh");
     command.args(["-c", &format!("ulimit -n {nofile} && exec \"$0\" \"$@\"")]).arg(binary());
-    start_binary_in(command, args, &[], log).await
+    start_binary_in(command, args, &[], log, true).await
 }
 
 async fn start_binary_in(
@@ -53,6 +64,7 @@ async fn start_binary_in(
     args: &[&str],
     env: &[(&str, &std::ffi::OsStr)],
     log: &std::path::Path,
+    wait_ready: bool,
 ) -> Running {
     let (data_port, admin_port) = (free_port(), free_port());
     command
@@ -71,7 +83,9 @@ async fn start_binary_in(
     let admin = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let data = format!("127.0.0.1:{data_port}").parse().unwrap();
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(admin).await.is_ok() && harness::get(admin, "/readyz", &[]).await.0 == 200 {
+        if tokio::net::TcpStream::connect(admin).await.is_ok()
+            && (!wait_ready || harness::get(admin, "/readyz", &[]).await.0 == 200)
+        {
             return Running { child, data, admin };
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -10,6 +10,7 @@
 
 mod account_pool;
 mod avp;
+mod avp_binary;
 mod aws_emulator;
 mod binary;
 mod cedar_parity;

@@ -82,7 +82,7 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
 
 /// Load, override and check everything that can be checked without serving. The policy
 /// snapshot built for the checks is served first.
-fn prepare(args: &Args) -> Result<(Config, PolicySnapshot), String> {
+fn prepare(args: &Args) -> Result<(Config, Option<PolicySnapshot>), String> {
     let mut config = Config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
     if let Some(listen) = args.listen {
         config.server.listen = listen;
@@ -111,15 +111,20 @@ fn prepare(args: &Args) -> Result<(Config, PolicySnapshot), String> {
                 .map_err(|e| format!("issuer `{}`: `{}`: {e}", issuer.issuer, path.display()))?;
         }
     }
+    // Policies from a Verified Permissions store are checked when the store loads (the
+    // sidecar is not ready until they fit the routes): no local policy files are needed.
+    if matches!(config.policy_source, crate::config::PolicySource::VerifiedPermissions(_)) {
+        return Ok((config, None));
+    }
     let snapshot = PolicySnapshot::load(&config.sources, 1).map_err(|e| format!("policies: {e}"))?;
     let problems = app::check_routes(&config, &snapshot);
     if !problems.is_empty() {
         return Err(problems.join("\n  "));
     }
-    Ok((config, snapshot))
+    Ok((config, Some(snapshot)))
 }
 
-async fn serve(config: Config, snapshot: PolicySnapshot, dev: bool) -> Result<(), String> {
+async fn serve(config: Config, snapshot: Option<PolicySnapshot>, dev: bool) -> Result<(), String> {
     // before anything opens a descriptor: the connection cap is fitted to this limit
     crate::server::limits::raise_nofile();
     let bind = |addr: SocketAddr, what: &'static str| async move {
@@ -129,7 +134,10 @@ async fn serve(config: Config, snapshot: PolicySnapshot, dev: bool) -> Result<()
         data: bind(config.server.listen, "data plane").await?,
         admin: bind(config.server.admin_listen, "admin").await?,
     };
-    let mut app = App::new(config, dev)?.with_snapshot(snapshot);
+    let mut app = App::new(config, dev)?;
+    if let Some(snapshot) = snapshot {
+        app = app.with_snapshot(snapshot);
+    }
     if app.needs_aws() {
         let presigner = app.aws_presigner().await?;
         app = app.with_presigner(presigner);
