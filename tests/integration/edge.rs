@@ -418,3 +418,26 @@ async fn a_flood_of_idle_sockets_neither_stops_the_admin_listener_nor_outlives_i
     let _ = child.wait();
     assert!(peak < baseline + 32 * 1024, "RSS went from {baseline} KiB to {peak} KiB during the flood");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validly_signed_token_with_critical_header_extensions_is_refused() {
+    use base64::Engine as _;
+    let sidecar = Sidecar::start(Setup::default()).await.ready().await;
+    let (key1, _) = keys();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let signed = |header: Value| {
+        let message =
+            format!("{}.{}", b64.encode(header.to_string()), b64.encode(claims("user-1", &["Team1"]).to_string()));
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &key1.encoding, jsonwebtoken::Algorithm::RS256).unwrap();
+        format!("{message}.{signature}")
+    };
+    let plain = signed(json!({"alg": "RS256", "typ": "JWT", "kid": key1.kid}));
+    assert_eq!(sidecar.studio(ALLOWED, &plain).await.0, 200, "the hand-made token itself is good");
+    for header in [
+        json!({"alg": "RS256", "kid": key1.kid, "crit": ["http://example.com/must-understand"], "http://example.com/must-understand": true}),
+        json!({"alg": "RS256", "kid": key1.kid, "b64": false, "crit": ["b64"]}),
+    ] {
+        assert_eq!(sidecar.studio(ALLOWED, &signed(header.clone())).await.0, 401, "{header}");
+    }
+}

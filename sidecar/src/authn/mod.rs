@@ -157,6 +157,11 @@ impl Authenticator {
 
     async fn verify(&self, token: &str, token_digest: [u8; 32]) -> Result<Identity, AuthnError> {
         let header = decode_header(token).map_err(|_| AuthnError::Malformed)?;
+        if names_critical_extensions(token) {
+            // RFC 7515 §4.1.11: a recipient that does not understand a `crit` extension
+            // must reject the token; this verifier understands none (nor RFC 7797's `b64`)
+            return Err(AuthnError::Invalid("critical_extension"));
+        }
         let peek = jsonwebtoken::dangerous::insecure_decode::<Peek>(token).map_err(|_| AuthnError::Malformed)?;
         let iss = peek.claims.iss.ok_or(AuthnError::Invalid("missing_iss"))?;
         let issuer = self.issuers.iter().find(|i| i.config.issuer == iss).ok_or(AuthnError::UnknownIssuer)?;
@@ -224,6 +229,19 @@ impl Authenticator {
     }
 }
 
+/// Whether the token's protected header names `crit` extensions or RFC 7797's `b64`
+/// (unencoded payload), neither of which this verifier implements. An unreadable header
+/// counts as naming them.
+fn names_critical_extensions(token: &str) -> bool {
+    use base64::Engine as _;
+    let Some(encoded) = token.split('.').next() else { return true };
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded) else { return true };
+    match serde_json::from_slice::<Map<String, Value>>(&bytes) {
+        Ok(header) => header.contains_key("crit") || header.contains_key("b64"),
+        Err(_) => true,
+    }
+}
+
 /// The token of the one `Authorization: Bearer <token>` header (scheme
 /// case-insensitive). Two `Authorization` headers are refused: which one a proxy or the
 /// upstream would read cannot be known.
@@ -268,6 +286,19 @@ mod tests {
         assert_eq!(bearer_token(&headers), Err(AuthnError::Missing));
         headers.insert(http::header::AUTHORIZATION, "Bearer ".parse().unwrap());
         assert_eq!(bearer_token(&headers), Err(AuthnError::Missing));
+    }
+
+    #[test]
+    fn critical_header_extensions_are_refused() {
+        use base64::Engine as _;
+        let token = |header: Value| {
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            format!("{}.{}.sig", b64.encode(header.to_string()), b64.encode("{}"))
+        };
+        assert!(!names_critical_extensions(&token(serde_json::json!({"alg": "RS256", "kid": "k"}))));
+        assert!(names_critical_extensions(&token(serde_json::json!({"alg": "RS256", "crit": ["exp"], "exp": 1}))));
+        assert!(names_critical_extensions(&token(serde_json::json!({"alg": "RS256", "b64": false, "crit": ["b64"]}))));
+        assert!(names_critical_extensions("!!!.e30.sig"));
     }
 
     #[test]
