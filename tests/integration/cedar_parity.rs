@@ -96,3 +96,20 @@ fn routes_on_enumerated_entity_types_check_without_invented_ids() {
     let problems = authz_sidecar::app::check_routes(&config, &store.current());
     assert!(problems.iter().any(|p| p.contains("is not in the policy schema")), "{problems:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_cannot_be_asked_is_denied_and_labelled_by_its_kind() {
+    let sidecar = Sidecar::start(Setup::default()).await.ready().await;
+    // a groups claim of numbers: the Team tag would be a set of numbers, which the
+    // schema does not allow
+    let mut claims = crate::harness::claims("user-1", &[]);
+    claims["cognito:groups"] = serde_json::json!([1, 2]);
+    let bad = crate::harness::sign(&crate::harness::keys().0, &claims);
+    let (status, body) = sidecar.studio("/studio/user-1/team1", &bad).await;
+    assert_eq!(status, 403, "{body}");
+    let (_, _, metrics) = crate::harness::get(sidecar.admin, "/metrics", &[]).await;
+    assert!(
+        metrics.contains(r#"authz_decisions_total{route="studio",decision="deny",reason="bad_entities"}"#),
+        "{metrics}"
+    );
+}

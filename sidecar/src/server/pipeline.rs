@@ -30,7 +30,7 @@ use super::context;
 use super::path::canonicalize;
 use crate::app::App;
 use crate::authn::principal::principal_entity;
-use crate::authz::{Decision, Effect, context_from_strings};
+use crate::authz::{Decision, Effect, RequestError, context_from_strings};
 use crate::config::{Handler, Mode, RenderError};
 use crate::http_client::Body;
 use crate::policy_store::PolicySnapshot;
@@ -134,11 +134,13 @@ async fn run(
         app.config.principal.entity_type.clone(),
         EntityId::new(&identity.principal_id),
     );
+    // errors stay typed to here, so the metric and the audit event say which kind
     let decided = snapshot
         .request_principal(identity.token_digest, || principal_entity(&identity, &app.config.principal, &snapshot))
+        .map_err(RequestError::BadEntities)
         .and_then(|requester| {
-            let context = context_from_strings(&snapshot, &authz.action, &context).map_err(|e| e.to_string())?;
-            engine.decide_as(&snapshot, &requester, &authz.action, &resource, context).map_err(|e| e.to_string())
+            let context = context_from_strings(&snapshot, &authz.action, &context)?;
+            engine.decide_as(&snapshot, &requester, &authz.action, &resource, context)
         });
     metrics::histogram!("authz_authz_seconds").record(authz_started.elapsed().as_secs_f64());
     let decision = match decided {
@@ -153,7 +155,7 @@ async fn run(
                 &error,
                 &snapshot.version().to_string(),
             );
-            metrics::counter!("authz_decisions_total", "route" => route.name.clone(), "decision" => "deny", "reason" => "invalid_request").increment(1);
+            metrics::counter!("authz_decisions_total", "route" => route.name.clone(), "decision" => "deny", "reason" => error.kind()).increment(1);
             return Err(ApiError::Forbidden);
         }
     };
@@ -299,7 +301,7 @@ fn audit_error(
     principal: &EntityUid,
     action: &EntityUid,
     resource: &EntityUid,
-    error: &str,
+    error: &RequestError,
     snapshot: &str,
 ) {
     tracing::warn!(
@@ -310,9 +312,9 @@ fn audit_error(
         action = %action,
         resource = %resource,
         decision = "deny",
-        reason = "invalid_request",
+        reason = error.kind(),
         policies = "",
-        errors = %serde_json::json!([error]),
+        errors = %serde_json::json!([error.to_string()]),
         snapshot,
         "decision"
     );
