@@ -5,10 +5,19 @@
 //! forwarded. This crate holds the whole of it; the `authz-sidecar` binary is a thin
 //! `main` over [`cli`].
 //!
-//! - [`policy_store`]: the immutable policy snapshot, built from files, and hot reload.
-//! - [`authz`]: the decision engine the data plane and the CLI call.
+//! The life of a forwarded request, module by module: [`server`] accepts the connection
+//! and bounds it ([`server::limits`]), [`server::pipeline`] runs the phases, [`authn`]
+//! verifies the token, [`server::path`] and [`server::router`] find the route,
+//! [`server::context`] and [`server::forwarded`] say where the call came from,
+//! [`authz`] decides over the [`policy_store`] snapshot, [`proxy`] forwards (or a
+//! [`handlers`] module answers), and [`rescue`] turns any failure into the response.
+//!
+//! - [`policy_store`]: the immutable policy snapshot, built from files, and hot reload;
+//!   [`avp`]: the same from a Verified Permissions store.
+//! - [`authz`]: the decision engine the data plane, the handlers and the CLI call.
 //! - [`policy_tests`]: decision tables, the security team's unit tests for policies.
-//! - [`cli`]: `validate`, `authorize`, `test`.
+//! - [`app`]: the state requests read and the background tasks; [`admin`]: its endpoints.
+//! - [`cli`]: `serve`, `validate`, `authorize`, `test`, `lambda`, `avp`.
 
 pub mod admin;
 pub mod app;
