@@ -43,9 +43,6 @@ pub struct App {
     pub dev: Option<DevIssuer>,
     /// Set when a route uses the presign handler (see [`App::with_presigner`]).
     pub presigner: Option<crate::handlers::presign::Presigner>,
-    /// A snapshot already built from the policy files (by `serve`'s start-up checks),
-    /// served first instead of building the same files again (see [`App::with_snapshot`]).
-    preloaded: std::sync::Mutex<Option<PolicySnapshot>>,
 }
 
 impl std::fmt::Debug for App {
@@ -82,19 +79,7 @@ impl App {
             in_flight,
             dev,
             presigner: None,
-            preloaded: std::sync::Mutex::new(None),
         })
-    }
-
-    /// Serve `snapshot` (built from the configured policy files) first, instead of
-    /// building it again: a 10,000-entity snapshot takes a third of a second and tens of
-    /// MiB to build. Ignored when the policies come from Verified Permissions.
-    #[must_use]
-    pub fn with_snapshot(self, snapshot: PolicySnapshot) -> Self {
-        if let Ok(mut slot) = self.preloaded.lock() {
-            *slot = Some(snapshot);
-        }
-        self
     }
 
     /// Whether any route needs AWS (and so a [`Presigner`](crate::handlers::presign::Presigner)).
@@ -147,8 +132,9 @@ impl App {
     }
 
     /// Load the first snapshot (retrying until it loads or `shutdown`), then keep it fresh.
-    async fn load_policies(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut preloaded = self.preloaded.lock().ok().and_then(|mut slot| slot.take());
+    /// `initial` is a snapshot `serve` already built from the policy files for its
+    /// start-up checks, served first instead of building the same files again.
+    async fn load_policies(self: Arc<Self>, initial: Option<PolicySnapshot>, shutdown: CancellationToken) {
         if let PolicySource::VerifiedPermissions(avp) = self.config.policy_source.clone() {
             let base = crate::aws::load(&self.config.aws).await;
             let client = crate::avp::client(&base, self.config.aws.verifiedpermissions_endpoint.as_deref());
@@ -156,35 +142,24 @@ impl App {
             return self.load_from_store(mirror, avp.poll_interval, shutdown).await;
         }
         let dirs = self.config.sources.clone();
-        let mut delay = Duration::from_millis(500);
-        let store = loop {
-            if let Some(snapshot) = preloaded.take() {
-                break PolicyStore::new(snapshot);
-            }
-            let attempt = {
-                let dirs = dirs.clone();
-                tokio::task::spawn_blocking(move || PolicyStore::load_files(&dirs)).await
-            };
-            match attempt {
-                Ok(Ok(store)) => break store,
-                Ok(Err(error)) => {
-                    tracing::error!(error = %error, "cannot load the policy snapshot; not ready, retrying");
-                    self.load_error.store(Some(Arc::new(error.to_string())));
+        let mut initial = initial;
+        let max_delay = self.config.poll_interval.max(Duration::from_secs(1));
+        let loaded = self
+            .first_load("policy files", max_delay, &shutdown, || {
+                let (dirs, initial) = (dirs.clone(), initial.take());
+                async move {
+                    if let Some(snapshot) = initial {
+                        return Ok(snapshot);
+                    }
+                    tokio::task::spawn_blocking(move || PolicySnapshot::load(&dirs, 1))
+                        .await
+                        .map_err(|e| format!("the policy load task failed: {e}"))?
+                        .map_err(|e| e.to_string())
                 }
-                Err(e) => tracing::error!(error = %e, "policy load task failed"),
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(self.config.poll_interval.max(Duration::from_secs(1)));
-        };
-        let snapshot = store.current();
-        for problem in check_routes(&self.config, &snapshot) {
-            tracing::error!(%problem, "route does not fit the policy schema; its requests will be denied");
-        }
-        tracing::info!(version = %snapshot.version(), policies = snapshot.policy_count(), entities = snapshot.entity_count(), "policy snapshot loaded");
-        self.load_error.store(None);
+            })
+            .await;
+        let Some(snapshot) = loaded else { return };
+        let store = PolicyStore::new(snapshot);
         let _ = self.engine.set(Engine::new(store.clone()));
         let options = ReloadOptions { poll_interval: self.config.poll_interval, ..ReloadOptions::default() };
         let _ = spawn_file_reloader(store, dirs, options, shutdown).await;
@@ -192,39 +167,77 @@ impl App {
 
     /// Mirror a Verified Permissions store: not ready until the first snapshot builds
     /// (retrying with backoff, the error shown in `/readyz`), then refreshed by polling.
-    pub async fn load_from_store(self: Arc<Self>, mut mirror: Mirror, interval: Duration, shutdown: CancellationToken) {
+    pub async fn load_from_store(self: Arc<Self>, mirror: Mirror, interval: Duration, shutdown: CancellationToken) {
         let entities = self.config.sources.entities.clone();
-        let mut delays = crate::avp::refresh::backoff(Duration::from_millis(500).min(interval));
-        let snapshot = loop {
-            // a store whose schema does not fit the routes is not served: every request
-            // would be denied; say so in /readyz and look again
-            let loaded = crate::avp::refresh::load_first(&mut mirror, &entities)
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|snapshot| match check_routes(&self.config, &snapshot).as_slice() {
-                    [] => Ok(snapshot),
-                    problems => Err(format!("the store's schema does not fit the routes: {}", problems.join("; "))),
-                });
+        let what = format!("policy store `{}`", mirror.policy_store_id());
+        let shared = std::sync::Arc::new(tokio::sync::Mutex::new(mirror));
+        let loaded = self
+            .first_load(&what, interval, &shutdown, || {
+                let (shared, entities) = (shared.clone(), entities.clone());
+                async move {
+                    let mut mirror = shared.lock().await;
+                    crate::avp::refresh::load_first(&mut mirror, &entities).await.map_err(|e| e.to_string())
+                }
+            })
+            .await;
+        let Some(snapshot) = loaded else { return };
+        let store = PolicyStore::new(snapshot);
+        let _ = self.engine.set(Engine::new(store.clone()));
+        let Ok(mirror) = Arc::try_unwrap(shared).map(tokio::sync::Mutex::into_inner) else {
+            tracing::error!("the store mirror is still shared; not refreshing");
+            return;
+        };
+        crate::avp::refresh::run(mirror, store, entities, interval, shutdown).await;
+    }
+
+    /// The one first-load loop of every policy source: `load` until a snapshot builds
+    /// and fits the routes (a snapshot whose schema does not fit them is not served:
+    /// every request would be denied), retrying with jittered exponential backoff (from
+    /// half a second up to `max_delay`) until `shutdown`. Each failure is logged and shown
+    /// in `/readyz`; `None` when shut down first.
+    async fn first_load<F, Fut>(
+        &self,
+        what: &str,
+        max_delay: Duration,
+        shutdown: &CancellationToken,
+        mut load: F,
+    ) -> Option<PolicySnapshot>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<PolicySnapshot, String>>,
+    {
+        use backon::BackoffBuilder;
+        let min_delay = Duration::from_millis(500).min(max_delay);
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(min_delay)
+            .with_max_delay(max_delay)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            let loaded = load().await.and_then(|snapshot| match check_routes(&self.config, &snapshot).as_slice() {
+                [] => Ok(snapshot),
+                problems => Err(format!("the policy schema does not fit the routes: {}", problems.join("; "))),
+            });
             match loaded {
-                Ok(snapshot) => break snapshot,
+                Ok(snapshot) => {
+                    tracing::info!(source = what, version = %snapshot.version(), policies = snapshot.policy_count(),
+                        entities = snapshot.entity_count(), "policy snapshot loaded");
+                    self.load_error.store(None);
+                    return Some(snapshot);
+                }
                 Err(error) => {
-                    tracing::error!(policy_store = mirror.policy_store_id(), error = %error,
-                        "cannot serve the policy snapshot from Verified Permissions; not ready, retrying");
+                    tracing::error!(source = what, error = %error, "cannot serve a policy snapshot; not ready, retrying");
                     self.load_error.store(Some(Arc::new(error)));
                 }
             }
-            let delay = delays.next().unwrap_or(interval).min(interval);
+            let delay = delays.next().unwrap_or(max_delay);
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => return None,
                 () = tokio::time::sleep(delay) => {}
             }
-        };
-        tracing::info!(version = %snapshot.version(), source = %snapshot.source(), policies = snapshot.policy_count(),
-            entities = snapshot.entity_count(), "policy snapshot loaded");
-        let store = PolicyStore::new(snapshot);
-        self.load_error.store(None);
-        let _ = self.engine.set(Engine::new(store.clone()));
-        crate::avp::refresh::run(mirror, store, entities, interval, shutdown).await;
+        }
     }
 
     /// Fetch every issuer's keys (retrying with backoff until each has some), then
@@ -338,6 +351,18 @@ pub struct Listeners {
 
 /// Run until `shutdown` is cancelled and both listeners have drained.
 pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: CancellationToken) -> Result<(), String> {
+    run_with_snapshot(app, listeners, None, shutdown).await
+}
+
+/// As [`run`], serving `initial` first: a snapshot `serve` built from the policy files
+/// for its start-up checks (a 10,000-entity snapshot takes a third of a second and tens
+/// of MiB to build, so it is not built twice). Ignored for a Verified Permissions source.
+pub async fn run_with_snapshot(
+    app: Arc<App>,
+    listeners: Listeners,
+    initial: Option<PolicySnapshot>,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
     let tls = match &app.config.server.tls {
         Some(files) => Some(server::tls::acceptor(files)?),
         None => None,
@@ -345,7 +370,7 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: CancellationToke
     let metrics = crate::telemetry::metrics_handle();
     // Background tasks end with `tasks`, which is cancelled after the listeners drain.
     let tasks = CancellationToken::new();
-    tokio::spawn(app.clone().load_policies(tasks.clone()));
+    tokio::spawn(app.clone().load_policies(initial, tasks.clone()));
     tokio::spawn(crate::telemetry::upkeep(metrics.clone(), crate::telemetry::UPKEEP_INTERVAL, tasks.clone()));
     tokio::spawn(app.clone().load_keys(tasks.clone()));
 

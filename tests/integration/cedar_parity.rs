@@ -113,3 +113,27 @@ async fn a_request_that_cannot_be_asked_is_denied_and_labelled_by_its_kind() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_files_that_do_not_fit_the_routes_are_not_served_and_readyz_says_why() {
+    let ws = Workspace::shipped();
+    let jwks = crate::harness::Jwks::start(&[&crate::harness::keys().0]).await;
+    let toml = crate::harness::base_toml(&ws, crate::harness::ISSUER, &jwks.url())
+        + "[[routes]]\nname = \"r\"\nmethod = \"GET\"\npath = \"/r/{id}\"\naction = 'Studio::Action::\"Missing\"'\n\
+           resource_type = \"Studio::UserProfile\"\nresource_id = \"{id}\"\nhandler = \"echo\"\n";
+    let launched = launch(authz_sidecar::config::Config::from_toml(&toml, "t").unwrap()).await;
+    let mut said = String::new();
+    for _ in 0..100 {
+        let (status, _, body) = crate::harness::get(launched.admin, "/readyz", &[]).await;
+        assert_eq!(status, 503, "{body}");
+        if body.contains("does not fit the routes") {
+            said = body;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(said.contains("Missing"), "{said}");
+    let (status, _, _) = crate::harness::get(launched.data, "/r/x", &[]).await;
+    assert_eq!(status, 503, "nothing is served from a snapshot that does not fit");
+    launched.shutdown.cancel();
+}

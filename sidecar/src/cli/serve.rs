@@ -135,9 +135,6 @@ async fn serve(config: Config, snapshot: Option<PolicySnapshot>, dev: bool) -> R
         admin: bind(config.server.admin_listen, "admin").await?,
     };
     let mut app = App::new(config, dev)?;
-    if let Some(snapshot) = snapshot {
-        app = app.with_snapshot(snapshot);
-    }
     if app.needs_aws() {
         let presigner = app.aws_presigner().await?;
         app = app.with_presigner(presigner);
@@ -154,7 +151,7 @@ async fn serve(config: Config, snapshot: Option<PolicySnapshot>, dev: bool) -> R
 
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_on_signal(shutdown.clone()));
-    app::run(app, listeners, shutdown).await?;
+    app::run_with_snapshot(app, listeners, snapshot, shutdown).await?;
     tracing::info!("authz-sidecar stopped");
     Ok(())
 }
