@@ -10,10 +10,7 @@
 //! Either way `Request::new` type-checks the context against the schema, so a wrong
 //! kind is refused, never silently let through.
 
-use std::sync::LazyLock;
-
 use cedar_policy::{Context, EntityUid, RestrictedExpression};
-use moka::sync::Cache;
 use serde_json::Value;
 
 use super::RequestError;
@@ -38,23 +35,18 @@ pub fn context_from_strings(
     for (name, value) in pairs {
         match snapshot.context_kind(action, name) {
             Some(ContextValueKind::Other) | None => return parse_and_learn(snapshot, action, pairs),
-            Some(kind) => typed.push((name.clone(), expression(kind, value))),
+            Some(kind) => typed.push((name.clone(), expression(snapshot, kind, value))),
         }
     }
     Context::from_pairs(typed).map_err(|e| bad_context(action, &e))
 }
 
-/// Typed values by kind and string. Making an extension value parses the constructor's
-/// name with Cedar's parser every time, which costs more than the rest of the context;
-/// the same values recur (the current second, the addresses behind a NAT or endpoint).
-static VALUES: LazyLock<Cache<(ContextValueKind, String), RestrictedExpression>> =
-    LazyLock::new(|| Cache::builder().max_capacity(10_000).build());
-
-fn expression(kind: ContextValueKind, value: &str) -> RestrictedExpression {
+/// A typed value; extension values come from the snapshot's cache of them.
+fn expression(snapshot: &PolicySnapshot, kind: ContextValueKind, value: &str) -> RestrictedExpression {
     if kind == ContextValueKind::String || kind == ContextValueKind::Other {
         return RestrictedExpression::new_string(value.to_owned());
     }
-    VALUES.get_with((kind, value.to_owned()), || make(kind, value))
+    snapshot.context_value(kind, value, || make(kind, value))
 }
 
 fn make(kind: ContextValueKind, value: &str) -> RestrictedExpression {
@@ -83,7 +75,10 @@ fn parse_and_learn(
         }
         let Some(parsed) = context.get(name) else { continue };
         let same = |kind: &ContextValueKind| {
-            Context::from_pairs([(name.clone(), expression(*kind, value))]).ok().and_then(|c| c.get(name)).as_ref()
+            Context::from_pairs([(name.clone(), expression(snapshot, *kind, value))])
+                .ok()
+                .and_then(|c| c.get(name))
+                .as_ref()
                 == Some(&parsed)
         };
         let kind = KINDS.iter().find(|k| same(k)).copied().unwrap_or(ContextValueKind::Other);

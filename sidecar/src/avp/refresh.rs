@@ -92,41 +92,18 @@ pub async fn refresh_once(mirror: &mut Mirror, store: &PolicyStore, entities_dir
     match build(mirror, entities_dir, Some(&serving.version().digest), generation).await {
         Ok(None) => {
             metrics::counter!("authz_avp_refresh_total", "result" => "unchanged").increment(1);
-            if store.clear_failure() {
-                tracing::info!(version = %serving.version(), "policy store is back to the serving snapshot");
-            }
+            store.back_to_serving();
             ReloadOutcome::Unchanged
         }
         Ok(Some(snapshot)) => {
             metrics::counter!("authz_avp_refresh_total", "result" => "published").increment(1);
-            metrics::counter!("authz_policy_reloads_total", "result" => "success").increment(1);
-            tracing::info!(
-                version = %snapshot.version(),
-                source = %snapshot.source(),
-                policies = snapshot.policy_count(),
-                entities = snapshot.entity_count(),
-                "policy snapshot refreshed from Verified Permissions"
-            );
-            for warning in snapshot.warnings() {
-                tracing::warn!(%warning, "policy snapshot warning");
-            }
-            store.publish(snapshot);
-            ReloadOutcome::Published(generation)
+            ReloadOutcome::Published(store.publish_reloaded(snapshot))
         }
         Err(error) => {
             metrics::counter!("authz_avp_refresh_total", "result" => error.kind()).increment(1);
             let throttled = matches!(error, RefreshError::Store(AvpError::Throttled { .. }));
-            let message = error.to_string();
-            let key = format!("{}:{message}", error.kind());
-            if store.record_failure(&key, error.into_load_error(mirror.policy_store_id())) {
-                metrics::counter!("authz_policy_reloads_total", "result" => "failure").increment(1);
-                if throttled {
-                    tracing::warn!(serving = %serving.version(), error = %message, "policy store refresh throttled; backing off");
-                } else {
-                    tracing::error!(serving = %serving.version(), error = %message,
-                        "policy store refresh failed; the previous snapshot keeps serving");
-                }
-            }
+            let key = format!("{}:{error}", error.kind());
+            store.fail_reload(&key, error.into_load_error(mirror.policy_store_id()), throttled);
             ReloadOutcome::Failed
         }
     }

@@ -87,6 +87,53 @@ impl PolicyStore {
         self.inner.generation.load(Ordering::Acquire) + 1
     }
 
+    /// Publish a snapshot a reloader built (from files or a policy store): log it and
+    /// its warnings, count it, swap it in. Every source publishes through this one place.
+    pub fn publish_reloaded(&self, snapshot: PolicySnapshot) -> u64 {
+        let generation = snapshot.version().generation;
+        tracing::info!(
+            version = %snapshot.version(),
+            generation,
+            source = %snapshot.source(),
+            policies = snapshot.policy_count(),
+            entities = snapshot.entity_count(),
+            "policy snapshot reloaded"
+        );
+        for warning in snapshot.warnings() {
+            tracing::warn!(%warning, "policy snapshot warning");
+        }
+        self.publish(snapshot);
+        metrics::counter!("authz_policy_reloads_total", "result" => "success").increment(1);
+        generation
+    }
+
+    /// Record a failed reload of inputs identified by `key`: counted and logged once
+    /// per distinct failure, the serving snapshot kept. `quiet` logs it as a warning
+    /// (a throttled store) rather than an error. Returns whether it was new.
+    pub fn fail_reload(&self, key: &str, error: LoadError, quiet: bool) -> bool {
+        let message = error.to_string();
+        if !self.record_failure(key, error) {
+            return false;
+        }
+        metrics::counter!("authz_policy_reloads_total", "result" => "failure").increment(1);
+        let serving = self.current();
+        if quiet {
+            tracing::warn!(serving = %serving.version(), error = %message, "policy reload deferred; backing off");
+        } else {
+            tracing::error!(serving = %serving.version(), error = %message,
+                "policy reload failed; the previous snapshot keeps serving");
+        }
+        true
+    }
+
+    /// Forget a recorded failure because the inputs are back to the serving snapshot,
+    /// and say so once.
+    pub fn back_to_serving(&self) {
+        if self.clear_failure() {
+            tracing::info!(version = %self.current().version(), "policy sources are back to the serving snapshot");
+        }
+    }
+
     /// Swap in a new snapshot and record the success.
     ///
     /// The status is settled before the swap, so whoever sees the new snapshot also

@@ -120,42 +120,16 @@ pub fn reload_once(store: &PolicyStore, dirs: &SourceDirs) -> ReloadOutcome {
         Err(error) => return fail(store, &format!("unreadable:{error}"), error),
     };
     if sources.digest == store.current().version().digest {
-        if store.clear_failure() {
-            tracing::info!(version = %store.current().version(), "policy files are back to the serving snapshot");
-        }
+        store.back_to_serving();
         return ReloadOutcome::Unchanged;
     }
     let generation = store.next_generation();
     match PolicySnapshot::from_sources(&sources, SnapshotSource::Files(dirs.clone()), generation) {
-        Ok(snapshot) => {
-            tracing::info!(
-                version = %snapshot.version(),
-                generation,
-                policies = snapshot.policy_count(),
-                entities = snapshot.entity_count(),
-                "policy snapshot reloaded"
-            );
-            for warning in snapshot.warnings() {
-                tracing::warn!(%warning, "policy snapshot warning");
-            }
-            store.publish(snapshot);
-            metrics::counter!("authz_policy_reloads_total", "result" => "success").increment(1);
-            ReloadOutcome::Published(generation)
-        }
+        Ok(snapshot) => ReloadOutcome::Published(store.publish_reloaded(snapshot)),
         Err(error) => fail(store, &sources.digest, error),
     }
 }
 
 fn fail(store: &PolicyStore, digest: &str, error: super::LoadError) -> ReloadOutcome {
-    let message = error.to_string();
-    if !store.record_failure(digest, error) {
-        return ReloadOutcome::Unchanged;
-    }
-    metrics::counter!("authz_policy_reloads_total", "result" => "failure").increment(1);
-    tracing::error!(
-        serving = %store.current().version(),
-        error = %message,
-        "policy reload failed; the previous snapshot keeps serving"
-    );
-    ReloadOutcome::Failed
+    if store.fail_reload(digest, error, false) { ReloadOutcome::Failed } else { ReloadOutcome::Unchanged }
 }

@@ -160,6 +160,12 @@ pub struct PolicySnapshot {
     /// context that had it (see [`PolicySnapshot::learn_context_kind`]). Attribute names
     /// come from the configuration, so this stays small.
     context_kinds: RwLock<HashMap<EntityUid, HashMap<String, ContextValueKind>>>,
+    /// Typed context values by kind and string (see [`PolicySnapshot::context_value`]):
+    /// making an extension value parses its constructor's name with Cedar's parser, which
+    /// costs more than the rest of a context, and the same values recur (the current
+    /// second, the addresses behind a NAT or endpoint). Bounded; it goes with the
+    /// snapshot, so nothing of it outlives a reload.
+    context_values: Cache<(ContextValueKind, String), cedar_policy::RestrictedExpression>,
     /// Values derived from this snapshot by other modules, one per type, built on first
     /// use (see [`PolicySnapshot::derived`]).
     derived: RwLock<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
@@ -257,6 +263,7 @@ impl PolicySnapshot {
             slices: Cache::builder().max_capacity(SLICE_CACHE_CAPACITY).build(),
             principals: Cache::builder().max_capacity(PRINCIPAL_CACHE_CAPACITY).build(),
             context_kinds: RwLock::new(HashMap::new()),
+            context_values: Cache::builder().max_capacity(10_000).build(),
             derived: RwLock::new(HashMap::new()),
         })
     }
@@ -471,6 +478,16 @@ impl PolicySnapshot {
     }
 
     /// Remember how `attr` of `action`'s context is built from a string.
+    /// The typed context value of `kind` for `value`, made by `make` the first time.
+    pub fn context_value(
+        &self,
+        kind: ContextValueKind,
+        value: &str,
+        make: impl FnOnce() -> cedar_policy::RestrictedExpression,
+    ) -> cedar_policy::RestrictedExpression {
+        self.context_values.get_with((kind, value.to_owned()), make)
+    }
+
     pub fn learn_context_kind(&self, action: &EntityUid, attr: &str, kind: ContextValueKind) {
         if let Ok(mut kinds) = self.context_kinds.write() {
             kinds.entry(action.clone()).or_default().insert(attr.to_owned(), kind);
