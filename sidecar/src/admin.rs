@@ -8,11 +8,13 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::app::App;
 use crate::http_client::Body;
-use crate::rescue::{full, json_response};
+use crate::rescue::{ApiError, full, json_response};
 
 pub fn handle<B>(app: &App, metrics: &PrometheusHandle, request: Request<B>) -> Response<Body> {
+    // errors take the same shape as the data plane's (rescue.rs), with a request id
+    let refused = |error: ApiError| error.into_response(&uuid::Uuid::new_v4().simple().to_string());
     if request.method() != Method::GET {
-        return json_response(StatusCode::METHOD_NOT_ALLOWED, r#"{"error":"use GET"}"#.to_owned());
+        return refused(ApiError::MethodNotAllowed);
     }
     match request.uri().path() {
         "/livez" => json_response(StatusCode::OK, r#"{"live":true}"#.to_owned()),
@@ -40,9 +42,9 @@ pub fn handle<B>(app: &App, metrics: &PrometheusHandle, request: Request<B>) -> 
         }
         "/dev/token" => match &app.dev {
             Some(dev) => dev_token(dev, request.uri().query().unwrap_or_default()),
-            None => json_response(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.to_owned()),
+            None => refused(ApiError::NotFound),
         },
-        _ => json_response(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.to_owned()),
+        _ => refused(ApiError::NotFound),
     }
 }
 
@@ -60,7 +62,8 @@ fn dev_token(dev: &crate::authn::dev::DevIssuer, query: &str) -> Response<Body> 
         }
     }
     let Some(user) = user.filter(|u| !u.is_empty()) else {
-        return json_response(StatusCode::BAD_REQUEST, r#"{"error":"give ?user=<name>&groups=<a,b>"}"#.to_owned());
+        return ApiError::BadRequest("give ?user=<name>&groups=<a,b>")
+            .into_response(&uuid::Uuid::new_v4().simple().to_string());
     };
     match dev.mint(&user, &groups, Duration::from_secs(3600)) {
         Ok(token) => {
@@ -70,7 +73,7 @@ fn dev_token(dev: &crate::authn::dev::DevIssuer, query: &str) -> Response<Body> 
         }
         Err(e) => {
             tracing::error!(error = %e, "dev token minting failed");
-            json_response(StatusCode::INTERNAL_SERVER_ERROR, r#"{"error":"cannot mint a token"}"#.to_owned())
+            ApiError::Internal.into_response(&uuid::Uuid::new_v4().simple().to_string())
         }
     }
 }

@@ -15,7 +15,7 @@
 //! - [`policy_store`]: the immutable policy snapshot, built from files, and hot reload;
 //!   [`avp`]: the same from a Verified Permissions store.
 //! - [`authz`]: the decision engine the data plane, the handlers and the CLI call.
-//! - [`policy_tests`]: decision tables, the security team's unit tests for policies.
+//! - [`decision_tables`]: decision tables, the security team's unit tests for policies.
 //! - [`app`]: the state requests read and the background tasks; [`admin`]: its endpoints.
 //! - [`cli`]: `serve`, `validate`, `authorize`, `test`, `lambda`, `avp`.
 
@@ -27,10 +27,10 @@ pub mod avp;
 pub mod aws;
 pub mod cli;
 pub mod config;
+pub mod decision_tables;
 pub mod handlers;
 pub mod http_client;
 pub mod policy_store;
-pub mod policy_tests;
 pub mod proxy;
 pub mod rescue;
 pub mod server;

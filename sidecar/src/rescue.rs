@@ -26,6 +26,8 @@ pub enum ApiError {
     Forbidden,
     #[error("not found")]
     NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
     #[error("request body too large")]
     PayloadTooLarge,
     #[error("request headers too large")]
@@ -63,6 +65,7 @@ impl ApiError {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
@@ -87,6 +90,7 @@ impl ApiError {
             Self::Unauthenticated(_) => "the bearer token is not valid".to_owned(),
             Self::Forbidden => "the policy does not allow this request".to_owned(),
             Self::NotFound => "no route matches this method and path".to_owned(),
+            Self::MethodNotAllowed => "this endpoint answers GET only".to_owned(),
             Self::PayloadTooLarge => "the request body is too large".to_owned(),
             Self::HeadersTooLarge => "the request headers are too large or too many".to_owned(),
             Self::Overloaded => "too many requests in flight; retry shortly".to_owned(),
@@ -123,6 +127,17 @@ impl ApiError {
     }
 }
 
+/// An account-pool event the handler refused: too large is 413, anything else 400 with
+/// the handler's message (which names the field and type, never a value).
+impl From<crate::handlers::account_pool::EventError> for ApiError {
+    fn from(error: crate::handlers::account_pool::EventError) -> Self {
+        match error {
+            crate::handlers::account_pool::EventError::TooLarge { .. } => Self::PayloadTooLarge,
+            other => Self::InvalidEvent(other.to_string()),
+        }
+    }
+}
+
 /// A JSON response with `Cache-Control: no-store`.
 pub fn json_response(status: StatusCode, body: String) -> Response<Body> {
     let mut response = Response::new(full(body));
@@ -156,6 +171,7 @@ mod tests {
             (ApiError::BadRequest("x"), 400),
             (ApiError::Forbidden, 403),
             (ApiError::NotFound, 404),
+            (ApiError::MethodNotAllowed, 405),
             (ApiError::PayloadTooLarge, 413),
             (ApiError::HeadersTooLarge, 431),
             (ApiError::Overloaded, 429),

@@ -441,3 +441,14 @@ async fn a_validly_signed_token_with_critical_header_extensions_is_refused() {
         assert_eq!(sidecar.studio(ALLOWED, &signed(header.clone())).await.0, 401, "{header}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_answers_errors_in_the_shape_of_every_other_error() {
+    let sidecar = Sidecar::start(Setup::default()).await.ready().await;
+    for (method, path, status) in [("POST", "/livez", 405), ("GET", "/nope", 404)] {
+        let (got, _, body) = harness::request(sidecar.admin, method, path, &[], Vec::new()).await;
+        assert_eq!(got, status, "{method} {path}: {body}");
+        let json: Value = serde_json::from_str(&body).unwrap();
+        assert!(json["error"].is_string() && json["request_id"].as_str().is_some_and(|id| id.len() == 32), "{body}");
+    }
+}

@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 use super::AvpError;
 use crate::policy_store::{
-    EntitySources, LoadError, Origin, PolicyParts, PolicySnapshot, Problem, SnapshotSource, SourceFile,
+    DefinedAt, EntitySources, LoadError, PolicyParts, PolicySnapshot, Problem, SnapshotSource, SourceFile,
 };
 
 /// BatchGetPolicy takes at most 100 requests.
@@ -329,7 +329,7 @@ pub fn snapshot(
     }
     for (id, policy) in &contents.policies {
         let path = origin_path(store, "policies", id);
-        origins.insert(PolicyId::new(id), Origin { file: path.clone(), location: None });
+        origins.insert(PolicyId::new(id), DefinedAt { file: path.clone(), location: None });
         match policy {
             StorePolicy::Static { statement } => {
                 match Policy::parse(Some(PolicyId::new(id)), statement) {

@@ -7,8 +7,8 @@ use cedar_policy::{Authorizer, Entity, PolicyId};
 
 use super::{Sources, exit};
 use crate::authz::{Decision, DecisionRequest, Effect, decide_with, parse_entity_uid, resolve_action};
+use crate::decision_tables::describe_decision;
 use crate::policy_store::PolicySnapshot;
-use crate::policy_tests::describe_decision;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use super::{Sources, exit, print_problems};
-use crate::policy_tests::{self, Outcome, describe_decision};
+use crate::decision_tables::{self, Outcome, describe_decision};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,14 +27,14 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Err(code) => return code,
     };
     let dir = args.dir.clone().unwrap_or_else(|| args.sources.policies.join("tests"));
-    let tables = match policy_tests::load_tables(&dir) {
+    let tables = match decision_tables::load_tables(&dir) {
         Ok(tables) => tables,
         Err(e) => {
             print_problems(err, &e);
             return exit::FAILURE;
         }
     };
-    let report = policy_tests::run(&snapshot, &tables);
+    let report = decision_tables::run(&snapshot, &tables);
     for result in &report.results {
         let file = result.file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
         match &result.outcome {

@@ -20,7 +20,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 pub use diagnostics::{LoadError, Location, Problem};
 pub use reload::{ReloadOptions, ReloadOutcome, reload_once, spawn_file_reloader};
 pub use snapshot::{
-    ContextValueKind, Origin, PolicyParts, PolicySnapshot, RequestPrincipal, SnapshotSource, SnapshotVersion,
+    ContextValueKind, DefinedAt, PolicyParts, PolicySnapshot, RequestPrincipal, SnapshotSource, SnapshotVersion,
 };
 pub use sources::{EntitySources, SourceDirs, SourceFile, Sources};
 

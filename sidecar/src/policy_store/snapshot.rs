@@ -109,12 +109,12 @@ impl fmt::Display for SnapshotSource {
 
 /// Where a policy or entity was defined.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
+pub struct DefinedAt {
     pub file: PathBuf,
     pub location: Option<Location>,
 }
 
-impl fmt::Display for Origin {
+impl fmt::Display for DefinedAt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.location {
             Some(loc) => write!(f, "{}:{}", self.file.display(), loc.line),
@@ -136,8 +136,8 @@ pub struct PolicySnapshot {
     by_action: HashMap<EntityUid, PolicySet>,
     schema: Schema,
     entities: Entities,
-    policy_origins: HashMap<PolicyId, Origin>,
-    entity_origins: HashMap<EntityUid, Origin>,
+    policy_origins: HashMap<PolicyId, DefinedAt>,
+    entity_origins: HashMap<EntityUid, DefinedAt>,
     /// The entities written literally in policies (e.g. `Studio::Team::"admins"`) and
     /// everything reachable from them: every request slice includes them, since a policy
     /// may read their attributes. Fixed for the snapshot, so computed once.
@@ -314,7 +314,7 @@ impl PolicySnapshot {
     }
 
     /// Where a policy was defined, e.g. `policies/presign.cedar:14`.
-    pub fn policy_origin(&self, id: &PolicyId) -> Option<&Origin> {
+    pub fn policy_origin(&self, id: &PolicyId) -> Option<&DefinedAt> {
         self.policy_origins.get(id)
     }
 
@@ -501,7 +501,7 @@ pub struct PolicyParts<'a> {
     pub schema: Schema,
     pub policies: PolicySet,
     /// Where each policy came from (a file, or a pseudo-path naming a store's policy).
-    pub policy_origins: HashMap<PolicyId, Origin>,
+    pub policy_origins: HashMap<PolicyId, DefinedAt>,
     /// Texts that origins point into, so validation errors can quote lines. A policy
     /// whose origin names no text here is still reported, without a line.
     pub policy_texts: &'a [SourceFile],
@@ -613,8 +613,11 @@ fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>, warnings: &mu
     }
 }
 
-fn parse_policies(files: &[SourceFile], problems: &mut Vec<Problem>) -> (Option<PolicySet>, HashMap<PolicyId, Origin>) {
-    let mut origins: HashMap<PolicyId, Origin> = HashMap::new();
+fn parse_policies(
+    files: &[SourceFile],
+    problems: &mut Vec<Problem>,
+) -> (Option<PolicySet>, HashMap<PolicyId, DefinedAt>) {
+    let mut origins: HashMap<PolicyId, DefinedAt> = HashMap::new();
     let mut policies = Vec::new();
     let mut failed = false;
     for file in files {
@@ -628,7 +631,7 @@ fn parse_policies(files: &[SourceFile], problems: &mut Vec<Problem>) -> (Option<
         };
         let starts = statement_starts(&file.text);
         let lines = LineIndex::new(&file.text);
-        let origin_of = |auto_id: &PolicyId| Origin {
+        let origin_of = |auto_id: &PolicyId| DefinedAt {
             file: file.path.clone(),
             location: auto_id
                 .to_string()
@@ -688,7 +691,7 @@ fn parse_policies(files: &[SourceFile], problems: &mut Vec<Problem>) -> (Option<
 fn validate_policies(
     schema: &Schema,
     policies: &PolicySet,
-    origins: &HashMap<PolicyId, Origin>,
+    origins: &HashMap<PolicyId, DefinedAt>,
     files: &[SourceFile],
     problems: &mut Vec<Problem>,
     warnings: &mut Vec<Problem>,
@@ -717,11 +720,11 @@ fn validate_policies(
     }
 }
 
-type ParsedEntities = (Entities, HashMap<EntityUid, Origin>);
+type ParsedEntities = (Entities, HashMap<EntityUid, DefinedAt>);
 
 fn parse_entities(files: &[SourceFile], schema: &Schema, problems: &mut Vec<Problem>) -> Option<ParsedEntities> {
     let before = problems.len();
-    let mut origins: HashMap<EntityUid, Origin> = HashMap::new();
+    let mut origins: HashMap<EntityUid, DefinedAt> = HashMap::new();
     let mut all = Vec::new();
     for file in files {
         let items: Vec<&RawValue> = match serde_json::from_str(&file.text) {
@@ -739,7 +742,7 @@ fn parse_entities(files: &[SourceFile], schema: &Schema, problems: &mut Vec<Prob
         let lines = LineIndex::new(&file.text);
         for item in items {
             let offset = (item.get().as_ptr() as usize).saturating_sub(file.text.as_ptr() as usize);
-            let origin = Origin { file: file.path.clone(), location: Some(lines.locate(offset)) };
+            let origin = DefinedAt { file: file.path.clone(), location: Some(lines.locate(offset)) };
             match Entity::from_json_str(item.get(), Some(schema)) {
                 Ok(entity) => {
                     let uid = entity.uid();
@@ -784,7 +787,7 @@ fn parse_entities(files: &[SourceFile], schema: &Schema, problems: &mut Vec<Prob
 /// References to entities no file defines. Cedar allows them (an `in` test against a
 /// missing entity is simply false), but in a hand-written entity file they are nearly
 /// always a typo, so they are reported.
-fn dangling_references(entities: &Entities, origins: &HashMap<EntityUid, Origin>) -> Vec<Problem> {
+fn dangling_references(entities: &Entities, origins: &HashMap<EntityUid, DefinedAt>) -> Vec<Problem> {
     let mut warnings = Vec::new();
     for entity in entities.iter() {
         let uid = entity.uid();

@@ -247,10 +247,7 @@ async fn account_pool(
     use crate::handlers::account_pool::{EventError, Operation, apply, parse};
     let refused = |e: EventError| {
         tracing::info!(request_id, error = %e, error_type = e.error_type(), "account-pool event refused");
-        match e {
-            EventError::TooLarge { .. } => ApiError::PayloadTooLarge,
-            other => ApiError::InvalidEvent(other.to_string()),
-        }
+        ApiError::from(e)
     };
     let operation = parse(body).map_err(refused)?;
     let answer = match operation {
