@@ -141,6 +141,8 @@ async fn the_binary_serves_audits_every_decision_and_exits_0_on_sigterm() {
     assert_eq!(fields[0]["decision"], "allow");
     assert_eq!(fields[0]["policies"], "presign-own-profile");
     assert_eq!(fields[0]["principal"], "Studio::User::\"user-1\"");
+    assert_eq!(fields[0]["source_ip"], "10.1.2.3", "the source IP that decided");
+    assert_eq!(fields[0]["vpce"], "vpce-0a1a000000000001a", "the VPC endpoint that decided");
     assert_eq!(fields[1]["decision"], "deny");
     assert_eq!(fields[1]["resource"], "Studio::UserProfile::\"user-2-team2\"");
     for f in &fields {

@@ -384,15 +384,25 @@ impl<'a> Question<'a> {
             Err(e) => e.kind(),
         };
         let policies = || decision.as_ref().map(|d| d.policies.join(",")).unwrap_or_default();
+        // the same fields as the data plane's events: errors and latency too
+        let errors = || {
+            let errors: Vec<String> = match decision {
+                Ok(d) => d.errors.iter().map(|e| format!("{}: {}", e.policy, e.message)).collect(),
+                Err(Refusal::Request(e)) => vec![e.to_string()],
+                Err(_) => Vec::new(),
+            };
+            serde_json::Value::from(errors)
+        };
+        let latency_us = decision.as_ref().map_or(0, |d| u64::try_from(d.elapsed.as_micros()).unwrap_or(u64::MAX));
         let principal = self.user.unwrap_or("");
         if level == tracing::Level::INFO {
             tracing::info!(target: "authz_sidecar::audit", request_id, operation = "validateAccountAuthorization",
-                principal, account, region, decision = verdict, reason, policies = policies(),
-                snapshot = %snapshot.version(), "decision");
+                principal, account, region, decision = verdict, reason, policies = policies(), errors = %errors(),
+                snapshot = %snapshot.version(), latency_us, "decision");
         } else {
             tracing::debug!(target: "authz_sidecar::audit", request_id, operation = "listAuthorizedAccounts",
-                principal, account, region, decision = verdict, reason, policies = policies(),
-                snapshot = %snapshot.version(), "decision");
+                principal, account, region, decision = verdict, reason, policies = policies(), errors = %errors(),
+                snapshot = %snapshot.version(), latency_us, "decision");
         }
         allowed
     }

@@ -159,7 +159,7 @@ async fn run(
             return Err(ApiError::Forbidden);
         }
     };
-    audit(request_id, &route.name, route.mode, &principal, &authz.action, &resource, &decision);
+    audit(request_id, &route.name, route.mode, &principal, &authz.action, &resource, &origin, &decision);
     metrics::counter!(
         "authz_decisions_total",
         "route" => route.name.clone(),
@@ -264,6 +264,7 @@ async fn account_pool(
 }
 
 /// The audit event: one per decision, JSON when logs are JSON. Ids only: never a token.
+#[expect(clippy::too_many_arguments, reason = "the fields of one audit event, each named at the one call site")]
 fn audit(
     request_id: &str,
     route: &str,
@@ -271,6 +272,7 @@ fn audit(
     principal: &EntityUid,
     action: &EntityUid,
     resource: &EntityUid,
+    origin: &context::Origin,
     decision: &Decision,
 ) {
     let errors: Vec<String> = decision.errors.iter().map(|e| format!("{}: {}", e.policy, e.message)).collect();
@@ -282,6 +284,8 @@ fn audit(
         principal = %principal,
         action = %action,
         resource = %resource,
+        source_ip = %origin.source_ip,
+        vpce = origin.vpce.as_deref().unwrap_or(""),
         decision = %decision.effect,
         reason = decision.reason.as_str(),
         policies = %decision.policies.join(","),
