@@ -27,6 +27,24 @@ use crate::policy_store::{PolicySnapshot, PolicyStore, ReloadOptions, spawn_file
 use crate::server::router::Router;
 use crate::server::{self, ConnLimits};
 
+/// Why the sidecar cannot start serving (each says what to fix).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Routes(#[from] crate::server::router::RouteConflict),
+    #[error(transparent)]
+    Tls(#[from] crate::server::tls::TlsError),
+    #[error(transparent)]
+    DevIssuer(#[from] crate::authn::dev::DevIssuerError),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] rustls::Error),
+    #[error(
+        "the presign handler calls AWS, and no AWS region is set: set `[aws] region` in the config (or AWS_REGION, \
+         or a region in the AWS profile)"
+    )]
+    NoRegion,
+}
+
 /// How often issuer keys are re-fetched even when no token names an unknown key.
 const JWKS_REFRESH: Duration = Duration::from_secs(600);
 
@@ -53,18 +71,18 @@ impl std::fmt::Debug for App {
 
 impl App {
     /// Build the state (no I/O besides creating clients). `dev` adds the development issuer.
-    pub fn new(mut config: Config, dev: bool) -> Result<Self, String> {
+    pub fn new(mut config: Config, dev: bool) -> Result<Self, StartError> {
         let dev = if dev { Some(DevIssuer::generate()?) } else { None };
         if let Some(dev) = &dev {
             config.issuers.push(dev.issuer_config());
         }
         let router = Router::new(&config.routes)?;
-        let jwks_client = http_client::client(Duration::from_secs(5)).map_err(|e| e.to_string())?;
+        let jwks_client = http_client::client(Duration::from_secs(5))?;
         let authn = Authenticator::new(&config.issuers, &config.principal, &jwks_client);
         let mut upstreams = HashMap::new();
         for route in &config.routes {
             if let Handler::Forward(upstream) = &route.handler {
-                let client = http_client::client(upstream.connect_timeout).map_err(|e| e.to_string())?;
+                let client = http_client::client(upstream.connect_timeout)?;
                 upstreams.insert(route.name.clone(), client);
             }
         }
@@ -95,7 +113,7 @@ impl App {
 
     /// A presigner on the standard AWS credential chain, region and endpoint overrides;
     /// an error when no region is set anywhere (every call would fail).
-    pub async fn aws_presigner(&self) -> Result<crate::handlers::presign::Presigner, String> {
+    pub async fn aws_presigner(&self) -> Result<crate::handlers::presign::Presigner, StartError> {
         let base = crate::aws::load(&self.config.aws).await;
         require_region(&base)?;
         let sts = crate::aws::sts(&base, &self.config.aws);
@@ -275,18 +293,13 @@ pub fn needs_aws(config: &Config) -> bool {
     config.routes.iter().any(|r| matches!(r.handler, Handler::Presign(_)))
 }
 
-fn require_region(base: &aws_config::SdkConfig) -> Result<(), String> {
-    match base.region() {
-        Some(_) => Ok(()),
-        None => Err("the presign handler calls AWS, and no AWS region is set: set `[aws] region` in the config \
-                     (or AWS_REGION, or a region in the AWS profile)"
-            .to_owned()),
-    }
+fn require_region(base: &aws_config::SdkConfig) -> Result<(), StartError> {
+    base.region().map(|_| ()).ok_or(StartError::NoRegion)
 }
 
 /// What `--check-config` can tell of the AWS set-up without calling AWS: a region is
 /// known (from the config, the environment, the profile or the instance).
-pub async fn check_aws(config: &Config) -> Result<(), String> {
+pub async fn check_aws(config: &Config) -> Result<(), StartError> {
     if !needs_aws(config) {
         return Ok(());
     }
@@ -350,7 +363,7 @@ pub struct Listeners {
 }
 
 /// Run until `shutdown` is cancelled and both listeners have drained.
-pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: CancellationToken) -> Result<(), String> {
+pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: CancellationToken) -> Result<(), StartError> {
     run_with_snapshot(app, listeners, None, shutdown).await
 }
 
@@ -362,7 +375,7 @@ pub async fn run_with_snapshot(
     listeners: Listeners,
     initial: Option<PolicySnapshot>,
     shutdown: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     let tls = match &app.config.server.tls {
         Some(files) => Some(server::tls::acceptor(files)?),
         None => None,

@@ -266,7 +266,7 @@ pub struct Launched {
     pub data: SocketAddr,
     pub admin: SocketAddr,
     pub shutdown: CancellationToken,
-    pub task: tokio::task::JoinHandle<Result<(), String>>,
+    pub task: tokio::task::JoinHandle<Result<(), authz_sidecar::app::StartError>>,
 }
 
 pub async fn launch(config: Config) -> Launched {
@@ -301,7 +301,7 @@ pub struct Sidecar {
     pub data: SocketAddr,
     pub admin: SocketAddr,
     pub shutdown: CancellationToken,
-    pub task: tokio::task::JoinHandle<Result<(), String>>,
+    pub task: tokio::task::JoinHandle<Result<(), authz_sidecar::app::StartError>>,
     /// Keeps the scratch policy directories alive for the sidecar's lifetime.
     pub _ws: Workspace,
     pub jwks: Jwks,

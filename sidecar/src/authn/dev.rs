@@ -25,13 +25,22 @@ impl std::fmt::Debug for DevIssuer {
     }
 }
 
+/// Why the development issuer cannot make its key or a token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("development issuer: {0}")]
+pub struct DevIssuerError(String);
+
+fn dev_error(e: impl std::fmt::Display) -> DevIssuerError {
+    DevIssuerError(e.to_string())
+}
+
 impl DevIssuer {
-    pub fn generate() -> Result<Self, String> {
+    pub fn generate() -> Result<Self, DevIssuerError> {
         let signing = SigningKey::random(&mut rand_core::OsRng);
-        let pem = signing.to_pkcs8_pem(LineEnding::LF).map_err(|e| e.to_string())?;
-        let key = EncodingKey::from_ec_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
-        let public: Value = serde_json::from_str(&p256::PublicKey::from(signing.verifying_key()).to_jwk_string())
-            .map_err(|e| e.to_string())?;
+        let pem = signing.to_pkcs8_pem(LineEnding::LF).map_err(dev_error)?;
+        let key = EncodingKey::from_ec_pem(pem.as_bytes()).map_err(dev_error)?;
+        let public: Value =
+            serde_json::from_str(&p256::PublicKey::from(signing.verifying_key()).to_jwk_string()).map_err(dev_error)?;
         let mut jwk = public.as_object().cloned().unwrap_or_default();
         jwk.insert("kid".into(), json!(DEV_KID));
         jwk.insert("alg".into(), json!("ES256"));
@@ -55,15 +64,14 @@ impl DevIssuer {
     }
 
     /// A token for `user` in `groups`, valid for `ttl`, shaped like a Cognito access token.
-    pub fn mint(&self, user: &str, groups: &[String], ttl: Duration) -> Result<String, String> {
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs();
+    pub fn mint(&self, user: &str, groups: &[String], ttl: Duration) -> Result<String, DevIssuerError> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(dev_error)?.as_secs();
         let claims = json!({
             "iss": DEV_ISSUER, "sub": user, "username": user, "cognito:groups": groups,
             "token_use": "access", "iat": now, "exp": now + ttl.as_secs(),
         });
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(DEV_KID.to_owned());
-        jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| e.to_string())
+        jsonwebtoken::encode(&header, &claims, &self.key).map_err(dev_error)
     }
 }

@@ -56,7 +56,7 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         }
     };
     if args.check_config {
-        if let Err(message) = runtime.block_on(app::check_aws(&config)) {
+        if let Err(message) = runtime.block_on(app::check_aws(&config)).map_err(|e| e.to_string()) {
             let _ = writeln!(err, "error: {message}");
             return exit::FAILURE;
         }
@@ -99,9 +99,9 @@ fn prepare(args: &Args) -> Result<(Config, Option<PolicySnapshot>), String> {
     if args.dev && !(config.server.listen.ip().is_loopback() && config.server.admin_listen.ip().is_loopback()) {
         return Err("--dev mints tokens for anyone who asks: it only runs on loopback addresses".to_owned());
     }
-    crate::server::router::Router::new(&config.routes)?;
+    crate::server::router::Router::new(&config.routes).map_err(|e| e.to_string())?;
     if let Some(tls) = &config.server.tls {
-        crate::server::tls::acceptor(tls)?;
+        crate::server::tls::acceptor(tls).map_err(|e| e.to_string())?;
     }
     for issuer in &config.issuers {
         if let KeySource::File(path) = &issuer.keys {
@@ -134,9 +134,9 @@ async fn serve(config: Config, snapshot: Option<PolicySnapshot>, dev: bool) -> R
         data: bind(config.server.listen, "data plane").await?,
         admin: bind(config.server.admin_listen, "admin").await?,
     };
-    let mut app = App::new(config, dev)?;
+    let mut app = App::new(config, dev).map_err(|e| e.to_string())?;
     if app.needs_aws() {
-        let presigner = app.aws_presigner().await?;
+        let presigner = app.aws_presigner().await.map_err(|e| e.to_string())?;
         app = app.with_presigner(presigner);
     }
     let app = Arc::new(app);
@@ -151,7 +151,7 @@ async fn serve(config: Config, snapshot: Option<PolicySnapshot>, dev: bool) -> R
 
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_on_signal(shutdown.clone()));
-    app::run_with_snapshot(app, listeners, snapshot, shutdown).await?;
+    app::run_with_snapshot(app, listeners, snapshot, shutdown).await.map_err(|e| e.to_string())?;
     tracing::info!("authz-sidecar stopped");
     Ok(())
 }

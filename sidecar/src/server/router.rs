@@ -28,15 +28,30 @@ impl Matched {
     }
 }
 
+/// Two route templates that cannot both be matched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("route `{route}` ({method} {path}): {reason}")]
+pub struct RouteConflict {
+    pub route: String,
+    pub method: String,
+    pub path: String,
+    pub reason: String,
+}
+
 impl Router {
-    pub fn new(routes: &[RouteConfig]) -> Result<Self, String> {
+    pub fn new(routes: &[RouteConfig]) -> Result<Self, RouteConflict> {
         let mut by_method: HashMap<Method, matchit::Router<Arc<RouteConfig>>> = HashMap::new();
         for route in routes {
             by_method
                 .entry(route.method.clone())
                 .or_default()
                 .insert(route.path.clone(), Arc::new(route.clone()))
-                .map_err(|e| format!("route `{}` ({} {}): {e}", route.name, route.method, route.path))?;
+                .map_err(|e| RouteConflict {
+                    route: route.name.clone(),
+                    method: route.method.to_string(),
+                    path: route.path.clone(),
+                    reason: e.to_string(),
+                })?;
         }
         Ok(Self { by_method })
     }
