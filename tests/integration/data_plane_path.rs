@@ -66,7 +66,7 @@ proptest! {
         )
         .unwrap();
 
-        let requester = snapshot.request_principal(token, || Ok(entity.clone())).unwrap();
+        let requester = snapshot.request_principal(token, || Ok::<_, std::convert::Infallible>(entity.clone())).unwrap();
         // twice: the first may learn the context's kinds through Cedar's parser, the
         // second is built from typed values
         for _ in 0..2 {
@@ -86,7 +86,7 @@ fn both_paths_allow_the_seed_request_so_the_property_is_not_all_denies() {
     let action = uid(r#"Studio::Action::"CreatePresignedDomainUrl""#);
     let resource = uid(r#"Studio::UserProfile::"user-1-team1""#);
     let entity = principal("user-1", &["Team1", "Team2"], "lob-a", &snapshot);
-    let requester = snapshot.request_principal([7; 32], || Ok(entity)).unwrap();
+    let requester = snapshot.request_principal([7; 32], || Ok::<_, std::convert::Infallible>(entity)).unwrap();
     let pairs = vec![
         ("sourceIp".to_owned(), "10.1.2.3".to_owned()),
         ("sourceVpce".to_owned(), "vpce-0a1a000000000001a".to_owned()),

@@ -28,6 +28,17 @@ use crate::http_client::HttpClient;
 /// The largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
+/// Why an issuer's keys could not be loaded (the keys already held are kept).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeysError {
+    #[error("not a JWKS document: {0}")]
+    NotJwks(String),
+    #[error("the JWKS holds no usable key ({skipped} skipped)")]
+    NoUsableKey { skipped: usize },
+    #[error("`{source_name}`: {message}")]
+    Fetch { source_name: String, message: String },
+}
+
 /// One verification key and the algorithm its JWK pins (its `alg`), if any.
 #[derive(Clone)]
 struct Key {
@@ -79,12 +90,12 @@ impl KeySet {
     /// read on its own: one the library cannot use (another curve, an `OKP` key, an
     /// unknown `alg`, an encryption key) is skipped and reported, never a reason to
     /// drop the whole set. Only a set with no usable key at all is an error.
-    pub fn parse(json: &[u8]) -> Result<Self, String> {
+    pub fn parse(json: &[u8]) -> Result<Self, KeysError> {
         #[derive(serde::Deserialize)]
         struct Document {
             keys: Vec<serde_json::Value>,
         }
-        let document: Document = serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
+        let document: Document = serde_json::from_slice(json).map_err(|e| KeysError::NotJwks(e.to_string()))?;
         let mut by_kid = HashMap::new();
         let mut without_kid = Vec::new();
         let mut skipped = Vec::new();
@@ -127,7 +138,7 @@ impl KeySet {
             }
         }
         if by_kid.is_empty() && without_kid.is_empty() {
-            return Err(format!("the JWKS holds no usable key ({} skipped)", skipped.len()));
+            return Err(KeysError::NoUsableKey { skipped: skipped.len() });
         }
         Ok(Self { by_kid, without_kid, skipped })
     }
@@ -213,23 +224,29 @@ impl IssuerKeys {
 
     /// Fetch now (start-up, periodic refresh), ignoring the interval. Keeps the old keys
     /// on failure.
-    pub async fn refresh(&self) -> Result<usize, String> {
+    pub async fn refresh(&self) -> Result<usize, KeysError> {
         let mut last = self.last_fetch.lock().await;
         *last = Some(Instant::now());
         self.fetch_and_install().await
     }
 
-    async fn fetch_and_install(&self) -> Result<usize, String> {
+    async fn fetch_and_install(&self) -> Result<usize, KeysError> {
         let result = match &self.config.keys {
             KeySource::Url(uri) => fetch_url(&self.client, uri, self.config.fetch_timeout).await,
             KeySource::File(path) => {
                 let path = path.clone();
-                tokio::task::spawn_blocking(move || {
-                    std::fs::read(&path).map_err(|e| format!("`{}`: {e}", path.display()))
+                let fetch_error =
+                    |message: String| KeysError::Fetch { source_name: path.display().to_string(), message };
+                match tokio::task::spawn_blocking({
+                    let path = path.clone();
+                    move || std::fs::read(&path)
                 })
                 .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r)
+                {
+                    Ok(Ok(bytes)) => Ok(bytes),
+                    Ok(Err(e)) => Err(fetch_error(e.to_string())),
+                    Err(e) => Err(fetch_error(e.to_string())),
+                }
             }
             KeySource::Inline(json) => Ok(json.clone().into_bytes()),
         }
@@ -258,22 +275,23 @@ impl IssuerKeys {
     }
 }
 
-async fn fetch_url(client: &HttpClient, uri: &http::Uri, timeout: Duration) -> Result<Vec<u8>, String> {
+async fn fetch_url(client: &HttpClient, uri: &http::Uri, timeout: Duration) -> Result<Vec<u8>, KeysError> {
+    let fail = |message: String| KeysError::Fetch { source_name: uri.to_string(), message };
     let request = http::Request::get(uri.clone())
         .header(http::header::ACCEPT, "application/json")
         .body(Empty::<bytes::Bytes>::new().map_err(|never| match never {}).boxed_unsync())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| fail(e.to_string()))?;
     let response = tokio::time::timeout(timeout, client.request(request))
         .await
-        .map_err(|_| format!("`{uri}` did not answer within {timeout:?}"))?
-        .map_err(|e| format!("`{uri}`: {e}"))?;
+        .map_err(|_| fail(format!("no answer within {timeout:?}")))?
+        .map_err(|e| fail(e.to_string()))?;
     if !response.status().is_success() {
-        return Err(format!("`{uri}` answered {}", response.status()));
+        return Err(fail(format!("answered {}", response.status())));
     }
     let body = tokio::time::timeout(timeout, Limited::new(response.into_body(), MAX_JWKS_BYTES).collect())
         .await
-        .map_err(|_| format!("`{uri}` did not send its body within {timeout:?}"))?
-        .map_err(|e| format!("`{uri}`: {e}"))?;
+        .map_err(|_| fail(format!("no body within {timeout:?}")))?
+        .map_err(|e| fail(e.to_string()))?;
     Ok(body.to_bytes().to_vec())
 }
 
@@ -291,7 +309,7 @@ mod tests {
         key
     }
 
-    fn parse(keys: Vec<serde_json::Value>) -> Result<KeySet, String> {
+    fn parse(keys: Vec<serde_json::Value>) -> Result<KeySet, KeysError> {
         KeySet::parse(serde_json::json!({"keys": keys}).to_string().as_bytes())
     }
 

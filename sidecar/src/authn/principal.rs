@@ -21,6 +21,15 @@ use super::Identity;
 use crate::config::PrincipalConfig;
 use crate::policy_store::PolicySnapshot;
 
+/// Why a token's principal could not be built: a claim of the wrong shape for the schema.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrincipalError {
+    #[error("the principal built from the token does not fit the schema: {0}")]
+    DoesNotFit(String),
+    #[error("the principal built from the token is not an entity: {0}")]
+    NotAnEntity(String),
+}
+
 /// Build the principal entity for `identity` under `snapshot`'s schema. Its uid is
 /// `config.entity_type` with the identity's principal id (its issuer's namespace
 /// prefix, then the subject) as id.
@@ -28,7 +37,7 @@ pub fn principal_entity(
     identity: &Identity,
     config: &PrincipalConfig,
     snapshot: &PolicySnapshot,
-) -> Result<Entity, String> {
+) -> Result<Entity, PrincipalError> {
     let uid = EntityUid::from_type_name_and_id(config.entity_type.clone(), EntityId::new(&identity.principal_id));
     let stored = snapshot.entities().get(&uid).map(Entity::to_json_value);
     let is_stored = matches!(stored, Some(Ok(Value::Object(_))));
@@ -68,10 +77,9 @@ pub fn principal_entity(
         // decide as Cedar does: the token's groups and tags apply, and a policy that
         // reads a missing attribute errors (and so denies).
         Err(EntitiesError::InvalidEntity(EntitySchemaConformanceError::MissingRequiredEntityAttr(_))) if !is_stored => {
-            Entity::from_json_value(Value::Object(json), None)
-                .map_err(|e| format!("the principal built from the token is not an entity: {e}"))
+            Entity::from_json_value(Value::Object(json), None).map_err(|e| PrincipalError::NotAnEntity(e.to_string()))
         }
-        Err(e) => Err(format!("the principal built from the token does not fit the schema: {e}")),
+        Err(e) => Err(PrincipalError::DoesNotFit(e.to_string())),
     }
 }
 

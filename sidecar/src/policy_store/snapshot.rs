@@ -406,11 +406,11 @@ impl PolicySnapshot {
 impl PolicySnapshot {
     /// The principal of the token with SHA-256 `token_digest`, built by `build` the first
     /// time this snapshot sees that token. Failures are not kept.
-    pub fn request_principal(
+    pub fn request_principal<E>(
         &self,
         token_digest: [u8; 32],
-        build: impl FnOnce() -> Result<Entity, String>,
-    ) -> Result<Arc<RequestPrincipal>, String> {
+        build: impl FnOnce() -> Result<Entity, E>,
+    ) -> Result<Arc<RequestPrincipal>, E> {
         if let Some(principal) = self.principals.get(&token_digest) {
             return Ok(principal);
         }

@@ -137,7 +137,7 @@ async fn run(
     // errors stay typed to here, so the metric and the audit event say which kind
     let decided = snapshot
         .request_principal(identity.token_digest, || principal_entity(&identity, &app.config.principal, &snapshot))
-        .map_err(RequestError::BadEntities)
+        .map_err(|e| RequestError::BadEntities(e.to_string()))
         .and_then(|requester| {
             let context = context_from_strings(&snapshot, &authz.action, &context)?;
             engine.decide_as(&snapshot, &requester, &authz.action, &resource, context)
