@@ -35,18 +35,7 @@ async fn an_unknown_user_of_a_type_with_required_attributes_is_decided_as_cedar_
     let upstream = crate::harness::TestServer::start(|_| (200, "ok".to_owned(), std::time::Duration::ZERO)).await;
     let toml = config_toml(&ws, &jwks.url(), &upstream.url(), &Setup::default());
     let launched = launch(authz_sidecar::config::Config::from_toml(&toml, "t").unwrap()).await;
-    let sidecar = Sidecar {
-        app: launched.app,
-        data: launched.data,
-        admin: launched.admin,
-        shutdown: launched.shutdown,
-        task: launched.task,
-        _ws: ws,
-        jwks,
-        upstream,
-    }
-    .ready()
-    .await;
+    let sidecar = Sidecar::from_parts(launched, ws, jwks, upstream).ready().await;
     // user-9 has no stored entity (so no email); its token's Team1 still counts
     let (status, body) = sidecar.studio("/studio/user-1/team1", &token("user-9", &["Team1"])).await;
     assert_eq!(status, 200, "{body}");

@@ -232,17 +232,7 @@ async fn with_jwks(document: Value, extra: &str) -> Sidecar {
     let toml =
         config_toml(&ws, &jwks.url(), &upstream.url(), &Setup::default()) + &extra.replace("{JWKS}", &jwks.url());
     let launched = launch(authz_sidecar::config::Config::from_toml(&toml, "test").unwrap()).await;
-    let sidecar = Sidecar {
-        app: launched.app,
-        data: launched.data,
-        admin: launched.admin,
-        shutdown: launched.shutdown,
-        task: launched.task,
-        _ws: ws,
-        jwks,
-        upstream,
-    };
-    sidecar.ready().await
+    Sidecar::from_parts(launched, ws, jwks, upstream).ready().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

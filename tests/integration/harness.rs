@@ -325,6 +325,12 @@ impl Sidecar {
         Self { app, data, admin, shutdown, task, _ws: ws, jwks, upstream }
     }
 
+    /// A sidecar the caller launched itself, with what it talks to.
+    pub fn from_parts(launched: Launched, ws: Workspace, jwks: Jwks, upstream: TestServer) -> Self {
+        let Launched { app, data, admin, shutdown, task } = launched;
+        Self { app, data, admin, shutdown, task, _ws: ws, jwks, upstream }
+    }
+
     /// Wait (at most 10 s) until `/readyz` says ready.
     pub async fn ready(self) -> Self {
         wait_ready(self.admin, &self.app).await;

@@ -34,12 +34,17 @@ impl SageMakerClients for MockSageMaker {
 }
 
 fn sts_credentials(role: &str, expires_in: Duration) -> AssumeRoleOutput {
-    let expiration = aws_smithy_types::DateTime::from(std::time::SystemTime::now() + expires_in);
     let account = role.split(':').nth(4).unwrap_or("unknown");
+    sts_credentials_keyed(format!("ASIA{account}"), expires_in)
+}
+
+/// AssumeRole's answer: credentials with this access key, expiring in `expires_in`.
+pub fn sts_credentials_keyed(access_key: String, expires_in: Duration) -> AssumeRoleOutput {
+    let expiration = aws_smithy_types::DateTime::from(std::time::SystemTime::now() + expires_in);
     AssumeRoleOutput::builder()
         .credentials(
             aws_sdk_sts::types::Credentials::builder()
-                .access_key_id(format!("ASIA{account}"))
+                .access_key_id(access_key)
                 .secret_access_key("secret")
                 .session_token("session")
                 .expiration(expiration)
@@ -371,7 +376,7 @@ async fn a_missing_profile_is_provisioned_once_under_concurrency() {
 }
 
 /// Run futures concurrently on the runtime and collect their results in order.
-async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+pub async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
 where
     F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,

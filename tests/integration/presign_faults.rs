@@ -26,19 +26,8 @@ const LOB_A: &str = "vpce-0a1a000000000001a";
 const LOB_B: &str = "vpce-0b2b000000000001b";
 
 fn sts_output(role: &str, n: usize) -> aws_sdk_sts::operation::assume_role::AssumeRoleOutput {
-    let expiration = aws_smithy_types::DateTime::from(std::time::SystemTime::now() + Duration::from_secs(3600));
     let account = role.split(':').nth(4).unwrap_or("unknown");
-    aws_sdk_sts::operation::assume_role::AssumeRoleOutput::builder()
-        .credentials(
-            aws_sdk_sts::types::Credentials::builder()
-                .access_key_id(format!("ASIA{account}-{n}"))
-                .secret_access_key("secret")
-                .session_token("session")
-                .expiration(expiration)
-                .build()
-                .unwrap(),
-        )
-        .build()
+    crate::presign::sts_credentials_keyed(format!("ASIA{account}-{n}"), Duration::from_secs(3600))
 }
 
 /// An STS mock handing out numbered credentials, and how many it handed out.
@@ -178,13 +167,10 @@ async fn all_at_once(
     data: std::net::SocketAddr,
     asks: Vec<(&'static str, &'static str, &'static str, &'static str)>,
 ) -> Vec<(u16, String)> {
-    let handles: Vec<_> =
-        asks.into_iter().map(|(path, user, team, vpce)| tokio::spawn(open(data, path, user, team, vpce))).collect();
-    let mut out = Vec::new();
-    for handle in handles {
-        out.push(handle.await.unwrap());
-    }
-    out
+    crate::presign::futures_join_all(
+        asks.into_iter().map(|(path, user, team, vpce)| open(data, path, user, team, vpce)),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -307,15 +307,22 @@ enum ProfileState {
     Unusable,
 }
 
+type Described = Result<
+    aws_sdk_sagemaker::operation::describe_user_profile::DescribeUserProfileOutput,
+    SdkError<
+        aws_sdk_sagemaker::operation::describe_user_profile::DescribeUserProfileError,
+        aws_sdk_sagemaker::config::http::HttpResponse,
+    >,
+>;
+
+/// DescribeUserProfile for the target's profile.
+async fn describe(client: &aws_sdk_sagemaker::Client, target: &Target) -> Described {
+    client.describe_user_profile().domain_id(&target.domain_id).user_profile_name(&target.profile_name).send().await
+}
+
 async fn profile_state(client: &aws_sdk_sagemaker::Client, target: &Target) -> ProfileState {
     use aws_sdk_sagemaker::types::UserProfileStatus;
-    let described = client
-        .describe_user_profile()
-        .domain_id(&target.domain_id)
-        .user_profile_name(&target.profile_name)
-        .send()
-        .await;
-    match described {
+    match describe(client, target).await {
         Ok(described) => match described.status() {
             Some(UserProfileStatus::InService) => ProfileState::Ready,
             Some(UserProfileStatus::Pending | UserProfileStatus::Updating) => ProfileState::Coming,
@@ -336,13 +343,7 @@ async fn wait_in_service(
     use aws_sdk_sagemaker::types::UserProfileStatus;
     let deadline = tokio::time::Instant::now() + provisioning.max_wait;
     loop {
-        let described = client
-            .describe_user_profile()
-            .domain_id(&target.domain_id)
-            .user_profile_name(&target.profile_name)
-            .send()
-            .await;
-        match described {
+        match describe(client, target).await {
             Ok(described) => match described.status() {
                 Some(UserProfileStatus::InService) => return Ok(()),
                 Some(UserProfileStatus::Failed | UserProfileStatus::DeleteFailed | UserProfileStatus::Deleting) => {
