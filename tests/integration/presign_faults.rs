@@ -259,7 +259,9 @@ async fn aws_errors_are_told_apart() {
     assert!(body.contains("SageMaker CreatePresignedDomainUrl failed: ValidationException"), "{body}");
 
     // a SageMaker endpoint nothing listens on: a connection failure, said as such
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // port 1 (tcpmux) on loopback: nothing listens there, and no test binds it (a port
+    // freed by a test listener could be taken by another test running in parallel)
+    let closed = "127.0.0.1:1";
     let base = test_sdk_config().await;
     let sagemaker = SdkSageMakerClients { base, endpoint: Some(format!("http://{closed}")), regional: BTreeMap::new() };
     let (sts, _) = numbered_sts();
