@@ -166,9 +166,7 @@ impl ClientBody {
     pub async fn collect(self) -> Result<Bytes, ApiError> {
         match BodyExt::collect(self).await {
             Ok(collected) => Ok(collected.to_bytes()),
-            Err(error) => {
-                Err(fault_of(&error).map_or(ApiError::BadRequest("the request body is malformed"), ApiError::from))
-            }
+            Err(error) => Err(ApiError::from(fault_of(&error))),
         }
     }
 }
@@ -182,12 +180,10 @@ impl From<BodyFault> for ApiError {
     }
 }
 
-fn fault_of(error: &BoxError) -> Option<BodyFault> {
-    if error.downcast_ref::<LengthLimitError>().is_some() {
-        Some(BodyFault::TooLarge)
-    } else {
-        Some(BodyFault::Malformed)
-    }
+/// The limit's own error is "too large"; any other error of the client's body is its
+/// framing (hyper's parse of it).
+fn fault_of(error: &BoxError) -> BodyFault {
+    if error.downcast_ref::<LengthLimitError>().is_some() { BodyFault::TooLarge } else { BodyFault::Malformed }
 }
 
 impl HttpBody for ClientBody {
@@ -196,10 +192,8 @@ impl HttpBody for ClientBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = self.inner.as_mut().poll_frame(cx);
-        if let Poll::Ready(Some(Err(error))) = &polled
-            && let Some(fault) = fault_of(error)
-        {
-            let _ = self.fault.set(fault);
+        if let Poll::Ready(Some(Err(error))) = &polled {
+            let _ = self.fault.set(fault_of(error));
         }
         polled
     }

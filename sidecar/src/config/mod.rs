@@ -344,6 +344,8 @@ impl IdTemplate {
                 IdPart::Literal(text) => out.push_str(text),
                 IdPart::Param(name) => {
                     let value = lookup(name).ok_or_else(|| RenderError::Missing(name.clone()))?;
+                    // checked on the values given, not only by the reading below: values
+                    // outside the rule can render an id that reads back one (other) way
                     if !first_param && self.literals().any(|literal| value.contains(literal)) {
                         return Err(RenderError::Ambiguous(name.clone()));
                     }

@@ -146,11 +146,12 @@ struct Activity {
 struct Busy(Arc<Activity>);
 
 impl Activity {
-    fn new() -> Arc<Self> {
+    /// A connection accepted at `accepted`, idle since then.
+    fn new(accepted: Instant) -> Arc<Self> {
         Arc::new(Self {
             in_flight: AtomicUsize::new(0),
             started: AtomicUsize::new(0),
-            idle_since: std::sync::Mutex::new(Instant::now()),
+            idle_since: std::sync::Mutex::new(accepted),
         })
     }
 
@@ -289,10 +290,7 @@ async fn serve_connection<IO, H, F>(
     H: Fn(hyper::Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
 {
-    let activity = Activity::new();
-    if let Ok(mut since) = activity.idle_since.lock() {
-        *since = accepted;
-    }
+    let activity = Activity::new(accepted);
     let tracked = activity.clone();
     let service = service_fn(move |request| {
         let busy = tracked.begin();
@@ -313,9 +311,8 @@ async fn serve_connection<IO, H, F>(
     tokio::pin!(connection);
     let mut shutting_down = false;
     loop {
-        let deadline = activity.deadline(limits);
         // with a request in flight there is no deadline here; look again shortly
-        let wake = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        let wake = activity.deadline(limits).unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
@@ -329,7 +326,8 @@ async fn serve_connection<IO, H, F>(
             }
             () = closing.cancelled() => return,
             () = tokio::time::sleep_until(wake) => {
-                if deadline.is_some_and(|d| d <= Instant::now()) && activity.deadline(limits).is_some_and(|d| d <= Instant::now()) {
+                // looked at again: a request may have started while this slept
+                if activity.deadline(limits).is_some_and(|d| d <= Instant::now()) {
                     let phase = if activity.started.load(Ordering::Relaxed) == 0 { "first_request" } else { "idle" };
                     tracing::debug!(%peer, phase, "connection closed: deadline passed");
                     metrics::counter!("authz_connections_timed_out_total", "listener" => limits.listener, "phase" => phase).increment(1);
