@@ -18,12 +18,9 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use authz_sidecar::authz::{
-    DecisionRequest, Effect, context_from_strings, decide_for_principal, decide_with, parse_entity_uid,
-};
+use authz_sidecar::authz::{Asker, DecisionRequest, Effect, Engine, context_from_strings, parse_entity_uid};
 use authz_sidecar::policy_store::{PolicySnapshot, SnapshotSource, SourceFile};
 use authz_sidecar_bench::{grown_snapshot, grown_sources, shipped_dirs};
-use cedar_policy::Authorizer;
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use serde_json::json;
 
@@ -53,7 +50,7 @@ fn use_account_request() -> DecisionRequest {
 }
 
 fn decisions(c: &mut Criterion) {
-    let authorizer = Authorizer::new();
+    let engine = Engine::new();
     let mut group = c.benchmark_group("decide");
     group.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
     for policies in POLICY_COUNTS {
@@ -62,17 +59,18 @@ fn decisions(c: &mut Criterion) {
         assert!(snapshot.entity_count() >= ENTITIES);
 
         let presign = presign_request();
-        let check = |r: &DecisionRequest, s: &PolicySnapshot| decide_with(&authorizer, s, r).map(|d| d.effect);
+        let check = |r: &DecisionRequest, s: &PolicySnapshot| engine.decide(s, r).map(|d| d.effect);
         assert_eq!(check(&presign, &snapshot).ok(), Some(Effect::Allow));
         group.bench_with_input(BenchmarkId::new("presign", policies), &snapshot, |b, s| {
-            b.iter(|| decide_with(&authorizer, s, black_box(&presign)))
+            b.iter(|| engine.decide(s, black_box(&presign)))
         });
 
-        let principal = snapshot.entities().get(&presign.principal).cloned().into_iter().collect();
+        let Asker::Uid(user) = &presign.principal else { panic!("a stored principal") };
+        let principal = snapshot.entities().get(user).cloned().into_iter().collect();
         let with_token = presign.clone().with_entities(principal);
         assert_eq!(check(&with_token, &snapshot).ok(), Some(Effect::Allow));
         group.bench_with_input(BenchmarkId::new("presign_token_principal", policies), &snapshot, |b, s| {
-            b.iter(|| decide_with(&authorizer, s, black_box(&with_token)))
+            b.iter(|| engine.decide(s, black_box(&with_token)))
         });
 
         let requester = snapshot
@@ -83,7 +81,9 @@ fn decisions(c: &mut Criterion) {
             .into();
         let data_plane = |s: &PolicySnapshot| {
             let context = context_from_strings(s, &presign.action, &pairs)?;
-            decide_for_principal(&authorizer, s, &requester, &presign.action, &presign.resource, context)
+            let request =
+                DecisionRequest::built(requester.clone(), presign.action.clone(), presign.resource.clone(), context);
+            engine.decide(s, &request)
         };
         assert_eq!(data_plane(&snapshot).map(|d| d.effect).ok(), Some(Effect::Allow));
         group.bench_with_input(BenchmarkId::new("data_plane", policies), &snapshot, |b, s| {
@@ -93,7 +93,7 @@ fn decisions(c: &mut Criterion) {
         let account = use_account_request();
         assert_eq!(check(&account, &snapshot).ok(), Some(Effect::Allow));
         group.bench_with_input(BenchmarkId::new("use_account", policies), &snapshot, |b, s| {
-            b.iter(|| decide_with(&authorizer, s, black_box(&account)))
+            b.iter(|| engine.decide(s, black_box(&account)))
         });
     }
     group.finish();
@@ -119,7 +119,8 @@ fn snapshot_build(c: &mut Criterion) {
 ///   differs for every account, so each account and region is decided on its own (the
 ///   cost before answers were shared, and the worst case now).
 fn list_accounts(c: &mut Criterion) {
-    use authz_sidecar::handlers::account_pool::{apply, parse};
+    use authz_sidecar::handlers::account_pool::{AccountPool, parse};
+    let pool = AccountPool::default();
     let mut group = c.benchmark_group("account_pool_list");
     group.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
     let event = br#"{"operationRequest": {"listAuthorizedAccountsRequest": {"domainIdentifier": "dzd-4igt64u5j25ko9",
@@ -130,7 +131,7 @@ fn list_accounts(c: &mut Criterion) {
     for accounts in [10, 100, 1_000] {
         let snapshot = grown_snapshot(10, entities(accounts)).unwrap_or_else(|e| panic!("workload: {e}"));
         group.bench_with_input(BenchmarkId::from_parameter(accounts), &snapshot, |b, s| {
-            b.iter(|| apply(s, black_box(&operation), "bench"))
+            b.iter(|| pool.apply(s, black_box(&operation), "bench"))
         });
     }
     group.finish();
@@ -139,8 +140,14 @@ fn list_accounts(c: &mut Criterion) {
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(8));
     group.bench_function("1000", |b| {
         b.iter_batched_ref(
-            || grown_snapshot(10, entities(1_000)).unwrap_or_else(|e| panic!("workload: {e}")),
-            |s| apply(s, black_box(&operation), "bench"),
+            // a handler of its own each time: one that has seen these inputs keeps the index
+            || {
+                (
+                    AccountPool::default(),
+                    grown_snapshot(10, entities(1_000)).unwrap_or_else(|e| panic!("workload: {e}")),
+                )
+            },
+            |(pool, s)| pool.apply(s, black_box(&operation), "bench"),
             BatchSize::PerIteration,
         )
     });
@@ -157,7 +164,7 @@ fn list_accounts(c: &mut Criterion) {
     });
     let snapshot = PolicySnapshot::from_sources(&sources, SnapshotSource::Files(shipped_dirs()), 1)
         .unwrap_or_else(|e| panic!("workload: {e}"));
-    group.bench_function("1000", |b| b.iter(|| apply(&snapshot, black_box(&operation), "bench")));
+    group.bench_function("1000", |b| b.iter(|| pool.apply(&snapshot, black_box(&operation), "bench")));
     group.finish();
 }
 

@@ -1,30 +1,25 @@
-//! Building and running the sidecar from a validated [`Config`].
+//! The wiring: building the sidecar from a validated [`Config`] and running it.
 //!
-//! [`App`] is the state every request reads: config, router, authenticator, the engine
-//! (set once the first policy snapshot loads), one HTTP client per upstream, the
-//! concurrency limit. [`run`] starts the background tasks (snapshot load and reload,
-//! JWKS load and refresh) and both listeners, and returns when `shutdown` is cancelled
-//! and they have drained.
+//! [`App`] holds the configuration and the request-time [`State`] (in `server::state`,
+//! which knows nothing of this module). [`run`] starts the background tasks (the policy
+//! lifecycle, issuer keys, metrics upkeep) and both listeners on top of that state, and
+//! returns when `shutdown` is cancelled and they have drained. Nothing below imports
+//! this module.
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use cedar_policy::Context;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::authn::Authenticator;
 use crate::authn::dev::DevIssuer;
-use crate::authz::Engine;
 use crate::avp::mirror::Mirror;
-use crate::config::PolicySource;
-use crate::config::{Config, ContextSource, Handler};
-use crate::http_client::{self, HttpClient};
-use crate::policy_store::{PolicySnapshot, PolicyStore, ReloadOptions, spawn_file_reloader};
-use crate::server::router::Router;
+use crate::avp::refresh::StoreSource;
+use crate::config::{Config, ContextSource, Handler, PolicySource};
+use crate::policy_store::lifecycle::{self, Fits};
+use crate::policy_store::{FileSource, PolicySnapshot, PolicyStore, ReloadOptions};
+use crate::server::state::{State, StateError};
 use crate::server::{self, ConnLimits};
 
 /// Why the sidecar cannot start serving (each says what to fix).
@@ -45,22 +40,22 @@ pub enum StartError {
     NoRegion,
 }
 
+impl From<StateError> for StartError {
+    fn from(error: StateError) -> Self {
+        match error {
+            StateError::Routes(e) => Self::Routes(e),
+            StateError::Client(e) => Self::Client(e),
+        }
+    }
+}
+
 /// How often issuer keys are re-fetched even when no token names an unknown key.
 const JWKS_REFRESH: Duration = Duration::from_secs(600);
 
+/// The configuration and the state built from it.
 pub struct App {
     pub config: Config,
-    pub router: Router,
-    pub authn: Authenticator,
-    engine: OnceLock<Engine>,
-    /// Why the policy snapshot is not loaded yet, for `/readyz`.
-    load_error: ArcSwapOption<String>,
-    upstreams: HashMap<String, HttpClient>,
-    /// Requests in flight; a request that finds none free is shed with 429.
-    pub in_flight: Arc<Semaphore>,
-    pub dev: Option<DevIssuer>,
-    /// Set when a route uses the presign handler (see [`App::with_presigner`]).
-    pub presigner: Option<crate::handlers::presign::Presigner>,
+    state: State,
 }
 
 impl std::fmt::Debug for App {
@@ -70,34 +65,15 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
-    /// Build the state (no I/O besides creating clients). `dev` adds the development issuer.
+    /// Build the state (no I/O besides creating clients) around a store that serves
+    /// nothing until [`run`] loads it. `dev` adds the development issuer.
     pub fn new(mut config: Config, dev: bool) -> Result<Self, StartError> {
         let dev = if dev { Some(DevIssuer::generate()?) } else { None };
         if let Some(dev) = &dev {
             config.issuers.push(dev.issuer_config());
         }
-        let router = Router::new(&config.routes)?;
-        let jwks_client = http_client::client(Duration::from_secs(5))?;
-        let authn = Authenticator::new(&config.issuers, &config.principal, &jwks_client);
-        let mut upstreams = HashMap::new();
-        for route in &config.routes {
-            if let Handler::Forward(upstream) = &route.handler {
-                let client = http_client::client(upstream.connect_timeout)?;
-                upstreams.insert(route.name.clone(), client);
-            }
-        }
-        let in_flight = Arc::new(Semaphore::new(config.server.max_concurrent_requests));
-        Ok(Self {
-            config,
-            router,
-            authn,
-            engine: OnceLock::new(),
-            load_error: ArcSwapOption::empty(),
-            upstreams,
-            in_flight,
-            dev,
-            presigner: None,
-        })
+        let state = State::new(&config, PolicyStore::pending(), dev)?;
+        Ok(Self { config, state })
     }
 
     /// Whether any route needs AWS (and so a [`Presigner`](crate::handlers::presign::Presigner)).
@@ -107,7 +83,7 @@ impl App {
 
     #[must_use]
     pub fn with_presigner(mut self, presigner: crate::handlers::presign::Presigner) -> Self {
-        self.presigner = Some(presigner);
+        self.state.presigner = Some(presigner);
         self
     }
 
@@ -124,136 +100,44 @@ impl App {
         Ok(crate::handlers::presign::Presigner::new(sts, Arc::new(sagemaker)).with_regional_sts(regional_sts))
     }
 
-    pub fn engine(&self) -> Option<&Engine> {
-        self.engine.get()
+    /// The request-time state.
+    pub fn state(&self) -> &State {
+        &self.state
     }
 
-    pub fn upstream_client(&self, route: &str) -> Option<&HttpClient> {
-        self.upstreams.get(route)
+    /// The policy store requests read (empty until the first snapshot loads).
+    pub fn store(&self) -> &PolicyStore {
+        &self.state.store
     }
 
     /// Why the sidecar is not ready, or empty when it is.
     pub fn not_ready_reasons(&self) -> Vec<String> {
-        let mut reasons = Vec::new();
-        if self.engine.get().is_none() {
-            match self.load_error.load_full() {
-                Some(error) => reasons.push(format!("no policy snapshot: {error}")),
-                None => reasons.push("no policy snapshot yet".to_owned()),
-            }
-        }
-        for issuer in self.authn.issuers() {
-            if !issuer.has_keys() {
-                reasons.push(format!("no keys yet for issuer `{}`", issuer.config.issuer));
-            }
-        }
-        reasons
+        self.state.not_ready_reasons()
     }
 
-    /// Load the first snapshot (retrying until it loads or `shutdown`), then keep it fresh.
+    /// The check every snapshot passes before it is served: it fits the routes.
+    pub fn fits(&self) -> Fits {
+        let config = self.config.clone();
+        Arc::new(move |snapshot| check_routes(&config, snapshot))
+    }
+
+    /// Keep the store loaded from the configured policy source until `shutdown`.
     /// `initial` is a snapshot `serve` already built from the policy files for its
     /// start-up checks, served first instead of building the same files again.
     async fn load_policies(self: Arc<Self>, initial: Option<PolicySnapshot>, shutdown: CancellationToken) {
-        if let PolicySource::VerifiedPermissions(avp) = self.config.policy_source.clone() {
-            let base = crate::aws::load(&self.config.aws).await;
-            let client = crate::avp::client(&base, self.config.aws.verifiedpermissions_endpoint.as_deref());
-            let mirror = Mirror::new(client, &avp.policy_store_id, avp.max_calls_per_refresh);
-            return self.load_from_store(mirror, avp.poll_interval, shutdown).await;
-        }
-        let dirs = self.config.sources.clone();
-        let mut initial = initial;
-        let max_delay = self.config.poll_interval.max(Duration::from_secs(1));
-        let loaded = self
-            .first_load("policy files", max_delay, &shutdown, || {
-                let (dirs, initial) = (dirs.clone(), initial.take());
-                async move {
-                    if let Some(snapshot) = initial {
-                        return Ok(snapshot);
-                    }
-                    tokio::task::spawn_blocking(move || PolicySnapshot::load(&dirs, 1))
-                        .await
-                        .map_err(|e| format!("the policy load task failed: {e}"))?
-                        .map_err(|e| e.to_string())
-                }
-            })
-            .await;
-        let Some(snapshot) = loaded else { return };
-        let store = PolicyStore::new(snapshot);
-        let _ = self.engine.set(Engine::new(store.clone()));
-        let options = ReloadOptions { poll_interval: self.config.poll_interval, ..ReloadOptions::default() };
-        let _ = spawn_file_reloader(store, dirs, options, shutdown).await;
-    }
-
-    /// Mirror a Verified Permissions store: not ready until the first snapshot builds
-    /// (retrying with backoff, the error shown in `/readyz`), then refreshed by polling.
-    pub async fn load_from_store(self: Arc<Self>, mirror: Mirror, interval: Duration, shutdown: CancellationToken) {
-        let entities = self.config.sources.entities.clone();
-        let what = format!("policy store `{}`", mirror.policy_store_id());
-        let shared = std::sync::Arc::new(tokio::sync::Mutex::new(mirror));
-        let loaded = self
-            .first_load(&what, interval, &shutdown, || {
-                let (shared, entities) = (shared.clone(), entities.clone());
-                async move {
-                    let mut mirror = shared.lock().await;
-                    crate::avp::refresh::load_first(&mut mirror, &entities).await.map_err(|e| e.to_string())
-                }
-            })
-            .await;
-        let Some(snapshot) = loaded else { return };
-        let store = PolicyStore::new(snapshot);
-        let _ = self.engine.set(Engine::new(store.clone()));
-        let Ok(mirror) = Arc::try_unwrap(shared).map(tokio::sync::Mutex::into_inner) else {
-            tracing::error!("the store mirror is still shared; not refreshing");
-            return;
-        };
-        crate::avp::refresh::run(mirror, store, entities, interval, shutdown).await;
-    }
-
-    /// The one first-load loop of every policy source: `load` until a snapshot builds
-    /// and fits the routes (a snapshot whose schema does not fit them is not served:
-    /// every request would be denied), retrying with jittered exponential backoff (from
-    /// half a second up to `max_delay`) until `shutdown`. Each failure is logged and shown
-    /// in `/readyz`; `None` when shut down first.
-    async fn first_load<F, Fut>(
-        &self,
-        what: &str,
-        max_delay: Duration,
-        shutdown: &CancellationToken,
-        mut load: F,
-    ) -> Option<PolicySnapshot>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<PolicySnapshot, String>>,
-    {
-        use backon::BackoffBuilder;
-        let min_delay = Duration::from_millis(500).min(max_delay);
-        let mut delays = backon::ExponentialBuilder::default()
-            .with_min_delay(min_delay)
-            .with_max_delay(max_delay)
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times()
-            .build();
-        loop {
-            let loaded = load().await.and_then(|snapshot| match check_routes(&self.config, &snapshot).as_slice() {
-                [] => Ok(snapshot),
-                problems => Err(format!("the policy schema does not fit the routes: {}", problems.join("; "))),
-            });
-            match loaded {
-                Ok(snapshot) => {
-                    tracing::info!(source = what, version = %snapshot.version(), policies = snapshot.policy_count(),
-                        entities = snapshot.entity_count(), "policy snapshot loaded");
-                    self.load_error.store(None);
-                    return Some(snapshot);
-                }
-                Err(error) => {
-                    tracing::error!(source = what, error = %error, "cannot serve a policy snapshot; not ready, retrying");
-                    self.load_error.store(Some(Arc::new(error)));
-                }
+        let store = self.state.store.clone();
+        match self.config.policy_source.clone() {
+            PolicySource::VerifiedPermissions(avp) => {
+                let base = crate::aws::load(&self.config.aws).await;
+                let client = crate::avp::client(&base, self.config.aws.verifiedpermissions_endpoint.as_deref());
+                let mirror = Mirror::new(client, &avp.policy_store_id, avp.max_calls_per_refresh);
+                let source = StoreSource::new(mirror, self.config.sources.entities.clone(), avp.poll_interval);
+                lifecycle::run(source, store, self.fits(), shutdown).await;
             }
-            let delay = delays.next().unwrap_or(max_delay);
-            tokio::select! {
-                () = shutdown.cancelled() => return None,
-                () = tokio::time::sleep(delay) => {}
+            PolicySource::Files => {
+                let options = ReloadOptions { poll_interval: self.config.poll_interval, ..ReloadOptions::default() };
+                let source = FileSource::new(self.config.sources.clone(), options).with_initial(initial);
+                lifecycle::run(source, store, self.fits(), shutdown).await;
             }
         }
     }
@@ -263,12 +147,7 @@ impl App {
     async fn load_keys(self: Arc<Self>, shutdown: CancellationToken) {
         let mut delay = Duration::from_millis(250);
         loop {
-            let mut missing = false;
-            for issuer in self.authn.issuers() {
-                if !issuer.has_keys() && issuer.refresh().await.is_err() {
-                    missing = true;
-                }
-            }
+            let missing = !self.state.load_missing_keys().await;
             let wait = if missing {
                 delay = (delay * 2).min(Duration::from_secs(30));
                 delay
@@ -280,7 +159,7 @@ impl App {
                 () = tokio::time::sleep(wait) => {}
             }
             if !missing {
-                for issuer in self.authn.issuers() {
+                for issuer in self.state.authn.issuers() {
                     let _ = issuer.refresh().await;
                 }
             }
@@ -395,13 +274,13 @@ pub async fn run_with_snapshot(
     let data_app = app.clone();
     let data = server::serve(listeners.data, tls, limits.clone(), shutdown.clone(), move |request, peer| {
         let app = data_app.clone();
-        async move { server::pipeline::handle(&app, request, peer).await }
+        async move { server::pipeline::handle(&app.state, request, peer).await }
     });
     let admin_app = app.clone();
     let admin = server::serve(listeners.admin, None, admin_limits, shutdown.clone(), move |request, _peer| {
         let app = admin_app.clone();
         let metrics = metrics.clone();
-        async move { crate::admin::handle(&app, &metrics, request) }
+        async move { server::admin::handle(&app.state, &metrics, request) }
     });
     tokio::join!(data, admin);
     tasks.cancel();

@@ -23,17 +23,17 @@
 //! A case's `context` is laid over the defaults key by key; its `entities` (Cedar entity
 //! JSON) are added to the defaults' and replace stored entities with the same uid for
 //! that case, exactly as the data plane adds the principal it builds from a token.
-//! The runner goes through the same [`decide_with`](crate::authz) path as the sidecar.
+//! The runner asks the same [`Engine`](crate::authz::Engine) as the sidecar.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use cedar_policy::{Authorizer, Entity};
+use cedar_policy::Entity;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::authz::{Decision, DecisionRequest, Effect, parse_entity_uid, resolve_action};
+use crate::authz::{Decision, DecisionRequest, Effect, Engine, parse_entity_uid, resolve_action};
 use crate::policy_store::{LoadError, Location, PolicySnapshot, Problem};
 
 /// One table file as written.
@@ -179,12 +179,12 @@ fn parse_table(path: &Path) -> Result<Table, Problem> {
 
 /// Run every case of every table against `snapshot`.
 pub fn run(snapshot: &PolicySnapshot, tables: &[TableFile]) -> Report {
-    let authorizer = Authorizer::new();
+    let engine = Engine::new();
     let mut report =
         Report { results: Vec::new(), coverage: snapshot.policy_ids().into_iter().map(|id| (id, 0)).collect() };
     for file in tables {
         for case in &file.table.cases {
-            let outcome = match run_case(&authorizer, snapshot, &file.table.defaults, case) {
+            let outcome = match run_case(&engine, snapshot, &file.table.defaults, case) {
                 Ok(outcome) => outcome,
                 Err(message) => Outcome::Error(message),
             };
@@ -199,12 +199,7 @@ pub fn run(snapshot: &PolicySnapshot, tables: &[TableFile]) -> Report {
     report
 }
 
-fn run_case(
-    authorizer: &Authorizer,
-    snapshot: &PolicySnapshot,
-    defaults: &CaseFields,
-    case: &Case,
-) -> Result<Outcome, String> {
+fn run_case(engine: &Engine, snapshot: &PolicySnapshot, defaults: &CaseFields, case: &Case) -> Result<Outcome, String> {
     let field = |name: &str, own: &Option<String>, default: &Option<String>| {
         own.clone()
             .or_else(|| default.clone())
@@ -237,7 +232,7 @@ fn run_case(
 
     let request =
         DecisionRequest::new(principal, action, resource).with_context(Value::Object(context)).with_entities(entities);
-    let decision = crate::authz::decide_with(authorizer, snapshot, &request).map_err(|e| e.to_string())?;
+    let decision = engine.decide(snapshot, &request).map_err(|e| e.to_string())?;
 
     let effect_ok = decision.effect == case.expect;
     let expected_policies = case.policies.as_ref().map(|p| {

@@ -19,8 +19,8 @@
 //! - [`app`]: the state requests read and the background tasks; [`admin`]: its endpoints.
 //! - [`cli`]: `serve`, `validate`, `authorize`, `test`, `lambda`, `avp`.
 
-pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod authn;
 pub mod authz;
 pub mod avp;

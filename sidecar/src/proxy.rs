@@ -142,7 +142,7 @@ pub enum BodyFault {
 /// it failed, so that an upstream call that fails because of the *client's* body is
 /// answered 413 or 400, not 502.
 pub struct ClientBody {
-    inner: Pin<Box<Limited<hyper::body::Incoming>>>,
+    inner: Pin<Box<Limited<crate::http_client::Body>>>,
     fault: Arc<OnceLock<BodyFault>>,
 }
 
@@ -153,7 +153,13 @@ impl std::fmt::Debug for ClientBody {
 }
 
 impl ClientBody {
-    pub fn new(body: hyper::body::Incoming, limit: usize) -> Self {
+    /// Any request body (hyper's `Incoming` when served, a full body in tests).
+    pub fn new<B>(body: B, limit: usize) -> Self
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let body = body.map_err(Into::into).boxed_unsync();
         Self { inner: Box::pin(Limited::new(body, limit)), fault: Arc::new(OnceLock::new()) }
     }
 

@@ -1,7 +1,7 @@
 //! The DataZone account-pool handler: the sample events and their field variants with
 //! exact JSON answers, pagination, and list and validate never disagreeing.
 
-use authz_sidecar::handlers::account_pool::{EventError, apply, parse};
+use authz_sidecar::handlers::account_pool::{AccountPool, EventError, Operation, parse};
 use authz_sidecar::policy_store::PolicySnapshot;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -12,6 +12,11 @@ const DOMAIN: &str = "dzd-4igt64u5j25ko9";
 
 fn snapshot() -> std::sync::Arc<PolicySnapshot> {
     crate::support::shipped_snapshot()
+}
+
+/// The handler's answer to `operation` over `snapshot` (a handler of its own each time).
+fn apply(snapshot: &PolicySnapshot, operation: &Operation, request_id: &str) -> Result<Value, EventError> {
+    AccountPool::default().apply(snapshot, operation, request_id)
 }
 
 /// The answer to an event, as the exact JSON text a handler sends.
@@ -474,7 +479,7 @@ fn generated_snapshot(extra: &[bool], looks: &[Look], accounts: &[GeneratedAccou
 
 #[test]
 fn look_alike_accounts_share_one_class_unless_a_policy_uses_the_account_as_a_value() {
-    use authz_sidecar::handlers::account_pool::list_sharing;
+    let list_sharing = |snapshot: &PolicySnapshot| AccountPool::default().list_sharing(snapshot);
     let look: Look = [0, 0, 0, 0, 0, 0];
     let alike: Vec<GeneratedAccount> = (0..30).map(|n| (n, 0, None)).collect();
     let shipped = list_sharing(&generated_snapshot(&[false; 7], &[look], &[]));

@@ -7,12 +7,15 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use authz_sidecar::authz::{DecisionRequest, Effect, decide_with, parse_entity_uid};
+use authz_sidecar::authz::{DecisionRequest, Effect, Engine, parse_entity_uid};
 use authz_sidecar::avp::mirror::{self, Mirror};
-use authz_sidecar::avp::refresh::{self, backoff, refresh_once};
+use authz_sidecar::avp::refresh::StoreSource;
 use authz_sidecar::avp::{AvpError, push};
 use authz_sidecar::cli::avp::{pull_to_files, push_to_store};
-use authz_sidecar::policy_store::{EntitySources, PolicySnapshot, PolicyStore, ReloadOutcome, SourceDirs, Sources};
+use authz_sidecar::policy_store::{
+    EntitySources, PolicySnapshot, PolicySource, PolicyStore, ReloadOutcome, SourceDirs, SourceError, Sources,
+    lifecycle,
+};
 use aws_sdk_verifiedpermissions::Client;
 use aws_sdk_verifiedpermissions::error::ErrorMetadata;
 use aws_sdk_verifiedpermissions::operation::batch_get_policy::{BatchGetPolicyError, BatchGetPolicyOutput};
@@ -431,29 +434,43 @@ async fn a_store_mirrors_into_a_snapshot_that_names_the_store_policy_ids() {
     drop(st);
     assert!(snapshot.source().to_string().contains(STORE));
 
-    let authorizer = cedar_policy::Authorizer::new();
-    let allowed = decide_with(&authorizer, &snapshot, &presign("user-1", "user-1-team1")).unwrap();
+    let allowed = Engine::new().decide(&snapshot, &presign("user-1", "user-1-team1")).unwrap();
     assert_eq!(allowed.effect, Effect::Allow);
     assert!(!allowed.policies.is_empty());
     assert!(allowed.policies.iter().all(|id| id.starts_with("SP")), "store ids, not @ids: {:?}", allowed.policies);
 
     // the template-linked forbid decides under its own store id
-    let linked = decide_with(&authorizer, &snapshot, &presign("user-1", "user-1-team2")).unwrap();
+    let linked = Engine::new().decide(&snapshot, &presign("user-1", "user-1-team2")).unwrap();
     assert_eq!(linked.effect, Effect::Deny, "{linked:?}");
     assert_eq!(linked.policies, vec!["LPuser1".to_owned()]);
+}
+
+/// The store as the sidecar's policy source, with the shipped entities.
+fn source(mirror: Mirror) -> StoreSource {
+    StoreSource::new(mirror, repo_root().join("entities"), Duration::from_secs(60))
+}
+
+/// The first snapshot, as the lifecycle's first load asks for it.
+async fn load_first(source: &mut StoreSource) -> Result<PolicySnapshot, SourceError> {
+    source.load(None, 1).await.map(|snapshot| snapshot.expect("a first load always builds"))
+}
+
+/// One refresh, settled as the lifecycle settles it.
+async fn refresh(source: &mut StoreSource, store: &PolicyStore) -> ReloadOutcome {
+    lifecycle::refresh_once(source, store, &lifecycle::fits_anything()).await
 }
 
 #[tokio::test]
 async fn an_unchanged_store_is_not_fetched_again_or_rebuilt_and_a_change_costs_one_batch() {
     let store = shipped_store();
-    let mut mirror = Mirror::new(client(&store), STORE, 100);
-    let first = refresh::load_first(&mut mirror, &repo_root().join("entities")).await.unwrap();
+    let mut mirror = source(Mirror::new(client(&store), STORE, 100));
+    let first = load_first(&mut mirror).await.unwrap();
     let version = first.version().clone();
     let policy_store = PolicyStore::new(first);
 
-    let outcome = refresh_once(&mut mirror, &policy_store, &repo_root().join("entities")).await;
+    let outcome = refresh(&mut mirror, &policy_store).await;
     assert_eq!(outcome, ReloadOutcome::Unchanged);
-    assert_eq!(policy_store.current().version(), &version);
+    assert_eq!(policy_store.current().unwrap().version(), &version);
     {
         let st = store.lock().unwrap();
         assert_eq!(st.count("BatchGetPolicy"), 1, "no definitions fetched for an unchanged store");
@@ -469,38 +486,37 @@ async fn an_unchanged_store_is_not_fetched_again_or_rebuilt_and_a_change_costs_o
             "forbid (principal, action == Studio::Action::\"CreatePresignedDomainUrl\", resource) when { context.sourceIp.isLoopback() };",
         );
     }
-    let outcome = refresh_once(&mut mirror, &policy_store, &repo_root().join("entities")).await;
+    let outcome = refresh(&mut mirror, &policy_store).await;
     assert!(matches!(outcome, ReloadOutcome::Published(2)), "{outcome:?}");
-    assert_ne!(policy_store.current().version(), &version);
+    assert_ne!(policy_store.current().unwrap().version(), &version);
     assert_eq!(store.lock().unwrap().count("BatchGetPolicy"), 2);
 }
 
 #[tokio::test]
 async fn throttling_keeps_the_last_good_snapshot_and_backs_off() {
     let store = shipped_store();
-    let mut mirror = Mirror::new(client(&store), STORE, 100);
-    let entities_dir = repo_root().join("entities");
-    let policy_store = PolicyStore::new(refresh::load_first(&mut mirror, &entities_dir).await.unwrap());
-    let version = policy_store.current().version().clone();
+    let mut mirror = source(Mirror::new(client(&store), STORE, 100));
+    let policy_store = PolicyStore::new(load_first(&mut mirror).await.unwrap());
+    let version = policy_store.current().unwrap().version().clone();
 
     store.lock().unwrap().failing = Some("ThrottlingException");
-    let outcome = refresh_once(&mut mirror, &policy_store, &entities_dir).await;
+    let outcome = refresh(&mut mirror, &policy_store).await;
     assert_eq!(outcome, ReloadOutcome::Failed);
-    assert_eq!(policy_store.current().version(), &version, "the last good snapshot keeps serving");
+    assert_eq!(policy_store.current().unwrap().version(), &version, "the last good snapshot keeps serving");
     let stats = policy_store.stats();
     assert_eq!(stats.failures, 1);
     assert!(stats.last_error.unwrap().to_string().contains("throttled"));
 
     // the same error again is counted once (it is logged once), and recovery clears it
-    assert_eq!(refresh_once(&mut mirror, &policy_store, &entities_dir).await, ReloadOutcome::Failed);
+    assert_eq!(refresh(&mut mirror, &policy_store).await, ReloadOutcome::Failed);
     assert_eq!(policy_store.stats().failures, 1);
     store.lock().unwrap().failing = None;
-    assert_eq!(refresh_once(&mut mirror, &policy_store, &entities_dir).await, ReloadOutcome::Unchanged);
+    assert_eq!(refresh(&mut mirror, &policy_store).await, ReloadOutcome::Unchanged);
     assert!(policy_store.stats().last_error.is_none());
 
     // waits grow from the interval, with jitter, and stay bounded
     let interval = Duration::from_secs(60);
-    let waits: Vec<Duration> = backoff(interval).take(8).collect();
+    let waits: Vec<Duration> = lifecycle::backoff(interval, interval * 16).take(8).collect();
     assert!(waits.iter().all(|w| *w >= interval && *w <= interval * 32), "{waits:?}");
     assert!(waits[4] >= interval * 8, "exponential: {waits:?}");
 }
@@ -509,9 +525,9 @@ async fn throttling_keeps_the_last_good_snapshot_and_backs_off() {
 async fn access_denied_at_start_is_a_clear_error_and_no_snapshot() {
     let store = shipped_store();
     store.lock().unwrap().failing = Some("AccessDeniedException");
-    let mut mirror = Mirror::new(client(&store), STORE, 100);
-    let error = refresh::load_first(&mut mirror, &repo_root().join("entities")).await.unwrap_err();
-    let message = error.to_string();
+    let mut mirror = source(Mirror::new(client(&store), STORE, 100));
+    let error = load_first(&mut mirror).await.unwrap_err();
+    let message = error.error.to_string();
     assert!(message.contains("access denied") && message.contains("verifiedpermissions:GetSchema"), "{message}");
     assert!(message.contains(STORE), "{message}");
 }
@@ -519,18 +535,17 @@ async fn access_denied_at_start_is_a_clear_error_and_no_snapshot() {
 #[tokio::test]
 async fn an_invalid_policy_in_the_store_is_rejected_and_the_last_good_kept() {
     let store = shipped_store();
-    let mut mirror = Mirror::new(client(&store), STORE, 100);
-    let entities_dir = repo_root().join("entities");
-    let policy_store = PolicyStore::new(refresh::load_first(&mut mirror, &entities_dir).await.unwrap());
-    let version = policy_store.current().version().clone();
+    let mut mirror = source(Mirror::new(client(&store), STORE, 100));
+    let policy_store = PolicyStore::new(load_first(&mut mirror).await.unwrap());
+    let version = policy_store.current().unwrap().version().clone();
 
     store.lock().unwrap().add_static(
         "SPbroken",
         None,
         "permit (principal, action == Studio::Action::\"CreatePresignedDomainUrl\", resource) when { resource.noSuchAttribute == 1 };",
     );
-    assert_eq!(refresh_once(&mut mirror, &policy_store, &entities_dir).await, ReloadOutcome::Failed);
-    assert_eq!(policy_store.current().version(), &version);
+    assert_eq!(refresh(&mut mirror, &policy_store).await, ReloadOutcome::Failed);
+    assert_eq!(policy_store.current().unwrap().version(), &version);
     let error = policy_store.stats().last_error.unwrap().to_string();
     assert!(error.contains("avp://PSEXAMPLEabcdefg111111/policies/SPbroken"), "{error}");
 }
@@ -653,8 +668,7 @@ async fn pull_writes_files_that_load_as_the_same_policies() {
     let pulled = PolicySnapshot::load(&SourceDirs::new(out_dir.path(), repo_root().join("entities")), 1).unwrap();
     let statics = store.lock().unwrap().policies.values().filter(|p| matches!(p.def, Def::Static(_))).count();
     assert_eq!(pulled.policy_count(), statics);
-    let authorizer = cedar_policy::Authorizer::new();
-    let decision = decide_with(&authorizer, &pulled, &presign("user-1", "user-1-team1")).unwrap();
+    let decision = Engine::new().decide(&pulled, &presign("user-1", "user-1-team1")).unwrap();
     assert_eq!(decision.effect, Effect::Allow);
 }
 
@@ -696,7 +710,7 @@ async fn the_sidecar_is_not_ready_while_the_store_denies_access_and_ready_once_i
     store.lock().unwrap().failing = Some("AccessDeniedException");
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mirror = Mirror::new(client(&store), STORE, 100);
-    let task = tokio::spawn(app.clone().load_from_store(mirror, Duration::from_secs(60), shutdown.clone()));
+    let task = tokio::spawn(lifecycle::run(source(mirror), app.store().clone(), app.fits(), shutdown.clone()));
 
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let reason = loop {
@@ -708,10 +722,10 @@ async fn the_sidecar_is_not_ready_while_the_store_denies_access_and_ready_once_i
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(reason.contains("verifiedpermissions:GetSchema"), "{reason}");
-    assert!(app.engine().is_none());
+    assert!(app.store().current().is_none());
 
     store.lock().unwrap().failing = None;
-    while app.engine().is_none() {
+    while app.store().current().is_none() {
         assert!(std::time::Instant::now() < deadline, "never loaded");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -139,7 +139,8 @@ async fn the_binary_serves_audits_every_decision_and_exits_0_on_sigterm() {
     assert_eq!(audits.len(), 2, "one audit event per decision (the 401 never reached one):\n{text}");
     let fields: Vec<&Value> = audits.iter().map(|e| &e["fields"]).collect();
     assert_eq!(fields[0]["decision"], "allow");
-    assert_eq!(fields[0]["policies"], "presign-own-profile");
+    assert_eq!(fields[0]["policies"], serde_json::json!(["presign-own-profile"]), "an array, not a string");
+    assert!(fields[0]["errors"].is_array() && fields[0]["latency_us"].is_u64(), "{}", fields[0]);
     assert_eq!(fields[0]["principal"], "Studio::User::\"user-1\"");
     assert_eq!(fields[0]["source_ip"], "10.1.2.3", "the source IP that decided");
     assert_eq!(fields[0]["vpce"], "vpce-0a1a000000000001a", "the VPC endpoint that decided");

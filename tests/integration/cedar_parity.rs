@@ -73,16 +73,16 @@ fn routes_on_enumerated_entity_types_check_without_invented_ids() {
     let config =
         authz_sidecar::config::Config::from_toml(&route("Studio::Report", r#"Studio::Action::"ReadReport""#), "t")
             .unwrap();
-    assert_eq!(authz_sidecar::app::check_routes(&config, &store.current()), Vec::<String>::new());
+    assert_eq!(authz_sidecar::app::check_routes(&config, &store.current().unwrap()), Vec::<String>::new());
     // and what does not fit is still named
     let config =
         authz_sidecar::config::Config::from_toml(&route("Studio::Lob", r#"Studio::Action::"ReadReport""#), "t")
             .unwrap();
-    let problems = authz_sidecar::app::check_routes(&config, &store.current());
+    let problems = authz_sidecar::app::check_routes(&config, &store.current().unwrap());
     assert!(problems.iter().any(|p| p.contains("does not apply to resources of type `Studio::Lob`")), "{problems:?}");
     let config =
         authz_sidecar::config::Config::from_toml(&route("Studio::Report", r#"Studio::Action::"Nope""#), "t").unwrap();
-    let problems = authz_sidecar::app::check_routes(&config, &store.current());
+    let problems = authz_sidecar::app::check_routes(&config, &store.current().unwrap());
     assert!(problems.iter().any(|p| p.contains("is not in the policy schema")), "{problems:?}");
 }
 

@@ -4,9 +4,9 @@
 //! parsed from JSON by Cedar, the request entities schema-checked), for random
 //! principals, resources, addresses, endpoints and times over the shipped policies.
 
-use authz_sidecar::authz::{DecisionRequest, context_from_strings, decide_for_principal, decide_with};
+use authz_sidecar::authz::{DecisionRequest, Engine, context_from_strings};
 use authz_sidecar::policy_store::PolicySnapshot;
-use cedar_policy::{Authorizer, Entity, EntityUid};
+use cedar_policy::{Entity, EntityUid};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -57,8 +57,7 @@ proptest! {
         let json_context = serde_json::Value::Object(
             pairs.iter().map(|(k, v)| (k.clone(), json!(v))).collect(),
         );
-        let general = decide_with(
-            &Authorizer::new(),
+        let general = Engine::new().decide(
             &snapshot,
             &DecisionRequest::new(entity.uid(), action.clone(), resource.clone())
                 .with_context(json_context)
@@ -71,8 +70,8 @@ proptest! {
         // second is built from typed values
         for _ in 0..2 {
             let context = context_from_strings(&snapshot, &action, &pairs).unwrap();
-            let fast = decide_for_principal(&Authorizer::new(), &snapshot, &requester, &action, &resource, context)
-                .unwrap();
+            let request = DecisionRequest::built(requester.clone(), action.clone(), resource.clone(), context);
+            let fast = Engine::new().decide(&snapshot, &request).unwrap();
             prop_assert_eq!(fast.effect, general.effect);
             prop_assert_eq!(&fast.policies, &general.policies);
             prop_assert_eq!(fast.reason, general.reason);
@@ -93,7 +92,7 @@ fn both_paths_allow_the_seed_request_so_the_property_is_not_all_denies() {
     ];
     let context = context_from_strings(&snapshot, &action, &pairs).unwrap();
     let decision =
-        decide_for_principal(&Authorizer::new(), &snapshot, &requester, &action, &resource, context).unwrap();
+        Engine::new().decide(&snapshot, &DecisionRequest::built(requester, action, resource, context)).unwrap();
     assert!(decision.is_allowed(), "{decision:?}");
     assert_eq!(decision.policies, ["presign-own-profile"]);
 }

@@ -1,7 +1,7 @@
 //! The engine: fail-closed evaluation, entity slices equal to the whole store, and no
 //! stale entities across snapshots.
 
-use authz_sidecar::authz::{DecisionReason, DecisionRequest, Effect, Engine, parse_entity_uid};
+use authz_sidecar::authz::{DecisionReason, DecisionRequest, Effect, Engine, QuestionContext, parse_entity_uid};
 use authz_sidecar::policy_store::{PolicySnapshot, PolicyStore};
 use cedar_policy::Entity;
 use proptest::prelude::*;
@@ -29,8 +29,8 @@ fn presign(principal: &str, profile: &str) -> DecisionRequest {
 #[test]
 fn an_evaluation_error_denies_even_when_a_permit_matches() {
     let ws = Workspace::shipped();
-    let engine = Engine::new(PolicyStore::load_files(&ws.dirs()).unwrap());
-    let snapshot = engine.store().current();
+    let engine = Engine::new();
+    let snapshot = PolicyStore::load_files(&ws.dirs()).unwrap().current().unwrap();
     // A profile in a LOB no entity defines: the permit holds (owner, team, and the user
     // is made a member of that LOB), but the VPC endpoint forbid cannot read the LOB's
     // endpoints and errors. Cedar alone would skip the erroring forbid and allow.
@@ -49,7 +49,7 @@ fn an_evaluation_error_denies_even_when_a_permit_matches() {
             &snapshot,
         ),
     ]);
-    let decision = engine.decide(&request).unwrap();
+    let decision = engine.decide(&snapshot, &request).unwrap();
     assert_eq!(decision.effect, Effect::Deny);
     assert_eq!(decision.reason, DecisionReason::EvaluationError);
     assert_eq!(decision.policies, vec!["presign-own-profile".to_owned()], "the permit did match");
@@ -60,14 +60,14 @@ fn an_evaluation_error_denies_even_when_a_permit_matches() {
 #[test]
 fn request_entities_must_fit_the_schema() {
     let ws = Workspace::shipped();
-    let engine = Engine::new(PolicyStore::load_files(&ws.dirs()).unwrap());
+    let snapshot = PolicyStore::load_files(&ws.dirs()).unwrap().current().unwrap();
     // Built without a schema, so it is the engine that must refuse it.
     let bad = Entity::from_json_value(
         json!({"uid": {"type": "Studio::User", "id": "user-1"}, "attrs": {"email": 7}, "parents": []}),
         None,
     )
     .unwrap();
-    let err = engine.decide(&presign("user-1", "user-1-team1").with_entities(vec![bad])).unwrap_err();
+    let err = Engine::new().decide(&snapshot, &presign("user-1", "user-1-team1").with_entities(vec![bad])).unwrap_err();
     assert_eq!(err.kind(), "bad_entities", "{err}");
 }
 
@@ -75,8 +75,8 @@ fn request_entities_must_fit_the_schema() {
 fn a_new_snapshot_never_serves_entities_of_the_old_one() {
     let ws = Workspace::shipped();
     let store = PolicyStore::load_files(&ws.dirs()).unwrap();
-    let engine = Engine::new(store.clone());
-    let snapshot = store.current();
+    let engine = Engine::new();
+    let snapshot = store.current().unwrap();
     // Through the slice path (a request entity present), so the old snapshot caches
     // user-1's slice.
     let team_entity = entity(
@@ -84,7 +84,7 @@ fn a_new_snapshot_never_serves_entities_of_the_old_one() {
         &snapshot,
     );
     let request = presign("user-1", "user-1-team1").with_entities(vec![team_entity]);
-    assert_eq!(engine.decide(&request).unwrap().effect, Effect::Allow);
+    assert_eq!(engine.decide(&snapshot, &request).unwrap().effect, Effect::Allow);
     assert!(snapshot.cached_slices() > 0);
 
     // user-1 leaves lob-a in the files; the new snapshot must see it at once.
@@ -95,10 +95,10 @@ fn a_new_snapshot_never_serves_entities_of_the_old_one() {
     ws.write_entities("users.json", &moved);
     store.publish(PolicySnapshot::load(&ws.dirs(), store.next_generation()).unwrap());
 
-    let decision = engine.decide(&request).unwrap();
+    let decision = engine.decide(&store.current().unwrap(), &request).unwrap();
     assert_eq!(decision.effect, Effect::Deny);
     assert_ne!(decision.snapshot, snapshot.version().to_string());
-    assert_eq!(store.current().version().generation, 2);
+    assert_eq!(store.current().unwrap().version().generation, 2);
 }
 
 /// Every request the shipped tables talk about, in all combinations.
@@ -128,8 +128,8 @@ proptest! {
         domain in prop::sample::select(vec!["dzd-4igt64u5j25ko9", "dzd-0therdomain01"]),
     ) {
         let ws = shared_workspace();
-        let snapshot = ws.1.current();
-        let engine = Engine::new(ws.1.clone());
+        let snapshot = ws.1.current().unwrap();
+        let engine = Engine::new();
         let principal_uid = uid(principal);
         let request = if principal.starts_with("Studio") {
             DecisionRequest::new(principal_uid.clone(), uid(r#"Studio::Action::"CreatePresignedDomainUrl""#),
@@ -140,11 +140,12 @@ proptest! {
                 uid(&format!("DataZone::Account::\"{account}\"")))
                 .with_context(json!({"regionName": region, "domainIdentifier": domain}))
         };
-        let whole = engine.decide(&request).unwrap();
+        let whole = engine.decide(&snapshot, &request).unwrap();
         // Cedar itself, over every policy and every entity: the engine's per-action
         // policy subsets must not change its answer.
-        let context = cedar_policy::Context::from_json_value(request.context.clone(), Some((snapshot.schema(), &request.action))).unwrap();
-        let cedar_request = cedar_policy::Request::new(request.principal.clone(), request.action.clone(),
+        let QuestionContext::Json(json) = &request.context else { panic!("a JSON context") };
+        let context = cedar_policy::Context::from_json_value(json.clone(), Some((snapshot.schema(), &request.action))).unwrap();
+        let cedar_request = cedar_policy::Request::new(request.principal.uid().clone(), request.action.clone(),
             request.resource.clone(), context, Some(snapshot.schema())).unwrap();
         let cedar = cedar_policy::Authorizer::new().is_authorized(&cedar_request, snapshot.policies(), snapshot.entities());
         let mut cedar_reasons: Vec<String> = cedar.diagnostics().reason().map(ToString::to_string).collect();
@@ -153,7 +154,7 @@ proptest! {
         prop_assert_eq!(cedar.diagnostics().errors().count(), whole.errors.len());
         // The stored principal, handed back as a request entity: same data, slice path.
         let stored = snapshot.entities().get(&principal_uid).unwrap().clone();
-        let sliced = engine.decide(&request.clone().with_entities(vec![stored])).unwrap();
+        let sliced = engine.decide(&snapshot, &request.clone().with_entities(vec![stored])).unwrap();
         prop_assert_eq!(whole.effect, sliced.effect);
         prop_assert_eq!(whole.reason, sliced.reason);
         prop_assert_eq!(whole.policies, sliced.policies);
@@ -180,14 +181,14 @@ fn entities_named_in_policies_are_part_of_every_slice() {
         "@id(\"not-through-lob-b-endpoints\")\nforbid (principal, action == Studio::Action::\"CreatePresignedDomainUrl\", resource)\n\
          when { context has sourceVpce && Studio::Lob::\"lob-b\".vpceIds.contains(context.sourceVpce) };\n",
     );
-    let engine = Engine::new(PolicyStore::load_files(&ws.dirs()).unwrap());
-    let snapshot = engine.store().current();
+    let engine = Engine::new();
+    let snapshot = PolicyStore::load_files(&ws.dirs()).unwrap().current().unwrap();
     // user-1 and their profile are in lob-a: nothing they reach leads to lob-b.
     let request = presign("user-1", "user-1-team1")
         .with_context(json!({"sourceVpce": "vpce-0b2b000000000001b", "sourceIp": "10.1.2.3"}));
-    let whole = engine.decide(&request).unwrap();
-    let stored = snapshot.entities().get(&request.principal).unwrap().clone();
-    let sliced = engine.decide(&request.clone().with_entities(vec![stored])).unwrap();
+    let whole = engine.decide(&snapshot, &request).unwrap();
+    let stored = snapshot.entities().get(request.principal.uid()).unwrap().clone();
+    let sliced = engine.decide(&snapshot, &request.clone().with_entities(vec![stored])).unwrap();
     assert_eq!(
         whole.policies,
         vec!["not-through-lob-b-endpoints".to_owned(), "presign-only-through-lob-vpce".to_owned()]

@@ -103,7 +103,10 @@ impl TestServer {
                     let service = service_fn(move |request: http::Request<Incoming>| {
                         let (respond, recorded) = (respond.clone(), recorded.clone());
                         async move {
-                            let (parts, _) = request.into_parts();
+                            // read the body first, as an upstream that handles the call
+                            // does (one answering early races the sidecar's body limit)
+                            let (parts, body) = request.into_parts();
+                            let _ = http_body_util::BodyExt::collect(body).await;
                             let (status, body, delay) = respond(&parts);
                             recorded.lock().unwrap().push(parts);
                             tokio::time::sleep(delay).await;

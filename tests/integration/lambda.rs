@@ -122,7 +122,10 @@ async fn the_lambda_form_answers_like_the_http_form_and_refuses_bad_events() {
         let operation = authz_sidecar::handlers::account_pool::parse(event.as_bytes()).unwrap();
         let ws = Workspace::shipped();
         let store = authz_sidecar::policy_store::PolicyStore::load_files(&ws.dirs()).unwrap();
-        authz_sidecar::handlers::account_pool::apply(&store.current(), &operation, "x").unwrap().to_string()
+        authz_sidecar::handlers::account_pool::AccountPool::default()
+            .apply(&store.current().unwrap(), &operation, "x")
+            .unwrap()
+            .to_string()
     };
     assert_eq!(posted[0], ("/2018-06-01/runtime/invocation/req-0/response".to_owned(), expected(&validate)));
     assert!(posted[0].1.contains("GRANT"));

@@ -21,6 +21,7 @@ mod edge;
 mod engine;
 mod harness;
 mod lambda;
+mod layers;
 mod presign;
 mod presign_faults;
 mod reload;

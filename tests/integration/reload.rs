@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use authz_sidecar::authz::{DecisionRequest, Effect, Engine, parse_entity_uid};
-use authz_sidecar::policy_store::{PolicyStore, ReloadOptions, ReloadOutcome, spawn_file_reloader};
+use authz_sidecar::authz::{Decision, DecisionRequest, Effect, Engine, parse_entity_uid};
+use authz_sidecar::policy_store::{FileSource, PolicyStore, ReloadOptions, ReloadOutcome, lifecycle};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +19,11 @@ fn quarantined() -> DecisionRequest {
         parse_entity_uid(r#"DataZone::Account::"333333333333""#).unwrap(),
     )
     .with_context(json!({"regionName": "us-east-1", "domainIdentifier": "dzd-4igt64u5j25ko9"}))
+}
+
+/// Decide `request` against the snapshot `store` serves now.
+fn decide(store: &PolicyStore, request: &DecisionRequest) -> Decision {
+    Engine::new().decide(&store.current().unwrap(), request).unwrap()
 }
 
 /// Wait (at most 20 s) until `done` holds.
@@ -43,12 +48,12 @@ fn options(file_events: bool) -> ReloadOptions {
 async fn change_break_fix(file_events: bool) {
     let ws = Workspace::shipped();
     let store = PolicyStore::load_files(&ws.dirs()).unwrap();
-    let engine = Engine::new(store.clone());
     let shutdown = CancellationToken::new();
-    let task = spawn_file_reloader(store.clone(), ws.dirs(), options(file_events), shutdown.clone());
+    let source = FileSource::new(ws.dirs(), options(file_events));
+    let task = tokio::spawn(lifecycle::run(source, store.clone(), lifecycle::fits_anything(), shutdown.clone()));
     tokio::time::sleep(Duration::from_millis(200)).await; // let the watcher start
-    assert_eq!(engine.decide(&quarantined()).unwrap().effect, Effect::Deny);
-    let first = store.current().version().clone();
+    assert_eq!(decide(&store, &quarantined()).effect, Effect::Deny);
+    let first = store.current().unwrap().version().clone();
 
     // 1. A change is picked up: QUARANTINED becomes a usable status.
     let path = ws.policies().join("account-pool.cedar");
@@ -56,9 +61,9 @@ async fn change_break_fix(file_events: bool) {
     let changed = good.replace(r#"["AVAILABLE", "ASSIGNED"]"#, r#"["AVAILABLE", "ASSIGNED", "QUARANTINED"]"#);
     assert_ne!(good, changed);
     std::fs::write(&path, &changed).unwrap();
-    eventually("the change is published", || store.current().version().generation == 2).await;
-    assert_ne!(store.current().version().digest, first.digest);
-    assert_eq!(engine.decide(&quarantined()).unwrap().effect, Effect::Allow);
+    eventually("the change is published", || store.current().unwrap().version().generation == 2).await;
+    assert_ne!(store.current().unwrap().version().digest, first.digest);
+    assert_eq!(decide(&store, &quarantined()).effect, Effect::Allow);
 
     // 2. A broken file: the last good snapshot keeps serving, the failure is reported.
     std::fs::write(&path, changed.replace("forbid (", "forbid (( ")).unwrap();
@@ -66,8 +71,8 @@ async fn change_break_fix(file_events: bool) {
     let stats = store.stats();
     let error = stats.last_error.expect("the error is kept for reporting");
     assert!(error.to_string().contains("account-pool.cedar:"), "{error}");
-    assert_eq!(store.current().version().generation, 2, "the good snapshot still serves");
-    assert_eq!(engine.decide(&quarantined()).unwrap().effect, Effect::Allow);
+    assert_eq!(store.current().unwrap().version().generation, 2, "the good snapshot still serves");
+    assert_eq!(decide(&store, &quarantined()).effect, Effect::Allow);
     // Reported once per change, not on every look at the same broken file.
     std::fs::write(ws.policies().join("unrelated.txt"), "wake the watcher").unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -75,11 +80,11 @@ async fn change_break_fix(file_events: bool) {
 
     // 3. The fix recovers.
     std::fs::write(&path, &good).unwrap();
-    eventually("the fix is published", || store.current().version().generation == 3).await;
-    assert_eq!(store.current().version().digest, first.digest, "same files, same version");
+    eventually("the fix is published", || store.current().unwrap().version().generation == 3).await;
+    assert_eq!(store.current().unwrap().version().digest, first.digest, "same files, same version");
     assert!(store.stats().last_error.is_none());
     assert_eq!(store.stats().successes, 2);
-    assert_eq!(engine.decide(&quarantined()).unwrap().effect, Effect::Deny);
+    assert_eq!(decide(&store, &quarantined()).effect, Effect::Deny);
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("the reloader stops on shutdown").unwrap();
@@ -107,13 +112,13 @@ fn an_entity_change_is_a_new_snapshot_and_a_broken_entity_file_is_not() {
         r#"[{"uid": {"type": "Studio::Team", "id": "Team3"}, "attrs": {"executionRoleName": "t3"}, "parents": []}]"#,
     );
     assert_eq!(reload(&store), ReloadOutcome::Published(2));
-    assert_eq!(store.current().entity_count(), 23);
+    assert_eq!(store.current().unwrap().entity_count(), 23);
 
     ws.write_entities("more.json", r#"[{"uid": {"type": "Studio::Team", "id": "Team3"}, "attrs": {}, "parents": []}]"#);
     assert_eq!(reload(&store), ReloadOutcome::Failed);
-    assert_eq!(reload(&store), ReloadOutcome::Unchanged, "the same broken file is reported once");
-    assert_eq!(store.stats().failures, 1);
-    assert_eq!(store.current().entity_count(), 23);
+    assert_eq!(reload(&store), ReloadOutcome::Failed, "still broken");
+    assert_eq!(store.stats().failures, 1, "the same broken file is reported once");
+    assert_eq!(store.current().unwrap().entity_count(), 23);
 
     // Putting the serving files back clears the failure without a new snapshot.
     ws.write_entities(
@@ -130,7 +135,7 @@ fn a_vanished_directory_keeps_the_last_good_snapshot() {
     let store = PolicyStore::load_files(&ws.dirs()).unwrap();
     std::fs::remove_dir_all(ws.entities()).unwrap();
     assert_eq!(authz_sidecar::policy_store::reload_once(&store, &ws.dirs()), ReloadOutcome::Failed);
-    assert_eq!(store.current().entity_count(), 22);
+    assert_eq!(store.current().unwrap().entity_count(), 22);
     let error = store.stats().last_error.unwrap();
     assert!(error.to_string().contains("cannot read the directory"), "{error}");
 }
@@ -172,18 +177,17 @@ fn a_configmap_mount_loads_through_its_links_and_reloads_on_the_data_swap() {
     let dirs = authz_sidecar::policy_store::SourceDirs::new(&policies, shipped.entities());
 
     let store = PolicyStore::load_files(&dirs).unwrap();
-    assert_eq!(store.current().policy_count(), 9, "the hidden ..data directory is not read twice");
+    assert_eq!(store.current().unwrap().policy_count(), 9, "the hidden ..data directory is not read twice");
 
     let mut changed = files.clone();
     changed[2].1 = changed[2].1.replace(r#"["AVAILABLE", "ASSIGNED"]"#, r#"["AVAILABLE"]"#);
     configmap_mount(&policies, "2026_11_22_v2", &changed);
     assert_eq!(authz_sidecar::policy_store::reload_once(&store, &dirs), ReloadOutcome::Published(2));
-    let engine = Engine::new(store);
     let assigned = DecisionRequest::new(
         parse_entity_uid(r#"DataZone::User::"4b89ed84-9842-45dd-a2e5-15e49eda2b03""#).unwrap(),
         parse_entity_uid(r#"DataZone::Action::"UseAccount""#).unwrap(),
         parse_entity_uid(r#"DataZone::Account::"111122223333""#).unwrap(),
     )
     .with_context(json!({"regionName": "us-east-1", "domainIdentifier": "dzd-4igt64u5j25ko9"}));
-    assert_eq!(engine.decide(&assigned).unwrap().effect, Effect::Deny, "ASSIGNED is no longer usable");
+    assert_eq!(decide(&store, &assigned).effect, Effect::Deny, "ASSIGNED is no longer usable");
 }

@@ -19,7 +19,7 @@ pub fn shipped_snapshot() -> std::sync::Arc<authz_sidecar::policy_store::PolicyS
         let store = PolicyStore::load_files(&ws.dirs()).expect("the shipped files load");
         (ws, store)
     });
-    store.current()
+    store.current().unwrap()
 }
 
 /// A scratch copy of the shipped `policies/` (with its tests) and `entities/`.

@@ -1,21 +1,23 @@
 //! The decision engine: the one call the data plane, the account-pool handler and the
 //! CLI make to ask Cedar a question.
 //!
-//! `decide` takes the snapshot serving now, checks the request against its schema,
-//! gathers the entities (the snapshot's own, or a cached slice of them plus the
-//! caller's entities) and evaluates. It fails closed: a request that does not fit the
+//! [`Engine::decide`] takes the snapshot the caller holds, checks the request against
+//! its schema, gathers the entities (the snapshot's own, or cached slices of them plus
+//! the caller's principal and entities) and evaluates. It fails closed: a request that does not fit the
 //! schema is an error the caller must treat as a deny, and a policy that errors during
 //! evaluation turns the decision into a deny even when another policy permits.
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use cedar_policy::{
     Authorizer, Context, Entity, EntityUid, PolicyId, Request, Response, entities_errors::EntitiesError,
 };
 use serde::Serialize;
 
-use crate::policy_store::{PolicySnapshot, PolicyStore, RequestPrincipal};
+use crate::policy_store::{PolicySnapshot, RequestPrincipal};
 
 /// Allow or deny, the only two answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -111,29 +113,71 @@ impl Decision {
     }
 }
 
+/// Who asks: a uid whose entity is stored (or absent), or a principal built from a
+/// verified token (see [`PolicySnapshot::request_principal`]).
+#[derive(Debug, Clone)]
+pub enum Asker {
+    Uid(EntityUid),
+    Built(Arc<RequestPrincipal>),
+}
+
+impl Asker {
+    pub fn uid(&self) -> &EntityUid {
+        match self {
+            Self::Uid(uid) => uid,
+            Self::Built(principal) => principal.uid(),
+        }
+    }
+}
+
+/// The context of a question: Cedar JSON, checked against the schema for the action
+/// (extension values may be written plainly, `"sourceIp": "10.1.2.3"`), or a context
+/// already typed (see [`super::context_from_strings`]), checked when the request is.
+#[derive(Debug, Clone)]
+pub enum QuestionContext {
+    Json(serde_json::Value),
+    Typed(Context),
+}
+
 /// A question for the engine.
 #[derive(Debug, Clone)]
 pub struct DecisionRequest {
-    pub principal: EntityUid,
+    pub principal: Asker,
     pub action: EntityUid,
     pub resource: EntityUid,
-    /// The context as Cedar JSON: an object whose shape the schema declares for the
-    /// action. Extension values may be written plainly (`"sourceIp": "10.1.2.3"`).
-    pub context: serde_json::Value,
-    /// Entities the caller knows and the snapshot does not, or knows better (e.g. the
-    /// principal built from a verified token). They replace stored entities of the same
-    /// uid for this one decision.
+    pub context: QuestionContext,
+    /// Entities the caller knows and the snapshot does not, or knows better. They
+    /// replace stored entities of the same uid for this one decision, and are checked
+    /// against the schema.
     pub entities: Vec<Entity>,
 }
 
 impl DecisionRequest {
     pub fn new(principal: EntityUid, action: EntityUid, resource: EntityUid) -> Self {
-        Self { principal, action, resource, context: serde_json::json!({}), entities: Vec::new() }
+        Self {
+            principal: Asker::Uid(principal),
+            action,
+            resource,
+            context: QuestionContext::Json(serde_json::json!({})),
+            entities: Vec::new(),
+        }
+    }
+
+    /// The data plane's question: `principal` was built from a verified token and
+    /// checked against the schema when it was built.
+    pub fn built(principal: Arc<RequestPrincipal>, action: EntityUid, resource: EntityUid, context: Context) -> Self {
+        Self {
+            principal: Asker::Built(principal),
+            action,
+            resource,
+            context: QuestionContext::Typed(context),
+            entities: Vec::new(),
+        }
     }
 
     #[must_use]
     pub fn with_context(mut self, context: serde_json::Value) -> Self {
-        self.context = context;
+        self.context = QuestionContext::Json(context);
         self
     }
 
@@ -174,126 +218,73 @@ impl RequestError {
     }
 }
 
-/// The decision engine over a [`PolicyStore`]. Cheap to clone; share one per process.
-#[derive(Debug, Clone)]
+/// The decision engine: the one way every caller (data plane, account pool, CLI,
+/// decision tables, tests) asks Cedar. It holds the one shared [`Authorizer`] and no
+/// policy state: the caller passes the snapshot it holds, so one request never mixes
+/// two snapshots. Cheap to clone; share one per process.
+#[derive(Debug, Clone, Default)]
 pub struct Engine {
-    store: PolicyStore,
-    authorizer: std::sync::Arc<Authorizer>,
+    authorizer: Arc<Authorizer>,
 }
 
 impl Engine {
-    pub fn new(store: PolicyStore) -> Self {
-        Self { store, authorizer: std::sync::Arc::new(Authorizer::new()) }
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    pub fn store(&self) -> &PolicyStore {
-        &self.store
+    /// Decide `request` against `snapshot`: the request is checked against the schema
+    /// (principal and resource types, the context's shape), and the entities are the
+    /// snapshot's own, or, when the request brings a principal or entities of its own,
+    /// the slices it reaches (see [`PolicySnapshot::request_entities`]).
+    pub fn decide(&self, snapshot: &PolicySnapshot, request: &DecisionRequest) -> Result<Decision, RequestError> {
+        let started = Instant::now();
+        let schema = snapshot.schema();
+        let (context, context_roots) = match &request.context {
+            QuestionContext::Json(json) => {
+                let context = Context::from_json_value(json.clone(), Some((schema, &request.action))).map_err(|e| {
+                    RequestError::BadContext { action: request.action.to_string(), reason: e.to_string() }
+                })?;
+                (context, context_uids(json))
+            }
+            QuestionContext::Typed(context) => (context.clone(), Vec::new()),
+        };
+        let cedar_request = Request::new(
+            request.principal.uid().clone(),
+            request.action.clone(),
+            request.resource.clone(),
+            context,
+            Some(schema),
+        )
+        .map_err(|e| RequestError::Invalid(e.to_string()))?;
+
+        let built = match &request.principal {
+            Asker::Built(principal) => Some(principal.as_ref()),
+            Asker::Uid(_) => None,
+        };
+        let policies = snapshot.policies_for(&request.action);
+        let response = if built.is_none() && request.entities.is_empty() {
+            self.authorizer.is_authorized(&cedar_request, policies, snapshot.entities())
+        } else {
+            let mut roots = vec![request.principal.uid().clone(), request.resource.clone()];
+            roots.extend(context_roots);
+            let entities = snapshot
+                .request_entities(built, &roots, &request.entities)
+                .map_err(|e: Box<EntitiesError>| RequestError::BadEntities(e.to_string()))?;
+            self.authorizer.is_authorized(&cedar_request, policies, &entities)
+        };
+        Ok(Decision::from_response(&response, snapshot, started))
     }
 
-    /// Decide one request against the snapshot serving now.
-    pub fn decide(&self, request: &DecisionRequest) -> Result<Decision, RequestError> {
-        let snapshot = self.store.current();
-        decide_with(&self.authorizer, &snapshot, request)
+    /// Decide a Cedar request the caller built and checked itself, over the snapshot's
+    /// stored entities: for callers that ask many questions of one shape (the account
+    /// pool's list asks one per account and region), where building the context from
+    /// typed pairs and checking each distinct one once is most of a decision's cost.
+    pub fn decide_prepared(&self, snapshot: &PolicySnapshot, request: &Request) -> Decision {
+        let started = Instant::now();
+        let policies = request.action().map_or(snapshot.policies(), |action| snapshot.policies_for(action));
+        let response = self.authorizer.is_authorized(request, policies, snapshot.entities());
+        Decision::from_response(&response, snapshot, started)
     }
-
-    /// Decide against a snapshot the caller already holds (and built request entities
-    /// from), so one request never mixes two snapshots.
-    pub fn decide_on(&self, snapshot: &PolicySnapshot, request: &DecisionRequest) -> Result<Decision, RequestError> {
-        decide_with(&self.authorizer, snapshot, request)
-    }
-
-    /// [`decide_for_principal`] with this engine's authorizer.
-    pub fn decide_as(
-        &self,
-        snapshot: &PolicySnapshot,
-        principal: &RequestPrincipal,
-        action: &EntityUid,
-        resource: &EntityUid,
-        context: Context,
-    ) -> Result<Decision, RequestError> {
-        decide_for_principal(&self.authorizer, snapshot, principal, action, resource, context)
-    }
-}
-
-/// Decide against one given snapshot (tests and the CLI use this directly).
-pub fn decide_with(
-    authorizer: &Authorizer,
-    snapshot: &PolicySnapshot,
-    request: &DecisionRequest,
-) -> Result<Decision, RequestError> {
-    let started = Instant::now();
-    let schema = snapshot.schema();
-    let context = Context::from_json_value(request.context.clone(), Some((schema, &request.action)))
-        .map_err(|e| RequestError::BadContext { action: request.action.to_string(), reason: e.to_string() })?;
-    let cedar_request = Request::new(
-        request.principal.clone(),
-        request.action.clone(),
-        request.resource.clone(),
-        context,
-        Some(schema),
-    )
-    .map_err(|e| RequestError::Invalid(e.to_string()))?;
-
-    let response = if request.entities.is_empty() {
-        authorizer.is_authorized(&cedar_request, snapshot.policies_for(&request.action), snapshot.entities())
-    } else {
-        let mut roots = vec![request.principal.clone(), request.resource.clone()];
-        roots.extend(context_uids(&request.context));
-        let entities = snapshot
-            .request_entities(&roots, &request.entities)
-            .map_err(|e: Box<EntitiesError>| RequestError::BadEntities(e.to_string()))?;
-        authorizer.is_authorized(&cedar_request, snapshot.policies_for(&request.action), &entities)
-    };
-    let decision = Decision::from_response(&response, snapshot, started);
-    tracing::debug!(
-        principal = %request.principal,
-        action = %request.action,
-        resource = %request.resource,
-        effect = %decision.effect,
-        reason = decision.reason.as_str(),
-        policies = ?decision.policies,
-        errors = decision.errors.len(),
-        snapshot = %decision.snapshot,
-        "decision"
-    );
-    Ok(decision)
-}
-
-/// The data plane's question: `principal` (built from a verified token, see
-/// [`PolicySnapshot::request_principal`]) asks for `action` on `resource` with a typed
-/// `context` (see [`super::context_from_strings`]). The request is checked against the
-/// schema (principal and resource types, the context's shape) exactly as in
-/// [`decide_with`]; the entities are the request's slices plus the principal.
-pub fn decide_for_principal(
-    authorizer: &Authorizer,
-    snapshot: &PolicySnapshot,
-    principal: &RequestPrincipal,
-    action: &EntityUid,
-    resource: &EntityUid,
-    context: Context,
-) -> Result<Decision, RequestError> {
-    let started = Instant::now();
-    let request =
-        Request::new(principal.uid().clone(), action.clone(), resource.clone(), context, Some(snapshot.schema()))
-            .map_err(|e| RequestError::Invalid(e.to_string()))?;
-    let entities = snapshot
-        .entities_for_principal(principal, std::slice::from_ref(resource))
-        .map_err(|e| RequestError::BadEntities(e.to_string()))?;
-    let response = authorizer.is_authorized(&request, snapshot.policies_for(action), &entities);
-    Ok(Decision::from_response(&response, snapshot, started))
-}
-
-/// Decide a Cedar request the caller built itself, over the snapshot's stored entities.
-///
-/// For callers that ask many questions of one shape (the account-pool list asks one per
-/// account and region): they build the context from typed pairs instead of JSON and check
-/// the request against the schema themselves, which is most of a decision's fixed cost.
-/// The request's action picks the policies, as in [`decide_with`].
-pub fn decide_prepared(authorizer: &Authorizer, snapshot: &PolicySnapshot, request: &Request) -> Decision {
-    let started = Instant::now();
-    let policies = request.action().map_or(snapshot.policies(), |action| snapshot.policies_for(action));
-    let response = authorizer.is_authorized(request, policies, snapshot.entities());
-    Decision::from_response(&response, snapshot, started)
 }
 
 /// Entity uids written in a context (`{"type": .., "id": ..}` or `{"__entity": ..}`),

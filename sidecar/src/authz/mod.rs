@@ -1,14 +1,18 @@
-//! Authorization: turning a request into a Cedar decision over the current snapshot.
+//! Authorization: turning a request into a Cedar decision over a snapshot.
+//!
+//! [`Engine`] is the one way to ask Cedar; [`authorize`] is the data plane's step
+//! around it (decide, audit, count, apply the route's mode).
 
+mod authorize;
 mod context;
 mod engine;
 mod observed;
 mod request;
 
+pub use authorize::{Denial, Permit, Vouched, authorize};
 pub use context::context_from_strings;
 pub use engine::{
-    Decision, DecisionReason, DecisionRequest, Effect, Engine, EvaluationError, RequestError, decide_for_principal,
-    decide_prepared, decide_with,
+    Asker, Decision, DecisionReason, DecisionRequest, Effect, Engine, EvaluationError, QuestionContext, RequestError,
 };
 pub use observed::{ResourceObservation, View};
 pub use request::{parse_entity_uid, resolve_action};

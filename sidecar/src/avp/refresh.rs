@@ -1,4 +1,5 @@
-//! Keeping a store-sourced snapshot current.
+//! A Verified Permissions store as a policy source (see
+//! [`lifecycle`](crate::policy_store::lifecycle), which owns the loop).
 //!
 //! Each refresh reads the store's listing and the entity directory; when neither changed
 //! it stops there (no definitions fetched, no rebuild). A change builds a new snapshot
@@ -12,12 +13,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use backon::BackoffBuilder;
-use tokio_util::sync::CancellationToken;
-
 use super::AvpError;
 use super::mirror::{self, Mirror};
-use crate::policy_store::{EntitySources, LoadError, PolicySnapshot, PolicyStore, Problem, ReloadOutcome};
+use crate::policy_store::{EntitySources, LoadError, PolicySnapshot, PolicySource, Problem, SourceError};
 
 /// Why a refresh did not publish.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -76,73 +74,53 @@ fn task_failed(e: &tokio::task::JoinError) -> LoadError {
     LoadError::new(vec![Problem::new("", None, format!("the snapshot build task failed: {e}"))])
 }
 
-/// The first snapshot. The caller retries (see [`backoff`]) until it loads; until then
-/// the sidecar is not ready.
-pub async fn load_first(mirror: &mut Mirror, entities_dir: &std::path::Path) -> Result<PolicySnapshot, RefreshError> {
-    match build(mirror, entities_dir, None, 1).await? {
-        Some(snapshot) => Ok(snapshot),
-        None => Err(RefreshError::Build(LoadError::new(Vec::new()))),
-    }
-}
-
-/// One refresh of `store`: publish a new snapshot, or report why not.
-pub async fn refresh_once(mirror: &mut Mirror, store: &PolicyStore, entities_dir: &std::path::Path) -> ReloadOutcome {
-    let serving = store.current();
-    let generation = store.next_generation();
-    match build(mirror, entities_dir, Some(&serving.version().digest), generation).await {
-        Ok(None) => {
-            metrics::counter!("authz_avp_refresh_total", "result" => "unchanged").increment(1);
-            store.back_to_serving();
-            ReloadOutcome::Unchanged
-        }
-        Ok(Some(snapshot)) => {
-            metrics::counter!("authz_avp_refresh_total", "result" => "published").increment(1);
-            ReloadOutcome::Published(store.publish_reloaded(snapshot))
-        }
-        Err(error) => {
-            metrics::counter!("authz_avp_refresh_total", "result" => error.kind()).increment(1);
-            let throttled = matches!(error, RefreshError::Store(AvpError::Throttled { .. }));
-            let key = format!("{}:{error}", error.kind());
-            store.fail_reload(&key, error.into_load_error(mirror.policy_store_id()), throttled);
-            ReloadOutcome::Failed
-        }
-    }
-}
-
-/// Waits after consecutive failures: from one poll interval, doubling, with jitter, up
-/// to 16 intervals, for as long as the failures go on.
-pub fn backoff(interval: Duration) -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(interval)
-        .with_max_delay(interval.saturating_mul(16))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
-
-/// Refresh `store` every `interval` (backing off after failures) until `shutdown`.
-pub async fn run(
-    mut mirror: Mirror,
-    store: PolicyStore,
+/// A Verified Permissions store (and the entity directory) as a [`PolicySource`].
+#[derive(Debug)]
+pub struct StoreSource {
+    mirror: Mirror,
     entities_dir: PathBuf,
     interval: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut delays = backoff(interval);
-    let mut wait = interval;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(wait) => {}
-        }
-        wait = match refresh_once(&mut mirror, &store, &entities_dir).await {
-            ReloadOutcome::Failed => delays.next().unwrap_or(interval),
-            ReloadOutcome::Unchanged | ReloadOutcome::Published(_) => {
-                delays = backoff(interval);
-                interval
-            }
-        };
+}
+
+impl StoreSource {
+    pub fn new(mirror: Mirror, entities_dir: PathBuf, interval: Duration) -> Self {
+        Self { mirror, entities_dir, interval }
     }
-    tracing::debug!("policy store refresher stopped");
+}
+
+impl PolicySource for StoreSource {
+    fn describe(&self) -> String {
+        format!("policy store `{}`", self.mirror.policy_store_id())
+    }
+
+    async fn load(
+        &mut self,
+        serving: Option<&PolicySnapshot>,
+        generation: u64,
+    ) -> Result<Option<PolicySnapshot>, SourceError> {
+        let serving = serving.map(|s| s.version().digest.clone());
+        let built = build(&mut self.mirror, &self.entities_dir, serving.as_deref(), generation).await;
+        let result = match &built {
+            Ok(None) => "unchanged",
+            Ok(Some(_)) => "published",
+            Err(error) => error.kind(),
+        };
+        if serving.is_some() {
+            metrics::counter!("authz_avp_refresh_total", "result" => result).increment(1);
+        }
+        built.map_err(|error| {
+            let quiet = matches!(error, RefreshError::Store(AvpError::Throttled { .. }));
+            let key = format!("{}:{error}", error.kind());
+            SourceError { error: error.into_load_error(self.mirror.policy_store_id()), key, quiet }
+        })
+    }
+
+    fn poll_interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Up to 16 poll intervals while the store fails or throttles.
+    fn max_backoff(&self) -> Duration {
+        self.interval.saturating_mul(16)
+    }
 }

@@ -3,10 +3,10 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use cedar_policy::{Authorizer, Entity, PolicyId};
+use cedar_policy::{Entity, PolicyId};
 
 use super::{Sources, exit};
-use crate::authz::{Decision, DecisionRequest, Effect, decide_with, parse_entity_uid, resolve_action};
+use crate::authz::{Decision, DecisionRequest, Effect, Engine, parse_entity_uid, resolve_action};
 use crate::decision_tables::describe_decision;
 use crate::policy_store::PolicySnapshot;
 
@@ -73,7 +73,7 @@ fn decide(args: &Args, snapshot: &PolicySnapshot) -> Result<Decision, String> {
         None => Vec::new(),
     };
     let request = DecisionRequest::new(principal, action, resource).with_context(context).with_entities(entities);
-    decide_with(&Authorizer::new(), snapshot, &request).map_err(|e| e.to_string())
+    Engine::new().decide(snapshot, &request).map_err(|e| e.to_string())
 }
 
 fn read_entities(path: &std::path::Path, snapshot: &PolicySnapshot) -> Result<Vec<Entity>, String> {

@@ -13,7 +13,7 @@ use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use serde_json::Value;
 
 use super::{Sources, exit};
-use crate::handlers::account_pool::{EventError, apply, parse};
+use crate::handlers::account_pool::{AccountPool, EventError, parse};
 use crate::policy_store::PolicySnapshot;
 
 #[derive(Debug, clap::Args)]
@@ -47,9 +47,10 @@ pub fn run(args: &Args, _out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         }
     };
     tracing::info!(version = %snapshot.version(), "account-pool Lambda handler ready");
+    let pool = Arc::new(AccountPool::default());
     let handler = service_fn(move |event: LambdaEvent<Value>| {
-        let snapshot = snapshot.clone();
-        async move { answer(&snapshot, event) }
+        let (snapshot, pool) = (snapshot.clone(), pool.clone());
+        async move { answer(&pool, &snapshot, event) }
     });
     match runtime.block_on(lambda_runtime::run(handler)) {
         Ok(()) => exit::OK,
@@ -62,7 +63,7 @@ pub fn run(args: &Args, _out: &mut dyn Write, err: &mut dyn Write) -> u8 {
 
 /// One invocation: the same `parse` (and so the same size limit) and `apply` as the
 /// HTTP route. An error result carries a stable `errorType` ([`EventError::error_type`]).
-fn answer(snapshot: &PolicySnapshot, event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
+fn answer(pool: &AccountPool, snapshot: &PolicySnapshot, event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
     let request_id = event.context.request_id;
     let refused = |e: EventError| {
         tracing::info!(request_id, error = %e, error_type = e.error_type(), "account-pool event refused");
@@ -71,5 +72,5 @@ fn answer(snapshot: &PolicySnapshot, event: LambdaEvent<Value>) -> Result<Value,
     let body = serde_json::to_vec(&event.payload)
         .map_err(|e| Diagnostic { error_type: "InvalidEvent".to_owned(), error_message: e.to_string() })?;
     let operation = parse(&body).map_err(refused)?;
-    apply(snapshot, &operation, &request_id).map_err(refused)
+    pool.apply(snapshot, &operation, &request_id).map_err(refused)
 }

@@ -27,7 +27,7 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         args.sources.entities.display(),
         snapshot.version(),
     );
-    let sharing = crate::handlers::account_pool::list_sharing(&snapshot);
+    let sharing = crate::handlers::account_pool::AccountPool::default().list_sharing(&snapshot);
     if let (Some(reason), true) = (&sharing.by_uid, sharing.accounts > 0) {
         let _ = writeln!(
             err,

@@ -118,6 +118,7 @@ impl fmt::Display for Problem {
             Some(Location { line, column }) => {
                 write!(f, "{}:{line}:{column}: {}", self.file.display(), self.message)
             }
+            None if self.file.as_os_str().is_empty() => f.write_str(&self.message),
             None => write!(f, "{}: {}", self.file.display(), self.message),
         }
     }

@@ -1,13 +1,15 @@
 //! Policy state: one immutable [`PolicySnapshot`] behind one atomic swap.
 //!
 //! Readers call [`PolicyStore::current`] on every decision and never lock: the snapshot
-//! sits in an [`ArcSwap`], whose load is a few atomic operations. Only the reloader
-//! writes, and only whole snapshots, so a decision always sees policies, schema and
-//! entities that were validated together. A failed rebuild leaves the current snapshot
-//! in place and is recorded in [`ReloadStatus`] (and in metrics and logs by the reloader).
+//! sits in an [`ArcSwapOption`], whose load is a few atomic operations. A store exists
+//! before its first snapshot (serving nothing: the sidecar is not ready). Only the
+//! [`lifecycle`] writes, and only whole snapshots, so a decision always sees policies,
+//! schema and entities that were validated together. A failed rebuild leaves the current
+//! snapshot in place and is recorded in [`ReloadStatus`] (and in metrics and logs).
 
 mod diagnostics;
-mod reload;
+mod files;
+pub mod lifecycle;
 mod snapshot;
 pub mod sources;
 mod statements;
@@ -15,10 +17,11 @@ mod statements;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 
 pub use diagnostics::{LoadError, Location, Problem};
-pub use reload::{ReloadOptions, ReloadOutcome, reload_once, spawn_file_reloader};
+pub use files::{FileSource, ReloadOptions, reload_once};
+pub use lifecycle::{PolicySource, ReloadOutcome, SourceError};
 pub use snapshot::{
     ContextValueKind, DefinedAt, PolicyParts, PolicySnapshot, RequestPrincipal, SnapshotSource, SnapshotVersion,
 };
@@ -32,7 +35,7 @@ pub struct PolicyStore {
 
 #[derive(Debug)]
 struct Inner {
-    current: ArcSwap<PolicySnapshot>,
+    current: ArcSwapOption<PolicySnapshot>,
     /// Generation of the newest snapshot; each swap takes the next number.
     generation: AtomicU64,
     status: ReloadStatus,
@@ -43,7 +46,7 @@ struct Inner {
 pub struct ReloadStatus {
     successes: AtomicU64,
     failures: AtomicU64,
-    /// The problems of the newest failed rebuild, until a rebuild succeeds. An
+    /// The problems of the newest failed load or rebuild, until one succeeds. An
     /// `ArcSwapOption` so that reporting it never blocks the reloader.
     last_error: ArcSwapOption<LoadError>,
     /// Digest of the inputs that last failed, so an unchanged broken file is reported
@@ -60,13 +63,19 @@ pub struct ReloadStats {
 }
 
 impl PolicyStore {
-    /// A store serving `initial` (generation 1 by convention of the loaders).
+    /// A store serving `initial`.
     pub fn new(initial: PolicySnapshot) -> Self {
-        let generation = initial.version().generation;
+        let store = Self::pending();
+        store.publish(initial);
+        store
+    }
+
+    /// A store with no snapshot yet: it serves nothing until the first is published.
+    pub fn pending() -> Self {
         Self {
             inner: Arc::new(Inner {
-                current: ArcSwap::from_pointee(initial),
-                generation: AtomicU64::new(generation),
+                current: ArcSwapOption::empty(),
+                generation: AtomicU64::new(0),
                 status: ReloadStatus::default(),
             }),
         }
@@ -77,8 +86,9 @@ impl PolicyStore {
         PolicySnapshot::load(dirs, 1).map(Self::new)
     }
 
-    /// The snapshot serving now. Lock-free; hold it for the length of one decision.
-    pub fn current(&self) -> Arc<PolicySnapshot> {
+    /// The snapshot serving now, if one has loaded. Lock-free; hold it for the length of
+    /// one decision.
+    pub fn current(&self) -> Option<Arc<PolicySnapshot>> {
         self.inner.current.load_full()
     }
 
@@ -116,12 +126,11 @@ impl PolicyStore {
             return false;
         }
         metrics::counter!("authz_policy_reloads_total", "result" => "failure").increment(1);
-        let serving = self.current();
+        let serving = self.current().map(|s| s.version().to_string()).unwrap_or_default();
         if quiet {
-            tracing::warn!(serving = %serving.version(), error = %message, "policy reload deferred; backing off");
+            tracing::warn!(serving, error = %message, "policy reload deferred; backing off");
         } else {
-            tracing::error!(serving = %serving.version(), error = %message,
-                "policy reload failed; the previous snapshot keeps serving");
+            tracing::error!(serving, error = %message, "policy reload failed; the previous snapshot keeps serving");
         }
         true
     }
@@ -130,21 +139,42 @@ impl PolicyStore {
     /// and say so once.
     pub fn back_to_serving(&self) {
         if self.clear_failure() {
-            tracing::info!(version = %self.current().version(), "policy sources are back to the serving snapshot");
+            let version = self.current().map(|s| s.version().to_string()).unwrap_or_default();
+            tracing::info!(version, "policy sources are back to the serving snapshot");
         }
     }
 
-    /// Swap in a new snapshot and record the success.
+    /// Swap in a new snapshot and record the success (of a reload, when one was serving).
     ///
     /// The status is settled before the swap, so whoever sees the new snapshot also
     /// sees the success counted and the previous failure cleared.
     pub fn publish(&self, snapshot: PolicySnapshot) {
         let status = &self.inner.status;
-        status.successes.fetch_add(1, Ordering::Release);
+        // a reload is a snapshot replacing another; the first is not one
+        if self.inner.current.load().is_some() {
+            status.successes.fetch_add(1, Ordering::Release);
+        }
         status.last_error.store(None);
         status.last_failed_digest.store(None);
         self.inner.generation.fetch_max(snapshot.version().generation, Ordering::AcqRel);
-        self.inner.current.store(Arc::new(snapshot));
+        self.inner.current.store(Some(Arc::new(snapshot)));
+    }
+
+    /// Record why the first snapshot has not loaded (shown in `/readyz`; not counted as
+    /// a failed reload, since nothing was being replaced).
+    pub fn record_unloaded(&self, error: LoadError) {
+        self.inner.status.last_error.store(Some(Arc::new(error)));
+    }
+
+    /// Why the store is not serving, or `None` when it is.
+    pub fn not_serving(&self) -> Option<String> {
+        if self.inner.current.load().is_some() {
+            return None;
+        }
+        Some(match self.inner.status.last_error.load_full() {
+            Some(error) => format!("no policy snapshot: {error}"),
+            None => "no policy snapshot yet".to_owned(),
+        })
     }
 
     /// Record a failed rebuild of inputs with `digest`. Returns false when the same

@@ -125,6 +125,8 @@ impl fmt::Display for DefinedAt {
 
 /// One immutable, validated policy state.
 pub struct PolicySnapshot {
+    /// Unique among the snapshots this process builds (see [`Self::build_id`]).
+    build_id: u64,
     version: SnapshotVersion,
     source: SnapshotSource,
     loaded_at: SystemTime,
@@ -246,7 +248,9 @@ impl PolicySnapshot {
         let action_entities = entities.iter().filter(|e| is_action(&e.uid())).cloned().collect();
 
         let by_action = index_by_action(&policies, &schema, &entities);
+        static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Ok(Self {
+            build_id: BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             version: SnapshotVersion { digest: digest.to_owned(), generation },
             source,
             loaded_at: SystemTime::now(),
@@ -266,6 +270,13 @@ impl PolicySnapshot {
             context_values: Cache::builder().max_capacity(10_000).build(),
             derived: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// Identifies this snapshot among all this process builds, for caches kept beside
+    /// it by its readers (two builds of the same inputs have the same version, not the
+    /// same id).
+    pub fn build_id(&self) -> u64 {
+        self.build_id
     }
 
     pub fn version(&self) -> &SnapshotVersion {
@@ -365,41 +376,52 @@ impl PolicySnapshot {
         self.slices.entry_count()
     }
 
-    /// The entities a request needs, when the caller adds entities of its own (e.g. the
-    /// principal built from a token): the slices of every uid the request and the added
-    /// entities mention, the policies' literal entities, and the added entities, which
-    /// replace stored entities with the same uid. Schema-checked; action entities come
-    /// from the schema.
+    /// The entities of one request, when it brings entities of its own: `principal`
+    /// (built from a token, already checked against the schema) and `extra` (a caller's,
+    /// checked here). The result holds the slices of every uid in `roots` (the principal,
+    /// the resource, entity uids in the context) and of every uid the brought entities
+    /// point at, the policies' literal entities, the schema's action entities, and the
+    /// brought entities, which replace stored entities of the same uid. Stored entities
+    /// were checked when the snapshot was built, so they are not checked again.
     ///
     /// This is complete for evaluation: a policy can only reach an entity from the
     /// principal, action, resource, context or a literal in a policy, by following
     /// parents, attributes and tags, and every such path is in the slices.
     ///
-    /// Added entities are meant to be leaves of the hierarchy (a principal). Stored
+    /// Brought entities are meant to be leaves of the hierarchy (a principal). Stored
     /// entities keep the ancestors the snapshot computed for them, so replacing an entity
     /// that stored entities descend from changes its own ancestors, not theirs.
     pub fn request_entities(
         &self,
+        principal: Option<&RequestPrincipal>,
         roots: &[EntityUid],
         extra: &[Entity],
     ) -> Result<Entities, Box<cedar_policy::entities_errors::EntitiesError>> {
-        let replaced: HashSet<EntityUid> = extra.iter().map(Entity::uid).collect();
-        let mut chosen: HashMap<EntityUid, Entity> = HashMap::new();
-        let extra_refs = extra.iter().flat_map(|e| references(e, None));
+        if !extra.is_empty() {
+            Entities::from_entities(extra.iter().cloned(), Some(&self.schema)).map_err(Box::new)?;
+        }
+        let brought: Vec<&Entity> = principal.map(|p| &p.entity).into_iter().chain(extra).collect();
+        let replaced: HashSet<EntityUid> = brought.iter().map(|e| e.uid()).collect();
+        let mut chosen: HashMap<EntityUid, Entity> = HashMap::with_capacity(32);
         let mut choose = |entity: &Entity| {
             let uid = entity.uid();
             if !replaced.contains(&uid) {
                 chosen.entry(uid).or_insert_with(|| entity.clone());
             }
         };
-        for root in roots.iter().cloned().chain(extra_refs) {
+        let principal_refs = principal.into_iter().flat_map(|p| p.references.iter().cloned());
+        let extra_refs = extra.iter().flat_map(|e| references(e, None));
+        for root in roots.iter().cloned().chain(principal_refs).chain(extra_refs) {
             if !is_action(&root) {
                 self.entity_slice(&root).iter().for_each(&mut choose);
             }
         }
         self.literal_slice.iter().for_each(choose);
-        let all = chosen.into_values().chain(extra.iter().cloned());
-        Entities::from_entities(all, Some(&self.schema)).map_err(Box::new)
+        let all = chosen
+            .into_values()
+            .chain(brought.into_iter().cloned())
+            .chain(self.action_entities.iter().filter(|e| !replaced.contains(&e.uid())).cloned());
+        Entities::from_entities(all, None).map_err(Box::new)
     }
 }
 
@@ -417,36 +439,6 @@ impl PolicySnapshot {
         let principal = Arc::new(RequestPrincipal::new(build()?));
         self.principals.insert(token_digest, principal.clone());
         Ok(principal)
-    }
-
-    /// The entities of a request made by `principal` about `roots` (the resource, and
-    /// any entity in the context): as [`Self::request_entities`], but without checking
-    /// stored entities against the schema again. They were checked when the snapshot was
-    /// built and the principal when it was made, so the result is the same set.
-    pub fn entities_for_principal(
-        &self,
-        principal: &RequestPrincipal,
-        roots: &[EntityUid],
-    ) -> Result<Entities, Box<cedar_policy::entities_errors::EntitiesError>> {
-        let mut chosen: HashMap<EntityUid, Entity> = HashMap::with_capacity(32);
-        let mut choose = |entity: &Entity| {
-            let uid = entity.uid();
-            if uid != principal.uid {
-                chosen.entry(uid).or_insert_with(|| entity.clone());
-            }
-        };
-        let starts = std::iter::once(&principal.uid).chain(roots).chain(&principal.references);
-        for root in starts {
-            if !is_action(root) {
-                self.entity_slice(root).iter().for_each(&mut choose);
-            }
-        }
-        self.literal_slice.iter().for_each(choose);
-        let all = chosen
-            .into_values()
-            .chain(std::iter::once(principal.entity.clone()))
-            .chain(self.action_entities.iter().cloned());
-        Entities::from_entities(all, None).map_err(Box::new)
     }
 
     /// How `attr` of `action`'s context is built from a string, once learned.

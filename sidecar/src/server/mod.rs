@@ -20,12 +20,14 @@
 //! Memory per connection is bounded by hyper's buffers (`max_header_bytes` for a
 //! request head), so a flood holds at most the cap times that.
 
+pub mod admin;
 pub mod context;
 pub mod forwarded;
 pub mod limits;
 pub mod path;
 pub mod pipeline;
 pub mod router;
+pub mod state;
 pub mod tls;
 
 use std::convert::Infallible;

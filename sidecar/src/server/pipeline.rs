@@ -22,17 +22,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use bytes::Bytes;
 use cedar_policy::{EntityId, EntityUid};
 use http::{HeaderValue, Request, Response};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as HttpBody;
 
 use super::context;
 use super::path::canonicalize;
-use crate::app::App;
+use super::state::State;
+use crate::audit::Asked;
 use crate::authn::principal::principal_entity;
-use crate::authz::{Decision, Effect, RequestError, context_from_strings};
-use crate::config::{Handler, Mode, RenderError};
-use crate::http_client::Body;
+use crate::authz::{DecisionRequest, Permit, RequestError, authorize, context_from_strings};
+use crate::config::{Handler, RenderError};
+use crate::handlers::account_pool::AccountPool;
+use crate::http_client::{Body, BoxError};
 use crate::policy_store::PolicySnapshot;
 use crate::proxy::{self, ClientBody, Hygiene, Outgoing, Vouch};
 use crate::rescue::{ApiError, json_response};
@@ -40,50 +43,77 @@ use crate::rescue::{ApiError, json_response};
 /// What a failed request is labelled with in metrics before a route is known.
 const NO_ROUTE: &str = "-";
 
-pub async fn handle(app: &App, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let started = Instant::now();
-    let request_id = uuid::Uuid::new_v4().simple().to_string();
-    let mut route = NO_ROUTE.to_owned();
-    let outcome =
-        tokio::time::timeout(app.config.server.request_timeout, run(app, request, peer, &request_id, &mut route)).await;
-    let mut response = match outcome {
+/// One request's own state, filled as the phases run and read by the last one
+/// (logging and metrics), whatever the outcome: the per-request context instead of
+/// out-parameters.
+#[derive(Debug)]
+pub struct Call {
+    pub request_id: String,
+    pub peer: SocketAddr,
+    pub started: Instant,
+    /// The matched route's name, once routed (the metrics label).
+    pub route: Option<String>,
+}
+
+impl Call {
+    pub fn new(peer: SocketAddr) -> Self {
+        Self { request_id: uuid::Uuid::new_v4().simple().to_string(), peer, started: Instant::now(), route: None }
+    }
+}
+
+/// Serve one data-plane request. Any body type: hyper's `Incoming` when served, a full
+/// body when the phases are driven in-process.
+pub async fn handle<B>(state: &State, request: Request<B>, peer: SocketAddr) -> Response<Body>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut call = Call::new(peer);
+    let outcome = tokio::time::timeout(state.server.request_timeout, run(state, request, &mut call)).await;
+    let response = match outcome {
         Ok(Ok(response)) => response,
-        Ok(Err(error)) => error.into_response(&request_id),
-        Err(_) => ApiError::GatewayTimeout.into_response(&request_id),
+        Ok(Err(error)) => error.into_response(&call.request_id),
+        Err(_) => ApiError::GatewayTimeout.into_response(&call.request_id),
     };
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
+    finish(&call, response)
+}
+
+/// The phase that always runs: the request id on the response, the request counted.
+fn finish(call: &Call, mut response: Response<Body>) -> Response<Body> {
+    if let Ok(value) = HeaderValue::from_str(&call.request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
+    let route = call.route.clone().unwrap_or_else(|| NO_ROUTE.to_owned());
     let status = response.status().as_u16().to_string();
     metrics::counter!("authz_requests_total", "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("authz_request_seconds", "route" => route).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("authz_request_seconds", "route" => route).record(call.started.elapsed().as_secs_f64());
     response
 }
 
-async fn run(
-    app: &App,
-    request: Request<Incoming>,
-    peer: SocketAddr,
-    request_id: &str,
-    route_label: &mut String,
-) -> Result<Response<Body>, ApiError> {
+async fn run<B>(state: &State, request: Request<B>, call: &mut Call) -> Result<Response<Body>, ApiError>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let request_id = call.request_id.clone();
+    let request_id = request_id.as_str();
     // 0. a head past the configured limits (hyper's own are a looser backstop)
-    let server = &app.config.server;
+    let server = &state.server;
     if !super::head_within_limits(&request, server.max_header_bytes, server.max_headers) {
         return Err(ApiError::HeadersTooLarge);
     }
     // 1. shed
-    let _permit = app.in_flight.clone().try_acquire_owned().map_err(|_| ApiError::Overloaded)?;
+    let _permit = state.in_flight.clone().try_acquire_owned().map_err(|_| ApiError::Overloaded)?;
     // 2. ready
-    let engine = app.engine().ok_or(ApiError::NotReady)?;
-    if !app.authn.ready() {
+    let snapshot = state.store.current().ok_or(ApiError::NotReady)?;
+    if !state.authn.ready() {
         return Err(ApiError::NotReady);
     }
     let (parts, body) = request.into_parts();
 
     // 3. authenticate
     let authn_started = Instant::now();
-    let identity = app.authn.authenticate(&parts.headers).await;
+    let identity = state.authn.authenticate(&parts.headers).await;
     metrics::histogram!("authz_authn_seconds").record(authn_started.elapsed().as_secs_f64());
     let identity = identity.map_err(|e| {
         tracing::info!(request_id, reason = e.label(), "unauthenticated");
@@ -93,16 +123,14 @@ async fn run(
 
     // 4. route
     let path = canonicalize(parts.uri.path()).map_err(|e| ApiError::BadRequest(e.0))?;
-    let matched = app.router.find(&parts.method, &path.decoded).ok_or(ApiError::NotFound)?;
+    let matched = state.router.find(&parts.method, &path.decoded).ok_or(ApiError::NotFound)?;
     let route = matched.route.clone();
-    route_label.clone_from(&route.name);
-    let limit = app.config.server.max_body_bytes;
+    call.route = Some(route.name.clone());
+    let limit = state.server.max_body_bytes;
     if body.size_hint().lower() > limit as u64 {
         return Err(ApiError::PayloadTooLarge);
     }
     let body = ClientBody::new(body, limit);
-
-    let snapshot = engine.store().current();
     let authz = &route.authz;
 
     // 5. authorize
@@ -111,7 +139,7 @@ async fn run(
         tracing::info!(request_id, route = %route.name, error = %e, "request refused");
         ApiError::BadRequest(e.public())
     };
-    let origin = context::origin(&app.config.context, peer.ip(), &parts.headers).map_err(refused)?;
+    let origin = context::origin(&state.context, call.peer.ip(), &parts.headers).map_err(refused)?;
     let resource_id = authz.resource_id.render(|name| matched.param(name)).map_err(|e| match e {
         RenderError::Missing(_) => ApiError::NotFound,
         RenderError::Ambiguous(_) => {
@@ -130,72 +158,50 @@ async fn run(
         SystemTime::now(),
     )
     .map_err(refused)?;
-    let principal = EntityUid::from_type_name_and_id(
-        app.config.principal.entity_type.clone(),
-        EntityId::new(&identity.principal_id),
-    );
+    let principal =
+        EntityUid::from_type_name_and_id(state.principal.entity_type.clone(), EntityId::new(&identity.principal_id));
     // errors stay typed to here, so the metric and the audit event say which kind
-    let decided = snapshot
-        .request_principal(identity.token_digest, || principal_entity(&identity, &app.config.principal, &snapshot))
+    let question = snapshot
+        .request_principal(identity.token_digest, || principal_entity(&identity, &state.principal, &snapshot))
         .map_err(|e| RequestError::BadEntities(e.to_string()))
         .and_then(|requester| {
             let context = context_from_strings(&snapshot, &authz.action, &context)?;
-            engine.decide_as(&snapshot, &requester, &authz.action, &resource, context)
+            Ok(DecisionRequest::built(requester, authz.action.clone(), resource.clone(), context))
         });
+    let asked = Asked {
+        request_id: request_id.to_owned(),
+        route: Some(route.name.clone()),
+        principal: principal.to_string(),
+        action: authz.action.to_string(),
+        resource: resource.to_string(),
+        source_ip: Some(origin.source_ip),
+        vpce: origin.vpce.clone(),
+        ..Asked::default()
+    };
+    let permitted = authorize(&state.engine, &snapshot, route.mode, asked, question);
     metrics::histogram!("authz_authz_seconds").record(authz_started.elapsed().as_secs_f64());
-    let decision = match decided {
-        Ok(decision) => decision,
-        Err(error) => {
-            audit_error(
-                request_id,
-                &route.name,
-                &principal,
-                &authz.action,
-                &resource,
-                &error,
-                &snapshot.version().to_string(),
-            );
-            metrics::counter!("authz_decisions_total", "route" => route.name.clone(), "decision" => "deny", "reason" => error.kind()).increment(1);
-            return Err(ApiError::Forbidden);
-        }
-    };
-    audit(request_id, &route.name, route.mode, &principal, &authz.action, &resource, &origin, &decision);
-    metrics::counter!(
-        "authz_decisions_total",
-        "route" => route.name.clone(),
-        "decision" => decision.effect.to_string(),
-        "reason" => decision.reason.as_str()
-    )
-    .increment(1);
-    let vouched = match (decision.effect, route.mode) {
-        (Effect::Allow, _) => "allow",
-        (Effect::Deny, Mode::Enforce) => return Err(ApiError::Forbidden),
-        (Effect::Deny, Mode::DryRun) => {
-            metrics::counter!("authz_dry_run_denials_total", "route" => route.name.clone()).increment(1);
-            "dry-run-deny"
-        }
-    };
+    let Permit { decision, vouched } = permitted.map_err(|_| ApiError::Forbidden)?;
 
     // 6. handle
     let vouch = Vouch {
         principal: principal.to_string(),
         issuer: identity.issuer.clone(),
         request_id: request_id.to_owned(),
-        decision: vouched,
+        decision: vouched.as_str(),
         policies: decision.policies.clone(),
         source_ip: origin.source_ip,
     };
     match &route.handler {
         Handler::Forward(upstream) => {
-            let client = app.upstream_client(&route.name).ok_or(ApiError::Internal)?;
+            let client = state.upstream_client(&route.name).ok_or(ApiError::Internal)?;
             let path_and_query = match parts.uri.query() {
                 Some(query) => format!("{}?{query}", path.encoded),
                 None => path.encoded.clone(),
             };
             let hygiene = Hygiene {
                 strip: &upstream.strip,
-                forwarded_for: &app.config.context.forwarded_for_header,
-                vpce: &app.config.context.vpce_header,
+                forwarded_for: &state.context.forwarded_for_header,
+                vpce: &state.context.vpce_header,
                 vpce_believed: origin.peer_trusted,
                 pass_authorization: upstream.pass_authorization,
             };
@@ -204,7 +210,7 @@ async fn run(
             proxy::forward(client, upstream, call).await
         }
         Handler::Presign(options) => {
-            let presigner = app.presigner.as_ref().ok_or(ApiError::Internal)?;
+            let presigner = state.presigner.as_ref().ok_or(ApiError::Internal)?;
             let result =
                 presigner.presign(&snapshot, &identity.subject, &resource, resource.id().unescaped(), options).await;
             if let Err(error) = &result {
@@ -216,7 +222,7 @@ async fn run(
         // per account and region (and audits each)
         Handler::AccountPool => {
             let event = body.collect().await?;
-            account_pool(snapshot, &event, request_id).await
+            account_pool(&state.account_pool, snapshot, &event, request_id).await
         }
         Handler::Echo => {
             let body = serde_json::json!({
@@ -225,7 +231,7 @@ async fn run(
                 "principal": vouch.principal,
                 "action": authz.action.to_string(),
                 "resource": resource.to_string(),
-                "decision": vouched,
+                "decision": vouch.decision,
                 "policies": decision.policies,
                 "snapshot": decision.snapshot,
             });
@@ -240,83 +246,26 @@ async fn run(
 /// it runs on the blocking pool rather than holding up an async worker; a validation is
 /// one decision and runs here.
 async fn account_pool(
+    pool: &AccountPool,
     snapshot: Arc<PolicySnapshot>,
     body: &[u8],
     request_id: &str,
 ) -> Result<Response<Body>, ApiError> {
-    use crate::handlers::account_pool::{EventError, Operation, apply, parse};
+    use crate::handlers::account_pool::{EventError, Operation, parse};
     let refused = |e: EventError| {
         tracing::info!(request_id, error = %e, error_type = e.error_type(), "account-pool event refused");
         ApiError::from(e)
     };
     let operation = parse(body).map_err(refused)?;
     let answer = match operation {
-        Operation::Validate(_) => apply(&snapshot, &operation, request_id),
+        Operation::Validate(_) => pool.apply(&snapshot, &operation, request_id),
         Operation::List(_) => {
-            let id = request_id.to_owned();
-            tokio::task::spawn_blocking(move || apply(&snapshot, &operation, &id))
+            let (pool, id) = (pool.clone(), request_id.to_owned());
+            tokio::task::spawn_blocking(move || pool.apply(&snapshot, &operation, &id))
                 .await
                 .map_err(|_| ApiError::Internal)?
         }
     }
     .map_err(refused)?;
     Ok(json_response(http::StatusCode::OK, answer.to_string()))
-}
-
-/// The audit event: one per decision, JSON when logs are JSON. Ids only: never a token.
-#[expect(clippy::too_many_arguments, reason = "the fields of one audit event, each named at the one call site")]
-fn audit(
-    request_id: &str,
-    route: &str,
-    mode: Mode,
-    principal: &EntityUid,
-    action: &EntityUid,
-    resource: &EntityUid,
-    origin: &context::Origin,
-    decision: &Decision,
-) {
-    let errors: Vec<String> = decision.errors.iter().map(|e| format!("{}: {}", e.policy, e.message)).collect();
-    tracing::info!(
-        target: "authz_sidecar::audit",
-        request_id,
-        route,
-        mode = mode.as_str(),
-        principal = %principal,
-        action = %action,
-        resource = %resource,
-        source_ip = %origin.source_ip,
-        vpce = origin.vpce.as_deref().unwrap_or(""),
-        decision = %decision.effect,
-        reason = decision.reason.as_str(),
-        policies = %decision.policies.join(","),
-        errors = %serde_json::Value::from(errors),
-        snapshot = %decision.snapshot,
-        latency_us = u64::try_from(decision.elapsed.as_micros()).unwrap_or(u64::MAX),
-        "decision"
-    );
-}
-
-fn audit_error(
-    request_id: &str,
-    route: &str,
-    principal: &EntityUid,
-    action: &EntityUid,
-    resource: &EntityUid,
-    error: &RequestError,
-    snapshot: &str,
-) {
-    tracing::warn!(
-        target: "authz_sidecar::audit",
-        request_id,
-        route,
-        principal = %principal,
-        action = %action,
-        resource = %resource,
-        decision = "deny",
-        reason = error.kind(),
-        policies = "",
-        errors = %serde_json::json!([error.to_string()]),
-        snapshot,
-        "decision"
-    );
 }

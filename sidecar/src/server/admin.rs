@@ -6,11 +6,11 @@ use std::time::Duration;
 use http::{Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::app::App;
+use super::state::State;
 use crate::http_client::Body;
 use crate::rescue::{ApiError, full, json_response};
 
-pub fn handle<B>(app: &App, metrics: &PrometheusHandle, request: Request<B>) -> Response<Body> {
+pub fn handle<B>(state: &State, metrics: &PrometheusHandle, request: Request<B>) -> Response<Body> {
     // errors take the same shape as the data plane's (rescue.rs), with a request id
     let refused = |error: ApiError| error.into_response(&uuid::Uuid::new_v4().simple().to_string());
     if request.method() != Method::GET {
@@ -19,9 +19,10 @@ pub fn handle<B>(app: &App, metrics: &PrometheusHandle, request: Request<B>) -> 
     match request.uri().path() {
         "/livez" => json_response(StatusCode::OK, r#"{"live":true}"#.to_owned()),
         "/readyz" => {
-            let reasons = app.not_ready_reasons();
-            let snapshot = app.engine().map(|e| e.store().current().version().to_string());
-            let reloads = app.engine().map(|e| e.store().stats());
+            let reasons = state.not_ready_reasons();
+            let snapshot = state.store.current().map(|s| s.version().to_string());
+            // a failure before the first snapshot is a reason, not a reload failure
+            let reloads = snapshot.as_ref().map(|_| state.store.stats());
             let body = serde_json::json!({
                 "ready": reasons.is_empty(),
                 "reasons": reasons,
@@ -40,7 +41,7 @@ pub fn handle<B>(app: &App, metrics: &PrometheusHandle, request: Request<B>) -> 
                 .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
             response
         }
-        "/dev/token" => match &app.dev {
+        "/dev/token" => match &state.dev {
             Some(dev) => dev_token(dev, request.uri().query().unwrap_or_default()),
             None => refused(ApiError::NotFound),
         },

@@ -1,0 +1,236 @@
+//! The audit event: one per decision, the same fields wherever the decision was made.
+//!
+//! Every decision site (the data plane's authorize step, the account-pool handler's
+//! questions) fills one [`AuditEvent`] and calls [`AuditEvent::emit`]. The event goes
+//! through `tracing` under the target [`TARGET`], so `RUST_LOG` filters it like any
+//! other line; with JSON logs its fields are written as one JSON object whose
+//! `policies` and `errors` are real arrays (see [`AuditJson`]), not strings inside a
+//! string. Ids only: never a token, a credential or a presigned URL.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::Serialize;
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::authz::{Decision, RequestError};
+
+/// The `tracing` target of audit events: filter on it, route it, alert on it.
+pub const TARGET: &str = "authz_sidecar::audit";
+
+/// The field that carries the serialized event.
+const FIELD: &str = "audit";
+
+/// One decision, as the audit log records it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEvent {
+    pub request_id: String,
+    /// The data plane's route; absent for the Lambda form of the account-pool handler.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// `enforce` or `dry-run` (data plane).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
+    /// The account-pool operation the decision answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<&'static str>,
+    pub principal: String,
+    pub action: String,
+    pub resource: String,
+    /// The account-pool question's account and region.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// How many accounts a `listAuthorizedAccounts` answer holds (its own event).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accounts: Option<usize>,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// Why: `permitted`, `forbidden`, `no_permit`, `evaluation_error`, the kind of
+    /// error that kept the question from Cedar (`bad_context`, `unknown_account`, ...),
+    /// or `listed` for a list's own event.
+    pub reason: &'static str,
+    /// The policies that decided (sorted).
+    pub policies: Vec<String>,
+    /// Policies that failed to evaluate (`policy: message`), or why the request could
+    /// not be decided.
+    pub errors: Vec<String>,
+    /// The source IP and VPC endpoint the decision saw (data plane).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vpce: Option<String>,
+    /// The snapshot that decided.
+    pub snapshot: String,
+    pub latency_us: u64,
+}
+
+/// What is known of a question before it is decided: who asked what, where.
+#[derive(Debug, Clone, Default)]
+pub struct Asked {
+    pub request_id: String,
+    pub route: Option<String>,
+    pub mode: Option<&'static str>,
+    pub operation: Option<&'static str>,
+    pub principal: String,
+    pub action: String,
+    pub resource: String,
+    pub account: Option<String>,
+    pub region: Option<String>,
+    pub source_ip: Option<IpAddr>,
+    pub vpce: Option<String>,
+}
+
+impl AuditEvent {
+    /// The event of a decision Cedar made.
+    pub fn decided(asked: Asked, decision: &Decision) -> Self {
+        let errors = decision.errors.iter().map(|e| format!("{}: {}", e.policy, e.message)).collect();
+        let effect = if decision.is_allowed() { "allow" } else { "deny" };
+        let latency_us = u64::try_from(decision.elapsed.as_micros()).unwrap_or(u64::MAX);
+        Self::from_parts(asked, effect, decision.reason.as_str(), decision.policies.clone(), errors, latency_us)
+            .with_snapshot(decision.snapshot.clone())
+    }
+
+    /// The event of a question denied before Cedar decided it (`reason` says why;
+    /// `error`, when there is one, is written in `errors`).
+    pub fn refused(asked: Asked, reason: &'static str, error: Option<&RequestError>, snapshot: String) -> Self {
+        let errors = error.map(|e| vec![e.to_string()]).unwrap_or_default();
+        Self::from_parts(asked, "deny", reason, Vec::new(), errors, 0).with_snapshot(snapshot)
+    }
+
+    fn from_parts(
+        asked: Asked,
+        decision: &'static str,
+        reason: &'static str,
+        policies: Vec<String>,
+        errors: Vec<String>,
+        latency_us: u64,
+    ) -> Self {
+        let Asked { request_id, route, mode, operation, principal, action, resource, account, region, source_ip, vpce } =
+            asked;
+        Self {
+            request_id,
+            route,
+            mode,
+            operation,
+            principal,
+            action,
+            resource,
+            account,
+            region,
+            accounts: None,
+            decision,
+            reason,
+            policies,
+            errors,
+            source_ip,
+            vpce,
+            snapshot: String::new(),
+            latency_us,
+        }
+    }
+
+    fn with_snapshot(mut self, snapshot: String) -> Self {
+        self.snapshot = snapshot;
+        self
+    }
+
+    /// Write the event at `level` (decisions are info; the account pool's per-account
+    /// list decisions debug, so a thousand-account list does not flood the log).
+    pub fn emit(&self, level: Level) {
+        let json = serde_json::to_string(self).unwrap_or_default();
+        let event = Json(&json);
+        match level {
+            Level::ERROR => tracing::error!(target: TARGET, audit = %event, "decision"),
+            Level::WARN => tracing::warn!(target: TARGET, audit = %event, "decision"),
+            Level::INFO => tracing::info!(target: TARGET, audit = %event, "decision"),
+            Level::DEBUG => tracing::debug!(target: TARGET, audit = %event, "decision"),
+            Level::TRACE => tracing::trace!(target: TARGET, audit = %event, "decision"),
+        }
+    }
+}
+
+/// The serialized event, shown as it is (text logs print the JSON after `audit=`).
+struct Json<'a>(&'a str);
+
+impl fmt::Display for Json<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// The JSON log format: tracing-subscriber's own for every event, except that an audit
+/// event's fields are its [`AuditEvent`] object, so its arrays and numbers keep their
+/// types: `{"timestamp":…,"level":"INFO","fields":{"message":"decision",…},"target":…}`.
+#[derive(Debug)]
+pub struct AuditJson {
+    inner: format::Format<format::Json>,
+}
+
+impl Default for AuditJson {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AuditJson {
+    pub fn new() -> Self {
+        Self { inner: format::Format::default().json() }
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for AuditJson
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let meta = event.metadata();
+        if meta.target() != TARGET {
+            return self.inner.format_event(ctx, writer, event);
+        }
+        let mut found = Found::default();
+        event.record(&mut found);
+        let Some(serde_json::Value::Object(mut fields)) =
+            found.audit.as_deref().and_then(|json| serde_json::from_str(json).ok())
+        else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        fields.insert("message".to_owned(), serde_json::Value::String(found.message.unwrap_or_default()));
+        let mut timestamp = String::new();
+        SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
+        let line = serde_json::json!({
+            "timestamp": timestamp,
+            "level": meta.level().as_str(),
+            "fields": fields,
+            "target": meta.target(),
+        });
+        writeln!(writer, "{line}")
+    }
+}
+
+/// The audit field and the message of an event.
+#[derive(Default)]
+struct Found {
+    audit: Option<String>,
+    message: Option<String>,
+}
+
+impl tracing::field::Visit for Found {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.record_debug(field, &value);
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        match field.name() {
+            FIELD => self.audit = Some(format!("{value:?}")),
+            "message" => self.message = Some(format!("{value:?}")),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The DataZone (SageMaker Unified Studio) custom account-pool handler.
+//!
+//! DataZone asks two questions: which accounts may this user's new project use
+//! (`listAuthorizedAccounts`), and may it use this account in this region
+//! (`validateAccountAuthorization`, GRANT or DENY). Both are the one Cedar question
+//! `DataZone::Action::"UseAccount"`: validate asks it once; list asks it for every
+//! account and region of the pools and returns those answered allow, so the two can
+//! never disagree. A list asks Cedar once per region for each class of accounts that no
+//! policy can tell apart ([`ResourceObservation`](crate::authz::ResourceObservation)),
+//! so a thousand look-alike accounts cost a handful of decisions. An account that is not
+//! in the pool, or a region it does not list, is DENY before Cedar is asked, so list and
+//! validate agree whatever the policies say.
+//!
+//! Parse ([`event`]), then ask ([`question`]) over the pool index ([`pool`]), then
+//! answer, in pages when asked ([`paging`]).
+
+mod event;
+mod paging;
+mod pool;
+mod question;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use serde_json::{Value, json};
+
+pub use event::{EventError, ListRequest, MAX_EVENT_BYTES, Operation, ValidateRequest, parse};
+pub use pool::ListSharing;
+
+use crate::authz::Engine;
+use crate::policy_store::PolicySnapshot;
+use pool::PoolIndex;
+use question::{Question, Refusal};
+
+/// The handler: the shared engine, and the pool index of the snapshot it last answered
+/// from (built again for a new snapshot). Share one per process; clones
+/// share the index.
+#[derive(Debug, Clone, Default)]
+pub struct AccountPool {
+    engine: Engine,
+    index: Arc<ArcSwapOption<(u64, Arc<PoolIndex>)>>,
+}
+
+impl AccountPool {
+    pub fn new(engine: Engine) -> Self {
+        Self { engine, index: Arc::default() }
+    }
+
+    /// Answer an operation from the policies and entities of `snapshot`.
+    pub fn apply(
+        &self,
+        snapshot: &PolicySnapshot,
+        operation: &Operation,
+        request_id: &str,
+    ) -> Result<Value, EventError> {
+        let index = self.index(snapshot);
+        match operation {
+            Operation::Validate(request) => {
+                let asked = Question::new(
+                    &request.user_identifier,
+                    &request.domain_identifier,
+                    &request.domain_unit_identifier,
+                    &request.domain_region,
+                );
+                let grant = request.aws_account_id.as_deref().zip(request.region_name.as_deref()).is_some_and(
+                    |(account, region)| {
+                        // what a list would never offer is DENY before Cedar is asked,
+                        // whatever the policies say: an account that is not in the pool,
+                        // or a region the account does not support
+                        let decision = match index.account(account) {
+                            None => Err(Refusal::UnknownAccount),
+                            Some(known) if !known.regions.iter().any(|r| r == region) => {
+                                Err(Refusal::UnsupportedRegion)
+                            }
+                            Some(_) => asked.decide(&self.engine, snapshot, &mut HashMap::new(), account, region),
+                        };
+                        asked.audit(question::Operation::Validate, snapshot, request_id, account, region, &decision)
+                    },
+                );
+                let result = if grant { "GRANT" } else { "DENY" };
+                Ok(json!({"operationResponse": {"validateAccountAuthorizationResponse": {"authResult": result}}}))
+            }
+            Operation::List(request) => {
+                let asked = Question::new(
+                    &request.user_identifier,
+                    &request.domain_identifier,
+                    &request.domain_unit_identifier,
+                    &request.domain_region,
+                );
+                let items = pool::authorized_accounts(&self.engine, snapshot, &index, &asked, request_id);
+                asked.audit_list(snapshot, request_id, items.len());
+                paging::page(items, request)
+            }
+        }
+    }
+
+    /// How lists over `snapshot`'s pool are decided (builds the pool index if need be).
+    pub fn list_sharing(&self, snapshot: &PolicySnapshot) -> ListSharing {
+        self.index(snapshot).sharing()
+    }
+
+    /// The pool index of `snapshot`: the one kept for it, else built now (and kept
+    /// in place of the previous snapshot's).
+    fn index(&self, snapshot: &PolicySnapshot) -> Arc<PoolIndex> {
+        let id = snapshot.build_id();
+        if let Some(kept) = self.index.load().as_deref()
+            && kept.0 == id
+        {
+            return Arc::clone(&kept.1);
+        }
+        let built = Arc::new(PoolIndex::build(snapshot));
+        self.index.store(Some(Arc::new((id, Arc::clone(&built)))));
+        built
+    }
+}

@@ -1,0 +1,226 @@
+//! One `UseAccount` question, asked once by a validate and once per account and region
+//! by a list, and its audit event.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression, Schema};
+
+use crate::audit::{Asked, AuditEvent};
+use crate::authz::{Decision, Engine, RequestError};
+use crate::policy_store::PolicySnapshot;
+
+/// One `UseAccount` question's fixed parts, built once per event: the principal, the
+/// action and the domain fields of the context. Only the account and the region vary,
+/// so a list of a thousand accounts parses no uid, no context JSON, and checks each
+/// distinct context against the schema once.
+pub(super) struct Question {
+    principal: Option<EntityUid>,
+    action: Option<EntityUid>,
+    account_type: Option<EntityTypeName>,
+    fixed_context: Vec<(String, RestrictedExpression)>,
+}
+
+impl Question {
+    pub(super) fn new(
+        user: &Option<String>,
+        domain: &Option<String>,
+        domain_unit: &Option<String>,
+        domain_region: &Option<String>,
+    ) -> Self {
+        let user = user.as_deref().filter(|u| !u.is_empty());
+        let fixed_context =
+            [("domainIdentifier", domain), ("domainUnitIdentifier", domain_unit), ("domainRegion", domain_region)]
+                .into_iter()
+                .filter_map(|(key, value)| Some((key.to_owned(), RestrictedExpression::new_string(value.clone()?))))
+                .collect();
+        Self {
+            principal: user.and_then(|user| uid("DataZone::User", user)),
+            action: use_account(),
+            account_type: account_type(),
+            fixed_context,
+        }
+    }
+
+    /// The context for `region`: the fixed parts and `regionName`.
+    fn context(&self, region: &str) -> Result<Context, Refusal> {
+        let pairs = self
+            .fixed_context
+            .iter()
+            .cloned()
+            .chain([("regionName".to_owned(), RestrictedExpression::new_string(region.to_owned()))]);
+        Context::from_pairs(pairs).map_err(|e| {
+            Refusal::Request(RequestError::BadContext {
+                action: "DataZone::Action::\"UseAccount\"".to_owned(),
+                reason: e.to_string(),
+            })
+        })
+    }
+
+    /// The Cedar request for `account`, checked against `schema` when one is given. The
+    /// principal, action and resource types never change between questions, so once a
+    /// context has passed the check with one account it passes with every account.
+    fn request(&self, account: &str, context: Context, schema: Option<&Schema>) -> Result<Request, Refusal> {
+        let (Some(principal), Some(action), Some(account_type)) = (&self.principal, &self.action, &self.account_type)
+        else {
+            return Err(Refusal::NoUser);
+        };
+        if !is_account_id(account) {
+            return Err(Refusal::BadAccountId);
+        }
+        let resource = EntityUid::from_type_name_and_id(account_type.clone(), EntityId::new(account));
+        Request::new(principal.clone(), action.clone(), resource, context, schema)
+            .map_err(|e| Refusal::Request(RequestError::Invalid(e.to_string())))
+    }
+
+    /// Decide `account` in `region`. `contexts` holds the context of each region once it
+    /// has passed the schema check, so that check runs once per region.
+    pub(super) fn decide(
+        &self,
+        engine: &Engine,
+        snapshot: &PolicySnapshot,
+        contexts: &mut HashMap<String, Context>,
+        account: &str,
+        region: &str,
+    ) -> Result<Decision, Refusal> {
+        let request = match contexts.get(region) {
+            Some(context) => self.request(account, context.clone(), None)?,
+            None => {
+                let context = self.context(region)?;
+                let request = self.request(account, context.clone(), Some(snapshot.schema()))?;
+                contexts.insert(region.to_owned(), context);
+                request
+            }
+        };
+        Ok(engine.decide_prepared(snapshot, &request))
+    }
+
+    /// What the audit event says of this question before it is decided.
+    fn asked(&self, operation: Operation, request_id: &str) -> Asked {
+        Asked {
+            request_id: request_id.to_owned(),
+            operation: Some(operation.as_str()),
+            principal: self.principal.as_ref().map_or_else(String::new, ToString::to_string),
+            action: self.action.as_ref().map_or_else(String::new, ToString::to_string),
+            ..Asked::default()
+        }
+    }
+
+    /// Write the audit event of one decision and say whether it allowed. Validate
+    /// decisions are info events; list decisions are debug events (the list writes one
+    /// info event of its own, [`Self::audit_list`]), so a thousand-account list does not
+    /// flood the log.
+    pub(super) fn audit(
+        &self,
+        operation: Operation,
+        snapshot: &PolicySnapshot,
+        request_id: &str,
+        account: &str,
+        region: &str,
+        decision: &Result<Decision, Refusal>,
+    ) -> bool {
+        let asked = Asked {
+            resource: self.resource(account),
+            account: Some(account.to_owned()),
+            region: Some(region.to_owned()),
+            ..self.asked(operation, request_id)
+        };
+        let event = match decision {
+            Ok(decision) => AuditEvent::decided(asked, decision),
+            Err(Refusal::Request(error)) => {
+                AuditEvent::refused(asked, error.kind(), Some(error), snapshot.version().to_string())
+            }
+            Err(refusal) => AuditEvent::refused(asked, refusal.kind(), None, snapshot.version().to_string()),
+        };
+        event.emit(match operation {
+            Operation::Validate => tracing::Level::INFO,
+            Operation::List => tracing::Level::DEBUG,
+        });
+        decision.as_ref().is_ok_and(Decision::is_allowed)
+    }
+
+    /// The list's own audit event: who asked, and how many accounts the answer holds
+    /// (`allow` when any, `reason` `listed`; each account's decisions are debug events).
+    pub(super) fn audit_list(&self, snapshot: &PolicySnapshot, request_id: &str, accounts: usize) {
+        let asked = Asked {
+            resource: self.account_type.as_ref().map_or_else(String::new, ToString::to_string),
+            ..self.asked(Operation::List, request_id)
+        };
+        let mut event = AuditEvent::refused(asked, "listed", None, snapshot.version().to_string());
+        event.decision = if accounts > 0 { "allow" } else { "deny" };
+        event.accounts = Some(accounts);
+        event.emit(tracing::Level::INFO);
+    }
+
+    /// The resource uid of `account`, as the audit event writes it.
+    fn resource(&self, account: &str) -> String {
+        match &self.account_type {
+            Some(account_type) => {
+                EntityUid::from_type_name_and_id(account_type.clone(), EntityId::new(account)).to_string()
+            }
+            None => String::new(),
+        }
+    }
+}
+
+/// The two operations, as their audit events name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Operation {
+    List,
+    Validate,
+}
+
+impl Operation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::List => "listAuthorizedAccounts",
+            Self::Validate => "validateAccountAuthorization",
+        }
+    }
+}
+
+/// Why a question was denied before Cedar saw it.
+#[derive(Debug)]
+pub(super) enum Refusal {
+    /// The event names no user.
+    NoUser,
+    /// The account id is not 12 digits.
+    BadAccountId,
+    /// No `DataZone::Account` entity has this id.
+    UnknownAccount,
+    /// The account does not list this region.
+    UnsupportedRegion,
+    /// The question does not fit the schema.
+    Request(RequestError),
+}
+
+impl Refusal {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::NoUser => "no_user",
+            Self::BadAccountId => "bad_account_id",
+            Self::UnknownAccount => "unknown_account",
+            Self::UnsupportedRegion => "unsupported_region",
+            Self::Request(e) => e.kind(),
+        }
+    }
+}
+
+/// An AWS account id: exactly 12 digits.
+pub(super) fn is_account_id(id: &str) -> bool {
+    id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The action both operations ask.
+pub(super) fn use_account() -> Option<EntityUid> {
+    uid("DataZone::Action", "UseAccount")
+}
+
+/// The type of pool accounts.
+pub(super) fn account_type() -> Option<EntityTypeName> {
+    EntityTypeName::from_str("DataZone::Account").ok()
+}
+
+fn uid(type_name: &str, id: &str) -> Option<EntityUid> {
+    Some(EntityUid::from_type_name_and_id(EntityTypeName::from_str(type_name).ok()?, EntityId::new(id)))
+}

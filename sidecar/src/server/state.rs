@@ -1,0 +1,117 @@
+//! What every request reads, and nothing else: the slices of the configuration the
+//! phases need, the router, the authenticator, the policy store and engine, the
+//! handlers' clients and the concurrency limit. Built once by [`crate::app`] (which
+//! starts the listeners and tasks on top of it); the data plane ([`super::pipeline`])
+//! and the admin listener ([`super::admin`]) read it. Nothing here knows who serves it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use super::router::{RouteConflict, Router};
+use crate::authn::Authenticator;
+use crate::authn::dev::DevIssuer;
+use crate::authz::Engine;
+use crate::config::{Config, ContextConfig, Handler, PrincipalConfig, ServerConfig};
+use crate::handlers::account_pool::AccountPool;
+use crate::handlers::presign::Presigner;
+use crate::http_client::{self, HttpClient};
+use crate::policy_store::PolicyStore;
+
+/// Why the request-time state cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Routes(#[from] RouteConflict),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] rustls::Error),
+}
+
+/// The request-time state.
+pub struct State {
+    pub(crate) server: ServerConfig,
+    pub(crate) context: ContextConfig,
+    pub(crate) principal: PrincipalConfig,
+    pub(crate) router: Router,
+    pub(crate) authn: Authenticator,
+    /// Serves nothing until the policy lifecycle publishes the first snapshot.
+    pub(crate) store: PolicyStore,
+    pub(crate) engine: Engine,
+    pub(crate) account_pool: AccountPool,
+    /// One client per forwarding route.
+    upstreams: HashMap<String, HttpClient>,
+    /// Requests in flight; a request that finds none free is shed with 429.
+    pub(crate) in_flight: Arc<Semaphore>,
+    pub(crate) dev: Option<DevIssuer>,
+    /// Set when a route uses the presign handler.
+    pub(crate) presigner: Option<Presigner>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").field("routes", &self.upstreams.len()).finish_non_exhaustive()
+    }
+}
+
+impl State {
+    /// Build the state for `config` (no I/O besides creating clients), serving `store`.
+    pub fn new(config: &Config, store: PolicyStore, dev: Option<DevIssuer>) -> Result<Self, StateError> {
+        let router = Router::new(&config.routes)?;
+        let jwks_client = http_client::client(Duration::from_secs(5))?;
+        let authn = Authenticator::new(&config.issuers, &config.principal, &jwks_client);
+        let mut upstreams = HashMap::new();
+        for route in &config.routes {
+            if let Handler::Forward(upstream) = &route.handler {
+                upstreams.insert(route.name.clone(), http_client::client(upstream.connect_timeout)?);
+            }
+        }
+        let engine = Engine::new();
+        Ok(Self {
+            server: config.server.clone(),
+            context: config.context.clone(),
+            principal: config.principal.clone(),
+            router,
+            authn,
+            store,
+            account_pool: AccountPool::new(engine.clone()),
+            engine,
+            upstreams,
+            in_flight: Arc::new(Semaphore::new(config.server.max_concurrent_requests)),
+            dev,
+            presigner: None,
+        })
+    }
+
+    pub(crate) fn upstream_client(&self, route: &str) -> Option<&HttpClient> {
+        self.upstreams.get(route)
+    }
+
+    pub fn store(&self) -> &PolicyStore {
+        &self.store
+    }
+
+    /// Fetch the keys of every issuer that has none yet, once. Whether every issuer now
+    /// has keys.
+    pub async fn load_missing_keys(&self) -> bool {
+        let mut all = true;
+        for issuer in self.authn.issuers() {
+            if !issuer.has_keys() && issuer.refresh().await.is_err() {
+                all = false;
+            }
+        }
+        all
+    }
+
+    /// Why the sidecar is not ready, or empty when it is.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        let mut reasons: Vec<String> = self.store.not_serving().into_iter().collect();
+        for issuer in self.authn.issuers() {
+            if !issuer.has_keys() {
+                reasons.push(format!("no keys yet for issuer `{}`", issuer.config.issuer));
+            }
+        }
+        reasons
+    }
+}
