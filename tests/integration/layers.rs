@@ -3,12 +3,16 @@
 //! body of any type and no socket between the test and the phases.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use authz_sidecar::app::App;
 use authz_sidecar::audit::Asked;
 use authz_sidecar::authz::{Denial, Engine, Permit, RequestError, Vouched, authorize};
 use authz_sidecar::config::{Config, Mode};
-use authz_sidecar::policy_store::PolicySnapshot;
+use authz_sidecar::policy_store::{
+    FileSource, LoadError, PolicySnapshot, PolicySource, PolicyStore, Problem, ReloadOptions, ReloadOutcome,
+    SourceError, lifecycle,
+};
 use authz_sidecar::server::pipeline;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -122,4 +126,140 @@ async fn the_pipeline_runs_in_process_phase_by_phase() {
     assert_eq!(echoed["decision"], "allow");
     assert_eq!(echoed["principal"], "Studio::User::\"user-1\"");
     assert_eq!(echoed["policies"], json!(["presign-own-profile"]));
+}
+
+/// A source that fails while `failing` is above zero (counting down), recording when
+/// it was asked.
+struct Flaky {
+    dirs: authz_sidecar::policy_store::SourceDirs,
+    failing: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>,
+}
+
+impl PolicySource for Flaky {
+    fn describe(&self) -> String {
+        "flaky".to_owned()
+    }
+
+    async fn load(
+        &mut self,
+        serving: Option<&PolicySnapshot>,
+        generation: u64,
+    ) -> Result<Option<PolicySnapshot>, SourceError> {
+        use std::sync::atomic::Ordering;
+        self.asked.lock().unwrap().push(tokio::time::Instant::now());
+        let failing = self.failing.load(Ordering::SeqCst);
+        if failing > 0 {
+            self.failing.store(failing - 1, Ordering::SeqCst);
+            let problem = Problem::new("", None, "the store is throttling");
+            return Err(SourceError { error: LoadError::single(problem), key: "throttled".to_owned(), quiet: true });
+        }
+        if serving.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(PolicySnapshot::load(&self.dirs, generation).unwrap()))
+    }
+
+    fn poll_interval(&self) -> Duration {
+        INTERVAL
+    }
+
+    fn max_backoff(&self) -> Duration {
+        INTERVAL * 16
+    }
+}
+
+/// The flaky source's poll interval.
+const INTERVAL: Duration = Duration::from_millis(100);
+/// What a busy machine may add to a wait (only upper bounds use it).
+const SLACK: Duration = Duration::from_secs(2);
+
+/// The gaps between consecutive looks.
+fn gaps(asked: &[tokio::time::Instant]) -> Vec<Duration> {
+    asked.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_loop_backs_off_with_jitter_until_the_first_load_and_while_refreshes_fail() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let ws = Workspace::shipped();
+    let failing = std::sync::Arc::new(AtomicUsize::new(4));
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<tokio::time::Instant>::new()));
+    let source = Flaky { dirs: ws.dirs(), failing: failing.clone(), asked: asked.clone() };
+    let store = PolicyStore::pending();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(lifecycle::run(source, store.clone(), lifecycle::fits_anything(), shutdown.clone()));
+
+    // not ready, and saying why, until the fifth try loads
+    while asked.lock().unwrap().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reason = store.not_serving().expect("nothing serves yet");
+    assert!(reason.contains("the store is throttling"), "{reason}");
+    while store.current().is_none() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = gaps(&asked.lock().unwrap());
+    assert_eq!(first.len(), 4, "{first:?}");
+    // from half a second, doubling, with jitter (each wait in [d, 2d)), at most a
+    // second (the poll interval, but never under a second)
+    for (k, gap) in first.iter().enumerate() {
+        let base = (Duration::from_millis(500) * 2u32.pow(u32::try_from(k).unwrap())).min(Duration::from_secs(1));
+        assert!(*gap >= base && *gap <= base * 2 + SLACK, "wait {k}: {first:?}");
+    }
+    assert_eq!(store.stats().failures, 0, "a failed first load is not a failed reload");
+
+    // refreshes: at the poll interval while all is well, backing off while they fail
+    failing.store(4, Ordering::SeqCst);
+    let loaded = asked.lock().unwrap().len();
+    while asked.lock().unwrap().len() < loaded + 6 {
+        tokio::time::sleep(INTERVAL / 4).await;
+    }
+    let refreshes = gaps(&asked.lock().unwrap()[loaded - 1..]);
+    // the first refresh after one interval; then after each failure a longer wait; back
+    // to the interval once it recovers
+    let (first_refresh, last) = (refreshes[0], refreshes[5]);
+    assert!(first_refresh >= INTERVAL && first_refresh <= INTERVAL + SLACK, "{refreshes:?}");
+    for (k, gap) in refreshes[1..5].iter().enumerate() {
+        let base = INTERVAL * 2u32.pow(u32::try_from(k).unwrap());
+        assert!(*gap >= base && *gap <= base * 2 + SLACK, "failed refresh {k}: {refreshes:?}");
+    }
+    assert!(refreshes[4] >= INTERVAL * 8, "the waits grew: {refreshes:?}");
+    assert!(last >= INTERVAL && last <= INTERVAL + SLACK, "{refreshes:?}");
+    assert_eq!(store.stats().failures, 1, "one failure, however many looks it lasted");
+    assert!(store.stats().last_error.is_none(), "recovered");
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reload_whose_schema_no_longer_fits_the_routes_is_refused_and_the_last_good_serves() {
+    let ws = Workspace::shipped();
+    let app = in_process_app(&ws).await;
+    let store = app.store().clone();
+    store.publish(PolicySnapshot::load(&ws.dirs(), 1).unwrap());
+    let mut source = FileSource::new(ws.dirs(), ReloadOptions { file_events: false, ..ReloadOptions::default() });
+
+    // the action the studio route asks is renamed away in the schema
+    let schema = ws.policies().join("schema.cedarschema");
+    let text = std::fs::read_to_string(&schema).unwrap();
+    let renamed = text.replace("action CreatePresignedDomainUrl", "action CreatePresignedUrl");
+    assert_ne!(text, renamed);
+    std::fs::write(&schema, renamed).unwrap();
+    for policy in std::fs::read_dir(ws.policies()).unwrap() {
+        let path = policy.unwrap().path();
+        if path.extension().is_none_or(|e| e != "cedar") {
+            continue;
+        }
+        let cedar = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, cedar.replace("\"CreatePresignedDomainUrl\"", "\"CreatePresignedUrl\"")).unwrap();
+    }
+    // the files build ...
+    PolicySnapshot::load(&ws.dirs(), 2).unwrap();
+    // ... but the sidecar's loop does not serve what its routes cannot ask
+    let outcome = lifecycle::refresh_once(&mut source, &store, &app.fits()).await;
+    assert_eq!(outcome, ReloadOutcome::Failed);
+    assert_eq!(store.current().unwrap().version().generation, 1, "the last good snapshot serves");
+    let error = store.stats().last_error.unwrap().to_string();
+    assert!(error.contains("does not fit the routes") && error.contains("CreatePresignedDomainUrl"), "{error}");
 }
