@@ -1,0 +1,375 @@
+//! Building a snapshot: parse the schema and the policies (giving each its `@id`),
+//! validate the policies strictly against the schema, parse the entities against it,
+//! and index the policies by action. Every problem is collected before failing, so one
+//! run lists them all.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{OnceLock, RwLock};
+use std::time::SystemTime;
+
+use cedar_policy::{
+    ActionConstraint, Entities, Entity, EntityUid, Policy, PolicyId, PolicySet, Schema, SchemaFragment, ValidationMode,
+    Validator,
+};
+use moka::sync::Cache;
+use serde_json::value::RawValue;
+
+use super::slices::{is_action, reachable_from, references};
+use super::{
+    DefinedAt, PRINCIPAL_CACHE_CAPACITY, PolicySnapshot, SLICE_CACHE_CAPACITY, SnapshotSource, SnapshotVersion,
+};
+use crate::policy_store::diagnostics::{LineIndex, LoadError, Location, Problem, describe};
+use crate::policy_store::sources::{SourceDirs, SourceFile, Sources};
+use crate::policy_store::statements::statement_starts;
+
+impl PolicySnapshot {
+    /// Read and build a snapshot from two directories (blocking file I/O).
+    pub fn load(dirs: &SourceDirs, generation: u64) -> Result<Self, LoadError> {
+        let sources = Sources::read(dirs)?;
+        Self::from_sources(&sources, SnapshotSource::Files(dirs.clone()), generation)
+    }
+
+    /// Build a snapshot from file texts already read: parse the schema, parse the
+    /// policies and give them their `@id`s, validate them strictly against the schema,
+    /// and parse the entities against the schema. Every problem is collected before
+    /// failing, so one run lists them all.
+    pub fn from_sources(sources: &Sources, source: SnapshotSource, generation: u64) -> Result<Self, LoadError> {
+        let mut problems = Vec::new();
+        let mut warnings = Vec::new();
+
+        let schema = parse_schema(&sources.schemas, &mut problems, &mut warnings);
+        let (policies, policy_origins) = parse_policies(&sources.policies, &mut problems);
+        let (Some(schema), Some(policies)) = (schema, policies) else {
+            return Err(LoadError::new(problems));
+        };
+
+        let parts = PolicyParts { schema, policies, policy_origins, policy_texts: &sources.policies };
+        Self::assemble(parts, &sources.entities, &sources.digest, source, generation, problems, warnings)
+    }
+
+    /// Build a snapshot from a schema and policies that did not come from files (a
+    /// Verified Permissions store), and entity files. The checks are those of
+    /// [`Self::from_sources`]: strict validation, entities against the schema, all or
+    /// nothing.
+    pub fn from_parts(
+        parts: PolicyParts<'_>,
+        entities: &[SourceFile],
+        digest: &str,
+        source: SnapshotSource,
+        generation: u64,
+    ) -> Result<Self, LoadError> {
+        Self::assemble(parts, entities, digest, source, generation, Vec::new(), Vec::new())
+    }
+
+    fn assemble(
+        parts: PolicyParts<'_>,
+        entity_files: &[SourceFile],
+        digest: &str,
+        source: SnapshotSource,
+        generation: u64,
+        mut problems: Vec<Problem>,
+        mut warnings: Vec<Problem>,
+    ) -> Result<Self, LoadError> {
+        let PolicyParts { schema, policies, policy_origins, policy_texts } = parts;
+        validate_policies(&schema, &policies, &policy_origins, policy_texts, &mut problems, &mut warnings);
+        let entities = parse_entities(entity_files, &schema, &mut problems);
+        let Some((entities, entity_origins)) = entities else {
+            return Err(LoadError::new(problems));
+        };
+        if !problems.is_empty() {
+            return Err(LoadError::new(problems));
+        }
+        warnings.extend(dangling_references(&entities, &entity_origins));
+
+        let literals: HashSet<EntityUid> = policies.policies().flat_map(|p| p.entity_literals()).collect();
+        let literal_slice = reachable_from(&entities, literals);
+        let action_entities = entities.iter().filter(|e| is_action(&e.uid())).cloned().collect();
+
+        let by_action = index_by_action(&policies, &schema, &entities);
+        static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Ok(Self {
+            build_id: BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            version: SnapshotVersion { digest: digest.to_owned(), generation },
+            source,
+            loaded_at: SystemTime::now(),
+            policies,
+            by_action,
+            schema,
+            entities,
+            policy_origins,
+            entity_origins,
+            literal_slice,
+            action_entities,
+            warnings,
+            by_type: OnceLock::new(),
+            slices: Cache::builder().max_capacity(SLICE_CACHE_CAPACITY).build(),
+            principals: Cache::builder().max_capacity(PRINCIPAL_CACHE_CAPACITY).build(),
+            context_kinds: RwLock::new(HashMap::new()),
+            context_values: Cache::builder().max_capacity(10_000).build(),
+        })
+    }
+}
+
+/// A schema and policies ready to be assembled with entities into a snapshot.
+#[derive(Debug)]
+pub struct PolicyParts<'a> {
+    pub schema: Schema,
+    pub policies: PolicySet,
+    /// Where each policy came from (a file, or a pseudo-path naming a store's policy).
+    pub policy_origins: HashMap<PolicyId, DefinedAt>,
+    /// Texts that origins point into, so validation errors can quote lines. A policy
+    /// whose origin names no text here is still reported, without a line.
+    pub policy_texts: &'a [SourceFile],
+}
+
+fn index_by_action(policies: &PolicySet, schema: &Schema, entities: &Entities) -> HashMap<EntityUid, PolicySet> {
+    let mut index = HashMap::new();
+    for action in schema.actions() {
+        let in_group = |group: &EntityUid| {
+            group == action || entities.ancestors(action).is_some_and(|mut a| a.any(|g| g == group))
+        };
+        let applies = |p: &&Policy| match p.action_constraint() {
+            ActionConstraint::Any => true,
+            ActionConstraint::Eq(a) => a == *action,
+            ActionConstraint::In(groups) => groups.iter().any(in_group),
+        };
+        let subset = PolicySet::from_policies(policies.policies().filter(applies).cloned());
+        // ids are unique in `policies`, so a subset cannot fail; keep the whole set if it did
+        index.insert(action.clone(), subset.unwrap_or_else(|_| policies.clone()));
+    }
+    index
+}
+
+fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>, warnings: &mut Vec<Problem>) -> Option<Schema> {
+    let mut fragments = Vec::new();
+    for file in files {
+        match SchemaFragment::from_cedarschema_str(&file.text) {
+            Ok((fragment, found)) => {
+                fragments.push(fragment);
+                for w in found {
+                    warnings.extend(Problem::from_diagnostic(&file.path, &file.text, &w));
+                }
+            }
+            Err(e) => problems.extend(Problem::from_diagnostic(&file.path, &file.text, &e)),
+        }
+    }
+    if fragments.len() != files.len() {
+        return None;
+    }
+    match Schema::from_schema_fragments(fragments) {
+        Ok(schema) => Some(schema),
+        Err(e) => {
+            // Errors across fragments have no single source; with one file its spans
+            // point into it.
+            match files {
+                [only] => problems.extend(Problem::from_diagnostic(&only.path, &only.text, &e)),
+                _ => {
+                    let names: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
+                    problems.push(Problem::new(names.join(", "), None, describe(&e, None)));
+                }
+            }
+            None
+        }
+    }
+}
+
+fn parse_policies(
+    files: &[SourceFile],
+    problems: &mut Vec<Problem>,
+) -> (Option<PolicySet>, HashMap<PolicyId, DefinedAt>) {
+    let mut origins: HashMap<PolicyId, DefinedAt> = HashMap::new();
+    let mut policies = Vec::new();
+    let mut failed = false;
+    for file in files {
+        let parsed = match PolicySet::from_str(&file.text) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                problems.extend(Problem::from_diagnostic(&file.path, &file.text, &e));
+                failed = true;
+                continue;
+            }
+        };
+        let starts = statement_starts(&file.text);
+        let lines = LineIndex::new(&file.text);
+        let origin_of = |auto_id: &PolicyId| DefinedAt {
+            file: file.path.clone(),
+            location: auto_id
+                .to_string()
+                .strip_prefix("policy")
+                .and_then(|n| n.parse::<usize>().ok())
+                .and_then(|n| starts.get(n))
+                .map(|&offset| lines.locate(offset)),
+        };
+        for template in parsed.templates() {
+            let origin = origin_of(template.id());
+            problems.push(Problem::new(
+                origin.file,
+                origin.location,
+                "policy templates (policies with `?principal` or `?resource` slots) cannot be linked from files; \
+                 write a static policy, or keep templates in a Verified Permissions policy store",
+            ));
+            failed = true;
+        }
+        for policy in parsed.policies() {
+            let origin = origin_of(policy.id());
+            let Some(id) = policy.annotation("id").map(str::trim).filter(|id| !id.is_empty()) else {
+                problems.push(Problem::new(
+                    origin.file,
+                    origin.location,
+                    "policy has no `@id(\"...\")` annotation; every policy needs a unique id so decisions can name it",
+                ));
+                failed = true;
+                continue;
+            };
+            let id = PolicyId::new(id);
+            if let Some(first) = origins.get(&id) {
+                problems.push(Problem::new(
+                    origin.file.clone(),
+                    origin.location,
+                    format!("duplicate policy id `{id}`: it is already used by the policy at {first}"),
+                ));
+                failed = true;
+                continue;
+            }
+            policies.push(policy.new_id(id.clone()));
+            origins.insert(id, origin);
+        }
+    }
+    if failed {
+        return (None, origins);
+    }
+    match PolicySet::from_policies(policies) {
+        Ok(set) => (Some(set), origins),
+        Err(e) => {
+            let dir = files.first().and_then(|f| f.path.parent()).map(PathBuf::from).unwrap_or_default();
+            problems.push(Problem::new(dir, None, describe(&e, None)));
+            (None, origins)
+        }
+    }
+}
+
+fn validate_policies(
+    schema: &Schema,
+    policies: &PolicySet,
+    origins: &HashMap<PolicyId, DefinedAt>,
+    files: &[SourceFile],
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<Problem>,
+) {
+    let result = Validator::new(schema.clone()).validate(policies, ValidationMode::Strict);
+    let text_of = |id: &PolicyId| {
+        let origin = origins.get(id)?;
+        let file = files.iter().find(|f| f.path == origin.file)?;
+        Some((file.path.clone(), file.text.as_str()))
+    };
+    for error in result.validation_errors() {
+        match text_of(error.policy_id()) {
+            Some((path, text)) => problems.extend(Problem::from_diagnostic(&path, text, error)),
+            // never drop an error for want of a text to point into
+            None => problems.push(Problem::new(
+                origins.get(error.policy_id()).map(|o| o.file.clone()).unwrap_or_default(),
+                None,
+                format!("policy `{}`: {}", error.policy_id(), describe(error, None)),
+            )),
+        }
+    }
+    for warning in result.validation_warnings() {
+        if let Some((path, text)) = text_of(warning.policy_id()) {
+            warnings.extend(Problem::from_diagnostic(&path, text, warning));
+        }
+    }
+}
+
+type ParsedEntities = (Entities, HashMap<EntityUid, DefinedAt>);
+
+fn parse_entities(files: &[SourceFile], schema: &Schema, problems: &mut Vec<Problem>) -> Option<ParsedEntities> {
+    let before = problems.len();
+    let mut origins: HashMap<EntityUid, DefinedAt> = HashMap::new();
+    let mut all = Vec::new();
+    for file in files {
+        let items: Vec<&RawValue> = match serde_json::from_str(&file.text) {
+            Ok(items) => items,
+            Err(e) => {
+                let location = Location { line: e.line(), column: e.column() };
+                problems.push(Problem::new(
+                    &file.path,
+                    Some(location).filter(|l| l.line > 0),
+                    format!("expected a JSON array of Cedar entities: {e}"),
+                ));
+                continue;
+            }
+        };
+        let lines = LineIndex::new(&file.text);
+        for item in items {
+            let offset = (item.get().as_ptr() as usize).saturating_sub(file.text.as_ptr() as usize);
+            let origin = DefinedAt { file: file.path.clone(), location: Some(lines.locate(offset)) };
+            match Entity::from_json_str(item.get(), Some(schema)) {
+                Ok(entity) => {
+                    let uid = entity.uid();
+                    if let Some(first) = origins.get(&uid) {
+                        problems.push(Problem::new(
+                            origin.file,
+                            origin.location,
+                            format!("duplicate entity `{uid}`: it is already defined at {first}"),
+                        ));
+                        continue;
+                    }
+                    origins.insert(uid, origin);
+                    all.push(entity);
+                }
+                Err(e) => problems.push(Problem::new(origin.file, origin.location, describe(&e, None))),
+            }
+        }
+    }
+    if problems.len() > before {
+        return None;
+    }
+    // Each entity was checked against the schema as it was parsed; what is left is to
+    // add the schema's action entities and compute the hierarchy.
+    let actions = match schema.action_entities() {
+        Ok(actions) => actions,
+        Err(e) => {
+            let dir = files.first().and_then(|f| f.path.parent()).map(PathBuf::from).unwrap_or_default();
+            problems.push(Problem::new(dir, None, describe(&e, None)));
+            return None;
+        }
+    };
+    match Entities::from_entities(all.into_iter().chain(actions.iter().cloned()), None) {
+        Ok(entities) => Some((entities, origins)),
+        Err(e) => {
+            let dir = files.first().and_then(|f| f.path.parent()).map(PathBuf::from).unwrap_or_default();
+            problems.push(Problem::new(dir, None, describe(&e, None)));
+            None
+        }
+    }
+}
+
+/// References to entities no file defines. Cedar allows them (an `in` test against a
+/// missing entity is simply false), but in a hand-written entity file they are nearly
+/// always a typo, so they are reported.
+fn dangling_references(entities: &Entities, origins: &HashMap<EntityUid, DefinedAt>) -> Vec<Problem> {
+    let mut warnings = Vec::new();
+    for entity in entities.iter() {
+        let uid = entity.uid();
+        let Some(origin) = origins.get(&uid) else {
+            continue;
+        };
+        let mut missing: Vec<String> = references(entity, Some(entities))
+            .into_iter()
+            .filter(|r| !is_action(r) && entities.get(r).is_none())
+            .map(|r| format!("`{r}`"))
+            .collect();
+        missing.sort();
+        missing.dedup();
+        if !missing.is_empty() {
+            warnings.push(Problem::new(
+                origin.file.clone(),
+                origin.location,
+                format!("entity `{uid}` refers to {}, which no entity file defines", missing.join(", ")),
+            ));
+        }
+    }
+    warnings
+}

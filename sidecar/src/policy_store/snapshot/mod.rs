@@ -1,0 +1,270 @@
+//! The immutable policy snapshot: policies, schema and entities that were validated
+//! together, with a version and where they came from.
+//!
+//! A snapshot is built whole or not at all: any problem in any file fails the build and
+//! the caller keeps whatever snapshot it had. Once built it never changes, so readers
+//! share it through an `Arc` with no lock; a reload builds a new one and swaps it in
+//! (see [`super::PolicyStore`]). Per-snapshot caches live inside the snapshot, so a new
+//! snapshot starts with empty caches and can never serve a stale entity.
+//!
+//! Three concerns, a file each: this one holds the snapshot and what it answers;
+//! [`build`] parses, validates and indexes the inputs into one; [`slices`] cuts the
+//! entities one request needs out of it (and keeps the principals built from tokens).
+
+mod build;
+mod slices;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::SystemTime;
+
+use cedar_policy::{Entities, Entity, EntityTypeName, EntityUid, PolicyId, PolicySet, Schema};
+use moka::sync::Cache;
+
+pub use build::PolicyParts;
+pub use slices::RequestPrincipal;
+
+use super::diagnostics::{Location, Problem};
+use super::sources::SourceDirs;
+
+/// How many per-entity slices a snapshot keeps (see [`PolicySnapshot::entity_slice`]).
+const SLICE_CACHE_CAPACITY: u64 = 50_000;
+/// How many request principals (one per verified token) a snapshot keeps.
+const PRINCIPAL_CACHE_CAPACITY: u64 = 10_000;
+
+/// How a context attribute given as a string becomes a Cedar value, as the schema
+/// declares it for an action (see [`PolicySnapshot::context_kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ContextValueKind {
+    String,
+    Ip,
+    Datetime,
+    Decimal,
+    Duration,
+    /// Anything else: the attribute goes through Cedar's schema-directed JSON parser.
+    Other,
+}
+
+/// Identifies a snapshot: the digest of its inputs (the same on every sidecar that reads
+/// the same files) and this process's generation counter (increases with every swap).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotVersion {
+    pub digest: String,
+    pub generation: u64,
+}
+
+impl fmt::Display for SnapshotVersion {
+    /// The first 12 hex digits of the digest: short enough for a log line, long enough
+    /// to tell two policy sets apart.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.digest.get(..12).unwrap_or(&self.digest))
+    }
+}
+
+/// Where a snapshot's policies came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotSource {
+    /// `policies/` and `entities/` directories.
+    Files(SourceDirs),
+    /// An Amazon Verified Permissions policy store, with entities from a directory.
+    VerifiedPermissions { policy_store_id: String, entities: PathBuf },
+}
+
+impl fmt::Display for SnapshotSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Files(dirs) => {
+                write!(f, "files: policies `{}`, entities `{}`", dirs.policies.display(), dirs.entities.display())
+            }
+            Self::VerifiedPermissions { policy_store_id, entities } => {
+                write!(f, "Verified Permissions policy store `{policy_store_id}`, entities `{}`", entities.display())
+            }
+        }
+    }
+}
+
+/// Where a policy or entity was defined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinedAt {
+    pub file: PathBuf,
+    pub location: Option<Location>,
+}
+
+impl fmt::Display for DefinedAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.location {
+            Some(loc) => write!(f, "{}:{}", self.file.display(), loc.line),
+            None => write!(f, "{}", self.file.display()),
+        }
+    }
+}
+
+/// One immutable, validated policy state.
+pub struct PolicySnapshot {
+    /// Unique among the snapshots this process builds (see [`Self::build_id`]).
+    build_id: u64,
+    version: SnapshotVersion,
+    source: SnapshotSource,
+    loaded_at: SystemTime,
+    policies: PolicySet,
+    /// The policies that can apply to each action of the schema. A policy whose action
+    /// scope cannot match is never satisfied and never evaluated past its scope, so
+    /// deciding over this subset gives exactly Cedar's answer over the whole set, in
+    /// time proportional to the policies of that action only.
+    by_action: HashMap<EntityUid, PolicySet>,
+    schema: Schema,
+    entities: Entities,
+    policy_origins: HashMap<PolicyId, DefinedAt>,
+    entity_origins: HashMap<EntityUid, DefinedAt>,
+    /// The entities written literally in policies (e.g. `Studio::Team::"admins"`) and
+    /// everything reachable from them: every request slice includes them, since a policy
+    /// may read their attributes. Fixed for the snapshot, so computed once.
+    literal_slice: Vec<Entity>,
+    /// The schema's action entities (with their groups as parents), for request
+    /// entities assembled without a second schema check.
+    action_entities: Vec<Entity>,
+    warnings: Vec<Problem>,
+    /// The uids of each entity type, sorted by id; built on first use (see
+    /// [`PolicySnapshot::entities_of_type`]).
+    by_type: OnceLock<HashMap<EntityTypeName, Arc<[EntityUid]>>>,
+    /// Per-entity slice cache: uid → that entity and everything reachable from it.
+    /// moka because readers on every core hit it concurrently and it must stay bounded.
+    slices: Cache<EntityUid, Arc<[Entity]>>,
+    /// Request principals by the SHA-256 of the token they were built from. A principal
+    /// depends only on the token's claims and this snapshot, so it is built once per
+    /// token per snapshot.
+    principals: Cache<[u8; 32], Arc<RequestPrincipal>>,
+    /// Learned per action and attribute name, from Cedar's own parse of the first
+    /// context that had it (see [`PolicySnapshot::learn_context_kind`]). Attribute names
+    /// come from the configuration, so this stays small.
+    context_kinds: RwLock<HashMap<EntityUid, HashMap<String, ContextValueKind>>>,
+    /// Typed context values by kind and string (see [`PolicySnapshot::context_value`]):
+    /// making an extension value parses its constructor's name with Cedar's parser, which
+    /// costs more than the rest of a context, and the same values recur (the current
+    /// second, the addresses behind a NAT or endpoint). Bounded; it goes with the
+    /// snapshot, so nothing of it outlives a reload.
+    context_values: Cache<(ContextValueKind, String), cedar_policy::RestrictedExpression>,
+}
+
+impl fmt::Debug for PolicySnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicySnapshot")
+            .field("version", &self.version)
+            .field("source", &self.source)
+            .field("policies", &self.policy_count())
+            .field("entities", &self.entity_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PolicySnapshot {
+    /// Identifies this snapshot among all this process builds, for caches kept beside
+    /// it by its readers (two builds of the same inputs have the same version, not the
+    /// same id).
+    pub fn build_id(&self) -> u64 {
+        self.build_id
+    }
+
+    pub fn version(&self) -> &SnapshotVersion {
+        &self.version
+    }
+
+    pub fn source(&self) -> &SnapshotSource {
+        &self.source
+    }
+
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    pub fn policies(&self) -> &PolicySet {
+        &self.policies
+    }
+
+    /// The policies that can apply to `action` (all of them for an action the schema
+    /// does not declare, which request validation rejects anyway).
+    pub fn policies_for(&self, action: &EntityUid) -> &PolicySet {
+        self.by_action.get(action).unwrap_or(&self.policies)
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    pub fn entities(&self) -> &Entities {
+        &self.entities
+    }
+
+    /// Warnings that did not stop the load (validator warnings, references to entities
+    /// that no file defines).
+    pub fn warnings(&self) -> &[Problem] {
+        &self.warnings
+    }
+
+    pub fn policy_count(&self) -> usize {
+        self.policies.policies().count()
+    }
+
+    /// Entities from the entity files (action entities from the schema not counted).
+    pub fn entity_count(&self) -> usize {
+        self.entity_origins.len()
+    }
+
+    /// Where a policy was defined, e.g. `policies/presign.cedar:14`.
+    pub fn policy_origin(&self, id: &PolicyId) -> Option<&DefinedAt> {
+        self.policy_origins.get(id)
+    }
+
+    /// Ids of every policy, sorted.
+    pub fn policy_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.policies.policies().map(|p| p.id().to_string()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// The uids of every stored entity of `type_name`, sorted by id (e.g. the pool
+    /// accounts a `listAuthorizedAccounts` answer walks). The index of all types is built
+    /// in one pass the first time any type is asked for, and kept with the snapshot.
+    pub fn entities_of_type(&self, type_name: &EntityTypeName) -> Arc<[EntityUid]> {
+        let index = self.by_type.get_or_init(|| {
+            let mut by_type: HashMap<EntityTypeName, Vec<EntityUid>> = HashMap::new();
+            for entity in self.entities.iter() {
+                let uid = entity.uid();
+                by_type.entry(uid.type_name().clone()).or_default().push(uid);
+            }
+            by_type
+                .into_iter()
+                .map(|(type_name, mut uids)| {
+                    uids.sort_by(|a, b| a.id().unescaped().cmp(b.id().unescaped()));
+                    (type_name, uids.into())
+                })
+                .collect()
+        });
+        index.get(type_name).cloned().unwrap_or_else(|| Arc::from([]))
+    }
+
+    /// How `attr` of `action`'s context is built from a string, once learned.
+    pub fn context_kind(&self, action: &EntityUid, attr: &str) -> Option<ContextValueKind> {
+        let kinds = self.context_kinds.read().ok()?;
+        kinds.get(action)?.get(attr).copied()
+    }
+
+    /// The typed context value of `kind` for `value`, made by `make` the first time.
+    pub fn context_value(
+        &self,
+        kind: ContextValueKind,
+        value: &str,
+        make: impl FnOnce() -> cedar_policy::RestrictedExpression,
+    ) -> cedar_policy::RestrictedExpression {
+        self.context_values.get_with((kind, value.to_owned()), make)
+    }
+
+    /// Remember how `attr` of `action`'s context is built from a string.
+    pub fn learn_context_kind(&self, action: &EntityUid, attr: &str, kind: ContextValueKind) {
+        if let Ok(mut kinds) = self.context_kinds.write() {
+            kinds.entry(action.clone()).or_default().insert(attr.to_owned(), kind);
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The entities of one request: per-entity slices (an entity and everything reachable
+//! from it), cached with the snapshot, assembled with the principal built from a token
+//! and any entities the caller brings.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use cedar_policy::{Entities, Entity, EntityUid, EvalResult};
+
+use super::PolicySnapshot;
+
+/// A principal built for requests (from a verified token) and checked against the
+/// schema, with the uids it points at, ready to be added to request entities.
+#[derive(Debug)]
+pub struct RequestPrincipal {
+    uid: EntityUid,
+    entity: Entity,
+    references: Vec<EntityUid>,
+}
+
+impl RequestPrincipal {
+    /// `entity` must already conform to the snapshot's schema (it is added to request
+    /// entities without another check).
+    pub fn new(entity: Entity) -> Self {
+        Self { uid: entity.uid(), references: references(&entity, None), entity }
+    }
+
+    pub fn uid(&self) -> &EntityUid {
+        &self.uid
+    }
+
+    pub fn entity(&self) -> &Entity {
+        &self.entity
+    }
+}
+
+impl PolicySnapshot {
+    /// A stored entity and every stored entity reachable from it through parents,
+    /// entity-valued attributes and tags (the entity itself first when it exists).
+    /// Cached per snapshot.
+    pub fn entity_slice(&self, uid: &EntityUid) -> Arc<[Entity]> {
+        if let Some(slice) = self.slices.get(uid) {
+            metrics::counter!("authz_entity_cache_total", "result" => "hit").increment(1);
+            return slice;
+        }
+        metrics::counter!("authz_entity_cache_total", "result" => "miss").increment(1);
+        self.slices.get_with_by_ref(uid, || reachable_from(&self.entities, [uid.clone()]).into())
+    }
+
+    /// How many entity slices this snapshot has cached (for metrics).
+    pub fn cached_slices(&self) -> u64 {
+        // moka counts lazily; settle its pending bookkeeping first
+        self.slices.run_pending_tasks();
+        self.slices.entry_count()
+    }
+
+    /// The entities of one request, when it brings entities of its own: `principal`
+    /// (built from a token, already checked against the schema) and `extra` (a caller's,
+    /// checked here). The result holds the slices of every uid in `roots` (the principal,
+    /// the resource, entity uids in the context) and of every uid the brought entities
+    /// point at, the policies' literal entities, the schema's action entities, and the
+    /// brought entities, which replace stored entities of the same uid. Stored entities
+    /// were checked when the snapshot was built, so they are not checked again.
+    ///
+    /// This is complete for evaluation: a policy can only reach an entity from the
+    /// principal, action, resource, context or a literal in a policy, by following
+    /// parents, attributes and tags, and every such path is in the slices.
+    ///
+    /// Brought entities are meant to be leaves of the hierarchy (a principal). Stored
+    /// entities keep the ancestors the snapshot computed for them, so replacing an entity
+    /// that stored entities descend from changes its own ancestors, not theirs.
+    pub fn request_entities(
+        &self,
+        principal: Option<&RequestPrincipal>,
+        roots: &[EntityUid],
+        extra: &[Entity],
+    ) -> Result<Entities, Box<cedar_policy::entities_errors::EntitiesError>> {
+        if !extra.is_empty() {
+            Entities::from_entities(extra.iter().cloned(), Some(&self.schema)).map_err(Box::new)?;
+        }
+        let brought: Vec<&Entity> = principal.map(|p| &p.entity).into_iter().chain(extra).collect();
+        let replaced: HashSet<EntityUid> = brought.iter().map(|e| e.uid()).collect();
+        let mut chosen: HashMap<EntityUid, Entity> = HashMap::with_capacity(32);
+        let mut choose = |entity: &Entity| {
+            let uid = entity.uid();
+            if !replaced.contains(&uid) {
+                chosen.entry(uid).or_insert_with(|| entity.clone());
+            }
+        };
+        let principal_refs = principal.into_iter().flat_map(|p| p.references.iter().cloned());
+        let extra_refs = extra.iter().flat_map(|e| references(e, None));
+        for root in roots.iter().cloned().chain(principal_refs).chain(extra_refs) {
+            if !is_action(&root) {
+                self.entity_slice(&root).iter().for_each(&mut choose);
+            }
+        }
+        self.literal_slice.iter().for_each(choose);
+        let all = chosen
+            .into_values()
+            .chain(brought.into_iter().cloned())
+            .chain(self.action_entities.iter().filter(|e| !replaced.contains(&e.uid())).cloned());
+        Entities::from_entities(all, None).map_err(Box::new)
+    }
+
+    /// The principal of the token with SHA-256 `token_digest`, built by `build` the first
+    /// time this snapshot sees that token. Failures are not kept.
+    pub fn request_principal<E>(
+        &self,
+        token_digest: [u8; 32],
+        build: impl FnOnce() -> Result<Entity, E>,
+    ) -> Result<Arc<RequestPrincipal>, E> {
+        if let Some(principal) = self.principals.get(&token_digest) {
+            return Ok(principal);
+        }
+        let principal = Arc::new(RequestPrincipal::new(build()?));
+        self.principals.insert(token_digest, principal.clone());
+        Ok(principal)
+    }
+}
+
+/// Every stored entity reachable from `roots` through ancestors, entity-valued
+/// attributes and tags (roots included when they exist). Action entities excluded.
+pub(super) fn reachable_from(entities: &Entities, roots: impl IntoIterator<Item = EntityUid>) -> Vec<Entity> {
+    let mut seen = HashSet::new();
+    let mut stack: Vec<EntityUid> = roots.into_iter().collect();
+    let mut found = Vec::new();
+    while let Some(uid) = stack.pop() {
+        if is_action(&uid) || !seen.insert(uid.clone()) {
+            continue;
+        }
+        let Some(entity) = entities.get(&uid) else { continue };
+        stack.extend(references(entity, Some(entities)));
+        found.push(entity.clone());
+    }
+    found
+}
+
+/// Uids an entity points at: its ancestors (all of them, from `store`, which has
+/// computed the hierarchy; for an entity of a caller's, not in any store, its direct
+/// parents) and every entity uid inside its attributes and tags.
+pub(super) fn references(entity: &Entity, store: Option<&Entities>) -> Vec<EntityUid> {
+    let uid = entity.uid();
+    let mut out: Vec<EntityUid> = match store.and_then(|s| s.ancestors(&uid)) {
+        Some(ancestors) => ancestors.cloned().collect(),
+        None => Vec::new(),
+    };
+    if store.is_none()
+        && let Ok(serde_json::Value::Object(json)) = entity.to_json_value()
+        && let Some(serde_json::Value::Array(parents)) = json.get("parents")
+    {
+        // an entity of the caller's, not in the store: its parents are in its JSON form
+        out.extend(parents.iter().filter_map(|p| EntityUid::from_json(p.clone()).ok()));
+    }
+    let attrs = entity.attrs().filter_map(|(_, v)| v.ok());
+    let tags = entity.tags().filter_map(|(_, v)| v.ok());
+    for value in attrs.chain(tags) {
+        collect_uids(&value, &mut out);
+    }
+    out
+}
+
+fn collect_uids(value: &EvalResult, out: &mut Vec<EntityUid>) {
+    match value {
+        EvalResult::EntityUid(uid) => out.push(uid.clone()),
+        EvalResult::Set(set) => set.iter().for_each(|v| collect_uids(v, out)),
+        EvalResult::Record(record) => record.iter().for_each(|(_, v)| collect_uids(v, out)),
+        EvalResult::Bool(_) | EvalResult::Long(_) | EvalResult::String(_) | EvalResult::ExtensionValue(_) => {}
+    }
+}
+
+/// Action entities come from the schema, never from slices.
+pub(super) fn is_action(uid: &EntityUid) -> bool {
+    uid.type_name().basename() == "Action"
+}
