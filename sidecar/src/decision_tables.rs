@@ -33,7 +33,7 @@ use cedar_policy::Entity;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::authz::{Decision, DecisionRequest, Effect, Engine, parse_entity_uid, resolve_action};
+use crate::authz::{Decision, DecisionRequest, Effect, Engine, RequestError, parse_entity_uid, resolve_action};
 use crate::policy_store::{LoadError, Location, PolicySnapshot, Problem};
 
 /// One table file as written.
@@ -89,7 +89,18 @@ pub enum Outcome {
         got: Decision,
     },
     /// The case could not be run (it does not fit the schema, a uid does not parse...).
-    Error(String),
+    Error(CaseError),
+}
+
+/// Why a case could not be run.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CaseError {
+    #[error("the case has no `{0}` (and the table no default)")]
+    Missing(&'static str),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("entity {json}: {reason}")]
+    Entity { json: String, reason: String },
 }
 
 #[derive(Debug, Clone)]
@@ -186,7 +197,7 @@ pub fn run(snapshot: &PolicySnapshot, tables: &[TableFile]) -> Report {
         for case in &file.table.cases {
             let outcome = match run_case(&engine, snapshot, &file.table.defaults, case) {
                 Ok(outcome) => outcome,
-                Err(message) => Outcome::Error(message),
+                Err(error) => Outcome::Error(error),
             };
             if let Outcome::Passed(decision) = &outcome {
                 for id in &decision.policies {
@@ -199,18 +210,18 @@ pub fn run(snapshot: &PolicySnapshot, tables: &[TableFile]) -> Report {
     report
 }
 
-fn run_case(engine: &Engine, snapshot: &PolicySnapshot, defaults: &CaseFields, case: &Case) -> Result<Outcome, String> {
-    let field = |name: &str, own: &Option<String>, default: &Option<String>| {
-        own.clone()
-            .or_else(|| default.clone())
-            .ok_or_else(|| format!("the case has no `{name}` (and the table no default)"))
+fn run_case(
+    engine: &Engine,
+    snapshot: &PolicySnapshot,
+    defaults: &CaseFields,
+    case: &Case,
+) -> Result<Outcome, CaseError> {
+    let field = |name: &'static str, own: &Option<String>, default: &Option<String>| {
+        own.clone().or_else(|| default.clone()).ok_or(CaseError::Missing(name))
     };
-    let principal = parse_entity_uid(&field("principal", &case.fields.principal, &defaults.principal)?)
-        .map_err(|e| e.to_string())?;
-    let action = resolve_action(snapshot.schema(), &field("action", &case.fields.action, &defaults.action)?)
-        .map_err(|e| e.to_string())?;
-    let resource =
-        parse_entity_uid(&field("resource", &case.fields.resource, &defaults.resource)?).map_err(|e| e.to_string())?;
+    let principal = parse_entity_uid(&field("principal", &case.fields.principal, &defaults.principal)?)?;
+    let action = resolve_action(snapshot.schema(), &field("action", &case.fields.action, &defaults.action)?)?;
+    let resource = parse_entity_uid(&field("resource", &case.fields.resource, &defaults.resource)?)?;
 
     let mut context = defaults.context.clone().unwrap_or_default();
     for (key, value) in case.fields.context.clone().unwrap_or_default() {
@@ -226,13 +237,14 @@ fn run_case(engine: &Engine, snapshot: &PolicySnapshot, defaults: &CaseFields, c
         .flatten()
         .chain(case.fields.entities.iter().flatten())
         .map(|json| {
-            Entity::from_json_value(json.clone(), Some(snapshot.schema())).map_err(|e| format!("entity {json}: {e}"))
+            Entity::from_json_value(json.clone(), Some(snapshot.schema()))
+                .map_err(|e| CaseError::Entity { json: json.to_string(), reason: e.to_string() })
         })
         .collect::<Result<Vec<_>, _>>()?;
 
     let request =
         DecisionRequest::new(principal, action, resource).with_context(Value::Object(context)).with_entities(entities);
-    let decision = engine.decide(snapshot, &request).map_err(|e| e.to_string())?;
+    let decision = engine.decide(snapshot, &request)?;
 
     let effect_ok = decision.effect == case.expect;
     let expected_policies = case.policies.as_ref().map(|p| {

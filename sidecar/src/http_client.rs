@@ -1,18 +1,15 @@
 //! The outbound HTTP client (JWKS fetches, forwarding): hyper-util's pooled client over
-//! plain TCP or rustls, one body type for everything the sidecar sends.
+//! plain TCP or rustls, sending the one [`Body`] type.
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Every body the sidecar sends or answers with.
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+use crate::body::Body;
+
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// Idle connections kept per upstream host.

@@ -25,6 +25,7 @@ pub mod authn;
 pub mod authz;
 pub mod avp;
 pub mod aws;
+pub mod body;
 pub mod cli;
 pub mod config;
 pub mod decision_tables;

@@ -27,8 +27,9 @@ use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
+use crate::body::{Body, BoxError};
 use crate::config::Upstream;
-use crate::http_client::{Body, BoxError, HttpClient};
+use crate::http_client::HttpClient;
 use crate::rescue::ApiError;
 
 /// Headers the sidecar sets on forwarded requests; incoming ones with this prefix are dropped.
@@ -142,7 +143,7 @@ pub enum BodyFault {
 /// it failed, so that an upstream call that fails because of the *client's* body is
 /// answered 413 or 400, not 502.
 pub struct ClientBody {
-    inner: Pin<Box<Limited<crate::http_client::Body>>>,
+    inner: Pin<Box<Limited<Body>>>,
     fault: Arc<OnceLock<BodyFault>>,
 }
 

@@ -5,12 +5,10 @@
 //! detail (no policy text, no upstream address, no token). Nothing reaches hyper as an
 //! error.
 
-use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
 
 use crate::authn::AuthnError;
-use crate::http_client::Body;
+use crate::body::{Body, full};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
@@ -146,10 +144,6 @@ pub fn json_response(status: StatusCode, body: String) -> Response<Body> {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-pub fn full(body: impl Into<Bytes>) -> Body {
-    Full::new(body.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 #[cfg(test)]

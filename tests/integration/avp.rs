@@ -696,7 +696,7 @@ fn the_config_names_a_store_or_says_what_is_missing() {
     let missing = Config::from_toml(&avp_toml(&ws, "source = \"avp\""), "t").unwrap_err().to_string();
     assert!(missing.contains("[policies.avp]"), "{missing}");
     let unknown = Config::from_toml(&avp_toml(&ws, "source = \"s3\""), "t").unwrap_err().to_string();
-    assert!(unknown.contains("`s3` is not `files` or `avp`"), "{unknown}");
+    assert!(unknown.contains("`s3`: use `files` or `avp`"), "{unknown}");
 }
 
 #[tokio::test]

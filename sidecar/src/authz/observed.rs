@@ -32,7 +32,16 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResourceObservation {
     resource_type: EntityTypeName,
-    reads: Result<Reads, String>,
+    seen: Seen,
+}
+
+/// What the policies see of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    /// Only these reads.
+    Reads(Reads),
+    /// Its uid as a value, for this reason: every resource looks different.
+    ByUid(String),
 }
 
 /// Everything the policies read of the resource, when that is all they can see.
@@ -69,28 +78,35 @@ impl ResourceObservation {
                 break;
             }
         }
-        let reads = match walk.by_uid {
-            Some(reason) => Err(reason),
-            None => Ok(walk.reads),
+        let seen = match walk.by_uid {
+            Some(reason) => Seen::ByUid(reason),
+            None => Seen::Reads(walk.reads),
         };
-        Self { resource_type: resource_type.clone(), reads }
+        Self { resource_type: resource_type.clone(), seen }
     }
 
     /// Why the policies can tell resources apart by uid, if they can.
     pub fn by_uid(&self) -> Option<&str> {
-        self.reads.as_ref().err().map(String::as_str)
+        match &self.seen {
+            Seen::ByUid(reason) => Some(reason),
+            Seen::Reads(_) => None,
+        }
     }
 
     /// The attribute names the policies read of the resource (empty when they read by uid).
     pub fn attrs(&self) -> impl Iterator<Item = &str> {
-        self.reads.iter().flat_map(|reads| reads.attrs.iter().map(String::as_str))
+        let reads = match &self.seen {
+            Seen::Reads(reads) => Some(reads),
+            Seen::ByUid(_) => None,
+        };
+        reads.into_iter().flat_map(|reads| reads.attrs.iter().map(String::as_str))
     }
 
     /// The view of the stored resource `uid`: `None` when the policies can tell resources
     /// apart by uid, when `uid` is of another type or not stored, or when a value it
     /// holds is not concrete.
     pub fn view(&self, entities: &Entities, uid: &EntityUid) -> Option<View> {
-        let reads = self.reads.as_ref().ok()?;
+        let Seen::Reads(reads) = &self.seen else { return None };
         if uid.type_name() != &self.resource_type {
             return None;
         }
@@ -331,6 +347,8 @@ mod tests {
 
     use cedar_policy::{Entities, EntityTypeName, EntityUid, PolicyId, PolicySet, SlotId, Template};
 
+    use super::Seen;
+
     use super::ResourceObservation;
 
     fn observe(src: &str) -> ResourceObservation {
@@ -353,7 +371,7 @@ mod tests {
         );
         assert_eq!(o.by_uid(), None);
         assert_eq!(attrs(&o), ["name", "pool", "regions", "status"]);
-        let reads = o.reads.as_ref().unwrap();
+        let Seen::Reads(reads) = &o.seen else { panic!("{o:?}") };
         assert!(reads.tags);
         assert_eq!(reads.memberships.len(), 3);
     }
@@ -393,7 +411,8 @@ mod tests {
         for target in [r#"DataZone::AccountPool::"p""#, r#"DataZone::Account::"111111111111""#] {
             let o = linked(target);
             assert_eq!(o.by_uid(), None);
-            assert_eq!(o.reads.as_ref().unwrap().memberships, [EntityUid::from_str(target).unwrap()].into());
+            let Seen::Reads(reads) = &o.seen else { panic!("{o:?}") };
+            assert_eq!(reads.memberships, [EntityUid::from_str(target).unwrap()].into());
         }
     }
 

@@ -89,20 +89,39 @@ impl fmt::Display for Plan {
     }
 }
 
+/// Why policies could not be converted between files and a store's forms.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("{}: {reason}", path.display())]
+    File { path: std::path::PathBuf, reason: String },
+    #[error("namespace `{0}` is declared in more than one schema file")]
+    SharedNamespace(String),
+    #[error("the store's schema: {0}")]
+    StoreSchema(String),
+    #[error("policy `{id}`: {reason}")]
+    Policy { id: String, reason: String },
+}
+
+impl ConvertError {
+    fn file(path: &Path, reason: impl ToString) -> Self {
+        Self::File { path: path.to_path_buf(), reason: reason.to_string() }
+    }
+}
+
 /// The schema of `local` in AVP's JSON form: every `.cedarschema` file's namespaces in
 /// one JSON object.
-pub fn schema_json(files: &[SourceFile]) -> Result<String, String> {
+pub fn schema_json(files: &[SourceFile]) -> Result<String, ConvertError> {
     let mut merged = serde_json::Map::new();
     for file in files {
         let (fragment, _) =
-            SchemaFragment::from_cedarschema_str(&file.text).map_err(|e| format!("{}: {e}", file.path.display()))?;
-        let value = fragment.to_json_value().map_err(|e| format!("{}: {e}", file.path.display()))?;
+            SchemaFragment::from_cedarschema_str(&file.text).map_err(|e| ConvertError::file(&file.path, e))?;
+        let value = fragment.to_json_value().map_err(|e| ConvertError::file(&file.path, e))?;
         let serde_json::Value::Object(namespaces) = value else {
-            return Err(format!("{}: the schema is not a JSON object", file.path.display()));
+            return Err(ConvertError::file(&file.path, "the schema is not a JSON object"));
         };
         for (namespace, body) in namespaces {
             if merged.insert(namespace.clone(), body).is_some() {
-                return Err(format!("namespace `{namespace}` is declared in more than one schema file"));
+                return Err(ConvertError::SharedNamespace(namespace));
             }
         }
     }
@@ -306,26 +325,26 @@ pub async fn apply(client: &Client, store: &str, plan: &Plan, out: &mut dyn std:
 /// AVP's JSON), one `.cedar` file of static policies with `@id` set to the store's
 /// policy ids, and one `.cedar` file per template (with the policies linked from it
 /// listed in a comment, since files cannot link templates).
-pub fn write_files(contents: &StoreContents, dir: &Path) -> Result<Vec<std::path::PathBuf>, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+pub fn write_files(contents: &StoreContents, dir: &Path) -> Result<Vec<std::path::PathBuf>, ConvertError> {
+    std::fs::create_dir_all(dir).map_err(|e| ConvertError::file(dir, e))?;
     let mut written = Vec::new();
-    let mut write = |name: &str, text: String| -> Result<(), String> {
+    let mut write = |name: &str, text: String| -> Result<(), ConvertError> {
         let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::write(&path, text).map_err(|e| ConvertError::file(&path, e))?;
         written.push(path);
         Ok(())
     };
     let fragment =
-        SchemaFragment::from_json_str(&contents.schema_json).map_err(|e| format!("the store's schema: {e}"))?;
-    let schema = fragment.to_cedarschema().map_err(|e| format!("the store's schema: {e}"))?;
+        SchemaFragment::from_json_str(&contents.schema_json).map_err(|e| ConvertError::StoreSchema(e.to_string()))?;
+    let schema = fragment.to_cedarschema().map_err(|e| ConvertError::StoreSchema(e.to_string()))?;
     write("schema.cedarschema", schema)?;
 
     let mut policies =
         format!("// Static policies of Verified Permissions policy store {}.\n", contents.policy_store_id);
     for (id, policy) in &contents.policies {
         if let StorePolicy::Static { statement } = policy {
-            let parsed =
-                Policy::parse(Some(PolicyId::new(id)), statement).map_err(|e| format!("policy `{id}`: {e}"))?;
+            let parsed = Policy::parse(Some(PolicyId::new(id)), statement)
+                .map_err(|e| ConvertError::Policy { id: id.clone(), reason: e.to_string() })?;
             let text = if parsed.annotation("id").is_some() {
                 statement.trim().to_owned()
             } else {

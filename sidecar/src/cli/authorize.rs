@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use cedar_policy::{Entity, PolicyId};
 
 use super::{Sources, exit};
-use crate::authz::{Decision, DecisionRequest, Effect, Engine, parse_entity_uid, resolve_action};
+use crate::authz::{Decision, DecisionRequest, Effect, Engine, RequestError, parse_entity_uid, resolve_action};
 use crate::decision_tables::describe_decision;
 use crate::policy_store::PolicySnapshot;
 
@@ -59,31 +59,48 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     }
 }
 
-fn decide(args: &Args, snapshot: &PolicySnapshot) -> Result<Decision, String> {
-    let principal = parse_entity_uid(&args.principal).map_err(|e| e.to_string())?;
-    let action = resolve_action(snapshot.schema(), &args.action).map_err(|e| e.to_string())?;
-    let resource = parse_entity_uid(&args.resource).map_err(|e| e.to_string())?;
-    let context: serde_json::Value =
-        serde_json::from_str(&args.context).map_err(|e| format!("--context is not a JSON object: {e}"))?;
+/// Why the question could not be asked.
+#[derive(Debug, thiserror::Error)]
+enum AskError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("--context is not a JSON object: {0}")]
+    ContextNotJson(serde_json::Error),
+    #[error("--context must be a JSON object, e.g. '{{\"sourceIp\": \"10.1.2.3\"}}'")]
+    ContextNotObject,
+    #[error("cannot read `{}`: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("`{}` is not a JSON array of entities: {source}", path.display())]
+    NotEntities { path: PathBuf, source: serde_json::Error },
+    #[error("`{}`: {reason}", path.display())]
+    Entity { path: PathBuf, reason: String },
+}
+
+fn decide(args: &Args, snapshot: &PolicySnapshot) -> Result<Decision, AskError> {
+    let principal = parse_entity_uid(&args.principal)?;
+    let action = resolve_action(snapshot.schema(), &args.action)?;
+    let resource = parse_entity_uid(&args.resource)?;
+    let context: serde_json::Value = serde_json::from_str(&args.context).map_err(AskError::ContextNotJson)?;
     if !context.is_object() {
-        return Err("--context must be a JSON object, e.g. '{\"sourceIp\": \"10.1.2.3\"}'".to_owned());
+        return Err(AskError::ContextNotObject);
     }
     let entities = match &args.request_entities {
         Some(path) => read_entities(path, snapshot)?,
         None => Vec::new(),
     };
     let request = DecisionRequest::new(principal, action, resource).with_context(context).with_entities(entities);
-    Engine::new().decide(snapshot, &request).map_err(|e| e.to_string())
+    Ok(Engine::new().decide(snapshot, &request)?)
 }
 
-fn read_entities(path: &std::path::Path, snapshot: &PolicySnapshot) -> Result<Vec<Entity>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-    let items: Vec<serde_json::Value> = serde_json::from_str(&text)
-        .map_err(|e| format!("`{}` is not a JSON array of entities: {e}", path.display()))?;
+fn read_entities(path: &std::path::Path, snapshot: &PolicySnapshot) -> Result<Vec<Entity>, AskError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AskError::Read { path: path.to_path_buf(), source })?;
+    let items: Vec<serde_json::Value> =
+        serde_json::from_str(&text).map_err(|source| AskError::NotEntities { path: path.to_path_buf(), source })?;
     items
         .into_iter()
         .map(|json| {
-            Entity::from_json_value(json, Some(snapshot.schema())).map_err(|e| format!("`{}`: {e}", path.display()))
+            Entity::from_json_value(json, Some(snapshot.schema()))
+                .map_err(|e| AskError::Entity { path: path.to_path_buf(), reason: e.to_string() })
         })
         .collect()
 }

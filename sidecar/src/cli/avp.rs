@@ -114,7 +114,10 @@ pub async fn push_to_store(
             return exit::FAILURE;
         }
     };
-    let schema = match SourceTexts::read(dirs).map_err(|e| e.to_string()).and_then(|s| push::schema_json(&s.schemas)) {
+    let converted = SourceTexts::read(dirs)
+        .map_err(|e| e.to_string())
+        .and_then(|texts| push::schema_json(&texts.schemas).map_err(|e| e.to_string()));
+    let schema = match converted {
         Ok(schema) => schema,
         Err(e) => {
             let _ = writeln!(err, "error: {e}");

@@ -8,9 +8,11 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::exit;
-use crate::app::{self, App, Listeners};
-use crate::config::{Config, KeySource};
-use crate::policy_store::PolicySnapshot;
+use crate::app::{self, App, Listeners, StartError};
+use crate::config::{Config, ConfigError, KeySource};
+use crate::policy_store::{LoadError, PolicySnapshot};
+use crate::server::router::RouteConflict;
+use crate::server::tls::TlsError;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -38,6 +40,31 @@ pub struct Args {
     /// routes against the policy schema) and exit without serving.
     #[arg(long)]
     check_config: bool,
+}
+
+/// Why `serve` stopped before serving, or could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("--dev mints tokens for anyone who asks: it only runs on loopback addresses")]
+    DevNotLoopback,
+    #[error(transparent)]
+    Routes(#[from] RouteConflict),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("issuer `{issuer}`: `{}`: {reason}", path.display())]
+    Keys { issuer: String, path: PathBuf, reason: String },
+    #[error("policies: {0}")]
+    Policies(#[from] LoadError),
+    #[error("{}", .0.join("\n  "))]
+    Misfit(Vec<String>),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind { addr: SocketAddr, what: &'static str, source: std::io::Error },
+    #[error("the listener has no address: {0}")]
+    Address(std::io::Error),
+    #[error(transparent)]
+    Start(#[from] StartError),
 }
 
 pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
@@ -82,8 +109,8 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
 
 /// Load, override and check everything that can be checked without serving. The policy
 /// snapshot built for the checks is served first.
-fn prepare(args: &Args) -> Result<(Config, Option<PolicySnapshot>), String> {
-    let mut config = Config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
+fn prepare(args: &Args) -> Result<(Config, Option<PolicySnapshot>), ServeError> {
+    let mut config = Config::load(args.config.as_deref())?;
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
@@ -97,18 +124,18 @@ fn prepare(args: &Args) -> Result<(Config, Option<PolicySnapshot>), String> {
         config.sources.entities.clone_from(dir);
     }
     if args.dev && !(config.server.listen.ip().is_loopback() && config.server.admin_listen.ip().is_loopback()) {
-        return Err("--dev mints tokens for anyone who asks: it only runs on loopback addresses".to_owned());
+        return Err(ServeError::DevNotLoopback);
     }
-    crate::server::router::Router::new(&config.routes).map_err(|e| e.to_string())?;
+    crate::server::router::Router::new(&config.routes)?;
     if let Some(tls) = &config.server.tls {
-        crate::server::tls::acceptor(tls).map_err(|e| e.to_string())?;
+        crate::server::tls::acceptor(tls)?;
     }
     for issuer in &config.issuers {
         if let KeySource::File(path) = &issuer.keys {
-            let bytes =
-                std::fs::read(path).map_err(|e| format!("issuer `{}`: `{}`: {e}", issuer.issuer, path.display()))?;
-            crate::authn::KeySet::parse(&bytes)
-                .map_err(|e| format!("issuer `{}`: `{}`: {e}", issuer.issuer, path.display()))?;
+            let keys_error =
+                |reason: String| ServeError::Keys { issuer: issuer.issuer.clone(), path: path.clone(), reason };
+            let bytes = std::fs::read(path).map_err(|e| keys_error(e.to_string()))?;
+            crate::authn::KeySet::parse(&bytes).map_err(|e| keys_error(e.to_string()))?;
         }
     }
     // Policies from a Verified Permissions store are checked when the store loads (the
@@ -116,32 +143,32 @@ fn prepare(args: &Args) -> Result<(Config, Option<PolicySnapshot>), String> {
     if matches!(config.policy_source, crate::config::PolicySource::VerifiedPermissions(_)) {
         return Ok((config, None));
     }
-    let snapshot = PolicySnapshot::load(&config.sources, 1).map_err(|e| format!("policies: {e}"))?;
+    let snapshot = PolicySnapshot::load(&config.sources, 1)?;
     let problems = app::check_routes(&config, &snapshot);
     if !problems.is_empty() {
-        return Err(problems.join("\n  "));
+        return Err(ServeError::Misfit(problems));
     }
     Ok((config, Some(snapshot)))
 }
 
-async fn serve(config: Config, snapshot: Option<PolicySnapshot>, dev: bool) -> Result<(), String> {
+async fn serve(config: Config, snapshot: Option<PolicySnapshot>, dev: bool) -> Result<(), ServeError> {
     // before anything opens a descriptor: the connection cap is fitted to this limit
     crate::server::limits::raise_nofile();
     let bind = |addr: SocketAddr, what: &'static str| async move {
-        tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
+        tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, what, source })
     };
     let listeners = Listeners {
         data: bind(config.server.listen, "data plane").await?,
         admin: bind(config.server.admin_listen, "admin").await?,
     };
-    let mut app = App::new(config, dev).map_err(|e| e.to_string())?;
+    let mut app = App::new(config, dev)?;
     if app.needs_aws() {
-        let presigner = app.aws_presigner().await.map_err(|e| e.to_string())?;
+        let presigner = app.aws_presigner().await?;
         app = app.with_presigner(presigner);
     }
     let app = Arc::new(app);
-    let data = listeners.data.local_addr().map_err(|e| e.to_string())?;
-    let admin = listeners.admin.local_addr().map_err(|e| e.to_string())?;
+    let data = listeners.data.local_addr().map_err(ServeError::Address)?;
+    let admin = listeners.admin.local_addr().map_err(ServeError::Address)?;
     if dev {
         tracing::warn!(
             "DEVELOPMENT ISSUER ENABLED: anyone on this machine can mint tokens at http://{admin}/dev/token; never use --dev in production"
@@ -151,7 +178,7 @@ async fn serve(config: Config, snapshot: Option<PolicySnapshot>, dev: bool) -> R
 
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_on_signal(shutdown.clone()));
-    app::run_with_snapshot(app, listeners, snapshot, shutdown).await.map_err(|e| e.to_string())?;
+    app::run_with_snapshot(app, listeners, snapshot, shutdown).await?;
     tracing::info!("authz-sidecar stopped");
     Ok(())
 }

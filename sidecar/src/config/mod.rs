@@ -4,17 +4,25 @@
 //! error says which key is wrong and why.
 
 mod raw;
+mod routes;
+mod template;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use cedar_policy::{EntityTypeName, EntityUid};
-use http::{HeaderName, Method, Uri};
+use cedar_policy::EntityTypeName;
+use http::{HeaderName, Uri};
 
 use crate::policy_store::SourceDirs;
-pub use raw::RawConfig;
+pub use raw::{HandlerKind, NotOneOf, RawConfig, SourceKind};
+use routes::parse_route;
+pub use routes::{
+    ACCOUNT_POOL_CALLER_ACTION, ACCOUNT_POOL_HANDLER_TYPE, ContextSource, DEFAULT_STRIPPED_HEADERS, Handler,
+    MIN_PROVISION_POLL, Mode, PresignOptions, PresignResponse, Provisioning, RouteAuthz, RouteConfig, Upstream,
+};
+pub use template::{IdTemplate, RenderError, TemplateError};
 
 /// The commented example configuration, compiled in: what `serve` uses without `--config`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.toml");
@@ -77,35 +85,6 @@ pub struct AvpSource {
     pub policy_store_id: String,
     pub poll_interval: Duration,
     pub max_calls_per_refresh: usize,
-}
-
-/// How the presign handler answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PresignResponse {
-    /// 302 to the URL.
-    Redirect,
-    /// 200 with `{"url": ..., "expires_in": ...}`.
-    Json,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PresignOptions {
-    pub session_expiration_seconds: i32,
-    pub expires_in_seconds: i32,
-    pub space_name: Option<String>,
-    pub landing_uri: Option<String>,
-    pub response: PresignResponse,
-    pub external_id: Option<String>,
-    pub source_identity: bool,
-    /// Create a missing profile before presigning (off by default).
-    pub provision: Option<Provisioning>,
-}
-
-/// How long to wait for a profile the sidecar created to become InService.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Provisioning {
-    pub max_wait: Duration,
-    pub poll_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -175,280 +154,6 @@ pub struct IssuerConfig {
     pub principal_id_prefix: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Deny means 403.
-    Enforce,
-    /// Deny is logged and counted, and the call proceeds.
-    DryRun,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Enforce => "enforce",
-            Self::DryRun => "dry-run",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub enum Handler {
-    /// Proxy to an upstream.
-    Forward(Upstream),
-    /// Answer 200 with the decision and identity (for trying the sidecar out).
-    Echo,
-    /// Answer with a SageMaker Studio presigned URL for the resource's profile.
-    Presign(PresignOptions),
-    /// Answer DataZone account-pool events (the handler decides per event).
-    AccountPool,
-}
-
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    /// Scheme and authority (and an optional path prefix) the request path is appended to.
-    pub base: Uri,
-    pub connect_timeout: Duration,
-    pub timeout: Duration,
-    pub pass_authorization: bool,
-    /// Client headers removed before the upstream, besides the ones the sidecar always
-    /// removes: [`DEFAULT_STRIPPED_HEADERS`] less the route's `keep_headers`, plus its
-    /// `strip_headers`.
-    pub strip: Vec<HeaderName>,
-}
-
-/// Request-routing and client-address headers a client must not set through an
-/// authorization proxy: an upstream framework may route, re-method or re-address the
-/// call by them after the sidecar authorized another. Removed from every forwarded call
-/// unless a route's `keep_headers` names them (`Forwarded` is not read, only removed).
-pub const DEFAULT_STRIPPED_HEADERS: &[&str] = &[
-    "forwarded",
-    "x-original-url",
-    "x-original-uri",
-    "x-rewrite-url",
-    "x-original-method",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-forwarded-host",
-    "x-forwarded-server",
-    "x-forwarded-port",
-    "x-forwarded-proto",
-    "x-forwarded-scheme",
-    "x-forwarded-prefix",
-    "x-forwarded-path",
-    "x-forwarded-uri",
-    "x-original-host",
-    "x-host",
-    "x-real-ip",
-    "x-client-ip",
-    "x-cluster-client-ip",
-    "true-client-ip",
-    "x-original-forwarded-for",
-];
-
-/// Where a context attribute's value comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ContextSource {
-    SourceIp,
-    Vpce,
-    RequestTime,
-    Method,
-    Path,
-    PathParam(String),
-    Header(HeaderName),
-}
-
-/// An id built from path parameters, e.g. `{user}-{team}`.
-///
-/// A rendered id must name one set of parameter values, or two different requests
-/// (`/studio/user-1/team1`, `/studio/user/1-team1`) would be authorized as the same
-/// resource while the upstream sees different ones. So every parameter after the first
-/// must not contain any of the template's literal text (`-` here; the first parameter
-/// may, as user names like `user-1` do), and the id is accepted only if it reads back
-/// into exactly one set of values under that rule. Two parameters with no literal
-/// between them can never be told apart and are refused when the config loads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdTemplate {
-    parts: Vec<IdPart>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum IdPart {
-    Literal(String),
-    Param(String),
-}
-
-/// Why an id could not be rendered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RenderError {
-    #[error("path parameter `{0}` is missing")]
-    Missing(String),
-    #[error("path parameter `{0}` holds the resource id template's literal text, so the id would be ambiguous")]
-    Ambiguous(String),
-}
-
-impl IdTemplate {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut parts = Vec::new();
-        let mut rest = text;
-        while let Some(open) = rest.find('{') {
-            let (literal, after) = rest.split_at(open);
-            if !literal.is_empty() {
-                parts.push(IdPart::Literal(literal.to_owned()));
-            }
-            let close = after.find('}').ok_or_else(|| format!("unclosed `{{` in `{text}`"))?;
-            let name = after.get(1..close).unwrap_or_default();
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("`{{{name}}}` in `{text}` is not a path parameter name"));
-            }
-            if matches!(parts.last(), Some(IdPart::Param(_))) {
-                return Err(format!(
-                    "`{text}` puts two parameters next to each other; put literal text between them so the id \
-                     says where one ends"
-                ));
-            }
-            parts.push(IdPart::Param(name.to_owned()));
-            rest = after.get(close + 1..).unwrap_or_default();
-        }
-        if rest.contains('}') {
-            return Err(format!("stray `}}` in `{text}`"));
-        }
-        if !rest.is_empty() {
-            parts.push(IdPart::Literal(rest.to_owned()));
-        }
-        Ok(Self { parts })
-    }
-
-    pub fn params(&self) -> impl Iterator<Item = &str> {
-        self.parts.iter().filter_map(|p| match p {
-            IdPart::Param(name) => Some(name.as_str()),
-            IdPart::Literal(_) => None,
-        })
-    }
-
-    fn literals(&self) -> impl Iterator<Item = &str> {
-        self.parts.iter().filter_map(|p| match p {
-            IdPart::Literal(text) => Some(text.as_str()),
-            IdPart::Param(_) => None,
-        })
-    }
-
-    /// Fill in the parameters, refusing a missing one and values that would make the id
-    /// ambiguous (see the type's documentation).
-    pub fn render<'a>(&self, lookup: impl Fn(&str) -> Option<&'a str>) -> Result<String, RenderError> {
-        let mut out = String::new();
-        let mut first_param = true;
-        for part in &self.parts {
-            match part {
-                IdPart::Literal(text) => out.push_str(text),
-                IdPart::Param(name) => {
-                    let value = lookup(name).ok_or_else(|| RenderError::Missing(name.clone()))?;
-                    // checked on the values given, not only by the reading below: values
-                    // outside the rule can render an id that reads back one (other) way
-                    if !first_param && self.literals().any(|literal| value.contains(literal)) {
-                        return Err(RenderError::Ambiguous(name.clone()));
-                    }
-                    first_param = false;
-                    out.push_str(value);
-                }
-            }
-        }
-        if self.readings(out.as_bytes()) != 1 {
-            let name = self.params().next().unwrap_or_default().to_owned();
-            return Err(RenderError::Ambiguous(name));
-        }
-        Ok(out)
-    }
-
-    /// In how many ways (0, 1, or 2 meaning "more than one") `id` reads back into
-    /// non-empty parameter values under the rule that only the first parameter may hold
-    /// literal text.
-    fn readings(&self, id: &[u8]) -> u8 {
-        let literals: Vec<&[u8]> = self.literals().map(str::as_bytes).filter(|l| !l.is_empty()).collect();
-        // end_limit[i]: a value starting at i that must not hold literal text ends
-        // before this (the end of the first literal occurrence at or after i)
-        let mut end_limit = vec![usize::MAX; id.len() + 1];
-        for start in (0..id.len()).rev() {
-            let here = literals
-                .iter()
-                .filter(|l| id.get(start..).is_some_and(|rest| rest.starts_with(l)))
-                .map(|l| start + l.len())
-                .min()
-                .unwrap_or(usize::MAX);
-            let later = end_limit.get(start + 1).copied().unwrap_or(usize::MAX);
-            if let Some(slot) = end_limit.get_mut(start) {
-                *slot = here.min(later);
-            }
-        }
-        let mut memo = vec![None; (self.parts.len() + 1) * (id.len() + 1)];
-        self.count(0, 0, id, &end_limit, &mut memo)
-    }
-
-    fn count(&self, part: usize, pos: usize, id: &[u8], end_limit: &[usize], memo: &mut [Option<u8>]) -> u8 {
-        let slot = part * (id.len() + 1) + pos;
-        if let Some(Some(known)) = memo.get(slot) {
-            return *known;
-        }
-        let found = match self.parts.get(part) {
-            None => u8::from(pos == id.len()),
-            Some(IdPart::Literal(text)) => match id.get(pos..) {
-                Some(rest) if rest.starts_with(text.as_bytes()) => {
-                    self.count(part + 1, pos + text.len(), id, end_limit, memo)
-                }
-                _ => 0,
-            },
-            Some(IdPart::Param(_)) => {
-                let first = !self.parts.iter().take(part).any(|p| matches!(p, IdPart::Param(_)));
-                let limit = if first {
-                    id.len()
-                } else {
-                    end_limit.get(pos).copied().unwrap_or(0).saturating_sub(1).min(id.len())
-                };
-                let mut total = 0u8;
-                for end in pos + 1..=limit {
-                    total = total.saturating_add(self.count(part + 1, end, id, end_limit, memo));
-                    if total >= 2 {
-                        break;
-                    }
-                }
-                total.min(2)
-            }
-        };
-        if let Some(memo_slot) = memo.get_mut(slot) {
-            *memo_slot = Some(found);
-        }
-        found
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct RouteConfig {
-    pub name: String,
-    pub method: Method,
-    pub path: String,
-    /// The route's Cedar question. For an account-pool route it is whether the caller
-    /// may ask the handler at all; the handler then asks its own per account and region.
-    pub authz: RouteAuthz,
-    pub handler: Handler,
-    pub mode: Mode,
-}
-
-/// The question an `account_pool` route asks of its caller unless the route names
-/// another: may this principal ask the handler?
-pub const ACCOUNT_POOL_CALLER_ACTION: &str = r#"DataZone::Action::"InvokeAccountPoolHandler""#;
-/// The type of the handler as a resource; its id is the route's name.
-pub const ACCOUNT_POOL_HANDLER_TYPE: &str = "DataZone::AccountPoolHandler";
-
-/// How a route's call becomes a Cedar request.
-#[derive(Debug, Clone)]
-pub struct RouteAuthz {
-    pub action: EntityUid,
-    pub resource_type: EntityTypeName,
-    pub resource_id: IdTemplate,
-    pub context: Vec<(String, ContextSource)>,
-}
-
 impl Config {
     /// The configuration from `path`, or the embedded default when `None`. Relative
     /// paths in a file are taken from the directory the process runs in, like the CLI's.
@@ -471,9 +176,9 @@ impl Config {
 
     pub fn from_raw(raw: RawConfig, origin: &str) -> Result<Self, ConfigError> {
         let invalid = |key: String, message: String| ConfigError::Invalid { origin: origin.to_owned(), key, message };
-        let policy_source = match (raw.policies.source.as_str(), &raw.policies.avp) {
-            ("files", _) => PolicySource::Files,
-            ("avp", Some(avp)) => {
+        let policy_source = match (raw.policies.source, &raw.policies.avp) {
+            (SourceKind::Files, _) => PolicySource::Files,
+            (SourceKind::Avp, Some(avp)) => {
                 if avp.policy_store_id.trim().is_empty() {
                     return Err(invalid("policies.avp.policy_store_id".into(), "must not be empty".into()));
                 }
@@ -489,14 +194,11 @@ impl Config {
                     max_calls_per_refresh: avp.max_calls_per_refresh,
                 })
             }
-            ("avp", None) => {
+            (SourceKind::Avp, None) => {
                 return Err(invalid(
                     "policies.source".into(),
                     "`avp` needs a `[policies.avp]` table with `policy_store_id`".into(),
                 ));
-            }
-            (other, _) => {
-                return Err(invalid("policies.source".into(), format!("`{other}` is not `files` or `avp`")));
             }
         };
         let server = &raw.server;
@@ -597,7 +299,7 @@ impl Config {
             });
         }
         if !raw.principal.issuers_share_principals {
-            check_principal_namespaces(&issuers).map_err(|m| invalid("issuers".into(), m))?;
+            check_principal_namespaces(&issuers).map_err(|e| invalid("issuers".into(), e.to_string()))?;
         }
 
         let endpoints =
@@ -674,244 +376,35 @@ impl Config {
 /// mint the same principal for the same subject. Nested prefixes (`""` and `partner/`)
 /// are kept apart at run time instead: a token whose id falls in another issuer's
 /// longer prefix is refused (see [`crate::authn`]).
-fn check_principal_namespaces(issuers: &[IssuerConfig]) -> Result<(), String> {
+fn check_principal_namespaces(issuers: &[IssuerConfig]) -> Result<(), NamespaceError> {
     for (i, a) in issuers.iter().enumerate() {
         for b in issuers.iter().skip(i + 1) {
             if a.issuer == b.issuer {
-                return Err(format!("issuer `{}` is configured twice", a.issuer));
+                return Err(NamespaceError::Twice(a.issuer.clone()));
             }
             if a.principal_id_prefix == b.principal_id_prefix {
-                return Err(format!(
-                    "issuers `{}` and `{}` can mint the same principal id (both with prefix `{}`): give one a \
-                     `principal_id_prefix` (e.g. \"partner/\"), or set `[principal] issuers_share_principals = \
-                     true` if they are one user directory",
-                    a.issuer, b.issuer, a.principal_id_prefix
-                ));
+                return Err(NamespaceError::SamePrefix {
+                    a: a.issuer.clone(),
+                    b: b.issuer.clone(),
+                    prefix: a.principal_id_prefix.clone(),
+                });
             }
         }
     }
     Ok(())
 }
 
-fn parse_route(
-    i: usize,
-    route: &raw::RawRoute,
-    invalid: &dyn Fn(String, String) -> ConfigError,
-) -> Result<RouteConfig, ConfigError> {
-    let key = |field: &str| format!("routes[{i}] (`{}`).{field}", route.name);
-    let method = Method::from_str(&route.method.to_ascii_uppercase())
-        .map_err(|_| invalid(key("method"), format!("`{}` is not an HTTP method", route.method)))?;
-    if !route.path.starts_with('/') {
-        return Err(invalid(key("path"), format!("`{}` must start with `/`", route.path)));
-    }
-    let path_params: Vec<&str> = route
-        .path
-        .split('/')
-        .filter_map(|segment| segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-        .map(|name| name.trim_start_matches('*'))
-        .collect();
-    if route.handler != "forward" && !(route.strip_headers.is_empty() && route.keep_headers.is_empty()) {
-        return Err(invalid(
-            key("strip_headers"),
-            "`strip_headers` and `keep_headers` apply to `forward` routes only".into(),
-        ));
-    }
-    let (action_text, type_text, id_text) = if route.handler == "account_pool" {
-        // the caller's question: may it ask this handler (one resource per route)?
-        let or = |value: &Option<String>, default: String| value.clone().unwrap_or(default);
-        (
-            or(&route.action, ACCOUNT_POOL_CALLER_ACTION.to_owned()),
-            or(&route.resource_type, ACCOUNT_POOL_HANDLER_TYPE.to_owned()),
-            or(&route.resource_id, route.name.replace(['{', '}'], "")),
-        )
-    } else {
-        let required = |field: &str, value: &Option<String>| {
-            value.clone().ok_or_else(|| invalid(key(field), format!("a `{}` route needs `{field}`", route.handler)))
-        };
-        (
-            required("action", &route.action)?,
-            required("resource_type", &route.resource_type)?,
-            required("resource_id", &route.resource_id)?,
-        )
-    };
-    let action = EntityUid::from_str(&action_text)
-        .map_err(|e| invalid(key("action"), format!("`{action_text}` is not an action uid: {e}")))?;
-    let resource_type = EntityTypeName::from_str(&type_text)
-        .map_err(|e| invalid(key("resource_type"), format!("`{type_text}`: {e}")))?;
-    let resource_id = IdTemplate::parse(&id_text).map_err(|m| invalid(key("resource_id"), m))?;
-    for param in resource_id.params() {
-        if !path_params.contains(&param) {
-            return Err(invalid(key("resource_id"), format!("`{{{param}}}` is not a parameter of `{}`", route.path)));
-        }
-    }
-    let context = match &route.context {
-        None => vec![
-            ("sourceVpce".to_owned(), ContextSource::Vpce),
-            ("sourceIp".to_owned(), ContextSource::SourceIp),
-            ("requestTime".to_owned(), ContextSource::RequestTime),
-        ],
-        Some(map) => {
-            let mut out = Vec::new();
-            for (name, source) in map {
-                let parsed = match source.as_str() {
-                    "source_ip" => ContextSource::SourceIp,
-                    "vpce" => ContextSource::Vpce,
-                    "request_time" => ContextSource::RequestTime,
-                    "method" => ContextSource::Method,
-                    "path" => ContextSource::Path,
-                    other => match other.split_once(':') {
-                        Some(("path", param)) if path_params.contains(&param) => {
-                            ContextSource::PathParam(param.to_owned())
-                        }
-                        Some(("header", header)) => {
-                            ContextSource::Header(HeaderName::from_str(header).map_err(|_| {
-                                invalid(key(&format!("context.{name}")), format!("`{header}` is not a header name"))
-                            })?)
-                        }
-                        _ => {
-                            return Err(invalid(
-                                key(&format!("context.{name}")),
-                                format!(
-                                    "`{other}` is not a context source; use source_ip, vpce, request_time, method, path, \
-                                     path:<parameter> or header:<name>"
-                                ),
-                            ));
-                        }
-                    },
-                };
-                out.push((name.clone(), parsed));
-            }
-            out
-        }
-    };
-    let mode = match route.mode.as_str() {
-        "enforce" => Mode::Enforce,
-        "dry-run" => Mode::DryRun,
-        other => return Err(invalid(key("mode"), format!("`{other}`: use `enforce` or `dry-run`"))),
-    };
-    let handler = match route.handler.as_str() {
-        "forward" => {
-            let Some(upstream) = &route.upstream else {
-                return Err(invalid(key("upstream"), "a `forward` route needs an upstream URL".into()));
-            };
-            let base = Uri::from_str(upstream).map_err(|e| invalid(key("upstream"), format!("`{upstream}`: {e}")))?;
-            if !matches!(base.scheme_str(), Some("http" | "https")) || base.authority().is_none() {
-                return Err(invalid(key("upstream"), format!("`{upstream}` must be an http(s) URL")));
-            }
-            Handler::Forward(Upstream {
-                base,
-                connect_timeout: route.connect_timeout,
-                timeout: route.upstream_timeout,
-                pass_authorization: route.pass_authorization,
-                strip: stripped_headers(route, &key, invalid)?,
-            })
-        }
-        "echo" => Handler::Echo,
-        "account_pool" => {
-            if mode == Mode::DryRun {
-                return Err(invalid(key("mode"), "an `account_pool` route always enforces who may ask it".into()));
-            }
-            Handler::AccountPool
-        }
-        "presign" => Handler::Presign(presign_options(route.presign.clone().unwrap_or_default(), &key, invalid)?),
-        other => {
-            return Err(invalid(
-                key("handler"),
-                format!("`{other}`: use `forward`, `presign`, `account_pool` or `echo`"),
-            ));
-        }
-    };
-    Ok(RouteConfig {
-        name: route.name.clone(),
-        method,
-        path: route.path.clone(),
-        authz: RouteAuthz { action, resource_type, resource_id, context },
-        handler,
-        mode,
-    })
-}
-
-/// The headers a forward route strips: the default list, less `keep_headers`, plus
-/// `strip_headers`. Keeping a header that is not on the default list is refused (it
-/// would keep nothing, which is nearly always a typo), and so is keeping one of the
-/// sidecar's own.
-fn stripped_headers(
-    route: &raw::RawRoute,
-    key: &dyn Fn(&str) -> String,
-    invalid: &dyn Fn(String, String) -> ConfigError,
-) -> Result<Vec<HeaderName>, ConfigError> {
-    let name = |field: &str, text: &str| {
-        HeaderName::from_str(text).map_err(|_| invalid(key(field), format!("`{text}` is not a header name")))
-    };
-    let mut keep = Vec::new();
-    for text in &route.keep_headers {
-        let header = name("keep_headers", text)?;
-        if !DEFAULT_STRIPPED_HEADERS.contains(&header.as_str()) {
-            return Err(invalid(
-                key("keep_headers"),
-                format!(
-                    "`{text}` is not one of the headers stripped by default: {}",
-                    DEFAULT_STRIPPED_HEADERS.join(", ")
-                ),
-            ));
-        }
-        keep.push(header);
-    }
-    let mut strip: Vec<HeaderName> = DEFAULT_STRIPPED_HEADERS
-        .iter()
-        .map(|text| HeaderName::from_static(text))
-        .filter(|header| !keep.contains(header))
-        .collect();
-    for text in &route.strip_headers {
-        strip.push(name("strip_headers", text)?);
-    }
-    Ok(strip)
-}
-
-/// The shortest `provision_poll`: each poll is a SageMaker API call.
-pub const MIN_PROVISION_POLL: Duration = Duration::from_millis(500);
-
-fn presign_options(
-    raw: raw::RawPresign,
-    key: &dyn Fn(&str) -> String,
-    invalid: &dyn Fn(String, String) -> ConfigError,
-) -> Result<PresignOptions, ConfigError> {
-    let seconds = |field: &str, value: Duration, min: u64, max: u64| {
-        let secs = value.as_secs();
-        if (min..=max).contains(&secs) {
-            Ok(i32::try_from(secs).unwrap_or(i32::MAX))
-        } else {
-            Err(invalid(key(field), format!("{secs} s is outside SageMaker's {min}..={max} s")))
-        }
-    };
-    let response = match raw.response.as_str() {
-        "redirect" => PresignResponse::Redirect,
-        "json" => PresignResponse::Json,
-        other => return Err(invalid(key("presign.response"), format!("`{other}`: use `redirect` or `json`"))),
-    };
-    if raw.provision && raw.provision_poll < MIN_PROVISION_POLL {
-        return Err(invalid(
-            key("presign.provision_poll"),
-            format!("must be at least {MIN_PROVISION_POLL:?}: each poll is a DescribeUserProfile call"),
-        ));
-    }
-    if let Some(id) = &raw.external_id
-        && !(2..=1224).contains(&id.len())
-    {
-        return Err(invalid(key("presign.external_id"), "must be 2 to 1224 characters".into()));
-    }
-    Ok(PresignOptions {
-        session_expiration_seconds: seconds("presign.session_expiration", raw.session_expiration, 1800, 43200)?,
-        expires_in_seconds: seconds("presign.expires_in", raw.expires_in, 5, 300)?,
-        space_name: raw.space_name,
-        landing_uri: raw.landing_uri,
-        response,
-        external_id: raw.external_id,
-        source_identity: raw.source_identity,
-        provision: raw
-            .provision
-            .then_some(Provisioning { max_wait: raw.provision_wait, poll_interval: raw.provision_poll }),
-    })
+/// Why two issuers cannot both be configured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NamespaceError {
+    #[error("issuer `{0}` is configured twice")]
+    Twice(String),
+    #[error(
+        "issuers `{a}` and `{b}` can mint the same principal id (both with prefix `{prefix}`): give one a \
+         `principal_id_prefix` (e.g. \"partner/\"), or set `[principal] issuers_share_principals = true` if they \
+         are one user directory"
+    )]
+    SamePrefix { a: String, b: String, prefix: String },
 }
 
 #[cfg(test)]

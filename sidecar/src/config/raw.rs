@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::routes::{Mode, PresignResponse};
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
@@ -61,7 +63,7 @@ pub struct RawPresign {
     pub expires_in: Duration,
     pub space_name: Option<String>,
     pub landing_uri: Option<String>,
-    pub response: String,
+    pub response: PresignResponse,
     pub external_id: Option<String>,
     pub source_identity: bool,
     pub provision: bool,
@@ -78,7 +80,7 @@ impl Default for RawPresign {
             expires_in: Duration::from_secs(60),
             space_name: None,
             landing_uri: None,
-            response: "redirect".into(),
+            response: PresignResponse::Redirect,
             external_id: None,
             source_identity: true,
             provision: false,
@@ -145,7 +147,7 @@ pub struct RawTls {
 #[serde(deny_unknown_fields, default)]
 pub struct RawPolicies {
     /// `files` (the `dir` directory) or `avp` (the `[policies.avp]` store).
-    pub source: String,
+    pub source: SourceKind,
     pub dir: PathBuf,
     pub entities: PathBuf,
     #[serde(with = "humantime_serde")]
@@ -156,7 +158,7 @@ pub struct RawPolicies {
 impl Default for RawPolicies {
     fn default() -> Self {
         Self {
-            source: "files".into(),
+            source: SourceKind::Files,
             dir: "policies".into(),
             entities: "entities".into(),
             poll_interval: Duration::from_secs(10),
@@ -283,10 +285,10 @@ pub struct RawRoute {
     /// `path`, `path:<param>`, `header:<name>`). Default: sourceVpce, sourceIp, requestTime.
     pub context: Option<BTreeMap<String, String>>,
     #[serde(default = "default_handler")]
-    pub handler: String,
+    pub handler: HandlerKind,
     pub upstream: Option<String>,
     #[serde(default = "default_mode")]
-    pub mode: String,
+    pub mode: Mode,
     #[serde(default)]
     pub pass_authorization: bool,
     /// Client headers to remove before the upstream, besides the default list.
@@ -302,12 +304,77 @@ pub struct RawRoute {
     pub presign: Option<RawPresign>,
 }
 
-fn default_handler() -> String {
-    "forward".into()
+fn default_handler() -> HandlerKind {
+    HandlerKind::Forward
 }
-fn default_mode() -> String {
-    "enforce".into()
+fn default_mode() -> Mode {
+    Mode::Enforce
 }
+
+/// A value outside one of the configuration's closed sets: which value, and what the
+/// key takes instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{value}`: use {allowed}")]
+pub struct NotOneOf {
+    value: String,
+    allowed: &'static str,
+}
+
+/// A closed set read from its strings (so an unknown value is refused while parsing,
+/// naming the value and the choices).
+macro_rules! closed_set {
+    ($ty:ty, $allowed:literal, { $($text:literal => $variant:expr),+ $(,)? }) => {
+        impl TryFrom<String> for $ty {
+            type Error = NotOneOf;
+
+            fn try_from(value: String) -> Result<Self, NotOneOf> {
+                match value.as_str() {
+                    $($text => Ok($variant),)+
+                    _ => Err(NotOneOf { value, allowed: $allowed }),
+                }
+            }
+        }
+    };
+}
+
+/// `[policies] source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum SourceKind {
+    Files,
+    Avp,
+}
+closed_set!(SourceKind, "`files` or `avp`", { "files" => Self::Files, "avp" => Self::Avp });
+
+/// `[[routes]] handler`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum HandlerKind {
+    Forward,
+    Echo,
+    Presign,
+    AccountPool,
+}
+closed_set!(HandlerKind, "`forward`, `presign`, `account_pool` or `echo`", {
+    "forward" => Self::Forward,
+    "echo" => Self::Echo,
+    "presign" => Self::Presign,
+    "account_pool" => Self::AccountPool,
+});
+
+impl HandlerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Forward => "forward",
+            Self::Echo => "echo",
+            Self::Presign => "presign",
+            Self::AccountPool => "account_pool",
+        }
+    }
+}
+
+closed_set!(Mode, "`enforce` or `dry-run`", { "enforce" => Self::Enforce, "dry-run" => Self::DryRun });
+closed_set!(PresignResponse, "`redirect` or `json`", { "redirect" => Self::Redirect, "json" => Self::Json });
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(2)
 }

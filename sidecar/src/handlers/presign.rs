@@ -17,10 +17,11 @@ use aws_sdk_sts::error::SdkError;
 use cedar_policy::{Entity, EntityUid, EvalResult};
 use http::{HeaderValue, Response, StatusCode, header};
 
+use crate::body::Body;
+use crate::body::full;
 use crate::config::{PresignOptions, PresignResponse, Provisioning};
-use crate::http_client::Body;
 use crate::policy_store::PolicySnapshot;
-use crate::rescue::{ApiError, full, json_response};
+use crate::rescue::{ApiError, json_response};
 
 /// Credentials are refreshed this long before they expire.
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);

@@ -7,8 +7,9 @@ use http::{Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::state::State;
-use crate::http_client::Body;
-use crate::rescue::{ApiError, full, json_response};
+use crate::body::Body;
+use crate::body::full;
+use crate::rescue::{ApiError, json_response};
 
 pub fn handle<B>(state: &State, metrics: &PrometheusHandle, request: Request<B>) -> Response<Body> {
     // errors take the same shape as the data plane's (rescue.rs), with a request id

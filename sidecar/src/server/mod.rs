@@ -50,8 +50,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::body::Body;
 use crate::config::ServerConfig;
-use crate::http_client::Body;
 
 /// Limits every connection of a listener gets.
 #[derive(Debug, Clone)]

@@ -1,0 +1,16 @@
+//! The one body type of everything the sidecar answers and sends: its responses, and
+//! the requests it forwards (a client's body, streamed) or makes (JWKS fetches).
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every body the sidecar sends or answers with.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body of these bytes.
+pub fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).map_err(|never| match never {}).boxed_unsync()
+}
