@@ -23,7 +23,7 @@
 //! A case's `context` is laid over the defaults key by key; its `entities` (Cedar entity
 //! JSON) are added to the defaults' and replace stored entities with the same uid for
 //! that case, exactly as the data plane adds the principal it builds from a token.
-//! The runner asks the same [`Engine`](crate::authz::Engine) as the sidecar.
+//! The runner asks the same [`crate::authz::Engine`] as the sidecar.
 
 use std::collections::BTreeMap;
 use std::fs;

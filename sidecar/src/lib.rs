@@ -6,17 +6,23 @@
 //! `main` over [`cli`].
 //!
 //! The life of a forwarded request, module by module: [`server`] accepts the connection
-//! and bounds it ([`server::limits`]), [`server::pipeline`] runs the phases, [`authn`]
-//! verifies the token, [`server::path`] and [`server::router`] find the route,
-//! [`server::context`] and [`server::forwarded`] say where the call came from,
-//! [`authz`] decides over the [`policy_store`] snapshot, [`proxy`] forwards (or a
-//! [`handlers`] module answers), and [`rescue`] turns any failure into the response.
+//! and bounds it ([`server::limits`]), [`server::pipeline`] runs the phases over the
+//! request-time [`server::state`], [`authn`] verifies the token, [`server::path`] and
+//! [`server::router`] find the route, [`server::context`] and [`server::forwarded`] say
+//! where the call came from, [`authz::authorize`] asks the [`authz::Engine`] over the
+//! [`policy_store`] snapshot, writes the [`audit`] event and returns a permit or a
+//! denial, [`proxy`] forwards (or a [`handlers`] module answers), and [`rescue`] turns
+//! any failure into the response.
 //!
-//! - [`policy_store`]: the immutable policy snapshot, built from files, and hot reload;
-//!   [`avp`]: the same from a Verified Permissions store.
-//! - [`authz`]: the decision engine the data plane, the handlers and the CLI call.
+//! - [`app`]: the wiring on top: builds the state, starts the policy lifecycle, key
+//!   refresh and both listeners. Nothing below imports it.
+//! - [`policy_store`]: the immutable snapshot behind one swap, and
+//!   [`policy_store::lifecycle`], the one loop that loads and refreshes it from any
+//!   source (files; [`avp`], a Verified Permissions store).
+//! - [`authz`]: the engine every caller asks, and the data plane's authorize step.
 //! - [`decision_tables`]: decision tables, the security team's unit tests for policies.
-//! - [`app`]: the state requests read and the background tasks; [`admin`]: its endpoints.
+//! - [`config`], [`telemetry`], [`aws`], [`http_client`], [`body`]: configuration, logs
+//!   and metrics, AWS clients, outbound HTTP, the one body type.
 //! - [`cli`]: `serve`, `validate`, `authorize`, `test`, `lambda`, `avp`.
 
 pub mod app;

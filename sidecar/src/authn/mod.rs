@@ -4,7 +4,7 @@
 //! Per token: the issuer is chosen by the (unverified) `iss` claim among the configured
 //! ones, the algorithm must be on that issuer's allow-list (asymmetric only), the key is
 //! found by `kid` (refreshing the JWKS once if unknown) and must allow the token's
-//! algorithm (its `alg`, `use` and `key_ops`, see [`jwks`]), then jsonwebtoken checks
+//! algorithm (its `alg`, `use` and `key_ops`, see `jwks.rs`), then jsonwebtoken checks
 //! the signature, `exp`, `nbf` and `iss`, and this module checks the audience and
 //! `token_use`. The audience is the claim that fits the token: a present `aud` must
 //! name a configured audience (ID tokens, OIDC access tokens); only a token with no

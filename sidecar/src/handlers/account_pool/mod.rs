@@ -11,8 +11,8 @@
 //! in the pool, or a region it does not list, is DENY before Cedar is asked, so list and
 //! validate agree whatever the policies say.
 //!
-//! Parse ([`event`]), then ask ([`question`]) over the pool index ([`pool`]), then
-//! answer, in pages when asked ([`paging`]).
+//! Parse (`event.rs`), then ask (`question.rs`) over the pool index (`pool.rs`), then
+//! answer, in pages when asked (`paging.rs`).
 
 mod event;
 mod paging;

@@ -8,7 +8,7 @@
 //! snapshot starts with empty caches and can never serve a stale entity.
 //!
 //! Three concerns, a file each: this one holds the snapshot and what it answers;
-//! [`build`] parses, validates and indexes the inputs into one; [`slices`] cuts the
+//! `build.rs` parses, validates and indexes the inputs into one; `slices.rs` cuts the
 //! entities one request needs out of it (and keeps the principals built from tokens).
 
 mod build;
