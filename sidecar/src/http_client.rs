@@ -10,13 +10,13 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::body::Body;
 
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// Idle connections kept per upstream host.
-pub const MAX_IDLE_PER_HOST: usize = 256;
+pub(crate) const MAX_IDLE_PER_HOST: usize = 256;
 
 /// A client that speaks http and https (webpki roots), HTTP/1.1 and HTTP/2.
-pub fn client(connect_timeout: Duration) -> Result<HttpClient, rustls::Error> {
+pub(crate) fn client(connect_timeout: Duration) -> Result<HttpClient, rustls::Error> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(connect_timeout));

@@ -25,20 +25,22 @@
 //!   and metrics, AWS clients, outbound HTTP, the one body type.
 //! - [`cli`]: `serve`, `validate`, `authorize`, `test`, `lambda`, `avp`.
 
+#![warn(unreachable_pub)]
+
 pub mod app;
 pub mod audit;
-pub mod authn;
+pub(crate) mod authn;
 pub mod authz;
 pub mod avp;
 pub mod aws;
-pub mod body;
+pub(crate) mod body;
 pub mod cli;
 pub mod config;
 pub mod decision_tables;
 pub mod handlers;
-pub mod http_client;
+pub(crate) mod http_client;
 pub mod policy_store;
-pub mod proxy;
-pub mod rescue;
+pub(crate) mod proxy;
+pub(crate) mod rescue;
 pub mod server;
-pub mod telemetry;
+pub(crate) mod telemetry;

@@ -33,12 +33,12 @@ use crate::http_client::HttpClient;
 use crate::rescue::ApiError;
 
 /// Headers the sidecar sets on forwarded requests; incoming ones with this prefix are dropped.
-pub const IDENTITY_PREFIX: &str = "x-authz-";
-pub const PRINCIPAL_HEADER: HeaderName = HeaderName::from_static("x-authz-principal");
-pub const ISSUER_HEADER: HeaderName = HeaderName::from_static("x-authz-issuer");
-pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-authz-request-id");
-pub const DECISION_HEADER: HeaderName = HeaderName::from_static("x-authz-decision");
-pub const POLICIES_HEADER: HeaderName = HeaderName::from_static("x-authz-policies");
+pub(crate) const IDENTITY_PREFIX: &str = "x-authz-";
+pub(crate) const PRINCIPAL_HEADER: HeaderName = HeaderName::from_static("x-authz-principal");
+pub(crate) const ISSUER_HEADER: HeaderName = HeaderName::from_static("x-authz-issuer");
+pub(crate) const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-authz-request-id");
+pub(crate) const DECISION_HEADER: HeaderName = HeaderName::from_static("x-authz-decision");
+pub(crate) const POLICIES_HEADER: HeaderName = HeaderName::from_static("x-authz-policies");
 const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 const HOP_BY_HOP: [&str; 8] = [
@@ -53,7 +53,7 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// Remove hop-by-hop headers, including those listed in `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -78,7 +78,7 @@ fn folded(name: &HeaderName) -> std::borrow::Cow<'_, str> {
 
 /// What to remove from a client's headers before the upstream.
 #[derive(Debug, Clone, Copy)]
-pub struct Hygiene<'a> {
+pub(crate) struct Hygiene<'a> {
     /// The route's strip list.
     pub strip: &'a [HeaderName],
     /// The forwarded-for header the sidecar reads (the sidecar writes `x-forwarded-for`).
@@ -90,7 +90,7 @@ pub struct Hygiene<'a> {
 }
 
 /// Remove every client header the sidecar speaks for (see the module documentation).
-pub fn strip_client_headers(headers: &mut HeaderMap, hygiene: &Hygiene<'_>) {
+pub(crate) fn strip_client_headers(headers: &mut HeaderMap, hygiene: &Hygiene<'_>) {
     strip_hop_by_hop(headers);
     let spoken_for = |name: &HeaderName| -> bool {
         let folded = folded(name);
@@ -110,7 +110,7 @@ pub fn strip_client_headers(headers: &mut HeaderMap, hygiene: &Hygiene<'_>) {
 
 /// What the sidecar vouches for on a forwarded call.
 #[derive(Debug, Clone)]
-pub struct Vouch {
+pub(crate) struct Vouch {
     pub principal: String,
     pub issuer: String,
     pub request_id: String,
@@ -121,7 +121,7 @@ pub struct Vouch {
 }
 
 #[derive(Debug)]
-pub struct Outgoing<'a> {
+pub(crate) struct Outgoing<'a> {
     pub method: http::Method,
     pub headers: HeaderMap,
     pub path_and_query: String,
@@ -142,7 +142,7 @@ pub enum BodyFault {
 /// The client's request body on its way out: bounded as it flows, and remembering why
 /// it failed, so that an upstream call that fails because of the *client's* body is
 /// answered 413 or 400, not 502.
-pub struct ClientBody {
+pub(crate) struct ClientBody {
     inner: Pin<Box<Limited<Body>>>,
     fault: Arc<OnceLock<BodyFault>>,
 }
@@ -155,7 +155,7 @@ impl std::fmt::Debug for ClientBody {
 
 impl ClientBody {
     /// Any request body (hyper's `Incoming` when served, a full body in tests).
-    pub fn new<B>(body: B, limit: usize) -> Self
+    pub(crate) fn new<B>(body: B, limit: usize) -> Self
     where
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -165,12 +165,12 @@ impl ClientBody {
     }
 
     /// A handle on why the body failed, readable after the body is gone.
-    pub fn fault(&self) -> Arc<OnceLock<BodyFault>> {
+    pub(crate) fn fault(&self) -> Arc<OnceLock<BodyFault>> {
         self.fault.clone()
     }
 
     /// Read it all (for handlers that need the bytes): 413 or 400 on a fault.
-    pub async fn collect(self) -> Result<Bytes, ApiError> {
+    pub(crate) async fn collect(self) -> Result<Bytes, ApiError> {
         match BodyExt::collect(self).await {
             Ok(collected) => Ok(collected.to_bytes()),
             Err(error) => Err(ApiError::from(fault_of(&error))),
@@ -214,7 +214,11 @@ impl HttpBody for ClientBody {
     }
 }
 
-pub async fn forward(client: &HttpClient, upstream: &Upstream, call: Outgoing<'_>) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn forward(
+    client: &HttpClient,
+    upstream: &Upstream,
+    call: Outgoing<'_>,
+) -> Result<Response<Body>, ApiError> {
     let uri = upstream_uri(&upstream.base, &call.path_and_query).ok_or(ApiError::Internal)?;
     let mut headers = call.headers;
     strip_client_headers(&mut headers, &call.hygiene);

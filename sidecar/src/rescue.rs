@@ -137,7 +137,7 @@ impl From<crate::handlers::account_pool::EventError> for ApiError {
 }
 
 /// A JSON response with `Cache-Control: no-store`.
-pub fn json_response(status: StatusCode, body: String) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, body: String) -> Response<Body> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();

@@ -7,7 +7,7 @@ use tracing_subscriber::EnvFilter;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines.
     #[default]
     Text,
@@ -16,7 +16,7 @@ pub enum LogFormat {
 }
 
 /// Install the global subscriber. `default_level` applies when `RUST_LOG` is unset.
-pub fn init(format: LogFormat, default_level: &str) {
+pub(crate) fn init(format: LogFormat, default_level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second init (tests run several commands in one process) keeps the first.
@@ -28,13 +28,13 @@ pub fn init(format: LogFormat, default_level: &str) {
 
 /// How often the recorder's histogram samples are folded into their buckets when no
 /// scrape does it (see [`upkeep`]).
-pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Keep the recorder's memory bounded whether or not anyone scrapes `/metrics`: each
 /// histogram sample is held until upkeep folds it into the histogram's buckets, and
 /// without this task that happened only on a scrape (a sidecar never scraped grew by
 /// every request it served). Runs until `shutdown`.
-pub async fn upkeep(
+pub(crate) async fn upkeep(
     handle: metrics_exporter_prometheus::PrometheusHandle,
     interval: std::time::Duration,
     shutdown: tokio_util::sync::CancellationToken,
@@ -51,7 +51,7 @@ pub async fn upkeep(
 
 /// The process's Prometheus recorder, installed on first use (one per process: tests
 /// run several servers and share it).
-pub fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+pub(crate) fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
     static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {

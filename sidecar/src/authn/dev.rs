@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::config::{IssuerConfig, KeySource};
 
-pub const DEV_ISSUER: &str = "urn:authz-sidecar:dev";
+pub(crate) const DEV_ISSUER: &str = "urn:authz-sidecar:dev";
 const DEV_KID: &str = "authz-sidecar-dev";
 
 pub struct DevIssuer {

@@ -30,7 +30,7 @@ const MAX_JWKS_BYTES: usize = 256 * 1024;
 
 /// Why an issuer's keys could not be loaded (the keys already held are kept).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeysError {
+pub(crate) enum KeysError {
     #[error("not a JWKS document: {0}")]
     NotJwks(String),
     #[error("the JWKS holds no usable key ({skipped} skipped)")]
@@ -54,7 +54,7 @@ impl Key {
 }
 
 /// The usable keys of one JWKS.
-pub struct KeySet {
+pub(crate) struct KeySet {
     by_kid: HashMap<String, Key>,
     /// Keys published without a `kid`; tried only for tokens without one.
     without_kid: Vec<Key>,
@@ -90,7 +90,7 @@ impl KeySet {
     /// read on its own: one the library cannot use (another curve, an `OKP` key, an
     /// unknown `alg`, an encryption key) is skipped and reported, never a reason to
     /// drop the whole set. Only a set with no usable key at all is an error.
-    pub fn parse(json: &[u8]) -> Result<Self, KeysError> {
+    pub(crate) fn parse(json: &[u8]) -> Result<Self, KeysError> {
         #[derive(serde::Deserialize)]
         struct Document {
             keys: Vec<serde_json::Value>,
@@ -143,22 +143,18 @@ impl KeySet {
         Ok(Self { by_kid, without_kid, skipped })
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.by_kid.len() + self.without_kid.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The keys left out of the set, with the reason.
-    pub fn skipped(&self) -> &[(String, &'static str)] {
+    pub(crate) fn skipped(&self) -> &[(String, &'static str)] {
         &self.skipped
     }
 }
 
 /// Keys of one issuer, with the refresh policy.
-pub struct IssuerKeys {
+pub(crate) struct IssuerKeys {
     pub config: IssuerConfig,
     keys: ArcSwapOption<KeySet>,
     /// When we last tried to fetch. A tokio mutex: held across the fetch so concurrent
@@ -174,18 +170,13 @@ impl std::fmt::Debug for IssuerKeys {
 }
 
 impl IssuerKeys {
-    pub fn new(config: IssuerConfig, client: HttpClient) -> Self {
+    pub(crate) fn new(config: IssuerConfig, client: HttpClient) -> Self {
         Self { config, keys: ArcSwapOption::empty(), last_fetch: tokio::sync::Mutex::new(None), client }
     }
 
     /// Whether a key set has been loaded.
-    pub fn has_keys(&self) -> bool {
+    pub(crate) fn has_keys(&self) -> bool {
         self.keys.load().is_some()
-    }
-
-    /// Install keys directly (the development issuer, tests).
-    pub fn install(&self, keys: KeySet) {
-        self.keys.store(Some(Arc::new(keys)));
     }
 
     fn lookup(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
@@ -204,7 +195,7 @@ impl IssuerKeys {
     /// no key for this token), refreshing the JWKS once if there is none and the last
     /// fetch is older than the configured interval.
     /// `None` when no such key is published (or no keys are loaded yet).
-    pub async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
+    pub(crate) async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
         if let Some(key) = self.lookup(kid, alg) {
             return Some(key);
         }
@@ -224,7 +215,7 @@ impl IssuerKeys {
 
     /// Fetch now (start-up, periodic refresh), ignoring the interval. Keeps the old keys
     /// on failure.
-    pub async fn refresh(&self) -> Result<usize, KeysError> {
+    pub(crate) async fn refresh(&self) -> Result<usize, KeysError> {
         let mut last = self.last_fetch.lock().await;
         *last = Some(Instant::now());
         self.fetch_and_install().await

@@ -19,9 +19,9 @@
 //! one directory). A request with two `Authorization` headers is refused,
 //! never "the first wins".
 
-pub mod dev;
+pub(crate) mod dev;
 mod jwks;
-pub mod principal;
+pub(crate) mod principal;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,7 +32,7 @@ use moka::sync::Cache;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-pub use jwks::{IssuerKeys, KeySet};
+pub(crate) use jwks::{IssuerKeys, KeySet};
 
 use crate::config::{IssuerConfig, PrincipalConfig};
 use crate::http_client::HttpClient;
@@ -73,7 +73,7 @@ impl AuthnError {
 
 /// Who a verified token says the caller is.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Identity {
+pub(crate) struct Identity {
     pub issuer: String,
     /// The value of the configured id claim.
     pub subject: String,
@@ -87,7 +87,7 @@ pub struct Identity {
 }
 
 /// Verifies tokens for every configured issuer.
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     issuers: Vec<Arc<IssuerKeys>>,
     id_claim: String,
     /// Keep each issuer's principals out of the others' longer prefixes (off when the
@@ -121,7 +121,7 @@ struct Peek {
 }
 
 impl Authenticator {
-    pub fn new(issuers: &[IssuerConfig], principal: &PrincipalConfig, client: &HttpClient) -> Self {
+    pub(crate) fn new(issuers: &[IssuerConfig], principal: &PrincipalConfig, client: &HttpClient) -> Self {
         Self {
             issuers: issuers.iter().map(|c| Arc::new(IssuerKeys::new(c.clone(), client.clone()))).collect(),
             id_claim: principal.id_claim.clone(),
@@ -130,17 +130,17 @@ impl Authenticator {
         }
     }
 
-    pub fn issuers(&self) -> &[Arc<IssuerKeys>] {
+    pub(crate) fn issuers(&self) -> &[Arc<IssuerKeys>] {
         &self.issuers
     }
 
     /// Every issuer has a key set (readiness).
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.issuers.iter().all(|i| i.has_keys())
     }
 
     /// Verify the bearer token of a request.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Identity>, AuthnError> {
+    pub(crate) async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Identity>, AuthnError> {
         let token = bearer_token(headers)?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(identity) = self.verified.get(&digest)

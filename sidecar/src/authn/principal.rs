@@ -23,7 +23,7 @@ use crate::policy_store::PolicySnapshot;
 
 /// Why a token's principal could not be built: a claim of the wrong shape for the schema.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PrincipalError {
+pub(crate) enum PrincipalError {
     #[error("the principal built from the token does not fit the schema: {0}")]
     DoesNotFit(String),
     #[error("the principal built from the token is not an entity: {0}")]
@@ -33,7 +33,7 @@ pub enum PrincipalError {
 /// Build the principal entity for `identity` under `snapshot`'s schema. Its uid is
 /// `config.entity_type` with the identity's principal id (its issuer's namespace
 /// prefix, then the subject) as id.
-pub fn principal_entity(
+pub(crate) fn principal_entity(
     identity: &Identity,
     config: &PrincipalConfig,
     snapshot: &PolicySnapshot,

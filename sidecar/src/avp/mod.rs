@@ -12,8 +12,6 @@ pub mod refresh;
 
 use aws_sdk_verifiedpermissions::error::{ProvideErrorMetadata, SdkError};
 
-use crate::policy_store::LoadError;
-
 /// An AVP client, through `verifiedpermissions_endpoint` when configured.
 pub fn client(base: &aws_config::SdkConfig, endpoint: Option<&str>) -> aws_sdk_verifiedpermissions::Client {
     let mut builder = aws_sdk_verifiedpermissions::config::Builder::from(base);
@@ -42,8 +40,6 @@ pub enum AvpError {
          (raise `[policies.avp] max_calls_per_refresh` to load faster)"
     )]
     Budget { budget: usize, remaining: usize },
-    #[error("the policy store does not build into a policy set: {0}")]
-    Invalid(LoadError),
 }
 
 impl AvpError {
@@ -55,7 +51,6 @@ impl AvpError {
             Self::NotFound { .. } => "not_found",
             Self::Service { .. } => "service",
             Self::Budget { .. } => "budget",
-            Self::Invalid(_) => "invalid",
         }
     }
 

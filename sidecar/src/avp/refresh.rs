@@ -38,7 +38,6 @@ impl RefreshError {
     fn into_load_error(self, store: &str) -> LoadError {
         match self {
             Self::Build(error) => error,
-            Self::Store(AvpError::Invalid(error)) => error,
             Self::Store(error) => LoadError::new(vec![Problem::new(format!("avp://{store}"), None, error.to_string())]),
         }
     }
@@ -109,7 +108,7 @@ impl PolicySource for StoreSource {
             metrics::counter!("authz_avp_refresh_total", "result" => result).increment(1);
         }
         built.map_err(|error| {
-            let quiet = matches!(error, RefreshError::Store(AvpError::Throttled { .. }));
+            let quiet = matches!(&error, RefreshError::Store(store) if store.is_throttling());
             let key = format!("{}:{error}", error.kind());
             SourceError { error: error.into_load_error(self.mirror.policy_store_id()), key, quiet }
         })

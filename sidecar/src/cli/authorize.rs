@@ -11,7 +11,7 @@ use crate::decision_tables::describe_decision;
 use crate::policy_store::PolicySnapshot;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     #[command(flatten)]
     sources: Sources,
     /// Who asks, as a Cedar entity uid, e.g. 'Studio::User::"user-1"'.
@@ -36,7 +36,7 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+pub(super) fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let snapshot = match args.sources.load(err) {
         Ok(snapshot) => snapshot,
         Err(code) => return code,

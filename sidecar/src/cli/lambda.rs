@@ -17,7 +17,7 @@ use crate::handlers::account_pool::{AccountPool, EventError, parse};
 use crate::policy_store::PolicySnapshot;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     #[command(flatten)]
     sources: Sources,
 }
@@ -30,7 +30,7 @@ const LAMBDA_ENVIRONMENT: [&str; 4] = [
     "AWS_LAMBDA_FUNCTION_VERSION",
 ];
 
-pub fn run(args: &Args, _out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+pub(super) fn run(args: &Args, _out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     if let Some(missing) = LAMBDA_ENVIRONMENT.iter().find(|var| std::env::var_os(var).is_none()) {
         let _ = writeln!(err, "error: not running in AWS Lambda: `{missing}` is not set (use `serve` outside Lambda)");
         return exit::FAILURE;

@@ -15,7 +15,7 @@ use crate::server::router::RouteConflict;
 use crate::server::tls::TlsError;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// Configuration file (TOML). Without it, the embedded example configuration
     /// (loopback addresses, the `policies/` and `entities/` of the working directory).
     #[arg(long, value_name = "FILE")]
@@ -44,7 +44,7 @@ pub struct Args {
 
 /// Why `serve` stopped before serving, or could not go on.
 #[derive(Debug, thiserror::Error)]
-pub enum ServeError {
+pub(super) enum ServeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("--dev mints tokens for anyone who asks: it only runs on loopback addresses")]
@@ -67,7 +67,7 @@ pub enum ServeError {
     Start(#[from] StartError),
 }
 
-pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+pub(super) fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let (config, snapshot) = match prepare(args) {
         Ok(prepared) => prepared,
         Err(message) => {

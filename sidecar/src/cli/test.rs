@@ -7,7 +7,7 @@ use super::{Sources, exit, print_problems};
 use crate::decision_tables::{self, Outcome, describe_decision};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     #[command(flatten)]
     sources: Sources,
     /// Directory of decision tables (default: the `tests` directory inside --policies).
@@ -21,7 +21,7 @@ pub struct Args {
     verbose: bool,
 }
 
-pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+pub(super) fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let snapshot = match args.sources.load(err) {
         Ok(snapshot) => snapshot,
         Err(code) => return code,

@@ -5,12 +5,12 @@ use std::io::Write;
 use super::{Sources, exit};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     #[command(flatten)]
     sources: Sources,
 }
 
-pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+pub(super) fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let snapshot = match args.sources.load(err) {
         Ok(snapshot) => snapshot,
         Err(code) => return code,

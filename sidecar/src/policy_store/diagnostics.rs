@@ -36,19 +36,19 @@ impl Location {
 /// Byte offset → line and column for one text, in O(log lines) per lookup: loaders
 /// locate every entity of a file that may hold tens of thousands.
 #[derive(Debug, Clone)]
-pub struct LineIndex<'a> {
+pub(super) struct LineIndex<'a> {
     text: &'a str,
     /// Byte offset where each line starts; the first is 0.
     starts: Vec<usize>,
 }
 
 impl<'a> LineIndex<'a> {
-    pub fn new(text: &'a str) -> Self {
+    pub(super) fn new(text: &'a str) -> Self {
         let starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
         Self { text, starts }
     }
 
-    pub fn locate(&self, offset: usize) -> Location {
+    pub(super) fn locate(&self, offset: usize) -> Location {
         let line = self.starts.partition_point(|&start| start <= offset).max(1);
         let start = self.starts.get(line - 1).copied().unwrap_or(0);
         let mut end = offset.min(self.text.len()).max(start);
@@ -92,7 +92,7 @@ impl Problem {
 }
 
 /// One sentence from a diagnostic: its message, what its label says, and its help.
-pub fn describe(diagnostic: &dyn Diagnostic, label: Option<&str>) -> String {
+pub(super) fn describe(diagnostic: &dyn Diagnostic, label: Option<&str>) -> String {
     let mut message = diagnostic.to_string();
     // Cedar wraps the useful part (which attribute, which type) in source errors.
     let mut source = std::error::Error::source(diagnostic);

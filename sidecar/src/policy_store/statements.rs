@@ -8,7 +8,7 @@
 
 /// Byte offsets of the first character (an annotation or `permit`/`forbid`) of each
 /// top-level statement, in order.
-pub fn statement_starts(text: &str) -> Vec<usize> {
+pub(super) fn statement_starts(text: &str) -> Vec<usize> {
     let mut starts = Vec::new();
     let mut depth = 0usize;
     let mut in_statement = false;

@@ -7,7 +7,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{OnceLock, RwLock};
-use std::time::SystemTime;
 
 use cedar_policy::{
     ActionConstraint, Entities, Entity, EntityUid, Policy, PolicyId, PolicySet, Schema, SchemaFragment, ValidationMode,
@@ -93,7 +92,6 @@ impl PolicySnapshot {
             build_id: BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             version: SnapshotVersion { digest: digest.to_owned(), generation },
             source,
-            loaded_at: SystemTime::now(),
             policies,
             by_action,
             schema,

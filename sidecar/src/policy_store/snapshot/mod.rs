@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::SystemTime;
 
 use cedar_policy::{Entities, Entity, EntityTypeName, EntityUid, PolicyId, PolicySet, Schema};
 use moka::sync::Cache;
@@ -107,7 +106,6 @@ pub struct PolicySnapshot {
     build_id: u64,
     version: SnapshotVersion,
     source: SnapshotSource,
-    loaded_at: SystemTime,
     policies: PolicySet,
     /// The policies that can apply to each action of the schema. A policy whose action
     /// scope cannot match is never satisfied and never evaluated past its scope, so
@@ -173,10 +171,6 @@ impl PolicySnapshot {
 
     pub fn source(&self) -> &SnapshotSource {
         &self.source
-    }
-
-    pub fn loaded_at(&self) -> SystemTime {
-        self.loaded_at
     }
 
     pub fn policies(&self) -> &PolicySet {
