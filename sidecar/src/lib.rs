@@ -10,7 +10,7 @@
 //! request-time [`server::state`], [`authn`] verifies the token, [`server::path`] and
 //! [`server::router`] find the route, [`server::context`] and [`server::forwarded`] say
 //! where the call came from, [`authz::authorize`] asks the [`authz::Engine`] over the
-//! [`policy_store`] snapshot, writes the [`audit`] event and returns a permit or a
+//! [`policy_store`] snapshot, writes the [`authz::audit`] event and returns a permit or a
 //! denial, [`proxy`] forwards (or a [`handlers`] module answers), and [`rescue`] turns
 //! any failure into the response.
 //!
@@ -28,7 +28,6 @@
 #![warn(unreachable_pub)]
 
 pub mod app;
-pub mod audit;
 pub(crate) mod authn;
 pub mod authz;
 pub mod avp;

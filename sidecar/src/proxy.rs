@@ -132,7 +132,7 @@ pub(crate) struct Outgoing<'a> {
 
 /// Why the client's body stopped flowing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyFault {
+pub(crate) enum BodyFault {
     /// Past `max_body_bytes`: 413.
     TooLarge,
     /// The client's framing was broken (a malformed chunk, a connection cut short): 400.

@@ -8,10 +8,11 @@
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::authn::AuthnError;
-use crate::body::{Body, full};
+use crate::body::{Body, json_response};
+use crate::handlers::presign::PresignError;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     /// An account-pool event that cannot be read; the message names the field and the
@@ -36,20 +37,8 @@ pub enum ApiError {
     NotReady,
     #[error("upstream unreachable")]
     BadGateway,
-    #[error("profile not found: {0}")]
-    ProfileNotFound(String),
-    #[error("AWS denied: {0}")]
-    AwsDenied(String),
-    #[error("AWS throttled")]
-    Throttled,
-    /// An AWS call failed in a way the client may be told of (the message names the call
-    /// and the service's error code or the kind of failure, never credentials).
-    #[error("AWS call failed: {message}")]
-    Aws { status: StatusCode, message: String },
-    /// AWS rejected the assumed-role credentials the sidecar held (expired, revoked):
-    /// the handler drops them and tries once more with fresh ones.
-    #[error("AWS rejected the credentials: {0}")]
-    AwsCredentialsRejected(String),
+    #[error(transparent)]
+    Presign(#[from] PresignError),
     #[error("upstream timed out")]
     GatewayTimeout,
     #[error("internal error")]
@@ -57,7 +46,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) | Self::InvalidEvent(_) => StatusCode::BAD_REQUEST,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
@@ -68,11 +57,17 @@ impl ApiError {
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-            Self::BadGateway | Self::AwsDenied(_) => StatusCode::BAD_GATEWAY,
-            Self::ProfileNotFound(_) => StatusCode::NOT_FOUND,
-            Self::Throttled => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Aws { status, .. } => *status,
-            Self::AwsCredentialsRejected(_) => StatusCode::BAD_GATEWAY,
+            Self::BadGateway => StatusCode::BAD_GATEWAY,
+            Self::Presign(error) => match error {
+                PresignError::ProfileNotFound(_) => StatusCode::NOT_FOUND,
+                PresignError::AwsDenied(_) | PresignError::CredentialsRejected(_) | PresignError::NoCredentials => {
+                    StatusCode::BAD_GATEWAY
+                }
+                PresignError::Throttled => StatusCode::SERVICE_UNAVAILABLE,
+                PresignError::Aws { status, .. } => *status,
+                PresignError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                PresignError::Incomplete => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -94,15 +89,22 @@ impl ApiError {
             Self::Overloaded => "too many requests in flight; retry shortly".to_owned(),
             Self::NotReady => "the sidecar is not ready yet; retry shortly".to_owned(),
             Self::BadGateway => "the upstream could not be reached".to_owned(),
-            Self::ProfileNotFound(message) | Self::AwsDenied(message) | Self::Aws { message, .. } => message.clone(),
-            Self::AwsCredentialsRejected(message) => message.clone(),
-            Self::Throttled => "AWS is throttling the sidecar; retry shortly".to_owned(),
+            Self::Presign(error) => match error {
+                PresignError::ProfileNotFound(message)
+                | PresignError::AwsDenied(message)
+                | PresignError::Aws { message, .. }
+                | PresignError::CredentialsRejected(message) => message.clone(),
+                PresignError::Throttled => "AWS is throttling the sidecar; retry shortly".to_owned(),
+                PresignError::NoCredentials => Self::BadGateway.public_message(),
+                PresignError::Timeout => Self::GatewayTimeout.public_message(),
+                PresignError::Incomplete => Self::Internal.public_message(),
+            },
             Self::GatewayTimeout => "the upstream did not answer in time".to_owned(),
             Self::Internal => "internal error".to_owned(),
         }
     }
 
-    pub fn into_response(self, request_id: &str) -> Response<Body> {
+    pub(crate) fn into_response(self, request_id: &str) -> Response<Body> {
         let body = serde_json::json!({"error": self.public_message(), "request_id": request_id}).to_string();
         let mut response = json_response(self.status(), body);
         let headers = response.headers_mut();
@@ -116,7 +118,7 @@ impl ApiError {
                     HeaderValue::from_static("Bearer realm=\"authz-sidecar\", error=\"invalid_token\""),
                 );
             }
-            Self::Overloaded | Self::NotReady | Self::Throttled => {
+            Self::Overloaded | Self::NotReady | Self::Presign(PresignError::Throttled) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
@@ -134,16 +136,6 @@ impl From<crate::handlers::account_pool::EventError> for ApiError {
             other => Self::InvalidEvent(other.to_string()),
         }
     }
-}
-
-/// A JSON response with `Cache-Control: no-store`.
-pub(crate) fn json_response(status: StatusCode, body: String) -> Response<Body> {
-    let mut response = Response::new(full(body));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ pub(crate) fn init(format: LogFormat, default_level: &str) {
     // A second init (tests run several commands in one process) keeps the first.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().event_format(crate::audit::AuditJson::new()).try_init(),
+        LogFormat::Json => builder.json().event_format(crate::authz::audit::AuditJson::new()).try_init(),
     };
 }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use authz_sidecar::app::App;
-use authz_sidecar::audit::Asked;
+use authz_sidecar::authz::audit::Asked;
 use authz_sidecar::authz::{Denial, Engine, Permit, RequestError, Vouched, authorize};
 use authz_sidecar::config::{Config, Mode};
 use authz_sidecar::policy_store::{

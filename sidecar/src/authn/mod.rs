@@ -40,7 +40,7 @@ use crate::http_client::HttpClient;
 /// Why a request is unauthenticated. Every variant is a 401; the label goes to logs
 /// and metrics, never the token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthnError {
+pub(crate) enum AuthnError {
     #[error("no bearer token")]
     Missing,
     #[error("the token is not a well-formed JWT")]
@@ -58,7 +58,7 @@ pub enum AuthnError {
 }
 
 impl AuthnError {
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Self::Missing => "missing",
             Self::Malformed => "malformed",

@@ -7,7 +7,7 @@
 //! is audited and counted as the deny it is, and permitted with that said in the permit,
 //! so the upstream is told.
 
-use crate::audit::{Asked, AuditEvent};
+use super::audit::{Asked, AuditEvent};
 use crate::config::Mode;
 use crate::policy_store::PolicySnapshot;
 

@@ -3,6 +3,7 @@
 //! [`Engine`] is the one way to ask Cedar; [`authorize`] is the data plane's step
 //! around it (decide, audit, count, apply the route's mode).
 
+pub mod audit;
 mod authorize;
 mod context;
 mod engine;

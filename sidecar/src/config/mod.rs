@@ -99,7 +99,7 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub max_concurrent_requests: usize,
     /// Open data-plane connections; `None`: what the descriptor limit allows (see
-    /// [`crate::server::limits`]).
+    /// `server/limits.rs`).
     pub max_connections: Option<usize>,
     pub idle_timeout: Duration,
     pub http2_keep_alive_interval: Duration,
@@ -375,7 +375,7 @@ impl Config {
 /// Two issuers with the same `principal_id_prefix` (two empty ones included) would
 /// mint the same principal for the same subject. Nested prefixes (`""` and `partner/`)
 /// are kept apart at run time instead: a token whose id falls in another issuer's
-/// longer prefix is refused (see [`crate::authn`]).
+/// longer prefix is refused (see `authn/`).
 fn check_principal_namespaces(issuers: &[IssuerConfig]) -> Result<(), NamespaceError> {
     for (i, a) in issuers.iter().enumerate() {
         for b in issuers.iter().skip(i + 1) {

@@ -19,9 +19,39 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::Body;
 use crate::body::full;
+use crate::body::json_response;
 use crate::config::{PresignOptions, PresignResponse, Provisioning};
 use crate::policy_store::PolicySnapshot;
-use crate::rescue::{ApiError, json_response};
+
+/// Why a presign failed: `rescue.rs` turns each into its status and message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PresignError {
+    /// The resource names no Studio user profile the sidecar knows or SageMaker has.
+    #[error("profile not found: {0}")]
+    ProfileNotFound(String),
+    /// AWS refused the sidecar (its role, a trust policy, an SCP).
+    #[error("AWS denied: {0}")]
+    AwsDenied(String),
+    #[error("AWS throttled")]
+    Throttled,
+    /// An AWS call failed in a way the client may be told of (the message names the call
+    /// and the service's error code or the kind of failure, never credentials).
+    #[error("AWS call failed: {message}")]
+    Aws { status: StatusCode, message: String },
+    /// AWS rejected the assumed-role credentials the sidecar held (expired, revoked):
+    /// the handler drops them and tries once more with fresh ones.
+    #[error("AWS rejected the credentials: {0}")]
+    CredentialsRejected(String),
+    /// STS answered without credentials.
+    #[error("STS returned no credentials")]
+    NoCredentials,
+    #[error("AWS did not answer in time")]
+    Timeout,
+    /// The entities lack what a presign needs (a LOB's account, region, domain, role):
+    /// the snapshot validated, so this is a schema that allows it; not the caller's fault.
+    #[error("the profile's entities are incomplete for a presign")]
+    Incomplete,
+}
 
 /// Credentials are refreshed this long before they expire.
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
@@ -128,11 +158,11 @@ impl Presigner {
         resource: &EntityUid,
         profile_name_fallback: &str,
         options: &PresignOptions,
-    ) -> Result<Response<Body>, ApiError> {
+    ) -> Result<Response<Body>, PresignError> {
         let target = resolve(snapshot, resource, profile_name_fallback)?;
         let key = SessionKey { role_arn: target.role_arn.clone(), session_name: session_name(user) };
         let url = match self.attempt(&target, &key, user, options).await {
-            Err(ApiError::AwsCredentialsRejected(why)) => {
+            Err(PresignError::CredentialsRejected(why)) => {
                 tracing::warn!(role = %target.role_arn, %why, "AWS rejected cached credentials; assuming the role again");
                 metrics::counter!("authz_aws_credentials_rejected_total").increment(1);
                 self.credentials.invalidate(&key).await;
@@ -151,19 +181,19 @@ impl Presigner {
         key: &SessionKey,
         user: &str,
         options: &PresignOptions,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, PresignError> {
         let credentials = self.credentials_for(key, &target.region, user, options).await?;
         let client = self.sagemaker.client((*credentials).clone(), &target.region);
         match (self.create_url(&client, target, options).await, &options.provision) {
             (Ok(url), _) => Ok(url),
-            (Err(ApiError::ProfileNotFound(message)), None) => Err(ApiError::ProfileNotFound(message)),
-            (Err(ApiError::ProfileNotFound(_)), Some(provisioning)) => {
+            (Err(PresignError::ProfileNotFound(message)), None) => Err(PresignError::ProfileNotFound(message)),
+            (Err(PresignError::ProfileNotFound(_)), Some(provisioning)) => {
                 self.ensure_profile(&client, target, user, provisioning).await?;
                 self.create_url(&client, target, options).await
             }
             // the profile may exist and not be InService yet (made by a concurrent
             // request or another sidecar): wait for it as for one this request made
-            (Err(error @ ApiError::Aws { .. }), Some(provisioning)) => match profile_state(&client, target).await {
+            (Err(error @ PresignError::Aws { .. }), Some(provisioning)) => match profile_state(&client, target).await {
                 ProfileState::Unusable => Err(error),
                 ProfileState::Ready => self.create_url(&client, target, options).await,
                 ProfileState::Coming => {
@@ -180,7 +210,7 @@ impl Presigner {
         client: &aws_sdk_sagemaker::Client,
         target: &Target,
         options: &PresignOptions,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, PresignError> {
         let mut call = client
             .create_presigned_domain_url()
             .domain_id(&target.domain_id)
@@ -194,12 +224,12 @@ impl Presigner {
             call = call.landing_uri(uri);
         }
         let output = call.send().await.map_err(|e| match e {
-            SdkError::ServiceError(service) if service.err().is_resource_not_found() => ApiError::ProfileNotFound(
+            SdkError::ServiceError(service) if service.err().is_resource_not_found() => PresignError::ProfileNotFound(
                 format!("no Studio user profile `{}` exists in domain `{}`", target.profile_name, target.domain_id),
             ),
             e => map_sdk_error(e, "SageMaker CreatePresignedDomainUrl", &target.role_arn),
         })?;
-        output.authorized_url().map(str::to_owned).ok_or(ApiError::Aws {
+        output.authorized_url().map(str::to_owned).ok_or(PresignError::Aws {
             status: StatusCode::BAD_GATEWAY,
             message: "SageMaker CreatePresignedDomainUrl answered without a URL".to_owned(),
         })
@@ -213,14 +243,14 @@ impl Presigner {
         target: &Target,
         user: &str,
         provisioning: &Provisioning,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), PresignError> {
         let key = (target.domain_id.clone(), target.profile_name.clone());
         let (client, target, user, provisioning) =
             (client.clone(), target.clone(), user.to_owned(), provisioning.clone());
         self.provisioned
             .try_get_with(key, async move { provision(&client, &target, &user, &provisioning).await })
             .await
-            .map_err(|e: Arc<ApiError>| (*e).clone())
+            .map_err(|e: Arc<PresignError>| (*e).clone())
     }
 
     async fn credentials_for(
@@ -229,7 +259,7 @@ impl Presigner {
         region: &str,
         user: &str,
         options: &PresignOptions,
-    ) -> Result<Arc<Credentials>, ApiError> {
+    ) -> Result<Arc<Credentials>, PresignError> {
         let key = key.clone();
         let source_identity = options.source_identity.then(|| session_name(user));
         let external_id = options.external_id.clone();
@@ -249,9 +279,9 @@ impl Presigner {
                     call = call.source_identity(identity);
                 }
                 let output = call.send().await.map_err(|e| map_sdk_error(e, "STS AssumeRole", &fetch_key.role_arn))?;
-                let c = output.credentials().ok_or(ApiError::BadGateway)?;
+                let c = output.credentials().ok_or(PresignError::NoCredentials)?;
                 let expiry = SystemTime::try_from(*c.expiration()).ok();
-                Ok::<_, ApiError>(Arc::new(Credentials::new(
+                Ok::<_, PresignError>(Arc::new(Credentials::new(
                     c.access_key_id(),
                     c.secret_access_key(),
                     Some(c.session_token().to_owned()),
@@ -260,7 +290,7 @@ impl Presigner {
                 )))
             })
             .await
-            .map_err(|e: Arc<ApiError>| (*e).clone())
+            .map_err(|e: Arc<PresignError>| (*e).clone())
     }
 }
 
@@ -269,11 +299,11 @@ async fn provision(
     target: &Target,
     user: &str,
     provisioning: &Provisioning,
-) -> Result<(), ApiError> {
+) -> Result<(), PresignError> {
     use aws_sdk_sagemaker::types::{Tag, UserSettings};
     let Some(role) = &target.execution_role_arn else {
         tracing::warn!(profile = %target.profile_name, "cannot provision: the profile's team has no execution role");
-        return Err(ApiError::ProfileNotFound(format!(
+        return Err(PresignError::ProfileNotFound(format!(
             "no Studio user profile `{}` exists in domain `{}`, and its team names no execution role to create it with",
             target.profile_name, target.domain_id
         )));
@@ -340,7 +370,7 @@ async fn wait_in_service(
     client: &aws_sdk_sagemaker::Client,
     target: &Target,
     provisioning: &Provisioning,
-) -> Result<(), ApiError> {
+) -> Result<(), PresignError> {
     use aws_sdk_sagemaker::types::UserProfileStatus;
     let deadline = tokio::time::Instant::now() + provisioning.max_wait;
     loop {
@@ -349,7 +379,7 @@ async fn wait_in_service(
                 Some(UserProfileStatus::InService) => return Ok(()),
                 Some(UserProfileStatus::Failed | UserProfileStatus::DeleteFailed | UserProfileStatus::Deleting) => {
                     tracing::warn!(profile = %target.profile_name, status = ?described.status(), "Studio profile cannot be used");
-                    return Err(ApiError::Aws {
+                    return Err(PresignError::Aws {
                         status: StatusCode::BAD_GATEWAY,
                         message: format!(
                             "the Studio user profile `{}` cannot be used (it failed or is being deleted)",
@@ -363,7 +393,7 @@ async fn wait_in_service(
             Err(e) => return Err(map_sdk_error(e, "SageMaker DescribeUserProfile", &target.role_arn)),
         }
         if tokio::time::Instant::now() + provisioning.poll_interval > deadline {
-            return Err(ApiError::GatewayTimeout);
+            return Err(PresignError::Timeout);
         }
         tokio::time::sleep(provisioning.poll_interval).await;
     }
@@ -386,32 +416,32 @@ const REJECTED_CREDENTIALS: [&str; 8] = [
 /// credentials are retried by the caller; any other code is named), a timeout (504), a
 /// connection failure (502), and the sidecar's own AWS configuration (no region or
 /// credentials: 500).
-fn map_sdk_error<E, R>(error: SdkError<E, R>, call: &'static str, role_arn: &str) -> ApiError
+fn map_sdk_error<E, R>(error: SdkError<E, R>, call: &'static str, role_arn: &str) -> PresignError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
     use aws_sdk_sts::error::DisplayErrorContext;
-    let aws = |status: StatusCode, message: String| ApiError::Aws { status, message };
+    let aws = |status: StatusCode, message: String| PresignError::Aws { status, message };
     let (kind, mapped) = match &error {
         SdkError::ServiceError(service) => {
             let code = service.err().code().unwrap_or("unknown").to_owned();
             let mapped = match code.as_str() {
-                "AccessDenied" | "AccessDeniedException" => ApiError::AwsDenied(format!(
+                "AccessDenied" | "AccessDeniedException" => PresignError::AwsDenied(format!(
                     "the sidecar is not allowed to use role `{role_arn}` ({call} was denied)"
                 )),
                 "Throttling" | "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => {
-                    ApiError::Throttled
+                    PresignError::Throttled
                 }
-                code if REJECTED_CREDENTIALS.contains(&code) => ApiError::AwsCredentialsRejected(format!(
+                code if REJECTED_CREDENTIALS.contains(&code) => PresignError::CredentialsRejected(format!(
                     "{call} rejected the credentials of role `{role_arn}` ({code})"
                 )),
                 code => aws(StatusCode::BAD_GATEWAY, format!("{call} failed: {code}")),
             };
             (code, mapped)
         }
-        SdkError::TimeoutError(_) => ("timeout".to_owned(), ApiError::GatewayTimeout),
-        SdkError::DispatchFailure(failure) if failure.is_timeout() => ("timeout".to_owned(), ApiError::GatewayTimeout),
+        SdkError::TimeoutError(_) => ("timeout".to_owned(), PresignError::Timeout),
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => ("timeout".to_owned(), PresignError::Timeout),
         SdkError::DispatchFailure(failure) if failure.is_io() => {
             ("unreachable".to_owned(), aws(StatusCode::BAD_GATEWAY, format!("AWS could not be reached for {call}")))
         }
@@ -455,22 +485,22 @@ pub fn resolve(
     snapshot: &PolicySnapshot,
     resource: &EntityUid,
     profile_name_fallback: &str,
-) -> Result<Target, ApiError> {
+) -> Result<Target, PresignError> {
     let entities = snapshot.entities();
     let unknown =
-        || ApiError::ProfileNotFound(format!("no Studio user profile `{}` is known", resource.id().unescaped()));
+        || PresignError::ProfileNotFound(format!("no Studio user profile `{}` is known", resource.id().unescaped()));
     let profile = entities.get(resource).ok_or_else(unknown)?;
     let lob_uid = match attr(profile, "lob") {
         Some(EvalResult::EntityUid(uid)) => uid,
         _ => return Err(unknown()),
     };
-    let lob = entities.get(&lob_uid).ok_or(ApiError::Internal)?;
+    let lob = entities.get(&lob_uid).ok_or(PresignError::Incomplete)?;
     let text = |entity: &Entity, name: &str| match attr(entity, name) {
         Some(EvalResult::String(s)) => Some(s),
         _ => None,
     };
     let name = text(profile, "profileName").unwrap_or_else(|| profile_name_fallback.to_owned());
-    let account_id = text(lob, "accountId").ok_or(ApiError::Internal)?;
+    let account_id = text(lob, "accountId").ok_or(PresignError::Incomplete)?;
     let team = match attr(profile, "team") {
         Some(EvalResult::EntityUid(uid)) => entities.get(&uid),
         _ => None,
@@ -483,10 +513,10 @@ pub fn resolve(
     };
     Ok(Target {
         account_id,
-        region: text(lob, "region").ok_or(ApiError::Internal)?,
-        domain_id: text(lob, "domainId").ok_or(ApiError::Internal)?,
-        role_arn: text(lob, "presignRoleArn").ok_or(ApiError::Internal)?,
-        profile_name: profile_name(&name).ok_or(ApiError::Internal)?,
+        region: text(lob, "region").ok_or(PresignError::Incomplete)?,
+        domain_id: text(lob, "domainId").ok_or(PresignError::Incomplete)?,
+        role_arn: text(lob, "presignRoleArn").ok_or(PresignError::Incomplete)?,
+        profile_name: profile_name(&name).ok_or(PresignError::Incomplete)?,
         execution_role_arn,
         team_tag,
     })

@@ -9,7 +9,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use super::state::State;
 use crate::body::Body;
 use crate::body::full;
-use crate::rescue::{ApiError, json_response};
+use crate::body::json_response;
+use crate::rescue::ApiError;
 
 pub fn handle<B>(state: &State, metrics: &PrometheusHandle, request: Request<B>) -> Response<Body> {
     // errors take the same shape as the data plane's (rescue.rs), with a request id

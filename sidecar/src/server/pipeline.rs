@@ -30,15 +30,16 @@ use hyper::body::Body as HttpBody;
 use super::context;
 use super::path::canonicalize;
 use super::state::State;
-use crate::audit::Asked;
 use crate::authn::principal::principal_entity;
+use crate::authz::audit::Asked;
 use crate::authz::{DecisionRequest, Permit, RequestError, authorize, context_from_strings};
+use crate::body::json_response;
 use crate::body::{Body, BoxError};
 use crate::config::{Handler, RenderError};
 use crate::handlers::account_pool::AccountPool;
 use crate::policy_store::PolicySnapshot;
 use crate::proxy::{self, ClientBody, Hygiene, Outgoing, Vouch};
-use crate::rescue::{ApiError, json_response};
+use crate::rescue::ApiError;
 
 /// What a failed request is labelled with in metrics before a route is known.
 const NO_ROUTE: &str = "-";
@@ -216,7 +217,7 @@ where
             if let Err(error) = &result {
                 tracing::warn!(request_id, route = %route.name, resource = %resource, error = %error, "presign failed");
             }
-            result
+            Ok(result?)
         }
         // the caller may ask; the handler reads the event and asks its own questions, one
         // per account and region (and audits each)

@@ -1,6 +1,6 @@
 //! What every request reads, and nothing else: the slices of the configuration the
 //! phases need, the router, the authenticator, the policy store and engine, the
-//! handlers' clients and the concurrency limit. Built once by [`crate::app`] (which
+//! handlers' clients and the concurrency limit. Built once by the wiring (`app.rs`, which
 //! starts the listeners and tasks on top of it); the data plane ([`super::pipeline`])
 //! and the admin listener ([`super::admin`]) read it. Nothing here knows who serves it.
 

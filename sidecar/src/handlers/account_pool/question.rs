@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression, Schema};
 
-use crate::audit::{Asked, AuditEvent};
+use crate::authz::audit::{Asked, AuditEvent};
 use crate::authz::{Decision, Engine, RequestError};
 use crate::policy_store::PolicySnapshot;
 

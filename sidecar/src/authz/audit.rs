@@ -17,7 +17,7 @@ use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::authz::{Decision, RequestError};
+use super::{Decision, RequestError};
 
 /// The `tracing` target of audit events: filter on it, route it, alert on it.
 pub const TARGET: &str = "authz_sidecar::audit";
