@@ -14,9 +14,11 @@ fn snapshot() -> std::sync::Arc<PolicySnapshot> {
     crate::support::shipped_snapshot()
 }
 
-/// The handler's answer to `operation` over `snapshot` (a handler of its own each time).
+/// The handler's answer to `operation` over `snapshot`, from one handler shared by the
+/// tests as the sidecar shares one (it keeps the pool index of the snapshot it last saw).
 fn apply(snapshot: &PolicySnapshot, operation: &Operation, request_id: &str) -> Result<Value, EventError> {
-    AccountPool::default().apply(snapshot, operation, request_id)
+    static POOL: std::sync::OnceLock<AccountPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(AccountPool::default).apply(snapshot, operation, request_id)
 }
 
 /// The answer to an event, as the exact JSON text a handler sends.
