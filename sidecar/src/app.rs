@@ -216,6 +216,11 @@ pub fn check_routes(config: &Config, snapshot: &PolicySnapshot) -> Vec<String> {
                 route.name, authz.resource_type
             ));
         }
+        if route.derive_profile.is_some()
+            && let Err(error) = crate::handlers::profiles::check_shape(schema, principal)
+        {
+            problems.push(format!("route `{}`: derive_profile: {error}", route.name));
+        }
         let mut sample = serde_json::Map::new();
         for (name, source) in &authz.context {
             let value = match source {

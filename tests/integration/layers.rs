@@ -263,3 +263,84 @@ async fn a_reload_whose_schema_no_longer_fits_the_routes_is_refused_and_the_last
     let error = store.stats().last_error.unwrap().to_string();
     assert!(error.contains("does not fit the routes") && error.contains("CreatePresignedDomainUrl"), "{error}");
 }
+
+/// The in-process app with its studio route deriving profiles (or not), the profiles
+/// file replaced by `profiles`.
+async fn deriving_app(ws: &Workspace, derive: bool, profiles: &str) -> App {
+    ws.write_entities("user-profiles.json", profiles);
+    let jwks = ws.dir.path().join("jwks.json");
+    std::fs::write(&jwks, json!({"keys": [keys().0.jwk]}).to_string()).unwrap();
+    let derive = if derive { "[routes.derive_profile]\nuser = \"user\"\nteam = \"team\"\n" } else { "" };
+    let toml = format!(
+        "[policies]\ndir = \"{}\"\nentities = \"{}\"\n[context]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
+         [[issuers]]\nissuer = \"{ISSUER}\"\njwks_file = \"{}\"\n\
+         [[routes]]\nname = \"studio\"\nmethod = \"POST\"\n{}\nhandler = \"echo\"\n{derive}",
+        ws.policies().display(),
+        ws.entities().display(),
+        jwks.display(),
+        crate::harness::STUDIO_ROUTE,
+    );
+    let config = Config::from_toml(&toml, "deriving").unwrap();
+    let app = App::new(config, false).unwrap();
+    assert!(app.state().load_missing_keys().await);
+    let snapshot = PolicySnapshot::load(&ws.dirs(), 1).unwrap();
+    assert!(authz_sidecar::app::check_routes(&app.config, &snapshot).is_empty());
+    app.store().publish(snapshot);
+    app
+}
+
+#[tokio::test]
+async fn a_profile_nobody_listed_is_derived_from_the_user_the_team_and_the_users_lob() {
+    let bearer = format!("Bearer {}", token("user-1", &["Team1", "Team2"]));
+    let headers = [
+        ("authorization", bearer.as_str()),
+        ("x-amzn-vpce-id", "vpce-0a1a000000000001a"),
+        ("x-forwarded-for", "10.1.2.3"),
+    ];
+    let ws = Workspace::shipped();
+
+    // no profile is listed: without derivation there is nothing to open
+    let listing_only = deriving_app(&ws, false, "[]").await;
+    assert_eq!(call(&listing_only, "/studio/user-1/team1", &headers, "").await.0, 403);
+
+    let app = deriving_app(&ws, true, "[]").await;
+    let (status, echoed) = call(&app, "/studio/user-1/team1", &headers, "").await;
+    assert_eq!(status, 200, "{echoed}");
+    assert_eq!(echoed["resource"], "Studio::UserProfile::\"user-1-team1\"");
+    assert_eq!(echoed["policies"], json!(["presign-own-profile"]));
+    // derived as the policies would check a listed one: not someone else's, not a team
+    // that does not exist, not a team the user is not in
+    assert_eq!(call(&app, "/studio/user-2/team2", &headers, "").await.0, 403);
+    assert_eq!(call(&app, "/studio/user-1/team9", &headers, "").await.0, 403);
+    let team1_only = format!("Bearer {}", token("user-1", &["Team1"]));
+    let headers_team1 = [headers[1], headers[2], ("authorization", team1_only.as_str())];
+    assert_eq!(call(&app, "/studio/user-1/team2", &headers_team1, "").await.0, 403);
+
+    // a listed profile wins: this one is in lob-b, which user-1 is not in
+    let listed = r#"[{"uid": {"type": "Studio::UserProfile", "id": "user-1-team1"},
+        "attrs": {"profileName": "legacy-name", "owner": {"type": "Studio::User", "id": "user-1"},
+                  "team": {"type": "Studio::Team", "id": "Team1"}, "lob": {"type": "Studio::Lob", "id": "lob-b"}},
+        "parents": [{"type": "Studio::Lob", "id": "lob-b"}], "tags": {"Team": "Team1"}}]"#;
+    let app = deriving_app(&ws, true, listed).await;
+    assert_eq!(call(&app, "/studio/user-1/team1", &headers, "").await.0, 403);
+}
+
+#[test]
+fn a_derived_profile_presigns_in_the_users_lob_under_its_documented_name() {
+    use authz_sidecar::handlers::presign::resolve;
+    use authz_sidecar::handlers::profiles::derive_profile;
+    let ws = Workspace::shipped();
+    ws.write_entities("user-profiles.json", "[]");
+    let snapshot = PolicySnapshot::load(&ws.dirs(), 1).unwrap();
+    let user_type: cedar_policy::EntityTypeName = "Studio::User".parse().unwrap();
+    let resource = uid(r#"Studio::UserProfile::"user-1-team1""#);
+    let derived = derive_profile(&snapshot, &user_type, "user-1", "team1", &resource).unwrap();
+    let target = resolve(&snapshot, &resource, Some(&derived), "unused").unwrap();
+    assert_eq!(target.profile_name, "user-1-team1");
+    assert_eq!(target.account_id, "111111111111", "lob-a's account");
+    assert_eq!(target.team_tag.as_deref(), Some("Team1"), "the stored team's id, not the path's spelling");
+    assert!(target.execution_role_arn.is_some_and(|arn| arn.starts_with("arn:aws:iam::111111111111:role/")));
+    // a user the entities do not know has no line of business: nothing is derived
+    let error = derive_profile(&snapshot, &user_type, "user-9", "team1", &resource).unwrap_err();
+    assert!(error.to_string().contains("user-9"), "{error}");
+}

@@ -19,8 +19,9 @@ use crate::policy_store::SourceDirs;
 pub use raw::{HandlerKind, NotOneOf, RawConfig, SourceKind};
 use routes::parse_route;
 pub use routes::{
-    ACCOUNT_POOL_CALLER_ACTION, ACCOUNT_POOL_HANDLER_TYPE, ContextSource, DEFAULT_STRIPPED_HEADERS, Handler,
-    MIN_PROVISION_POLL, Mode, PresignOptions, PresignResponse, Provisioning, RouteAuthz, RouteConfig, Upstream,
+    ACCOUNT_POOL_CALLER_ACTION, ACCOUNT_POOL_HANDLER_TYPE, ContextSource, DEFAULT_STRIPPED_HEADERS, DeriveProfile,
+    Handler, LOB_TYPE, MIN_PROVISION_POLL, Mode, PROFILE_TYPE, PresignOptions, PresignResponse, Provisioning,
+    RouteAuthz, RouteConfig, TEAM_TYPE, Upstream,
 };
 pub use template::{IdTemplate, RenderError, TemplateError};
 
@@ -486,6 +487,26 @@ mod tests {
 
     fn with_route(route: &str) -> Result<Config, ConfigError> {
         Config::from_toml(&format!("[[routes]]\n{route}"), "test")
+    }
+
+    #[test]
+    fn derived_profiles_name_path_parameters_of_a_profile_route() {
+        let route = |path: &str, resource_type: &str, derive: &str| {
+            with_route(&format!(
+                "name = \"r\"\nmethod = \"GET\"\npath = \"{path}\"\naction = 'Studio::Action::\"A\"'\n\
+                 resource_type = \"{resource_type}\"\nresource_id = \"{{user}}\"\nhandler = \"echo\"\n\
+                 [routes.derive_profile]\n{derive}"
+            ))
+        };
+        let ok = route("/s/{user}/{team}", "Studio::UserProfile", "user = \"user\"\nteam = \"team\"").unwrap();
+        let derive = ok.routes[0].derive_profile.clone().unwrap();
+        assert_eq!((derive.user.as_str(), derive.team.as_str()), ("user", "team"));
+        let err = route("/s/{user}", "Studio::UserProfile", "user = \"user\"\nteam = \"team\"").unwrap_err();
+        assert!(err.to_string().contains("derive_profile: `team` is not a parameter of `/s/{user}`"), "{err}");
+        let err = route("/s/{user}/{team}", "Studio::Lob", "user = \"user\"\nteam = \"team\"").unwrap_err();
+        assert!(err.to_string().contains("for `Studio::UserProfile` resources only"), "{err}");
+        let err = route("/s/{user}/{team}", "Studio::UserProfile", "user = \"user\"").unwrap_err();
+        assert!(err.to_string().contains("team"), "{err}");
     }
 
     #[test]

@@ -302,6 +302,17 @@ pub struct RawRoute {
     #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
     pub upstream_timeout: Duration,
     pub presign: Option<RawPresign>,
+    /// Derive the route's Studio user profile from these path parameters when no entity
+    /// lists it.
+    pub derive_profile: Option<RawDeriveProfile>,
+}
+
+/// `[routes.derive_profile]`: the path parameters holding the user and the team.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeriveProfile {
+    pub user: String,
+    pub team: String,
 }
 
 fn default_handler() -> HandlerKind {

@@ -136,6 +136,21 @@ pub struct RouteConfig {
     pub authz: RouteAuthz,
     pub handler: Handler,
     pub mode: Mode,
+    /// Derive the Studio user profile the route asks about when no entity lists it
+    /// (see [`crate::handlers::profiles`]).
+    pub derive_profile: Option<DeriveProfile>,
+}
+
+/// The type of derived profiles, and of the teams and lines of business they point at.
+pub const PROFILE_TYPE: &str = "Studio::UserProfile";
+pub const TEAM_TYPE: &str = "Studio::Team";
+pub const LOB_TYPE: &str = "Studio::Lob";
+
+/// The path parameters a derived profile is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeriveProfile {
+    pub user: String,
+    pub team: String,
 }
 
 /// The question an `account_pool` route asks of its caller unless the route names
@@ -181,6 +196,26 @@ pub(super) fn parse_route(
     let (action, resource_type, resource_id) = route_question(route, &path_params, &key, invalid)?;
     let context = route_context(route, &path_params, &key, invalid)?;
     let handler = route_handler(route, &key, invalid)?;
+    let derive_profile = match &route.derive_profile {
+        None => None,
+        Some(derive) => {
+            if resource_type.to_string() != PROFILE_TYPE {
+                return Err(invalid(
+                    key("derive_profile"),
+                    format!("profiles are derived for `{}` resources only", PROFILE_TYPE),
+                ));
+            }
+            for param in [&derive.user, &derive.team] {
+                if !path_params.contains(&param.as_str()) {
+                    return Err(invalid(
+                        key("derive_profile"),
+                        format!("`{param}` is not a parameter of `{}`", route.path),
+                    ));
+                }
+            }
+            Some(DeriveProfile { user: derive.user.clone(), team: derive.team.clone() })
+        }
+    };
     Ok(RouteConfig {
         name: route.name.clone(),
         method,
@@ -188,6 +223,7 @@ pub(super) fn parse_route(
         authz: RouteAuthz { action, resource_type, resource_id, context },
         handler,
         mode: route.mode,
+        derive_profile,
     })
 }
 

@@ -3,3 +3,4 @@
 
 pub mod account_pool;
 pub mod presign;
+pub mod profiles;

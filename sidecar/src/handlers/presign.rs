@@ -156,10 +156,11 @@ impl Presigner {
         snapshot: &PolicySnapshot,
         user: &str,
         resource: &EntityUid,
+        derived: Option<&Entity>,
         profile_name_fallback: &str,
         options: &PresignOptions,
     ) -> Result<Response<Body>, PresignError> {
-        let target = resolve(snapshot, resource, profile_name_fallback)?;
+        let target = resolve(snapshot, resource, derived, profile_name_fallback)?;
         let key = SessionKey { role_arn: target.role_arn.clone(), session_name: session_name(user) };
         let url = match self.attempt(&target, &key, user, options).await {
             Err(PresignError::CredentialsRejected(why)) => {
@@ -480,16 +481,18 @@ fn respond(url: &str, options: &PresignOptions) -> Response<Body> {
     }
 }
 
-/// The account, region, domain, role and profile name for `resource`, from entities.
+/// The account, region, domain, role and profile name for `resource`, from entities:
+/// the listed profile, else the one `derived` for this request.
 pub fn resolve(
     snapshot: &PolicySnapshot,
     resource: &EntityUid,
+    derived: Option<&Entity>,
     profile_name_fallback: &str,
 ) -> Result<Target, PresignError> {
     let entities = snapshot.entities();
     let unknown =
         || PresignError::ProfileNotFound(format!("no Studio user profile `{}` is known", resource.id().unescaped()));
-    let profile = entities.get(resource).ok_or_else(unknown)?;
+    let profile = entities.get(resource).or(derived.filter(|d| d.uid() == *resource)).ok_or_else(unknown)?;
     let lob_uid = match attr(profile, "lob") {
         Some(EvalResult::EntityUid(uid)) => uid,
         _ => return Err(unknown()),

@@ -37,6 +37,7 @@ use crate::body::json_response;
 use crate::body::{Body, BoxError};
 use crate::config::{Handler, RenderError};
 use crate::handlers::account_pool::AccountPool;
+use crate::handlers::profiles::derive_profile;
 use crate::policy_store::PolicySnapshot;
 use crate::proxy::{self, ClientBody, Hygiene, Outgoing, Vouch};
 use crate::rescue::ApiError;
@@ -161,13 +162,22 @@ where
     .map_err(refused)?;
     let principal =
         EntityUid::from_type_name_and_id(state.principal.entity_type.clone(), EntityId::new(&identity.principal_id));
+    // a profile no entity lists is derived for this one request, when the route says so
+    let derived =
+        route.derive_profile.as_ref().filter(|_| snapshot.entities().get(&resource).is_none()).and_then(|derive| {
+            let (user, team) = (matched.param(&derive.user)?, matched.param(&derive.team)?);
+            derive_profile(&snapshot, &state.principal.entity_type, user, team, &resource)
+                .inspect_err(|e| tracing::info!(request_id, route = %route.name, error = %e, "no profile derived"))
+                .ok()
+        });
     // errors stay typed to here, so the metric and the audit event say which kind
     let question = snapshot
         .request_principal(identity.token_digest, || principal_entity(&identity, &state.principal, &snapshot))
         .map_err(|e| RequestError::BadEntities(e.to_string()))
         .and_then(|requester| {
             let context = context_from_strings(&snapshot, &authz.action, &context)?;
-            Ok(DecisionRequest::built(requester, authz.action.clone(), resource.clone(), context))
+            Ok(DecisionRequest::built(requester, authz.action.clone(), resource.clone(), context)
+                .with_entities(derived.iter().cloned().collect()))
         });
     let asked = Asked {
         request_id: request_id.to_owned(),
@@ -212,8 +222,9 @@ where
         }
         Handler::Presign(options) => {
             let presigner = state.presigner.as_ref().ok_or(ApiError::Internal)?;
-            let result =
-                presigner.presign(&snapshot, &identity.subject, &resource, resource.id().unescaped(), options).await;
+            let result = presigner
+                .presign(&snapshot, &identity.subject, &resource, derived.as_ref(), resource.id().unescaped(), options)
+                .await;
             if let Err(error) = &result {
                 tracing::warn!(request_id, route = %route.name, resource = %resource, error = %error, "presign failed");
             }
