@@ -68,12 +68,17 @@ fn the_authorize_step_permits_denies_and_lets_dry_run_through_saying_so() {
 /// An app over the shipped policies with the echo handler, its issuer's keys read from
 /// a file: nothing listens, nothing runs in the background.
 async fn in_process_app(ws: &Workspace) -> App {
+    in_process_app_with(ws, "").await
+}
+
+/// As [`in_process_app`], with `extra` appended to the studio route.
+async fn in_process_app_with(ws: &Workspace, extra: &str) -> App {
     let jwks = ws.dir.path().join("jwks.json");
     std::fs::write(&jwks, json!({"keys": [keys().0.jwk]}).to_string()).unwrap();
     let toml = format!(
         "[policies]\ndir = \"{}\"\nentities = \"{}\"\n[context]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
          [[issuers]]\nissuer = \"{ISSUER}\"\njwks_file = \"{}\"\n\
-         [[routes]]\nname = \"studio\"\nmethod = \"POST\"\n{}\nhandler = \"echo\"\n",
+         [[routes]]\nname = \"studio\"\nmethod = \"POST\"\n{}\nhandler = \"echo\"\n{extra}",
         ws.policies().display(),
         ws.entities().display(),
         jwks.display(),
@@ -268,21 +273,8 @@ async fn a_reload_whose_schema_no_longer_fits_the_routes_is_refused_and_the_last
 /// file replaced by `profiles`.
 async fn deriving_app(ws: &Workspace, derive: bool, profiles: &str) -> App {
     ws.write_entities("user-profiles.json", profiles);
-    let jwks = ws.dir.path().join("jwks.json");
-    std::fs::write(&jwks, json!({"keys": [keys().0.jwk]}).to_string()).unwrap();
     let derive = if derive { "[routes.derive_profile]\nuser = \"user\"\nteam = \"team\"\n" } else { "" };
-    let toml = format!(
-        "[policies]\ndir = \"{}\"\nentities = \"{}\"\n[context]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
-         [[issuers]]\nissuer = \"{ISSUER}\"\njwks_file = \"{}\"\n\
-         [[routes]]\nname = \"studio\"\nmethod = \"POST\"\n{}\nhandler = \"echo\"\n{derive}",
-        ws.policies().display(),
-        ws.entities().display(),
-        jwks.display(),
-        crate::harness::STUDIO_ROUTE,
-    );
-    let config = Config::from_toml(&toml, "deriving").unwrap();
-    let app = App::new(config, false).unwrap();
-    assert!(app.state().load_missing_keys().await);
+    let app = in_process_app_with(ws, derive).await;
     let snapshot = PolicySnapshot::load(&ws.dirs(), 1).unwrap();
     assert!(authz_sidecar::app::check_routes(&app.config, &snapshot).is_empty());
     app.store().publish(snapshot);
