@@ -36,6 +36,7 @@ pub(crate) mod body;
 pub mod cli;
 pub mod config;
 pub mod decision_tables;
+pub mod directory;
 pub mod handlers;
 pub(crate) mod http_client;
 pub mod policy_store;
