@@ -17,6 +17,7 @@ mod cedar_parity;
 mod cli;
 mod cognito;
 mod data_plane_path;
+mod directory;
 mod edge;
 mod engine;
 mod harness;

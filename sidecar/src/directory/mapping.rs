@@ -20,6 +20,8 @@ pub enum AttributeValue {
     L(Vec<AttributeValue>),
     M(BTreeMap<String, AttributeValue>),
     Null,
+    /// Binary values, and kinds Cedar has no value for: refused where mapped.
+    Unsupported,
 }
 
 /// One item: attribute name → value.
@@ -153,7 +155,7 @@ fn plain(value: &AttributeValue) -> Option<Value> {
         AttributeValue::M(fields) => {
             Value::Object(fields.iter().map(|(k, v)| Some((k.clone(), plain(v)?))).collect::<Option<_>>()?)
         }
-        AttributeValue::Null => return None,
+        AttributeValue::Null | AttributeValue::Unsupported => return None,
     })
 }
 
