@@ -234,3 +234,63 @@ impl tracing::field::Visit for Found {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Log lines written to memory.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_logs_carry_the_event_with_real_arrays_and_other_events_unchanged() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .event_format(AuditJson::new())
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let asked = Asked {
+                request_id: "r-1".to_owned(),
+                operation: Some("validateAccountAuthorization"),
+                principal: "DataZone::User::\"u\"".to_owned(),
+                account: Some("111122223333".to_owned()),
+                ..Asked::default()
+            };
+            let error = RequestError::Invalid("no".to_owned());
+            AuditEvent::refused(asked, "unknown_account", Some(&error), "abc#1".to_owned()).emit(Level::INFO);
+            tracing::info!(answer = 42, "not an audit event");
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+            .unwrap_or_default();
+        let events: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        assert_eq!(events.len(), 2, "{text}");
+        let audit = &events[0];
+        assert_eq!(audit["target"], TARGET);
+        assert_eq!(audit["fields"]["message"], "decision");
+        assert_eq!(audit["fields"]["decision"], "deny");
+        assert_eq!(audit["fields"]["policies"], serde_json::json!([]), "an array: {text}");
+        assert_eq!(audit["fields"]["errors"][0], "the request does not fit the schema: no");
+        assert_eq!(audit["fields"]["account"], "111122223333");
+        assert!(audit["fields"].get("route").is_none(), "absent fields are left out: {text}");
+        assert!(audit["timestamp"].is_string() && audit["level"] == "INFO", "{text}");
+        assert_eq!(events[1]["fields"]["answer"], 42, "other events keep tracing-subscriber's own form");
+    }
+}
