@@ -416,3 +416,24 @@ async fn aws_config_for_tests(timeout: Duration) -> aws_config::SdkConfig {
         .load()
         .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_nobody_listed_is_presigned_in_the_users_lob_once_derived() {
+    // user-2 joins Team1 in the identity provider; no one lists a user-2-team1 profile
+    let (presigner, aws) = mocked_presigner(Duration::from_secs(3600), None, false);
+    let (listing_only, _ws) = start_sidecar(presigner, "").await;
+    let path = "/studio/user-2/team1";
+    assert_eq!(open(listing_only.data, path, "user-2", &["Team1", "Team2"], LOB_B).await.0, 403);
+    assert_eq!(aws.sts.num_calls(), 0);
+
+    let (presigner, aws) = mocked_presigner(Duration::from_secs(3600), None, false);
+    let (sidecar, _ws) = start_sidecar(presigner, "derive_profile = { user = \"user\", team = \"team\" }").await;
+    let (status, headers, body) = open(sidecar.data, path, "user-2", &["Team1", "Team2"], LOB_B).await;
+    assert_eq!(status, 302, "{body}");
+    assert_eq!(headers["location"], "https://d-lobbexample01.studio.sagemaker.aws/auth?token=SECRET-user-2-team1");
+    let calls = aws.sagemaker.lock().unwrap().clone();
+    assert_eq!((calls[0].2.as_str(), calls[0].3.as_str()), ("d-lobbexample01", "user-2-team1"), "lob-b's domain");
+    // still the user's own, through their own LOB's endpoint only
+    assert_eq!(open(sidecar.data, path, "user-1", &["Team1", "Team2"], LOB_B).await.0, 403);
+    assert_eq!(open(sidecar.data, path, "user-2", &["Team1", "Team2"], LOB_A).await.0, 403);
+}
