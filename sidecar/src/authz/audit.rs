@@ -140,9 +140,24 @@ impl AuditEvent {
         self
     }
 
+    /// Whether an event at `level` would be written: callers that decide many questions
+    /// (a thousand-account list) skip building events nobody reads.
+    pub fn enabled(level: Level) -> bool {
+        match level {
+            Level::ERROR => tracing::enabled!(target: TARGET, Level::ERROR),
+            Level::WARN => tracing::enabled!(target: TARGET, Level::WARN),
+            Level::INFO => tracing::enabled!(target: TARGET, Level::INFO),
+            Level::DEBUG => tracing::enabled!(target: TARGET, Level::DEBUG),
+            Level::TRACE => tracing::enabled!(target: TARGET, Level::TRACE),
+        }
+    }
+
     /// Write the event at `level` (decisions are info; the account pool's per-account
     /// list decisions debug, so a thousand-account list does not flood the log).
     pub fn emit(&self, level: Level) {
+        if !Self::enabled(level) {
+            return;
+        }
         let json = serde_json::to_string(self).unwrap_or_default();
         let event = Json(&json);
         match level {

@@ -119,6 +119,14 @@ impl Question {
         region: &str,
         decision: &Result<Decision, Refusal>,
     ) -> bool {
+        let allowed = decision.as_ref().is_ok_and(Decision::is_allowed);
+        let level = match operation {
+            Operation::Validate => tracing::Level::INFO,
+            Operation::List => tracing::Level::DEBUG,
+        };
+        if !AuditEvent::enabled(level) {
+            return allowed;
+        }
         let asked = Asked {
             resource: self.resource(account),
             account: Some(account.to_owned()),
@@ -132,11 +140,8 @@ impl Question {
             }
             Err(refusal) => AuditEvent::refused(asked, refusal.kind(), None, snapshot.version().to_string()),
         };
-        event.emit(match operation {
-            Operation::Validate => tracing::Level::INFO,
-            Operation::List => tracing::Level::DEBUG,
-        });
-        decision.as_ref().is_ok_and(Decision::is_allowed)
+        event.emit(level);
+        allowed
     }
 
     /// The list's own audit event: who asked, and how many accounts the answer holds
