@@ -13,18 +13,7 @@ use crate::support::Workspace;
 
 /// One Cognito API call (AWS JSON 1.1; moto does not check signatures).
 async fn cognito(moto: &Moto, operation: &str, body: Value) -> Value {
-    let addr = format!("127.0.0.1:{}", moto.port).parse().unwrap();
-    let headers = [
-        ("content-type", "application/x-amz-json-1.1"),
-        ("x-amz-target", &format!("AWSCognitoIdentityProviderService.{operation}")),
-        (
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/cognito-idp/aws4_request, SignedHeaders=host, Signature=0",
-        ),
-    ];
-    let (status, _, text) = harness::request(addr, "POST", "/", &headers, body.to_string().into_bytes()).await;
-    assert_eq!(status, 200, "{operation}: {text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
+    harness::moto_json(moto, "cognito-idp", "AWSCognitoIdentityProviderService", operation, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

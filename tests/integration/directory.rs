@@ -13,18 +13,7 @@ use serde_json::{Value, json};
 use crate::harness::{self, Moto, start_moto};
 
 async fn dynamodb(moto: &Moto, operation: &str, body: Value) -> Value {
-    let addr = format!("127.0.0.1:{}", moto.port).parse().unwrap();
-    let headers = [
-        ("content-type", "application/x-amz-json-1.0"),
-        ("x-amz-target", &format!("DynamoDB_20120810.{operation}")),
-        (
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/dynamodb/aws4_request, SignedHeaders=host, Signature=0",
-        ),
-    ];
-    let (status, _, text) = harness::request(addr, "POST", "/", &headers, body.to_string().into_bytes()).await;
-    assert_eq!(status, 200, "{operation}: {text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
+    harness::moto_json(moto, "dynamodb", "DynamoDB_20120810", operation, body).await
 }
 
 /// The seed's users table, keyed by user name, with `count` users in lob-a.
@@ -59,6 +48,12 @@ async fn reader(moto: &Moto) -> DynamoReader {
     DynamoReader::new(client(&base, Some(&format!("http://127.0.0.1:{}", moto.port))))
 }
 
+/// A minute for everything: these tests are not about expiry.
+fn minute_policy() -> CachePolicy {
+    let minute = Duration::from_secs(60);
+    CachePolicy { ttl: minute, negative_ttl: minute, max_staleness: minute, capacity: 1_000 }
+}
+
 fn users_mapping() -> TableMapping {
     TableMapping {
         table: "users".to_owned(),
@@ -83,13 +78,7 @@ async fn users_are_read_from_dynamodb_in_batches_of_a_hundred_and_a_missing_one_
     assert!(!items.contains_key("nobody"));
 
     let schema = crate::support::shipped_snapshot().schema().clone();
-    let policy = CachePolicy {
-        ttl: Duration::from_secs(60),
-        negative_ttl: Duration::from_secs(60),
-        max_staleness: Duration::from_secs(60),
-        capacity: 1_000,
-    };
-    let cache = DirectoryCache::new(reader, vec![users_mapping()], policy);
+    let cache = DirectoryCache::new(reader, vec![users_mapping()], minute_policy());
     let asked: Vec<EntityUid> =
         ["user-7", "nobody"].iter().map(|u| format!("Studio::User::\"{u}\"").parse().unwrap()).collect();
     let answers = cache.get(&asked, &schema).await;
@@ -107,13 +96,7 @@ async fn a_table_that_cannot_be_read_is_an_error_never_an_absent_user() {
     let error = reader.read("users", "userName", &["user-1".to_owned()]).await.unwrap_err();
     assert!(error.reason.contains("ResourceNotFoundException"), "{error}");
 
-    let policy = CachePolicy {
-        ttl: Duration::from_secs(60),
-        negative_ttl: Duration::from_secs(60),
-        max_staleness: Duration::from_secs(60),
-        capacity: 1_000,
-    };
-    let cache = DirectoryCache::new(reader, vec![users_mapping()], policy);
+    let cache = DirectoryCache::new(reader, vec![users_mapping()], minute_policy());
     let schema = crate::support::shipped_snapshot().schema().clone();
     let answers = cache.get(&["Studio::User::\"user-1\"".parse().unwrap()], &schema).await;
     assert!(matches!(answers[0], Err(DirectoryError::Unreachable(_))), "{:?}", answers[0]);

@@ -413,6 +413,22 @@ impl Drop for Moto {
 }
 
 /// Start moto's server on a free loopback port.
+/// One call of an AWS JSON-protocol API on moto: `x-amz-target` is `{target}.{operation}`,
+/// signed as `service` (moto checks the shape, not the signature). Asserts 200.
+pub async fn moto_json(moto: &Moto, service: &str, target: &str, operation: &str, body: Value) -> Value {
+    let addr = format!("127.0.0.1:{}", moto.port).parse().unwrap();
+    let content_type = if service == "dynamodb" { "application/x-amz-json-1.0" } else { "application/x-amz-json-1.1" };
+    let authorization = format!(
+        "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"
+    );
+    let target = format!("{target}.{operation}");
+    let headers =
+        [("content-type", content_type), ("x-amz-target", target.as_str()), ("authorization", authorization.as_str())];
+    let (status, _, text) = request(addr, "POST", "/", &headers, body.to_string().into_bytes()).await;
+    assert_eq!(status, 200, "{operation}: {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
 pub async fn start_moto() -> Moto {
     let path = moto_server_path();
     assert!(path.exists(), "{} is missing: run `bash scripts/test-tools.sh` (scripts/check.sh does)", path.display());
