@@ -285,4 +285,45 @@ mod tests {
         assert_eq!(json["parents"][0]["id"], "lob-a", "{json}");
         assert_eq!(json["tags"]["Team"], "Team1", "{json}");
     }
+
+    fn any_value() -> impl proptest::strategy::Strategy<Value = AttributeValue> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            "[a-zA-Z0-9 _-]{0,12}".prop_map(AttributeValue::S),
+            "-?[0-9]{1,20}(\\.[0-9]{1,3})?".prop_map(AttributeValue::N),
+            any::<bool>().prop_map(AttributeValue::Bool),
+            proptest::collection::vec("[a-z0-9-]{1,8}", 0..4).prop_map(AttributeValue::Ss),
+            Just(AttributeValue::Null),
+            Just(AttributeValue::Unsupported),
+        ];
+        leaf.prop_recursive(2, 12, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(AttributeValue::L),
+                proptest::collection::btree_map("[a-z]{1,4}", inner, 0..4).prop_map(AttributeValue::M),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever a table holds, an item is the entity it maps to (with the asked id) or
+        /// an error naming it: never a panic, never another entity.
+        #[test]
+        fn any_item_is_its_entity_or_an_error(
+            values in proptest::collection::vec(any_value(), 8),
+            id in "[a-z0-9-]{1,12}",
+        ) {
+            let names = ["lob", "name", "accountId", "region", "domainId", "presignRoleArn", "vpceIds", "extra"];
+            let item: Item = names.iter().map(|n| (*n).to_owned()).zip(values).collect();
+            static SCHEMA: std::sync::OnceLock<Schema> = std::sync::OnceLock::new();
+            match lobs().entity(&id, &item, SCHEMA.get_or_init(schema)) {
+                Ok(entity) => {
+                    let uid = entity.uid();
+                    proptest::prop_assert_eq!(uid.id().unescaped(), id.as_str());
+                }
+                Err(MappingError::Attribute { id: named, .. } | MappingError::Schema { id: named, .. }) => {
+                    proptest::prop_assert_eq!(named, id)
+                }
+            }
+        }
+    }
 }
