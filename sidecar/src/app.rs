@@ -51,6 +51,8 @@ impl From<StateError> for StartError {
 
 /// How often issuer keys are re-fetched even when no token names an unknown key.
 const JWKS_REFRESH: Duration = Duration::from_secs(600);
+/// How often an unreachable directory is probed.
+const DIRECTORY_PROBE: Duration = Duration::from_secs(5);
 
 /// The configuration and the state built from it.
 pub struct App {
@@ -100,6 +102,25 @@ impl App {
         Ok(crate::handlers::presign::Presigner::new(sts, Arc::new(sagemaker)).with_regional_sts(regional_sts))
     }
 
+    /// Serve entities of the directory's types from `directory` (see `[directory]`).
+    #[must_use]
+    pub fn with_directory(mut self, directory: crate::directory::Directory) -> Self {
+        self.state.directory = Some(Arc::new(directory));
+        self
+    }
+
+    /// The directory `[directory]` configures, read from DynamoDB on the standard AWS
+    /// credential chain and region (at `[directory] endpoint` when set); `None` when no
+    /// directory is configured.
+    pub async fn aws_directory(&self) -> Result<Option<crate::directory::Directory>, StartError> {
+        let Some(config) = &self.config.directory else { return Ok(None) };
+        let base = crate::aws::load(&self.config.aws).await;
+        require_region(&base)?;
+        let client = crate::directory::dynamo::client(&base, config.endpoint.as_deref());
+        let reader = crate::directory::dynamo::DynamoReader::new(client);
+        Ok(Some(crate::directory::Directory::over(reader, config.tables.clone(), config.policy)))
+    }
+
     /// The request-time state.
     pub fn state(&self) -> &State {
         &self.state
@@ -142,6 +163,27 @@ impl App {
         }
     }
 
+    /// Learn whether the directory can be read at start, and again every few seconds
+    /// while it cannot (requests stop coming when `/readyz` says it is unreachable, so
+    /// they cannot be what notices it is back).
+    async fn watch_directory(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(directory) = self.state.directory.clone() else { return };
+        loop {
+            if !directory.probe().await {
+                tracing::warn!(error = ?directory.unreachable().map(|e| e.to_string()), "directory unreachable");
+            }
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(DIRECTORY_PROBE) => {}
+                }
+                if directory.unreachable().is_some() {
+                    break;
+                }
+            }
+        }
+    }
+
     /// Fetch every issuer's keys (retrying with backoff until each has some), then
     /// refresh them periodically.
     async fn load_keys(self: Arc<Self>, shutdown: CancellationToken) {
@@ -179,7 +221,7 @@ fn require_region(base: &aws_config::SdkConfig) -> Result<(), StartError> {
 /// What `--check-config` can tell of the AWS set-up without calling AWS: a region is
 /// known (from the config, the environment, the profile or the instance).
 pub async fn check_aws(config: &Config) -> Result<(), StartError> {
-    if !needs_aws(config) {
+    if !needs_aws(config) && config.directory.is_none() {
         return Ok(());
     }
     require_region(&crate::aws::load(&config.aws).await)
@@ -236,6 +278,31 @@ pub fn check_routes(config: &Config, snapshot: &PolicySnapshot) -> Vec<String> {
             problems.push(format!("route `{}`: {error}", route.name));
         }
     }
+    problems.extend(check_directory(config, schema));
+    problems
+}
+
+/// Every table's entity type, parent types and reference types are the schema's.
+fn check_directory(config: &Config, schema: &cedar_policy::Schema) -> Vec<String> {
+    let Some(directory) = &config.directory else { return Vec::new() };
+    let known: std::collections::HashSet<&cedar_policy::EntityTypeName> = schema.entity_types().collect();
+    let mut problems = Vec::new();
+    for table in &directory.tables {
+        let named = std::iter::once(&table.entity_type)
+            .chain(table.parents.iter().map(|p| &p.entity_type))
+            .chain(table.attributes.iter().filter_map(|a| match &a.kind {
+                crate::directory::ValueKind::Entity(t) => Some(t),
+                crate::directory::ValueKind::Plain => None,
+            }));
+        for entity_type in named {
+            if !known.contains(entity_type) {
+                problems.push(format!(
+                    "directory table `{}`: `{entity_type}` is not an entity type of the policy schema",
+                    table.table
+                ));
+            }
+        }
+    }
     problems
 }
 
@@ -270,6 +337,7 @@ pub async fn run_with_snapshot(
     tokio::spawn(app.clone().load_policies(initial, tasks.clone()));
     tokio::spawn(crate::telemetry::upkeep(metrics.clone(), crate::telemetry::UPKEEP_INTERVAL, tasks.clone()));
     tokio::spawn(app.clone().load_keys(tasks.clone()));
+    tokio::spawn(app.clone().watch_directory(tasks.clone()));
 
     let soft = server::limits::nofile().map(|(soft, _)| soft);
     let max_connections = server::limits::max_connections(app.config.server.max_connections, soft);

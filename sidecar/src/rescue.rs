@@ -35,6 +35,10 @@ pub(crate) enum ApiError {
     Overloaded,
     #[error("not ready")]
     NotReady,
+    /// The directory could not be read for an entity the request needs (and no entry
+    /// within the staleness bound was kept): denied, and worth retrying.
+    #[error("directory unavailable")]
+    DirectoryUnavailable,
     #[error("upstream unreachable")]
     BadGateway,
     #[error(transparent)]
@@ -56,7 +60,7 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-            Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotReady | Self::DirectoryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::Presign(error) => match error {
                 PresignError::ProfileNotFound(_) => StatusCode::NOT_FOUND,
@@ -88,6 +92,7 @@ impl ApiError {
             Self::HeadersTooLarge => "the request headers are too large or too many".to_owned(),
             Self::Overloaded => "too many requests in flight; retry shortly".to_owned(),
             Self::NotReady => "the sidecar is not ready yet; retry shortly".to_owned(),
+            Self::DirectoryUnavailable => "the directory cannot be read; retry shortly".to_owned(),
             Self::BadGateway => "the upstream could not be reached".to_owned(),
             Self::Presign(error) => match error {
                 PresignError::ProfileNotFound(message)
@@ -118,7 +123,10 @@ impl ApiError {
                     HeaderValue::from_static("Bearer realm=\"authz-sidecar\", error=\"invalid_token\""),
                 );
             }
-            Self::Overloaded | Self::NotReady | Self::Presign(PresignError::Throttled) => {
+            Self::Overloaded
+            | Self::NotReady
+            | Self::DirectoryUnavailable
+            | Self::Presign(PresignError::Throttled) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
@@ -162,6 +170,7 @@ mod tests {
             (ApiError::HeadersTooLarge, 431),
             (ApiError::Overloaded, 429),
             (ApiError::NotReady, 503),
+            (ApiError::DirectoryUnavailable, 503),
             (ApiError::BadGateway, 502),
             (ApiError::GatewayTimeout, 504),
         ];

@@ -81,9 +81,9 @@ async fn users_are_read_from_dynamodb_in_batches_of_a_hundred_and_a_missing_one_
     let cache = DirectoryCache::new(reader, vec![users_mapping()], minute_policy());
     let asked: Vec<EntityUid> =
         ["user-7", "nobody"].iter().map(|u| format!("Studio::User::\"{u}\"").parse().unwrap()).collect();
-    let answers = cache.get(&asked, &schema).await;
+    let answers = cache.get(&asked, &schema, 0).await;
     let user = answers[0].as_ref().unwrap().as_ref().expect("user-7 is in the table");
-    let json = user.to_json_value().unwrap();
+    let json = user.entity.entity().to_json_value().unwrap();
     assert_eq!(json["parents"][0]["id"], "lob-a", "{json}");
     assert_eq!(json["tags"]["Team"], json!(["Team1"]), "{json}");
     assert!(matches!(answers[1], Ok(None)), "{:?}", answers[1]);
@@ -98,6 +98,6 @@ async fn a_table_that_cannot_be_read_is_an_error_never_an_absent_user() {
 
     let cache = DirectoryCache::new(reader, vec![users_mapping()], minute_policy());
     let schema = crate::support::shipped_snapshot().schema().clone();
-    let answers = cache.get(&["Studio::User::\"user-1\"".parse().unwrap()], &schema).await;
+    let answers = cache.get(&["Studio::User::\"user-1\"".parse().unwrap()], &schema, 0).await;
     assert!(matches!(answers[0], Err(DirectoryError::Unreachable(_))), "{:?}", answers[0]);
 }

@@ -326,13 +326,15 @@ fn a_derived_profile_presigns_in_the_users_lob_under_its_documented_name() {
     let snapshot = PolicySnapshot::load(&ws.dirs(), 1).unwrap();
     let user_type: cedar_policy::EntityTypeName = "Studio::User".parse().unwrap();
     let resource = uid(r#"Studio::UserProfile::"user-1-team1""#);
-    let derived = derive_profile(&snapshot, &user_type, "user-1", "team1", &resource).unwrap();
-    let target = resolve(&snapshot, &resource, Some(&derived), "unused").unwrap();
+    let stored = |uid: &cedar_policy::EntityUid| snapshot.entities().get(uid);
+    let derived = derive_profile(&snapshot, stored, &user_type, "user-1", "team1", &resource).unwrap();
+    let known = |uid: &cedar_policy::EntityUid| if *uid == resource { Some(&derived) } else { stored(uid) };
+    let target = resolve(known, &resource, "unused").unwrap();
     assert_eq!(target.profile_name, "user-1-team1");
     assert_eq!(target.account_id, "111111111111", "lob-a's account");
     assert_eq!(target.team_tag.as_deref(), Some("Team1"), "the stored team's id, not the path's spelling");
     assert!(target.execution_role_arn.is_some_and(|arn| arn.starts_with("arn:aws:iam::111111111111:role/")));
     // a user the entities do not know has no line of business: nothing is derived
-    let error = derive_profile(&snapshot, &user_type, "user-9", "team1", &resource).unwrap_err();
+    let error = derive_profile(&snapshot, stored, &user_type, "user-9", "team1", &resource).unwrap_err();
     assert!(error.to_string().contains("user-9"), "{error}");
 }

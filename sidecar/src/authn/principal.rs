@@ -1,10 +1,12 @@
 //! The Cedar principal of a verified token.
 //!
-//! The entity's id is the configured id claim. When the snapshot has an entity with
-//! that uid (the users→LOB table, stored tags), it is the starting point; then the
-//! token wins where it speaks: the groups claim replaces the stored parents of the group
-//! type (the identity provider is the authority on group membership; other parents,
-//! such as the user's LOB, stay), and each mapped claim sets its tag or attribute.
+//! The entity's id is the configured id claim. When an entity with that uid is stored
+//! (in the entity files, or in the directory's users table: the user's LOB, teams,
+//! tags), it is the starting point; then the token speaks. Group parents follow
+//! `group_membership`: `token` replaces the stored parents of the group type with the
+//! groups claim, `stored` keeps them, `both` keeps only those the claim names too
+//! (other parents, such as the user's LOB, always stay). Each mapped claim sets its tag
+//! or attribute.
 //! The result is checked against the schema, so a claim of the wrong shape is an error,
 //! never a silently different principal. One exception, so that the sidecar decides as
 //! Cedar does: a user no entity file knows, of a type that declares required attributes,
@@ -14,12 +16,11 @@
 
 use cedar_policy::conformance_errors::EntitySchemaConformanceError;
 use cedar_policy::entities_errors::EntitiesError;
-use cedar_policy::{Entity, EntityId, EntityUid};
+use cedar_policy::{Entity, Schema};
 use serde_json::{Map, Value, json};
 
 use super::Identity;
-use crate::config::PrincipalConfig;
-use crate::policy_store::PolicySnapshot;
+use crate::config::{GroupMembership, PrincipalConfig};
 
 /// Why a token's principal could not be built: a claim of the wrong shape for the schema.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,16 +31,16 @@ pub(crate) enum PrincipalError {
     NotAnEntity(String),
 }
 
-/// Build the principal entity for `identity` under `snapshot`'s schema. Its uid is
-/// `config.entity_type` with the identity's principal id (its issuer's namespace
-/// prefix, then the subject) as id.
+/// Build the principal entity for `identity` under `schema`, over `stored`, the entity
+/// the files or the directory hold for its uid. Its uid is `config.entity_type` with
+/// the identity's principal id (its issuer's namespace prefix, then the subject) as id.
 pub(crate) fn principal_entity(
     identity: &Identity,
     config: &PrincipalConfig,
-    snapshot: &PolicySnapshot,
+    stored: Option<&Entity>,
+    schema: &Schema,
 ) -> Result<Entity, PrincipalError> {
-    let uid = EntityUid::from_type_name_and_id(config.entity_type.clone(), EntityId::new(&identity.principal_id));
-    let stored = snapshot.entities().get(&uid).map(Entity::to_json_value);
+    let stored = stored.map(Entity::to_json_value);
     let is_stored = matches!(stored, Some(Ok(Value::Object(_))));
     let mut json = match stored {
         Some(Ok(Value::Object(stored))) => stored,
@@ -56,8 +57,16 @@ pub(crate) fn principal_entity(
         let groups = strings(identity.claims.get(claim));
         let parents = json.entry("parents").or_insert_with(|| Value::Array(Vec::new()));
         if let Value::Array(parents) = parents {
-            parents.retain(|p| p.get("type").and_then(Value::as_str) != Some(group_type.as_str()));
-            parents.extend(groups.into_iter().map(|g| json!({"type": group_type, "id": g})));
+            let is_group = |p: &Value| p.get("type").and_then(Value::as_str) == Some(group_type.as_str());
+            let claimed = |p: &Value| p.get("id").and_then(Value::as_str).is_some_and(|id| groups.iter().any(|g| g == id));
+            match config.group_membership {
+                GroupMembership::Token => {
+                    parents.retain(|p| !is_group(p));
+                    parents.extend(groups.iter().map(|g| json!({"type": group_type, "id": g})));
+                }
+                GroupMembership::Stored => {}
+                GroupMembership::Both => parents.retain(|p| !is_group(p) || claimed(p)),
+            }
         }
     }
     for (field, pairs) in [("tags", &config.tags), ("attrs", &config.attributes)] {
@@ -70,7 +79,7 @@ pub(crate) fn principal_entity(
             }
         }
     }
-    match Entity::from_json_value(Value::Object(json.clone()), Some(snapshot.schema())) {
+    match Entity::from_json_value(Value::Object(json.clone()), Some(schema)) {
         Ok(entity) => Ok(entity),
         // A user the entities do not know, of a type that declares required attributes:
         // the token cannot supply them. Cedar does not need the principal to exist, so

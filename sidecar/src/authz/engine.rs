@@ -17,7 +17,7 @@ use cedar_policy::{
 };
 use serde::Serialize;
 
-use crate::policy_store::{PolicySnapshot, RequestPrincipal};
+use crate::policy_store::{PolicySnapshot, CheckedEntity};
 
 /// Allow or deny, the only two answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -118,7 +118,7 @@ impl Decision {
 #[derive(Debug, Clone)]
 pub enum Asker {
     Uid(EntityUid),
-    Built(Arc<RequestPrincipal>),
+    Built(Arc<CheckedEntity>),
 }
 
 impl Asker {
@@ -150,6 +150,9 @@ pub struct DecisionRequest {
     /// replace stored entities of the same uid for this one decision, and are checked
     /// against the schema.
     pub entities: Vec<Entity>,
+    /// Entities already checked against this snapshot's schema (read from the
+    /// directory, derived): added like `entities`, without another check.
+    pub checked: Vec<Arc<CheckedEntity>>,
 }
 
 impl DecisionRequest {
@@ -160,18 +163,20 @@ impl DecisionRequest {
             resource,
             context: QuestionContext::Json(serde_json::json!({})),
             entities: Vec::new(),
+            checked: Vec::new(),
         }
     }
 
     /// The data plane's question: `principal` was built from a verified token and
     /// checked against the schema when it was built.
-    pub fn built(principal: Arc<RequestPrincipal>, action: EntityUid, resource: EntityUid, context: Context) -> Self {
+    pub fn built(principal: Arc<CheckedEntity>, action: EntityUid, resource: EntityUid, context: Context) -> Self {
         Self {
             principal: Asker::Built(principal),
             action,
             resource,
             context: QuestionContext::Typed(context),
             entities: Vec::new(),
+            checked: Vec::new(),
         }
     }
 
@@ -184,6 +189,12 @@ impl DecisionRequest {
     #[must_use]
     pub fn with_entities(mut self, entities: Vec<Entity>) -> Self {
         self.entities = entities;
+        self
+    }
+
+    #[must_use]
+    pub fn with_checked(mut self, checked: Vec<Arc<CheckedEntity>>) -> Self {
+        self.checked = checked;
         self
     }
 }
@@ -203,6 +214,8 @@ pub enum RequestError {
     Invalid(String),
     #[error("the request's entities do not fit the schema: {0}")]
     BadEntities(String),
+    #[error("the directory could not answer for the request's entities: {0}")]
+    Directory(String),
 }
 
 impl RequestError {
@@ -214,6 +227,7 @@ impl RequestError {
             Self::BadContext { .. } => "bad_context",
             Self::Invalid(_) => "invalid_request",
             Self::BadEntities(_) => "bad_entities",
+            Self::Directory(_) => "directory",
         }
     }
 }
@@ -262,13 +276,14 @@ impl Engine {
             Asker::Uid(_) => None,
         };
         let policies = snapshot.policies_for(&request.action);
-        let response = if built.is_none() && request.entities.is_empty() {
+        let response = if built.is_none() && request.entities.is_empty() && request.checked.is_empty() {
             self.authorizer.is_authorized(&cedar_request, policies, snapshot.entities())
         } else {
             let mut roots = vec![request.principal.uid().clone(), request.resource.clone()];
             roots.extend(context_roots);
+            let checked: Vec<&CheckedEntity> = built.into_iter().chain(request.checked.iter().map(Arc::as_ref)).collect();
             let entities = snapshot
-                .request_entities(built, &roots, &request.entities)
+                .request_entities(&checked, &roots, &request.entities)
                 .map_err(|e: Box<EntitiesError>| RequestError::BadEntities(e.to_string()))?;
             self.authorizer.is_authorized(&cedar_request, policies, &entities)
         };

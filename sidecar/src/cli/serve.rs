@@ -166,6 +166,9 @@ async fn serve(config: Config, snapshot: Option<PolicySnapshot>, dev: bool) -> R
         let presigner = app.aws_presigner().await?;
         app = app.with_presigner(presigner);
     }
+    if let Some(directory) = app.aws_directory().await? {
+        app = app.with_directory(directory);
+    }
     let app = Arc::new(app);
     let data = listeners.data.local_addr().map_err(ServeError::Address)?;
     let admin = listeners.admin.local_addr().map_err(ServeError::Address)?;

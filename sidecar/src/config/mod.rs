@@ -3,6 +3,7 @@
 //! Cedar uids and route templates. Nothing binds a port before this succeeds, and every
 //! error says which key is wrong and why.
 
+mod directory;
 mod raw;
 mod routes;
 mod template;
@@ -16,7 +17,8 @@ use cedar_policy::EntityTypeName;
 use http::{HeaderName, Uri};
 
 use crate::policy_store::SourceDirs;
-pub use raw::{HandlerKind, NotOneOf, RawConfig, SourceKind};
+pub use directory::{DirectoryConfig, DirectoryProblem};
+pub use raw::{GroupMembership, HandlerKind, NotOneOf, RawConfig, SourceKind};
 use routes::parse_route;
 pub use routes::{
     ACCOUNT_POOL_CALLER_ACTION, ACCOUNT_POOL_HANDLER_TYPE, ContextSource, DEFAULT_STRIPPED_HEADERS, DeriveProfile,
@@ -53,6 +55,8 @@ pub struct Config {
     pub issuers: Vec<IssuerConfig>,
     pub routes: Vec<RouteConfig>,
     pub aws: AwsConfig,
+    /// Entity types read from tables instead of files; `None`: files only.
+    pub directory: Option<DirectoryConfig>,
 }
 
 /// Where AWS is: region (else the standard chain's), endpoint overrides, and how long
@@ -131,6 +135,8 @@ pub struct PrincipalConfig {
     pub attributes: Vec<(String, String)>,
     /// The operator says every issuer is one user directory.
     pub issuers_share_principals: bool,
+    /// Which source says which groups the principal is in.
+    pub group_membership: GroupMembership,
 }
 
 #[derive(Debug, Clone)]
@@ -242,14 +248,38 @@ impl Config {
             EntityTypeName::from_str(value)
                 .map_err(|e| invalid(key.to_owned(), format!("`{value}` is not a Cedar entity type: {e}")))
         };
+        let directory = match &raw.directory {
+            Some(directory) => {
+                Some(directory::parse_directory(directory).map_err(|p| invalid(p.key, p.message))?)
+            }
+            None => None,
+        };
+        let principal_type = type_name("principal.entity_type", &raw.principal.entity_type)?;
+        // a principal the directory holds takes its groups from both by default, so
+        // that a user removed from a group in the directory loses it within the TTL,
+        // whatever their token still says
+        let in_directory = directory.as_ref().is_some_and(|d| d.holds(&principal_type));
+        let group_membership = match (raw.principal.group_membership, &raw.principal.groups_claim) {
+            (Some(GroupMembership::Both), None) => {
+                return Err(invalid(
+                    "principal.group_membership".into(),
+                    "`both` needs a `groups_claim` to compare with".into(),
+                ));
+            }
+            (Some(chosen), _) => chosen,
+            (None, Some(_)) if in_directory => GroupMembership::Both,
+            (None, None) if in_directory => GroupMembership::Stored,
+            (None, _) => GroupMembership::Token,
+        };
         let principal = PrincipalConfig {
-            entity_type: type_name("principal.entity_type", &raw.principal.entity_type)?,
+            entity_type: principal_type,
             id_claim: raw.principal.id_claim.clone(),
             groups_claim: raw.principal.groups_claim.clone(),
             group_type: type_name("principal.group_type", &raw.principal.group_type)?,
             tags: raw.principal.tags.clone().into_iter().collect(),
             attributes: raw.principal.attributes.clone().into_iter().collect(),
             issuers_share_principals: raw.principal.issuers_share_principals,
+            group_membership,
         };
 
         let mut issuers = Vec::new();
@@ -369,6 +399,7 @@ impl Config {
                 verifiedpermissions_endpoint: raw.aws.verifiedpermissions_endpoint.clone(),
                 timeout: raw.aws.timeout,
             },
+            directory,
         })
     }
 }

@@ -22,6 +22,7 @@ pub struct RawConfig {
     pub issuers: Vec<RawIssuer>,
     pub routes: Vec<RawRoute>,
     pub aws: RawAws,
+    pub directory: Option<super::directory::RawDirectory>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,6 +221,9 @@ pub struct RawPrincipal {
     /// The operator's statement that the issuers are one user directory, so a subject
     /// means the same person whichever issuer signed the token.
     pub issuers_share_principals: bool,
+    /// Where the principal's group parents come from; the default depends on whether
+    /// the directory holds the principal type (see `Config::from_raw`).
+    pub group_membership: Option<GroupMembership>,
 }
 
 impl Default for RawPrincipal {
@@ -232,6 +236,7 @@ impl Default for RawPrincipal {
             tags: BTreeMap::from([("Team".to_owned(), "cognito:groups".to_owned())]),
             attributes: BTreeMap::new(),
             issuers_share_principals: false,
+            group_membership: None,
         }
     }
 }
@@ -383,6 +388,24 @@ impl HandlerKind {
         }
     }
 }
+
+/// `[principal] group_membership`: which source says which groups a principal is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum GroupMembership {
+    /// The token's groups claim replaces the stored entity's group parents.
+    Token,
+    /// The stored entity's group parents (files, directory); the claim is not used for
+    /// them.
+    Stored,
+    /// A group parent only when the token and the stored entity both say so.
+    Both,
+}
+closed_set!(GroupMembership, "`token`, `stored` or `both`", {
+    "token" => Self::Token,
+    "stored" => Self::Stored,
+    "both" => Self::Both,
+});
 
 closed_set!(Mode, "`enforce` or `dry-run`", { "enforce" => Self::Enforce, "dry-run" => Self::DryRun });
 closed_set!(PresignResponse, "`redirect` or `json`", { "redirect" => Self::Redirect, "json" => Self::Json });

@@ -13,14 +13,16 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cedar_policy::{Entity, EntityTypeName, EntityUid, Schema};
+use cedar_policy::{EntityTypeName, EntityUid, Schema};
 use moka::sync::Cache;
 use tokio::sync::watch;
 
 use super::mapping::{Item, MappingError, TableMapping};
+use crate::policy_store::CheckedEntity;
 
 /// Reads items by key from a table (DynamoDB's `BatchGetItem`, or a fake in tests).
 pub trait TableReader: Send + Sync {
@@ -68,13 +70,28 @@ pub struct CachePolicy {
     pub capacity: u64,
 }
 
-/// What the directory knows of one entity.
-type Answer = Result<Option<Arc<Entity>>, DirectoryError>;
+/// One entity as the directory answered it: checked against the asking snapshot's
+/// schema, and the serial of the read it came from (a new read, a new serial).
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub entity: Arc<CheckedEntity>,
+    pub serial: u64,
+}
 
+/// What the directory knows of one entity.
+pub type Answer = Result<Option<Fetched>, DirectoryError>;
+
+/// A read's answer for one key: the entry it made (or the stale one kept), or why not.
+type Read = Result<Arc<Entry>, DirectoryError>;
+
+/// What was read for one key: the item (`None`: the table has none), when, and the
+/// entity it maps to under the last schema that asked.
 #[derive(Debug)]
 struct Entry {
-    entity: Option<Arc<Entity>>,
+    item: Option<Item>,
     fetched: Instant,
+    serial: u64,
+    mapped: Mutex<Option<(u64, Result<Arc<CheckedEntity>, MappingError>)>>,
 }
 
 /// The cache over a reader, for the tables of `mappings` (one entity type each).
@@ -84,7 +101,10 @@ pub struct DirectoryCache<R> {
     policy: CachePolicy,
     entries: Cache<EntityUid, Arc<Entry>>,
     /// Reads under way: a second asker of one of these keys awaits the first's answer.
-    reading: Mutex<HashMap<EntityUid, watch::Receiver<Option<Answer>>>>,
+    reading: Mutex<HashMap<EntityUid, watch::Receiver<Option<Read>>>>,
+    /// The last read's failure, until a read succeeds (for `/readyz`).
+    unreachable: Mutex<Option<ReadError>>,
+    serials: AtomicU64,
 }
 
 impl<R> std::fmt::Debug for DirectoryCache<R> {
@@ -100,7 +120,15 @@ impl<R: TableReader> DirectoryCache<R> {
             .time_to_live(policy.max_staleness.max(policy.ttl).max(policy.negative_ttl))
             .build();
         let tables = mappings.into_iter().map(|m| (m.entity_type.clone(), m)).collect();
-        Self { reader, tables, policy, entries, reading: Mutex::new(HashMap::new()) }
+        Self {
+            reader,
+            tables,
+            policy,
+            entries,
+            reading: Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(None),
+            serials: AtomicU64::new(1),
+        }
     }
 
     /// Whether entities of this type come from the directory.
@@ -108,17 +136,54 @@ impl<R: TableReader> DirectoryCache<R> {
         self.tables.contains_key(entity_type)
     }
 
-    /// The entities of `uids` (each a type the directory holds), in order: `Some` when
-    /// the table has it, `None` when it does not.
-    pub async fn get(&self, uids: &[EntityUid], schema: &Schema) -> Vec<Answer> {
-        let mut answers: Vec<Option<Answer>> = vec![None; uids.len()];
+    /// The tables read, each once.
+    pub fn tables(&self) -> impl Iterator<Item = &TableMapping> {
+        self.tables.values()
+    }
+
+    /// Why the directory cannot be read, when its last read failed (until one succeeds).
+    pub fn unreachable(&self) -> Option<ReadError> {
+        self.unreachable.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Read one key that need not exist from every table, to learn whether the
+    /// directory can be read (at start, and while it cannot). Whether every table could.
+    pub async fn probe(&self) -> bool {
+        let mut all = true;
+        for mapping in self.tables.values() {
+            let read = self.reader.read(&mapping.table, &mapping.key, &["authz-sidecar-probe".to_owned()]).await;
+            all &= self.note(read.as_ref().map(|_| ()).map_err(Clone::clone));
+        }
+        all
+    }
+
+    /// Record a read's outcome for `/readyz`; whether it succeeded.
+    fn note(&self, read: Result<(), ReadError>) -> bool {
+        let mut unreachable = self.unreachable.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match read {
+            Ok(()) => {
+                *unreachable = None;
+                true
+            }
+            Err(error) => {
+                *unreachable = Some(error);
+                false
+            }
+        }
+    }
+
+    /// The entities of `uids` (each a type the directory holds), in order, checked
+    /// against `schema` (of the snapshot with build id `build`): `Some` when the table
+    /// has it, `None` when it does not.
+    pub async fn get(&self, uids: &[EntityUid], schema: &Schema, build: u64) -> Vec<Answer> {
+        let mut answers: Vec<Option<Read>> = vec![None; uids.len()];
         let mut stale: HashMap<EntityUid, Arc<Entry>> = HashMap::new();
         let mut wanted: Vec<(usize, &EntityUid)> = Vec::new();
         for ((i, uid), slot) in uids.iter().enumerate().zip(answers.iter_mut()) {
             match self.entries.get(uid) {
                 Some(entry) if self.is_fresh(&entry) => {
                     metrics::counter!("authz_directory_cache_total", "result" => "hit").increment(1);
-                    *slot = Some(Ok(entry.entity.clone()));
+                    *slot = Some(Ok(entry));
                 }
                 kept => {
                     metrics::counter!("authz_directory_cache_total", "result" => "miss").increment(1);
@@ -131,8 +196,8 @@ impl<R: TableReader> DirectoryCache<R> {
         }
 
         // claim the keys nobody is reading; await the others' answers
-        let mut senders: HashMap<EntityUid, watch::Sender<Option<Answer>>> = HashMap::new();
-        let mut waits: Vec<(usize, &EntityUid, watch::Receiver<Option<Answer>>)> = Vec::new();
+        let mut senders: HashMap<EntityUid, watch::Sender<Option<Read>>> = HashMap::new();
+        let mut waits: Vec<(usize, &EntityUid, watch::Receiver<Option<Read>>)> = Vec::new();
         {
             let mut reading = self.reading.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             for (i, uid) in wanted {
@@ -147,19 +212,20 @@ impl<R: TableReader> DirectoryCache<R> {
         let mine: Vec<EntityUid> = senders.keys().cloned().collect();
         let _release = Release { cache: self, uids: mine.clone() };
 
-        let mut read = self.read(&mine, schema).await;
+        let mut read = self.read(&mine).await;
         for (uid, sender) in &senders {
             let answer = match read.remove(uid) {
-                Some(Ok(entity)) => {
-                    let entry = Entry { entity: entity.clone(), fetched: Instant::now() };
-                    self.entries.insert(uid.clone(), Arc::new(entry));
-                    Ok(entity)
+                Some(Ok(item)) => {
+                    let serial = self.serials.fetch_add(1, Ordering::Relaxed);
+                    let entry = Arc::new(Entry { item, fetched: Instant::now(), serial, mapped: Mutex::new(None) });
+                    self.entries.insert(uid.clone(), entry.clone());
+                    Ok(entry)
                 }
                 Some(Err(error)) => match stale.get(uid).filter(|e| e.fetched.elapsed() <= self.policy.max_staleness) {
                     Some(entry) => {
                         metrics::counter!("authz_directory_cache_total", "result" => "stale").increment(1);
                         tracing::warn!(entity = %uid, error = %error, "directory unreadable; serving a stale entry");
-                        Ok(entry.entity.clone())
+                        Ok(entry.clone())
                     }
                     None => Err(error),
                 },
@@ -177,16 +243,41 @@ impl<R: TableReader> DirectoryCache<R> {
                 *slot = Some(answer);
             }
         }
-        answers.into_iter().map(|a| a.unwrap_or_else(|| Err(DirectoryError::Abandoned(String::new())))).collect()
+        uids.iter()
+            .zip(answers)
+            .map(|(uid, answer)| {
+                let entry = answer.unwrap_or_else(|| Err(DirectoryError::Abandoned(uid.to_string())))?;
+                self.entity(uid, &entry, schema, build)
+            })
+            .collect()
+    }
+
+    /// The entity of `entry` under `schema`: mapped once per snapshot build, so a new
+    /// schema checks every cached item again, and a cached item never skips the check.
+    fn entity(&self, uid: &EntityUid, entry: &Entry, schema: &Schema, build: u64) -> Answer {
+        let Some(item) = &entry.item else { return Ok(None) };
+        let mut mapped = entry.mapped.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let result = match &*mapped {
+            Some((at, result)) if *at == build => result.clone(),
+            _ => {
+                let Some(mapping) = self.tables.get(uid.type_name()) else { return Ok(None) };
+                let result =
+                    mapping.entity(uid.id().unescaped(), item, schema).map(|e| Arc::new(CheckedEntity::new(e)));
+                *mapped = Some((build, result.clone()));
+                result
+            }
+        };
+        Ok(Some(Fetched { entity: result?, serial: entry.serial }))
     }
 
     fn is_fresh(&self, entry: &Entry) -> bool {
-        let ttl = if entry.entity.is_some() { self.policy.ttl } else { self.policy.negative_ttl };
+        let ttl = if entry.item.is_some() { self.policy.ttl } else { self.policy.negative_ttl };
         entry.fetched.elapsed() < ttl
     }
 
-    /// Read `uids`, one batch per table.
-    async fn read(&self, uids: &[EntityUid], schema: &Schema) -> HashMap<EntityUid, Answer> {
+    /// Read `uids`, one batch per table: each uid's item, or `None` when its table has
+    /// none.
+    async fn read(&self, uids: &[EntityUid]) -> HashMap<EntityUid, Result<Option<Item>, DirectoryError>> {
         let mut by_table: HashMap<&EntityTypeName, Vec<&EntityUid>> = HashMap::new();
         for uid in uids {
             by_table.entry(uid.type_name()).or_default().push(uid);
@@ -204,16 +295,11 @@ impl<R: TableReader> DirectoryCache<R> {
             let read = self.reader.read(&mapping.table, &mapping.key, &keys).await;
             metrics::histogram!("authz_directory_fetch_seconds", "table" => mapping.table.clone())
                 .record(started.elapsed().as_secs_f64());
+            self.note(read.as_ref().map(|_| ()).map_err(Clone::clone));
             match read {
-                Ok(items) => {
+                Ok(mut items) => {
                     for (uid, key) in uids.into_iter().zip(&keys) {
-                        let answer = match items.get(key) {
-                            Some(item) => {
-                                mapping.entity(key, item, schema).map(|e| Some(Arc::new(e))).map_err(Into::into)
-                            }
-                            None => Ok(None),
-                        };
-                        out.insert(uid.clone(), answer);
+                        out.insert(uid.clone(), Ok(items.remove(key)));
                     }
                 }
                 Err(error) => {
@@ -247,7 +333,7 @@ impl<R> Drop for Release<'_, R> {
 #[cfg(test)]
 mod tests {
     use std::str::FromStr;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     use super::*;
     use crate::directory::mapping::{AttributeMapping, AttributeValue, ParentMapping, ValueKind};
@@ -319,8 +405,8 @@ mod tests {
     }
 
     fn lob_of(answer: &Answer) -> Option<String> {
-        let entity = answer.as_ref().ok()?.as_ref()?;
-        let json = entity.to_json_value().ok()?;
+        let fetched = answer.as_ref().ok()?.as_ref()?;
+        let json = fetched.entity.entity().to_json_value().ok()?;
         json["parents"][0]["id"].as_str().map(str::to_owned)
     }
 
@@ -333,7 +419,7 @@ mod tests {
         let schema = schema();
 
         let asked = [user("user-1"), user("user-2"), user("nobody")];
-        let answers = cache.get(&asked, &schema).await;
+        let answers = cache.get(&asked, &schema, 0).await;
         assert_eq!(lob_of(&answers[0]).as_deref(), Some("lob-a"));
         assert_eq!(lob_of(&answers[1]).as_deref(), Some("lob-b"));
         assert!(matches!(answers[2], Ok(None)), "a user the table does not have: {:?}", answers[2]);
@@ -341,7 +427,7 @@ mod tests {
         assert_eq!(fake.keys_read.load(Ordering::SeqCst), 3);
 
         // found and missing alike are answered from memory until their TTL
-        let again = cache.get(&asked, &schema).await;
+        let again = cache.get(&asked, &schema, 0).await;
         assert!(matches!(again[2], Ok(None)));
         assert_eq!(fake.reads.load(Ordering::SeqCst), 1, "nothing read again, the missing user included");
     }
@@ -356,7 +442,7 @@ mod tests {
         let tasks: Vec<_> = (0..100)
             .map(|_| {
                 let (cache, schema) = (cache.clone(), schema.clone());
-                tokio::spawn(async move { cache.get(&[user("user-1")], &schema).await })
+                tokio::spawn(async move { cache.get(&[user("user-1")], &schema, 0).await })
             })
             .collect();
         for task in tasks {
@@ -373,24 +459,24 @@ mod tests {
         let ttl = Duration::from_millis(100);
         let cache = DirectoryCache::new(fake.clone(), vec![users()], policy(ttl, Duration::from_millis(400)));
         let schema = schema();
-        assert_eq!(lob_of(&cache.get(&[user("user-1")], &schema).await[0]).as_deref(), Some("lob-a"));
+        assert_eq!(lob_of(&cache.get(&[user("user-1")], &schema, 0).await[0]).as_deref(), Some("lob-a"));
 
         // moved to another LOB in the table: served from the new LOB once the TTL is up
         fake.items.lock().unwrap().insert("user-1".to_owned(), item("lob-b"));
-        assert_eq!(lob_of(&cache.get(&[user("user-1")], &schema).await[0]).as_deref(), Some("lob-a"));
+        assert_eq!(lob_of(&cache.get(&[user("user-1")], &schema, 0).await[0]).as_deref(), Some("lob-a"));
         tokio::time::sleep(ttl * 2).await;
-        assert_eq!(lob_of(&cache.get(&[user("user-1")], &schema).await[0]).as_deref(), Some("lob-b"));
+        assert_eq!(lob_of(&cache.get(&[user("user-1")], &schema, 0).await[0]).as_deref(), Some("lob-b"));
 
         // the table goes away: the cached user is served (stale) within the bound, an
         // uncached one is an error, never "absent"
         fake.failing.store(true, Ordering::SeqCst);
         tokio::time::sleep(ttl * 2).await;
-        let answers = cache.get(&[user("user-1"), user("user-2")], &schema).await;
+        let answers = cache.get(&[user("user-1"), user("user-2")], &schema, 0).await;
         assert_eq!(lob_of(&answers[0]).as_deref(), Some("lob-b"), "stale within the bound: {:?}", answers[0]);
         assert!(matches!(answers[1], Err(DirectoryError::Unreachable(_))), "{:?}", answers[1]);
         // past the bound, the cached user is an error too
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let answers = cache.get(&[user("user-1")], &schema).await;
+        let answers = cache.get(&[user("user-1")], &schema, 0).await;
         assert!(matches!(answers[0], Err(DirectoryError::Unreachable(_))), "{:?}", answers[0]);
     }
 
@@ -401,7 +487,7 @@ mod tests {
         bad.insert("email".to_owned(), AttributeValue::N("7".to_owned()));
         fake.items.lock().unwrap().insert("user-1".to_owned(), bad);
         let cache = DirectoryCache::new(fake, vec![users()], policy(Duration::from_secs(60), Duration::ZERO));
-        let answers = cache.get(&[user("user-1")], &schema()).await;
+        let answers = cache.get(&[user("user-1")], &schema(), 0).await;
         assert!(matches!(&answers[0], Err(DirectoryError::Mapping(MappingError::Schema { .. }))), "{:?}", answers[0]);
     }
 }

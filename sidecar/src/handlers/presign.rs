@@ -21,7 +21,6 @@ use crate::body::Body;
 use crate::body::full;
 use crate::body::json_response;
 use crate::config::{PresignOptions, PresignResponse, Provisioning};
-use crate::policy_store::PolicySnapshot;
 
 /// Why a presign failed: `rescue.rs` turns each into its status and message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -153,14 +152,11 @@ impl Presigner {
     /// dropped from the cache and the role is assumed again, once per request.
     pub async fn presign(
         &self,
-        snapshot: &PolicySnapshot,
+        target: Result<Target, PresignError>,
         user: &str,
-        resource: &EntityUid,
-        derived: Option<&Entity>,
-        profile_name_fallback: &str,
         options: &PresignOptions,
     ) -> Result<Response<Body>, PresignError> {
-        let target = resolve(snapshot, resource, derived, profile_name_fallback)?;
+        let target = target?;
         let key = SessionKey { role_arn: target.role_arn.clone(), session_name: session_name(user) };
         let url = match self.attempt(&target, &key, user, options).await {
             Err(PresignError::CredentialsRejected(why)) => {
@@ -481,23 +477,22 @@ fn respond(url: &str, options: &PresignOptions) -> Response<Body> {
     }
 }
 
-/// The account, region, domain, role and profile name for `resource`, from entities:
-/// the listed profile, else the one `derived` for this request.
-pub fn resolve(
-    snapshot: &PolicySnapshot,
+/// The account, region, domain, role and profile name for `resource`, from the entities
+/// `known` finds (the entity files, then what the directory answered and the profile
+/// derived for this request): the same entities the decision was made over.
+pub fn resolve<'a>(
+    known: impl Fn(&EntityUid) -> Option<&'a Entity>,
     resource: &EntityUid,
-    derived: Option<&Entity>,
     profile_name_fallback: &str,
 ) -> Result<Target, PresignError> {
-    let entities = snapshot.entities();
     let unknown =
         || PresignError::ProfileNotFound(format!("no Studio user profile `{}` is known", resource.id().unescaped()));
-    let profile = entities.get(resource).or(derived.filter(|d| d.uid() == *resource)).ok_or_else(unknown)?;
+    let profile = known(resource).ok_or_else(unknown)?;
     let lob_uid = match attr(profile, "lob") {
         Some(EvalResult::EntityUid(uid)) => uid,
         _ => return Err(unknown()),
     };
-    let lob = entities.get(&lob_uid).ok_or(PresignError::Incomplete)?;
+    let lob = known(&lob_uid).ok_or(PresignError::Incomplete)?;
     let text = |entity: &Entity, name: &str| match attr(entity, name) {
         Some(EvalResult::String(s)) => Some(s),
         _ => None,
@@ -505,7 +500,7 @@ pub fn resolve(
     let name = text(profile, "profileName").unwrap_or_else(|| profile_name_fallback.to_owned());
     let account_id = text(lob, "accountId").ok_or(PresignError::Incomplete)?;
     let team = match attr(profile, "team") {
-        Some(EvalResult::EntityUid(uid)) => entities.get(&uid),
+        Some(EvalResult::EntityUid(uid)) => known(&uid),
         _ => None,
     };
     let execution_role_arn =

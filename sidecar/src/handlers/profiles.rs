@@ -7,10 +7,12 @@
 //!
 //! - `owner`: the principal type with the user as id (so the own-profile permit matches
 //!   the user who asks for it, and nobody else);
-//! - `team`: the stored team whose id is the path's team (exactly, else the one team
-//!   whose id equals it ignoring ASCII case; two such teams derive nothing);
-//! - `lob`, and the one parent: the user's stored line of business (the user's one
-//!   parent of the LOB type; none or several derive nothing);
+//! - `team`: the team whose id is the path's team (from the entity files or the
+//!   directory), else the one team of the entity files whose id equals it ignoring ASCII
+//!   case (two such teams derive nothing; the directory is only asked by exact id);
+//! - `lob`, and the one parent: the user's line of business (the user's one parent of
+//!   the LOB type, from the entity files or the directory; none or several derive
+//!   nothing);
 //! - the `Team` tag: the team's id;
 //! - `profileName`: [`derived_profile_name`] of the resource id.
 //!
@@ -35,11 +37,11 @@ const DIGEST_HEX: usize = 16;
 /// Why no profile was derived (the request is then decided without one, and denied).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeriveError {
-    #[error("no team `{0}` is stored")]
+    #[error("no team `{0}` is known")]
     NoTeam(String),
     #[error("more than one team is named `{0}` (ignoring case)")]
     AmbiguousTeam(String),
-    #[error("user `{0}` is not stored, so their line of business is unknown")]
+    #[error("user `{0}` is not known, so their line of business is unknown")]
     NoUser(String),
     #[error("user `{user}` belongs to {count} lines of business; a profile needs exactly one")]
     Lobs { user: String, count: usize },
@@ -47,18 +49,20 @@ pub enum DeriveError {
     Schema(String),
 }
 
-/// The profile of `user` in `team`, whose uid is `resource`, derived from `snapshot`.
-/// `user_type` is the principal's type.
-pub fn derive_profile(
+/// The profile of `user` in `team`, whose uid is `resource`, derived from `snapshot`
+/// and what `known` finds (the snapshot's entities, then the directory's answers for
+/// this request). `user_type` is the principal's type.
+pub fn derive_profile<'a>(
     snapshot: &PolicySnapshot,
+    known: impl Fn(&EntityUid) -> Option<&'a Entity>,
     user_type: &EntityTypeName,
     user: &str,
     team: &str,
     resource: &EntityUid,
 ) -> Result<Entity, DeriveError> {
-    let team_id = stored_team(snapshot, team)?;
+    let team_id = known_team(snapshot, &known, team)?;
     let user_uid = EntityUid::from_type_name_and_id(user_type.clone(), cedar_policy::EntityId::new(user));
-    let lob = user_lob(snapshot, &user_uid, user)?;
+    let lob = user_lob(known(&user_uid), user)?;
     let json = profile_json(resource, user_type, user, &team_id, &lob);
     Entity::from_json_value(json, Some(snapshot.schema())).map_err(|e| DeriveError::Schema(e.to_string()))
 }
@@ -94,15 +98,20 @@ fn profile_json(
     })
 }
 
-/// The stored team `name` names: itself, else the one team equal to it ignoring case.
-fn stored_team(snapshot: &PolicySnapshot, name: &str) -> Result<String, DeriveError> {
+/// The team `name` names: itself when known, else the one stored team equal to it
+/// ignoring case.
+fn known_team<'a>(
+    snapshot: &PolicySnapshot,
+    known: impl Fn(&EntityUid) -> Option<&'a Entity>,
+    name: &str,
+) -> Result<String, DeriveError> {
     let Ok(team_type) = EntityTypeName::from_str(TEAM_TYPE) else {
         return Err(DeriveError::NoTeam(name.to_owned()));
     };
-    let teams = snapshot.entities_of_type(&team_type);
-    if teams.iter().any(|uid| uid.id().unescaped() == name) {
+    if known(&EntityUid::from_type_name_and_id(team_type.clone(), cedar_policy::EntityId::new(name))).is_some() {
         return Ok(name.to_owned());
     }
+    let teams = snapshot.entities_of_type(&team_type);
     let mut alike = teams.iter().filter(|uid| uid.id().unescaped().eq_ignore_ascii_case(name));
     match (alike.next(), alike.next()) {
         (Some(one), None) => Ok(one.id().unescaped().to_owned()),
@@ -111,9 +120,9 @@ fn stored_team(snapshot: &PolicySnapshot, name: &str) -> Result<String, DeriveEr
     }
 }
 
-/// The one line of business the stored `user` belongs to.
-fn user_lob(snapshot: &PolicySnapshot, uid: &EntityUid, user: &str) -> Result<String, DeriveError> {
-    let stored = snapshot.entities().get(uid).ok_or_else(|| DeriveError::NoUser(user.to_owned()))?;
+/// The one line of business the known `user` belongs to.
+fn user_lob(known: Option<&Entity>, user: &str) -> Result<String, DeriveError> {
+    let stored = known.ok_or_else(|| DeriveError::NoUser(user.to_owned()))?;
     let json = stored.to_json_value().map_err(|e| DeriveError::Schema(e.to_string()))?;
     let lobs: Vec<&str> = json
         .get("parents")

@@ -23,7 +23,7 @@ pub use diagnostics::{LoadError, Location, Problem};
 pub use files::{FileSource, ReloadOptions, reload_once};
 pub use lifecycle::{PolicySource, ReloadOutcome, SourceError};
 pub use snapshot::{
-    ContextValueKind, DefinedAt, PolicyParts, PolicySnapshot, RequestPrincipal, SnapshotSource, SnapshotVersion,
+    CheckedEntity, ContextValueKind, DefinedAt, PolicyParts, PolicySnapshot, Slice, SnapshotSource, SnapshotVersion,
 };
 pub use sources::{EntitySources, SourceDirs, SourceFile, Sources};
 

@@ -19,6 +19,7 @@
 //! Each phase returns early with an [`ApiError`]; `rescue` turns it into the response.
 
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -37,8 +38,11 @@ use crate::body::json_response;
 use crate::body::{Body, BoxError};
 use crate::config::{Handler, RenderError};
 use crate::handlers::account_pool::AccountPool;
+use crate::config::TEAM_TYPE;
+use crate::directory::{GatherError, Gathered, gather};
+use crate::handlers::presign::resolve;
 use crate::handlers::profiles::derive_profile;
-use crate::policy_store::PolicySnapshot;
+use crate::policy_store::{CheckedEntity, PolicySnapshot};
 use crate::proxy::{self, ClientBody, Hygiene, Outgoing, Vouch};
 use crate::rescue::ApiError;
 
@@ -163,22 +167,50 @@ where
     let principal =
         EntityUid::from_type_name_and_id(state.principal.entity_type.clone(), EntityId::new(&identity.principal_id));
     // a profile no entity lists is derived for this one request, when the route says so
-    let derived =
-        route.derive_profile.as_ref().filter(|_| snapshot.entities().get(&resource).is_none()).and_then(|derive| {
-            let (user, team) = (matched.param(&derive.user)?, matched.param(&derive.team)?);
-            derive_profile(&snapshot, &state.principal.entity_type, user, team, &resource)
-                .inspect_err(|e| tracing::info!(request_id, route = %route.name, error = %e, "no profile derived"))
-                .ok()
-        });
+    let derive = route.derive_profile.as_ref().and_then(|d| Some((matched.param(&d.user)?, matched.param(&d.team)?)));
+    // entities no file holds, from the directory: the principal, the resource, the
+    // user and team a profile would be derived from, and what they reach
+    let mut gathered = Gathered::default();
+    let mut gather_error = None;
+    if let Some(directory) = &state.directory {
+        let mut roots = vec![principal.clone(), resource.clone()];
+        if let Some((user, team)) = derive {
+            roots.push(EntityUid::from_type_name_and_id(state.principal.entity_type.clone(), EntityId::new(user)));
+            if let Ok(team_type) = cedar_policy::EntityTypeName::from_str(TEAM_TYPE) {
+                roots.push(EntityUid::from_type_name_and_id(team_type, EntityId::new(team)));
+            }
+        }
+        gather_error = gather(directory, &snapshot, roots, &mut gathered).await.err();
+    }
+    let derived = derive.filter(|_| gathered.known(&snapshot, &resource).is_none()).and_then(|(user, team)| {
+        let known = |uid: &EntityUid| gathered.known(&snapshot, uid);
+        derive_profile(&snapshot, known, &state.principal.entity_type, user, team, &resource)
+            .inspect_err(|e| tracing::info!(request_id, route = %route.name, error = %e, "no profile derived"))
+            .ok()
+            .map(|entity| Arc::new(CheckedEntity::new(entity)))
+    });
     // errors stay typed to here, so the metric and the audit event say which kind
-    let question = snapshot
-        .request_principal(identity.token_digest, || principal_entity(&identity, &state.principal, &snapshot))
-        .map_err(|e| RequestError::BadEntities(e.to_string()))
-        .and_then(|requester| {
+    let stored = gathered.known(&snapshot, &principal);
+    let base = gathered.get(&principal).map_or(0, |f| f.serial);
+    let requester = snapshot
+        .request_principal_over(identity.token_digest, base, || {
+            principal_entity(&identity, &state.principal, stored, snapshot.schema())
+        })
+        .map_err(|e| RequestError::BadEntities(e.to_string()));
+    // what the principal (its token's groups) and the derived profile point at
+    if let (Some(directory), Ok(requester), None) = (&state.directory, &requester, &gather_error) {
+        let more = requester.references().iter().chain(derived.iter().flat_map(|d| d.references())).cloned();
+        gather_error = gather(directory, &snapshot, more.collect::<Vec<_>>(), &mut gathered).await.err();
+    }
+    let unreachable = gather_error.as_ref().is_some_and(GatherError::is_unreachable);
+    let question = match gather_error {
+        Some(error) => Err(RequestError::Directory(error.to_string())),
+        None => requester.and_then(|requester| {
             let context = context_from_strings(&snapshot, &authz.action, &context)?;
-            Ok(DecisionRequest::built(requester, authz.action.clone(), resource.clone(), context)
-                .with_entities(derived.iter().cloned().collect()))
-        });
+            let checked = gathered.checked_except(&principal).into_iter().chain(derived.clone()).collect();
+            Ok(DecisionRequest::built(requester, authz.action.clone(), resource.clone(), context).with_checked(checked))
+        }),
+    };
     let asked = Asked {
         request_id: request_id.to_owned(),
         route: Some(route.name.clone()),
@@ -191,7 +223,14 @@ where
     };
     let permitted = authorize(&state.engine, &snapshot, route.mode, asked, question);
     metrics::histogram!("authz_authz_seconds").record(authz_started.elapsed().as_secs_f64());
-    let Permit { decision, vouched } = permitted.map_err(|_| ApiError::Forbidden)?;
+    let Permit { decision, vouched } = permitted.map_err(|_| {
+        if unreachable {
+            tracing::warn!(request_id, route = %route.name, "the directory is unreachable; denied");
+            ApiError::DirectoryUnavailable
+        } else {
+            ApiError::Forbidden
+        }
+    })?;
 
     // 6. handle
     let vouch = Vouch {
@@ -222,9 +261,12 @@ where
         }
         Handler::Presign(options) => {
             let presigner = state.presigner.as_ref().ok_or(ApiError::Internal)?;
-            let result = presigner
-                .presign(&snapshot, &identity.subject, &resource, derived.as_ref(), resource.id().unescaped(), options)
-                .await;
+            let known = |uid: &EntityUid| match &derived {
+                Some(profile) if profile.uid() == uid => Some(profile.entity()),
+                _ => gathered.known(&snapshot, uid),
+            };
+            let target = resolve(known, &resource, resource.id().unescaped());
+            let result = presigner.presign(target, &identity.subject, options).await;
             if let Err(error) = &result {
                 tracing::warn!(request_id, route = %route.name, resource = %resource, error = %error, "presign failed");
             }

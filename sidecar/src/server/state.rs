@@ -15,6 +15,7 @@ use crate::authn::Authenticator;
 use crate::authn::dev::DevIssuer;
 use crate::authz::Engine;
 use crate::config::{Config, ContextConfig, Handler, PrincipalConfig, ServerConfig};
+use crate::directory::Directory;
 use crate::handlers::account_pool::AccountPool;
 use crate::handlers::presign::Presigner;
 use crate::http_client::{self, HttpClient};
@@ -47,6 +48,8 @@ pub struct State {
     pub(crate) dev: Option<DevIssuer>,
     /// Set when a route uses the presign handler.
     pub(crate) presigner: Option<Presigner>,
+    /// Set when `[directory]` names tables.
+    pub(crate) directory: Option<Arc<Directory>>,
 }
 
 impl std::fmt::Debug for State {
@@ -81,6 +84,7 @@ impl State {
             in_flight: Arc::new(Semaphore::new(config.server.max_concurrent_requests)),
             dev,
             presigner: None,
+            directory: None,
         })
     }
 
@@ -111,6 +115,9 @@ impl State {
             if !issuer.has_keys() {
                 reasons.push(format!("no keys yet for issuer `{}`", issuer.config.issuer));
             }
+        }
+        if let Some(error) = self.directory.as_ref().and_then(|d| d.unreachable()) {
+            reasons.push(format!("the directory is unreachable: {error}"));
         }
         reasons
     }

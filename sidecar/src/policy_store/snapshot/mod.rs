@@ -23,7 +23,7 @@ use cedar_policy::{Entities, Entity, EntityTypeName, EntityUid, PolicyId, Policy
 use moka::sync::Cache;
 
 pub use build::PolicyParts;
-pub use slices::RequestPrincipal;
+pub use slices::{CheckedEntity, Slice};
 
 use super::diagnostics::{Location, Problem};
 use super::sources::SourceDirs;
@@ -119,7 +119,7 @@ pub struct PolicySnapshot {
     /// The entities written literally in policies (e.g. `Studio::Team::"admins"`) and
     /// everything reachable from them: every request slice includes them, since a policy
     /// may read their attributes. Fixed for the snapshot, so computed once.
-    literal_slice: Vec<Entity>,
+    literal_slice: Slice,
     /// The schema's action entities (with their groups as parents), for request
     /// entities assembled without a second schema check.
     action_entities: Vec<Entity>,
@@ -129,11 +129,12 @@ pub struct PolicySnapshot {
     by_type: OnceLock<HashMap<EntityTypeName, Arc<[EntityUid]>>>,
     /// Per-entity slice cache: uid → that entity and everything reachable from it.
     /// moka because readers on every core hit it concurrently and it must stay bounded.
-    slices: Cache<EntityUid, Arc<[Entity]>>,
-    /// Request principals by the SHA-256 of the token they were built from. A principal
-    /// depends only on the token's claims and this snapshot, so it is built once per
-    /// token per snapshot.
-    principals: Cache<[u8; 32], Arc<RequestPrincipal>>,
+    slices: Cache<EntityUid, Arc<Slice>>,
+    /// Request principals by the SHA-256 of the token they were built from and the
+    /// directory entry they were built on (0: none). A principal depends only on the
+    /// token's claims, that entry and this snapshot, so it is built once per token and
+    /// entry per snapshot.
+    principals: Cache<([u8; 32], u64), Arc<CheckedEntity>>,
     /// Learned per action and attribute name, from Cedar's own parse of the first
     /// context that had it (see [`PolicySnapshot::learn_context_kind`]). Attribute names
     /// come from the configuration, so this stays small.

@@ -9,16 +9,18 @@ use cedar_policy::{Entities, Entity, EntityUid, EvalResult};
 
 use super::PolicySnapshot;
 
-/// A principal built for requests (from a verified token) and checked against the
-/// schema, with the uids it points at, ready to be added to request entities.
+/// An entity a request brings, already checked against the schema, with the uids it
+/// points at (its direct parents, and the entity uids in its attributes and tags),
+/// ready to be added to request entities: a principal built from a verified token, an
+/// entity read from the directory, a derived profile.
 #[derive(Debug)]
-pub struct RequestPrincipal {
+pub struct CheckedEntity {
     uid: EntityUid,
     entity: Entity,
     references: Vec<EntityUid>,
 }
 
-impl RequestPrincipal {
+impl CheckedEntity {
     /// `entity` must already conform to the snapshot's schema (it is added to request
     /// entities without another check).
     pub fn new(entity: Entity) -> Self {
@@ -32,19 +34,37 @@ impl RequestPrincipal {
     pub fn entity(&self) -> &Entity {
         &self.entity
     }
+
+    /// The uids this entity points at.
+    pub fn references(&self) -> &[EntityUid] {
+        &self.references
+    }
+}
+
+/// A stored entity and every stored entity reachable from it, and the uids they point
+/// at that no stored entity has (which another source, the directory, may hold).
+#[derive(Debug, Default)]
+pub struct Slice {
+    pub entities: Vec<Entity>,
+    pub dangling: Vec<EntityUid>,
 }
 
 impl PolicySnapshot {
     /// A stored entity and every stored entity reachable from it through parents,
     /// entity-valued attributes and tags (the entity itself first when it exists).
     /// Cached per snapshot.
-    pub fn entity_slice(&self, uid: &EntityUid) -> Arc<[Entity]> {
+    pub fn entity_slice(&self, uid: &EntityUid) -> Arc<Slice> {
         if let Some(slice) = self.slices.get(uid) {
             metrics::counter!("authz_entity_cache_total", "result" => "hit").increment(1);
             return slice;
         }
         metrics::counter!("authz_entity_cache_total", "result" => "miss").increment(1);
-        self.slices.get_with_by_ref(uid, || reachable_from(&self.entities, [uid.clone()]).into())
+        self.slices.get_with_by_ref(uid, || Arc::new(reachable_from(&self.entities, [uid.clone()])))
+    }
+
+    /// Uids the policies name literally that no stored entity has.
+    pub fn literal_dangling(&self) -> &[EntityUid] {
+        &self.literal_slice.dangling
     }
 
     /// How many entity slices this snapshot has cached (for metrics).
@@ -54,13 +74,14 @@ impl PolicySnapshot {
         self.slices.entry_count()
     }
 
-    /// The entities of one request, when it brings entities of its own: `principal`
-    /// (built from a token, already checked against the schema) and `extra` (a caller's,
-    /// checked here). The result holds the slices of every uid in `roots` (the principal,
-    /// the resource, entity uids in the context) and of every uid the brought entities
-    /// point at, the policies' literal entities, the schema's action entities, and the
-    /// brought entities, which replace stored entities of the same uid. Stored entities
-    /// were checked when the snapshot was built, so they are not checked again.
+    /// The entities of one request, when it brings entities of its own: `checked` (a
+    /// principal built from a token, entities read from the directory, a derived
+    /// profile: already checked against the schema) and `extra` (a caller's, checked
+    /// here). The result holds the slices of every uid in `roots` (the principal, the
+    /// resource, entity uids in the context) and of every uid the brought entities point
+    /// at, the policies' literal entities, the schema's action entities, and the brought
+    /// entities, which replace stored entities of the same uid. Stored entities were
+    /// checked when the snapshot was built, so they are not checked again.
     ///
     /// This is complete for evaluation: a policy can only reach an entity from the
     /// principal, action, resource, context or a literal in a policy, by following
@@ -71,14 +92,14 @@ impl PolicySnapshot {
     /// that stored entities descend from changes its own ancestors, not theirs.
     pub fn request_entities(
         &self,
-        principal: Option<&RequestPrincipal>,
+        checked: &[&CheckedEntity],
         roots: &[EntityUid],
         extra: &[Entity],
     ) -> Result<Entities, Box<cedar_policy::entities_errors::EntitiesError>> {
         if !extra.is_empty() {
             Entities::from_entities(extra.iter().cloned(), Some(&self.schema)).map_err(Box::new)?;
         }
-        let brought: Vec<&Entity> = principal.map(|p| &p.entity).into_iter().chain(extra).collect();
+        let brought: Vec<&Entity> = checked.iter().map(|c| &c.entity).chain(extra).collect();
         let replaced: HashSet<EntityUid> = brought.iter().map(|e| e.uid()).collect();
         let mut chosen: HashMap<EntityUid, Entity> = HashMap::with_capacity(32);
         let mut choose = |entity: &Entity| {
@@ -87,14 +108,14 @@ impl PolicySnapshot {
                 chosen.entry(uid).or_insert_with(|| entity.clone());
             }
         };
-        let principal_refs = principal.into_iter().flat_map(|p| p.references.iter().cloned());
+        let checked_refs = checked.iter().flat_map(|c| c.references.iter().cloned());
         let extra_refs = extra.iter().flat_map(|e| references(e, None));
-        for root in roots.iter().cloned().chain(principal_refs).chain(extra_refs) {
+        for root in roots.iter().cloned().chain(checked_refs).chain(extra_refs) {
             if !is_action(&root) {
-                self.entity_slice(&root).iter().for_each(&mut choose);
+                self.entity_slice(&root).entities.iter().for_each(&mut choose);
             }
         }
-        self.literal_slice.iter().for_each(choose);
+        self.literal_slice.entities.iter().for_each(choose);
         let all = chosen
             .into_values()
             .chain(brought.into_iter().cloned())
@@ -108,31 +129,49 @@ impl PolicySnapshot {
         &self,
         token_digest: [u8; 32],
         build: impl FnOnce() -> Result<Entity, E>,
-    ) -> Result<Arc<RequestPrincipal>, E> {
-        if let Some(principal) = self.principals.get(&token_digest) {
+    ) -> Result<Arc<CheckedEntity>, E> {
+        self.request_principal_over(token_digest, 0, build)
+    }
+
+    /// The principal of the token with SHA-256 `token_digest` over the stored entity
+    /// the directory answered with `base` (a number that changes whenever the directory
+    /// reads that entity again; 0 for none), built by `build` the first time this
+    /// snapshot sees that pair: a principal never outlives the directory entry it was
+    /// built on. Failures are not kept.
+    pub fn request_principal_over<E>(
+        &self,
+        token_digest: [u8; 32],
+        base: u64,
+        build: impl FnOnce() -> Result<Entity, E>,
+    ) -> Result<Arc<CheckedEntity>, E> {
+        if let Some(principal) = self.principals.get(&(token_digest, base)) {
             return Ok(principal);
         }
-        let principal = Arc::new(RequestPrincipal::new(build()?));
-        self.principals.insert(token_digest, principal.clone());
+        let principal = Arc::new(CheckedEntity::new(build()?));
+        self.principals.insert((token_digest, base), principal.clone());
         Ok(principal)
     }
 }
 
 /// Every stored entity reachable from `roots` through ancestors, entity-valued
-/// attributes and tags (roots included when they exist). Action entities excluded.
-pub(super) fn reachable_from(entities: &Entities, roots: impl IntoIterator<Item = EntityUid>) -> Vec<Entity> {
+/// attributes and tags (roots included when they exist), and the uids reached that no
+/// stored entity has. Action entities excluded.
+pub(super) fn reachable_from(entities: &Entities, roots: impl IntoIterator<Item = EntityUid>) -> Slice {
     let mut seen = HashSet::new();
     let mut stack: Vec<EntityUid> = roots.into_iter().collect();
-    let mut found = Vec::new();
+    let mut slice = Slice::default();
     while let Some(uid) = stack.pop() {
         if is_action(&uid) || !seen.insert(uid.clone()) {
             continue;
         }
-        let Some(entity) = entities.get(&uid) else { continue };
+        let Some(entity) = entities.get(&uid) else {
+            slice.dangling.push(uid);
+            continue;
+        };
         stack.extend(references(entity, Some(entities)));
-        found.push(entity.clone());
+        slice.entities.push(entity.clone());
     }
-    found
+    slice
 }
 
 /// Uids an entity points at: its ancestors (all of them, from `store`, which has
