@@ -288,12 +288,12 @@ fn check_directory(config: &Config, schema: &cedar_policy::Schema) -> Vec<String
     let known: std::collections::HashSet<&cedar_policy::EntityTypeName> = schema.entity_types().collect();
     let mut problems = Vec::new();
     for table in &directory.tables {
-        let named = std::iter::once(&table.entity_type)
-            .chain(table.parents.iter().map(|p| &p.entity_type))
-            .chain(table.attributes.iter().filter_map(|a| match &a.kind {
+        let named = std::iter::once(&table.entity_type).chain(table.parents.iter().map(|p| &p.entity_type)).chain(
+            table.attributes.iter().filter_map(|a| match &a.kind {
                 crate::directory::ValueKind::Entity(t) => Some(t),
                 crate::directory::ValueKind::Plain => None,
-            }));
+            }),
+        );
         for entity_type in named {
             if !known.contains(entity_type) {
                 problems.push(format!(

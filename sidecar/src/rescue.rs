@@ -123,10 +123,7 @@ impl ApiError {
                     HeaderValue::from_static("Bearer realm=\"authz-sidecar\", error=\"invalid_token\""),
                 );
             }
-            Self::Overloaded
-            | Self::NotReady
-            | Self::DirectoryUnavailable
-            | Self::Presign(PresignError::Throttled) => {
+            Self::Overloaded | Self::NotReady | Self::DirectoryUnavailable | Self::Presign(PresignError::Throttled) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

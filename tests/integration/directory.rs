@@ -106,7 +106,12 @@ async fn a_table_that_cannot_be_read_is_an_error_never_an_absent_user() {
 /// created and filled in the seed's layout: lob-a and lob-b as in `entities/lobs.json`,
 /// Team1, and `users` (name, LOB).
 async fn seed_tables(moto: &Moto, users: &[(&str, &str)]) {
-    for (table, key) in [("authz-users", "userName"), ("authz-lobs", "lob"), ("authz-teams", "team")] {
+    for (table, key) in [
+        ("authz-users", "userName"),
+        ("authz-lobs", "lob"),
+        ("authz-teams", "team"),
+        ("authz-datazone-users", "userIdentifier"),
+    ] {
         dynamodb(
             moto,
             "CreateTable",
@@ -122,16 +127,31 @@ async fn seed_tables(moto: &Moto, users: &[(&str, &str)]) {
                "presignRoleArn": {"S": format!("arn:aws:iam::{account}:role/authz-sidecar-presign")},
                "vpceIds": {"SS": [vpce]}})
     };
-    dynamodb(moto, "PutItem", json!({"TableName": "authz-lobs", "Item": lob("lob-a", "111111111111", "us-east-1", VPCE_A)}))
-        .await;
-    dynamodb(moto, "PutItem", json!({"TableName": "authz-lobs", "Item": lob("lob-b", "222222222222", "us-west-2", VPCE_B)}))
-        .await;
+    dynamodb(
+        moto,
+        "PutItem",
+        json!({"TableName": "authz-lobs", "Item": lob("lob-a", "111111111111", "us-east-1", VPCE_A)}),
+    )
+    .await;
+    dynamodb(
+        moto,
+        "PutItem",
+        json!({"TableName": "authz-lobs", "Item": lob("lob-b", "222222222222", "us-west-2", VPCE_B)}),
+    )
+    .await;
     let team = json!({"team": {"S": "Team1"}, "executionRoleName": {"S": "sagemaker-team1-execution"}});
     dynamodb(moto, "PutItem", json!({"TableName": "authz-teams", "Item": team})).await;
     for (user, lob) in users {
         put_user(moto, user, lob).await;
     }
+    // the caller DataZone uses for the account-pool handler, and one DataZone user
+    let caller = json!({"userName": {"S": "datazone"}, "teams": {"SS": ["DataZoneAccountPool"]}});
+    dynamodb(moto, "PutItem", json!({"TableName": "authz-users", "Item": caller})).await;
+    let user = json!({"userIdentifier": {"S": DATAZONE_USER}, "displayName": {"S": "dana"}, "lob": {"S": "lob-a"}});
+    dynamodb(moto, "PutItem", json!({"TableName": "authz-datazone-users", "Item": user})).await;
 }
+
+const DATAZONE_USER: &str = "0d9e6f5a-0000-4000-8000-00000000da7a";
 
 const VPCE_A: &str = "vpce-0a1a000000000001a";
 const VPCE_B: &str = "vpce-0b2b000000000001b";
@@ -142,12 +162,7 @@ async fn put_user(moto: &Moto, user: &str, lob: &str) {
 }
 
 /// `user`'s Team1 profile, through `vpce`, from the corporate network.
-async fn studio(
-    data: std::net::SocketAddr,
-    user: &str,
-    vpce: &str,
-    auth: String,
-) -> (u16, http::HeaderMap, String) {
+async fn studio(data: std::net::SocketAddr, user: &str, vpce: &str, auth: String) -> (u16, http::HeaderMap, String) {
     let path = format!("/studio/{user}/Team1");
     let headers = [("authorization", auth.as_str()), ("x-amzn-vpce-id", vpce), ("x-forwarded-for", "10.1.2.3")];
     harness::get(data, &path, &headers).await
@@ -206,6 +221,11 @@ method = "GET"
 handler = "presign"
 derive_profile = {{ user = "user", team = "team" }}
 {route}
+[[routes]]
+name = "account-pool"
+method = "POST"
+path = "/datazone/account-pool"
+handler = "account_pool"
 {directory}
 "#,
             policies = ws.policies().display(),
@@ -236,7 +256,8 @@ derive_profile = {{ user = "user", team = "team" }}
         let authorization = seen[i].headers["authorization"].to_str().unwrap().to_owned();
         authorization.split('/').nth(2).unwrap_or_default().to_owned()
     };
-    let (dana, nobody, frank, erin) = (token("dana").await, token("nobody").await, token("frank").await, token("erin").await);
+    let (dana, nobody, frank, erin) =
+        (token("dana").await, token("nobody").await, token("frank").await, token("erin").await);
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
 
     // a user only the table knows gets their URL, in their LOB's region
@@ -245,6 +266,24 @@ derive_profile = {{ user = "user", team = "team" }}
     assert_eq!(signed_region(0), "us-east-1");
     // a user the table does not have is denied
     assert_eq!(studio("nobody", VPCE_A, nobody).await.0, 403);
+
+    // the account-pool handler reads a DataZone user nobody listed from its table: lob-a's
+    // pool grants them lob-a's account, and nothing of lob-b's
+    let (_, _, caller) = harness::get(admin, "/dev/token?user=datazone&groups=DataZoneAccountPool", &[]).await;
+    let caller = format!("Bearer {caller}");
+    let validate = |account: &str| {
+        json!({"operationRequest": {"listAuthorizedAccountsRequest": null,
+            "validateAccountAuthorizationRequest": {"domainIdentifier": "dzd-4igt64u5j25ko9",
+                "awsAccountId": account, "regionName": "us-east-1", "userIdentifier": DATAZONE_USER}}})
+        .to_string()
+    };
+    for (account, answer) in [("004878717744", "GRANT"), ("444444444444", "DENY")] {
+        let headers = [("authorization", caller.as_str()), ("content-type", "application/json")];
+        let (status, _, body) =
+            harness::request(data, "POST", "/datazone/account-pool", &headers, validate(account).into_bytes()).await;
+        assert_eq!(status, 200, "{body}\n{}", log_text());
+        assert!(body.contains(answer), "{account}: {body}");
+    }
 
     // moved to lob-b in the table: after the TTL, served from lob-b (its endpoint, its
     // region), and no longer through lob-a's

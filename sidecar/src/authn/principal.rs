@@ -58,7 +58,8 @@ pub(crate) fn principal_entity(
         let parents = json.entry("parents").or_insert_with(|| Value::Array(Vec::new()));
         if let Value::Array(parents) = parents {
             let is_group = |p: &Value| p.get("type").and_then(Value::as_str) == Some(group_type.as_str());
-            let claimed = |p: &Value| p.get("id").and_then(Value::as_str).is_some_and(|id| groups.iter().any(|g| g == id));
+            let claimed =
+                |p: &Value| p.get("id").and_then(Value::as_str).is_some_and(|id| groups.iter().any(|g| g == id));
             match config.group_membership {
                 GroupMembership::Token => {
                     parents.retain(|p| !is_group(p));
@@ -98,5 +99,65 @@ fn strings(value: Option<&Value>) -> Vec<String> {
         Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
         Some(Value::String(s)) => vec![s.clone()],
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn schema() -> Schema {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/schema.cedarschema");
+        Schema::from_cedarschema_str(&std::fs::read_to_string(path).unwrap()).unwrap().0
+    }
+
+    fn identity(groups: &[&str]) -> Identity {
+        let claims = json!({"username": "jane", "cognito:groups": groups});
+        Identity {
+            issuer: "https://issuer.example".to_owned(),
+            subject: "jane".to_owned(),
+            principal_id: "jane".to_owned(),
+            claims: claims.as_object().cloned().unwrap_or_default(),
+            expires_at: u64::MAX,
+            token_digest: [0; 32],
+        }
+    }
+
+    /// jane as the directory has her: in lob-a, and in Team1 only.
+    fn stored() -> Entity {
+        Entity::from_json_value(
+            json!({"uid": {"type": "Studio::User", "id": "jane"}, "attrs": {}, "tags": {"Team": ["Team1"]},
+                   "parents": [{"type": "Studio::Lob", "id": "lob-a"}, {"type": "Studio::Team", "id": "Team1"}]}),
+            Some(&schema()),
+        )
+        .unwrap()
+    }
+
+    fn groups(membership: &str, claimed: &[&str]) -> Vec<String> {
+        let text = format!("[principal]\ngroup_membership = \"{membership}\"\n");
+        let config = Config::from_toml(&text, "test").unwrap();
+        let entity = principal_entity(&identity(claimed), &config.principal, Some(&stored()), &schema()).unwrap();
+        let json = entity.to_json_value().unwrap();
+        let mut ids: Vec<String> = json["parents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| format!("{}::{}", p["type"].as_str().unwrap(), p["id"].as_str().unwrap()))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn group_parents_come_from_the_token_the_store_or_only_what_both_say() {
+        // the token still claims Team2, which the directory no longer lists
+        let claimed = ["Team1", "Team2"];
+        assert_eq!(groups("token", &claimed), ["Studio::Lob::lob-a", "Studio::Team::Team1", "Studio::Team::Team2"]);
+        assert_eq!(groups("stored", &claimed), ["Studio::Lob::lob-a", "Studio::Team::Team1"]);
+        assert_eq!(groups("both", &claimed), ["Studio::Lob::lob-a", "Studio::Team::Team1"]);
+        // a group the directory lists and the token does not (added since sign-in)
+        assert_eq!(groups("stored", &[]), ["Studio::Lob::lob-a", "Studio::Team::Team1"]);
+        assert_eq!(groups("both", &[]), ["Studio::Lob::lob-a"], "both: the token must say so too");
     }
 }

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use cedar_policy::{
-    Authorizer, Context, Entity, EntityUid, PolicyId, Request, Response, entities_errors::EntitiesError,
+    Authorizer, Context, Entities, Entity, EntityUid, PolicyId, Request, Response, entities_errors::EntitiesError,
 };
 use serde::Serialize;
 
-use crate::policy_store::{PolicySnapshot, CheckedEntity};
+use crate::policy_store::{CheckedEntity, PolicySnapshot};
 
 /// Allow or deny, the only two answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -281,7 +281,8 @@ impl Engine {
         } else {
             let mut roots = vec![request.principal.uid().clone(), request.resource.clone()];
             roots.extend(context_roots);
-            let checked: Vec<&CheckedEntity> = built.into_iter().chain(request.checked.iter().map(Arc::as_ref)).collect();
+            let checked: Vec<&CheckedEntity> =
+                built.into_iter().chain(request.checked.iter().map(Arc::as_ref)).collect();
             let entities = snapshot
                 .request_entities(&checked, &roots, &request.entities)
                 .map_err(|e: Box<EntitiesError>| RequestError::BadEntities(e.to_string()))?;
@@ -295,9 +296,15 @@ impl Engine {
     /// pool's list asks one per account and region), where building the context from
     /// typed pairs and checking each distinct one once is most of a decision's cost.
     pub fn decide_prepared(&self, snapshot: &PolicySnapshot, request: &Request) -> Decision {
+        self.decide_prepared_over(snapshot, request, snapshot.entities())
+    }
+
+    /// As [`Self::decide_prepared`], over `entities` (the snapshot's, with what the
+    /// directory answered for this question added).
+    pub fn decide_prepared_over(&self, snapshot: &PolicySnapshot, request: &Request, entities: &Entities) -> Decision {
         let started = Instant::now();
         let policies = request.action().map_or(snapshot.policies(), |action| snapshot.policies_for(action));
-        let response = self.authorizer.is_authorized(request, policies, snapshot.entities());
+        let response = self.authorizer.is_authorized(request, policies, entities);
         Decision::from_response(&response, snapshot, started)
     }
 }

@@ -163,3 +163,61 @@ pub(super) fn parse_directory(raw: &RawDirectory) -> Result<DirectoryConfig, Dir
         tables,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, GroupMembership};
+
+    fn config(extra: &str) -> Result<Config, String> {
+        Config::from_toml(extra, "test").map_err(|e| e.to_string())
+    }
+
+    const USERS: &str = "[[directory.tables]]\ntable = \"users\"\nentity_type = \"Studio::User\"\nkey = \"userName\"\n\
+                         parents = { lob = \"Studio::Lob\" }\n";
+
+    #[test]
+    fn the_shipped_example_maps_the_seeds_three_tables() {
+        let text = include_str!("../../config/directory-example.toml");
+        let config = config(text).unwrap();
+        let directory = config.directory.unwrap();
+        let tables: Vec<_> = directory.tables.iter().map(|t| (t.table.as_str(), t.entity_type.to_string())).collect();
+        assert_eq!(
+            tables,
+            [
+                ("authz-users", "Studio::User".to_owned()),
+                ("authz-lobs", "Studio::Lob".to_owned()),
+                ("authz-teams", "Studio::Team".to_owned())
+            ]
+        );
+        assert_eq!(config.principal.group_membership, GroupMembership::Both, "the directory holds the principals");
+    }
+
+    #[test]
+    fn group_membership_defaults_to_both_only_when_the_directory_holds_the_principal_type() {
+        assert_eq!(config("").unwrap().principal.group_membership, GroupMembership::Token);
+        assert_eq!(config(USERS).unwrap().principal.group_membership, GroupMembership::Both);
+        let lobs_only =
+            USERS.replace("Studio::User", "Studio::Lob").replace("parents = { lob = \"Studio::Lob\" }\n", "");
+        assert_eq!(config(&lobs_only).unwrap().principal.group_membership, GroupMembership::Token);
+        let error = config("[principal]\ngroup_membership = \"either\"\n").unwrap_err();
+        assert!(error.contains("`either`: use `token`, `stored` or `both`"), "{error}");
+    }
+
+    #[test]
+    fn a_directory_that_cannot_work_is_refused_naming_the_key() {
+        for (text, key) in [
+            ("[directory]\n", "directory.tables"),
+            (&format!("[directory]\nttl = \"0s\"\n{USERS}"), "directory.ttl"),
+            (&format!("[directory]\ncapacity = 0\n{USERS}"), "directory.capacity"),
+            (&format!("[directory]\nendpoint = \"dynamodb\"\n{USERS}"), "directory.endpoint"),
+            (&format!("{USERS}{USERS}"), "directory.tables[1].entity_type"),
+            (&USERS.replace("Studio::User", "Studio::Action"), "directory.tables[0].entity_type"),
+            (&USERS.replace("Studio::Lob", "not a type"), "directory.tables[0].parents"),
+            (&USERS.replace("key = \"userName\"", "key = \"\""), "directory.tables[0].key"),
+            (&format!("{USERS}unknown = 1\n"), "unknown field"),
+        ] {
+            let error = config(text).unwrap_err();
+            assert!(error.contains(key), "{text}: {error}");
+        }
+    }
+}

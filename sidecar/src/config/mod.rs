@@ -249,9 +249,7 @@ impl Config {
                 .map_err(|e| invalid(key.to_owned(), format!("`{value}` is not a Cedar entity type: {e}")))
         };
         let directory = match &raw.directory {
-            Some(directory) => {
-                Some(directory::parse_directory(directory).map_err(|p| invalid(p.key, p.message))?)
-            }
+            Some(directory) => Some(directory::parse_directory(directory).map_err(|p| invalid(p.key, p.message))?),
             None => None,
         };
         let principal_type = type_name("principal.entity_type", &raw.principal.entity_type)?;

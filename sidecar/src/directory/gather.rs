@@ -62,7 +62,11 @@ pub type Directory = DirectoryCache<AnyReader>;
 
 impl Directory {
     /// The directory over any reader.
-    pub fn over(reader: impl TableReader + 'static, mappings: Vec<super::TableMapping>, policy: super::CachePolicy) -> Self {
+    pub fn over(
+        reader: impl TableReader + 'static,
+        mappings: Vec<super::TableMapping>,
+        policy: super::CachePolicy,
+    ) -> Self {
         DirectoryCache::new(AnyReader(Box::new(reader)), mappings, policy)
     }
 }
@@ -103,6 +107,11 @@ impl Gathered {
     /// on, which the built principal stands in for), for the request's entities.
     pub fn checked_except(&self, replaced: &EntityUid) -> Vec<Arc<CheckedEntity>> {
         self.found.iter().filter(|(uid, _)| *uid != replaced).map(|(_, f)| f.entity.clone()).collect()
+    }
+
+    /// Everything gathered.
+    pub fn all(&self) -> impl Iterator<Item = &CheckedEntity> {
+        self.found.values().map(|f| f.entity.as_ref())
     }
 
     /// `uid`'s entity from the entity files, else from what was gathered.

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use cedar_policy::{EntityId, EntityUid};
+use cedar_policy::{Entity, EntityId, EntityUid};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Body as HttpBody;
 
@@ -36,9 +36,8 @@ use crate::authz::audit::Asked;
 use crate::authz::{DecisionRequest, Permit, RequestError, authorize, context_from_strings};
 use crate::body::json_response;
 use crate::body::{Body, BoxError};
-use crate::config::{Handler, RenderError};
-use crate::handlers::account_pool::AccountPool;
 use crate::config::TEAM_TYPE;
+use crate::config::{Handler, RenderError};
 use crate::directory::{GatherError, Gathered, gather};
 use crate::handlers::presign::resolve;
 use crate::handlers::profiles::derive_profile;
@@ -276,7 +275,7 @@ where
         // per account and region (and audits each)
         Handler::AccountPool => {
             let event = body.collect().await?;
-            account_pool(&state.account_pool, snapshot, &event, request_id).await
+            account_pool(state, snapshot, &event, request_id).await
         }
         Handler::Echo => {
             let body = serde_json::json!({
@@ -300,7 +299,7 @@ where
 /// it runs on the blocking pool rather than holding up an async worker; a validation is
 /// one decision and runs here.
 async fn account_pool(
-    pool: &AccountPool,
+    state: &State,
     snapshot: Arc<PolicySnapshot>,
     body: &[u8],
     request_id: &str,
@@ -311,15 +310,53 @@ async fn account_pool(
         ApiError::from(e)
     };
     let operation = parse(body).map_err(refused)?;
+    let entities = user_entities(state, &snapshot, &operation, request_id).await?;
+    let pool = &state.account_pool;
     let answer = match operation {
-        Operation::Validate(_) => pool.apply(&snapshot, &operation, request_id),
+        Operation::Validate(_) => pool.apply_over(&snapshot, &operation, request_id, entities),
         Operation::List(_) => {
             let (pool, id) = (pool.clone(), request_id.to_owned());
-            tokio::task::spawn_blocking(move || pool.apply(&snapshot, &operation, &id))
+            tokio::task::spawn_blocking(move || pool.apply_over(&snapshot, &operation, &id, entities))
                 .await
                 .map_err(|_| ApiError::Internal)?
         }
     }
     .map_err(refused)?;
     Ok(json_response(http::StatusCode::OK, answer.to_string()))
+}
+
+/// The snapshot's entities with the event's user and what it reaches, when the
+/// directory holds DataZone users and no entity file lists this one (`None`: decide over
+/// the snapshot's own). A user the directory cannot answer for denies the whole event:
+/// 503 when it cannot be read, 403 when what it holds does not fit the schema.
+async fn user_entities(
+    state: &State,
+    snapshot: &PolicySnapshot,
+    operation: &crate::handlers::account_pool::Operation,
+    request_id: &str,
+) -> Result<Option<Arc<cedar_policy::Entities>>, ApiError> {
+    use crate::handlers::account_pool::{Operation, user_uid};
+    let Some(directory) = &state.directory else { return Ok(None) };
+    let user = match operation {
+        Operation::List(list) => list.user_identifier.as_deref(),
+        Operation::Validate(validate) => validate.user_identifier.as_deref(),
+    };
+    let Some(uid) = user.filter(|u| !u.is_empty()).and_then(user_uid) else { return Ok(None) };
+    if snapshot.entities().get(&uid).is_some() || !directory.holds(uid.type_name()) {
+        return Ok(None);
+    }
+    let mut gathered = Gathered::default();
+    if let Err(error) = gather(directory, snapshot, [uid.clone()], &mut gathered).await {
+        tracing::warn!(request_id, user = %uid, error = %error, "account-pool user not read from the directory");
+        return Err(if error.is_unreachable() { ApiError::DirectoryUnavailable } else { ApiError::Forbidden });
+    }
+    let fetched: Vec<Entity> = gathered.all().map(|c| c.entity().clone()).collect();
+    if fetched.is_empty() {
+        return Ok(None);
+    }
+    let entities = snapshot.entities().clone().add_entities(fetched, None).map_err(|error| {
+        tracing::warn!(request_id, user = %uid, error = %error, "account-pool user does not fit the stored entities");
+        ApiError::Forbidden
+    })?;
+    Ok(Some(Arc::new(entities)))
 }

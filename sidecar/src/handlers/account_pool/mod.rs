@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 
 pub use event::{EventError, ListRequest, MAX_EVENT_BYTES, Operation, ValidateRequest, parse};
 pub use pool::ListSharing;
+pub use question::{USER_TYPE, user_uid};
 
 use crate::authz::Engine;
 use crate::policy_store::PolicySnapshot;
@@ -54,6 +55,18 @@ impl AccountPool {
         operation: &Operation,
         request_id: &str,
     ) -> Result<Value, EventError> {
+        self.apply_over(snapshot, operation, request_id, None)
+    }
+
+    /// As [`Self::apply`], over `entities` (the snapshot's, with the event's user and
+    /// what it reaches from the directory) when given.
+    pub fn apply_over(
+        &self,
+        snapshot: &PolicySnapshot,
+        operation: &Operation,
+        request_id: &str,
+        entities: Option<Arc<cedar_policy::Entities>>,
+    ) -> Result<Value, EventError> {
         let index = self.index(snapshot);
         match operation {
             Operation::Validate(request) => {
@@ -62,7 +75,8 @@ impl AccountPool {
                     &request.domain_identifier,
                     &request.domain_unit_identifier,
                     &request.domain_region,
-                );
+                )
+                .over(entities);
                 let grant = request.aws_account_id.as_deref().zip(request.region_name.as_deref()).is_some_and(
                     |(account, region)| {
                         // what a list would never offer is DENY before Cedar is asked,
@@ -87,7 +101,8 @@ impl AccountPool {
                     &request.domain_identifier,
                     &request.domain_unit_identifier,
                     &request.domain_region,
-                );
+                )
+                .over(entities);
                 let items = pool::authorized_accounts(&self.engine, snapshot, &index, &asked, request_id);
                 asked.audit_list(snapshot, request_id, items.len());
                 paging::page(items, request)

@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 
-use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression, Schema};
+use cedar_policy::{Context, Entities, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression, Schema};
 
 use crate::authz::audit::{Asked, AuditEvent};
 use crate::authz::{Decision, Engine, RequestError};
@@ -19,6 +20,9 @@ pub(super) struct Question {
     action: Option<EntityUid>,
     account_type: Option<EntityTypeName>,
     fixed_context: Vec<(String, RestrictedExpression)>,
+    /// The snapshot's entities with the user's from the directory, when it came from
+    /// there; else the snapshot's own are used.
+    entities: Option<Arc<Entities>>,
 }
 
 impl Question {
@@ -35,11 +39,18 @@ impl Question {
                 .filter_map(|(key, value)| Some((key.to_owned(), RestrictedExpression::new_string(value.clone()?))))
                 .collect();
         Self {
-            principal: user.and_then(|user| uid("DataZone::User", user)),
+            principal: user.and_then(user_uid),
             action: use_account(),
             account_type: account_type(),
             fixed_context,
+            entities: None,
         }
+    }
+
+    /// Decide over `entities` instead of the snapshot's own.
+    pub(super) fn over(mut self, entities: Option<Arc<Entities>>) -> Self {
+        self.entities = entities;
+        self
     }
 
     /// The context for `region`: the fixed parts and `regionName`.
@@ -92,7 +103,10 @@ impl Question {
                 request
             }
         };
-        Ok(engine.decide_prepared(snapshot, &request))
+        Ok(match &self.entities {
+            Some(entities) => engine.decide_prepared_over(snapshot, &request, entities),
+            None => engine.decide_prepared(snapshot, &request),
+        })
     }
 
     /// What the audit event says of this question before it is decided.
@@ -224,6 +238,14 @@ pub(super) fn use_account() -> Option<EntityUid> {
 /// The type of pool accounts.
 pub(super) fn account_type() -> Option<EntityTypeName> {
     EntityTypeName::from_str("DataZone::Account").ok()
+}
+
+/// The type of the users the events name.
+pub const USER_TYPE: &str = "DataZone::User";
+
+/// The uid of the user an event names.
+pub fn user_uid(user: &str) -> Option<EntityUid> {
+    uid(USER_TYPE, user)
 }
 
 fn uid(type_name: &str, id: &str) -> Option<EntityUid> {
