@@ -91,8 +91,11 @@ struct Entry {
     item: Option<Item>,
     fetched: Instant,
     serial: u64,
-    mapped: Mutex<Option<(u64, Result<Arc<CheckedEntity>, MappingError>)>>,
+    mapped: Mutex<Option<Mapped>>,
 }
+
+/// An item's entity under the schema of one snapshot build (its id first).
+type Mapped = (u64, Result<Arc<CheckedEntity>, MappingError>);
 
 /// The cache over a reader, for the tables of `mappings` (one entity type each).
 pub struct DirectoryCache<R> {

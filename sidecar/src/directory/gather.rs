@@ -23,21 +23,14 @@ pub const MAX_HOPS: usize = 8;
 /// A reader of any kind, behind one type (so the state holds one directory type,
 /// DynamoDB in service and a fake in tests).
 pub trait ErasedReader: Send + Sync {
-    fn read_boxed<'a>(
-        &'a self,
-        table: &'a str,
-        key: &'a str,
-        keys: &'a [String],
-    ) -> Pin<Box<dyn Future<Output = Result<HashMap<String, Item>, ReadError>> + Send + 'a>>;
+    fn read_boxed<'a>(&'a self, table: &'a str, key: &'a str, keys: &'a [String]) -> ReadFuture<'a>;
 }
 
+/// A read under way, behind one type.
+pub type ReadFuture<'a> = Pin<Box<dyn Future<Output = Result<HashMap<String, Item>, ReadError>> + Send + 'a>>;
+
 impl<T: TableReader> ErasedReader for T {
-    fn read_boxed<'a>(
-        &'a self,
-        table: &'a str,
-        key: &'a str,
-        keys: &'a [String],
-    ) -> Pin<Box<dyn Future<Output = Result<HashMap<String, Item>, ReadError>> + Send + 'a>> {
+    fn read_boxed<'a>(&'a self, table: &'a str, key: &'a str, keys: &'a [String]) -> ReadFuture<'a> {
         Box::pin(self.read(table, key, keys))
     }
 }
