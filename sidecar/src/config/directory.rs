@@ -176,7 +176,7 @@ mod tests {
                          parents = { lob = \"Studio::Lob\" }\n";
 
     #[test]
-    fn the_shipped_example_maps_the_seeds_three_tables() {
+    fn the_shipped_example_maps_the_seeds_tables() {
         let text = include_str!("../../config/directory-example.toml");
         let config = config(text).unwrap();
         let directory = config.directory.unwrap();
@@ -186,7 +186,8 @@ mod tests {
             [
                 ("authz-users", "Studio::User".to_owned()),
                 ("authz-lobs", "Studio::Lob".to_owned()),
-                ("authz-teams", "Studio::Team".to_owned())
+                ("authz-teams", "Studio::Team".to_owned()),
+                ("authz-datazone-users", "DataZone::User".to_owned())
             ]
         );
         assert_eq!(config.principal.group_membership, GroupMembership::Both, "the directory holds the principals");
