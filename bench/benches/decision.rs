@@ -168,5 +168,91 @@ fn list_accounts(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decisions, snapshot_build, list_accounts);
+/// The data plane's entity work for a user only the directory holds, on a warm cache
+/// over a table of 100,000 users (in memory: the read is not what is measured), against
+/// the same request over the entity files (`decide/data_plane`):
+///
+/// - `directory/gather_hit`: gathering the principal, the path's user and team and the
+///   resource from the cache (every key a hit), and taking the derived profile and the
+///   token principal cached for the entry;
+/// - `directory/derive_only`: deriving the profile when it is not cached (the first
+///   request after the user's entry is read);
+/// - `directory/decide_only`: the decision alone, with the derived profile;
+/// - `directory/data_plane_hit`: that and the decision, the whole per-request cost to
+///   set against `decide/data_plane/10`.
+fn directory_hit(c: &mut Criterion) {
+    use std::sync::Arc;
+
+    use authz_sidecar::directory::{CachePolicy, Directory, Gathered, gather};
+    use authz_sidecar::handlers::profiles::derive_profile;
+    use authz_sidecar::policy_store::CheckedEntity;
+    use authz_sidecar_bench::directory::{MemoryTable, Shared, user, users_mapping};
+
+    const USERS: usize = 100_000;
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let snapshot = grown_snapshot(10, ENTITIES).unwrap_or_else(|e| panic!("workload: {e}"));
+    let table = Arc::new(MemoryTable::with_users(USERS));
+    let minute = Duration::from_secs(3_600);
+    let policy = CachePolicy { ttl: minute, negative_ttl: minute, max_staleness: minute, capacity: 100_000 };
+    let directory = Directory::over(Shared(table.clone()), vec![users_mapping()], policy);
+    let name = user(42);
+    let principal = uid(&format!("Studio::User::\"{name}\""));
+    let resource = uid(&format!("Studio::UserProfile::\"{name}-Team1\""));
+    let team = uid(r#"Studio::Team::"Team1""#);
+    let action = uid(r#"Studio::Action::"CreatePresignedDomainUrl""#);
+    let user_type = principal.type_name().clone();
+    let pairs: Vec<(String, String)> = [("sourceVpce", "vpce-0a1a000000000001a"), ("sourceIp", "10.1.2.3")]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into();
+    let engine = Engine::new();
+
+    // what the pipeline does for such a request, as far as entities go
+    let entities = || async {
+        let mut gathered = Gathered::default();
+        let roots = [principal.clone(), resource.clone(), principal.clone(), team.clone()];
+        gather(&directory, &snapshot, roots, &mut gathered).await.unwrap();
+        let known = |uid: &cedar_policy::EntityUid| gathered.known(&snapshot, uid);
+        let fetched = gathered.get(&principal).unwrap().clone();
+        let key = (resource.clone(), fetched.serial, 0);
+        let derived = snapshot
+            .derived_entity(key, || derive_profile(&snapshot, known, &user_type, &name, "Team1", &resource))
+            .unwrap();
+        let requester =
+            snapshot.request_principal_over([3; 32], fetched.serial, || Ok::<_, ()>(fetched.entity.entity().clone()));
+        let mut checked = gathered.checked_except(&principal);
+        checked.push(derived);
+        (requester.unwrap(), checked)
+    };
+    let decide = |(requester, checked): (Arc<CheckedEntity>, Vec<Arc<CheckedEntity>>)| {
+        let context = context_from_strings(&snapshot, &action, &pairs).unwrap();
+        let request =
+            DecisionRequest::built(requester, action.clone(), resource.clone(), context).with_checked(checked);
+        engine.decide(&snapshot, &request)
+    };
+    let first = runtime.block_on(entities());
+    assert_eq!(decide(first).map(|d| d.effect).ok(), Some(Effect::Allow), "the directory user may open their profile");
+    let reads = table.reads.load(std::sync::atomic::Ordering::Relaxed);
+
+    let mut group = c.benchmark_group("directory");
+    group.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    group.bench_function("gather_hit", |b| b.iter(|| runtime.block_on(entities())));
+    group.bench_function("data_plane_hit", |b| b.iter(|| decide(runtime.block_on(entities()))));
+    let prepared = runtime.block_on(entities());
+    group.bench_function("decide_only", |b| b.iter(|| decide(prepared.clone())));
+    group.bench_function("derive_only", |b| {
+        let gathered = runtime.block_on(async {
+            let mut gathered = Gathered::default();
+            gather(&directory, &snapshot, [principal.clone(), team.clone()], &mut gathered).await.unwrap();
+            gathered
+        });
+        b.iter(|| {
+            let known = |uid: &cedar_policy::EntityUid| gathered.known(&snapshot, uid);
+            CheckedEntity::new(derive_profile(&snapshot, known, &user_type, &name, "Team1", &resource).unwrap())
+        })
+    });
+    group.finish();
+    assert_eq!(table.reads.load(std::sync::atomic::Ordering::Relaxed), reads, "every measured request was a hit");
+}
+
+criterion_group!(benches, decisions, snapshot_build, list_accounts, directory_hit);
 criterion_main!(benches);

@@ -111,3 +111,76 @@ pub fn generated_entities(n: usize) -> String {
     }
     format!("[\n{}\n]\n", items.join(",\n"))
 }
+
+/// The directory workload: the seed's users table grown to `users` users, `dir-user-<i>`,
+/// alternately in lob-a and lob-b, all in Team1, as DynamoDB items.
+pub mod directory {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use authz_sidecar::directory::{AttributeValue, Item, ParentMapping, ReadError, TableMapping, TableReader};
+
+    /// The table's name, as in `sidecar/config/directory-example.toml`.
+    pub const USERS_TABLE: &str = "authz-users";
+
+    /// The id of the `i`th user.
+    pub fn user(i: usize) -> String {
+        format!("dir-user-{i}")
+    }
+
+    /// The `i`th user's item.
+    pub fn user_item(i: usize) -> Item {
+        let lob = if i % 2 == 0 { "lob-a" } else { "lob-b" };
+        [
+            ("userName".to_owned(), AttributeValue::S(user(i))),
+            ("lob".to_owned(), AttributeValue::S(lob.to_owned())),
+            ("teams".to_owned(), AttributeValue::Ss(vec!["Team1".to_owned()])),
+            ("email".to_owned(), AttributeValue::S(format!("{}@example.com", user(i)))),
+        ]
+        .into()
+    }
+
+    /// The users table's mapping, as in the shipped example.
+    pub fn users_mapping() -> TableMapping {
+        let type_name = |t: &str| t.parse().unwrap_or_else(|e| panic!("{t}: {e}"));
+        TableMapping {
+            table: USERS_TABLE.to_owned(),
+            entity_type: type_name("Studio::User"),
+            key: "userName".to_owned(),
+            attributes: vec![authz_sidecar::directory::AttributeMapping {
+                name: "email".to_owned(),
+                from: "email".to_owned(),
+                kind: authz_sidecar::directory::ValueKind::Plain,
+            }],
+            parents: vec![
+                ParentMapping { from: "lob".to_owned(), entity_type: type_name("Studio::Lob") },
+                ParentMapping { from: "teams".to_owned(), entity_type: type_name("Studio::Team") },
+            ],
+            tags: vec![("Team".to_owned(), "teams".to_owned())],
+        }
+    }
+
+    /// The table in memory, counting reads.
+    #[derive(Debug, Default)]
+    pub struct MemoryTable {
+        items: HashMap<String, Item>,
+        pub reads: AtomicUsize,
+    }
+
+    impl MemoryTable {
+        pub fn with_users(users: usize) -> Self {
+            Self { items: (0..users).map(|i| (user(i), user_item(i))).collect(), reads: AtomicUsize::new(0) }
+        }
+    }
+
+    /// A [`MemoryTable`] shared between the directory reading it and its owner.
+    #[derive(Debug, Clone)]
+    pub struct Shared(pub std::sync::Arc<MemoryTable>);
+
+    impl TableReader for Shared {
+        async fn read(&self, _table: &str, _key: &str, keys: &[String]) -> Result<HashMap<String, Item>, ReadError> {
+            self.0.reads.fetch_add(1, Ordering::Relaxed);
+            Ok(keys.iter().filter_map(|k| Some((k.clone(), self.0.items.get(k)?.clone()))).collect())
+        }
+    }
+}

@@ -41,7 +41,7 @@ use crate::config::{Handler, RenderError};
 use crate::directory::{GatherError, Gathered, gather};
 use crate::handlers::presign::resolve;
 use crate::handlers::profiles::derive_profile;
-use crate::policy_store::{CheckedEntity, PolicySnapshot};
+use crate::policy_store::PolicySnapshot;
 use crate::proxy::{self, ClientBody, Hygiene, Outgoing, Vouch};
 use crate::rescue::ApiError;
 
@@ -182,11 +182,19 @@ where
         gather_error = gather(directory, &snapshot, roots, &mut gathered).await.err();
     }
     let derived = derive.filter(|_| gathered.known(&snapshot, &resource).is_none()).and_then(|(user, team)| {
+        // built once per snapshot and per read of the user's and team's entries
+        let serial = |uid: EntityUid| gathered.get(&uid).map_or(0, |f| f.serial);
+        let user_serial =
+            serial(EntityUid::from_type_name_and_id(state.principal.entity_type.clone(), EntityId::new(user)));
+        let team_serial = cedar_policy::EntityTypeName::from_str(TEAM_TYPE)
+            .map_or(0, |team_type| serial(EntityUid::from_type_name_and_id(team_type, EntityId::new(team))));
         let known = |uid: &EntityUid| gathered.known(&snapshot, uid);
-        derive_profile(&snapshot, known, &state.principal.entity_type, user, team, &resource)
+        snapshot
+            .derived_entity((resource.clone(), user_serial, team_serial), || {
+                derive_profile(&snapshot, known, &state.principal.entity_type, user, team, &resource)
+            })
             .inspect_err(|e| tracing::info!(request_id, route = %route.name, error = %e, "no profile derived"))
             .ok()
-            .map(|entity| Arc::new(CheckedEntity::new(entity)))
     });
     // errors stay typed to here, so the metric and the audit event say which kind
     let stored = gathered.known(&snapshot, &principal);

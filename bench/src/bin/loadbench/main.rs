@@ -7,6 +7,7 @@
 // A benchmark driver reports on stdout and stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool: its report is its output")]
 
+mod directory;
 mod http1;
 mod oha;
 mod procs;
@@ -31,6 +32,8 @@ enum Command {
     },
     /// Run the whole benchmark and print the tables.
     Run(RunArgs),
+    /// The entity directory at scale: a users table of 100,000 users, 1,000 active.
+    Directory(directory::DirectoryArgs),
     /// Write a sweep workload (`<dir>/policies`, `<dir>/entities`), to profile by hand.
     Workload {
         #[arg(long)]
@@ -85,6 +88,22 @@ fn main() -> ExitCode {
         Command::Workload { policies, entities, dir } => match setup::write_workload(&dir, policies, entities) {
             Ok((p, e)) => {
                 println!("policies: {}\nentities: {}", p.display(), e.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadbench: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Directory(args) => match directory::run(&args) {
+            Ok(report) => {
+                println!("{report}");
+                if let Some(path) = args.out()
+                    && let Err(e) = std::fs::write(path, &report)
+                {
+                    eprintln!("loadbench: cannot write {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

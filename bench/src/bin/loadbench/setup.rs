@@ -31,19 +31,35 @@ pub const DZ_DOMAIN: &str = "dzd-4igt64u5j25ko9";
 /// Make an RS256 key (as Cognito signs), write its JWKS to `jwks_path`, and return a
 /// Cognito-shaped access token for [`USER`], valid for two hours.
 pub fn key_and_token(jwks_path: &Path) -> anyhow::Result<String> {
-    let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)?;
-    let pem = private.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF)?;
-    let public = private.to_public_key();
-    let b64 = |bytes: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    let jwks = json!({"keys": [{"kty": "RSA", "kid": KID, "alg": "RS256", "use": "sig",
-                                "n": b64(public.n().to_bytes_be()), "e": b64(public.e().to_bytes_be())}]});
-    std::fs::write(jwks_path, jwks.to_string())?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let claims = json!({"iss": ISSUER, "sub": format!("sub-{USER}"), "username": USER, "cognito:groups": GROUPS,
-                        "client_id": "bench-client", "token_use": "access", "iat": now, "exp": now + 7200});
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some(KID.to_owned());
-    Ok(jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(pem.as_bytes())?)?)
+    Signer::new(jwks_path)?.token(USER, &GROUPS)
+}
+
+/// An RS256 key whose JWKS is written to a file, minting Cognito-shaped access tokens.
+pub struct Signer {
+    key: EncodingKey,
+}
+
+impl Signer {
+    pub fn new(jwks_path: &Path) -> anyhow::Result<Self> {
+        let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)?;
+        let pem = private.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF)?;
+        let public = private.to_public_key();
+        let b64 = |bytes: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let jwks = json!({"keys": [{"kty": "RSA", "kid": KID, "alg": "RS256", "use": "sig",
+                                    "n": b64(public.n().to_bytes_be()), "e": b64(public.e().to_bytes_be())}]});
+        std::fs::write(jwks_path, jwks.to_string())?;
+        Ok(Self { key: EncodingKey::from_rsa_pem(pem.as_bytes())? })
+    }
+
+    /// A token for `user` in `groups`, valid for two hours.
+    pub fn token(&self, user: &str, groups: &[&str]) -> anyhow::Result<String> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let claims = json!({"iss": ISSUER, "sub": format!("sub-{user}"), "username": user, "cognito:groups": groups,
+                            "client_id": "bench-client", "token_use": "access", "iat": now, "exp": now + 7200});
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(KID.to_owned());
+        Ok(jsonwebtoken::encode(&header, &claims, &self.key)?)
+    }
 }
 
 /// Where a sidecar listens and what it reads.

@@ -104,6 +104,7 @@ impl PolicySnapshot {
             by_type: OnceLock::new(),
             slices: Cache::builder().max_capacity(SLICE_CACHE_CAPACITY).build(),
             principals: Cache::builder().max_capacity(PRINCIPAL_CACHE_CAPACITY).build(),
+            derived: Cache::builder().max_capacity(PRINCIPAL_CACHE_CAPACITY).build(),
             context_kinds: RwLock::new(HashMap::new()),
             context_values: Cache::builder().max_capacity(10_000).build(),
         })

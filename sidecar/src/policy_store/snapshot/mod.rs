@@ -135,6 +135,9 @@ pub struct PolicySnapshot {
     /// token's claims, that entry and this snapshot, so it is built once per token and
     /// entry per snapshot.
     principals: Cache<([u8; 32], u64), Arc<CheckedEntity>>,
+    /// Entities derived for requests (Studio profiles), by uid and the serials of the
+    /// directory entries they were derived from (see [`PolicySnapshot::derived_entity`]).
+    derived: Cache<(EntityUid, u64, u64), Arc<CheckedEntity>>,
     /// Learned per action and attribute name, from Cedar's own parse of the first
     /// context that had it (see [`PolicySnapshot::learn_context_kind`]). Attribute names
     /// come from the configuration, so this stays small.

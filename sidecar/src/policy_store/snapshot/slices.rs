@@ -153,6 +153,26 @@ impl PolicySnapshot {
     }
 }
 
+impl PolicySnapshot {
+    /// An entity the data plane derives for requests (a Studio profile no entity lists)
+    /// from this snapshot and directory entries: `key` is the entity's uid and the
+    /// serials of the entries it was derived from (0 for none), so it is built by `build`
+    /// once per key per snapshot and never outlives an entry it was derived from.
+    /// Failures are not kept.
+    pub fn derived_entity<E>(
+        &self,
+        key: (EntityUid, u64, u64),
+        build: impl FnOnce() -> Result<Entity, E>,
+    ) -> Result<Arc<CheckedEntity>, E> {
+        if let Some(entity) = self.derived.get(&key) {
+            return Ok(entity);
+        }
+        let entity = Arc::new(CheckedEntity::new(build()?));
+        self.derived.insert(key, entity.clone());
+        Ok(entity)
+    }
+}
+
 /// Every stored entity reachable from `roots` through ancestors, entity-valued
 /// attributes and tags (roots included when they exist), and the uids reached that no
 /// stored entity has. Action entities excluded.
