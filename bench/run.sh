@@ -2,6 +2,7 @@
 # The end-to-end load benchmark in one command (see bench/README.md):
 #
 #   bash bench/run.sh [--out FILE] [--no-sweep] [--duration 8s] [...]   (loadbench run --help)
+#   bash bench/run.sh directory [--users 100000] [--active 1000] [...]  (loadbench directory --help)
 #
 # Installs what it needs (nginx from Debian, oha from crates.io, into a cache outside the
 # clone), builds the sidecar and the driver in release mode, and runs the driver under a
@@ -14,6 +15,13 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 TOOLS="${AUTHZ_BENCH_TOOLS:-$HOME/.cache/authz-sidecar/tools}"
 OHA_VERSION="1.16.0"
 TIME_LIMIT="${AUTHZ_BENCH_TIME_LIMIT:-20m}"
+
+if [ "${1:-}" = directory ]; then
+    shift
+    cargo build --release -p authz-sidecar -p authz-sidecar-bench --bin authz-sidecar --bin loadbench
+    exec timeout --kill-after=15s "$TIME_LIMIT" "$CARGO_TARGET_DIR/release/loadbench" directory \
+        --sidecar "$CARGO_TARGET_DIR/release/authz-sidecar" "$@"
+fi
 
 NGINX="$(command -v nginx || true)"
 [ -z "$NGINX" ] && [ -x /usr/sbin/nginx ] && NGINX=/usr/sbin/nginx

@@ -194,7 +194,7 @@ fn directory_hit(c: &mut Criterion) {
     let table = Arc::new(MemoryTable::with_users(USERS));
     let minute = Duration::from_secs(3_600);
     let policy = CachePolicy { ttl: minute, negative_ttl: minute, max_staleness: minute, capacity: 100_000 };
-    let directory = Directory::over(Shared(table.clone()), vec![users_mapping()], policy);
+    let directory = Directory::over(Shared(table.clone()), vec![users_mapping().unwrap()], policy);
     let name = user(42);
     let principal = uid(&format!("Studio::User::\"{name}\""));
     let resource = uid(&format!("Studio::UserProfile::\"{name}-Team1\""));

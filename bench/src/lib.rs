@@ -130,7 +130,7 @@ pub mod directory {
 
     /// The `i`th user's item.
     pub fn user_item(i: usize) -> Item {
-        let lob = if i % 2 == 0 { "lob-a" } else { "lob-b" };
+        let lob = if i.is_multiple_of(2) { "lob-a" } else { "lob-b" };
         [
             ("userName".to_owned(), AttributeValue::S(user(i))),
             ("lob".to_owned(), AttributeValue::S(lob.to_owned())),
@@ -141,11 +141,11 @@ pub mod directory {
     }
 
     /// The users table's mapping, as in the shipped example.
-    pub fn users_mapping() -> TableMapping {
-        let type_name = |t: &str| t.parse().unwrap_or_else(|e| panic!("{t}: {e}"));
-        TableMapping {
+    pub fn users_mapping() -> Result<TableMapping, Box<cedar_policy::ParseErrors>> {
+        let type_name = |t: &str| t.parse::<cedar_policy::EntityTypeName>().map_err(Box::new);
+        Ok(TableMapping {
             table: USERS_TABLE.to_owned(),
-            entity_type: type_name("Studio::User"),
+            entity_type: type_name("Studio::User")?,
             key: "userName".to_owned(),
             attributes: vec![authz_sidecar::directory::AttributeMapping {
                 name: "email".to_owned(),
@@ -153,11 +153,11 @@ pub mod directory {
                 kind: authz_sidecar::directory::ValueKind::Plain,
             }],
             parents: vec![
-                ParentMapping { from: "lob".to_owned(), entity_type: type_name("Studio::Lob") },
-                ParentMapping { from: "teams".to_owned(), entity_type: type_name("Studio::Team") },
+                ParentMapping { from: "lob".to_owned(), entity_type: type_name("Studio::Lob")? },
+                ParentMapping { from: "teams".to_owned(), entity_type: type_name("Studio::Team")? },
             ],
             tags: vec![("Team".to_owned(), "teams".to_owned())],
-        }
+        })
     }
 
     /// The table in memory, counting reads.

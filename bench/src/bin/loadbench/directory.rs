@@ -293,13 +293,14 @@ fn item_json(i: usize) -> Value {
 fn batch_get(items: &HashMap<String, Value>, body: &[u8]) -> Value {
     let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let mut responses = serde_json::Map::new();
-    if let Some(tables) = request["RequestItems"].as_object() {
+    if let Some(tables) = request.get("RequestItems").and_then(Value::as_object) {
         for (table, asked) in tables {
-            let found: Vec<Value> = asked["Keys"]
-                .as_array()
+            let found: Vec<Value> = asked
+                .get("Keys")
+                .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-                .filter_map(|key| key["userName"]["S"].as_str())
+                .filter_map(|key| key.get("userName")?.get("S")?.as_str())
                 .filter_map(|id| items.get(id).cloned())
                 .collect();
             responses.insert(table.clone(), Value::Array(found));
@@ -318,11 +319,9 @@ struct Load {
 
 impl Load {
     fn percentile(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return 0.0;
-        }
-        let index = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
-        self.latencies_us[index.min(self.latencies_us.len() - 1)] as f64 / 1e3
+        let last = self.latencies_us.len().saturating_sub(1);
+        let index = (last as f64 * p).round() as usize;
+        self.latencies_us.get(index.min(last)).map_or(0.0, |us| *us as f64 / 1e3)
     }
 }
 
@@ -353,10 +352,11 @@ async fn drive(
                     _ => {}
                 }
                 let i = n % tokens.len();
+                let token = tokens.get(i).context("no token")?;
                 let vpce = if i % 2 == 0 { setup::VPCE } else { VPCE_B };
                 let request = hyper::Request::get(format!("/studio/{}/Team1", user(i)))
                     .header("host", addr.to_string())
-                    .header("authorization", format!("Bearer {}", tokens[i]))
+                    .header("authorization", format!("Bearer {token}"))
                     .header("x-amzn-vpce-id", vpce)
                     .header("x-forwarded-for", setup::CLIENT_IP)
                     .body(http_body_util::Empty::<Bytes>::new())?;
