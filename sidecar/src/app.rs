@@ -113,12 +113,7 @@ impl App {
     /// credential chain and region (at `[directory] endpoint` when set); `None` when no
     /// directory is configured.
     pub async fn aws_directory(&self) -> Result<Option<crate::directory::Directory>, StartError> {
-        let Some(config) = &self.config.directory else { return Ok(None) };
-        let base = crate::aws::load(&self.config.aws).await;
-        require_region(&base)?;
-        let client = crate::directory::dynamo::client(&base, config.endpoint.as_deref());
-        let reader = crate::directory::dynamo::DynamoReader::new(client);
-        Ok(Some(crate::directory::Directory::over(reader, config.tables.clone(), config.policy)))
+        aws_directory(&self.config).await
     }
 
     /// The request-time state.
@@ -207,6 +202,17 @@ impl App {
             }
         }
     }
+}
+
+/// The directory `[directory]` of `config` configures, read from DynamoDB on the
+/// standard AWS credential chain and region; `None` when none is configured.
+pub async fn aws_directory(config: &Config) -> Result<Option<crate::directory::Directory>, StartError> {
+    let Some(directory) = &config.directory else { return Ok(None) };
+    let base = crate::aws::load(&config.aws).await;
+    require_region(&base)?;
+    let client = crate::directory::dynamo::client(&base, directory.endpoint.as_deref());
+    let reader = crate::directory::dynamo::DynamoReader::new(client);
+    Ok(Some(crate::directory::Directory::over(reader, directory.tables.clone(), directory.policy)))
 }
 
 /// Whether any route of `config` calls AWS (the presign handler).

@@ -149,3 +149,89 @@ fn outside_lambda_the_command_says_so() {
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("not running in AWS Lambda"), "{}", out.stderr);
 }
+
+/// Runs the Lambda form with `config` on `events`; what it posted.
+async fn lambda_with_config(ws: &Workspace, config: &std::path::Path, events: Vec<String>) -> Vec<(String, String)> {
+    let count = events.len();
+    let (api, posted) = fake_runtime_api(events).await;
+    let mut child = std::process::Command::new(binary())
+        .args(["lambda", "--policies", ws.policies().to_str().unwrap(), "--entities", ws.entities().to_str().unwrap()])
+        .args(["--config", config.to_str().unwrap()])
+        .env_clear()
+        .env("AWS_LAMBDA_RUNTIME_API", api.to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "authz-account-pool")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if posted.lock().unwrap().len() >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    posted.lock().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lambda_form_reads_datazone_users_from_the_directory_and_never_grants_what_it_cannot_read() {
+    let moto = crate::harness::start_moto().await;
+    let dynamodb =
+        |op: &'static str, body: Value| crate::harness::moto_json(&moto, "dynamodb", "DynamoDB_20120810", op, body);
+    dynamodb(
+        "CreateTable",
+        json!({"TableName": "authz-datazone-users", "BillingMode": "PAY_PER_REQUEST",
+               "KeySchema": [{"AttributeName": "userIdentifier", "KeyType": "HASH"}],
+               "AttributeDefinitions": [{"AttributeName": "userIdentifier", "AttributeType": "S"}]}),
+    )
+    .await;
+    let user = "0d9e6f5a-0000-4000-8000-00000000da7a";
+    dynamodb(
+        "PutItem",
+        json!({"TableName": "authz-datazone-users",
+               "Item": {"userIdentifier": {"S": user}, "displayName": {"S": "dana"}, "lob": {"S": "lob-a"}}}),
+    )
+    .await;
+    let validate = |who: &str| {
+        json!({"operationRequest": {"listAuthorizedAccountsRequest": null, "validateAccountAuthorizationRequest":
+            {"domainIdentifier": "dzd-4igt64u5j25ko9", "awsAccountId": "004878717744", "regionName": "us-east-2",
+             "userIdentifier": who}}})
+        .to_string()
+    };
+    let ws = Workspace::shipped();
+    let config = |table: &str| {
+        let path = ws.dir.path().join(format!("{table}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[aws]\nregion = \"us-east-1\"\n[directory]\nendpoint = \"http://127.0.0.1:{}\"\n\
+                 [[directory.tables]]\ntable = \"{table}\"\nentity_type = \"DataZone::User\"\nkey = \"userIdentifier\"\n\
+                 attributes = {{ displayName = \"displayName\" }}\nparents = {{ lob = \"Studio::Lob\" }}\n",
+                moto.port
+            ),
+        )
+        .unwrap();
+        path
+    };
+
+    // a user only the table knows is granted lob-a's account; one it lacks is denied
+    let posted =
+        lambda_with_config(&ws, &config("authz-datazone-users"), vec![validate(user), validate("nobody")]).await;
+    assert_eq!(posted.len(), 2, "{posted:?}");
+    assert!(posted[0].0.ends_with("/response") && posted[0].1.contains("GRANT"), "{posted:?}");
+    assert!(posted[1].0.ends_with("/response") && posted[1].1.contains("DENY"), "{posted:?}");
+
+    // a table that cannot be read: an error result, never an answer
+    let posted = lambda_with_config(&ws, &config("no-such-table"), vec![validate(user)]).await;
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    assert!(posted[0].0.ends_with("/error"), "{posted:?}");
+    let error: Value = serde_json::from_str(&posted[0].1).unwrap();
+    assert_eq!(error["errorType"], "DirectoryUnavailable", "{error}");
+}

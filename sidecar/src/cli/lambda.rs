@@ -5,6 +5,11 @@
 //! entities next to it): it loads the snapshot once, then answers each invocation with
 //! the same `parse` and `apply` as the HTTP route, so both forms give the same bytes. A
 //! malformed event is an error result, never a GRANT.
+//!
+//! With `--config`, the file's `[directory]` (and `[aws]`) are used as `serve` uses them:
+//! a DataZone user no entity file lists is read from the directory's table. A user the
+//! directory cannot answer for is an error result (`DirectoryUnavailable`, or
+//! `UserNotReadable` for an item that does not fit the schema), never a GRANT.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -13,13 +18,18 @@ use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use serde_json::Value;
 
 use super::{Sources, exit};
-use crate::handlers::account_pool::{AccountPool, EventError, parse};
+use crate::directory::Directory;
+use crate::handlers::account_pool::{AccountPool, EventError, UserError, directory_entities, parse};
 use crate::policy_store::PolicySnapshot;
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
     #[command(flatten)]
     sources: Sources,
+    /// A sidecar configuration whose `[directory]` and `[aws]` to use (other sections
+    /// are checked and ignored: policies and entities come from the options above).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
 }
 
 /// What the Lambda runtime sets; the runtime crate panics without them.
@@ -46,11 +56,30 @@ pub(super) fn run(args: &Args, _out: &mut dyn Write, err: &mut dyn Write) -> u8 
             return exit::FAILURE;
         }
     };
-    tracing::info!(version = %snapshot.version(), "account-pool Lambda handler ready");
+    let directory = match &args.config {
+        Some(path) => {
+            let config = match crate::config::Config::load(Some(path)) {
+                Ok(config) => config,
+                Err(e) => {
+                    let _ = writeln!(err, "error: {e}");
+                    return exit::FAILURE;
+                }
+            };
+            match runtime.block_on(crate::app::aws_directory(&config)) {
+                Ok(directory) => directory.map(Arc::new),
+                Err(e) => {
+                    let _ = writeln!(err, "error: {e}");
+                    return exit::FAILURE;
+                }
+            }
+        }
+        None => None,
+    };
+    tracing::info!(version = %snapshot.version(), directory = directory.is_some(), "account-pool Lambda handler ready");
     let pool = Arc::new(AccountPool::default());
     let handler = service_fn(move |event: LambdaEvent<Value>| {
-        let (snapshot, pool) = (snapshot.clone(), pool.clone());
-        async move { answer(&pool, &snapshot, event) }
+        let (snapshot, pool, directory) = (snapshot.clone(), pool.clone(), directory.clone());
+        async move { answer(&pool, &snapshot, directory.as_deref(), event).await }
     });
     match runtime.block_on(lambda_runtime::run(handler)) {
         Ok(()) => exit::OK,
@@ -62,8 +91,14 @@ pub(super) fn run(args: &Args, _out: &mut dyn Write, err: &mut dyn Write) -> u8 
 }
 
 /// One invocation: the same `parse` (and so the same size limit) and `apply` as the
-/// HTTP route. An error result carries a stable `errorType` ([`EventError::error_type`]).
-fn answer(pool: &AccountPool, snapshot: &PolicySnapshot, event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
+/// HTTP route. An error result carries a stable `errorType` ([`EventError::error_type`],
+/// [`UserError::error_type`]).
+async fn answer(
+    pool: &AccountPool,
+    snapshot: &PolicySnapshot,
+    directory: Option<&Directory>,
+    event: LambdaEvent<Value>,
+) -> Result<Value, Diagnostic> {
     let request_id = event.context.request_id;
     let refused = |e: EventError| {
         tracing::info!(request_id, error = %e, error_type = e.error_type(), "account-pool event refused");
@@ -72,5 +107,12 @@ fn answer(pool: &AccountPool, snapshot: &PolicySnapshot, event: LambdaEvent<Valu
     let body = serde_json::to_vec(&event.payload)
         .map_err(|e| Diagnostic { error_type: "InvalidEvent".to_owned(), error_message: e.to_string() })?;
     let operation = parse(&body).map_err(refused)?;
-    pool.apply(snapshot, &operation, &request_id).map_err(refused)
+    let entities = match directory {
+        Some(directory) => directory_entities(directory, snapshot, &operation).await.map_err(|e: UserError| {
+            tracing::warn!(request_id, error = %e, "account-pool user not read from the directory");
+            Diagnostic { error_type: e.error_type().to_owned(), error_message: e.to_string() }
+        })?,
+        None => None,
+    };
+    pool.apply_over(snapshot, &operation, &request_id, entities).map_err(refused)
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use cedar_policy::{Entity, EntityId, EntityUid};
+use cedar_policy::{EntityId, EntityUid};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Body as HttpBody;
 
@@ -312,13 +312,19 @@ async fn account_pool(
     body: &[u8],
     request_id: &str,
 ) -> Result<Response<Body>, ApiError> {
-    use crate::handlers::account_pool::{EventError, Operation, parse};
+    use crate::handlers::account_pool::{EventError, Operation, directory_entities, parse};
     let refused = |e: EventError| {
         tracing::info!(request_id, error = %e, error_type = e.error_type(), "account-pool event refused");
         ApiError::from(e)
     };
     let operation = parse(body).map_err(refused)?;
-    let entities = user_entities(state, &snapshot, &operation, request_id).await?;
+    let entities = match &state.directory {
+        Some(directory) => directory_entities(directory, &snapshot, &operation).await.map_err(|e| {
+            tracing::warn!(request_id, error = %e, "account-pool user not read from the directory");
+            if e.is_unreachable() { ApiError::DirectoryUnavailable } else { ApiError::Forbidden }
+        })?,
+        None => None,
+    };
     let pool = &state.account_pool;
     let answer = match operation {
         Operation::Validate(_) => pool.apply_over(&snapshot, &operation, request_id, entities),
@@ -331,40 +337,4 @@ async fn account_pool(
     }
     .map_err(refused)?;
     Ok(json_response(http::StatusCode::OK, answer.to_string()))
-}
-
-/// The snapshot's entities with the event's user and what it reaches, when the
-/// directory holds DataZone users and no entity file lists this one (`None`: decide over
-/// the snapshot's own). A user the directory cannot answer for denies the whole event:
-/// 503 when it cannot be read, 403 when what it holds does not fit the schema.
-async fn user_entities(
-    state: &State,
-    snapshot: &PolicySnapshot,
-    operation: &crate::handlers::account_pool::Operation,
-    request_id: &str,
-) -> Result<Option<Arc<cedar_policy::Entities>>, ApiError> {
-    use crate::handlers::account_pool::{Operation, user_uid};
-    let Some(directory) = &state.directory else { return Ok(None) };
-    let user = match operation {
-        Operation::List(list) => list.user_identifier.as_deref(),
-        Operation::Validate(validate) => validate.user_identifier.as_deref(),
-    };
-    let Some(uid) = user.filter(|u| !u.is_empty()).and_then(user_uid) else { return Ok(None) };
-    if snapshot.entities().get(&uid).is_some() || !directory.holds(uid.type_name()) {
-        return Ok(None);
-    }
-    let mut gathered = Gathered::default();
-    if let Err(error) = gather(directory, snapshot, [uid.clone()], &mut gathered).await {
-        tracing::warn!(request_id, user = %uid, error = %error, "account-pool user not read from the directory");
-        return Err(if error.is_unreachable() { ApiError::DirectoryUnavailable } else { ApiError::Forbidden });
-    }
-    let fetched: Vec<Entity> = gathered.all().map(|c| c.entity().clone()).collect();
-    if fetched.is_empty() {
-        return Ok(None);
-    }
-    let entities = snapshot.entities().clone().add_entities(fetched, None).map_err(|error| {
-        tracing::warn!(request_id, user = %uid, error = %error, "account-pool user does not fit the stored entities");
-        ApiError::Forbidden
-    })?;
-    Ok(Some(Arc::new(entities)))
 }

@@ -34,6 +34,56 @@ use crate::policy_store::PolicySnapshot;
 use pool::PoolIndex;
 use question::{Question, Refusal};
 
+/// Why the event's user could not be read from the directory: the event is refused,
+/// never answered as if the user had no entity.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UserError {
+    #[error("the directory could not answer for the event's user: {0}")]
+    Directory(#[from] crate::directory::GatherError),
+    #[error("the event's user does not fit the stored entities: {0}")]
+    Unfit(String),
+}
+
+impl UserError {
+    /// Whether the directory could not be read (worth retrying), rather than read and
+    /// found wanting.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Directory(e) if e.is_unreachable())
+    }
+
+    /// A stable name for the Lambda form's error result.
+    pub fn error_type(&self) -> &'static str {
+        if self.is_unreachable() { "DirectoryUnavailable" } else { "UserNotReadable" }
+    }
+}
+
+/// The snapshot's entities with the event's user and what it reaches, when `directory`
+/// holds DataZone users and no entity file lists this one; `None`: decide over the
+/// snapshot's own entities.
+pub async fn directory_entities(
+    directory: &crate::directory::Directory,
+    snapshot: &PolicySnapshot,
+    operation: &Operation,
+) -> Result<Option<Arc<cedar_policy::Entities>>, UserError> {
+    let user = match operation {
+        Operation::List(list) => list.user_identifier.as_deref(),
+        Operation::Validate(validate) => validate.user_identifier.as_deref(),
+    };
+    let Some(uid) = user.filter(|u| !u.is_empty()).and_then(user_uid) else { return Ok(None) };
+    if snapshot.entities().get(&uid).is_some() || !directory.holds(uid.type_name()) {
+        return Ok(None);
+    }
+    let mut gathered = crate::directory::Gathered::default();
+    crate::directory::gather(directory, snapshot, [uid], &mut gathered).await?;
+    let fetched: Vec<cedar_policy::Entity> = gathered.all().map(|c| c.entity().clone()).collect();
+    if fetched.is_empty() {
+        return Ok(None);
+    }
+    let entities =
+        snapshot.entities().clone().add_entities(fetched, None).map_err(|e| UserError::Unfit(e.to_string()))?;
+    Ok(Some(Arc::new(entities)))
+}
+
 /// The handler: the shared engine, and the pool index of the snapshot it last answered
 /// from (built again for a new snapshot). Share one per process; clones
 /// share the index.
