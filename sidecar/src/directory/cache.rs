@@ -293,6 +293,17 @@ impl<R: TableReader> DirectoryCache<R> {
                 }
                 continue;
             };
+            // a key no table can hold (a request names it, e.g. from a path) is absent,
+            // never sent: DynamoDB would refuse the whole batch, and a refused batch must
+            // not be mistaken for an unreachable directory
+            let (uids, unstorable): (Vec<&EntityUid>, Vec<&EntityUid>) =
+                uids.into_iter().partition(|uid| is_storable_key(uid.id().unescaped()));
+            for uid in unstorable {
+                out.insert(uid.clone(), Ok(None));
+            }
+            if uids.is_empty() {
+                continue;
+            }
             let keys: Vec<String> = uids.iter().map(|uid| uid.id().unescaped().to_owned()).collect();
             let started = Instant::now();
             let read = self.reader.read(&mapping.table, &mapping.key, &keys).await;
@@ -315,6 +326,13 @@ impl<R: TableReader> DirectoryCache<R> {
         }
         out
     }
+}
+
+/// DynamoDB's partition keys: 1 to 2,048 bytes.
+const MAX_KEY_BYTES: usize = 2_048;
+
+fn is_storable_key(key: &str) -> bool {
+    (1..=MAX_KEY_BYTES).contains(&key.len())
 }
 
 /// Removes this request's claims on keys when it is done, or dropped mid-read (its
@@ -481,6 +499,30 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let answers = cache.get(&[user("user-1")], &schema, 0).await;
         assert!(matches!(answers[0], Err(DirectoryError::Unreachable(_))), "{:?}", answers[0]);
+    }
+
+    #[tokio::test]
+    async fn a_key_no_table_can_hold_is_absent_without_a_read_and_leaves_the_directory_ready() {
+        let fake = Arc::new(Fake::default());
+        fake.items.lock().unwrap().insert("user-1".to_owned(), item("lob-a"));
+        let cache = DirectoryCache::new(fake.clone(), vec![users()], policy(Duration::from_secs(60), Duration::ZERO));
+        let long = user(&"x".repeat(MAX_KEY_BYTES + 1));
+        let answers = cache.get(&[long.clone(), user("")], &schema(), 0).await;
+        assert!(answers.iter().all(|a| matches!(a, Ok(None))), "{answers:?}");
+        assert_eq!(fake.reads.load(Ordering::SeqCst), 0, "nothing sent for keys DynamoDB would refuse");
+        // in a batch with a real key, only the real key is read
+        let answers = cache.get(&[long, user("user-1")], &schema(), 0).await;
+        assert!(matches!(answers[0], Ok(None)));
+        assert_eq!(lob_of(&answers[1]).as_deref(), Some("lob-a"));
+        assert_eq!(fake.keys_read.load(Ordering::SeqCst), 1);
+        assert!(cache.unreachable().is_none());
+        // a read that does fail marks the directory unreachable until one succeeds
+        fake.failing.store(true, Ordering::SeqCst);
+        assert!(cache.get(&[user("user-2")], &schema(), 0).await[0].is_err());
+        assert!(cache.unreachable().is_some());
+        fake.failing.store(false, Ordering::SeqCst);
+        assert!(cache.probe().await);
+        assert!(cache.unreachable().is_none());
     }
 
     #[tokio::test]
