@@ -37,6 +37,15 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
+/// Replace `path`'s contents in one step, as editors and mounted config maps do: a poll
+/// between a truncate and a write would read half a file and count a failure no test
+/// step caused.
+fn replace(path: &std::path::Path, text: &str) {
+    let staged = path.with_extension("staged~");
+    std::fs::write(&staged, text).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
+
 fn options(file_events: bool) -> ReloadOptions {
     ReloadOptions {
         poll_interval: if file_events { Duration::from_secs(3600) } else { Duration::from_millis(100) },
@@ -60,13 +69,13 @@ async fn change_break_fix(file_events: bool) {
     let good = std::fs::read_to_string(&path).unwrap();
     let changed = good.replace(r#"["AVAILABLE", "ASSIGNED"]"#, r#"["AVAILABLE", "ASSIGNED", "QUARANTINED"]"#);
     assert_ne!(good, changed);
-    std::fs::write(&path, &changed).unwrap();
+    replace(&path, &changed);
     eventually("the change is published", || store.current().unwrap().version().generation == 2).await;
     assert_ne!(store.current().unwrap().version().digest, first.digest);
     assert_eq!(decide(&store, &quarantined()).effect, Effect::Allow);
 
     // 2. A broken file: the last good snapshot keeps serving, the failure is reported.
-    std::fs::write(&path, changed.replace("forbid (", "forbid (( ")).unwrap();
+    replace(&path, &changed.replace("forbid (", "forbid (( "));
     eventually("the failure is recorded", || store.stats().failures == 1).await;
     let stats = store.stats();
     let error = stats.last_error.expect("the error is kept for reporting");
@@ -79,7 +88,7 @@ async fn change_break_fix(file_events: bool) {
     assert_eq!(store.stats().failures, 1);
 
     // 3. The fix recovers.
-    std::fs::write(&path, &good).unwrap();
+    replace(&path, &good);
     eventually("the fix is published", || store.current().unwrap().version().generation == 3).await;
     assert_eq!(store.current().unwrap().version().digest, first.digest, "same files, same version");
     assert!(store.stats().last_error.is_none());
