@@ -53,14 +53,8 @@ handler = "presign"
     )
     .unwrap();
     let log = ws.dir.path().join("sidecar.log");
-    let (no_config, no_credentials) = (ws.dir.path().join("no-config"), ws.dir.path().join("no-credentials"));
-    let env: [(&str, &std::ffi::OsStr); 5] = [
-        ("AWS_ACCESS_KEY_ID", "AKIDBASECREDENTIALS".as_ref()),
-        ("AWS_SECRET_ACCESS_KEY", "base-secret".as_ref()),
-        ("AWS_EC2_METADATA_DISABLED", "true".as_ref()),
-        ("AWS_CONFIG_FILE", no_config.as_os_str()),
-        ("AWS_SHARED_CREDENTIALS_FILE", no_credentials.as_os_str()),
-    ];
+    let env = harness::aws_env(ws.dir.path());
+    let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
     let Running { mut child, data, admin } = start_binary(&["--config", config.to_str().unwrap()], &env, &log).await;
     let (_, _, token) = harness::get(admin, "/dev/token?user=user-1&groups=Team1,Team2", &[]).await;
     let auth = format!("Bearer {token}");

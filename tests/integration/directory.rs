@@ -237,14 +237,8 @@ handler = "account_pool"
     )
     .unwrap();
     let log = ws.dir.path().join("sidecar.log");
-    let (no_config, no_credentials) = (ws.dir.path().join("no-config"), ws.dir.path().join("no-credentials"));
-    let env: [(&str, &std::ffi::OsStr); 5] = [
-        ("AWS_ACCESS_KEY_ID", "AKIDBASECREDENTIALS".as_ref()),
-        ("AWS_SECRET_ACCESS_KEY", "base-secret".as_ref()),
-        ("AWS_EC2_METADATA_DISABLED", "true".as_ref()),
-        ("AWS_CONFIG_FILE", no_config.as_os_str()),
-        ("AWS_SHARED_CREDENTIALS_FILE", no_credentials.as_os_str()),
-    ];
+    let env = harness::aws_env(ws.dir.path());
+    let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
     let Running { mut child, data, admin } = start_binary(&["--config", config.to_str().unwrap()], &env, &log).await;
     let token = |user: &'static str| async move {
         let (_, _, token) = harness::get(admin, &format!("/dev/token?user={user}&groups=Team1"), &[]).await;

@@ -400,6 +400,19 @@ fn moto_server_path() -> std::path::PathBuf {
     venv.join("bin/moto_server")
 }
 
+/// The environment of a binary that calls AWS emulators: fixed base credentials
+/// (`AKIDBASECREDENTIALS`), and none of this machine's instance metadata, AWS config or
+/// credentials files.
+pub fn aws_env(dir: &std::path::Path) -> Vec<(&'static str, std::ffi::OsString)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", "AKIDBASECREDENTIALS".into()),
+        ("AWS_SECRET_ACCESS_KEY", "base-secret".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("AWS_CONFIG_FILE", dir.join("no-config").into_os_string()),
+        ("AWS_SHARED_CREDENTIALS_FILE", dir.join("no-credentials").into_os_string()),
+    ]
+}
+
 pub struct Moto {
     child: std::process::Child,
     pub port: u16,

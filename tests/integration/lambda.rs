@@ -92,29 +92,8 @@ async fn the_lambda_form_answers_like_the_http_form_and_refuses_bad_events() {
         "awsAccountId": "004878717744", "regionName": "us-east-2", "userIdentifier": "4b89ed84-9842-45dd-a2e5-15e49eda2b03"}},
         "padding": "p".repeat(3 * 1024 * 1024)})
     .to_string();
-    let (api, posted) = fake_runtime_api(vec![validate.clone(), list.clone(), both, huge]).await;
-
     let ws = Workspace::shipped();
-    let mut child = std::process::Command::new(binary())
-        .args(["lambda", "--policies", ws.policies().to_str().unwrap(), "--entities", ws.entities().to_str().unwrap()])
-        .env_clear()
-        .env("AWS_LAMBDA_RUNTIME_API", api.to_string())
-        .env("AWS_LAMBDA_FUNCTION_NAME", "authz-account-pool")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..200 {
-        if posted.lock().unwrap().len() >= 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let posted = posted.lock().unwrap().clone();
+    let posted = run_lambda(&ws, &[], vec![validate.clone(), list.clone(), both, huge]).await;
     assert_eq!(posted.len(), 4, "{posted:?}");
 
     // the same bytes the HTTP form sends (its test compares them to the handler's answer)
@@ -150,13 +129,14 @@ fn outside_lambda_the_command_says_so() {
     assert!(out.stderr.contains("not running in AWS Lambda"), "{}", out.stderr);
 }
 
-/// Runs the Lambda form with `config` on `events`; what it posted.
-async fn lambda_with_config(ws: &Workspace, config: &std::path::Path, events: Vec<String>) -> Vec<(String, String)> {
+/// Runs the Lambda form over `ws`'s files (and `extra` arguments) on `events`, against
+/// a fake Runtime API; what it posted, once it has answered them all (at most 10 s).
+async fn run_lambda(ws: &Workspace, extra: &[&str], events: Vec<String>) -> Vec<(String, String)> {
     let count = events.len();
     let (api, posted) = fake_runtime_api(events).await;
     let mut child = std::process::Command::new(binary())
         .args(["lambda", "--policies", ws.policies().to_str().unwrap(), "--entities", ws.entities().to_str().unwrap()])
-        .args(["--config", config.to_str().unwrap()])
+        .args(extra)
         .env_clear()
         .env("AWS_LAMBDA_RUNTIME_API", api.to_string())
         .env("AWS_LAMBDA_FUNCTION_NAME", "authz-account-pool")
@@ -222,14 +202,18 @@ async fn the_lambda_form_reads_datazone_users_from_the_directory_and_never_grant
     };
 
     // a user only the table knows is granted lob-a's account; one it lacks is denied
-    let posted =
-        lambda_with_config(&ws, &config("authz-datazone-users"), vec![validate(user), validate("nobody")]).await;
+    let posted = run_lambda(
+        &ws,
+        &["--config", config("authz-datazone-users").to_str().unwrap()],
+        vec![validate(user), validate("nobody")],
+    )
+    .await;
     assert_eq!(posted.len(), 2, "{posted:?}");
     assert!(posted[0].0.ends_with("/response") && posted[0].1.contains("GRANT"), "{posted:?}");
     assert!(posted[1].0.ends_with("/response") && posted[1].1.contains("DENY"), "{posted:?}");
 
     // a table that cannot be read: an error result, never an answer
-    let posted = lambda_with_config(&ws, &config("no-such-table"), vec![validate(user)]).await;
+    let posted = run_lambda(&ws, &["--config", config("no-such-table").to_str().unwrap()], vec![validate(user)]).await;
     assert_eq!(posted.len(), 1, "{posted:?}");
     assert!(posted[0].0.ends_with("/error"), "{posted:?}");
     let error: Value = serde_json::from_str(&posted[0].1).unwrap();

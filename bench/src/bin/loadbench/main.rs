@@ -95,37 +95,27 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Directory(args) => match directory::run(&args) {
-            Ok(report) => {
-                println!("{report}");
-                if let Some(path) = args.out()
-                    && let Err(e) = std::fs::write(path, &report)
-                {
-                    eprintln!("loadbench: cannot write {}: {e}", path.display());
-                    return ExitCode::FAILURE;
-                }
-                ExitCode::SUCCESS
+        Command::Directory(args) => report(directory::run(&args), args.out()),
+        Command::Run(args) => report(scenario::run(&args), args.out.as_deref()),
+    }
+}
+
+/// Print a run's report (and write it to `out` when given), or its error.
+fn report(result: anyhow::Result<String>, out: Option<&std::path::Path>) -> ExitCode {
+    match result {
+        Ok(report) => {
+            println!("{report}");
+            if let Some(path) = out
+                && let Err(e) = std::fs::write(path, &report)
+            {
+                eprintln!("loadbench: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
             }
-            Err(e) => {
-                eprintln!("loadbench: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Run(args) => match scenario::run(&args) {
-            Ok(report) => {
-                println!("{report}");
-                if let Some(path) = &args.out
-                    && let Err(e) = std::fs::write(path, &report)
-                {
-                    eprintln!("loadbench: cannot write {}: {e}", path.display());
-                    return ExitCode::FAILURE;
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("loadbench: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("loadbench: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
