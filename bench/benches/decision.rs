@@ -218,7 +218,7 @@ fn directory_hit(c: &mut Criterion) {
             .derived_entity(key, || derive_profile(&snapshot, known, &user_type, &name, "Team1", &resource))
             .unwrap();
         let requester =
-            snapshot.request_principal_over([3; 32], fetched.serial, || Ok::<_, ()>(fetched.entity.entity().clone()));
+            snapshot.request_principal_over([3; 32], fetched.serial, &[], || Ok::<_, ()>(fetched.entity.entity().clone()));
         let mut checked = gathered.checked_except(&principal);
         checked.push(derived);
         (requester.unwrap(), checked)

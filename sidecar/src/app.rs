@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::authn::dev::DevIssuer;
+use crate::lifecycle::Revocations;
 use crate::avp::mirror::Mirror;
 use crate::avp::refresh::StoreSource;
 use crate::config::{Config, ContextSource, Handler, PolicySource};
@@ -116,6 +117,20 @@ impl App {
         aws_directory(&self.config).await
     }
 
+    /// Apply membership events with `lifecycle`, and deny on every request what
+    /// `revocations` says the principal has lost (see `[lifecycle]`).
+    #[must_use]
+    pub fn with_lifecycle(mut self, lifecycle: crate::lifecycle::Lifecycle, revocations: Arc<Revocations>) -> Self {
+        self.state.lifecycle = Some(Arc::new(lifecycle));
+        self.state.revocations = Some(revocations);
+        self
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// The request-time state.
     pub fn state(&self) -> &State {
         &self.state
@@ -215,6 +230,30 @@ pub async fn aws_directory(config: &Config) -> Result<Option<crate::directory::D
     Ok(Some(crate::directory::Directory::over(reader, directory.tables.clone(), directory.policy)))
 }
 
+/// The membership-event handler and the data plane's revocations `[lifecycle]` of
+/// `config` configures: the identity store on the standard AWS set-up, revocations in
+/// the `[lifecycle] table` (else this process's memory); `None` when not configured.
+pub async fn aws_lifecycle(
+    config: &Config,
+) -> Result<Option<(crate::lifecycle::Lifecycle, Arc<Revocations>)>, StartError> {
+    use crate::lifecycle::{IdentityStore, Lifecycle, Store, identity};
+    let Some(lifecycle) = &config.lifecycle else { return Ok(None) };
+    let base = crate::aws::load(&config.aws).await;
+    require_region(&base)?;
+    let store = match &lifecycle.table {
+        Some(table) => Store::Table {
+            client: crate::directory::dynamo::client(&base, lifecycle.endpoint.as_deref()),
+            table: table.clone(),
+        },
+        None => Store::memory(),
+    };
+    let store = Arc::new(store);
+    let revocations = Arc::new(Revocations::new(store.clone(), lifecycle));
+    let identity = IdentityStore::new(identity::client(&base, lifecycle.identitystore_endpoint.as_deref()), lifecycle);
+    let handler = Lifecycle::new(store, identity, revocations.clone(), lifecycle.token_lifetime);
+    Ok(Some((handler, revocations)))
+}
+
 /// Whether any route of `config` calls AWS (the presign handler).
 pub fn needs_aws(config: &Config) -> bool {
     config.routes.iter().any(|r| matches!(r.handler, Handler::Presign(_)))
@@ -227,7 +266,7 @@ fn require_region(base: &aws_config::SdkConfig) -> Result<(), StartError> {
 /// What `--check-config` can tell of the AWS set-up without calling AWS: a region is
 /// known (from the config, the environment, the profile or the instance).
 pub async fn check_aws(config: &Config) -> Result<(), StartError> {
-    if !needs_aws(config) && config.directory.is_none() {
+    if !needs_aws(config) && config.directory.is_none() && config.lifecycle.is_none() {
         return Ok(());
     }
     require_region(&crate::aws::load(&config.aws).await)

@@ -23,6 +23,8 @@
 //! - [`decision_tables`]: decision tables, the security team's unit tests for policies.
 //! - [`config`], [`telemetry`], [`aws`], [`http_client`], [`body`]: configuration, logs
 //!   and metrics, AWS clients, outbound HTTP, the one body type.
+//! - [`lifecycle`]: group-membership events from IAM Identity Center, and the
+//!   revocations the data plane applies.
 //! - [`cli`]: `serve`, `validate`, `authorize`, `test`, `lambda`, `avp`.
 
 #![warn(unreachable_pub)]
@@ -38,6 +40,7 @@ pub mod config;
 pub mod decision_tables;
 pub mod directory;
 pub mod handlers;
+pub mod lifecycle;
 pub(crate) mod http_client;
 pub mod policy_store;
 pub(crate) mod proxy;

@@ -43,6 +43,9 @@ pub(crate) enum ApiError {
     BadGateway,
     #[error(transparent)]
     Presign(#[from] PresignError),
+    /// A membership event refused (400, 422) or not applied yet (503).
+    #[error(transparent)]
+    Lifecycle(#[from] crate::lifecycle::LifecycleError),
     #[error("upstream timed out")]
     GatewayTimeout,
     #[error("internal error")]
@@ -72,6 +75,7 @@ impl ApiError {
                 PresignError::Timeout => StatusCode::GATEWAY_TIMEOUT,
                 PresignError::Incomplete => StatusCode::INTERNAL_SERVER_ERROR,
             },
+            Self::Lifecycle(error) => error.status(),
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -104,6 +108,10 @@ impl ApiError {
                 PresignError::Timeout => Self::GatewayTimeout.public_message(),
                 PresignError::Incomplete => Self::Internal.public_message(),
             },
+            Self::Lifecycle(error) if error.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                "the identity store or the lifecycle table cannot be reached; deliver the event again".to_owned()
+            }
+            Self::Lifecycle(error) => error.to_string(),
             Self::GatewayTimeout => "the upstream did not answer in time".to_owned(),
             Self::Internal => "internal error".to_owned(),
         }
@@ -124,6 +132,9 @@ impl ApiError {
                 );
             }
             Self::Overloaded | Self::NotReady | Self::DirectoryUnavailable | Self::Presign(PresignError::Throttled) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::Lifecycle(error) if error.status() == StatusCode::SERVICE_UNAVAILABLE => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

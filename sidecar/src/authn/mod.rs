@@ -86,6 +86,15 @@ pub(crate) struct Identity {
     pub token_digest: [u8; 32],
 }
 
+impl Identity {
+    /// The token's `iat` (Unix seconds), when it has one.
+    pub(crate) fn issued_at(&self) -> Option<u64> {
+        let iat = self.claims.get("iat")?;
+        // a fractional or negative `iat` counts as the second before it (or none)
+        iat.as_u64().or_else(|| iat.as_f64().filter(|f| *f >= 0.0 && f.is_finite()).map(|f| f as u64))
+    }
+}
+
 /// Verifies tokens for every configured issuer.
 pub(crate) struct Authenticator {
     issuers: Vec<Arc<IssuerKeys>>,

@@ -7,6 +7,10 @@
 //! groups claim, `stored` keeps them, `both` keeps only those the claim names too
 //! (other parents, such as the user's LOB, always stay). Each mapped claim sets its tag
 //! or attribute.
+//! Teams the principal has left since the token was issued (`lost`, see
+//! [`crate::lifecycle::revocations`]) count in no source: they are dropped from the
+//! groups claim, from the stored group parents and from every tag mapped from the
+//! groups claim.
 //! The result is checked against the schema, so a claim of the wrong shape is an error,
 //! never a silently different principal. One exception, so that the sidecar decides as
 //! Cedar does: a user no entity file knows, of a type that declares required attributes,
@@ -34,11 +38,13 @@ pub(crate) enum PrincipalError {
 /// Build the principal entity for `identity` under `schema`, over `stored`, the entity
 /// the files or the directory hold for its uid. Its uid is `config.entity_type` with
 /// the identity's principal id (its issuer's namespace prefix, then the subject) as id.
+/// `lost`: the teams (group ids) that no longer count for this token.
 pub(crate) fn principal_entity(
     identity: &Identity,
     config: &PrincipalConfig,
     stored: Option<&Entity>,
     schema: &Schema,
+    lost: &[String],
 ) -> Result<Entity, PrincipalError> {
     let stored = stored.map(Entity::to_json_value);
     let is_stored = matches!(stored, Some(Ok(Value::Object(_))));
@@ -54,7 +60,8 @@ pub(crate) fn principal_entity(
 
     if let Some(claim) = &config.groups_claim {
         let group_type = config.group_type.to_string();
-        let groups = strings(identity.claims.get(claim));
+        let mut groups = strings(identity.claims.get(claim));
+        groups.retain(|g| !lost.contains(g));
         let parents = json.entry("parents").or_insert_with(|| Value::Array(Vec::new()));
         if let Value::Array(parents) = parents {
             let is_group = |p: &Value| p.get("type").and_then(Value::as_str) == Some(group_type.as_str());
@@ -68,6 +75,9 @@ pub(crate) fn principal_entity(
                 GroupMembership::Stored => {}
                 GroupMembership::Both => parents.retain(|p| !is_group(p) || claimed(p)),
             }
+            let was_lost =
+                |p: &Value| p.get("id").and_then(Value::as_str).is_some_and(|id| lost.iter().any(|l| l == id));
+            parents.retain(|p| !(is_group(p) && was_lost(p)));
         }
     }
     for (field, pairs) in [("tags", &config.tags), ("attrs", &config.attributes)] {
@@ -76,6 +86,12 @@ pub(crate) fn principal_entity(
             for (name, claim) in pairs {
                 if let Some(value) = identity.claims.get(claim) {
                     target.insert(name.clone(), value.clone());
+                }
+                // a tag of group ids never names a lost one, whichever source set it
+                if config.groups_claim.as_ref() == Some(claim)
+                    && let Some(value) = target.get_mut(name)
+                {
+                    without(value, lost);
                 }
             }
         }
@@ -90,6 +106,15 @@ pub(crate) fn principal_entity(
             Entity::from_json_value(Value::Object(json), None).map_err(|e| PrincipalError::NotAnEntity(e.to_string()))
         }
         Err(e) => Err(PrincipalError::DoesNotFit(e.to_string())),
+    }
+}
+
+/// `value` (a string or a list of them) without the strings in `lost`.
+fn without(value: &mut Value, lost: &[String]) {
+    match value {
+        Value::Array(items) => items.retain(|item| !item.as_str().is_some_and(|s| lost.iter().any(|l| l == s))),
+        Value::String(s) if lost.iter().any(|l| l == s) => *value = Value::Array(Vec::new()),
+        _ => {}
     }
 }
 
@@ -137,7 +162,7 @@ mod tests {
     fn groups(membership: &str, claimed: &[&str]) -> Vec<String> {
         let text = format!("[principal]\ngroup_membership = \"{membership}\"\n");
         let config = Config::from_toml(&text, "test").unwrap();
-        let entity = principal_entity(&identity(claimed), &config.principal, Some(&stored()), &schema()).unwrap();
+        let entity = principal_entity(&identity(claimed), &config.principal, Some(&stored()), &schema(), &[]).unwrap();
         let json = entity.to_json_value().unwrap();
         let mut ids: Vec<String> = json["parents"]
             .as_array()
@@ -159,5 +184,22 @@ mod tests {
         // a group the directory lists and the token does not (added since sign-in)
         assert_eq!(groups("stored", &[]), ["Studio::Lob::lob-a", "Studio::Team::Team1"]);
         assert_eq!(groups("both", &[]), ["Studio::Lob::lob-a"], "both: the token must say so too");
+    }
+
+    #[test]
+    fn a_lost_team_counts_in_no_source() {
+        for membership in ["token", "stored", "both"] {
+            let text = format!("[principal]\ngroup_membership = \"{membership}\"\n");
+            let config = Config::from_toml(&text, "test").unwrap();
+            let lost = ["Team1".to_owned()];
+            let entity =
+                principal_entity(&identity(&["Team1", "Team2"]), &config.principal, Some(&stored()), &schema(), &lost)
+                    .unwrap();
+            let json = entity.to_json_value().unwrap();
+            let text = json.to_string();
+            assert!(!json["parents"].as_array().unwrap().iter().any(|p| p["id"] == "Team1"), "{membership}: {text}");
+            assert!(!json["tags"]["Team"].as_array().unwrap().iter().any(|t| t == "Team1"), "{membership}: {text}");
+            assert!(json["parents"].as_array().unwrap().iter().any(|p| p["id"] == "lob-a"), "{membership}: {text}");
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! `authz-sidecar lambda`: the account-pool handler as an AWS Lambda function.
+//! `authz-sidecar lambda`: the account-pool handler, and the group-membership events of
+//! IAM Identity Center, as an AWS Lambda function.
 //!
 //! DataZone registers a Lambda ARN as the custom account-pool handler. This command is
 //! that function's entry point (package the binary as `bootstrap` with the policies and
@@ -10,6 +11,14 @@
 //! a DataZone user no entity file lists is read from the directory's table. A user the
 //! directory cannot answer for is an error result (`DirectoryUnavailable`, or
 //! `UserNotReadable` for an item that does not fit the schema), never a GRANT.
+//!
+//! With a `[lifecycle]` in that file, the function also takes the CloudTrail
+//! group-membership events an EventBridge rule sends it (told apart by their
+//! `detail-type` and `eventSource`), and applies them with the same
+//! [`Lifecycle::handle_value`] as the `membership_events` route. Such an event without
+//! `[lifecycle]` is an error result (`LifecycleNotConfigured`), and so is one that
+//! cannot be applied (its `errorType` from [`crate::lifecycle::LifecycleError`]), so
+//! that EventBridge delivers it again.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -20,6 +29,7 @@ use serde_json::Value;
 use super::{Sources, exit};
 use crate::directory::Directory;
 use crate::handlers::account_pool::{AccountPool, EventError, UserError, directory_entities, parse};
+use crate::lifecycle::{Lifecycle, is_membership_source};
 use crate::policy_store::PolicySnapshot;
 
 #[derive(Debug, clap::Args)]
@@ -56,7 +66,7 @@ pub(super) fn run(args: &Args, _out: &mut dyn Write, err: &mut dyn Write) -> u8 
             return exit::FAILURE;
         }
     };
-    let directory = match &args.config {
+    let (directory, lifecycle) = match &args.config {
         Some(path) => {
             let config = match crate::config::Config::load(Some(path)) {
                 Ok(config) => config,
@@ -65,21 +75,38 @@ pub(super) fn run(args: &Args, _out: &mut dyn Write, err: &mut dyn Write) -> u8 
                     return exit::FAILURE;
                 }
             };
-            match runtime.block_on(crate::app::aws_directory(&config)) {
-                Ok(directory) => directory.map(Arc::new),
+            let built = runtime.block_on(async {
+                Ok::<_, crate::app::StartError>((
+                    crate::app::aws_directory(&config).await?.map(Arc::new),
+                    crate::app::aws_lifecycle(&config).await?.map(|(lifecycle, _)| Arc::new(lifecycle)),
+                ))
+            });
+            match built {
+                Ok(built) => built,
                 Err(e) => {
                     let _ = writeln!(err, "error: {e}");
                     return exit::FAILURE;
                 }
             }
         }
-        None => None,
+        None => (None, None),
     };
-    tracing::info!(version = %snapshot.version(), directory = directory.is_some(), "account-pool Lambda handler ready");
+    tracing::info!(
+        version = %snapshot.version(),
+        directory = directory.is_some(),
+        lifecycle = lifecycle.is_some(),
+        "Lambda handler ready"
+    );
     let pool = Arc::new(AccountPool::default());
     let handler = service_fn(move |event: LambdaEvent<Value>| {
-        let (snapshot, pool, directory) = (snapshot.clone(), pool.clone(), directory.clone());
-        async move { answer(&pool, &snapshot, directory.as_deref(), event).await }
+        let (snapshot, pool, directory, lifecycle) =
+            (snapshot.clone(), pool.clone(), directory.clone(), lifecycle.clone());
+        async move {
+            if is_membership_source(&event.payload) {
+                return membership(lifecycle.as_deref(), event).await;
+            }
+            answer(&pool, &snapshot, directory.as_deref(), event).await
+        }
     });
     match runtime.block_on(lambda_runtime::run(handler)) {
         Ok(()) => exit::OK,
@@ -115,4 +142,20 @@ async fn answer(
         None => None,
     };
     pool.apply_over(snapshot, &operation, &request_id, entities).map_err(refused)
+}
+
+/// One group-membership event: the same handler as the `membership_events` route.
+async fn membership(lifecycle: Option<&Lifecycle>, event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
+    let request_id = event.context.request_id;
+    let Some(lifecycle) = lifecycle else {
+        tracing::warn!(request_id, "a membership event arrived, but the configuration has no [lifecycle]");
+        return Err(Diagnostic {
+            error_type: "LifecycleNotConfigured".to_owned(),
+            error_message: "membership events need `lambda --config` with a `[lifecycle]` section".to_owned(),
+        });
+    };
+    lifecycle
+        .handle_value(&event.payload, &request_id)
+        .await
+        .map_err(|e| Diagnostic { error_type: e.error_type().to_owned(), error_message: e.to_string() })
 }

@@ -166,6 +166,9 @@ async fn serve(config: Config, snapshot: Option<PolicySnapshot>, dev: bool) -> R
         let presigner = app.aws_presigner().await?;
         app = app.with_presigner(presigner);
     }
+    if let Some((lifecycle, revocations)) = crate::app::aws_lifecycle(app.config()).await? {
+        app = app.with_lifecycle(lifecycle, revocations);
+    }
     if let Some(directory) = app.aws_directory().await? {
         app = app.with_directory(directory);
     }

@@ -4,6 +4,7 @@
 //! error says which key is wrong and why.
 
 mod directory;
+mod lifecycle;
 mod raw;
 mod routes;
 mod template;
@@ -18,11 +19,12 @@ use http::{HeaderName, Uri};
 
 use crate::policy_store::SourceDirs;
 pub use directory::{DirectoryConfig, DirectoryProblem};
+pub use lifecycle::{LifecycleConfig, TeamAttribute, UserAttribute};
 pub use raw::{GroupMembership, HandlerKind, NotOneOf, RawConfig, SourceKind};
 use routes::parse_route;
 pub use routes::{
     ACCOUNT_POOL_CALLER_ACTION, ACCOUNT_POOL_HANDLER_TYPE, ContextSource, DEFAULT_STRIPPED_HEADERS, DeriveProfile,
-    Handler, LOB_TYPE, MIN_PROVISION_POLL, Mode, PROFILE_TYPE, PresignOptions, PresignResponse, Provisioning,
+    Handler, LOB_TYPE, MEMBERSHIP_EVENTS_CALLER_ACTION, MEMBERSHIP_EVENTS_HANDLER_TYPE, MIN_PROVISION_POLL, Mode, PROFILE_TYPE, PresignOptions, PresignResponse, Provisioning,
     RouteAuthz, RouteConfig, TEAM_TYPE, Upstream,
 };
 pub use template::{IdTemplate, RenderError, TemplateError};
@@ -57,6 +59,8 @@ pub struct Config {
     pub aws: AwsConfig,
     /// Entity types read from tables instead of files; `None`: files only.
     pub directory: Option<DirectoryConfig>,
+    /// Group-membership events and the revocations they cause; `None`: not handled.
+    pub lifecycle: Option<LifecycleConfig>,
 }
 
 /// Where AWS is: region (else the standard chain's), endpoint overrides, and how long
@@ -252,6 +256,13 @@ impl Config {
             Some(directory) => Some(directory::parse_directory(directory).map_err(|p| invalid(p.key, p.message))?),
             None => None,
         };
+        let lifecycle = match &raw.lifecycle {
+            Some(lifecycle) => Some(
+                lifecycle::parse_lifecycle(lifecycle, directory.as_ref().and_then(|d| d.endpoint.as_deref()))
+                    .map_err(|p| invalid(p.key, p.message))?,
+            ),
+            None => None,
+        };
         let principal_type = type_name("principal.entity_type", &raw.principal.entity_type)?;
         // a principal the directory holds takes its groups from both by default, so
         // that a user removed from a group in the directory loses it within the TTL,
@@ -358,6 +369,12 @@ impl Config {
             if !names.insert(route.name.as_str()) {
                 return Err(invalid("routes".into(), format!("two routes are named `{}`", route.name)));
             }
+            if matches!(route.handler, Handler::MembershipEvents) && lifecycle.is_none() {
+                return Err(invalid(
+                    format!("routes (`{}`).handler", route.name),
+                    "a `membership_events` route needs a `[lifecycle]` section".into(),
+                ));
+            }
         }
 
         Ok(Self {
@@ -398,6 +415,7 @@ impl Config {
                 timeout: raw.aws.timeout,
             },
             directory,
+            lifecycle,
         })
     }
 }

@@ -23,6 +23,7 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     pub aws: RawAws,
     pub directory: Option<super::directory::RawDirectory>,
+    pub lifecycle: Option<super::lifecycle::RawLifecycle>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -332,8 +333,8 @@ fn default_mode() -> Mode {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{value}`: use {allowed}")]
 pub struct NotOneOf {
-    value: String,
-    allowed: &'static str,
+    pub(super) value: String,
+    pub(super) allowed: &'static str,
 }
 
 /// A closed set read from its strings (so an unknown value is refused while parsing,
@@ -353,6 +354,8 @@ macro_rules! closed_set {
     };
 }
 
+pub(super) use closed_set;
+
 /// `[policies] source`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -370,8 +373,10 @@ pub enum HandlerKind {
     Echo,
     Presign,
     AccountPool,
+    MembershipEvents,
 }
-closed_set!(HandlerKind, "`forward`, `presign`, `account_pool` or `echo`", {
+closed_set!(HandlerKind, "`forward`, `presign`, `account_pool`, `membership_events` or `echo`", {
+    "membership_events" => Self::MembershipEvents,
     "forward" => Self::Forward,
     "echo" => Self::Echo,
     "presign" => Self::Presign,
@@ -385,6 +390,7 @@ impl HandlerKind {
             Self::Echo => "echo",
             Self::Presign => "presign",
             Self::AccountPool => "account_pool",
+            Self::MembershipEvents => "membership_events",
         }
     }
 }

@@ -69,6 +69,8 @@ pub enum Handler {
     Presign(PresignOptions),
     /// Answer DataZone account-pool events (the handler decides per event).
     AccountPool,
+    /// Apply IAM Identity Center group-membership events (EventBridge API destinations).
+    MembershipEvents,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +160,11 @@ pub struct DeriveProfile {
 pub const ACCOUNT_POOL_CALLER_ACTION: &str = r#"DataZone::Action::"InvokeAccountPoolHandler""#;
 /// The type of the handler as a resource; its id is the route's name.
 pub const ACCOUNT_POOL_HANDLER_TYPE: &str = "DataZone::AccountPoolHandler";
+/// The question a `membership_events` route asks of its caller unless the route names
+/// another: may this principal report membership changes?
+pub const MEMBERSHIP_EVENTS_CALLER_ACTION: &str = r#"Studio::Action::"ReportMembershipChange""#;
+/// The type of that handler as a resource; its id is the route's name.
+pub const MEMBERSHIP_EVENTS_HANDLER_TYPE: &str = "Studio::MembershipEventsHandler";
 
 /// How a route's call becomes a Cedar request.
 #[derive(Debug, Clone)]
@@ -236,11 +243,16 @@ fn route_question(
     key: &dyn Fn(&str) -> String,
     invalid: &dyn Fn(String, String) -> ConfigError,
 ) -> Result<(EntityUid, EntityTypeName, IdTemplate), ConfigError> {
-    let (action_text, type_text, id_text) = if route.handler == HandlerKind::AccountPool {
+    let asks_its_caller = match route.handler {
+        HandlerKind::AccountPool => Some((ACCOUNT_POOL_CALLER_ACTION, ACCOUNT_POOL_HANDLER_TYPE)),
+        HandlerKind::MembershipEvents => Some((MEMBERSHIP_EVENTS_CALLER_ACTION, MEMBERSHIP_EVENTS_HANDLER_TYPE)),
+        _ => None,
+    };
+    let (action_text, type_text, id_text) = if let Some((action, handler_type)) = asks_its_caller {
         let or = |value: &Option<String>, default: String| value.clone().unwrap_or(default);
         (
-            or(&route.action, ACCOUNT_POOL_CALLER_ACTION.to_owned()),
-            or(&route.resource_type, ACCOUNT_POOL_HANDLER_TYPE.to_owned()),
+            or(&route.action, action.to_owned()),
+            or(&route.resource_type, handler_type.to_owned()),
             or(&route.resource_id, route.name.replace(['{', '}'], "")),
         )
     } else {
@@ -343,6 +355,12 @@ fn route_handler(
                 return Err(invalid(key("mode"), "an `account_pool` route always enforces who may ask it".into()));
             }
             Handler::AccountPool
+        }
+        HandlerKind::MembershipEvents => {
+            if route.mode == Mode::DryRun {
+                return Err(invalid(key("mode"), "a `membership_events` route always enforces who may call it".into()));
+            }
+            Handler::MembershipEvents
         }
         HandlerKind::Presign => {
             Handler::Presign(presign_options(route.presign.clone().unwrap_or_default(), key, invalid)?)

@@ -41,6 +41,7 @@ use crate::config::{Handler, RenderError};
 use crate::directory::{GatherError, Gathered, gather};
 use crate::handlers::presign::resolve;
 use crate::handlers::profiles::derive_profile;
+use crate::lifecycle::revocations::now_secs;
 use crate::policy_store::PolicySnapshot;
 use crate::proxy::{self, ClientBody, Hygiene, Outgoing, Vouch};
 use crate::rescue::ApiError;
@@ -165,6 +166,15 @@ where
     .map_err(refused)?;
     let principal =
         EntityUid::from_type_name_and_id(state.principal.entity_type.clone(), EntityId::new(&identity.principal_id));
+    // the teams the principal has left since the token was issued (membership events);
+    // not knowing is a refusal, never a guess
+    let (lost, revocations_unread) = match &state.revocations {
+        None => (Vec::new(), None),
+        Some(revocations) => match revocations.of(&identity.principal_id).await {
+            Ok(known) => (known.lost(identity.issued_at(), revocations.skew, now_secs()), None),
+            Err(error) => (Vec::new(), Some(error)),
+        },
+    };
     // a profile no entity lists is derived for this one request, when the route says so
     let derive = route.derive_profile.as_ref().and_then(|d| Some((matched.param(&d.user)?, matched.param(&d.team)?)));
     // entities no file holds, from the directory: the principal, the resource, the
@@ -200,8 +210,8 @@ where
     let stored = gathered.known(&snapshot, &principal);
     let base = gathered.get(&principal).map_or(0, |f| f.serial);
     let requester = snapshot
-        .request_principal_over(identity.token_digest, base, || {
-            principal_entity(&identity, &state.principal, stored, snapshot.schema())
+        .request_principal_over(identity.token_digest, base, &lost, || {
+            principal_entity(&identity, &state.principal, stored, snapshot.schema(), &lost)
         })
         .map_err(|e| RequestError::BadEntities(e.to_string()));
     // what the principal (its token's groups) and the derived profile point at
@@ -209,10 +219,12 @@ where
         let more = requester.references().iter().chain(derived.iter().flat_map(|d| d.references())).cloned();
         gather_error = gather(directory, &snapshot, more.collect::<Vec<_>>(), &mut gathered).await.err();
     }
-    let unreachable = gather_error.as_ref().is_some_and(GatherError::is_unreachable);
-    let question = match gather_error {
-        Some(error) => Err(RequestError::Directory(error.to_string())),
-        None => requester.and_then(|requester| {
+    let unreachable =
+        revocations_unread.is_some() || gather_error.as_ref().is_some_and(GatherError::is_unreachable);
+    let question = match (revocations_unread, gather_error) {
+        (Some(error), _) => Err(RequestError::Directory(error.to_string())),
+        (None, Some(error)) => Err(RequestError::Directory(error.to_string())),
+        (None, None) => requester.and_then(|requester| {
             let context = context_from_strings(&snapshot, &authz.action, &context)?;
             let checked = gathered.checked_except(&principal).into_iter().chain(derived.clone()).collect();
             Ok(DecisionRequest::built(requester, authz.action.clone(), resource.clone(), context).with_checked(checked))
@@ -232,7 +244,7 @@ where
     metrics::histogram!("authz_authz_seconds").record(authz_started.elapsed().as_secs_f64());
     let Permit { decision, vouched } = permitted.map_err(|_| {
         if unreachable {
-            tracing::warn!(request_id, route = %route.name, "the directory is unreachable; denied");
+            tracing::warn!(request_id, route = %route.name, "the directory or the lifecycle table is unreachable; denied");
             ApiError::DirectoryUnavailable
         } else {
             ApiError::Forbidden
@@ -284,6 +296,14 @@ where
         Handler::AccountPool => {
             let event = body.collect().await?;
             account_pool(state, snapshot, &event, request_id).await
+        }
+        // the caller may report membership changes; the handler confirms each with the
+        // identity store before it acts
+        Handler::MembershipEvents => {
+            let lifecycle = state.lifecycle.as_ref().ok_or(ApiError::Internal)?;
+            let event = body.collect().await?;
+            let answer = lifecycle.handle(&event, request_id).await?;
+            Ok(json_response(http::StatusCode::OK, answer.to_string()))
         }
         Handler::Echo => {
             let body = serde_json::json!({

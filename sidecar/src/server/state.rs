@@ -19,6 +19,7 @@ use crate::directory::Directory;
 use crate::handlers::account_pool::AccountPool;
 use crate::handlers::presign::Presigner;
 use crate::http_client::{self, HttpClient};
+use crate::lifecycle::{Lifecycle, Revocations};
 use crate::policy_store::PolicyStore;
 
 /// Why the request-time state cannot be built.
@@ -50,6 +51,10 @@ pub struct State {
     pub(crate) presigner: Option<Presigner>,
     /// Set when `[directory]` names tables.
     pub(crate) directory: Option<Arc<Directory>>,
+    /// Set with `[lifecycle]`: the teams principals have left, read on each request.
+    pub(crate) revocations: Option<Arc<Revocations>>,
+    /// Set with `[lifecycle]`: what a `membership_events` route applies events with.
+    pub(crate) lifecycle: Option<Arc<Lifecycle>>,
 }
 
 impl std::fmt::Debug for State {
@@ -85,6 +90,8 @@ impl State {
             dev,
             presigner: None,
             directory: None,
+            revocations: None,
+            lifecycle: None,
         })
     }
 

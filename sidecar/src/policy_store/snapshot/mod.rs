@@ -30,6 +30,10 @@ use super::sources::SourceDirs;
 
 /// How many per-entity slices a snapshot keeps (see [`PolicySnapshot::entity_slice`]).
 const SLICE_CACHE_CAPACITY: u64 = 50_000;
+/// A request principal's cache key: the token's SHA-256, the directory entry's serial,
+/// and the teams lost since the token was issued.
+type PrincipalKey = ([u8; 32], u64, Box<[String]>);
+
 /// How many request principals (one per verified token) a snapshot keeps.
 const PRINCIPAL_CACHE_CAPACITY: u64 = 10_000;
 
@@ -133,8 +137,10 @@ pub struct PolicySnapshot {
     /// Request principals by the SHA-256 of the token they were built from and the
     /// directory entry they were built on (0: none). A principal depends only on the
     /// token's claims, that entry and this snapshot, so it is built once per token and
-    /// entry per snapshot.
-    principals: Cache<([u8; 32], u64), Arc<CheckedEntity>>,
+    /// entry per snapshot; and by the teams that no longer count for the token (see
+    /// [`crate::lifecycle::revocations`]), so a removal is never answered from a principal
+    /// built before it.
+    principals: Cache<PrincipalKey, Arc<CheckedEntity>>,
     /// Entities derived for requests (Studio profiles), by uid and the serials of the
     /// directory entries they were derived from (see [`PolicySnapshot::derived_entity`]).
     derived: Cache<(EntityUid, u64, u64), Arc<CheckedEntity>>,

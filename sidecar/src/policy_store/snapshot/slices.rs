@@ -130,25 +130,29 @@ impl PolicySnapshot {
         token_digest: [u8; 32],
         build: impl FnOnce() -> Result<Entity, E>,
     ) -> Result<Arc<CheckedEntity>, E> {
-        self.request_principal_over(token_digest, 0, build)
+        self.request_principal_over(token_digest, 0, &[], build)
     }
 
     /// The principal of the token with SHA-256 `token_digest` over the stored entity
     /// the directory answered with `base` (a number that changes whenever the directory
     /// reads that entity again; 0 for none), built by `build` the first time this
     /// snapshot sees that pair: a principal never outlives the directory entry it was
-    /// built on. Failures are not kept.
+    /// built on. `lost`: the teams that no longer count for the token (part of the key,
+    /// so a principal built before a removal is not used after it). Failures are not
+    /// kept.
     pub fn request_principal_over<E>(
         &self,
         token_digest: [u8; 32],
         base: u64,
+        lost: &[String],
         build: impl FnOnce() -> Result<Entity, E>,
     ) -> Result<Arc<CheckedEntity>, E> {
-        if let Some(principal) = self.principals.get(&(token_digest, base)) {
+        let key = (token_digest, base, lost.into());
+        if let Some(principal) = self.principals.get(&key) {
             return Ok(principal);
         }
         let principal = Arc::new(CheckedEntity::new(build()?));
-        self.principals.insert((token_digest, base), principal.clone());
+        self.principals.insert(key, principal.clone());
         Ok(principal)
     }
 }

@@ -1,0 +1,256 @@
+//! Group membership drives access: IAM Identity Center's membership changes, as
+//! EventBridge delivers them, applied at once.
+//!
+//! - [`event`] reads the four CloudTrail event shapes (add and remove through the
+//!   console or AD synchronisation, create and delete through the Identity Store API).
+//! - [`identity`] resolves the ids an event names to the principal and team ids the
+//!   policies use, and confirms each change against the identity store.
+//! - [`store`] keeps revocations and the memberships seen being made, in a DynamoDB
+//!   table the fleet shares (or this process's memory).
+//! - [`revocations`] is the data plane's side: a token issued before a removal no
+//!   longer counts the team, on every sidecar reading the same table.
+//!
+//! [`Lifecycle::handle`] is the one code path of both ways in: the `lambda` entry point
+//! and the `membership_events` HTTP route. What it does with each change:
+//!
+//! - **removal** (`RemoveMemberFromGroup`, or `DeleteGroupMembership` of a membership
+//!   seen being made): the user and group are resolved; unless the identity store says
+//!   the user is a member again (a later add won), the revocation is recorded. If the
+//!   identity store cannot be asked whether the user is a member again, the revocation
+//!   is recorded anyway: it only ever takes access away.
+//! - **add** (`AddMemberToGroup`, `CreateGroupMembership`): confirmed against the
+//!   identity store (an add already undone changes nothing), and the membership is
+//!   remembered, so that its deletion, which names only its id, can be attributed.
+//! - a `DeleteGroupMembership` of a membership never seen is an error
+//!   (`UnknownMembership`): who it was cannot be known any more.
+//!
+//! Every event is idempotent (EventBridge delivers at least once, in any order): a
+//! revocation only ever moves later, a membership is written whole. Each outcome is one
+//! log line (target `authz::lifecycle`) and one count of
+//! `authz_membership_events_total{event, outcome}`.
+
+pub mod event;
+pub mod identity;
+pub mod revocations;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+pub use event::{Change, EventError, MembershipEvent, Parsed, is_membership_source};
+pub use identity::{IdentityError, IdentityStore};
+pub use revocations::{Known, Revocations};
+pub use store::{Member, Revocation, Store, StoreError};
+
+/// Why an event could not be applied. Nothing is changed for a refused event; a failed
+/// one may be delivered again and will do what is left.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LifecycleError {
+    #[error(transparent)]
+    Event(#[from] EventError),
+    #[error("the identity store cannot answer: {0}")]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "membership `{membership}` of identity store `{store}` was never seen being made, so whose it was is \
+         unknown; nothing was revoked"
+    )]
+    UnknownMembership { store: String, membership: String },
+}
+
+impl LifecycleError {
+    /// A stable name for the Lambda `errorType`.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::Event(e) => e.error_type(),
+            Self::Identity(IdentityError::NotFound { .. } | IdentityError::NoAttribute { .. }) => "IdentityNotFound",
+            Self::Identity(IdentityError::Call { .. }) => "IdentityStoreUnavailable",
+            Self::Store(_) => "LifecycleStoreUnavailable",
+            Self::UnknownMembership { .. } => "UnknownMembership",
+        }
+    }
+
+    /// The HTTP status of the `membership_events` route: the caller's fault (400, 422),
+    /// or worth delivering again (503).
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            Self::Event(_) => http::StatusCode::BAD_REQUEST,
+            Self::Identity(IdentityError::NotFound { .. } | IdentityError::NoAttribute { .. })
+            | Self::UnknownMembership { .. } => http::StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Identity(IdentityError::Call { .. }) | Self::Store(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// What an event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A failed call, or an add or removal the identity store no longer agrees with.
+    Unchanged { reason: String },
+    /// The principal lost the team for every token issued before the removal.
+    Revoked { principal: String, team: String },
+    /// The membership is remembered.
+    Recorded { principal: String, team: String },
+}
+
+impl Outcome {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Unchanged { .. } => "unchanged",
+            Self::Revoked { .. } => "revoked",
+            Self::Recorded { .. } => "recorded",
+        }
+    }
+}
+
+/// Applies membership events.
+pub struct Lifecycle {
+    store: Arc<Store>,
+    identity: IdentityStore,
+    revocations: Arc<Revocations>,
+    token_lifetime: Duration,
+}
+
+impl std::fmt::Debug for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lifecycle").field("store", &self.store).finish_non_exhaustive()
+    }
+}
+
+impl Lifecycle {
+    pub fn new(
+        store: Arc<Store>,
+        identity: IdentityStore,
+        revocations: Arc<Revocations>,
+        token_lifetime: Duration,
+    ) -> Self {
+        Self { store, identity, revocations, token_lifetime }
+    }
+
+    /// Apply the event in `body` and say what it did, as JSON.
+    pub async fn handle(&self, body: &[u8], request_id: &str) -> Result<Value, LifecycleError> {
+        self.handle_parsed(event::parse(body), request_id).await
+    }
+
+    /// Apply an event already read as JSON (the Lambda form).
+    pub async fn handle_value(&self, event: &Value, request_id: &str) -> Result<Value, LifecycleError> {
+        self.handle_parsed(event::parse_value(event), request_id).await
+    }
+
+    async fn handle_parsed(
+        &self,
+        parsed: Result<Parsed, EventError>,
+        request_id: &str,
+    ) -> Result<Value, LifecycleError> {
+        let parsed = parsed.inspect_err(|e| {
+            tracing::info!(target: "authz::lifecycle", request_id, error = %e, "membership event refused");
+            metrics::counter!("authz_membership_events_total", "event" => "-", "outcome" => e.error_type())
+                .increment(1);
+        })?;
+        let (event_id, name, outcome) = match parsed {
+            Parsed::Ignored { event_id, reason } => (event_id, "-".to_owned(), Ok(Outcome::Unchanged { reason })),
+            Parsed::Change(event) => {
+                let outcome = self.apply(&event).await;
+                (event.event_id, event.name, outcome)
+            }
+        };
+        let label = match &outcome {
+            Ok(outcome) => outcome.label(),
+            Err(error) => error.error_type(),
+        };
+        metrics::counter!("authz_membership_events_total", "event" => name.clone(), "outcome" => label).increment(1);
+        match outcome {
+            Ok(outcome) => {
+                let (principal, team, reason) = match &outcome {
+                    Outcome::Unchanged { reason } => (None, None, Some(reason.as_str())),
+                    Outcome::Revoked { principal, team } | Outcome::Recorded { principal, team } => {
+                        (Some(principal.as_str()), Some(team.as_str()), None)
+                    }
+                };
+                tracing::info!(
+                    target: "authz::lifecycle", request_id, event_id, event = %name, outcome = label,
+                    principal, team, reason, "membership event applied"
+                );
+                Ok(json!({"eventId": event_id, "event": name, "outcome": label,
+                          "principal": principal, "team": team, "reason": reason}))
+            }
+            Err(error) => {
+                tracing::warn!(
+                    target: "authz::lifecycle", request_id, event_id, event = %name, error = %error,
+                    error_type = label, "membership event not applied"
+                );
+                Err(error)
+            }
+        }
+    }
+
+    async fn apply(&self, event: &MembershipEvent) -> Result<Outcome, LifecycleError> {
+        let store = event.store.as_str();
+        match &event.change {
+            Change::Joined { group, user, membership } => {
+                let Some(current) = self.identity.membership(store, group, user).await? else {
+                    return Ok(Outcome::Unchanged {
+                        reason: "the identity store says the user is not a member (removed since)".to_owned(),
+                    });
+                };
+                let member = Member {
+                    user_id: user.clone(),
+                    group_id: group.clone(),
+                    principal: self.identity.principal(store, user).await?,
+                    team: self.identity.team(store, group).await?,
+                };
+                self.store.remember(store, &current, &member).await?;
+                if let Some(stated) = membership.as_ref().filter(|m| **m != current) {
+                    self.store.remember(store, stated, &member).await?;
+                }
+                Ok(Outcome::Recorded { principal: member.principal, team: member.team })
+            }
+            Change::Left { group, user } => {
+                let principal = self.identity.principal(store, user).await?;
+                let team = self.identity.team(store, group).await?;
+                self.revoke(event, store, group, user, principal, team).await
+            }
+            Change::MembershipDeleted { membership } => {
+                let Some(member) = self.store.recall(store, membership).await? else {
+                    return Err(LifecycleError::UnknownMembership {
+                        store: store.to_owned(),
+                        membership: membership.clone(),
+                    });
+                };
+                self.revoke(event, store, &member.group_id, &member.user_id, member.principal, member.team).await
+            }
+        }
+    }
+
+    /// Record that `principal` left `team`, unless the identity store says the user
+    /// is a member again.
+    async fn revoke(
+        &self,
+        event: &MembershipEvent,
+        store: &str,
+        group: &str,
+        user: &str,
+        principal: String,
+        team: String,
+    ) -> Result<Outcome, LifecycleError> {
+        match self.identity.membership(store, group, user).await {
+            Ok(Some(_)) => {
+                return Ok(Outcome::Unchanged {
+                    reason: "the identity store says the user is a member again (added since)".to_owned(),
+                });
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(target: "authz::lifecycle", %error, "membership not confirmed; revoking anyway");
+            }
+        }
+        let at = event.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let until = at.saturating_add(self.token_lifetime.as_secs());
+        self.store.revoke(&principal, &team, at, until).await?;
+        self.revocations.note(&principal, Revocation { team: team.clone(), at, until });
+        Ok(Outcome::Revoked { principal, team })
+    }
+}
