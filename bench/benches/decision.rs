@@ -217,8 +217,8 @@ fn directory_hit(c: &mut Criterion) {
         let derived = snapshot
             .derived_entity(key, || derive_profile(&snapshot, known, &user_type, &name, "Team1", &resource))
             .unwrap();
-        let requester =
-            snapshot.request_principal_over([3; 32], fetched.serial, &[], || Ok::<_, ()>(fetched.entity.entity().clone()));
+        let requester = snapshot
+            .request_principal_over([3; 32], fetched.serial, &[], || Ok::<_, ()>(fetched.entity.entity().clone()));
         let mut checked = gathered.checked_except(&principal);
         checked.push(derived);
         (requester.unwrap(), checked)

@@ -14,10 +14,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::authn::dev::DevIssuer;
-use crate::lifecycle::Revocations;
 use crate::avp::mirror::Mirror;
 use crate::avp::refresh::StoreSource;
 use crate::config::{Config, ContextSource, Handler, PolicySource};
+use crate::lifecycle::Revocations;
 use crate::policy_store::lifecycle::{self, Fits};
 use crate::policy_store::{FileSource, PolicySnapshot, PolicyStore, ReloadOptions};
 use crate::server::state::{State, StateError};

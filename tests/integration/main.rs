@@ -23,6 +23,7 @@ mod engine;
 mod harness;
 mod lambda;
 mod layers;
+mod lifecycle;
 mod presign;
 mod presign_faults;
 mod reload;

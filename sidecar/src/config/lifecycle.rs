@@ -132,7 +132,10 @@ pub(super) fn parse_lifecycle(
     }
     let day = Duration::from_secs(24 * 3600);
     if raw.token_lifetime < Duration::from_secs(60) || raw.token_lifetime > 30 * day {
-        return Err(problem("token_lifetime", "must be between 1m and 30d (the longest token any issuer gives)".into()));
+        return Err(problem(
+            "token_lifetime",
+            "must be between 1m and 30d (the longest token any issuer gives)".into(),
+        ));
     }
     if raw.clock_skew > Duration::from_secs(3600) {
         return Err(problem("clock_skew", "must be at most 1h".into()));

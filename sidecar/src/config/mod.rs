@@ -24,8 +24,8 @@ pub use raw::{GroupMembership, HandlerKind, NotOneOf, RawConfig, SourceKind};
 use routes::parse_route;
 pub use routes::{
     ACCOUNT_POOL_CALLER_ACTION, ACCOUNT_POOL_HANDLER_TYPE, ContextSource, DEFAULT_STRIPPED_HEADERS, DeriveProfile,
-    Handler, LOB_TYPE, MEMBERSHIP_EVENTS_CALLER_ACTION, MEMBERSHIP_EVENTS_HANDLER_TYPE, MIN_PROVISION_POLL, Mode, PROFILE_TYPE, PresignOptions, PresignResponse, Provisioning,
-    RouteAuthz, RouteConfig, TEAM_TYPE, Upstream,
+    Handler, LOB_TYPE, MEMBERSHIP_EVENTS_CALLER_ACTION, MEMBERSHIP_EVENTS_HANDLER_TYPE, MIN_PROVISION_POLL, Mode,
+    PROFILE_TYPE, PresignOptions, PresignResponse, Provisioning, RouteAuthz, RouteConfig, TEAM_TYPE, Upstream,
 };
 pub use template::{IdTemplate, RenderError, TemplateError};
 

@@ -63,7 +63,10 @@ pub enum Change {
 pub enum Parsed {
     Change(MembershipEvent),
     /// A recorded call that failed: nothing changed.
-    Ignored { event_id: String, reason: String },
+    Ignored {
+        event_id: String,
+        reason: String,
+    },
 }
 
 /// Why an event was refused. Nothing is changed for any of these.
@@ -146,7 +149,11 @@ pub fn parse_value(event: &Value) -> Result<Parsed, EventError> {
         Kind::Add | Kind::Remove => {
             let group = reader.id("groupId", &["groupId"], is_resource_id)?;
             let user = reader.id("member.memberId", &["member", "memberId"], is_resource_id)?;
-            if kind == Kind::Add { Change::Joined { group, user, membership: None } } else { Change::Left { group, user } }
+            if kind == Kind::Add {
+                Change::Joined { group, user, membership: None }
+            } else {
+                Change::Left { group, user }
+            }
         }
         Kind::Create => {
             let group = reader.id("groupId", &["groupId"], is_resource_id)?;
@@ -155,7 +162,9 @@ pub fn parse_value(event: &Value) -> Result<Parsed, EventError> {
             let membership = response.optional_id("membershipId", &["membershipId"], is_resource_id)?;
             Change::Joined { group, user, membership }
         }
-        Kind::Delete => Change::MembershipDeleted { membership: reader.id("membershipId", &["membershipId"], is_resource_id)? },
+        Kind::Delete => {
+            Change::MembershipDeleted { membership: reader.id("membershipId", &["membershipId"], is_resource_id)? }
+        }
     };
     Ok(Parsed::Change(MembershipEvent { event_id, name, at, store, change }))
 }

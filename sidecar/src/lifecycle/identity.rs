@@ -157,7 +157,13 @@ fn attribute_name(attribute: UserAttribute) -> &'static str {
     }
 }
 
-fn call_error<E, R>(call: &'static str, store: &str, what: &'static str, id: &str, error: &SdkError<E, R>) -> IdentityError
+fn call_error<E, R>(
+    call: &'static str,
+    store: &str,
+    what: &'static str,
+    id: &str,
+    error: &SdkError<E, R>,
+) -> IdentityError
 where
     E: ProvideErrorMetadata,
 {

@@ -219,8 +219,7 @@ where
         let more = requester.references().iter().chain(derived.iter().flat_map(|d| d.references())).cloned();
         gather_error = gather(directory, &snapshot, more.collect::<Vec<_>>(), &mut gathered).await.err();
     }
-    let unreachable =
-        revocations_unread.is_some() || gather_error.as_ref().is_some_and(GatherError::is_unreachable);
+    let unreachable = revocations_unread.is_some() || gather_error.as_ref().is_some_and(GatherError::is_unreachable);
     let question = match (revocations_unread, gather_error) {
         (Some(error), _) => Err(RequestError::Directory(error.to_string())),
         (None, Some(error)) => Err(RequestError::Directory(error.to_string())),

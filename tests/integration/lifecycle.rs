@@ -1,0 +1,429 @@
+//! Group-membership events: the CloudTrail shapes read (and malformed ones refused),
+//! each change confirmed against a real Identity Store API and recorded in a real
+//! DynamoDB API (moto's server), and a removal denied at once on the data plane of
+//! every sidecar sharing the table.
+
+use std::time::{Duration, SystemTime};
+
+use authz_sidecar::lifecycle::{
+    EventError, IdentityStore, Lifecycle, LifecycleError, Parsed, Revocations, Store, event, identity,
+};
+use aws_credential_types::Credentials;
+use serde_json::{Value, json};
+
+use crate::harness::{self, Moto, start_moto};
+
+/// One of the recorded event shapes in `events/`.
+fn recorded(name: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/events").join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// `event` with `value` at the JSON pointer `at` (its parent must exist).
+fn with(mut event: Value, at: &str, value: Value) -> Value {
+    let (parent, key) = at.rsplit_once('/').unwrap();
+    let parent = event.pointer_mut(parent).unwrap_or_else(|| panic!("no {parent}"));
+    parent.as_object_mut().unwrap().insert(key.to_owned(), value);
+    event
+}
+
+fn without(mut event: Value, parent: &str, key: &str) -> Value {
+    event.pointer_mut(parent).unwrap().as_object_mut().unwrap().remove(key);
+    event
+}
+
+fn parse(event: &Value) -> Result<Parsed, EventError> {
+    event::parse(event.to_string().as_bytes())
+}
+
+#[test]
+fn the_four_recorded_shapes_are_read_and_anything_else_is_refused_or_ignored() {
+    use authz_sidecar::lifecycle::Change;
+    let (store, group, user) =
+        ("d-906791299c", "34887428-4081-7042-c3c6-928d413009e7", "94482488-3041-7026-18f0-b6f23d8e0b55");
+    let membership = "f4a8b4c8-1071-70a4-2a4e-7d3e0b9c5a61";
+    let change = |name: &str| match parse(&recorded(name)).unwrap() {
+        Parsed::Change(event) => {
+            assert_eq!(event.store, store);
+            event
+        }
+        other => panic!("{name}: {other:?}"),
+    };
+    let added = change("add-member-to-group.json");
+    assert_eq!(added.change, Change::Joined { group: group.into(), user: user.into(), membership: None });
+    assert_eq!(added.event_id, "1f5c2a8e-7d4b-4e21-9c3a-6b8d0e2f4a17");
+    assert_eq!(added.at, humantime::parse_rfc3339("2026-11-02T09:14:05Z").unwrap());
+    let removed = change("remove-member-from-group.json");
+    assert_eq!(removed.change, Change::Left { group: group.into(), user: user.into() });
+    let created = change("create-group-membership.json");
+    assert_eq!(
+        created.change,
+        Change::Joined { group: group.into(), user: user.into(), membership: Some(membership.into()) }
+    );
+    let deleted = change("delete-group-membership.json");
+    assert_eq!(deleted.change, Change::MembershipDeleted { membership: membership.into() });
+    // the API's PascalCase reads the same
+    let pascal = json!({"IdentityStoreId": store, "MembershipId": membership});
+    let deleted_pascal = with(recorded("delete-group-membership.json"), "/detail/requestParameters", pascal);
+    assert!(matches!(parse(&deleted_pascal), Ok(Parsed::Change(e)) if e.change == deleted.change));
+
+    // a call CloudTrail recorded as failed changed nothing
+    let failed = with(recorded("remove-member-from-group.json"), "/detail/errorCode", json!("AccessDenied"));
+    let failed = match parse(&failed).unwrap() {
+        Parsed::Ignored { reason, .. } => reason,
+        other => panic!("{other:?}"),
+    };
+    assert!(failed.contains("AccessDenied"), "{failed}");
+
+    // refused, each with a clear error and its errorType
+    let remove = || recorded("remove-member-from-group.json");
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (without(remove(), "/detail/requestParameters", "groupId"), "MalformedEvent", "lacks `groupId`"),
+        (
+            with(remove(), "/detail/requestParameters/member/memberId", json!("../../admin")),
+            "MalformedEvent",
+            "member.memberId",
+        ),
+        (with(remove(), "/detail/requestParameters/member/memberId", json!(7)), "MalformedEvent", "member.memberId"),
+        (
+            with(remove(), "/detail/requestParameters/identityStoreId", json!("d-XYZ")),
+            "MalformedEvent",
+            "identityStoreId",
+        ),
+        (with(remove(), "/detail/requestParameters", Value::Null), "MalformedEvent", "lacks `identityStoreId`"),
+        (with(remove(), "/detail/eventTime", json!("yesterday")), "MalformedEvent", "eventTime"),
+        (without(remove(), "/detail", "eventTime"), "MalformedEvent", "eventTime"),
+        (with(remove(), "/detail/eventName", json!("DeleteUser")), "UnsupportedEvent", "DeleteUser"),
+        (with(remove(), "/detail/eventSource", json!("iam.amazonaws.com")), "UnsupportedEvent", "eventSource"),
+        (with(remove(), "/detail-type", json!("Scheduled Event")), "UnsupportedEvent", "detail-type"),
+        (recorded("delete-group-membership.json")["detail"].clone(), "UnsupportedEvent", "detail-type"),
+    ];
+    for (event, error_type, says) in cases {
+        let error = parse(&event).unwrap_err();
+        assert_eq!(error.error_type(), error_type, "{error}");
+        assert!(error.to_string().contains(says), "{error} should say {says}");
+        assert!(!error.to_string().contains("admin"), "no value is echoed: {error}");
+    }
+    assert_eq!(event::parse(b"{not json").unwrap_err().error_type(), "InvalidEvent");
+}
+
+async fn identitystore(moto: &Moto, operation: &str, body: Value) -> Value {
+    harness::moto_json(moto, "identitystore", "AWSIdentityStore", operation, body).await
+}
+
+async fn dynamodb(moto: &Moto, operation: &str, body: Value) -> Value {
+    harness::moto_json(moto, "dynamodb", "DynamoDB_20120810", operation, body).await
+}
+
+const STORE: &str = "d-906791299c";
+
+/// The identity store's people: `user` (user name) in `group` (display name); their ids
+/// and the membership's.
+struct Directory {
+    user: String,
+    group: String,
+    membership: String,
+}
+
+async fn person_in_group(moto: &Moto, user_name: &str, group_name: &str) -> Directory {
+    let user = identitystore(
+        moto,
+        "CreateUser",
+        json!({"IdentityStoreId": STORE, "UserName": user_name, "DisplayName": user_name,
+               "Name": {"GivenName": user_name, "FamilyName": "Example"}}),
+    )
+    .await["UserId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let group = identitystore(moto, "CreateGroup", json!({"IdentityStoreId": STORE, "DisplayName": group_name})).await
+        ["GroupId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let membership = join(moto, &user, &group).await;
+    Directory { user, group, membership }
+}
+
+async fn join(moto: &Moto, user: &str, group: &str) -> String {
+    identitystore(
+        moto,
+        "CreateGroupMembership",
+        json!({"IdentityStoreId": STORE, "GroupId": group, "MemberId": {"UserId": user}}),
+    )
+    .await["MembershipId"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn leave(moto: &Moto, membership: &str) {
+    identitystore(moto, "DeleteGroupMembership", json!({"IdentityStoreId": STORE, "MembershipId": membership})).await;
+}
+
+async fn lifecycle_table(moto: &Moto) {
+    dynamodb(
+        moto,
+        "CreateTable",
+        json!({"TableName": "authz-lifecycle", "BillingMode": "PAY_PER_REQUEST",
+               "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+               "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"},
+                                        {"AttributeName": "sk", "AttributeType": "S"}]}),
+    )
+    .await;
+}
+
+/// The recorded `name` event about `person`, made at `at`.
+fn event_about(name: &str, person: &Directory, at: SystemTime) -> Value {
+    let mut event = recorded(name);
+    let params = event.pointer_mut("/detail/requestParameters").unwrap();
+    for (key, value) in [("groupId", &person.group), ("membershipId", &person.membership)] {
+        if params.get(key).is_some() {
+            params[key] = json!(value);
+        }
+    }
+    if let Some(member) = params.get_mut("member") {
+        member["memberId"] = json!(person.user);
+    }
+    if let Some(member) = params.get_mut("memberId") {
+        member["userId"] = json!(person.user);
+    }
+    if let Some(response) = event.pointer_mut("/detail/responseElements").filter(|r| !r.is_null()) {
+        response["membershipId"] = json!(person.membership);
+    }
+    with(event, "/detail/eventTime", json!(humantime::format_rfc3339_seconds(at).to_string()))
+}
+
+async fn in_process(moto: &Moto) -> (Lifecycle, std::sync::Arc<Store>) {
+    let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+        .load()
+        .await;
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let config = authz_sidecar::config::Config::from_toml("[lifecycle]\ntable = \"authz-lifecycle\"\n", "test")
+        .unwrap()
+        .lifecycle
+        .unwrap();
+    let client = authz_sidecar::directory::dynamo::client(&base, Some(&endpoint));
+    let store = std::sync::Arc::new(Store::Table { client, table: "authz-lifecycle".to_owned() });
+    let revocations = std::sync::Arc::new(Revocations::new(store.clone(), &config));
+    let identity = IdentityStore::new(identity::client(&base, Some(&endpoint)), &config);
+    (Lifecycle::new(store.clone(), identity, revocations, config.token_lifetime), store)
+}
+
+fn secs(at: SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_are_confirmed_with_the_identity_store_and_every_delivery_is_harmless() {
+    let moto = start_moto().await;
+    lifecycle_table(&moto).await;
+    let dana = person_in_group(&moto, "dana", "Team1").await;
+    let (lifecycle, store) = in_process(&moto).await;
+    let apply = |event: Value| {
+        let lifecycle = &lifecycle;
+        async move { lifecycle.handle(event.to_string().as_bytes(), "test").await }
+    };
+    let now = SystemTime::now();
+
+    // the membership is made: remembered under its id, with the names it resolved to
+    let answer = apply(event_about("create-group-membership.json", &dana, now)).await.unwrap();
+    assert_eq!(answer["outcome"], "recorded", "{answer}");
+    assert_eq!((answer["principal"].as_str(), answer["team"].as_str()), (Some("dana"), Some("Team1")));
+    assert!(store.revocations("dana", secs(now)).await.unwrap().is_empty());
+
+    // a deletion delivered while the identity store still has the membership (a forged
+    // or early event) revokes nothing
+    let deleted = event_about("delete-group-membership.json", &dana, now);
+    let answer = apply(deleted.clone()).await.unwrap();
+    assert_eq!(answer["outcome"], "unchanged", "{answer}");
+    assert!(store.revocations("dana", secs(now)).await.unwrap().is_empty());
+
+    // deleted for real: the deletion names only the membership id, and is attributed
+    leave(&moto, &dana.membership).await;
+    let answer = apply(deleted.clone()).await.unwrap();
+    assert_eq!(answer["outcome"], "revoked", "{answer}");
+    let revoked = store.revocations("dana", secs(now)).await.unwrap();
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert_eq!((revoked[0].team.as_str(), revoked[0].at), ("Team1", secs(now)));
+    assert_eq!(revoked[0].until, secs(now) + 12 * 3600, "kept as long as the longest token lives");
+
+    // delivered again, and an older removal delivered late: the record stays as it is
+    assert_eq!(apply(deleted).await.unwrap()["outcome"], "revoked");
+    let older = now - Duration::from_secs(600);
+    let answer = apply(event_about("remove-member-from-group.json", &dana, older)).await.unwrap();
+    assert_eq!(answer["outcome"], "revoked", "{answer}");
+    assert_eq!(store.revocations("dana", secs(now)).await.unwrap(), revoked, "never moved earlier");
+
+    // added back: a removal delivered now (out of order) revokes nothing, the add is
+    // remembered under its new id
+    dana_rejoins(&moto, &dana).await;
+    let later = now + Duration::from_secs(60);
+    let answer = apply(event_about("remove-member-from-group.json", &dana, later)).await.unwrap();
+    assert_eq!(answer["outcome"], "unchanged", "{answer}");
+    assert!(answer["reason"].as_str().unwrap().contains("member again"), "{answer}");
+    assert_eq!(store.revocations("dana", secs(now)).await.unwrap(), revoked);
+
+    // an add the identity store no longer agrees with changes nothing
+    let erin = person_in_group(&moto, "erin", "Team2").await;
+    leave(&moto, &erin.membership).await;
+    let answer = apply(event_about("add-member-to-group.json", &erin, now)).await.unwrap();
+    assert_eq!(answer["outcome"], "unchanged", "{answer}");
+
+    // a deletion of a membership never seen cannot be attributed: an error, nothing revoked
+    let stranger = Directory { membership: "906791299c-00000000-0000-4000-8000-000000000000".to_owned(), ..erin };
+    let error = apply(event_about("delete-group-membership.json", &stranger, now)).await.unwrap_err();
+    assert!(matches!(error, LifecycleError::UnknownMembership { .. }), "{error}");
+    assert_eq!(error.error_type(), "UnknownMembership");
+
+    // a failed call recorded by CloudTrail is ignored
+    let failed =
+        with(event_about("remove-member-from-group.json", &dana, now), "/detail/errorCode", json!("Throttling"));
+    assert_eq!(apply(failed).await.unwrap()["outcome"], "unchanged");
+}
+
+async fn dana_rejoins(moto: &Moto, dana: &Directory) {
+    join(moto, &dana.user, &dana.group).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_table_cannot_be_read_so_the_answer_is_an_error_never_no_revocation() {
+    let moto = start_moto().await; // no table
+    let (_, store) = in_process(&moto).await;
+    let error = store.revocations("dana", 0).await.unwrap_err();
+    assert!(error.to_string().contains("ResourceNotFoundException"), "{error}");
+}
+
+/// Two sidecar processes sharing one lifecycle table: a token cached by both for Team1
+/// and Team2, the removal from Team1 reported to one of them, and the next request with
+/// the same token denied by both for Team1 only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_denies_the_next_request_with_the_same_token_on_every_sidecar() {
+    use crate::binary::{Running, start_binary};
+
+    let moto = start_moto().await;
+    lifecycle_table(&moto).await;
+    let user1 = person_in_group(&moto, "user-1", "Team1").await;
+    let jwks = harness::Jwks::start(&[&harness::keys().0]).await;
+    let ws = crate::support::Workspace::shipped();
+    let config = ws.dir.path().join("authz.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{base}
+[aws]
+region = "us-east-1"
+[lifecycle]
+table = "authz-lifecycle"
+endpoint = "http://127.0.0.1:{moto}"
+identitystore_endpoint = "http://127.0.0.1:{moto}"
+clock_skew = "0s"
+[[routes]]
+name = "studio"
+method = "GET"
+handler = "echo"
+{studio}
+[[routes]]
+name = "membership-events"
+method = "POST"
+path = "/identity-center/membership-events"
+handler = "membership_events"
+"#,
+            base = harness::base_toml(&ws, harness::ISSUER, &jwks.url()),
+            moto = moto.port,
+            studio = harness::STUDIO_ROUTE,
+        ),
+    )
+    .unwrap();
+    let env = harness::aws_env(ws.dir.path());
+    let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+    let args = ["--config", config.to_str().unwrap()];
+    let (log_a, log_b) = (ws.dir.path().join("a.log"), ws.dir.path().join("b.log"));
+    let Running { child: mut a, data: data_a, .. } = start_binary(&args, &env, &log_a).await;
+    // a fresh table, so each sidecar reads it on every request (believe_for = 0s)
+    let Running { child: mut b, data: data_b, .. } = start_binary(&args, &env, &log_b).await;
+    let logs = || {
+        format!(
+            "{}\n{}",
+            std::fs::read_to_string(&log_a).unwrap_or_default(),
+            std::fs::read_to_string(&log_b).unwrap_or_default()
+        )
+    };
+    // issued a minute ago, before the removal
+    let issued = with(harness::claims("user-1", &["Team1", "Team2"]), "/iat", json!(harness::now() - 60));
+    let token = harness::sign(&harness::keys().0, &issued);
+    let studio = |data: std::net::SocketAddr, team: &'static str| {
+        let auth = format!("Bearer {token}");
+        async move {
+            let headers = [
+                ("authorization", auth.as_str()),
+                ("x-amzn-vpce-id", "vpce-0a1a000000000001a"),
+                ("x-forwarded-for", "10.1.2.3"),
+            ];
+            harness::get(data, &format!("/studio/user-1/{}", team.to_lowercase()), &headers).await.0
+        }
+    };
+    for data in [data_a, data_b] {
+        for team in ["Team1", "Team2"] {
+            assert_eq!(studio(data, team).await, 200, "{team}\n{}", logs());
+        }
+    }
+
+    let report = |caller: String, event: Value| async move {
+        let auth = format!("Bearer {caller}");
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        harness::request(data_a, "POST", "/identity-center/membership-events", &headers, event.to_string().into_bytes())
+            .await
+    };
+    let relay = harness::token("membership-events", &["MembershipEvents"]);
+    let removal = event_about("remove-member-from-group.json", &user1, SystemTime::now());
+    // only the event bus's identity may report; a malformed event changes nothing
+    let (status, _, _) = report(harness::token("user-1", &["Team1"]), removal.clone()).await;
+    assert_eq!(status, 403);
+    let (status, _, body) =
+        report(relay.clone(), without(removal.clone(), "/detail/requestParameters", "groupId")).await;
+    assert_eq!(status, 400, "{body}");
+    for data in [data_a, data_b] {
+        assert_eq!(studio(data, "Team1").await, 200, "nothing changed yet\n{}", logs());
+    }
+
+    leave(&moto, &user1.membership).await;
+    let (status, _, body) = report(relay, removal).await;
+    assert_eq!(status, 200, "{body}\n{}", logs());
+    assert!(body.contains("\"revoked\""), "{body}");
+    for data in [data_a, data_b] {
+        assert_eq!(studio(data, "Team1").await, 403, "the same token, the next request\n{}", logs());
+        assert_eq!(studio(data, "Team2").await, 200, "only the team left is lost\n{}", logs());
+    }
+    // a token issued after the removal is the issuer's word since: it is not revoked
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let fresh =
+        harness::sign(&harness::keys().0, &with(harness::claims("user-1", &["Team1"]), "/iat", json!(harness::now())));
+    let auth = format!("Bearer {fresh}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("x-amzn-vpce-id", "vpce-0a1a000000000001a"),
+        ("x-forwarded-for", "10.1.2.3"),
+    ];
+    assert_eq!(harness::get(data_b, "/studio/user-1/team1", &headers).await.0, 200, "{}", logs());
+
+    // the table goes away: with nothing known within max_staleness for a new principal,
+    // the request is refused, never let through on a guess
+    drop(moto);
+    let other = harness::token("user-2", &["Team2"]);
+    let auth = format!("Bearer {other}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("x-amzn-vpce-id", "vpce-0b2b000000000001b"),
+        ("x-forwarded-for", "10.1.2.3"),
+    ];
+    assert_eq!(harness::get(data_b, "/studio/user-2/team2", &headers).await.0, 503, "{}", logs());
+
+    for child in [&mut a, &mut b] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(!logs().contains(&token), "a token reached the log");
+}
