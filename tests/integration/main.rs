@@ -14,6 +14,7 @@ mod avp_binary;
 mod aws_emulator;
 mod binary;
 mod cedar_parity;
+mod cleanup;
 mod cli;
 mod cognito;
 mod data_plane_path;

@@ -29,6 +29,7 @@
 //! log line (target `authz::lifecycle`) and one count of
 //! `authz_membership_events_total{event, outcome}`.
 
+pub mod cleanup;
 pub mod event;
 pub mod identity;
 pub mod revocations;
