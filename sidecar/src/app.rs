@@ -93,20 +93,13 @@ impl App {
     /// A presigner on the standard AWS credential chain, region and endpoint overrides;
     /// an error when no region is set anywhere (every call would fail).
     pub async fn aws_presigner(&self) -> Result<crate::handlers::presign::Presigner, StartError> {
-        let base = crate::aws::load(&self.config.aws).await;
-        require_region(&base)?;
-        let sts = crate::aws::sts(&base, &self.config.aws);
-        let regional_sts = crate::aws::regional_sts(&base, &self.config.aws);
-        let endpoint = self.config.aws.sagemaker_endpoint.clone();
-        let regional = self.config.aws.sagemaker_endpoints.clone();
-        let sagemaker = crate::handlers::presign::SdkSageMakerClients { base, endpoint, regional };
-        Ok(crate::handlers::presign::Presigner::new(sts, Arc::new(sagemaker)).with_regional_sts(regional_sts))
+        presigner(&self.config).await
     }
 
     /// Serve entities of the directory's types from `directory` (see `[directory]`).
     #[must_use]
-    pub fn with_directory(mut self, directory: crate::directory::Directory) -> Self {
-        self.state.directory = Some(Arc::new(directory));
+    pub fn with_directory(mut self, directory: Arc<crate::directory::Directory>) -> Self {
+        self.state.directory = Some(directory);
         self
     }
 
@@ -219,6 +212,19 @@ impl App {
     }
 }
 
+/// A presigner on the standard AWS credential chain, region and `[aws]` endpoint
+/// overrides of `config`.
+async fn presigner(config: &Config) -> Result<crate::handlers::presign::Presigner, StartError> {
+    let base = crate::aws::load(&config.aws).await;
+    require_region(&base)?;
+    let sts = crate::aws::sts(&base, &config.aws);
+    let regional_sts = crate::aws::regional_sts(&base, &config.aws);
+    let endpoint = config.aws.sagemaker_endpoint.clone();
+    let regional = config.aws.sagemaker_endpoints.clone();
+    let sagemaker = crate::handlers::presign::SdkSageMakerClients { base, endpoint, regional };
+    Ok(crate::handlers::presign::Presigner::new(sts, Arc::new(sagemaker)).with_regional_sts(regional_sts))
+}
+
 /// The directory `[directory]` of `config` configures, read from DynamoDB on the
 /// standard AWS credential chain and region; `None` when none is configured.
 pub async fn aws_directory(config: &Config) -> Result<Option<crate::directory::Directory>, StartError> {
@@ -233,10 +239,16 @@ pub async fn aws_directory(config: &Config) -> Result<Option<crate::directory::D
 /// The membership-event handler and the data plane's revocations `[lifecycle]` of
 /// `config` configures: the identity store on the standard AWS set-up, revocations in
 /// the `[lifecycle] table` (else this process's memory); `None` when not configured.
+///
+/// With `[lifecycle] profile_route`, profiles follow membership through a presigner
+/// of its own (the presign route's AWS set-up) and `directory` (else one of its own,
+/// when `[directory]` is configured).
 pub async fn aws_lifecycle(
     config: &Config,
+    directory: Option<Arc<crate::directory::Directory>>,
 ) -> Result<Option<(crate::lifecycle::Lifecycle, Arc<Revocations>)>, StartError> {
-    use crate::lifecycle::{IdentityStore, Lifecycle, Store, identity};
+    use crate::lifecycle::cleanup::CleanupOptions;
+    use crate::lifecycle::{IdentityStore, Lifecycle, Profiles, Store, identity};
     let Some(lifecycle) = &config.lifecycle else { return Ok(None) };
     let base = crate::aws::load(&config.aws).await;
     require_region(&base)?;
@@ -250,7 +262,37 @@ pub async fn aws_lifecycle(
     let store = Arc::new(store);
     let revocations = Arc::new(Revocations::new(store.clone(), lifecycle));
     let identity = IdentityStore::new(identity::client(&base, lifecycle.identitystore_endpoint.as_deref()), lifecycle);
-    let handler = Lifecycle::new(store, identity, revocations.clone(), lifecycle.token_lifetime);
+    let mut handler = Lifecycle::new(store, identity, revocations.clone(), lifecycle.token_lifetime)
+        .only_store(lifecycle.identity_store_id.clone());
+    if let Some(steps) = &lifecycle.profiles {
+        let route = config.routes.iter().find(|r| r.name == steps.route);
+        if let Some((route, Handler::Presign(options), Some(derive))) =
+            route.map(|r| (r, &r.handler, r.derive_profile.as_ref()))
+        {
+            let directory = match directory {
+                Some(directory) => Some(directory),
+                None => aws_directory(config).await?.map(Arc::new),
+            };
+            let provisioning = steps.provision.then(|| {
+                options.provision.clone().unwrap_or(crate::config::Provisioning {
+                    max_wait: Duration::from_secs(120),
+                    poll_interval: Duration::from_secs(3),
+                })
+            });
+            let cleanup = steps.cleanup_wait.map(|wait| CleanupOptions { wait, ..CleanupOptions::default() });
+            let profiles = Profiles::new(
+                route.clone(),
+                derive.clone(),
+                options.clone(),
+                config.principal.clone(),
+                Arc::new(presigner(config).await?),
+                directory,
+                provisioning,
+                cleanup,
+            );
+            handler = handler.with_profiles(profiles);
+        }
+    }
     Ok(Some((handler, revocations)))
 }
 

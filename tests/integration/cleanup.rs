@@ -123,12 +123,16 @@ async fn a_delete_that_fails_once_is_tried_again() {
     let done = deleted.clone();
     let list = list_apps(
         vec![vec![(AppType::JupyterServer, "default")]],
-        Arc::new(move |_: &str| if done.load(Ordering::SeqCst) > 0 { AppStatus::Deleted } else { AppStatus::InService }),
+        Arc::new(
+            move |_: &str| if done.load(Ordering::SeqCst) > 0 { AppStatus::Deleted } else { AppStatus::InService },
+        ),
     );
     let counted = deleted.clone();
     let delete_app = mock!(aws_sdk_sagemaker::Client::delete_app)
         .sequence()
-        .error(|| DeleteAppError::generic(ErrorMetadata::builder().code("ServiceUnavailable").message("try again").build()))
+        .error(|| {
+            DeleteAppError::generic(ErrorMetadata::builder().code("ServiceUnavailable").message("try again").build())
+        })
         .output(move || {
             counted.fetch_add(1, Ordering::SeqCst);
             DeleteAppOutput::builder().build()
@@ -156,9 +160,8 @@ async fn a_profile_already_gone_is_a_clean_up_done() {
     assert_eq!(cleaned, Cleaned { apps_deleted: 0, profile_deleted: false });
 
     // and a failure that persists is an error after three tries, naming the call
-    let denied = mock!(aws_sdk_sagemaker::Client::delete_user_profile).then_error(|| {
-        DeleteUserProfileError::generic(ErrorMetadata::builder().code("AccessDeniedException").build())
-    });
+    let denied = mock!(aws_sdk_sagemaker::Client::delete_user_profile)
+        .then_error(|| DeleteUserProfileError::generic(ErrorMetadata::builder().code("AccessDeniedException").build()));
     let client = self::client(&[&list, &denied]);
     let error = remove_profile(&client, DOMAIN, PROFILE, &quick()).await.unwrap_err();
     assert!(error.to_string().contains("DeleteUserProfile") && error.to_string().contains("AccessDenied"), "{error}");

@@ -222,9 +222,10 @@ async fn changes_are_confirmed_with_the_identity_store_and_every_delivery_is_har
     lifecycle_table(&moto).await;
     let dana = person_in_group(&moto, "dana", "Team1").await;
     let (lifecycle, store) = in_process(&moto).await;
+    let snapshot = crate::support::shipped_snapshot();
     let apply = |event: Value| {
-        let lifecycle = &lifecycle;
-        async move { lifecycle.handle(event.to_string().as_bytes(), "test").await }
+        let (lifecycle, snapshot) = (&lifecycle, snapshot.clone());
+        async move { lifecycle.handle(event.to_string().as_bytes(), "test", &snapshot).await }
     };
     let now = SystemTime::now();
 

@@ -78,7 +78,7 @@ pub(super) fn run(args: &Args, _out: &mut dyn Write, err: &mut dyn Write) -> u8 
             let built = runtime.block_on(async {
                 Ok::<_, crate::app::StartError>((
                     crate::app::aws_directory(&config).await?.map(Arc::new),
-                    crate::app::aws_lifecycle(&config).await?.map(|(lifecycle, _)| Arc::new(lifecycle)),
+                    crate::app::aws_lifecycle(&config, None).await?.map(|(lifecycle, _)| Arc::new(lifecycle)),
                 ))
             });
             match built {
@@ -103,7 +103,7 @@ pub(super) fn run(args: &Args, _out: &mut dyn Write, err: &mut dyn Write) -> u8 
             (snapshot.clone(), pool.clone(), directory.clone(), lifecycle.clone());
         async move {
             if is_membership_source(&event.payload) {
-                return membership(lifecycle.as_deref(), event).await;
+                return membership(lifecycle.as_deref(), &snapshot, event).await;
             }
             answer(&pool, &snapshot, directory.as_deref(), event).await
         }
@@ -145,7 +145,11 @@ async fn answer(
 }
 
 /// One group-membership event: the same handler as the `membership_events` route.
-async fn membership(lifecycle: Option<&Lifecycle>, event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
+async fn membership(
+    lifecycle: Option<&Lifecycle>,
+    snapshot: &PolicySnapshot,
+    event: LambdaEvent<Value>,
+) -> Result<Value, Diagnostic> {
     let request_id = event.context.request_id;
     let Some(lifecycle) = lifecycle else {
         tracing::warn!(request_id, "a membership event arrived, but the configuration has no [lifecycle]");
@@ -155,7 +159,7 @@ async fn membership(lifecycle: Option<&Lifecycle>, event: LambdaEvent<Value>) ->
         });
     };
     lifecycle
-        .handle_value(&event.payload, &request_id)
+        .handle_value(&event.payload, &request_id, snapshot)
         .await
         .map_err(|e| Diagnostic { error_type: e.error_type().to_owned(), error_message: e.to_string() })
 }

@@ -166,10 +166,11 @@ async fn serve(config: Config, snapshot: Option<PolicySnapshot>, dev: bool) -> R
         let presigner = app.aws_presigner().await?;
         app = app.with_presigner(presigner);
     }
-    if let Some((lifecycle, revocations)) = crate::app::aws_lifecycle(app.config()).await? {
+    let directory = app.aws_directory().await?.map(Arc::new);
+    if let Some((lifecycle, revocations)) = crate::app::aws_lifecycle(app.config(), directory.clone()).await? {
         app = app.with_lifecycle(lifecycle, revocations);
     }
-    if let Some(directory) = app.aws_directory().await? {
+    if let Some(directory) = directory {
         app = app.with_directory(directory);
     }
     let app = Arc::new(app);

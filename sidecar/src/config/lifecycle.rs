@@ -40,6 +40,18 @@ pub struct RawLifecycle {
     /// requests are refused (503).
     #[serde(with = "humantime_serde")]
     pub max_staleness: Duration,
+    /// The presign route (with `derive_profile`) whose profiles follow membership: made
+    /// on join, removed on leave. Without it, only revocations.
+    pub profile_route: Option<String>,
+    /// Create the profile on join (when the policies allow it).
+    pub provision: bool,
+    /// Remove the profile and its apps on leave.
+    pub cleanup: bool,
+    /// The longest a removed profile's apps may take to stop.
+    #[serde(with = "humantime_serde")]
+    pub cleanup_wait: Duration,
+    /// Only events of this identity store are applied (others are refused).
+    pub identity_store_id: Option<String>,
 }
 
 impl Default for RawLifecycle {
@@ -55,6 +67,11 @@ impl Default for RawLifecycle {
             clock_skew: Duration::from_secs(300),
             believe_for: Duration::ZERO,
             max_staleness: Duration::from_secs(300),
+            profile_route: None,
+            provision: true,
+            cleanup: true,
+            cleanup_wait: Duration::from_secs(300),
+            identity_store_id: None,
         }
     }
 }
@@ -103,6 +120,18 @@ pub struct LifecycleConfig {
     pub clock_skew: Duration,
     pub believe_for: Duration,
     pub max_staleness: Duration,
+    /// The presign route whose profiles follow membership, and what to do with them.
+    pub profiles: Option<ProfileSteps>,
+    pub identity_store_id: Option<String>,
+}
+
+/// `[lifecycle] profile_route` and what is done with its profiles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileSteps {
+    pub route: String,
+    pub provision: bool,
+    /// How long a removed profile's apps may take to stop; `None`: profiles stay.
+    pub cleanup_wait: Option<Duration>,
 }
 
 /// Why `[lifecycle]` was refused: the key, and what is wrong with it.
@@ -146,6 +175,22 @@ pub(super) fn parse_lifecycle(
     if raw.max_staleness < raw.believe_for {
         return Err(problem("max_staleness", "must be at least `believe_for`".into()));
     }
+    if raw.cleanup_wait < Duration::from_secs(10) || raw.cleanup_wait > Duration::from_secs(840) {
+        return Err(problem(
+            "cleanup_wait",
+            "must be between 10s and 14m (a Lambda function has 15 minutes in all)".into(),
+        ));
+    }
+    if let Some(store) = &raw.identity_store_id
+        && !crate::lifecycle::event::is_store_id(store)
+    {
+        return Err(problem("identity_store_id", format!("`{store}` is not an identity store id (d-…, or a UUID)")));
+    }
+    let profiles = raw.profile_route.as_ref().map(|route| ProfileSteps {
+        route: route.clone(),
+        provision: raw.provision,
+        cleanup_wait: raw.cleanup.then_some(raw.cleanup_wait),
+    });
     Ok(LifecycleConfig {
         table: raw.table.clone(),
         endpoint: raw.endpoint.clone().or_else(|| directory_endpoint.map(str::to_owned)),
@@ -157,6 +202,8 @@ pub(super) fn parse_lifecycle(
         clock_skew: raw.clock_skew,
         believe_for: raw.believe_for,
         max_staleness: raw.max_staleness,
+        profiles,
+        identity_store_id: raw.identity_store_id.clone(),
     })
 }
 
@@ -181,6 +228,9 @@ mod tests {
             ("believe_for = \"5m\"", "lifecycle.believe_for"),
             ("believe_for = \"30s\"\nmax_staleness = \"10s\"", "lifecycle.max_staleness"),
             ("user_attribute = \"sub\"", "user_attribute"),
+            ("cleanup_wait = \"1h\"", "lifecycle.cleanup_wait"),
+            ("identity_store_id = \"d-1\"", "lifecycle.identity_store_id"),
+            ("profile_route = \"nowhere\"", "lifecycle.profile_route"),
         ] {
             let error = load(text).unwrap_err();
             assert!(error.contains(key), "{text}: {error}");

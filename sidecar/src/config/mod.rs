@@ -19,7 +19,7 @@ use http::{HeaderName, Uri};
 
 use crate::policy_store::SourceDirs;
 pub use directory::{DirectoryConfig, DirectoryProblem};
-pub use lifecycle::{LifecycleConfig, TeamAttribute, UserAttribute};
+pub use lifecycle::{LifecycleConfig, ProfileSteps, TeamAttribute, UserAttribute};
 pub use raw::{GroupMembership, HandlerKind, NotOneOf, RawConfig, SourceKind};
 use routes::parse_route;
 pub use routes::{
@@ -369,12 +369,27 @@ impl Config {
             if !names.insert(route.name.as_str()) {
                 return Err(invalid("routes".into(), format!("two routes are named `{}`", route.name)));
             }
+            if let Some(steps) = lifecycle.as_ref().and_then(|l| l.profiles.as_ref())
+                && steps.route == route.name
+                && !(matches!(route.handler, Handler::Presign(_)) && route.derive_profile.is_some())
+            {
+                return Err(invalid(
+                    "lifecycle.profile_route".into(),
+                    format!("`{}` must be a `presign` route with `derive_profile`", route.name),
+                ));
+            }
             if matches!(route.handler, Handler::MembershipEvents) && lifecycle.is_none() {
                 return Err(invalid(
                     format!("routes (`{}`).handler", route.name),
                     "a `membership_events` route needs a `[lifecycle]` section".into(),
                 ));
             }
+        }
+
+        if let Some(steps) = lifecycle.as_ref().and_then(|l| l.profiles.as_ref())
+            && !routes.iter().any(|r| r.name == steps.route)
+        {
+            return Err(invalid("lifecycle.profile_route".into(), format!("no route is named `{}`", steps.route)));
         }
 
         Ok(Self {

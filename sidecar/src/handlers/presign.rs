@@ -170,6 +170,40 @@ impl Presigner {
         Ok(respond(&url, options))
     }
 
+    /// A SageMaker client in `target`'s LOB account and region, on the LOB role's
+    /// credentials (assumed for `user`, cached like the presign handler's).
+    pub async fn lob_client(
+        &self,
+        target: &Target,
+        user: &str,
+        options: &PresignOptions,
+    ) -> Result<aws_sdk_sagemaker::Client, PresignError> {
+        let key = SessionKey { role_arn: target.role_arn.clone(), session_name: session_name(user) };
+        let credentials = self.credentials_for(&key, &target.region, user, options).await?;
+        Ok(self.sagemaker.client((*credentials).clone(), &target.region))
+    }
+
+    /// Make sure `user`'s profile `target` exists and is InService, creating it (once,
+    /// however many ask) with the team's execution role and the `Owner`, `Team` and
+    /// `CreatedBy` tags: the presign handler's own provisioning. Whether this call
+    /// created it.
+    pub async fn provision_profile(
+        &self,
+        target: &Target,
+        user: &str,
+        options: &PresignOptions,
+        provisioning: &Provisioning,
+    ) -> Result<bool, PresignError> {
+        let client = self.lob_client(target, user, options).await?;
+        match profile_state(&client, target).await {
+            ProfileState::Ready => Ok(false),
+            ProfileState::Coming | ProfileState::Unusable => {
+                self.ensure_profile(&client, target, user, provisioning).await?;
+                Ok(true)
+            }
+        }
+    }
+
     /// One try: credentials (cached), then the URL, creating the profile or waiting for
     /// it to be InService when provisioning is on.
     async fn attempt(

@@ -92,13 +92,8 @@ pub async fn remove_profile(
 
 /// The profile's apps that are not `Deleted` or `Failed`, every page.
 async fn live_apps(client: &Client, domain: &str, profile: &str) -> Result<Vec<AppDetails>, CleanupError> {
-    let mut pages = client
-        .list_apps()
-        .domain_id_equals(domain)
-        .user_profile_name_equals(profile)
-        .into_paginator()
-        .items()
-        .send();
+    let mut pages =
+        client.list_apps().domain_id_equals(domain).user_profile_name_equals(profile).into_paginator().items().send();
     let mut live = Vec::new();
     while let Some(app) = pages.next().await {
         let app = app.map_err(|e| call_error("ListApps", profile, &e))?;
@@ -135,7 +130,12 @@ async fn delete_profile(client: &Client, domain: &str, profile: &str) -> Result<
 }
 
 /// Poll until none of the profile's apps is running, within `options.wait`.
-async fn wait_stopped(client: &Client, domain: &str, profile: &str, options: &CleanupOptions) -> Result<(), CleanupError> {
+async fn wait_stopped(
+    client: &Client,
+    domain: &str,
+    profile: &str,
+    options: &CleanupOptions,
+) -> Result<(), CleanupError> {
     let deadline = tokio::time::Instant::now() + options.wait;
     let mut pause = options.first_poll;
     loop {

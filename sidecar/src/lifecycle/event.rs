@@ -219,7 +219,7 @@ fn lookup<'a>(object: &'a Value, key: &str) -> Option<&'a Value> {
 }
 
 /// An identity store id: `d-` and 10 lowercase hex digits, or a UUID.
-fn is_store_id(id: &str) -> bool {
+pub(crate) fn is_store_id(id: &str) -> bool {
     match id.strip_prefix("d-") {
         Some(hex) => hex.len() == 10 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
         None => is_uuid(id, false),

@@ -32,6 +32,7 @@
 pub mod cleanup;
 pub mod event;
 pub mod identity;
+pub mod profiles;
 pub mod revocations;
 pub mod store;
 
@@ -40,8 +41,11 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use crate::policy_store::PolicySnapshot;
+
 pub use event::{Change, EventError, MembershipEvent, Parsed, is_membership_source};
 pub use identity::{IdentityError, IdentityStore};
+pub use profiles::{ProfileError, ProfileOutcome, Profiles};
 pub use revocations::{Known, Revocations};
 pub use store::{Member, Revocation, Store, StoreError};
 
@@ -60,6 +64,16 @@ pub enum LifecycleError {
          unknown; nothing was revoked"
     )]
     UnknownMembership { store: String, membership: String },
+    #[error("the event is about identity store `{0}`, not the one this sidecar serves")]
+    OtherStore(String),
+    /// The change is recorded; its profile step failed and is done again when the event
+    /// is delivered again.
+    #[error("the profile step failed: {0}")]
+    Profile(#[from] ProfileError),
+    /// A removal is recorded, but whether the user is really no longer a member could not
+    /// be asked, so their profile is not removed yet.
+    #[error("the removal is recorded; its clean-up waits for the identity store: {0}")]
+    Unconfirmed(IdentityError),
 }
 
 impl LifecycleError {
@@ -71,6 +85,9 @@ impl LifecycleError {
             Self::Identity(IdentityError::Call { .. }) => "IdentityStoreUnavailable",
             Self::Store(_) => "LifecycleStoreUnavailable",
             Self::UnknownMembership { .. } => "UnknownMembership",
+            Self::OtherStore(_) => "UnsupportedEvent",
+            Self::Profile(_) => "ProfileStepFailed",
+            Self::Unconfirmed(_) => "IdentityStoreUnavailable",
         }
     }
 
@@ -78,7 +95,8 @@ impl LifecycleError {
     /// or worth delivering again (503).
     pub fn status(&self) -> http::StatusCode {
         match self {
-            Self::Event(_) => http::StatusCode::BAD_REQUEST,
+            Self::Event(_) | Self::OtherStore(_) => http::StatusCode::BAD_REQUEST,
+            Self::Profile(_) | Self::Unconfirmed(_) => http::StatusCode::SERVICE_UNAVAILABLE,
             Self::Identity(IdentityError::NotFound { .. } | IdentityError::NoAttribute { .. })
             | Self::UnknownMembership { .. } => http::StatusCode::UNPROCESSABLE_ENTITY,
             Self::Identity(IdentityError::Call { .. }) | Self::Store(_) => http::StatusCode::SERVICE_UNAVAILABLE,
@@ -91,10 +109,11 @@ impl LifecycleError {
 pub enum Outcome {
     /// A failed call, or an add or removal the identity store no longer agrees with.
     Unchanged { reason: String },
-    /// The principal lost the team for every token issued before the removal.
-    Revoked { principal: String, team: String },
-    /// The membership is remembered.
-    Recorded { principal: String, team: String },
+    /// The principal lost the team for every token issued before the removal (and
+    /// what became of their profile for it).
+    Revoked { principal: String, team: String, profile: Option<ProfileOutcome> },
+    /// The membership is remembered (and what became of their profile for it).
+    Recorded { principal: String, team: String, profile: Option<ProfileOutcome> },
 }
 
 impl Outcome {
@@ -113,6 +132,10 @@ pub struct Lifecycle {
     identity: IdentityStore,
     revocations: Arc<Revocations>,
     token_lifetime: Duration,
+    /// Set with `[lifecycle] profile_route`.
+    profiles: Option<Profiles>,
+    /// Set with `[lifecycle] identity_store_id`.
+    only_store: Option<String>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -128,23 +151,48 @@ impl Lifecycle {
         revocations: Arc<Revocations>,
         token_lifetime: Duration,
     ) -> Self {
-        Self { store, identity, revocations, token_lifetime }
+        Self { store, identity, revocations, token_lifetime, profiles: None, only_store: None }
     }
 
-    /// Apply the event in `body` and say what it did, as JSON.
-    pub async fn handle(&self, body: &[u8], request_id: &str) -> Result<Value, LifecycleError> {
-        self.handle_parsed(event::parse(body), request_id).await
+    /// Make and remove Studio profiles as members join and leave.
+    #[must_use]
+    pub fn with_profiles(mut self, profiles: Profiles) -> Self {
+        self.profiles = Some(profiles);
+        self
+    }
+
+    /// Apply only events of identity store `store`.
+    #[must_use]
+    pub fn only_store(mut self, store: Option<String>) -> Self {
+        self.only_store = store;
+        self
+    }
+
+    /// Apply the event in `body` (deciding over `snapshot`) and say what it did, as JSON.
+    pub async fn handle(
+        &self,
+        body: &[u8],
+        request_id: &str,
+        snapshot: &PolicySnapshot,
+    ) -> Result<Value, LifecycleError> {
+        self.handle_parsed(event::parse(body), request_id, snapshot).await
     }
 
     /// Apply an event already read as JSON (the Lambda form).
-    pub async fn handle_value(&self, event: &Value, request_id: &str) -> Result<Value, LifecycleError> {
-        self.handle_parsed(event::parse_value(event), request_id).await
+    pub async fn handle_value(
+        &self,
+        event: &Value,
+        request_id: &str,
+        snapshot: &PolicySnapshot,
+    ) -> Result<Value, LifecycleError> {
+        self.handle_parsed(event::parse_value(event), request_id, snapshot).await
     }
 
     async fn handle_parsed(
         &self,
         parsed: Result<Parsed, EventError>,
         request_id: &str,
+        snapshot: &PolicySnapshot,
     ) -> Result<Value, LifecycleError> {
         let parsed = parsed.inspect_err(|e| {
             tracing::info!(target: "authz::lifecycle", request_id, error = %e, "membership event refused");
@@ -154,7 +202,7 @@ impl Lifecycle {
         let (event_id, name, outcome) = match parsed {
             Parsed::Ignored { event_id, reason } => (event_id, "-".to_owned(), Ok(Outcome::Unchanged { reason })),
             Parsed::Change(event) => {
-                let outcome = self.apply(&event).await;
+                let outcome = self.apply(&event, request_id, snapshot).await;
                 (event.event_id, event.name, outcome)
             }
         };
@@ -165,18 +213,19 @@ impl Lifecycle {
         metrics::counter!("authz_membership_events_total", "event" => name.clone(), "outcome" => label).increment(1);
         match outcome {
             Ok(outcome) => {
-                let (principal, team, reason) = match &outcome {
-                    Outcome::Unchanged { reason } => (None, None, Some(reason.as_str())),
-                    Outcome::Revoked { principal, team } | Outcome::Recorded { principal, team } => {
-                        (Some(principal.as_str()), Some(team.as_str()), None)
+                let (principal, team, reason, profile) = match &outcome {
+                    Outcome::Unchanged { reason } => (None, None, Some(reason.as_str()), None),
+                    Outcome::Revoked { principal, team, profile } | Outcome::Recorded { principal, team, profile } => {
+                        (Some(principal.as_str()), Some(team.as_str()), None, profile.as_ref())
                     }
                 };
                 tracing::info!(
                     target: "authz::lifecycle", request_id, event_id, event = %name, outcome = label,
-                    principal, team, reason, "membership event applied"
+                    principal, team, reason, profile = profile.map(ProfileOutcome::label), "membership event applied"
                 );
                 Ok(json!({"eventId": event_id, "event": name, "outcome": label,
-                          "principal": principal, "team": team, "reason": reason}))
+                          "principal": principal, "team": team, "reason": reason,
+                          "profile": profile.map(ProfileOutcome::to_json)}))
             }
             Err(error) => {
                 tracing::warn!(
@@ -188,8 +237,18 @@ impl Lifecycle {
         }
     }
 
-    async fn apply(&self, event: &MembershipEvent) -> Result<Outcome, LifecycleError> {
+    async fn apply(
+        &self,
+        event: &MembershipEvent,
+        request_id: &str,
+        snapshot: &PolicySnapshot,
+    ) -> Result<Outcome, LifecycleError> {
         let store = event.store.as_str();
+        if let Some(only) = &self.only_store
+            && only != store
+        {
+            return Err(LifecycleError::OtherStore(store.to_owned()));
+        }
         match &event.change {
             Change::Joined { group, user, membership } => {
                 let Some(current) = self.identity.membership(store, group, user).await? else {
@@ -207,12 +266,16 @@ impl Lifecycle {
                 if let Some(stated) = membership.as_ref().filter(|m| **m != current) {
                     self.store.remember(store, stated, &member).await?;
                 }
-                Ok(Outcome::Recorded { principal: member.principal, team: member.team })
+                let profile = match &self.profiles {
+                    Some(profiles) => profiles.provision(snapshot, &member.principal, &member.team, request_id).await?,
+                    None => None,
+                };
+                Ok(Outcome::Recorded { principal: member.principal, team: member.team, profile })
             }
             Change::Left { group, user } => {
                 let principal = self.identity.principal(store, user).await?;
                 let team = self.identity.team(store, group).await?;
-                self.revoke(event, store, group, user, principal, team).await
+                self.revoke(event, store, group, user, principal, team, snapshot).await
             }
             Change::MembershipDeleted { membership } => {
                 let Some(member) = self.store.recall(store, membership).await? else {
@@ -221,13 +284,16 @@ impl Lifecycle {
                         membership: membership.clone(),
                     });
                 };
-                self.revoke(event, store, &member.group_id, &member.user_id, member.principal, member.team).await
+                self.revoke(event, store, &member.group_id, &member.user_id, member.principal, member.team, snapshot)
+                    .await
             }
         }
     }
 
     /// Record that `principal` left `team`, unless the identity store says the user
-    /// is a member again.
+    /// is a member again; then, once the identity store has confirmed it, remove their
+    /// profile for the team.
+    #[allow(clippy::too_many_arguments, reason = "one removal, by ids and by names")]
     async fn revoke(
         &self,
         event: &MembershipEvent,
@@ -236,22 +302,30 @@ impl Lifecycle {
         user: &str,
         principal: String,
         team: String,
+        snapshot: &PolicySnapshot,
     ) -> Result<Outcome, LifecycleError> {
-        match self.identity.membership(store, group, user).await {
+        let unconfirmed = match self.identity.membership(store, group, user).await {
             Ok(Some(_)) => {
                 return Ok(Outcome::Unchanged {
                     reason: "the identity store says the user is a member again (added since)".to_owned(),
                 });
             }
-            Ok(None) => {}
+            Ok(None) => None,
             Err(error) => {
                 tracing::warn!(target: "authz::lifecycle", %error, "membership not confirmed; revoking anyway");
+                Some(error)
             }
-        }
+        };
         let at = event.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let until = at.saturating_add(self.token_lifetime.as_secs());
         self.store.revoke(&principal, &team, at, until).await?;
         self.revocations.note(&principal, Revocation { team: team.clone(), at, until });
-        Ok(Outcome::Revoked { principal, team })
+        let profile = match (&self.profiles, unconfirmed) {
+            (None, _) => None,
+            // destroying a profile needs the identity store's word, not the event's
+            (Some(_), Some(error)) => return Err(LifecycleError::Unconfirmed(error)),
+            (Some(profiles), None) => profiles.clean_up(snapshot, &principal, &team).await?,
+        };
+        Ok(Outcome::Revoked { principal, team, profile })
     }
 }

@@ -301,7 +301,7 @@ where
         Handler::MembershipEvents => {
             let lifecycle = state.lifecycle.as_ref().ok_or(ApiError::Internal)?;
             let event = body.collect().await?;
-            let answer = lifecycle.handle(&event, request_id).await?;
+            let answer = lifecycle.handle(&event, request_id, &snapshot).await?;
             Ok(json_response(http::StatusCode::OK, answer.to_string()))
         }
         Handler::Echo => {
