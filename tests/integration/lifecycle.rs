@@ -428,3 +428,179 @@ handler = "membership_events"
     }
     assert!(!logs().contains(&token), "a token reached the log");
 }
+
+/// Hands out mock SageMaker clients answering by `rules`, whatever the credentials.
+struct MockSageMaker {
+    rules: Vec<aws_smithy_mocks::Rule>,
+}
+
+impl authz_sidecar::handlers::presign::SageMakerClients for MockSageMaker {
+    fn client(&self, _credentials: Credentials, _region: &str) -> aws_sdk_sagemaker::Client {
+        let rules: Vec<&aws_smithy_mocks::Rule> = self.rules.iter().collect();
+        aws_smithy_mocks::mock_client!(aws_sdk_sagemaker, aws_smithy_mocks::RuleMode::MatchAny, &rules)
+    }
+}
+
+/// Profiles follow membership: on join the profile is made (the policies allowing it)
+/// with the team's execution role and tags; on leave its apps and then it are removed.
+/// The identity store and the table are moto's; SageMaker and STS the SDK's mocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_makes_the_profile_the_policies_allow_and_a_leave_removes_it_with_its_apps() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use authz_sidecar::handlers::presign::Presigner;
+    use authz_sidecar::lifecycle::Profiles;
+    use aws_sdk_sagemaker::operation::create_user_profile::CreateUserProfileOutput;
+    use aws_sdk_sagemaker::operation::delete_app::DeleteAppOutput;
+    use aws_sdk_sagemaker::operation::delete_user_profile::DeleteUserProfileOutput;
+    use aws_sdk_sagemaker::operation::describe_user_profile::{DescribeUserProfileError, DescribeUserProfileOutput};
+    use aws_sdk_sagemaker::operation::list_apps::ListAppsOutput;
+    use aws_sdk_sagemaker::types::{AppDetails, AppStatus, AppType, UserProfileStatus};
+    use aws_smithy_mocks::{MockResponse, mock};
+
+    let moto = start_moto().await;
+    lifecycle_table(&moto).await;
+    let user1 = person_in_group(&moto, "user-1", "Team1").await;
+
+    // SageMaker: no profile until it is created; one running app until it is deleted
+    let (exists, app_gone) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let made: Arc<Mutex<Vec<(String, String, String, Vec<(String, String)>)>>> = Arc::default();
+    let (record, created) = (made.clone(), exists.clone());
+    let create = mock!(aws_sdk_sagemaker::Client::create_user_profile).then_compute_output(move |input| {
+        let tags = input.tags().iter().map(|t| (t.key().unwrap().to_owned(), t.value().unwrap().to_owned())).collect();
+        let role = input.user_settings().and_then(|u| u.execution_role()).unwrap().to_owned();
+        let (domain, name) = (input.domain_id().unwrap().to_owned(), input.user_profile_name().unwrap().to_owned());
+        record.lock().unwrap().push((domain, name, role, tags));
+        created.store(true, Ordering::SeqCst);
+        CreateUserProfileOutput::builder()
+            .user_profile_arn("arn:aws:sagemaker:us-east-1:111111111111:user-profile/x")
+            .build()
+    });
+    let there = exists.clone();
+    let describe = mock!(aws_sdk_sagemaker::Client::describe_user_profile).then_compute_response(move |_| {
+        if there.load(Ordering::SeqCst) {
+            MockResponse::Output(DescribeUserProfileOutput::builder().status(UserProfileStatus::InService).build())
+        } else {
+            MockResponse::Error(DescribeUserProfileError::ResourceNotFound(
+                aws_sdk_sagemaker::types::error::ResourceNotFound::builder().message("no such profile").build(),
+            ))
+        }
+    });
+    let gone = app_gone.clone();
+    let list = mock!(aws_sdk_sagemaker::Client::list_apps).then_compute_output(move |input| {
+        assert_eq!(input.user_profile_name_equals(), Some("user-1-team1"));
+        let status = if gone.load(Ordering::SeqCst) { AppStatus::Deleted } else { AppStatus::InService };
+        let app = AppDetails::builder().app_type(AppType::JupyterLab).app_name("default").status(status).build();
+        ListAppsOutput::builder().apps(app).build()
+    });
+    let stop = app_gone.clone();
+    let delete_app = mock!(aws_sdk_sagemaker::Client::delete_app).then_compute_output(move |_| {
+        stop.store(true, Ordering::SeqCst);
+        DeleteAppOutput::builder().build()
+    });
+    let delete_profile = mock!(aws_sdk_sagemaker::Client::delete_user_profile).then_compute_output(|input| {
+        assert_eq!((input.domain_id(), input.user_profile_name()), (Some("d-lobaexample01"), Some("user-1-team1")));
+        DeleteUserProfileOutput::builder().build()
+    });
+    let assumed: Arc<Mutex<Vec<String>>> = Arc::default();
+    let roles = assumed.clone();
+    let sts = mock!(aws_sdk_sts::Client::assume_role).then_compute_output(move |input| {
+        roles.lock().unwrap().push(input.role_arn().unwrap().to_owned());
+        crate::presign::sts_credentials_keyed("ASIALOBA".to_owned(), Duration::from_secs(3600))
+    });
+    let sagemaker =
+        MockSageMaker { rules: vec![create.clone(), describe, list, delete_app.clone(), delete_profile.clone()] };
+    let presigner = Arc::new(Presigner::new(
+        aws_smithy_mocks::mock_client!(aws_sdk_sts, aws_smithy_mocks::RuleMode::MatchAny, &[&sts]),
+        Arc::new(sagemaker),
+    ));
+
+    let config = authz_sidecar::config::Config::from_toml(
+        &format!(
+            r#"
+[lifecycle]
+table = "authz-lifecycle"
+profile_route = "studio"
+[[routes]]
+name = "studio"
+method = "GET"
+handler = "presign"
+presign = {{ provision = true, provision_poll = "500ms", provision_wait = "5s" }}
+derive_profile = {{ user = "user", team = "team" }}
+{studio}
+"#,
+            studio = harness::STUDIO_ROUTE
+        ),
+        "test",
+    )
+    .unwrap();
+    let route = config.routes[0].clone();
+    let authz_sidecar::config::Handler::Presign(options) = route.handler.clone() else { panic!() };
+    let profiles = Profiles::new(
+        route.clone(),
+        route.derive_profile.clone().unwrap(),
+        options.clone(),
+        config.principal.clone(),
+        presigner,
+        None,
+        options.provision.clone(),
+        Some(authz_sidecar::lifecycle::cleanup::CleanupOptions {
+            wait: Duration::from_secs(5),
+            first_poll: Duration::from_millis(20),
+            ..Default::default()
+        }),
+    );
+    let (lifecycle, _) = in_process(&moto).await;
+    let lifecycle = lifecycle.with_profiles(profiles);
+    let snapshot = crate::support::shipped_snapshot();
+    let apply = |event: Value| {
+        let (lifecycle, snapshot) = (&lifecycle, snapshot.clone());
+        async move { lifecycle.handle(event.to_string().as_bytes(), "test", &snapshot).await }
+    };
+
+    // user-1 joins Team1: their Team1 profile is made in lob-a's domain, through lob-a's
+    // role, with Team1's execution role and the tags the presign handler writes
+    let answer = apply(event_about("add-member-to-group.json", &user1, SystemTime::now())).await.unwrap();
+    assert_eq!(answer["profile"]["outcome"], "created", "{answer}");
+    let made = made.lock().unwrap().clone();
+    assert_eq!(made.len(), 1, "{made:?}");
+    let (domain, name, role, tags) = &made[0];
+    assert_eq!((domain.as_str(), name.as_str()), ("d-lobaexample01", "user-1-team1"));
+    assert_eq!(role, "arn:aws:iam::111111111111:role/sagemaker-team1-execution");
+    for tag in [("Owner", "user-1"), ("Team", "Team1")] {
+        assert!(tags.iter().any(|(k, v)| (k.as_str(), v.as_str()) == tag), "{tag:?} in {tags:?}");
+    }
+    assert_eq!(assumed.lock().unwrap().as_slice(), ["arn:aws:iam::111111111111:role/authz-sidecar-presign"]);
+    // delivered again: the profile is there, nothing is made twice
+    let answer = apply(event_about("add-member-to-group.json", &user1, SystemTime::now())).await.unwrap();
+    assert_eq!(answer["profile"]["outcome"], "already_there", "{answer}");
+    assert_eq!(create.num_calls(), 1);
+
+    // the security team decides: without the permit, a join makes nothing
+    let ws = crate::support::Workspace::shipped();
+    let policy = std::fs::read_to_string(ws.policies().join("lifecycle.cedar")).unwrap();
+    let without_permit = policy.replace("@id(\"provision-own-profile-on-join\")\npermit", "@id(\"x\")\nforbid");
+    assert_ne!(policy, without_permit);
+    std::fs::write(ws.policies().join("lifecycle.cedar"), without_permit).unwrap();
+    let strict = authz_sidecar::policy_store::PolicyStore::load_files(&ws.dirs()).unwrap().current().unwrap();
+    let event = event_about("add-member-to-group.json", &user1, SystemTime::now());
+    let answer = lifecycle.handle(event.to_string().as_bytes(), "test", &strict).await.unwrap();
+    assert_eq!(answer["profile"]["outcome"], "not_allowed", "{answer}");
+    assert_eq!(create.num_calls(), 1);
+
+    // someone no entity knows (so no line of business) joins: nothing is made
+    let stranger = person_in_group(&moto, "user-9", "Team2").await;
+    let answer = apply(event_about("add-member-to-group.json", &stranger, SystemTime::now())).await.unwrap();
+    assert_eq!(answer["outcome"], "recorded", "{answer}");
+    assert_eq!(answer["profile"]["outcome"], "no_profile", "{answer}");
+    assert_eq!(create.num_calls(), 1);
+
+    // user-1 leaves Team1: revoked, then the app and the profile are deleted
+    leave(&moto, &user1.membership).await;
+    let answer = apply(event_about("remove-member-from-group.json", &user1, SystemTime::now())).await.unwrap();
+    assert_eq!(answer["outcome"], "revoked", "{answer}");
+    assert_eq!(answer["profile"]["outcome"], "removed", "{answer}");
+    assert_eq!(answer["profile"]["appsDeleted"], "1", "{answer}");
+    assert_eq!((delete_app.num_calls(), delete_profile.num_calls()), (1, 1));
+}

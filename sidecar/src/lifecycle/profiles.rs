@@ -89,7 +89,8 @@ impl ProfileOutcome {
     }
 
     pub fn to_json(&self) -> Value {
-        let mut json = serde_json::json!({"outcome": self.label()});
+        let mut json = Map::new();
+        json.insert("outcome".to_owned(), Value::String(self.label().to_owned()));
         let fields = match self {
             Self::Created { profile, domain }
             | Self::AlreadyThere { profile, domain }
@@ -102,9 +103,9 @@ impl ProfileOutcome {
             Self::NotAllowed { reason } | Self::NoProfile { reason } => vec![("reason", reason.clone())],
         };
         for (key, value) in fields {
-            json[key] = Value::String(value);
+            json.insert(key.to_owned(), Value::String(value));
         }
-        json
+        Value::Object(json)
     }
 }
 
