@@ -429,6 +429,9 @@ handler = "membership_events"
     assert!(!logs().contains(&token), "a token reached the log");
 }
 
+/// (domain, profile, execution role, tags) of every CreateUserProfile.
+type Made = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, Vec<(String, String)>)>>>;
+
 /// Hands out mock SageMaker clients answering by `rules`, whatever the credentials.
 struct MockSageMaker {
     rules: Vec<aws_smithy_mocks::Rule>,
@@ -465,7 +468,7 @@ async fn a_join_makes_the_profile_the_policies_allow_and_a_leave_removes_it_with
 
     // SageMaker: no profile until it is created; one running app until it is deleted
     let (exists, app_gone) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-    let made: Arc<Mutex<Vec<(String, String, String, Vec<(String, String)>)>>> = Arc::default();
+    let made: Made = Arc::default();
     let (record, created) = (made.clone(), exists.clone());
     let create = mock!(aws_sdk_sagemaker::Client::create_user_profile).then_compute_output(move |input| {
         let tags = input.tags().iter().map(|t| (t.key().unwrap().to_owned(), t.value().unwrap().to_owned())).collect();
