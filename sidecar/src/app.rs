@@ -187,6 +187,40 @@ impl App {
         }
     }
 
+    /// Synchronise memberships with the identity store once the first snapshot is
+    /// served, then every `[lifecycle] sync_every` (with `identity_store_id` only).
+    async fn sync_memberships(self: Arc<Self>, shutdown: CancellationToken) {
+        let (Some(lifecycle), Some(config)) = (self.state.lifecycle.clone(), self.config.lifecycle.clone()) else {
+            return;
+        };
+        if config.identity_store_id.is_none() {
+            return;
+        }
+        let snapshot = loop {
+            if let Some(snapshot) = self.state.store.current() {
+                break snapshot;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        };
+        let mut snapshot = snapshot;
+        loop {
+            if let Err(error) = lifecycle.sync(&snapshot, "sync").await {
+                tracing::warn!(target: "authz::lifecycle", %error, "memberships not synchronised");
+            }
+            if config.sync_every.is_zero() {
+                return;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(config.sync_every) => {}
+            }
+            snapshot = self.state.store.current().unwrap_or(snapshot);
+        }
+    }
+
     /// Fetch every issuer's keys (retrying with backoff until each has some), then
     /// refresh them periodically.
     async fn load_keys(self: Arc<Self>, shutdown: CancellationToken) {
@@ -263,7 +297,7 @@ pub async fn aws_lifecycle(
     let revocations = Arc::new(Revocations::new(store.clone(), lifecycle));
     let identity = IdentityStore::new(identity::client(&base, lifecycle.identitystore_endpoint.as_deref()), lifecycle);
     let mut handler = Lifecycle::new(store, identity, revocations.clone(), lifecycle.token_lifetime)
-        .only_store(lifecycle.identity_store_id.clone());
+        .only_store(lifecycle.identity_store_id.clone(), lifecycle.teams.clone());
     if let Some(steps) = &lifecycle.profiles {
         let route = config.routes.iter().find(|r| r.name == steps.route);
         if let Some((route, Handler::Presign(options), Some(derive))) =
@@ -425,6 +459,7 @@ pub async fn run_with_snapshot(
     tokio::spawn(crate::telemetry::upkeep(metrics.clone(), crate::telemetry::UPKEEP_INTERVAL, tasks.clone()));
     tokio::spawn(app.clone().load_keys(tasks.clone()));
     tokio::spawn(app.clone().watch_directory(tasks.clone()));
+    tokio::spawn(app.clone().sync_memberships(tasks.clone()));
 
     let soft = server::limits::nofile().map(|(soft, _)| soft);
     let max_connections = server::limits::max_connections(app.config.server.max_connections, soft);

@@ -14,20 +14,20 @@ use serde_json::{Value, json};
 use crate::harness::{self, Moto, start_moto};
 
 /// One of the recorded event shapes in `events/`.
-fn recorded(name: &str) -> Value {
+pub(crate) fn recorded(name: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/events").join(name);
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// `event` with `value` at the JSON pointer `at` (its parent must exist).
-fn with(mut event: Value, at: &str, value: Value) -> Value {
+pub(crate) fn with(mut event: Value, at: &str, value: Value) -> Value {
     let (parent, key) = at.rsplit_once('/').unwrap();
     let parent = event.pointer_mut(parent).unwrap_or_else(|| panic!("no {parent}"));
     parent.as_object_mut().unwrap().insert(key.to_owned(), value);
     event
 }
 
-fn without(mut event: Value, parent: &str, key: &str) -> Value {
+pub(crate) fn without(mut event: Value, parent: &str, key: &str) -> Value {
     event.pointer_mut(parent).unwrap().as_object_mut().unwrap().remove(key);
     event
 }
@@ -107,7 +107,7 @@ fn the_four_recorded_shapes_are_read_and_anything_else_is_refused_or_ignored() {
     assert_eq!(event::parse(b"{not json").unwrap_err().error_type(), "InvalidEvent");
 }
 
-async fn identitystore(moto: &Moto, operation: &str, body: Value) -> Value {
+pub(crate) async fn identitystore(moto: &Moto, operation: &str, body: Value) -> Value {
     harness::moto_json(moto, "identitystore", "AWSIdentityStore", operation, body).await
 }
 
@@ -115,27 +115,18 @@ async fn dynamodb(moto: &Moto, operation: &str, body: Value) -> Value {
     harness::moto_json(moto, "dynamodb", "DynamoDB_20120810", operation, body).await
 }
 
-const STORE: &str = "d-906791299c";
+pub(crate) const STORE: &str = "d-906791299c";
 
 /// The identity store's people: `user` (user name) in `group` (display name); their ids
 /// and the membership's.
-struct Directory {
-    user: String,
-    group: String,
-    membership: String,
+pub(crate) struct Directory {
+    pub user: String,
+    pub group: String,
+    pub membership: String,
 }
 
-async fn person_in_group(moto: &Moto, user_name: &str, group_name: &str) -> Directory {
-    let user = identitystore(
-        moto,
-        "CreateUser",
-        json!({"IdentityStoreId": STORE, "UserName": user_name, "DisplayName": user_name,
-               "Name": {"GivenName": user_name, "FamilyName": "Example"}}),
-    )
-    .await["UserId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+pub(crate) async fn person_in_group(moto: &Moto, user_name: &str, group_name: &str) -> Directory {
+    let user = person(moto, user_name).await;
     let group = identitystore(moto, "CreateGroup", json!({"IdentityStoreId": STORE, "DisplayName": group_name})).await
         ["GroupId"]
         .as_str()
@@ -145,7 +136,21 @@ async fn person_in_group(moto: &Moto, user_name: &str, group_name: &str) -> Dire
     Directory { user, group, membership }
 }
 
-async fn join(moto: &Moto, user: &str, group: &str) -> String {
+/// A user of the identity store, in no group: their id.
+async fn person(moto: &Moto, user_name: &str) -> String {
+    identitystore(
+        moto,
+        "CreateUser",
+        json!({"IdentityStoreId": STORE, "UserName": user_name, "DisplayName": user_name,
+               "Name": {"GivenName": user_name, "FamilyName": "Example"}}),
+    )
+    .await["UserId"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+pub(crate) async fn join(moto: &Moto, user: &str, group: &str) -> String {
     identitystore(
         moto,
         "CreateGroupMembership",
@@ -157,11 +162,11 @@ async fn join(moto: &Moto, user: &str, group: &str) -> String {
         .to_owned()
 }
 
-async fn leave(moto: &Moto, membership: &str) {
+pub(crate) async fn leave(moto: &Moto, membership: &str) {
     identitystore(moto, "DeleteGroupMembership", json!({"IdentityStoreId": STORE, "MembershipId": membership})).await;
 }
 
-async fn lifecycle_table(moto: &Moto) {
+pub(crate) async fn lifecycle_table(moto: &Moto) {
     dynamodb(
         moto,
         "CreateTable",
@@ -174,7 +179,7 @@ async fn lifecycle_table(moto: &Moto) {
 }
 
 /// The recorded `name` event about `person`, made at `at`.
-fn event_about(name: &str, person: &Directory, at: SystemTime) -> Value {
+pub(crate) fn event_about(name: &str, person: &Directory, at: SystemTime) -> Value {
     let mut event = recorded(name);
     let params = event.pointer_mut("/detail/requestParameters").unwrap();
     for (key, value) in [("groupId", &person.group), ("membershipId", &person.membership)] {
@@ -195,6 +200,11 @@ fn event_about(name: &str, person: &Directory, at: SystemTime) -> Value {
 }
 
 async fn in_process(moto: &Moto) -> (Lifecycle, std::sync::Arc<Store>) {
+    in_process_serving(moto, None).await
+}
+
+/// As [`in_process`], serving identity store `only` (and so synchronising with it).
+async fn in_process_serving(moto: &Moto, only: Option<&str>) -> (Lifecycle, std::sync::Arc<Store>) {
     let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
@@ -209,7 +219,9 @@ async fn in_process(moto: &Moto) -> (Lifecycle, std::sync::Arc<Store>) {
     let store = std::sync::Arc::new(Store::Table { client, table: "authz-lifecycle".to_owned() });
     let revocations = std::sync::Arc::new(Revocations::new(store.clone(), &config));
     let identity = IdentityStore::new(identity::client(&base, Some(&endpoint)), &config);
-    (Lifecycle::new(store.clone(), identity, revocations, config.token_lifetime), store)
+    let lifecycle = Lifecycle::new(store.clone(), identity, revocations, config.token_lifetime)
+        .only_store(only.map(str::to_owned), Vec::new());
+    (lifecycle, store)
 }
 
 fn secs(at: SystemTime) -> u64 {
@@ -606,4 +618,62 @@ derive_profile = {{ user = "user", team = "team" }}
     assert_eq!(answer["profile"]["outcome"], "removed", "{answer}");
     assert_eq!(answer["profile"]["appsDeleted"], "1", "{answer}");
     assert_eq!((delete_app.num_calls(), delete_profile.num_calls()), (1, 1));
+}
+
+/// The memberships of the teams the policies know, synchronised: one made without an
+/// event is remembered, one removed without an event (or whose event was lost) is
+/// revoked, and a deletion nobody saw being made reconciles instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_remembers_what_no_event_told_and_revokes_what_was_lost() {
+    let moto = start_moto().await;
+    lifecycle_table(&moto).await;
+    let dana = person_in_group(&moto, "dana", "Team1").await;
+    let (lifecycle, store) = in_process_serving(&moto, Some(STORE)).await;
+    let snapshot = crate::support::shipped_snapshot();
+    let now = secs_now;
+
+    // no event was ever seen: the first sync remembers dana's membership (Team2 has no
+    // group in this identity store, and is skipped)
+    let synced = lifecycle.sync(&snapshot, "test").await.unwrap();
+    assert_eq!((synced["teams"].as_u64(), synced["groups"].as_u64()), (Some(2), Some(1)), "{synced}");
+    assert_eq!(synced["remembered"], 1, "{synced}");
+    assert_eq!(synced["errors"], json!([]), "{synced}");
+    // so its deletion, which names only the membership, is attributed
+    leave(&moto, &dana.membership).await;
+    let deleted = event_about("delete-group-membership.json", &dana, SystemTime::now());
+    let answer = lifecycle.handle(deleted.to_string().as_bytes(), "test", &snapshot).await.unwrap();
+    assert_eq!((answer["outcome"].as_str(), answer["principal"].as_str()), (Some("revoked"), Some("dana")), "{answer}");
+
+    // erin joins and leaves while both events are lost: the next sync remembers, the one
+    // after revokes as of then
+    let erin = join(&moto, &person(&moto, "erin").await, &dana.group).await;
+    assert_eq!(lifecycle.sync(&snapshot, "test").await.unwrap()["remembered"], 1);
+    leave(&moto, &erin).await;
+    let before = now();
+    let synced = lifecycle.sync(&snapshot, "test").await.unwrap();
+    assert_eq!(synced["revoked"], 1, "{synced}");
+    let revoked = store.revocations("erin", now()).await.unwrap();
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert!(revoked[0].team == "Team1" && revoked[0].at >= before, "{revoked:?}");
+    assert_eq!(lifecycle.sync(&snapshot, "test").await.unwrap()["revoked"], 0, "revoked once, then forgotten");
+
+    // frank joins and leaves between two syncs; his deletion names a membership never
+    // seen: the teams are synchronised instead of failing, and nothing wrong is revoked
+    let frank = person(&moto, "frank").await;
+    let franks = join(&moto, &frank, &dana.group).await;
+    leave(&moto, &franks).await;
+    let unseen = Directory { user: frank, group: dana.group.clone(), membership: franks };
+    let event = event_about("delete-group-membership.json", &unseen, SystemTime::now());
+    let answer = lifecycle.handle(event.to_string().as_bytes(), "test", &snapshot).await.unwrap();
+    assert_eq!(answer["outcome"], "reconciled", "{answer}");
+    assert!(store.revocations("frank", now()).await.unwrap().is_empty());
+
+    // an event about another identity store is refused
+    let other = with(event, "/detail/requestParameters/identityStoreId", json!("d-0000000000"));
+    let error = lifecycle.handle(other.to_string().as_bytes(), "test", &snapshot).await.unwrap_err();
+    assert_eq!((error.error_type(), error.status().as_u16()), ("UnsupportedEvent", 400), "{error}");
+}
+
+fn secs_now() -> u64 {
+    secs(SystemTime::now())
 }

@@ -15,7 +15,9 @@
 //! With a `[lifecycle]` in that file, the function also takes the CloudTrail
 //! group-membership events an EventBridge rule sends it (told apart by their
 //! `detail-type` and `eventSource`), and applies them with the same
-//! [`Lifecycle::handle_value`] as the `membership_events` route. Such an event without
+//! [`Lifecycle::handle_value`] as the `membership_events` route; an EventBridge
+//! schedule (`detail-type: "Scheduled Event"`) synchronises memberships
+//! ([`Lifecycle::sync`]). Such an event without
 //! `[lifecycle]` is an error result (`LifecycleNotConfigured`), and so is one that
 //! cannot be applied (its `errorType` from [`crate::lifecycle::LifecycleError`]), so
 //! that EventBridge delivers it again.
@@ -29,6 +31,7 @@ use serde_json::Value;
 use super::{Sources, exit};
 use crate::directory::Directory;
 use crate::handlers::account_pool::{AccountPool, EventError, UserError, directory_entities, parse};
+use crate::lifecycle::event::is_schedule;
 use crate::lifecycle::{Lifecycle, is_membership_source};
 use crate::policy_store::PolicySnapshot;
 
@@ -102,7 +105,7 @@ pub(super) fn run(args: &Args, _out: &mut dyn Write, err: &mut dyn Write) -> u8 
         let (snapshot, pool, directory, lifecycle) =
             (snapshot.clone(), pool.clone(), directory.clone(), lifecycle.clone());
         async move {
-            if is_membership_source(&event.payload) {
+            if is_membership_source(&event.payload) || is_schedule(&event.payload) {
                 return membership(lifecycle.as_deref(), &snapshot, event).await;
             }
             answer(&pool, &snapshot, directory.as_deref(), event).await

@@ -50,8 +50,15 @@ pub struct RawLifecycle {
     /// The longest a removed profile's apps may take to stop.
     #[serde(with = "humantime_serde")]
     pub cleanup_wait: Duration,
-    /// Only events of this identity store are applied (others are refused).
+    /// Only events of this identity store are applied (others are refused); with it,
+    /// the memberships of the teams the policies know are synchronised.
     pub identity_store_id: Option<String>,
+    /// Teams to synchronise besides those the entity files list (teams only the
+    /// directory holds).
+    pub teams: Vec<String>,
+    /// How often `serve` synchronises memberships (`0s`: only at start).
+    #[serde(with = "humantime_serde")]
+    pub sync_every: Duration,
 }
 
 impl Default for RawLifecycle {
@@ -72,6 +79,8 @@ impl Default for RawLifecycle {
             cleanup: true,
             cleanup_wait: Duration::from_secs(300),
             identity_store_id: None,
+            teams: Vec::new(),
+            sync_every: Duration::from_secs(900),
         }
     }
 }
@@ -123,6 +132,8 @@ pub struct LifecycleConfig {
     /// The presign route whose profiles follow membership, and what to do with them.
     pub profiles: Option<ProfileSteps>,
     pub identity_store_id: Option<String>,
+    pub teams: Vec<String>,
+    pub sync_every: Duration,
 }
 
 /// `[lifecycle] profile_route` and what is done with its profiles.
@@ -181,6 +192,9 @@ pub(super) fn parse_lifecycle(
             "must be between 10s and 14m (a Lambda function has 15 minutes in all)".into(),
         ));
     }
+    if !raw.sync_every.is_zero() && raw.sync_every < Duration::from_secs(60) {
+        return Err(problem("sync_every", "must be 0s (only at start) or at least 1m".into()));
+    }
     if let Some(store) = &raw.identity_store_id
         && !crate::lifecycle::event::is_store_id(store)
     {
@@ -204,6 +218,8 @@ pub(super) fn parse_lifecycle(
         max_staleness: raw.max_staleness,
         profiles,
         identity_store_id: raw.identity_store_id.clone(),
+        teams: raw.teams.clone(),
+        sync_every: raw.sync_every,
     })
 }
 

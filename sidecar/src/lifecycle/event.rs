@@ -103,6 +103,13 @@ pub fn is_membership_source(event: &Value) -> bool {
     detail_type == Some(CLOUDTRAIL_DETAIL_TYPE) && matches!(source, Some(SSO_DIRECTORY | IDENTITY_STORE))
 }
 
+/// An EventBridge schedule (`detail-type: "Scheduled Event"`, `source: "aws.events"`):
+/// what a rule that synchronises memberships sends.
+pub fn is_schedule(event: &Value) -> bool {
+    event.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event")
+        && event.get("source").and_then(Value::as_str) == Some("aws.events")
+}
+
 /// Read one event from its JSON bytes.
 pub fn parse(body: &[u8]) -> Result<Parsed, EventError> {
     let event: Value = serde_json::from_slice(body).map_err(|e| EventError::NotJson(e.to_string()))?;

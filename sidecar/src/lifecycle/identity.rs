@@ -149,6 +149,53 @@ impl IdentityStore {
     }
 }
 
+impl IdentityStore {
+    /// The group of `store` whose team id is `team`, if there is one.
+    pub async fn group_of(&self, store: &str, team: &str) -> Result<Option<String>, IdentityError> {
+        use aws_sdk_identitystore::types::{AlternateIdentifier, UniqueAttribute};
+        if self.team_attribute == TeamAttribute::GroupId {
+            return Ok(Some(team.to_owned()));
+        }
+        let unique = UniqueAttribute::builder()
+            .attribute_path("displayName")
+            .attribute_value(aws_smithy_types::Document::String(team.to_owned()))
+            .build()
+            .map_err(|e| IdentityError::Call { call: "GetGroupId", code: e.to_string() })?;
+        let answer = self
+            .client
+            .get_group_id()
+            .identity_store_id(store)
+            .alternate_identifier(AlternateIdentifier::UniqueAttribute(unique))
+            .send()
+            .await;
+        match answer {
+            Ok(output) => {
+                let group = output.group_id().to_owned();
+                self.groups.insert((store.to_owned(), group.clone()), team.to_owned()).await;
+                Ok(Some(group))
+            }
+            Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => Ok(None),
+            Err(e) => Err(call_error("GetGroupId", store, "group", team, &e)),
+        }
+    }
+
+    /// Every membership of `group` now: (membership id, user id), every page.
+    pub async fn memberships(&self, store: &str, group: &str) -> Result<Vec<(String, String)>, IdentityError> {
+        let mut pages =
+            self.client.list_group_memberships().identity_store_id(store).group_id(group).into_paginator().send();
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| call_error("ListGroupMemberships", store, "group", group, &e))?;
+            for membership in page.group_memberships() {
+                if let Some(MemberId::UserId(user)) = membership.member_id() {
+                    found.push((membership.membership_id().to_owned(), user.clone()));
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
 fn attribute_name(attribute: UserAttribute) -> &'static str {
     match attribute {
         UserAttribute::UserName => "UserName",

@@ -21,12 +21,23 @@
 //! - **add** (`AddMemberToGroup`, `CreateGroupMembership`): confirmed against the
 //!   identity store (an add already undone changes nothing), and the membership is
 //!   remembered, so that its deletion, which names only its id, can be attributed.
-//! - a `DeleteGroupMembership` of a membership never seen is an error
-//!   (`UnknownMembership`): who it was cannot be known any more.
+//! - a `DeleteGroupMembership` of a membership never seen cannot say whose it was (the
+//!   identity store has forgotten it). With `[lifecycle] identity_store_id`, the teams
+//!   are synchronised instead ([`Lifecycle::sync`]): every remembered membership now
+//!   gone is revoked. Without it, the event is an error (`UnknownMembership`).
+//! - with `identity_store_id`, [`Lifecycle::sync`] also runs at start and every
+//!   `sync_every` (`serve`), or on an EventBridge schedule (`lambda`): memberships made
+//!   without an event seen are remembered, and removals whose events were lost are
+//!   revoked as of the sync.
+//!
+//! With `[lifecycle] profile_route`, Studio profiles follow ([`profiles`]): made on join
+//! when the policies allow (`Studio::Action::"ProvisionUserProfile"`), removed with their
+//! apps on leave once the identity store has confirmed it ([`cleanup`]).
 //!
 //! Every event is idempotent (EventBridge delivers at least once, in any order): a
-//! revocation only ever moves later, a membership is written whole. Each outcome is one
-//! log line (target `authz::lifecycle`) and one count of
+//! revocation only ever moves later, a membership is written whole and stays
+//! attributable after its removal, a profile already made or gone is left so. Each
+//! outcome is one log line (target `authz::lifecycle`) and one count of
 //! `authz_membership_events_total{event, outcome}`.
 
 pub mod cleanup;
@@ -36,6 +47,7 @@ pub mod profiles;
 pub mod revocations;
 pub mod store;
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -66,6 +78,8 @@ pub enum LifecycleError {
     UnknownMembership { store: String, membership: String },
     #[error("the event is about identity store `{0}`, not the one this sidecar serves")]
     OtherStore(String),
+    #[error("memberships are synchronised only with `[lifecycle] identity_store_id`")]
+    NoStoreToSync,
     /// The change is recorded; its profile step failed and is done again when the event
     /// is delivered again.
     #[error("the profile step failed: {0}")]
@@ -86,6 +100,7 @@ impl LifecycleError {
             Self::Store(_) => "LifecycleStoreUnavailable",
             Self::UnknownMembership { .. } => "UnknownMembership",
             Self::OtherStore(_) => "UnsupportedEvent",
+            Self::NoStoreToSync => "LifecycleNotConfigured",
             Self::Profile(_) => "ProfileStepFailed",
             Self::Unconfirmed(_) => "IdentityStoreUnavailable",
         }
@@ -95,7 +110,7 @@ impl LifecycleError {
     /// or worth delivering again (503).
     pub fn status(&self) -> http::StatusCode {
         match self {
-            Self::Event(_) | Self::OtherStore(_) => http::StatusCode::BAD_REQUEST,
+            Self::Event(_) | Self::OtherStore(_) | Self::NoStoreToSync => http::StatusCode::BAD_REQUEST,
             Self::Profile(_) | Self::Unconfirmed(_) => http::StatusCode::SERVICE_UNAVAILABLE,
             Self::Identity(IdentityError::NotFound { .. } | IdentityError::NoAttribute { .. })
             | Self::UnknownMembership { .. } => http::StatusCode::UNPROCESSABLE_ENTITY,
@@ -114,6 +129,9 @@ pub enum Outcome {
     Revoked { principal: String, team: String, profile: Option<ProfileOutcome> },
     /// The membership is remembered (and what became of their profile for it).
     Recorded { principal: String, team: String, profile: Option<ProfileOutcome> },
+    /// A deletion of a membership never seen: the teams were synchronised instead, so
+    /// every remembered membership that is gone is revoked.
+    Reconciled { reason: String },
 }
 
 impl Outcome {
@@ -122,6 +140,7 @@ impl Outcome {
             Self::Unchanged { .. } => "unchanged",
             Self::Revoked { .. } => "revoked",
             Self::Recorded { .. } => "recorded",
+            Self::Reconciled { .. } => "reconciled",
         }
     }
 }
@@ -136,6 +155,8 @@ pub struct Lifecycle {
     profiles: Option<Profiles>,
     /// Set with `[lifecycle] identity_store_id`.
     only_store: Option<String>,
+    /// `[lifecycle] teams`: synchronised besides the entity files' teams.
+    teams: Vec<String>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -151,7 +172,7 @@ impl Lifecycle {
         revocations: Arc<Revocations>,
         token_lifetime: Duration,
     ) -> Self {
-        Self { store, identity, revocations, token_lifetime, profiles: None, only_store: None }
+        Self { store, identity, revocations, token_lifetime, profiles: None, only_store: None, teams: Vec::new() }
     }
 
     /// Make and remove Studio profiles as members join and leave.
@@ -161,11 +182,97 @@ impl Lifecycle {
         self
     }
 
-    /// Apply only events of identity store `store`.
+    /// Apply only events of identity store `store`, and synchronise the entity files'
+    /// teams and `teams` with it.
     #[must_use]
-    pub fn only_store(mut self, store: Option<String>) -> Self {
+    pub fn only_store(mut self, store: Option<String>, teams: Vec<String>) -> Self {
         self.only_store = store;
+        self.teams = teams;
         self
+    }
+
+    /// Synchronise with the identity store: for every team the entity files list (and
+    /// `[lifecycle] teams`), its group's memberships now are compared with those
+    /// remembered. A new one is remembered; one remembered and gone is a removal missed,
+    /// revoked as of now (and its profile removed). A team whose sync fails is named in
+    /// `errors`; the others are synchronised all the same.
+    pub async fn sync(&self, snapshot: &PolicySnapshot, request_id: &str) -> Result<Value, LifecycleError> {
+        let store = self.only_store.as_deref().ok_or(LifecycleError::NoStoreToSync)?;
+        let mut teams: Vec<String> = match cedar_policy::EntityTypeName::from_str(crate::config::TEAM_TYPE) {
+            Ok(team_type) => {
+                snapshot.entities_of_type(&team_type).iter().map(|t| t.id().unescaped().to_owned()).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        teams.extend(self.teams.iter().cloned());
+        teams.sort();
+        teams.dedup();
+        let (mut groups, mut remembered, mut revoked, mut errors) = (0, 0, 0, Vec::new());
+        for team in &teams {
+            match self.sync_team(store, team, snapshot).await {
+                Ok(None) => {}
+                Ok(Some((new, gone))) => {
+                    groups += 1;
+                    remembered += new;
+                    revoked += gone;
+                }
+                Err(error) => errors.push(format!("{team}: {error}")),
+            }
+        }
+        metrics::counter!("authz_membership_syncs_total", "outcome" => if errors.is_empty() { "ok" } else { "partial" })
+            .increment(1);
+        tracing::info!(
+            target: "authz::lifecycle", request_id, teams = teams.len(), groups, remembered, revoked,
+            errors = errors.len(), "memberships synchronised"
+        );
+        Ok(json!({"outcome": "synced", "teams": teams.len(), "groups": groups, "remembered": remembered,
+                  "revoked": revoked, "errors": errors}))
+    }
+
+    /// One team's sync: (memberships newly remembered, removals revoked); `None` when
+    /// the identity store has no group for the team.
+    async fn sync_team(
+        &self,
+        store: &str,
+        team: &str,
+        snapshot: &PolicySnapshot,
+    ) -> Result<Option<(usize, usize)>, LifecycleError> {
+        let Some(group) = self.identity.group_of(store, team).await? else { return Ok(None) };
+        let current = self.identity.memberships(store, &group).await?;
+        let known = self.store.members_of(store, &group).await?;
+        let mut new = 0;
+        for (id, user) in &current {
+            if !known.iter().any(|(k, _)| k == id) {
+                let principal = self.identity.principal(store, user).await?;
+                let member =
+                    Member { user_id: user.clone(), group_id: group.clone(), principal, team: team.to_owned() };
+                self.store.remember(store, id, &member).await?;
+                new += 1;
+            }
+        }
+        let mut gone = 0;
+        for (id, member) in known {
+            if current.iter().any(|(c, _)| *c == id) {
+                continue;
+            }
+            let at = std::time::SystemTime::now();
+            let outcome = self
+                .revoke(
+                    at,
+                    store,
+                    &member.group_id,
+                    &member.user_id,
+                    member.principal.clone(),
+                    member.team.clone(),
+                    snapshot,
+                )
+                .await?;
+            if matches!(outcome, Outcome::Revoked { .. }) {
+                gone += 1;
+            }
+            self.store.unlist(store, &id, &member).await?;
+        }
+        Ok(Some((new, gone)))
     }
 
     /// Apply the event in `body` (deciding over `snapshot`) and say what it did, as JSON.
@@ -175,16 +282,23 @@ impl Lifecycle {
         request_id: &str,
         snapshot: &PolicySnapshot,
     ) -> Result<Value, LifecycleError> {
-        self.handle_parsed(event::parse(body), request_id, snapshot).await
+        match serde_json::from_slice::<Value>(body) {
+            Ok(event) => self.handle_value(&event, request_id, snapshot).await,
+            Err(e) => self.handle_parsed(Err(EventError::NotJson(e.to_string())), request_id, snapshot).await,
+        }
     }
 
-    /// Apply an event already read as JSON (the Lambda form).
+    /// Apply an event already read as JSON (the Lambda form). An EventBridge schedule
+    /// synchronises memberships instead ([`Lifecycle::sync`]).
     pub async fn handle_value(
         &self,
         event: &Value,
         request_id: &str,
         snapshot: &PolicySnapshot,
     ) -> Result<Value, LifecycleError> {
+        if event::is_schedule(event) {
+            return self.sync(snapshot, request_id).await;
+        }
         self.handle_parsed(event::parse_value(event), request_id, snapshot).await
     }
 
@@ -214,7 +328,9 @@ impl Lifecycle {
         match outcome {
             Ok(outcome) => {
                 let (principal, team, reason, profile) = match &outcome {
-                    Outcome::Unchanged { reason } => (None, None, Some(reason.as_str()), None),
+                    Outcome::Unchanged { reason } | Outcome::Reconciled { reason } => {
+                        (None, None, Some(reason.as_str()), None)
+                    }
                     Outcome::Revoked { principal, team, profile } | Outcome::Recorded { principal, team, profile } => {
                         (Some(principal.as_str()), Some(team.as_str()), None, profile.as_ref())
                     }
@@ -275,17 +391,48 @@ impl Lifecycle {
             Change::Left { group, user } => {
                 let principal = self.identity.principal(store, user).await?;
                 let team = self.identity.team(store, group).await?;
-                self.revoke(event, store, group, user, principal, team, snapshot).await
+                let outcome = self.revoke(event.at, store, group, user, principal, team, snapshot).await?;
+                if matches!(outcome, Outcome::Revoked { .. }) {
+                    for (id, member) in self.store.members_of(store, group).await? {
+                        if member.user_id == *user {
+                            self.store.unlist(store, &id, &member).await?;
+                        }
+                    }
+                }
+                Ok(outcome)
             }
             Change::MembershipDeleted { membership } => {
                 let Some(member) = self.store.recall(store, membership).await? else {
-                    return Err(LifecycleError::UnknownMembership {
-                        store: store.to_owned(),
-                        membership: membership.clone(),
+                    if self.only_store.is_none() {
+                        return Err(LifecycleError::UnknownMembership {
+                            store: store.to_owned(),
+                            membership: membership.clone(),
+                        });
+                    }
+                    // fail safe: whoever it was, every remembered membership now gone
+                    // is revoked
+                    let synced = self.sync(snapshot, request_id).await?;
+                    return Ok(Outcome::Reconciled {
+                        reason: format!(
+                            "membership `{membership}` was never seen; the teams were synchronised: {synced}"
+                        ),
                     });
                 };
-                self.revoke(event, store, &member.group_id, &member.user_id, member.principal, member.team, snapshot)
-                    .await
+                let outcome = self
+                    .revoke(
+                        event.at,
+                        store,
+                        &member.group_id,
+                        &member.user_id,
+                        member.principal.clone(),
+                        member.team.clone(),
+                        snapshot,
+                    )
+                    .await?;
+                if matches!(outcome, Outcome::Revoked { .. }) {
+                    self.store.unlist(store, membership, &member).await?;
+                }
+                Ok(outcome)
             }
         }
     }
@@ -296,7 +443,7 @@ impl Lifecycle {
     #[allow(clippy::too_many_arguments, reason = "one removal, by ids and by names")]
     async fn revoke(
         &self,
-        event: &MembershipEvent,
+        at: std::time::SystemTime,
         store: &str,
         group: &str,
         user: &str,
@@ -316,7 +463,7 @@ impl Lifecycle {
                 Some(error)
             }
         };
-        let at = event.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let at = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let until = at.saturating_add(self.token_lifetime.as_secs());
         self.store.revoke(&principal, &team, at, until).await?;
         self.revocations.note(&principal, Revocation { team: team.clone(), at, until });

@@ -6,7 +6,8 @@
 //! | item                          | `pk`                           | `sk`   | attributes                          |
 //! |-------------------------------|--------------------------------|--------|-------------------------------------|
 //! | a principal's revoked team    | `revoked#<principal id>`       | team   | `at`, `expiresAt` (Unix seconds)    |
-//! | a membership seen being made  | `membership#<store>#<id>`      | `-`    | `userId`, `groupId`, `user`, `team` |
+//! | a membership seen being made  | `membership#<store>#<id>`      | `-`    | `userId`, `groupId`, `principal`, `team` |
+//! | the same, listed by group     | `group#<store>#<group id>`     | id     | the same                            |
 //!
 //! A principal's revocations are one strongly consistent `Query`. A revocation is only
 //! ever moved later (a conditional write), so a duplicate or an older event is
@@ -161,27 +162,98 @@ impl Store {
         Ok(found)
     }
 
-    /// Remember who membership `id` of identity store `store` is.
+    /// Remember who membership `id` of identity store `store` is (by its id, and under
+    /// its group).
     pub async fn remember(&self, store: &str, id: &str, member: &Member) -> Result<(), StoreError> {
-        let pk = key("membership#", &format!("{store}#{id}"), MAX_PK)?;
+        let by_id = key("membership#", &format!("{store}#{id}"), MAX_PK)?;
+        let by_group = key("group#", &format!("{store}#{}", member.group_id), MAX_PK)?;
+        let sk = key("", id, MAX_SK)?;
         match self {
             Self::Memory(memory) => {
-                memory.members.lock().map_err(|_| StoreError("poisoned".into()))?.insert(pk, member.clone());
+                let mut members = memory.members.lock().map_err(|_| StoreError("poisoned".into()))?;
+                members.insert(by_id, member.clone());
+                members.insert(format!("{by_group}\u{0}{sk}"), member.clone());
+                Ok(())
+            }
+            Self::Table { client, table } => {
+                for (pk, sk) in [(by_id, "-".to_owned()), (by_group, sk)] {
+                    client
+                        .put_item()
+                        .table_name(table)
+                        .item("pk", AttributeValue::S(pk))
+                        .item("sk", AttributeValue::S(sk))
+                        .item("userId", AttributeValue::S(member.user_id.clone()))
+                        .item("groupId", AttributeValue::S(member.group_id.clone()))
+                        .item("principal", AttributeValue::S(member.principal.clone()))
+                        .item("team", AttributeValue::S(member.team.clone()))
+                        .send()
+                        .await
+                        .map_err(|e| failed("PutItem", &e))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Take membership `id` of `store` off its group's list (it was removed). Its item by
+    /// id stays, so a deletion delivered again is still attributed.
+    pub async fn unlist(&self, store: &str, id: &str, member: &Member) -> Result<(), StoreError> {
+        let by_group = key("group#", &format!("{store}#{}", member.group_id), MAX_PK)?;
+        let sk = key("", id, MAX_SK)?;
+        match self {
+            Self::Memory(memory) => {
+                memory
+                    .members
+                    .lock()
+                    .map_err(|_| StoreError("poisoned".into()))?
+                    .remove(&format!("{by_group}\u{0}{sk}"));
                 Ok(())
             }
             Self::Table { client, table } => client
-                .put_item()
+                .delete_item()
                 .table_name(table)
-                .item("pk", AttributeValue::S(pk))
-                .item("sk", AttributeValue::S("-".to_owned()))
-                .item("userId", AttributeValue::S(member.user_id.clone()))
-                .item("groupId", AttributeValue::S(member.group_id.clone()))
-                .item("principal", AttributeValue::S(member.principal.clone()))
-                .item("team", AttributeValue::S(member.team.clone()))
+                .key("pk", AttributeValue::S(by_group))
+                .key("sk", AttributeValue::S(sk))
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| failed("PutItem", &e)),
+                .map_err(|e| failed("DeleteItem", &e)),
+        }
+    }
+
+    /// The memberships of `group` of `store` remembered: (membership id, member).
+    pub async fn members_of(&self, store: &str, group: &str) -> Result<Vec<(String, Member)>, StoreError> {
+        let by_group = key("group#", &format!("{store}#{group}"), MAX_PK)?;
+        match self {
+            Self::Memory(memory) => {
+                let members = memory.members.lock().map_err(|_| StoreError("poisoned".into()))?;
+                let prefix = format!("{by_group}\u{0}");
+                Ok(members
+                    .iter()
+                    .filter_map(|(k, m)| k.strip_prefix(&prefix).map(|id| (id.to_owned(), m.clone())))
+                    .collect())
+            }
+            Self::Table { client, table } => {
+                let mut pages = client
+                    .query()
+                    .table_name(table)
+                    .consistent_read(true)
+                    .key_condition_expression("pk = :pk")
+                    .expression_attribute_values(":pk", AttributeValue::S(by_group))
+                    .into_paginator()
+                    .items()
+                    .send();
+                let mut found = Vec::new();
+                while let Some(item) = pages.next().await {
+                    let item = item.map_err(|e| failed("Query", &e))?;
+                    let id = match item.get("sk") {
+                        Some(AttributeValue::S(id)) => id.clone(),
+                        _ => continue,
+                    };
+                    found.push((id, member_of(&item)?));
+                }
+                Ok(found)
+            }
         }
     }
 
@@ -202,20 +274,24 @@ impl Store {
                     .send()
                     .await
                     .map_err(|e| failed("GetItem", &e))?;
-                let Some(item) = output.item() else { return Ok(None) };
-                let text = |name: &str| match item.get(name) {
-                    Some(AttributeValue::S(s)) => Ok(s.clone()),
-                    _ => Err(StoreError(format!("membership item lacks `{name}`"))),
-                };
-                Ok(Some(Member {
-                    user_id: text("userId")?,
-                    group_id: text("groupId")?,
-                    principal: text("principal")?,
-                    team: text("team")?,
-                }))
+                output.item().map(member_of).transpose()
             }
         }
     }
+}
+
+/// The member a membership item names.
+fn member_of(item: &HashMap<String, AttributeValue>) -> Result<Member, StoreError> {
+    let text = |name: &str| match item.get(name) {
+        Some(AttributeValue::S(s)) => Ok(s.clone()),
+        _ => Err(StoreError(format!("membership item lacks `{name}`"))),
+    };
+    Ok(Member {
+        user_id: text("userId")?,
+        group_id: text("groupId")?,
+        principal: text("principal")?,
+        team: text("team")?,
+    })
 }
 
 /// `prefix` and `id` as a key, within DynamoDB's limit.
