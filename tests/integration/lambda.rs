@@ -219,3 +219,61 @@ async fn the_lambda_form_reads_datazone_users_from_the_directory_and_never_grant
     let error: Value = serde_json::from_str(&posted[0].1).unwrap();
     assert_eq!(error["errorType"], "DirectoryUnavailable", "{error}");
 }
+
+/// The membership events' Lambda form: the same handler as the HTTP route, on
+/// recorded event shapes, against moto's Identity Store and DynamoDB. Two cold starts
+/// share the table: the second attributes a deletion by the membership the first saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lambda_form_applies_membership_events_and_schedules_and_refuses_malformed_ones() {
+    use std::time::SystemTime;
+
+    use crate::lifecycle::{STORE, event_about, leave, lifecycle_table, person_in_group, recorded, without};
+
+    let moto = crate::harness::start_moto().await;
+    lifecycle_table(&moto).await;
+    let dana = person_in_group(&moto, "dana", "Team1").await;
+    let ws = Workspace::shipped();
+    let config = ws.dir.path().join("lifecycle.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[aws]\nregion = \"us-east-1\"\n[lifecycle]\ntable = \"authz-lifecycle\"\nendpoint = \"http://127.0.0.1:{port}\"\n\
+             identitystore_endpoint = \"http://127.0.0.1:{port}\"\nidentity_store_id = \"{STORE}\"\n",
+            port = moto.port
+        ),
+    )
+    .unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let schedule = json!({"version": "0", "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa", "detail-type": "Scheduled Event",
+        "source": "aws.events", "account": "111122223333", "time": "2026-11-30T06:00:00Z", "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:111122223333:rule/authz-membership-sync"], "detail": {}});
+    let malformed = without(recorded("add-member-to-group.json"), "/detail/requestParameters", "groupId");
+    let events = vec![
+        event_about("create-group-membership.json", &dana, SystemTime::now()).to_string(),
+        malformed.to_string(),
+        schedule.to_string(),
+    ];
+    let posted = run_lambda(&ws, &args, events).await;
+    assert_eq!(posted.len(), 3, "{posted:?}");
+    assert!(posted[0].0.ends_with("/response"), "{posted:?}");
+    let answer: Value = serde_json::from_str(&posted[0].1).unwrap();
+    assert_eq!((answer["outcome"].as_str(), answer["principal"].as_str()), (Some("recorded"), Some("dana")));
+    assert!(posted[1].0.ends_with("/error"), "a malformed event is an error result: {posted:?}");
+    let error: Value = serde_json::from_str(&posted[1].1).unwrap();
+    assert_eq!(error["errorType"], "MalformedEvent", "{error}");
+    let synced: Value = serde_json::from_str(&posted[2].1).unwrap();
+    assert_eq!(synced["outcome"], "synced", "{synced}");
+
+    // another cold start, after dana left: the deletion names only the membership, which
+    // the first instance remembered in the shared table
+    leave(&moto, &dana.membership).await;
+    let deleted = event_about("delete-group-membership.json", &dana, SystemTime::now());
+    let posted = run_lambda(&ws, &args, vec![deleted.to_string()]).await;
+    let answer: Value = serde_json::from_str(&posted[0].1).unwrap();
+    assert_eq!((answer["outcome"].as_str(), answer["team"].as_str()), (Some("revoked"), Some("Team1")), "{posted:?}");
+
+    // without [lifecycle], a membership event is an error result, never ignored
+    let posted = run_lambda(&ws, &[], vec![deleted.to_string()]).await;
+    let error: Value = serde_json::from_str(&posted[0].1).unwrap();
+    assert_eq!(error["errorType"], "LifecycleNotConfigured", "{posted:?}");
+}
