@@ -479,22 +479,23 @@ async fn a_join_makes_the_profile_the_policies_allow_and_a_leave_removes_it_with
     let user1 = person_in_group(&moto, "user-1", "Team1").await;
 
     // SageMaker: no profile until it is created; one running app until it is deleted
-    let (exists, app_gone) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let exists: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
+    let app_gone = Arc::new(AtomicBool::new(false));
     let made: Made = Arc::default();
     let (record, created) = (made.clone(), exists.clone());
     let create = mock!(aws_sdk_sagemaker::Client::create_user_profile).then_compute_output(move |input| {
         let tags = input.tags().iter().map(|t| (t.key().unwrap().to_owned(), t.value().unwrap().to_owned())).collect();
         let role = input.user_settings().and_then(|u| u.execution_role()).unwrap().to_owned();
         let (domain, name) = (input.domain_id().unwrap().to_owned(), input.user_profile_name().unwrap().to_owned());
+        created.lock().unwrap().insert(name.clone());
         record.lock().unwrap().push((domain, name, role, tags));
-        created.store(true, Ordering::SeqCst);
         CreateUserProfileOutput::builder()
             .user_profile_arn("arn:aws:sagemaker:us-east-1:111111111111:user-profile/x")
             .build()
     });
     let there = exists.clone();
-    let describe = mock!(aws_sdk_sagemaker::Client::describe_user_profile).then_compute_response(move |_| {
-        if there.load(Ordering::SeqCst) {
+    let describe = mock!(aws_sdk_sagemaker::Client::describe_user_profile).then_compute_response(move |input| {
+        if there.lock().unwrap().contains(input.user_profile_name().unwrap()) {
             MockResponse::Output(DescribeUserProfileOutput::builder().status(UserProfileStatus::InService).build())
         } else {
             MockResponse::Error(DescribeUserProfileError::ResourceNotFound(
@@ -552,22 +553,24 @@ derive_profile = {{ user = "user", team = "team" }}
     .unwrap();
     let route = config.routes[0].clone();
     let authz_sidecar::config::Handler::Presign(options) = route.handler.clone() else { panic!() };
-    let profiles = Profiles::new(
-        route.clone(),
-        route.derive_profile.clone().unwrap(),
-        options.clone(),
-        config.principal.clone(),
-        presigner,
-        None,
-        options.provision.clone(),
-        Some(authz_sidecar::lifecycle::cleanup::CleanupOptions {
-            wait: Duration::from_secs(5),
-            first_poll: Duration::from_millis(20),
-            ..Default::default()
-        }),
-    );
+    let profiles = || {
+        Profiles::new(
+            route.clone(),
+            route.derive_profile.clone().unwrap(),
+            options.clone(),
+            config.principal.clone(),
+            presigner.clone(),
+            None,
+            options.provision.clone(),
+            Some(authz_sidecar::lifecycle::cleanup::CleanupOptions {
+                wait: Duration::from_secs(5),
+                first_poll: Duration::from_millis(20),
+                ..Default::default()
+            }),
+        )
+    };
     let (lifecycle, _) = in_process(&moto).await;
-    let lifecycle = lifecycle.with_profiles(profiles);
+    let lifecycle = lifecycle.with_profiles(profiles());
     let snapshot = crate::support::shipped_snapshot();
     let apply = |event: Value| {
         let (lifecycle, snapshot) = (&lifecycle, snapshot.clone());
@@ -578,9 +581,9 @@ derive_profile = {{ user = "user", team = "team" }}
     // role, with Team1's execution role and the tags the presign handler writes
     let answer = apply(event_about("add-member-to-group.json", &user1, SystemTime::now())).await.unwrap();
     assert_eq!(answer["profile"]["outcome"], "created", "{answer}");
-    let made = made.lock().unwrap().clone();
-    assert_eq!(made.len(), 1, "{made:?}");
-    let (domain, name, role, tags) = &made[0];
+    let first = made.lock().unwrap().clone();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let (domain, name, role, tags) = &first[0];
     assert_eq!((domain.as_str(), name.as_str()), ("d-lobaexample01", "user-1-team1"));
     assert_eq!(role, "arn:aws:iam::111111111111:role/sagemaker-team1-execution");
     for tag in [("Owner", "user-1"), ("Team", "Team1")] {
@@ -610,6 +613,25 @@ derive_profile = {{ user = "user", team = "team" }}
     assert_eq!(answer["outcome"], "recorded", "{answer}");
     assert_eq!(answer["profile"]["outcome"], "no_profile", "{answer}");
     assert_eq!(create.num_calls(), 1);
+
+    // the HTTP form answers before the profile step (an API destination waits 5 s) and
+    // runs it after: user-2 joins Team2 and gets their profile made in the background
+    let user = person(&moto, "user-2").await;
+    let user2 =
+        Directory { membership: join(&moto, &user, &stranger.group).await, user, group: stranger.group.clone() };
+    let (detached, _) = in_process(&moto).await;
+    let detached = detached.with_profiles(profiles()).detach_profile_steps();
+    let event = event_about("add-member-to-group.json", &user2, SystemTime::now());
+    let answer = detached.handle(event.to_string().as_bytes(), "test", &snapshot).await.unwrap();
+    assert_eq!(answer["profile"]["outcome"], "started", "{answer}");
+    for _ in 0..100 {
+        if create.num_calls() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(create.num_calls(), 2, "made after the answer");
+    assert_eq!(made.lock().unwrap()[1].1, "user-2-team2");
 
     // user-1 leaves Team1: revoked, then the app and the profile are deleted
     leave(&moto, &user1.membership).await;

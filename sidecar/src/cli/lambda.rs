@@ -150,7 +150,7 @@ async fn answer(
 /// One group-membership event: the same handler as the `membership_events` route.
 async fn membership(
     lifecycle: Option<&Lifecycle>,
-    snapshot: &PolicySnapshot,
+    snapshot: &Arc<PolicySnapshot>,
     event: LambdaEvent<Value>,
 ) -> Result<Value, Diagnostic> {
     let request_id = event.context.request_id;

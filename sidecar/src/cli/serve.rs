@@ -168,7 +168,8 @@ async fn serve(config: Config, snapshot: Option<PolicySnapshot>, dev: bool) -> R
     }
     let directory = app.aws_directory().await?.map(Arc::new);
     if let Some((lifecycle, revocations)) = crate::app::aws_lifecycle(app.config(), directory.clone()).await? {
-        app = app.with_lifecycle(lifecycle, revocations);
+        // an API destination waits five seconds: profile steps run after the answer
+        app = app.with_lifecycle(lifecycle.detach_profile_steps(), revocations);
     }
     if let Some(directory) = directory {
         app = app.with_directory(directory);

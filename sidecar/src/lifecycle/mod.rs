@@ -152,7 +152,9 @@ pub struct Lifecycle {
     revocations: Arc<Revocations>,
     token_lifetime: Duration,
     /// Set with `[lifecycle] profile_route`.
-    profiles: Option<Profiles>,
+    profiles: Option<Arc<Profiles>>,
+    /// Run profile steps after answering (the HTTP form: an API destination waits 5 s).
+    detached: bool,
     /// Set with `[lifecycle] identity_store_id`.
     only_store: Option<String>,
     /// `[lifecycle] teams`: synchronised besides the entity files' teams.
@@ -172,13 +174,32 @@ impl Lifecycle {
         revocations: Arc<Revocations>,
         token_lifetime: Duration,
     ) -> Self {
-        Self { store, identity, revocations, token_lifetime, profiles: None, only_store: None, teams: Vec::new() }
+        Self {
+            store,
+            identity,
+            revocations,
+            token_lifetime,
+            profiles: None,
+            detached: false,
+            only_store: None,
+            teams: Vec::new(),
+        }
     }
 
     /// Make and remove Studio profiles as members join and leave.
     #[must_use]
     pub fn with_profiles(mut self, profiles: Profiles) -> Self {
-        self.profiles = Some(profiles);
+        self.profiles = Some(Arc::new(profiles));
+        self
+    }
+
+    /// Run profile steps after the event is answered, in the background, tried three
+    /// times (the HTTP form: an EventBridge API destination waits five seconds, and a
+    /// profile takes minutes). Their outcome is then only logged and counted
+    /// (`authz_profile_steps_total{step, outcome}`).
+    #[must_use]
+    pub fn detach_profile_steps(mut self) -> Self {
+        self.detached = true;
         self
     }
 
@@ -196,7 +217,7 @@ impl Lifecycle {
     /// remembered. A new one is remembered; one remembered and gone is a removal missed,
     /// revoked as of now (and its profile removed). A team whose sync fails is named in
     /// `errors`; the others are synchronised all the same.
-    pub async fn sync(&self, snapshot: &PolicySnapshot, request_id: &str) -> Result<Value, LifecycleError> {
+    pub async fn sync(&self, snapshot: &Arc<PolicySnapshot>, request_id: &str) -> Result<Value, LifecycleError> {
         let store = self.only_store.as_deref().ok_or(LifecycleError::NoStoreToSync)?;
         let mut teams: Vec<String> = match cedar_policy::EntityTypeName::from_str(crate::config::TEAM_TYPE) {
             Ok(team_type) => {
@@ -235,7 +256,7 @@ impl Lifecycle {
         &self,
         store: &str,
         team: &str,
-        snapshot: &PolicySnapshot,
+        snapshot: &Arc<PolicySnapshot>,
     ) -> Result<Option<(usize, usize)>, LifecycleError> {
         let Some(group) = self.identity.group_of(store, team).await? else { return Ok(None) };
         let current = self.identity.memberships(store, &group).await?;
@@ -280,7 +301,7 @@ impl Lifecycle {
         &self,
         body: &[u8],
         request_id: &str,
-        snapshot: &PolicySnapshot,
+        snapshot: &Arc<PolicySnapshot>,
     ) -> Result<Value, LifecycleError> {
         match serde_json::from_slice::<Value>(body) {
             Ok(event) => self.handle_value(&event, request_id, snapshot).await,
@@ -294,7 +315,7 @@ impl Lifecycle {
         &self,
         event: &Value,
         request_id: &str,
-        snapshot: &PolicySnapshot,
+        snapshot: &Arc<PolicySnapshot>,
     ) -> Result<Value, LifecycleError> {
         if event::is_schedule(event) {
             return self.sync(snapshot, request_id).await;
@@ -306,7 +327,7 @@ impl Lifecycle {
         &self,
         parsed: Result<Parsed, EventError>,
         request_id: &str,
-        snapshot: &PolicySnapshot,
+        snapshot: &Arc<PolicySnapshot>,
     ) -> Result<Value, LifecycleError> {
         let parsed = parsed.inspect_err(|e| {
             tracing::info!(target: "authz::lifecycle", request_id, error = %e, "membership event refused");
@@ -357,7 +378,7 @@ impl Lifecycle {
         &self,
         event: &MembershipEvent,
         request_id: &str,
-        snapshot: &PolicySnapshot,
+        snapshot: &Arc<PolicySnapshot>,
     ) -> Result<Outcome, LifecycleError> {
         let store = event.store.as_str();
         if let Some(only) = &self.only_store
@@ -382,10 +403,8 @@ impl Lifecycle {
                 if let Some(stated) = membership.as_ref().filter(|m| **m != current) {
                     self.store.remember(store, stated, &member).await?;
                 }
-                let profile = match &self.profiles {
-                    Some(profiles) => profiles.provision(snapshot, &member.principal, &member.team, request_id).await?,
-                    None => None,
-                };
+                let step = Step::Provision { principal: member.principal.clone(), team: member.team.clone() };
+                let profile = self.profile_step(step, snapshot, request_id).await?;
                 Ok(Outcome::Recorded { principal: member.principal, team: member.team, profile })
             }
             Change::Left { group, user } => {
@@ -437,6 +456,45 @@ impl Lifecycle {
         }
     }
 
+    /// Run `step` now, or (detached) in the background after the answer.
+    async fn profile_step(
+        &self,
+        step: Step,
+        snapshot: &Arc<PolicySnapshot>,
+        request_id: &str,
+    ) -> Result<Option<ProfileOutcome>, LifecycleError> {
+        let Some(profiles) = &self.profiles else { return Ok(None) };
+        if !self.detached {
+            return Ok(step.run(profiles, snapshot, request_id).await?);
+        }
+        let (profiles, snapshot, request_id) = (profiles.clone(), snapshot.clone(), request_id.to_owned());
+        tokio::spawn(async move {
+            let mut pause = Duration::from_secs(10);
+            for attempt in 1..=3 {
+                match step.run(&profiles, &snapshot, &request_id).await {
+                    Ok(outcome) => {
+                        let label = outcome.as_ref().map_or("none", ProfileOutcome::label);
+                        tracing::info!(target: "authz::lifecycle", request_id, step = step.label(), outcome = label,
+                                       "profile step done");
+                        metrics::counter!("authz_profile_steps_total", "step" => step.label(), "outcome" => label)
+                            .increment(1);
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(target: "authz::lifecycle", request_id, step = step.label(), attempt,
+                                       %error, "profile step failed");
+                        if attempt < 3 {
+                            tokio::time::sleep(pause).await;
+                            pause *= 2;
+                        }
+                    }
+                }
+            }
+            metrics::counter!("authz_profile_steps_total", "step" => step.label(), "outcome" => "failed").increment(1);
+        });
+        Ok(Some(ProfileOutcome::Started))
+    }
+
     /// Record that `principal` left `team`, unless the identity store says the user
     /// is a member again; then, once the identity store has confirmed it, remove their
     /// profile for the team.
@@ -449,7 +507,7 @@ impl Lifecycle {
         user: &str,
         principal: String,
         team: String,
-        snapshot: &PolicySnapshot,
+        snapshot: &Arc<PolicySnapshot>,
     ) -> Result<Outcome, LifecycleError> {
         let unconfirmed = match self.identity.membership(store, group, user).await {
             Ok(Some(_)) => {
@@ -463,7 +521,8 @@ impl Lifecycle {
                 Some(error)
             }
         };
-        let at = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        // a removal cannot have happened later than now: a future time is not believed
+        let at = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()).min(revocations::now_secs());
         let until = at.saturating_add(self.token_lifetime.as_secs());
         self.store.revoke(&principal, &team, at, until).await?;
         self.revocations.note(&principal, Revocation { team: team.clone(), at, until });
@@ -471,8 +530,39 @@ impl Lifecycle {
             (None, _) => None,
             // destroying a profile needs the identity store's word, not the event's
             (Some(_), Some(error)) => return Err(LifecycleError::Unconfirmed(error)),
-            (Some(profiles), None) => profiles.clean_up(snapshot, &principal, &team).await?,
+            (Some(_), None) => {
+                let step = Step::CleanUp { principal: principal.clone(), team: team.clone() };
+                self.profile_step(step, snapshot, "-").await?
+            }
         };
         Ok(Outcome::Revoked { principal, team, profile })
+    }
+}
+
+/// A profile step a membership change asks for.
+#[derive(Debug, Clone)]
+enum Step {
+    Provision { principal: String, team: String },
+    CleanUp { principal: String, team: String },
+}
+
+impl Step {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Provision { .. } => "provision",
+            Self::CleanUp { .. } => "clean_up",
+        }
+    }
+
+    async fn run(
+        &self,
+        profiles: &Profiles,
+        snapshot: &PolicySnapshot,
+        request_id: &str,
+    ) -> Result<Option<ProfileOutcome>, ProfileError> {
+        match self {
+            Self::Provision { principal, team } => profiles.provision(snapshot, principal, team, request_id).await,
+            Self::CleanUp { principal, team } => profiles.clean_up(snapshot, principal, team).await,
+        }
     }
 }

@@ -74,6 +74,8 @@ pub enum ProfileOutcome {
     NoProfile {
         reason: String,
     },
+    /// The step runs after the answer (see [`super::Lifecycle::detach_profile_steps`]).
+    Started,
 }
 
 impl ProfileOutcome {
@@ -85,6 +87,7 @@ impl ProfileOutcome {
             Self::Removed { .. } => "removed",
             Self::AlreadyGone { .. } => "already_gone",
             Self::NoProfile { .. } => "no_profile",
+            Self::Started => "started",
         }
     }
 
@@ -101,6 +104,7 @@ impl ProfileOutcome {
                 ("appsDeleted", apps_deleted.to_string()),
             ],
             Self::NotAllowed { reason } | Self::NoProfile { reason } => vec![("reason", reason.clone())],
+            Self::Started => Vec::new(),
         };
         for (key, value) in fields {
             json.insert(key.to_owned(), Value::String(value));
