@@ -400,7 +400,34 @@ pub fn check_routes(config: &Config, snapshot: &PolicySnapshot) -> Vec<String> {
         }
     }
     problems.extend(check_directory(config, schema));
+    problems.extend(check_lifecycle(config, schema));
     problems
+}
+
+/// With `[lifecycle] profile_route` and provisioning, the schema must let
+/// `ProvisionUserProfile` be asked of the principal type and the route's profiles (else
+/// every join would be refused, silently).
+fn check_lifecycle(config: &Config, schema: &cedar_policy::Schema) -> Vec<String> {
+    let Some(steps) = config.lifecycle.as_ref().and_then(|l| l.profiles.as_ref()) else { return Vec::new() };
+    let Some(route) = config.routes.iter().find(|r| r.name == steps.route) else { return Vec::new() };
+    if !steps.provision {
+        return Vec::new();
+    }
+    let Ok(action) = crate::lifecycle::profiles::PROVISION_ACTION.parse::<cedar_policy::EntityUid>() else {
+        return Vec::new();
+    };
+    let applies =
+        schema.principals_for_action(&action).is_some_and(|mut p| p.any(|t| *t == config.principal.entity_type))
+            && schema.resources_for_action(&action).is_some_and(|mut r| r.any(|t| *t == route.authz.resource_type));
+    if applies {
+        Vec::new()
+    } else {
+        vec![format!(
+            "[lifecycle] provision: action `{action}` is not in the policy schema for `{}` and `{}` (add it, or set \
+             `provision = false`)",
+            config.principal.entity_type, route.authz.resource_type
+        )]
+    }
 }
 
 /// Every table's entity type, parent types and reference types are the schema's.

@@ -699,3 +699,34 @@ async fn a_sync_remembers_what_no_event_told_and_revokes_what_was_lost() {
 fn secs_now() -> u64 {
     secs(SystemTime::now())
 }
+
+/// A schema that cannot ask whether a joining user gets a profile is refused when the
+/// snapshot is checked against the configuration, not discovered join by join.
+#[test]
+fn provisioning_needs_its_action_in_the_schema() {
+    let ws = crate::support::Workspace::shipped();
+    let schema_path = ws.policies().join("schema.cedarschema");
+    let schema = std::fs::read_to_string(&schema_path).unwrap();
+    let start = schema.find("  action ProvisionUserProfile").unwrap();
+    let end = start + schema[start..].find("};").unwrap() + 2;
+    std::fs::write(&schema_path, format!("{}{}", &schema[..start], &schema[end..])).unwrap();
+    let policy_path = ws.policies().join("lifecycle.cedar");
+    let policy = std::fs::read_to_string(&policy_path).unwrap();
+    std::fs::write(&policy_path, &policy[..policy.find("// Who gets a Studio profile made").unwrap()]).unwrap();
+    let snapshot = authz_sidecar::policy_store::PolicyStore::load_files(&ws.dirs()).unwrap().current().unwrap();
+    let config = |provision: bool| {
+        authz_sidecar::config::Config::from_toml(
+            &format!(
+                "[lifecycle]\nprofile_route = \"studio\"\nprovision = {provision}\n[[routes]]\nname = \"studio\"\n\
+                 method = \"GET\"\nhandler = \"presign\"\nderive_profile = {{ user = \"user\", team = \"team\" }}\n{}\n",
+                harness::STUDIO_ROUTE
+            ),
+            "test",
+        )
+        .unwrap()
+    };
+    let problems = authz_sidecar::app::check_routes(&config(true), &snapshot);
+    assert!(problems.iter().any(|p| p.contains("ProvisionUserProfile")), "{problems:?}");
+    assert!(authz_sidecar::app::check_routes(&config(false), &snapshot).is_empty());
+    assert!(authz_sidecar::app::check_routes(&config(true), &crate::support::shipped_snapshot()).is_empty());
+}
