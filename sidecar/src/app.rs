@@ -208,7 +208,7 @@ impl App {
         let mut snapshot = snapshot;
         loop {
             if let Err(error) = lifecycle.sync(&snapshot, "sync").await {
-                tracing::warn!(target: "authz::lifecycle", %error, "memberships not synchronised");
+                tracing::warn!(target: "authz_sidecar::lifecycle", %error, "memberships not synchronised");
             }
             if config.sync_every.is_zero() {
                 return;

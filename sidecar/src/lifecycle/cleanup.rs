@@ -12,7 +12,7 @@
 //! A call that fails is tried again (three times, with a growing pause) before the
 //! clean-up fails; a failed clean-up is an error the event's sender delivers again,
 //! and a second run does what is left. Each step is one log line (target
-//! `authz::lifecycle`, with `step`, `domain`, `profile`).
+//! `authz_sidecar::lifecycle`, with `step`, `domain`, `profile`).
 //!
 //! The user's home directory on the domain's EFS volume is left alone: the sidecar
 //! never calls EFS, and `DeleteUserProfile` does not delete it.
@@ -173,7 +173,7 @@ where
         match call().await {
             Ok(value) => return Ok(value),
             Err(error) if attempt < options.attempts => {
-                tracing::warn!(target: "authz::lifecycle", %error, attempt, "clean-up call failed; trying again");
+                tracing::warn!(target: "authz_sidecar::lifecycle", %error, attempt, "clean-up call failed; trying again");
                 tokio::time::sleep(pause).await;
                 pause = pause.saturating_mul(2);
                 attempt += 1;
@@ -184,7 +184,7 @@ where
 }
 
 fn step(step: &'static str, domain: &str, profile: &str, outcome: &str) {
-    tracing::info!(target: "authz::lifecycle", step, domain, profile, outcome, "clean-up step");
+    tracing::info!(target: "authz_sidecar::lifecycle", step, domain, profile, outcome, "clean-up step");
     metrics::counter!("authz_cleanup_steps_total", "step" => step).increment(1);
 }
 

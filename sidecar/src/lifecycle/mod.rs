@@ -37,7 +37,7 @@
 //! Every event is idempotent (EventBridge delivers at least once, in any order): a
 //! revocation only ever moves later, a membership is written whole and stays
 //! attributable after its removal, a profile already made or gone is left so. Each
-//! outcome is one log line (target `authz::lifecycle`) and one count of
+//! outcome is one log line (target `authz_sidecar::lifecycle`) and one count of
 //! `authz_membership_events_total{event, outcome}`.
 
 pub mod cleanup;
@@ -243,7 +243,7 @@ impl Lifecycle {
         metrics::counter!("authz_membership_syncs_total", "outcome" => if errors.is_empty() { "ok" } else { "partial" })
             .increment(1);
         tracing::info!(
-            target: "authz::lifecycle", request_id, teams = teams.len(), groups, remembered, revoked,
+            target: "authz_sidecar::lifecycle", request_id, teams = teams.len(), groups, remembered, revoked,
             errors = errors.len(), "memberships synchronised"
         );
         Ok(json!({"outcome": "synced", "teams": teams.len(), "groups": groups, "remembered": remembered,
@@ -277,17 +277,7 @@ impl Lifecycle {
                 continue;
             }
             let at = std::time::SystemTime::now();
-            let outcome = self
-                .revoke(
-                    at,
-                    store,
-                    &member.group_id,
-                    &member.user_id,
-                    member.principal.clone(),
-                    member.team.clone(),
-                    snapshot,
-                )
-                .await?;
+            let outcome = self.revoke(at, store, &member, snapshot).await?;
             if matches!(outcome, Outcome::Revoked { .. }) {
                 gone += 1;
             }
@@ -330,7 +320,7 @@ impl Lifecycle {
         snapshot: &Arc<PolicySnapshot>,
     ) -> Result<Value, LifecycleError> {
         let parsed = parsed.inspect_err(|e| {
-            tracing::info!(target: "authz::lifecycle", request_id, error = %e, "membership event refused");
+            tracing::info!(target: "authz_sidecar::lifecycle", request_id, error = %e, "membership event refused");
             metrics::counter!("authz_membership_events_total", "event" => "-", "outcome" => e.error_type())
                 .increment(1);
         })?;
@@ -357,7 +347,7 @@ impl Lifecycle {
                     }
                 };
                 tracing::info!(
-                    target: "authz::lifecycle", request_id, event_id, event = %name, outcome = label,
+                    target: "authz_sidecar::lifecycle", request_id, event_id, event = %name, outcome = label,
                     principal, team, reason, profile = profile.map(ProfileOutcome::label), "membership event applied"
                 );
                 Ok(json!({"eventId": event_id, "event": name, "outcome": label,
@@ -366,7 +356,7 @@ impl Lifecycle {
             }
             Err(error) => {
                 tracing::warn!(
-                    target: "authz::lifecycle", request_id, event_id, event = %name, error = %error,
+                    target: "authz_sidecar::lifecycle", request_id, event_id, event = %name, error = %error,
                     error_type = label, "membership event not applied"
                 );
                 Err(error)
@@ -408,9 +398,13 @@ impl Lifecycle {
                 Ok(Outcome::Recorded { principal: member.principal, team: member.team, profile })
             }
             Change::Left { group, user } => {
-                let principal = self.identity.principal(store, user).await?;
-                let team = self.identity.team(store, group).await?;
-                let outcome = self.revoke(event.at, store, group, user, principal, team, snapshot).await?;
+                let member = Member {
+                    user_id: user.clone(),
+                    group_id: group.clone(),
+                    principal: self.identity.principal(store, user).await?,
+                    team: self.identity.team(store, group).await?,
+                };
+                let outcome = self.revoke(event.at, store, &member, snapshot).await?;
                 if matches!(outcome, Outcome::Revoked { .. }) {
                     for (id, member) in self.store.members_of(store, group).await? {
                         if member.user_id == *user {
@@ -437,17 +431,7 @@ impl Lifecycle {
                         ),
                     });
                 };
-                let outcome = self
-                    .revoke(
-                        event.at,
-                        store,
-                        &member.group_id,
-                        &member.user_id,
-                        member.principal.clone(),
-                        member.team.clone(),
-                        snapshot,
-                    )
-                    .await?;
+                let outcome = self.revoke(event.at, store, &member, snapshot).await?;
                 if matches!(outcome, Outcome::Revoked { .. }) {
                     self.store.unlist(store, membership, &member).await?;
                 }
@@ -474,14 +458,14 @@ impl Lifecycle {
                 match step.run(&profiles, &snapshot, &request_id).await {
                     Ok(outcome) => {
                         let label = outcome.as_ref().map_or("none", ProfileOutcome::label);
-                        tracing::info!(target: "authz::lifecycle", request_id, step = step.label(), outcome = label,
+                        tracing::info!(target: "authz_sidecar::lifecycle", request_id, step = step.label(), outcome = label,
                                        "profile step done");
                         metrics::counter!("authz_profile_steps_total", "step" => step.label(), "outcome" => label)
                             .increment(1);
                         return;
                     }
                     Err(error) => {
-                        tracing::warn!(target: "authz::lifecycle", request_id, step = step.label(), attempt,
+                        tracing::warn!(target: "authz_sidecar::lifecycle", request_id, step = step.label(), attempt,
                                        %error, "profile step failed");
                         if attempt < 3 {
                             tokio::time::sleep(pause).await;
@@ -495,21 +479,18 @@ impl Lifecycle {
         Ok(Some(ProfileOutcome::Started))
     }
 
-    /// Record that `principal` left `team`, unless the identity store says the user
-    /// is a member again; then, once the identity store has confirmed it, remove their
-    /// profile for the team.
-    #[allow(clippy::too_many_arguments, reason = "one removal, by ids and by names")]
+    /// Record that `member` left their group at `at`, unless the identity store says
+    /// they are a member again; then, once the identity store has confirmed it, remove
+    /// their profile for the team.
     async fn revoke(
         &self,
         at: std::time::SystemTime,
         store: &str,
-        group: &str,
-        user: &str,
-        principal: String,
-        team: String,
+        member: &Member,
         snapshot: &Arc<PolicySnapshot>,
     ) -> Result<Outcome, LifecycleError> {
-        let unconfirmed = match self.identity.membership(store, group, user).await {
+        let (principal, team) = (member.principal.clone(), member.team.clone());
+        let unconfirmed = match self.identity.membership(store, &member.group_id, &member.user_id).await {
             Ok(Some(_)) => {
                 return Ok(Outcome::Unchanged {
                     reason: "the identity store says the user is a member again (added since)".to_owned(),
@@ -517,7 +498,7 @@ impl Lifecycle {
             }
             Ok(None) => None,
             Err(error) => {
-                tracing::warn!(target: "authz::lifecycle", %error, "membership not confirmed; revoking anyway");
+                tracing::warn!(target: "authz_sidecar::lifecycle", %error, "membership not confirmed; revoking anyway");
                 Some(error)
             }
         };

@@ -135,17 +135,7 @@ impl Store {
                 }
             }
             Self::Table { client, table } => {
-                let mut pages = client
-                    .query()
-                    .table_name(table)
-                    .consistent_read(true)
-                    .key_condition_expression("pk = :pk")
-                    .expression_attribute_values(":pk", AttributeValue::S(pk))
-                    .into_paginator()
-                    .items()
-                    .send();
-                while let Some(item) = pages.next().await {
-                    let item = item.map_err(|e| failed("Query", &e))?;
+                for item in partition(client, table, pk).await? {
                     let number = |name: &str| match item.get(name) {
                         Some(AttributeValue::N(n)) => n.parse::<u64>().ok(),
                         _ => None,
@@ -236,18 +226,8 @@ impl Store {
                     .collect())
             }
             Self::Table { client, table } => {
-                let mut pages = client
-                    .query()
-                    .table_name(table)
-                    .consistent_read(true)
-                    .key_condition_expression("pk = :pk")
-                    .expression_attribute_values(":pk", AttributeValue::S(by_group))
-                    .into_paginator()
-                    .items()
-                    .send();
                 let mut found = Vec::new();
-                while let Some(item) = pages.next().await {
-                    let item = item.map_err(|e| failed("Query", &e))?;
+                for item in partition(client, table, by_group).await? {
                     let id = match item.get("sk") {
                         Some(AttributeValue::S(id)) => id.clone(),
                         _ => continue,
@@ -280,6 +260,28 @@ impl Store {
             }
         }
     }
+}
+
+/// Every item of partition `pk`, read strongly consistent, every page.
+async fn partition(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    pk: String,
+) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+    let mut pages = client
+        .query()
+        .table_name(table)
+        .consistent_read(true)
+        .key_condition_expression("pk = :pk")
+        .expression_attribute_values(":pk", AttributeValue::S(pk))
+        .into_paginator()
+        .items()
+        .send();
+    let mut items = Vec::new();
+    while let Some(item) = pages.next().await {
+        items.push(item.map_err(|e| failed("Query", &e))?);
+    }
+    Ok(items)
 }
 
 /// The member a membership item names.

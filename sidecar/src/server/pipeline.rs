@@ -166,22 +166,15 @@ where
     .map_err(refused)?;
     let principal =
         EntityUid::from_type_name_and_id(state.principal.entity_type.clone(), EntityId::new(&identity.principal_id));
-    // the teams the principal has left since the token was issued (membership events);
-    // not knowing is a refusal, never a guess
-    let (lost, revocations_unread) = match &state.revocations {
-        None => (Vec::new(), None),
-        Some(revocations) => match revocations.of(&identity.principal_id).await {
-            Ok(known) => (known.lost(identity.issued_at(), revocations.skew, now_secs()), None),
-            Err(error) => (Vec::new(), Some(error)),
-        },
-    };
     // a profile no entity lists is derived for this one request, when the route says so
     let derive = route.derive_profile.as_ref().and_then(|d| Some((matched.param(&d.user)?, matched.param(&d.team)?)));
     // entities no file holds, from the directory: the principal, the resource, the
-    // user and team a profile would be derived from, and what they reach
+    // user and team a profile would be derived from, and what they reach; and, at the
+    // same time, the teams the principal has left since the token was issued
+    // (membership events), where not knowing is a refusal, never a guess
     let mut gathered = Gathered::default();
-    let mut gather_error = None;
-    if let Some(directory) = &state.directory {
+    let gathering = async {
+        let directory = state.directory.as_ref()?;
         let mut roots = vec![principal.clone(), resource.clone()];
         if let Some((user, team)) = derive {
             roots.push(EntityUid::from_type_name_and_id(state.principal.entity_type.clone(), EntityId::new(user)));
@@ -189,8 +182,23 @@ where
                 roots.push(EntityUid::from_type_name_and_id(team_type, EntityId::new(team)));
             }
         }
-        gather_error = gather(directory, &snapshot, roots, &mut gathered).await.err();
-    }
+        gather(directory, &snapshot, roots, &mut gathered).await.err()
+    };
+    let revoked = async {
+        let revocations = state.revocations.as_ref()?;
+        Some(
+            revocations
+                .of(&identity.principal_id)
+                .await
+                .map(|known| known.lost(identity.issued_at(), revocations.skew, now_secs())),
+        )
+    };
+    let (mut gather_error, revoked) = tokio::join!(gathering, revoked);
+    let (lost, revocations_unread) = match revoked {
+        None => (Vec::new(), None),
+        Some(Ok(lost)) => (lost, None),
+        Some(Err(error)) => (Vec::new(), Some(error)),
+    };
     let derived = derive.filter(|_| gathered.known(&snapshot, &resource).is_none()).and_then(|(user, team)| {
         // built once per snapshot and per read of the user's and team's entries
         let serial = |uid: EntityUid| gathered.get(&uid).map_or(0, |f| f.serial);
