@@ -2,7 +2,10 @@
 //! DynamoDB that answers `BatchGetItem` over HTTP, as the SDK calls it), 1,000 of them
 //! active, against the same 1,000 users written into the entity files (today's
 //! all-in-memory path). Reports the sidecar's ready time for tables of 1,000 and 100,000
-//! users, its throughput and latency once every active user is cached, and its memory.
+//! users, its throughput and latency once every active user is cached, and its memory;
+//! and the same with `[lifecycle]` revocations in a table of the same fake DynamoDB
+//! (answering `Query`), read on every request (`believe_for = "0s"`, the default) or
+//! believed for a second.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -104,43 +107,49 @@ pub fn run(args: &DirectoryArgs) -> anyhow::Result<String> {
     for size in [1_000.min(args.users), args.users] {
         let table = runtime.block_on(FakeTable::start(size))?;
         let files = files(run_dir, &base, &jwks, upstream_addr)?;
-        let (process, took) = start(&sidecar, run_dir, &format!("ready-{size}"), &files, Some(table.addr))?;
+        let (process, took) = start(&sidecar, run_dir, &format!("ready-{size}"), &files, Some(table.addr), None)?;
         drop(process);
         ready.push((size, took));
     }
 
-    for (label, entities, directory) in
-        [("entity files (all in memory)", &with_users, false), ("directory, every active user cached", &base, true)]
-    {
+    let runs = [
+        ("entity files (all in memory)", &with_users, false, None, "files"),
+        ("directory, every active user cached", &base, true, None, "directory"),
+        ("directory + revocations read on every request", &base, true, Some("0s"), "revocations-0s"),
+        ("directory + revocations believed for 1 s", &base, true, Some("1s"), "revocations-1s"),
+    ];
+    for (label, entities, directory, believe_for, name) in runs {
         let table = runtime.block_on(FakeTable::start(args.users))?;
         let files = files(run_dir, entities, &jwks, upstream_addr)?;
-        let name = if directory { "directory" } else { "files" };
-        let (mut process, took) = start(&sidecar, run_dir, name, &files, directory.then_some(table.addr))?;
+        let (mut process, took) =
+            start(&sidecar, run_dir, name, &files, directory.then_some(table.addr), believe_for)?;
         let before = process.memory_kib();
         // every active user once: the first requests (directory misses), checked
         let warm = runtime.block_on(drive(files.listen, tokens.clone(), args.connections, None))?;
         ensure!(warm.errors == 0, "{name}: {} of the first requests were not forwarded", warm.errors);
         let reads_after_warm = table.reads.load(Ordering::Relaxed);
+        let queries_after_warm = table.queries.load(Ordering::Relaxed);
         let load = runtime.block_on(drive(files.listen, tokens.clone(), args.connections, Some(args.duration)))?;
         ensure!(load.errors == 0, "{name}: {} requests were not forwarded", load.errors);
         process.check_running()?;
         let reads = table.reads.load(Ordering::Relaxed) - reads_after_warm;
+        let queries = table.queries.load(Ordering::Relaxed) - queries_after_warm;
         let after = process.memory_kib();
-        rows.push((label, took, load, before, after, reads, warm.elapsed));
+        rows.push((label, took, load, before, after, (reads, queries), warm.elapsed));
     }
 
     writeln!(
         report,
-        "| sidecar | ready (ms) | first {} requests (ms) | req/s | p50 / p99 (ms) | RSS ready / after (MiB) | table reads under load |",
+        "| sidecar | ready (ms) | first {} requests (ms) | req/s | p50 / p99 (ms) | RSS ready / after (MiB) | user reads / revocation reads under load |",
         args.active
     )?;
     writeln!(report, "|---|---:|---:|---:|---:|---:|---:|")?;
     let mib =
         |m: Option<(u64, u64)>| m.map_or_else(|| "?".to_owned(), |(_, rss)| format!("{:.1}", rss as f64 / 1024.0));
-    for (label, took, load, before, after, reads, warm) in &rows {
+    for (label, took, load, before, after, (reads, queries), warm) in &rows {
         writeln!(
             report,
-            "| {label} | {:.1} | {:.0} | {:.0} | {:.3} / {:.3} | {} / {} | {reads} |",
+            "| {label} | {:.1} | {:.0} | {:.0} | {:.3} / {:.3} | {} / {} | {reads} / {queries} |",
             took.as_secs_f64() * 1e3,
             warm.as_secs_f64() * 1e3,
             load.requests as f64 / load.elapsed.as_secs_f64(),
@@ -184,13 +193,15 @@ fn files(run_dir: &Path, entities: &Path, jwks: &Path, upstream: SocketAddr) -> 
 }
 
 /// Start a sidecar whose studio route derives profiles, reading users from the table at
-/// `table` when given; the time to `/readyz` 200.
+/// `table` when given (and revocations, believed for `believe_for`, when given); the
+/// time to `/readyz` 200.
 fn start(
     sidecar: &Path,
     run_dir: &Path,
     name: &str,
     files: &SidecarFiles,
     table: Option<SocketAddr>,
+    believe_for: Option<&str>,
 ) -> anyhow::Result<(Process, Duration)> {
     let mut config = setup::sidecar_config(files).replacen(
         "handler = \"forward\"",
@@ -217,6 +228,9 @@ tags = {{ Team = "teams" }}
 "#
         )?;
     }
+    if let Some(believe_for) = believe_for {
+        write!(config, "\n[lifecycle]\ntable = \"authz-lifecycle\"\nbelieve_for = \"{believe_for}\"\n")?;
+    }
     let path = run_dir.join(format!("{name}.toml"));
     std::fs::write(&path, config)?;
     let mut command = Command::new(sidecar);
@@ -234,29 +248,37 @@ tags = {{ Team = "teams" }}
 }
 
 /// A DynamoDB users table in memory, answering `BatchGetItem` in DynamoDB's JSON
-/// protocol; stops with the runtime.
+/// protocol, and an empty lifecycle table answering `Query` (nobody is revoked); stops
+/// with the runtime.
 struct FakeTable {
     addr: SocketAddr,
     reads: Arc<AtomicUsize>,
+    queries: Arc<AtomicUsize>,
 }
 
 impl FakeTable {
     async fn start(users: usize) -> anyhow::Result<Self> {
         let items: Arc<HashMap<String, Value>> = Arc::new((0..users).map(|i| (user(i), item_json(i))).collect());
-        let reads = Arc::new(AtomicUsize::new(0));
+        let (reads, queries) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let counter = reads.clone();
+        let counters = (reads.clone(), queries.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (items, reads) = (items.clone(), counter.clone());
+                let (items, counters) = (items.clone(), counters.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                        let (items, reads) = (items.clone(), reads.clone());
+                        let (items, (reads, queries)) = (items.clone(), counters.clone());
                         async move {
+                            let target = request.headers().get("x-amz-target").cloned();
                             let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            reads.fetch_add(1, Ordering::Relaxed);
-                            let answer = batch_get(&items, &body);
+                            let answer = if target.as_ref().is_some_and(|t| t.as_bytes().ends_with(b".Query")) {
+                                queries.fetch_add(1, Ordering::Relaxed);
+                                json!({"Items": [], "Count": 0, "ScannedCount": 0})
+                            } else {
+                                reads.fetch_add(1, Ordering::Relaxed);
+                                batch_get(&items, &body)
+                            };
                             let response = hyper::Response::builder()
                                 .header("content-type", "application/x-amz-json-1.0")
                                 .body(Full::new(Bytes::from(answer.to_string())))
@@ -270,7 +292,7 @@ impl FakeTable {
                 });
             }
         });
-        Ok(Self { addr, reads })
+        Ok(Self { addr, reads, queries })
     }
 }
 
