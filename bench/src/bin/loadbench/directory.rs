@@ -121,8 +121,7 @@ pub fn run(args: &DirectoryArgs) -> anyhow::Result<String> {
     for (label, entities, directory, believe_for, name) in runs {
         let table = runtime.block_on(FakeTable::start(args.users))?;
         let files = files(run_dir, entities, &jwks, upstream_addr)?;
-        let (mut process, took) =
-            start(&sidecar, run_dir, name, &files, directory.then_some(table.addr), believe_for)?;
+        let (mut process, took) = start(&sidecar, run_dir, name, &files, directory.then_some(table.addr), believe_for)?;
         let before = process.memory_kib();
         // every active user once: the first requests (directory misses), checked
         let warm = runtime.block_on(drive(files.listen, tokens.clone(), args.connections, None))?;
