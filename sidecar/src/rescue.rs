@@ -35,8 +35,9 @@ pub(crate) enum ApiError {
     Overloaded,
     #[error("not ready")]
     NotReady,
-    /// The directory could not be read for an entity the request needs (and no entry
-    /// within the staleness bound was kept): denied, and worth retrying.
+    /// The directory could not be read for an entity the request needs, or the lifecycle
+    /// table for the principal's revocations (and no answer within the staleness bound
+    /// was kept): denied, and worth retrying.
     #[error("directory unavailable")]
     DirectoryUnavailable,
     #[error("upstream unreachable")]
@@ -96,7 +97,9 @@ impl ApiError {
             Self::HeadersTooLarge => "the request headers are too large or too many".to_owned(),
             Self::Overloaded => "too many requests in flight; retry shortly".to_owned(),
             Self::NotReady => "the sidecar is not ready yet; retry shortly".to_owned(),
-            Self::DirectoryUnavailable => "the directory cannot be read; retry shortly".to_owned(),
+            Self::DirectoryUnavailable => {
+                "the directory or the lifecycle table cannot be read; retry shortly".to_owned()
+            }
             Self::BadGateway => "the upstream could not be reached".to_owned(),
             Self::Presign(error) => match error {
                 PresignError::ProfileNotFound(message)
