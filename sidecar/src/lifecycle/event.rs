@@ -257,6 +257,62 @@ fn is_uuid(id: &str, any_case: bool) -> bool {
 mod tests {
     use super::*;
 
+    /// An event of `name` from `source` with these request parameters.
+    fn event(source: &str, name: &str, params: Value, time: &str) -> Value {
+        serde_json::json!({"detail-type": CLOUDTRAIL_DETAIL_TYPE, "id": "e-1",
+            "detail": {"eventSource": source, "eventName": name, "eventTime": time, "eventID": "ev-1",
+                       "requestParameters": params}})
+    }
+
+    fn ids(change: &Change) -> Vec<&str> {
+        match change {
+            Change::Joined { group, user, membership } => {
+                [group.as_str(), user.as_str()].into_iter().chain(membership.as_deref()).collect()
+            }
+            Change::Left { group, user } => vec![group, user],
+            Change::MembershipDeleted { membership } => vec![membership],
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the ids, names and time an event carries, reading it never panics,
+        /// and a change it reads names only ids of the Identity Store's forms.
+        #[test]
+        fn no_event_reads_as_a_change_with_an_id_of_another_form(
+            store in "(d-[0-9a-f]{10}|[ -~]{0,40})",
+            group in "([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[ -~]{0,50})",
+            user in "([0-9a-f]{10}-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\\PC{0,50})",
+            which in 0usize..5,
+            time in "(2026-11-0[1-9]T0[0-9]:00:00Z|\\PC{0,30})",
+        ) {
+            let (source, name, params) = match which {
+                0 => (SSO_DIRECTORY, "AddMemberToGroup",
+                      serde_json::json!({"identityStoreId": store, "groupId": group, "member": {"memberId": user}})),
+                1 => (SSO_DIRECTORY, "RemoveMemberFromGroup",
+                      serde_json::json!({"identityStoreId": store, "groupId": group, "member": {"memberId": user}})),
+                2 => (IDENTITY_STORE, "CreateGroupMembership",
+                      serde_json::json!({"IdentityStoreId": store, "GroupId": group, "MemberId": {"UserId": user}})),
+                3 => (IDENTITY_STORE, "DeleteGroupMembership",
+                      serde_json::json!({"identityStoreId": store, "membershipId": user})),
+                _ => (IDENTITY_STORE, "DeleteUser", serde_json::json!({"identityStoreId": store, "userId": user})),
+            };
+            let read = parse(event(source, name, params, &time).to_string().as_bytes());
+            if let Ok(Parsed::Change(change)) = read {
+                proptest::prop_assert!(is_store_id(&change.store), "{change:?}");
+                for id in ids(&change.change) {
+                    proptest::prop_assert!(is_resource_id(id), "{change:?}");
+                }
+                proptest::prop_assert!(which < 4);
+            }
+        }
+
+        /// Arbitrary bytes are refused or read, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = parse(&bytes);
+        }
+    }
+
     #[test]
     fn ids_have_the_identity_stores_forms() {
         assert!(is_store_id("d-906791299c"));
