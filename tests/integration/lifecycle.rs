@@ -444,18 +444,6 @@ handler = "membership_events"
 /// (domain, profile, execution role, tags) of every CreateUserProfile.
 type Made = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, Vec<(String, String)>)>>>;
 
-/// Hands out mock SageMaker clients answering by `rules`, whatever the credentials.
-struct MockSageMaker {
-    rules: Vec<aws_smithy_mocks::Rule>,
-}
-
-impl authz_sidecar::handlers::presign::SageMakerClients for MockSageMaker {
-    fn client(&self, _credentials: Credentials, _region: &str) -> aws_sdk_sagemaker::Client {
-        let rules: Vec<&aws_smithy_mocks::Rule> = self.rules.iter().collect();
-        aws_smithy_mocks::mock_client!(aws_sdk_sagemaker, aws_smithy_mocks::RuleMode::MatchAny, &rules)
-    }
-}
-
 /// Profiles follow membership: on join the profile is made (the policies allowing it)
 /// with the team's execution role and tags; on leave its apps and then it are removed.
 /// The identity store and the table are moto's; SageMaker and STS the SDK's mocks.
@@ -525,8 +513,9 @@ async fn a_join_makes_the_profile_the_policies_allow_and_a_leave_removes_it_with
         roles.lock().unwrap().push(input.role_arn().unwrap().to_owned());
         crate::presign::sts_credentials_keyed("ASIALOBA".to_owned(), Duration::from_secs(3600))
     });
-    let sagemaker =
-        MockSageMaker { rules: vec![create.clone(), describe, list, delete_app.clone(), delete_profile.clone()] };
+    let sagemaker = crate::presign::MockSageMaker {
+        rules: vec![create.clone(), describe, list, delete_app.clone(), delete_profile.clone()],
+    };
     let presigner = Arc::new(Presigner::new(
         aws_smithy_mocks::mock_client!(aws_sdk_sts, aws_smithy_mocks::RuleMode::MatchAny, &[&sts]),
         Arc::new(sagemaker),

@@ -21,9 +21,9 @@ use crate::support::Workspace;
 /// What SageMaker was asked: (access key, region, domain, profile, session seconds, expires seconds).
 type Call = (String, String, String, String, i32, i32);
 
-/// Hands out mock SageMaker clients answering by `rules`.
-struct MockSageMaker {
-    rules: Vec<Rule>,
+/// Hands out mock SageMaker clients answering by `rules`, whatever the credentials.
+pub struct MockSageMaker {
+    pub rules: Vec<Rule>,
 }
 
 impl SageMakerClients for MockSageMaker {

@@ -120,7 +120,8 @@ impl moka::Expiry<[u8; 32], Arc<Identity>> for UntilExpiry {
     }
 }
 
-fn now_secs() -> u64 {
+/// Now, in Unix seconds (0 before 1970).
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 

@@ -503,7 +503,7 @@ impl Lifecycle {
             }
         };
         // a removal cannot have happened later than now: a future time is not believed
-        let at = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()).min(revocations::now_secs());
+        let at = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()).min(crate::authn::now_secs());
         let until = at.saturating_add(self.token_lifetime.as_secs());
         self.store.revoke(&principal, &team, at, until).await?;
         self.revocations.note(&principal, Revocation { team: team.clone(), at, until });

@@ -15,9 +15,10 @@
 //! guess.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::store::{Revocation, Store, StoreError};
+use crate::authn::now_secs;
 use crate::config::LifecycleConfig;
 
 /// What is known of one principal's revocations, and since when.
@@ -109,10 +110,6 @@ impl Revocations {
         let read = Instant::now().checked_sub(self.believe_for).unwrap_or_else(Instant::now);
         self.known.insert(principal.to_owned(), Arc::new(Known { revoked, read }));
     }
-}
-
-pub(crate) fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
