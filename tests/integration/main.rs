@@ -25,6 +25,7 @@ mod harness;
 mod lambda;
 mod layers;
 mod lifecycle;
+mod policy_index;
 mod presign;
 mod presign_faults;
 mod reload;

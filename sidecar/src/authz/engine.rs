@@ -275,19 +275,22 @@ impl Engine {
             Asker::Built(principal) => Some(principal.as_ref()),
             Asker::Uid(_) => None,
         };
-        let policies = snapshot.policies_for(&request.action);
-        let response = if built.is_none() && request.entities.is_empty() && request.checked.is_empty() {
-            self.authorizer.is_authorized(&cedar_request, policies, snapshot.entities())
+        let assembled;
+        let entities = if built.is_none() && request.entities.is_empty() && request.checked.is_empty() {
+            snapshot.entities()
         } else {
             let mut roots = vec![request.principal.uid().clone(), request.resource.clone()];
             roots.extend(context_roots);
             let checked: Vec<&CheckedEntity> =
                 built.into_iter().chain(request.checked.iter().map(Arc::as_ref)).collect();
-            let entities = snapshot
+            assembled = snapshot
                 .request_entities(&checked, &roots, &request.entities)
                 .map_err(|e: Box<EntitiesError>| RequestError::BadEntities(e.to_string()))?;
-            self.authorizer.is_authorized(&cedar_request, policies, &entities)
+            &assembled
         };
+        let policies =
+            snapshot.policies_applying(&request.action, request.principal.uid(), &request.resource, entities);
+        let response = self.authorizer.is_authorized(&cedar_request, &policies, entities);
         Ok(Decision::from_response(&response, snapshot, started))
     }
 
@@ -303,8 +306,14 @@ impl Engine {
     /// directory answered for this question added).
     pub fn decide_prepared_over(&self, snapshot: &PolicySnapshot, request: &Request, entities: &Entities) -> Decision {
         let started = Instant::now();
-        let policies = request.action().map_or(snapshot.policies(), |action| snapshot.policies_for(action));
-        let response = self.authorizer.is_authorized(request, policies, entities);
+        let response = match (request.principal(), request.action(), request.resource()) {
+            (Some(principal), Some(action), Some(resource)) => {
+                let policies = snapshot.policies_applying(action, principal, resource, entities);
+                self.authorizer.is_authorized(request, &policies, entities)
+            }
+            // a request with an unknown part (none is built here): every policy decides
+            _ => self.authorizer.is_authorized(request, snapshot.policies(), entities),
+        };
         Decision::from_response(&response, snapshot, started)
     }
 }

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::{OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use cedar_policy::{
     ActionConstraint, Entities, Entity, EntityUid, Policy, PolicyId, PolicySet, Schema, SchemaFragment, ValidationMode,
@@ -15,6 +15,7 @@ use cedar_policy::{
 use moka::sync::Cache;
 use serde_json::value::RawValue;
 
+use super::scope::ScopeIndex;
 use super::slices::{is_action, reachable_from, references};
 use super::{
     DefinedAt, PRINCIPAL_CACHE_CAPACITY, PolicySnapshot, SLICE_CACHE_CAPACITY, SnapshotSource, SnapshotVersion,
@@ -92,7 +93,7 @@ impl PolicySnapshot {
             build_id: BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             version: SnapshotVersion { digest: digest.to_owned(), generation },
             source,
-            policies,
+            policies: Arc::new(policies),
             by_action,
             schema,
             entities,
@@ -123,7 +124,7 @@ pub struct PolicyParts<'a> {
     pub policy_texts: &'a [SourceFile],
 }
 
-fn index_by_action(policies: &PolicySet, schema: &Schema, entities: &Entities) -> HashMap<EntityUid, PolicySet> {
+fn index_by_action(policies: &PolicySet, schema: &Schema, entities: &Entities) -> HashMap<EntityUid, ScopeIndex> {
     let mut index = HashMap::new();
     for action in schema.actions() {
         let in_group = |group: &EntityUid| {
@@ -134,9 +135,11 @@ fn index_by_action(policies: &PolicySet, schema: &Schema, entities: &Entities) -
             ActionConstraint::Eq(a) => a == *action,
             ActionConstraint::In(groups) => groups.iter().any(in_group),
         };
-        let subset = PolicySet::from_policies(policies.policies().filter(applies).cloned());
-        // ids are unique in `policies`, so a subset cannot fail; keep the whole set if it did
-        index.insert(action.clone(), subset.unwrap_or_else(|_| policies.clone()));
+        // ids are unique in `policies` and every template is there, so this cannot fail;
+        // an action left out decides over the whole set, which gives the same answers
+        if let Some(scoped) = ScopeIndex::new(policies, policies.policies().filter(applies).cloned().collect()) {
+            index.insert(action.clone(), scoped);
+        }
     }
     index
 }

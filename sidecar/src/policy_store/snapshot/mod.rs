@@ -12,6 +12,7 @@
 //! entities one request needs out of it (and keeps the principals built from tokens).
 
 mod build;
+mod scope;
 mod slices;
 
 use std::collections::HashMap;
@@ -110,12 +111,13 @@ pub struct PolicySnapshot {
     build_id: u64,
     version: SnapshotVersion,
     source: SnapshotSource,
-    policies: PolicySet,
-    /// The policies that can apply to each action of the schema. A policy whose action
-    /// scope cannot match is never satisfied and never evaluated past its scope, so
-    /// deciding over this subset gives exactly Cedar's answer over the whole set, in
-    /// time proportional to the policies of that action only.
-    by_action: HashMap<EntityUid, PolicySet>,
+    policies: Arc<PolicySet>,
+    /// The policies that can apply to each action of the schema, indexed by principal
+    /// and resource scope. A policy whose action scope cannot match is never satisfied
+    /// and never evaluated past its scope, so deciding over this subset gives exactly
+    /// Cedar's answer over the whole set, in time proportional to the policies of that
+    /// action only; and likewise for principal and resource scopes (see [`scope`]).
+    by_action: HashMap<EntityUid, scope::ScopeIndex>,
     schema: Schema,
     entities: Entities,
     policy_origins: HashMap<PolicyId, DefinedAt>,
@@ -190,7 +192,24 @@ impl PolicySnapshot {
     /// The policies that can apply to `action` (all of them for an action the schema
     /// does not declare, which request validation rejects anyway).
     pub fn policies_for(&self, action: &EntityUid) -> &PolicySet {
-        self.by_action.get(action).unwrap_or(&self.policies)
+        self.by_action.get(action).map_or(&self.policies, |index| index.all())
+    }
+
+    /// The policies that can apply to a request by `principal` to do `action` on
+    /// `resource`, evaluated over `entities` (whose ancestors decide `in` scopes): those
+    /// whose principal, action and resource scopes all hold. Deciding over them gives
+    /// exactly Cedar's answer over the whole set (see [`scope`]).
+    pub fn policies_applying(
+        &self,
+        action: &EntityUid,
+        principal: &EntityUid,
+        resource: &EntityUid,
+        entities: &Entities,
+    ) -> Arc<PolicySet> {
+        match self.by_action.get(action) {
+            Some(index) => index.select(principal, resource, entities),
+            None => self.policies.clone(),
+        }
     }
 
     pub fn schema(&self) -> &Schema {

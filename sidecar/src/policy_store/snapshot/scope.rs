@@ -1,0 +1,219 @@
+//! The policies of one action, indexed by what their principal and resource scopes can
+//! match, so a request evaluates only the policies whose scope holds for it.
+//!
+//! A Cedar policy is `principal-scope && action-scope && resource-scope && conditions`,
+//! evaluated left to right with a short-circuiting `&&`. A scope never errors: `==`
+//! compares uids, `is` compares types, and `in` asks the entity store for ancestors (an
+//! entity the store lacks has none). So a policy whose principal or resource scope is
+//! false for a request is not satisfied and reports no error, and deciding over the
+//! policies whose scopes hold gives exactly Cedar's answer over the whole set (the
+//! property tests in `tests/integration/policy_index.rs` compare the two).
+//!
+//! The scopes are read from each policy as linked, so a template-linked policy (Verified
+//! Permissions) is indexed by the values its slots were linked to. Selecting is a few
+//! hash lookups per ancestor of the principal and of the resource; the policy set of a
+//! selection is built once and kept (selections repeat: they depend only on the
+//! ancestors and types of who asks for what).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use cedar_policy::{Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint, ResourceConstraint};
+use moka::sync::Cache;
+
+/// How many distinct selections an action keeps the policy set of.
+const SELECTION_CACHE_CAPACITY: u64 = 4_096;
+
+/// One side's scope (principal or resource), as linked.
+#[derive(Debug, Clone)]
+enum Scope {
+    Any,
+    Eq(EntityUid),
+    In(EntityUid),
+    Is(EntityTypeName),
+    IsIn(EntityTypeName, EntityUid),
+}
+
+impl Scope {
+    fn of_principal(policy: &Policy) -> Self {
+        match policy.principal_constraint() {
+            PrincipalConstraint::Any => Self::Any,
+            PrincipalConstraint::Eq(uid) => Self::Eq(uid),
+            PrincipalConstraint::In(uid) => Self::In(uid),
+            PrincipalConstraint::Is(ty) => Self::Is(ty),
+            PrincipalConstraint::IsIn(ty, uid) => Self::IsIn(ty, uid),
+        }
+    }
+
+    fn of_resource(policy: &Policy) -> Self {
+        match policy.resource_constraint() {
+            ResourceConstraint::Any => Self::Any,
+            ResourceConstraint::Eq(uid) => Self::Eq(uid),
+            ResourceConstraint::In(uid) => Self::In(uid),
+            ResourceConstraint::Is(ty) => Self::Is(ty),
+            ResourceConstraint::IsIn(ty, uid) => Self::IsIn(ty, uid),
+        }
+    }
+
+    /// Whether the scope holds for `subject`, whose ancestors in the request's entity
+    /// store are `ancestors`: Cedar's own semantics of `==`, `in`, `is` and `is ... in`.
+    fn holds(&self, subject: &Subject<'_>) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Eq(uid) => uid == subject.uid,
+            Self::In(uid) => subject.is_in(uid),
+            Self::Is(ty) => ty == subject.ty,
+            Self::IsIn(ty, uid) => ty == subject.ty && subject.is_in(uid),
+        }
+    }
+}
+
+/// The principal or resource of a request, with its ancestors in the request's store.
+struct Subject<'a> {
+    uid: &'a EntityUid,
+    ty: &'a EntityTypeName,
+    ancestors: HashSet<&'a EntityUid>,
+}
+
+impl<'a> Subject<'a> {
+    fn of(uid: &'a EntityUid, entities: &'a Entities) -> Self {
+        let ancestors = entities.ancestors(uid).map(Iterator::collect).unwrap_or_default();
+        Self { uid, ty: uid.type_name(), ancestors }
+    }
+
+    /// Cedar's `in`: the entity itself, or one of its ancestors.
+    fn is_in(&self, uid: &EntityUid) -> bool {
+        uid == self.uid || self.ancestors.contains(uid)
+    }
+}
+
+/// One side's index: the policies whose scope can hold, by the uid or type it names.
+#[derive(Debug, Default)]
+struct SideIndex {
+    scopes: Vec<Scope>,
+    any: Vec<u32>,
+    /// `==` by its uid.
+    eq: HashMap<EntityUid, Vec<u32>>,
+    /// `in` and `is ... in` by the uid they name (the type is checked on selection).
+    within: HashMap<EntityUid, Vec<u32>>,
+    /// `is` by its type.
+    is: HashMap<EntityTypeName, Vec<u32>>,
+}
+
+impl SideIndex {
+    fn push(&mut self, index: u32, scope: Scope) {
+        match &scope {
+            Scope::Any => self.any.push(index),
+            Scope::Eq(uid) => self.eq.entry(uid.clone()).or_default().push(index),
+            Scope::In(uid) | Scope::IsIn(_, uid) => self.within.entry(uid.clone()).or_default().push(index),
+            Scope::Is(ty) => self.is.entry(ty.clone()).or_default().push(index),
+        }
+        self.scopes.push(scope);
+    }
+
+    /// The policies whose scope on this side holds for `subject`.
+    fn candidates(&self, subject: &Subject<'_>) -> Vec<u32> {
+        let mut out = self.any.clone();
+        let mut extend = |list: Option<&Vec<u32>>| out.extend(list.into_iter().flatten());
+        extend(self.eq.get(subject.uid));
+        extend(self.is.get(subject.ty));
+        let within = std::iter::once(subject.uid)
+            .chain(subject.ancestors.iter().copied())
+            .filter_map(|uid| self.within.get(uid))
+            .flatten()
+            .filter(|&&i| self.holds(i, subject));
+        out.extend(within);
+        out
+    }
+
+    fn holds(&self, index: u32, subject: &Subject<'_>) -> bool {
+        usize::try_from(index).ok().and_then(|i| self.scopes.get(i)).is_some_and(|scope| scope.holds(subject))
+    }
+}
+
+/// The policies of one action, indexed by principal and resource scope.
+#[derive(Debug)]
+pub(super) struct ScopeIndex {
+    /// Every policy of the action (static and linked), with their templates.
+    all: Arc<PolicySet>,
+    policies: Vec<Policy>,
+    principal: SideIndex,
+    resource: SideIndex,
+    /// Policy sets by selection (sorted policy positions).
+    selections: Cache<Box<[u32]>, Arc<PolicySet>>,
+}
+
+impl ScopeIndex {
+    /// Index `policies`, which must be policies of `whole` (their templates are there).
+    pub(super) fn new(whole: &PolicySet, policies: Vec<Policy>) -> Option<Self> {
+        let all = Arc::new(subset(whole, policies.iter())?);
+        let mut principal = SideIndex::default();
+        let mut resource = SideIndex::default();
+        for (i, policy) in policies.iter().enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            principal.push(i, Scope::of_principal(policy));
+            resource.push(i, Scope::of_resource(policy));
+        }
+        let selections = Cache::builder().max_capacity(SELECTION_CACHE_CAPACITY).build();
+        Some(Self { all, policies, principal, resource, selections })
+    }
+
+    /// Every policy of the action.
+    pub(super) fn all(&self) -> &Arc<PolicySet> {
+        &self.all
+    }
+
+    /// The policies of the action whose principal and resource scopes hold for a
+    /// request by `principal` on `resource`, over `entities` (the store the request is
+    /// evaluated against: ancestors come from it).
+    pub(super) fn select(&self, principal: &EntityUid, resource: &EntityUid, entities: &Entities) -> Arc<PolicySet> {
+        let principal = Subject::of(principal, entities);
+        let resource = Subject::of(resource, entities);
+        let by_principal = self.principal.candidates(&principal);
+        let by_resource = self.resource.candidates(&resource);
+        // check the other side's scope on the shorter list
+        let mut chosen: Vec<u32> = if by_principal.len() <= by_resource.len() {
+            by_principal.into_iter().filter(|&i| self.resource.holds(i, &resource)).collect()
+        } else {
+            by_resource.into_iter().filter(|&i| self.principal.holds(i, &principal)).collect()
+        };
+        chosen.sort_unstable();
+        chosen.dedup();
+        if chosen.len() == self.policies.len() {
+            return self.all.clone();
+        }
+        if let Some(set) = self.selections.get(chosen.as_slice()) {
+            return set;
+        }
+        let picked = chosen.iter().filter_map(|&i| usize::try_from(i).ok().and_then(|i| self.policies.get(i)));
+        match subset(&self.all, picked) {
+            Some(set) => {
+                let set = Arc::new(set);
+                self.selections.insert(chosen.into_boxed_slice(), set.clone());
+                set
+            }
+            // cannot happen (the policies came from a valid set); the whole set decides alike
+            None => self.all.clone(),
+        }
+    }
+}
+
+/// A policy set of `policies`, taken from `whole`: static policies as they are, linked
+/// policies linked again to their templates (added once each). `None` if `whole` lacks
+/// a template of theirs.
+pub(super) fn subset<'a>(whole: &PolicySet, policies: impl IntoIterator<Item = &'a Policy>) -> Option<PolicySet> {
+    let mut set = PolicySet::new();
+    let mut templates = HashSet::new();
+    for policy in policies {
+        let Some(template_id) = policy.template_id() else {
+            set.add(policy.clone()).ok()?;
+            continue;
+        };
+        if templates.insert(template_id.clone()) {
+            set.add_template(whole.template(template_id)?.clone()).ok()?;
+        }
+        let links = policy.template_links().unwrap_or_default();
+        set.link(template_id.clone(), policy.id().clone(), links).ok()?;
+    }
+    Some(set)
+}
