@@ -55,7 +55,8 @@ fn decisions(c: &mut Criterion) {
     group.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
     for policies in POLICY_COUNTS {
         let snapshot = grown_snapshot(policies, ENTITIES).unwrap_or_else(|e| panic!("workload: {e}"));
-        assert_eq!(snapshot.policy_count(), policies);
+        // the shipped policies alone are 12: the smallest set is those
+        assert!(snapshot.policy_count() >= policies && snapshot.policy_count() <= policies.max(12));
         assert!(snapshot.entity_count() >= ENTITIES);
 
         let presign = presign_request();

@@ -96,3 +96,42 @@ fn both_paths_allow_the_seed_request_so_the_property_is_not_all_denies() {
     assert!(decision.is_allowed(), "{decision:?}");
     assert_eq!(decision.policies, ["presign-own-profile"]);
 }
+
+/// A typed context's shape is checked against the schema once per snapshot and request
+/// types; a shape that failed is checked (and refused) every time, and a checked shape
+/// does not vouch for other principal or resource types.
+#[test]
+fn a_context_shape_checked_once_vouches_only_for_the_same_types() {
+    // a snapshot of its own: shapes are remembered per snapshot
+    let ws = crate::support::Workspace::shipped();
+    let snapshot = authz_sidecar::policy_store::PolicyStore::load_files(&ws.dirs()).unwrap().current().unwrap();
+    let action = uid(r#"Studio::Action::"CreatePresignedDomainUrl""#);
+    let profile = uid(r#"Studio::UserProfile::"user-1-team1""#);
+    let entity = principal("user-1", &["Team1"], "lob-a", &snapshot);
+    let requester = snapshot.request_principal([9; 32], || Ok::<_, std::convert::Infallible>(entity)).unwrap();
+    let strings = |items: &[(&str, &str)]| -> Vec<(String, String)> {
+        items.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    };
+    let decide = |resource: &EntityUid, pairs: &[(String, String)]| {
+        let context = context_from_strings(&snapshot, &action, pairs)?;
+        Engine::new()
+            .decide(&snapshot, &DecisionRequest::built(requester.clone(), action.clone(), resource.clone(), context))
+    };
+    let full = strings(&[("sourceIp", "10.1.2.3"), ("sourceVpce", "vpce-0a1a000000000001a")]);
+    let missing = strings(&[("sourceVpce", "vpce-0a1a000000000001a")]);
+    // learn the kinds, then check the shape
+    assert!(decide(&profile, &full).unwrap().is_allowed());
+    assert!(decide(&profile, &full).unwrap().is_allowed());
+    // `sourceIp` is required: refused, and refused again
+    for _ in 0..3 {
+        let err = decide(&profile, &missing).unwrap_err();
+        assert_eq!(err.kind(), "invalid_request", "{err}");
+    }
+    // the checked shape on a resource type the action does not apply to is checked anew
+    let team = uid(r#"Studio::Team::"Team1""#);
+    for _ in 0..2 {
+        let err = decide(&team, &full).unwrap_err();
+        assert_eq!(err.kind(), "invalid_request", "{err}");
+    }
+    assert!(decide(&profile, &full).unwrap().is_allowed());
+}

@@ -7,8 +7,11 @@
 //! the first context with a given attribute goes through Cedar's parser; the kind whose
 //! constructor gives the same value from the same string is remembered for that action
 //! and attribute in the snapshot, and later contexts are built from typed values.
-//! Either way `Request::new` type-checks the context against the schema, so a wrong
-//! kind is refused, never silently let through.
+//! Either way the context is type-checked against the schema (`Request::new`), so a
+//! wrong kind is refused, never silently let through. A typed context also carries its
+//! shape (each attribute's name and kind): every context of one shape has the same
+//! Cedar type, so the engine checks a shape once per snapshot, principal type, action
+//! and resource type, and skips the check for the same shape after that.
 
 use cedar_policy::{Context, EntityUid, RestrictedExpression};
 use serde_json::Value;
@@ -25,20 +28,48 @@ const KINDS: [ContextValueKind; 5] = [
     ContextValueKind::Duration,
 ];
 
+/// The names and kinds of a typed context's attributes, in order: every context of one
+/// shape has the same Cedar type (each kind makes values of one type).
+pub type ContextShape = Box<[(String, ContextValueKind)]>;
+
+/// A context built from typed values, and its shape when every attribute had a learned
+/// kind (`None`: the engine checks it against the schema every time).
+#[derive(Debug, Clone)]
+pub struct TypedContext {
+    pub context: Context,
+    pub shape: Option<ContextShape>,
+}
+
+impl From<Context> for TypedContext {
+    fn from(context: Context) -> Self {
+        Self { context, shape: None }
+    }
+}
+
 /// The context of a request about `action` with these string-valued attributes.
 pub fn context_from_strings(
     snapshot: &PolicySnapshot,
     action: &EntityUid,
     pairs: &[(String, String)],
-) -> Result<Context, RequestError> {
+) -> Result<TypedContext, RequestError> {
+    if let Some(known) = snapshot.typed_context(action, pairs) {
+        return Ok(known);
+    }
     let mut typed = Vec::with_capacity(pairs.len());
+    let mut shape = Vec::with_capacity(pairs.len());
     for (name, value) in pairs {
         match snapshot.context_kind(action, name) {
-            Some(ContextValueKind::Other) | None => return parse_and_learn(snapshot, action, pairs),
-            Some(kind) => typed.push((name.clone(), expression(snapshot, kind, value))),
+            Some(ContextValueKind::Other) | None => return parse_and_learn(snapshot, action, pairs).map(Into::into),
+            Some(kind) => {
+                typed.push((name.clone(), expression(snapshot, kind, value)));
+                shape.push((name.clone(), kind));
+            }
         }
     }
-    Context::from_pairs(typed).map_err(|e| bad_context(action, &e))
+    let context = Context::from_pairs(typed).map_err(|e| bad_context(action, &e))?;
+    let typed = TypedContext { context, shape: Some(shape.into_boxed_slice()) };
+    snapshot.remember_typed_context(action, pairs, &typed);
+    Ok(typed)
 }
 
 /// A typed value; extension values come from the snapshot's cache of them.
@@ -126,9 +157,9 @@ mod tests {
         assert_eq!(snapshot.context_kind(&action, "requestTime"), Some(ContextValueKind::Datetime));
         let typed = context_from_strings(&snapshot, &action, &items).unwrap();
         for name in ["sourceIp", "sourceVpce", "requestTime"] {
-            assert_eq!(typed.get(name), parsed.get(name), "{name}");
+            assert_eq!(typed.context.get(name), parsed.context.get(name), "{name}");
         }
-        assert!(matches!(typed.get("sourceIp"), Some(EvalResult::ExtensionValue(_))));
+        assert!(matches!(typed.context.get("sourceIp"), Some(EvalResult::ExtensionValue(_))));
     }
 
     #[test]

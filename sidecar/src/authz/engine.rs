@@ -17,6 +17,7 @@ use cedar_policy::{
 };
 use serde::Serialize;
 
+use super::context::TypedContext;
 use crate::policy_store::{CheckedEntity, PolicySnapshot};
 
 /// Allow or deny, the only two answers.
@@ -93,7 +94,8 @@ impl Decision {
     }
 
     fn from_response(response: &Response, snapshot: &PolicySnapshot, started: Instant) -> Self {
-        let mut policies: Vec<String> = response.diagnostics().reason().map(PolicyId::to_string).collect();
+        let mut policies: Vec<String> =
+            response.diagnostics().reason().map(|id: &PolicyId| AsRef::<str>::as_ref(id).to_owned()).collect();
         policies.sort();
         let errors: Vec<EvaluationError> = response
             .diagnostics()
@@ -136,7 +138,7 @@ impl Asker {
 #[derive(Debug, Clone)]
 pub enum QuestionContext {
     Json(serde_json::Value),
-    Typed(Context),
+    Typed(TypedContext),
 }
 
 /// A question for the engine.
@@ -169,12 +171,17 @@ impl DecisionRequest {
 
     /// The data plane's question: `principal` was built from a verified token and
     /// checked against the schema when it was built.
-    pub fn built(principal: Arc<CheckedEntity>, action: EntityUid, resource: EntityUid, context: Context) -> Self {
+    pub fn built(
+        principal: Arc<CheckedEntity>,
+        action: EntityUid,
+        resource: EntityUid,
+        context: impl Into<TypedContext>,
+    ) -> Self {
         Self {
             principal: Asker::Built(principal),
             action,
             resource,
-            context: QuestionContext::Typed(context),
+            context: QuestionContext::Typed(context.into()),
             entities: Vec::new(),
             checked: Vec::new(),
         }
@@ -253,23 +260,31 @@ impl Engine {
     pub fn decide(&self, snapshot: &PolicySnapshot, request: &DecisionRequest) -> Result<Decision, RequestError> {
         let started = Instant::now();
         let schema = snapshot.schema();
-        let (context, context_roots) = match &request.context {
+        let (context, context_roots, shape) = match &request.context {
             QuestionContext::Json(json) => {
                 let context = Context::from_json_value(json.clone(), Some((schema, &request.action))).map_err(|e| {
                     RequestError::BadContext { action: request.action.to_string(), reason: e.to_string() }
                 })?;
-                (context, context_uids(json))
+                (context, context_uids(json), None)
             }
-            QuestionContext::Typed(context) => (context.clone(), Vec::new()),
+            QuestionContext::Typed(typed) => (typed.context.clone(), Vec::new(), typed.shape.as_ref()),
         };
+        let principal = request.principal.uid();
+        // a shape checked once for these types needs no second check (see `TypedContext`)
+        let checked_shape =
+            shape.map(|shape| (principal.type_name(), &request.action, request.resource.type_name(), shape));
+        let known = checked_shape.as_ref().is_some_and(|(p, a, r, s)| snapshot.request_shape_checked(p, a, r, s));
         let cedar_request = Request::new(
-            request.principal.uid().clone(),
+            principal.clone(),
             request.action.clone(),
             request.resource.clone(),
             context,
-            Some(schema),
+            if known { None } else { Some(schema) },
         )
         .map_err(|e| RequestError::Invalid(e.to_string()))?;
+        if let Some((p, a, r, s)) = checked_shape.filter(|_| !known) {
+            snapshot.remember_request_shape(p, a, r, s);
+        }
 
         let built = match &request.principal {
             Asker::Built(principal) => Some(principal.as_ref()),
@@ -286,7 +301,7 @@ impl Engine {
             assembled = snapshot
                 .request_entities(&checked, &roots, &request.entities)
                 .map_err(|e: Box<EntitiesError>| RequestError::BadEntities(e.to_string()))?;
-            &assembled
+            assembled.as_ref()
         };
         let policies =
             snapshot.policies_applying(&request.action, request.principal.uid(), &request.resource, entities);

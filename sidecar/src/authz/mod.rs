@@ -11,7 +11,7 @@ mod observed;
 mod request;
 
 pub use authorize::{Denial, Permit, Vouched, authorize};
-pub use context::context_from_strings;
+pub use context::{ContextShape, TypedContext, context_from_strings};
 pub use engine::{
     Asker, Decision, DecisionReason, DecisionRequest, Effect, Engine, EvaluationError, QuestionContext, RequestError,
 };

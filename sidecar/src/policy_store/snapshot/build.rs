@@ -18,7 +18,8 @@ use serde_json::value::RawValue;
 use super::scope::ScopeIndex;
 use super::slices::{is_action, reachable_from, references};
 use super::{
-    DefinedAt, PRINCIPAL_CACHE_CAPACITY, PolicySnapshot, SLICE_CACHE_CAPACITY, SnapshotSource, SnapshotVersion,
+    DefinedAt, PRINCIPAL_CACHE_CAPACITY, PolicySnapshot, REQUEST_SETS_WEIGHT, SLICE_CACHE_CAPACITY, SnapshotSource,
+    SnapshotVersion,
 };
 use crate::policy_store::diagnostics::{LineIndex, LoadError, Location, Problem, describe};
 use crate::policy_store::sources::{SourceDirs, SourceFile, Sources};
@@ -106,8 +107,14 @@ impl PolicySnapshot {
             slices: Cache::builder().max_capacity(SLICE_CACHE_CAPACITY).build(),
             principals: Cache::builder().max_capacity(PRINCIPAL_CACHE_CAPACITY).build(),
             derived: Cache::builder().max_capacity(PRINCIPAL_CACHE_CAPACITY).build(),
+            request_sets: Cache::builder()
+                .max_capacity(REQUEST_SETS_WEIGHT)
+                .weigher(|_, entities: &Arc<Entities>| u32::try_from(entities.iter().count()).unwrap_or(u32::MAX))
+                .build(),
             context_kinds: RwLock::new(HashMap::new()),
             context_values: Cache::builder().max_capacity(10_000).build(),
+            checked_shapes: Cache::builder().max_capacity(1_024).build(),
+            typed_contexts: Cache::builder().max_capacity(10_000).build(),
         })
     }
 }

@@ -35,6 +35,14 @@ const SLICE_CACHE_CAPACITY: u64 = 50_000;
 /// and the teams lost since the token was issued.
 type PrincipalKey = ([u8; 32], u64, Box<[String]>);
 
+/// A request entity set's cache key: the serials of the checked entities it was built
+/// with, and its roots (see [`PolicySnapshot::request_entities`]).
+type RequestEntitiesKey = (Box<[u64]>, Box<[EntityUid]>);
+
+/// How many entities the request entity sets a snapshot keeps may hold in all: at
+/// 10 to 30 entities per set, some hundreds of sets (principal and resource pairs).
+const REQUEST_SETS_WEIGHT: u64 = 10_000;
+
 /// How many request principals (one per verified token) a snapshot keeps.
 const PRINCIPAL_CACHE_CAPACITY: u64 = 10_000;
 
@@ -143,6 +151,9 @@ pub struct PolicySnapshot {
     /// [`crate::lifecycle::revocations`]), so a removal is never answered from a principal
     /// built before it.
     principals: Cache<PrincipalKey, Arc<CheckedEntity>>,
+    /// Request entity sets by the checked entities and roots they were built from (see
+    /// [`PolicySnapshot::request_entities`]); weighed by the entities they hold.
+    request_sets: Cache<RequestEntitiesKey, Arc<Entities>>,
     /// Entities derived for requests (Studio profiles), by uid and the serials of the
     /// directory entries they were derived from (see [`PolicySnapshot::derived_entity`]).
     derived: Cache<(EntityUid, u64, u64), Arc<CheckedEntity>>,
@@ -156,7 +167,19 @@ pub struct PolicySnapshot {
     /// second, the addresses behind a NAT or endpoint). Bounded; it goes with the
     /// snapshot, so nothing of it outlives a reload.
     context_values: Cache<(ContextValueKind, String), cedar_policy::RestrictedExpression>,
+    /// Request shapes (principal type, action, resource type, context shape) that passed
+    /// the schema check (see [`PolicySnapshot::request_shape_checked`]).
+    checked_shapes: Cache<RequestShape, ()>,
+    /// Typed contexts by action and the strings they were built from (see
+    /// [`PolicySnapshot::typed_context`]).
+    typed_contexts: Cache<TypedContextKey, crate::authz::TypedContext>,
 }
+
+/// An action and the strings of a context.
+type TypedContextKey = (EntityUid, Box<[(String, String)]>);
+
+/// A request's types and its typed context's shape.
+type RequestShape = (EntityTypeName, EntityUid, EntityTypeName, crate::authz::ContextShape);
 
 impl fmt::Debug for PolicySnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -282,6 +305,50 @@ impl PolicySnapshot {
         make: impl FnOnce() -> cedar_policy::RestrictedExpression,
     ) -> cedar_policy::RestrictedExpression {
         self.context_values.get_with((kind, value.to_owned()), make)
+    }
+
+    /// Whether a request of these types with a typed context of `shape` passed the
+    /// schema check in this snapshot: every such request has the same Cedar types (a
+    /// shape names each attribute's kind, and each kind makes values of one type), so
+    /// it passes too. Only shapes that passed are remembered; others are checked (and
+    /// refused) every time.
+    pub fn request_shape_checked(
+        &self,
+        principal: &EntityTypeName,
+        action: &EntityUid,
+        resource: &EntityTypeName,
+        shape: &crate::authz::ContextShape,
+    ) -> bool {
+        self.checked_shapes.contains_key(&(principal.clone(), action.clone(), resource.clone(), shape.clone()))
+    }
+
+    /// Remember that a request of these types and context shape passed the schema check.
+    pub fn remember_request_shape(
+        &self,
+        principal: &EntityTypeName,
+        action: &EntityUid,
+        resource: &EntityTypeName,
+        shape: &crate::authz::ContextShape,
+    ) {
+        self.checked_shapes.insert((principal.clone(), action.clone(), resource.clone(), shape.clone()), ());
+    }
+
+    /// The typed context built earlier from exactly these strings for `action`: a
+    /// context is a pure function of its strings and the kinds this snapshot learned,
+    /// and building one evaluates each extension constructor (`ip(..)`) again. The same
+    /// strings recur: one client's address and endpoint within the same second.
+    pub fn typed_context(&self, action: &EntityUid, pairs: &[(String, String)]) -> Option<crate::authz::TypedContext> {
+        self.typed_contexts.get(&(action.clone(), pairs.into()))
+    }
+
+    /// Keep a typed context built from `pairs` (see [`Self::typed_context`]).
+    pub fn remember_typed_context(
+        &self,
+        action: &EntityUid,
+        pairs: &[(String, String)],
+        context: &crate::authz::TypedContext,
+    ) {
+        self.typed_contexts.insert((action.clone(), pairs.into()), context.clone());
     }
 
     /// Remember how `attr` of `action`'s context is built from a string.

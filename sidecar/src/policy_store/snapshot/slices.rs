@@ -4,10 +4,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cedar_policy::{Entities, Entity, EntityUid, EvalResult};
 
-use super::PolicySnapshot;
+use super::{PolicySnapshot, RequestEntitiesKey};
 
 /// An entity a request brings, already checked against the schema, with the uids it
 /// points at (its direct parents, and the entity uids in its attributes and tags),
@@ -18,13 +19,18 @@ pub struct CheckedEntity {
     uid: EntityUid,
     entity: Entity,
     references: Vec<EntityUid>,
+    /// Unique in this process: names this entity (never reused, unlike an address) in
+    /// the keys of request entity sets built with it.
+    serial: u64,
 }
 
 impl CheckedEntity {
     /// `entity` must already conform to the snapshot's schema (it is added to request
     /// entities without another check).
     pub fn new(entity: Entity) -> Self {
-        Self { uid: entity.uid(), references: references(&entity, None), entity }
+        static SERIALS: AtomicU64 = AtomicU64::new(1);
+        let serial = SERIALS.fetch_add(1, Ordering::Relaxed);
+        Self { uid: entity.uid(), references: references(&entity, None), entity, serial }
     }
 
     pub fn uid(&self) -> &EntityUid {
@@ -90,7 +96,33 @@ impl PolicySnapshot {
     /// Brought entities are meant to be leaves of the hierarchy (a principal). Stored
     /// entities keep the ancestors the snapshot computed for them, so replacing an entity
     /// that stored entities descend from changes its own ancestors, not theirs.
+    ///
+    /// Without `extra`, the result depends only on `checked` (each immutable, named by
+    /// its serial) and `roots`, so it is built once and kept with the snapshot (bounded
+    /// by the number of entities held): a principal asking again about the same resource
+    /// reuses it, with no copy and no transitive closure. A caller's `extra` entities are
+    /// checked and assembled every time.
     pub fn request_entities(
+        &self,
+        checked: &[&CheckedEntity],
+        roots: &[EntityUid],
+        extra: &[Entity],
+    ) -> Result<Arc<Entities>, Box<cedar_policy::entities_errors::EntitiesError>> {
+        if !extra.is_empty() {
+            return self.assemble_request_entities(checked, roots, extra).map(Arc::new);
+        }
+        let key: RequestEntitiesKey = (checked.iter().map(|c| c.serial).collect(), roots.into());
+        if let Some(entities) = self.request_sets.get(&key) {
+            metrics::counter!("authz_request_entities_total", "result" => "hit").increment(1);
+            return Ok(entities);
+        }
+        metrics::counter!("authz_request_entities_total", "result" => "miss").increment(1);
+        let entities = Arc::new(self.assemble_request_entities(checked, roots, extra)?);
+        self.request_sets.insert(key, entities.clone());
+        Ok(entities)
+    }
+
+    fn assemble_request_entities(
         &self,
         checked: &[&CheckedEntity],
         roots: &[EntityUid],
