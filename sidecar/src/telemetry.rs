@@ -15,15 +15,92 @@ pub(crate) enum LogFormat {
     Json,
 }
 
+/// What `serve` does with a log line (an audit line above all) when its writer's buffer
+/// is full because stderr cannot keep up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub(crate) enum LogOverflow {
+    /// Wait for room: requests slow down to what the log sink takes, and no decision
+    /// goes unrecorded. The default: an authorization decision without its audit line
+    /// is a gap in the record that a security team cannot close afterwards.
+    #[default]
+    Block,
+    /// Drop the line, count it (`authz_log_lines_dropped_total`) and say so in a
+    /// warning: for deployments that would rather keep serving at full speed than keep
+    /// every line.
+    Drop,
+}
+
+/// How many lines the background writer holds before `LogOverflow` applies: at about
+/// 500 bytes an audit line, a few MiB.
+pub(crate) const LOG_BUFFER_LINES: usize = 8_192;
+
 /// Install the global subscriber. `default_level` applies when `RUST_LOG` is unset.
-pub(crate) fn init(format: LogFormat, default_level: &str) {
+///
+/// With `background` (`serve`), lines are formatted on the thread that logs them and
+/// written to stderr by a thread of their own through a bounded buffer, so no request
+/// waits on a write; the returned guard flushes what is buffered when dropped (keep it
+/// until the process ends). Without it (the CLI and the Lambda form, whose process may
+/// be frozen between invocations with lines still buffered), lines are written at once.
+pub(crate) fn init(
+    format: LogFormat,
+    default_level: &str,
+    background: Option<LogOverflow>,
+) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let Some(overflow) = background else {
+        install(format, filter, std::io::stderr);
+        return None;
+    };
+    let (writer, guard) = background_writer(std::io::stderr(), overflow, LOG_BUFFER_LINES);
+    let _ = DROPPED.set(writer.error_counter());
+    install(format, filter, writer);
+    Some(guard)
+}
+
+/// A writer that hands lines to a thread of their own, which writes them to `sink`;
+/// `lines` bounds what waits, and `overflow` says what happens past it.
+fn background_writer<W: std::io::Write + Send + 'static>(
+    sink: W,
+    overflow: LogOverflow,
+    lines: usize,
+) -> (tracing_appender::non_blocking::NonBlocking, tracing_appender::non_blocking::WorkerGuard) {
+    tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(lines)
+        .lossy(overflow == LogOverflow::Drop)
+        .thread_name("authz-log-writer")
+        .finish(sink)
+}
+
+fn install<W>(format: LogFormat, filter: EnvFilter, writer: W)
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     // A second init (tests run several commands in one process) keeps the first.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().event_format(crate::authz::audit::AuditJson::new()).try_init(),
     };
+}
+
+/// The background writer's count of dropped lines (see [`LogOverflow::Drop`]).
+static DROPPED: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> = std::sync::OnceLock::new();
+
+/// Count and report lines the background writer dropped since `*reported`.
+fn report_dropped(reported: &mut usize) {
+    let Some(counter) = DROPPED.get() else { return };
+    let dropped = counter.dropped_lines();
+    let new = dropped.saturating_sub(*reported);
+    if new == 0 {
+        return;
+    }
+    *reported = dropped;
+    metrics::counter!("authz_log_lines_dropped_total").increment(u64::try_from(new).unwrap_or(u64::MAX));
+    tracing::warn!(
+        dropped = new,
+        total = dropped,
+        "stderr could not keep up: log lines were dropped (log_overflow = drop)"
+    );
 }
 
 /// How often the recorder's histogram samples are folded into their buckets when no
@@ -33,7 +110,8 @@ pub(crate) const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::fro
 /// Keep the recorder's memory bounded whether or not anyone scrapes `/metrics`: each
 /// histogram sample is held until upkeep folds it into the histogram's buckets, and
 /// without this task that happened only on a scrape (a sidecar never scraped grew by
-/// every request it served). Runs until `shutdown`.
+/// every request it served). Also reports log lines dropped (see [`LogOverflow`]). Runs
+/// until `shutdown`.
 pub(crate) async fn upkeep(
     handle: metrics_exporter_prometheus::PrometheusHandle,
     interval: std::time::Duration,
@@ -41,10 +119,14 @@ pub(crate) async fn upkeep(
 ) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dropped = 0;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = ticks.tick() => handle.run_upkeep(),
+            _ = ticks.tick() => {
+                handle.run_upkeep();
+                report_dropped(&mut dropped);
+            }
         }
     }
 }
@@ -77,7 +159,80 @@ pub(crate) fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle 
 mod tests {
     use std::time::Duration;
 
+    use std::io::Write as _;
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+
+    /// A sink that holds every write until it is opened, then keeps what it is given.
+    #[derive(Clone, Default)]
+    struct Gate {
+        open: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Gate {
+        fn open(&self) {
+            let (lock, cvar) = &*self.open;
+            *lock.lock().unwrap() = true;
+            cvar.notify_all();
+        }
+
+        fn lines(&self) -> usize {
+            self.written.lock().unwrap().iter().filter(|b| **b == b'\n').count()
+        }
+    }
+
+    impl std::io::Write for Gate {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let (lock, cvar) = &*self.open;
+            let _open = cvar.wait_while(lock.lock().unwrap(), |open| !*open).unwrap();
+            self.written.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// With `drop`, a sink that does not take lines never holds up the thread that logs:
+    /// what does not fit is dropped and counted. With `block`, every line arrives.
+    #[test]
+    fn a_stalled_sink_drops_and_counts_or_holds_every_line() {
+        let gate = Gate::default();
+        let (mut writer, guard) = background_writer(gate.clone(), LogOverflow::Drop, 16);
+        let started = std::time::Instant::now();
+        for i in 0..1_000 {
+            // one write per line, as the subscriber writes each formatted line
+            writer.write_all(format!("line {i}\n").as_bytes()).unwrap();
+        }
+        // nothing was written yet, and the thread that logged did not wait for the sink
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let dropped = writer.error_counter().dropped_lines();
+        assert!(dropped >= 1_000 - 16 - 1, "{dropped} dropped");
+        gate.open();
+        drop(guard);
+        assert_eq!(gate.lines() + dropped, 1_000, "every line was written or counted");
+
+        let gate = Gate::default();
+        let (mut writer, guard) = background_writer(gate.clone(), LogOverflow::Block, 16);
+        let opener = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                gate.open();
+            })
+        };
+        for i in 0..1_000 {
+            // one write per line, as the subscriber writes each formatted line
+            writer.write_all(format!("line {i}\n").as_bytes()).unwrap();
+        }
+        assert_eq!(writer.error_counter().dropped_lines(), 0);
+        drop(guard);
+        opener.join().unwrap();
+        assert_eq!(gate.lines(), 1_000, "block loses nothing");
+    }
 
     /// Resident memory of this process, in bytes (Linux).
     fn rss() -> u64 {

@@ -158,15 +158,25 @@ impl AuditEvent {
         if !Self::enabled(level) {
             return;
         }
-        let json = serde_json::to_string(self).unwrap_or_default();
-        let event = Json(&json);
-        match level {
-            Level::ERROR => tracing::error!(target: TARGET, audit = %event, "decision"),
-            Level::WARN => tracing::warn!(target: TARGET, audit = %event, "decision"),
-            Level::INFO => tracing::info!(target: TARGET, audit = %event, "decision"),
-            Level::DEBUG => tracing::debug!(target: TARGET, audit = %event, "decision"),
-            Level::TRACE => tracing::trace!(target: TARGET, audit = %event, "decision"),
+        // serialized into this thread's reused buffer, not a new string per event
+        thread_local! {
+            static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        BUFFER.with_borrow_mut(|buffer| {
+            buffer.clear();
+            if serde_json::to_writer(&mut *buffer, self).is_err() {
+                return;
+            }
+            let Ok(json) = std::str::from_utf8(buffer) else { return };
+            let event = Json(json);
+            match level {
+                Level::ERROR => tracing::error!(target: TARGET, audit = %event, "decision"),
+                Level::WARN => tracing::warn!(target: TARGET, audit = %event, "decision"),
+                Level::INFO => tracing::info!(target: TARGET, audit = %event, "decision"),
+                Level::DEBUG => tracing::debug!(target: TARGET, audit = %event, "decision"),
+                Level::TRACE => tracing::trace!(target: TARGET, audit = %event, "decision"),
+            }
+        });
     }
 }
 
@@ -211,21 +221,29 @@ where
         }
         let mut found = Found::default();
         event.record(&mut found);
-        let Some(serde_json::Value::Object(mut fields)) =
-            found.audit.as_deref().and_then(|json| serde_json::from_str(json).ok())
-        else {
+        // the event is the JSON object `emit` serialized; checked without building it
+        // (anything else is written in tracing-subscriber's own form), then spliced in
+        let fields = found
+            .audit
+            .as_deref()
+            .filter(|json| serde_json::from_str::<serde::de::IgnoredAny>(json).is_ok())
+            .and_then(|json| json.strip_prefix('{'))
+            .and_then(|json| json.strip_suffix('}'));
+        let Some(fields) = fields else {
             return self.inner.format_event(ctx, writer, event);
         };
-        fields.insert("message".to_owned(), serde_json::Value::String(found.message.unwrap_or_default()));
         let mut timestamp = String::new();
         SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
-        let line = serde_json::json!({
-            "timestamp": timestamp,
-            "level": meta.level().as_str(),
-            "fields": fields,
-            "target": meta.target(),
-        });
-        writeln!(writer, "{line}")
+        let quoted = |text: &str| serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned());
+        let message = quoted(found.message.as_deref().unwrap_or_default());
+        let separator = if fields.is_empty() { "" } else { "," };
+        writeln!(
+            writer,
+            "{{\"timestamp\":{},\"level\":\"{}\",\"fields\":{{\"message\":{message}{separator}{fields}}},\"target\":{}}}",
+            quoted(&timestamp),
+            meta.level().as_str(),
+            quoted(meta.target()),
+        )
     }
 }
 

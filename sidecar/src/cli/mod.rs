@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::policy_store::{LoadError, PolicySnapshot, SourceDirs};
-use crate::telemetry::{self, LogFormat};
+use crate::telemetry::{self, LogFormat, LogOverflow};
 
 /// Exit codes, the same for every command.
 pub mod exit {
@@ -57,6 +57,12 @@ struct Cli {
     /// How log lines on stderr are written (default: json for `serve`, text otherwise).
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormat>,
+
+    /// `serve`: what to do with a log line when stderr cannot keep up and the writer's
+    /// buffer is full: wait for room (no decision goes unrecorded), or drop it (counted
+    /// in `authz_log_lines_dropped_total` and reported in a warning).
+    #[arg(long, global = true, value_enum, default_value_t = LogOverflow::Block)]
+    log_overflow: LogOverflow,
 
     #[command(subcommand)]
     command: Command,
@@ -150,11 +156,13 @@ where
             return u8::try_from(e.exit_code()).unwrap_or(exit::USAGE);
         }
     };
-    let (format, level) = match cli.command {
-        Command::Serve(_) | Command::Lambda(_) => (cli.log_format.unwrap_or(LogFormat::Json), "info"),
-        _ => (cli.log_format.unwrap_or(LogFormat::Text), "warn"),
+    let (format, level, background) = match cli.command {
+        Command::Serve(_) => (cli.log_format.unwrap_or(LogFormat::Json), "info", Some(cli.log_overflow)),
+        Command::Lambda(_) => (cli.log_format.unwrap_or(LogFormat::Json), "info", None),
+        _ => (cli.log_format.unwrap_or(LogFormat::Text), "warn", None),
     };
-    telemetry::init(format, level);
+    // flushes buffered lines when the command returns
+    let _log_writer = telemetry::init(format, level, background);
     match cli.command {
         Command::Validate(args) => validate::run(&args, out, err),
         Command::Authorize(args) => authorize::run(&args, out, err),
