@@ -74,6 +74,11 @@ pub struct RunArgs {
     /// Also write the report (Markdown) to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Pin every server (upstream, nginx with one worker, the sidecar) to CPU 0 and the
+    /// load generator to CPU 1 (`taskset`), the way a sidecar shares a core with its
+    /// app; the report then gives the CPU time of core 0 per request.
+    #[arg(long)]
+    pin: bool,
 }
 
 fn main() -> ExitCode {

@@ -1,7 +1,6 @@
 //! Driving oha (the load generator) and reading its JSON summary.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -37,8 +36,15 @@ pub struct Measured {
     pub requests: u64,
 }
 
-pub fn measure(oha: &Path, target: &Target, load: Load, duration: Duration) -> anyhow::Result<Measured> {
-    let mut command = Command::new(oha);
+/// Run oha against `target` (on CPU `cpu` only, when given).
+pub fn measure(
+    oha: &Path,
+    cpu: Option<usize>,
+    target: &Target,
+    load: Load,
+    duration: Duration,
+) -> anyhow::Result<Measured> {
+    let mut command = crate::procs::command_on(oha, cpu);
     command
         .arg("--no-tui")
         .arg("--output-format")

@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail, ensure};
 use crate::RunArgs;
 use crate::http1;
 use crate::oha::{self, Load, Target};
-use crate::procs::{Process, free_addr};
+use crate::procs::{Process, command_on, cpu_busy_ticks, free_addr};
 use crate::report::{ListRow, MainRow, Report, SweepRow};
 use crate::setup::{self, SidecarFiles};
 
@@ -29,6 +29,9 @@ struct Tools {
     nginx: PathBuf,
     sidecar: PathBuf,
     me: PathBuf,
+    /// `--pin`: the CPU every server runs on, and the load generator's.
+    server_cpu: Option<usize>,
+    load_cpu: Option<usize>,
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<String> {
@@ -40,15 +43,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
     let token = setup::key_and_token(&jwks)?;
 
     let upstream_addr = free_addr()?;
-    let mut upstream_cmd = Command::new(&tools.me);
+    let mut upstream_cmd = command_on(&tools.me, tools.server_cpu);
     upstream_cmd.arg("upstream").arg("--listen").arg(upstream_addr.to_string());
     let mut upstream = Process::spawn("upstream", upstream_cmd, run_dir)?;
     upstream.wait_http_ok(upstream_addr, "/", Duration::from_secs(10))?;
 
     let nginx_addr = free_addr()?;
     let nginx_conf = run_dir.join("nginx.conf");
-    std::fs::write(&nginx_conf, setup::nginx_config(run_dir, nginx_addr, upstream_addr))?;
-    let mut nginx_cmd = Command::new(&tools.nginx);
+    std::fs::write(&nginx_conf, setup::nginx_config(run_dir, nginx_addr, upstream_addr, args.pin))?;
+    let mut nginx_cmd = command_on(&tools.nginx, tools.server_cpu);
     nginx_cmd.arg("-p").arg(run_dir).arg("-e").arg(run_dir.join("nginx-error.log")).arg("-c").arg(&nginx_conf);
     let mut nginx = Process::spawn("nginx", nginx_cmd, run_dir)?;
     nginx.wait_http_ok(nginx_addr, "/", Duration::from_secs(10))?;
@@ -91,17 +94,32 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
     let mut report = Report::new(setup::machine(), versions(&tools), args);
     for (name, target) in &targets {
         eprintln!("loadbench: {name}");
-        let saturated =
-            oha::measure(&tools.oha, target, Load::Saturate { connections: args.connections }, args.duration)
-                .with_context(|| format!("{name}, saturation"))?;
+        let busy_before = tools.server_cpu.and_then(cpu_busy_ticks);
+        let saturated = oha::measure(
+            &tools.oha,
+            tools.load_cpu,
+            target,
+            Load::Saturate { connections: args.connections },
+            args.duration,
+        )
+        .with_context(|| format!("{name}, saturation"))?;
+        let busy_after = tools.server_cpu.and_then(cpu_busy_ticks);
+        // clock ticks are 1/100 s (Linux's USER_HZ)
+        let cpu_us = match (busy_before, busy_after) {
+            (Some(before), Some(after)) if saturated.requests > 0 => {
+                Some((after.saturating_sub(before)) as f64 * 10_000.0 / saturated.requests as f64)
+            }
+            _ => None,
+        };
         let mut at_rates = Vec::new();
         for &rate in &args.rates {
             let load = Load::Rate { rate, connections: args.connections };
             at_rates.push(
-                oha::measure(&tools.oha, target, load, args.duration).with_context(|| format!("{name}, {rate}/s"))?,
+                oha::measure(&tools.oha, tools.load_cpu, target, load, args.duration)
+                    .with_context(|| format!("{name}, {rate}/s"))?,
             );
         }
-        report.main.push(MainRow { name: (*name).to_owned(), saturated, at_rates });
+        report.main.push(MainRow { name: (*name).to_owned(), saturated, at_rates, cpu_us });
     }
     sidecar.check_running()?;
     report.sidecar_ready = Some(ready);
@@ -140,12 +158,13 @@ fn sweep(
             };
             let saturated = oha::measure(
                 &tools.oha,
+                tools.load_cpu,
                 &target,
                 Load::Saturate { connections: args.connections },
                 args.sweep_duration,
             )?;
             let load = Load::Rate { rate: SWEEP_RATE, connections: args.connections };
-            let at_rate = oha::measure(&tools.oha, &target, load, args.sweep_duration)?;
+            let at_rate = oha::measure(&tools.oha, tools.load_cpu, &target, load, args.sweep_duration)?;
             sidecar.check_running()?;
             report.sweep.push(SweepRow {
                 policies,
@@ -183,7 +202,7 @@ fn sweep(
             expect_status: 200,
         };
         let load = Load::Saturate { connections: LIST_CONNECTIONS };
-        let measured = oha::measure(&tools.oha, &target, load, args.sweep_duration)?;
+        let measured = oha::measure(&tools.oha, tools.load_cpu, &target, load, args.sweep_duration)?;
         sidecar.check_running()?;
         report.lists.push(ListRow { accounts, items, measured });
     }
@@ -211,7 +230,7 @@ fn start_sidecar(
 ) -> anyhow::Result<(Process, Duration)> {
     let config = run_dir.join(format!("{name}.toml"));
     std::fs::write(&config, setup::sidecar_config(files))?;
-    let mut command = Command::new(&tools.sidecar);
+    let mut command = command_on(&tools.sidecar, tools.server_cpu);
     command.arg("serve").arg("--config").arg(&config).env("RUST_LOG", "info");
     let mut process = Process::spawn(name, command, run_dir)?;
     let ready = process.wait_http_ok(files.admin, "/readyz", Duration::from_secs(30))?;
@@ -262,7 +281,18 @@ fn tools(args: &RunArgs) -> anyhow::Result<Tools> {
         let ok = Command::new(tool).arg(flag).output().is_ok_and(|o| o.status.success());
         ensure!(ok, "{} is not runnable (bench/run.sh installs it)", tool.display());
     }
-    Ok(Tools { oha: args.oha.clone(), nginx: args.nginx.clone(), sidecar, me })
+    if args.pin {
+        let ok = Command::new("taskset").arg("-c").arg("1").arg("true").status().is_ok_and(|s| s.success());
+        ensure!(ok, "--pin needs `taskset` (util-linux) and at least two CPUs");
+    }
+    Ok(Tools {
+        oha: args.oha.clone(),
+        nginx: args.nginx.clone(),
+        sidecar,
+        me,
+        server_cpu: args.pin.then_some(0),
+        load_cpu: args.pin.then_some(1),
+    })
 }
 
 fn versions(tools: &Tools) -> String {

@@ -132,12 +132,14 @@ handler = "account_pool"
 /// nginx as the plain reverse proxy a platform team would deploy: a worker per core,
 /// keep-alive to the upstream, an access log line per request (the sidecar writes an
 /// audit line per request).
-pub fn nginx_config(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
+/// With `one_worker` (pinned runs), one worker process, since it has one core.
+pub fn nginx_config(dir: &Path, listen: SocketAddr, upstream: SocketAddr, one_worker: bool) -> String {
     let d = dir.display();
+    let workers = if one_worker { "1" } else { "auto" };
     format!(
         r#"daemon off;
 master_process on;
-worker_processes auto;
+worker_processes {workers};
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
