@@ -201,7 +201,7 @@ impl ScopeIndex {
 /// A policy set of `policies`, taken from `whole`: static policies as they are, linked
 /// policies linked again to their templates (added once each). `None` if `whole` lacks
 /// a template of theirs.
-pub(super) fn subset<'a>(whole: &PolicySet, policies: impl IntoIterator<Item = &'a Policy>) -> Option<PolicySet> {
+fn subset<'a>(whole: &PolicySet, policies: impl IntoIterator<Item = &'a Policy>) -> Option<PolicySet> {
     let mut set = PolicySet::new();
     let mut templates = HashSet::new();
     for policy in policies {
