@@ -135,3 +135,115 @@ fn a_context_shape_checked_once_vouches_only_for_the_same_types() {
     }
     assert!(decide(&profile, &full).unwrap().is_allowed());
 }
+
+/// The principals of [`kept_decisions_answer_their_own_question_only`]: one user,
+/// three tokens (different teams, different lines of business), and the first token
+/// again after the lifecycle table says the user left Team1 (a principal of its own).
+fn token_principals(
+    snapshot: &PolicySnapshot,
+) -> Vec<(std::sync::Arc<authz_sidecar::policy_store::CheckedEntity>, Entity)> {
+    // the token's digest, its teams, the user's line of business, the teams lost since
+    type Token<'a> = ([u8; 32], &'a [&'a str], &'a str, &'a [&'a str]);
+    let tokens: [Token<'_>; 4] = [
+        ([1; 32], &["Team1", "Team2"], "lob-a", &[]),
+        ([2; 32], &["Team2"], "lob-a", &[]),
+        ([3; 32], &["Team1"], "lob-b", &[]),
+        ([1; 32], &["Team2"], "lob-a", &["Team1"]),
+    ];
+    tokens
+        .into_iter()
+        .map(|(token, teams, lob, lost)| {
+            let entity = principal("user-1", teams, lob, snapshot);
+            let lost: Vec<String> = lost.iter().map(|t| (*t).to_owned()).collect();
+            let built = snapshot
+                .request_principal_over(token, 0, &lost, || Ok::<_, std::convert::Infallible>(entity.clone()))
+                .unwrap();
+            (built, entity)
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Decisions are kept per snapshot by every input of the question (see
+    /// `DecisionKey`). Over a small world where questions repeat and differ in one input
+    /// at a time (the same user with other teams, another line of business, a team lost
+    /// since the token; another profile; another address or endpoint), every answer,
+    /// kept or not, is the answer the general path gives that question afresh.
+    #[test]
+    fn kept_decisions_answer_their_own_question_only(
+        questions in prop::collection::vec(
+            (0usize..4, prop::sample::select(vec!["user-1-team1", "user-1-team2", "user-2-team2"]),
+             prop::sample::select(vec!["10.1.2.3", "8.8.8.8"]),
+             prop::sample::select(vec![Some("vpce-0a1a000000000001a"), Some("vpce-0b2b000000000001b"), None])),
+            1..40,
+        ),
+    ) {
+        // a snapshot of its own, so that nothing is kept from another case
+        let ws = crate::support::Workspace::shipped();
+        let snapshot = authz_sidecar::policy_store::PolicyStore::load_files(&ws.dirs()).unwrap().current().unwrap();
+        let action = uid(r#"Studio::Action::"CreatePresignedDomainUrl""#);
+        let principals = token_principals(&snapshot);
+        for (who, profile, ip, vpce) in questions {
+            let (requester, entity) = &principals[who];
+            let resource = uid(&format!(r#"Studio::UserProfile::"{profile}""#));
+            let mut pairs = vec![("sourceIp".to_owned(), ip.to_owned())];
+            if let Some(vpce) = vpce {
+                pairs.push(("sourceVpce".to_owned(), vpce.to_owned()));
+            }
+            let json_context = serde_json::Value::Object(pairs.iter().map(|(k, v)| (k.clone(), json!(v))).collect());
+            let fresh = Engine::new()
+                .decide(
+                    &snapshot,
+                    &DecisionRequest::new(entity.uid(), action.clone(), resource.clone())
+                        .with_context(json_context)
+                        .with_entities(vec![entity.clone()]),
+                )
+                .unwrap();
+            prop_assert!(!fresh.cached, "a question with entities of the caller's own is never kept");
+            let context = context_from_strings(&snapshot, &action, &pairs).unwrap();
+            let request = DecisionRequest::built(requester.clone(), action.clone(), resource.clone(), context);
+            let kept = Engine::new().decide(&snapshot, &request).unwrap();
+            prop_assert_eq!(kept.effect, fresh.effect, "{:?} {} {} {:?}", who, profile, ip, vpce);
+            prop_assert_eq!(&kept.policies, &fresh.policies);
+            prop_assert_eq!(kept.reason, fresh.reason);
+        }
+    }
+}
+
+/// The same question asked again is answered from the kept decision (so the property
+/// above does exercise kept decisions), and a reload starts with none kept.
+#[test]
+fn a_repeated_question_is_answered_from_the_kept_decision() {
+    let ws = crate::support::Workspace::shipped();
+    let store = authz_sidecar::policy_store::PolicyStore::load_files(&ws.dirs()).unwrap();
+    let action = uid(r#"Studio::Action::"CreatePresignedDomainUrl""#);
+    let resource = uid(r#"Studio::UserProfile::"user-1-team1""#);
+    let pairs = vec![
+        ("sourceIp".to_owned(), "10.1.2.3".to_owned()),
+        ("sourceVpce".to_owned(), "vpce-0a1a000000000001a".to_owned()),
+    ];
+    let ask = |snapshot: &PolicySnapshot| {
+        let entity = principal("user-1", &["Team1"], "lob-a", snapshot);
+        let requester = snapshot.request_principal([5; 32], || Ok::<_, std::convert::Infallible>(entity)).unwrap();
+        let context = context_from_strings(snapshot, &action, &pairs).unwrap();
+        Engine::new()
+            .decide(snapshot, &DecisionRequest::built(requester, action.clone(), resource.clone(), context))
+            .unwrap()
+    };
+    let snapshot = store.current().unwrap();
+    // the first context goes through Cedar's parser (not kept); then typed, decided, kept
+    let cached: Vec<bool> = (0..4).map(|_| ask(&snapshot).cached).collect();
+    assert_eq!(cached, [false, false, true, true]);
+    let again = ask(&snapshot);
+    assert!(again.is_allowed() && again.cached, "{again:?}");
+    assert_eq!(again.policies, ["presign-own-profile"]);
+    // a reload is a new snapshot: nothing kept
+    ws.write_policy("extra.cedar", "@id(\"nothing-new\") forbid (principal, action, resource) when { false };");
+    let outcome = authz_sidecar::policy_store::reload_once(&store, &ws.dirs());
+    assert!(matches!(outcome, authz_sidecar::policy_store::ReloadOutcome::Published(_)), "{outcome:?}");
+    let reloaded = store.current().unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&snapshot, &reloaded));
+    assert!(!ask(&reloaded).cached);
+}

@@ -68,6 +68,10 @@ pub struct AuditEvent {
     /// The snapshot that decided.
     pub snapshot: String,
     pub latency_us: u64,
+    /// The decision was made earlier in this snapshot for exactly this question and
+    /// kept (written only when true).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
 }
 
 /// What is known of a question before it is decided: who asked what, where.
@@ -92,8 +96,11 @@ impl AuditEvent {
         let errors = decision.errors.iter().map(|e| format!("{}: {}", e.policy, e.message)).collect();
         let effect = if decision.is_allowed() { "allow" } else { "deny" };
         let latency_us = u64::try_from(decision.elapsed.as_micros()).unwrap_or(u64::MAX);
-        Self::from_parts(asked, effect, decision.reason.as_str(), decision.policies.clone(), errors, latency_us)
-            .with_snapshot(decision.snapshot.clone())
+        let mut event =
+            Self::from_parts(asked, effect, decision.reason.as_str(), decision.policies.clone(), errors, latency_us)
+                .with_snapshot(decision.snapshot.clone());
+        event.cached = decision.cached;
+        event
     }
 
     /// The event of a question denied before Cedar decided it (`reason` says why;
@@ -132,6 +139,7 @@ impl AuditEvent {
             vpce,
             snapshot: String::new(),
             latency_us,
+            cached: false,
         }
     }
 

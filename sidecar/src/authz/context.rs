@@ -17,7 +17,7 @@ use cedar_policy::{Context, EntityUid, RestrictedExpression};
 use serde_json::Value;
 
 use super::RequestError;
-use crate::policy_store::{ContextValueKind, PolicySnapshot};
+use crate::policy_store::{ContextValueKind, PolicySnapshot, next_serial};
 
 /// The kinds tried, in order, when learning how an attribute is built.
 const KINDS: [ContextValueKind; 5] = [
@@ -38,11 +38,16 @@ pub type ContextShape = Box<[(String, ContextValueKind)]>;
 pub struct TypedContext {
     pub context: Context,
     pub shape: Option<ContextShape>,
+    /// Names this exact context among every context of the process (see
+    /// [`crate::policy_store::next_serial`]) when it was built from strings and kept by
+    /// the snapshot; 0 for a context made any other way. Only a named context lets a
+    /// decision be kept (see [`crate::policy_store::PolicySnapshot::known_decision`]).
+    pub serial: u64,
 }
 
 impl From<Context> for TypedContext {
     fn from(context: Context) -> Self {
-        Self { context, shape: None }
+        Self { context, shape: None, serial: 0 }
     }
 }
 
@@ -67,7 +72,7 @@ pub fn context_from_strings(
         }
     }
     let context = Context::from_pairs(typed).map_err(|e| bad_context(action, &e))?;
-    let typed = TypedContext { context, shape: Some(shape.into_boxed_slice()) };
+    let typed = TypedContext { context, shape: Some(shape.into_boxed_slice()), serial: next_serial() };
     snapshot.remember_typed_context(action, pairs, &typed);
     Ok(typed)
 }

@@ -18,7 +18,7 @@ use cedar_policy::{
 use serde::Serialize;
 
 use super::context::TypedContext;
-use crate::policy_store::{CheckedEntity, PolicySnapshot};
+use crate::policy_store::{CheckedEntity, DecisionKey, PolicySnapshot};
 
 /// Allow or deny, the only two answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -82,6 +82,10 @@ pub struct Decision {
     pub snapshot: String,
     #[serde(rename = "elapsed_us", serialize_with = "micros")]
     pub elapsed: Duration,
+    /// Made earlier in this snapshot for exactly this question, and kept (see
+    /// [`crate::policy_store::DecisionKey`]); said in the audit event only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
 }
 
 fn micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -111,7 +115,15 @@ impl Decision {
             (cedar_policy::Decision::Deny, true, false) => (Effect::Deny, DecisionReason::Forbidden),
             (cedar_policy::Decision::Deny, true, true) => (Effect::Deny, DecisionReason::NoPermit),
         };
-        Self { effect, reason, policies, errors, snapshot: snapshot.version().to_string(), elapsed: started.elapsed() }
+        Self {
+            effect,
+            reason,
+            policies,
+            errors,
+            snapshot: snapshot.version().to_string(),
+            elapsed: started.elapsed(),
+            cached: false,
+        }
     }
 }
 
@@ -259,6 +271,23 @@ impl Engine {
     /// the slices it reaches (see [`PolicySnapshot::request_entities`]).
     pub fn decide(&self, snapshot: &PolicySnapshot, request: &DecisionRequest) -> Result<Decision, RequestError> {
         let started = Instant::now();
+        let key = decision_key(request);
+        if let Some(known) = key.as_ref().and_then(|key| snapshot.known_decision(key)) {
+            return Ok(Decision { elapsed: started.elapsed(), cached: true, ..Decision::clone(&known) });
+        }
+        let decision = self.evaluate(snapshot, request, started)?;
+        if let Some(key) = key {
+            snapshot.remember_decision(key, Arc::new(decision.clone()));
+        }
+        Ok(decision)
+    }
+
+    fn evaluate(
+        &self,
+        snapshot: &PolicySnapshot,
+        request: &DecisionRequest,
+        started: Instant,
+    ) -> Result<Decision, RequestError> {
         let schema = snapshot.schema();
         let (context, context_roots, shape) = match &request.context {
             QuestionContext::Json(json) => {
@@ -331,6 +360,25 @@ impl Engine {
         };
         Decision::from_response(&response, snapshot, started)
     }
+}
+
+/// The key a decision is kept under, when every input of the question is named by a
+/// serial (see [`DecisionKey`]): a typed context kept by the snapshot, and no entities
+/// of the caller's own (those are checked and assembled every time). `None`: decided
+/// afresh every time.
+fn decision_key(request: &DecisionRequest) -> Option<DecisionKey> {
+    let QuestionContext::Typed(typed) = &request.context else { return None };
+    if typed.serial == 0 || !request.entities.is_empty() {
+        return None;
+    }
+    let built = match &request.principal {
+        Asker::Built(principal) => Some(principal.as_ref()),
+        Asker::Uid(_) => None,
+    };
+    // the same serials and roots, in the same order, as the request's entity set
+    let serials = built.into_iter().chain(request.checked.iter().map(Arc::as_ref)).map(CheckedEntity::serial).collect();
+    let roots = vec![request.principal.uid().clone(), request.resource.clone()].into_boxed_slice();
+    Some(DecisionKey { entities: (serials, roots), action: request.action.clone(), context: typed.serial })
 }
 
 /// Entity uids written in a context (`{"type": .., "id": ..}` or `{"__entity": ..}`),

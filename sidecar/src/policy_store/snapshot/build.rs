@@ -115,6 +115,7 @@ impl PolicySnapshot {
             context_values: Cache::builder().max_capacity(10_000).build(),
             checked_shapes: Cache::builder().max_capacity(1_024).build(),
             typed_contexts: Cache::builder().max_capacity(10_000).build(),
+            decisions: Cache::builder().max_capacity(super::DECISION_CACHE_CAPACITY).build(),
         })
     }
 }

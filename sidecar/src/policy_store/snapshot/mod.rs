@@ -24,7 +24,7 @@ use cedar_policy::{Entities, Entity, EntityTypeName, EntityUid, PolicyId, Policy
 use moka::sync::Cache;
 
 pub use build::PolicyParts;
-pub use slices::{CheckedEntity, Slice};
+pub use slices::{CheckedEntity, Slice, next_serial};
 
 use super::diagnostics::{Location, Problem};
 use super::sources::SourceDirs;
@@ -37,7 +37,23 @@ type PrincipalKey = ([u8; 32], u64, Box<[String]>);
 
 /// A request entity set's cache key: the serials of the checked entities it was built
 /// with, and its roots (see [`PolicySnapshot::request_entities`]).
-type RequestEntitiesKey = (Box<[u64]>, Box<[EntityUid]>);
+pub type RequestEntitiesKey = (Box<[u64]>, Box<[EntityUid]>);
+
+/// A decision's cache key: every input of a Cedar decision that is not the snapshot
+/// itself. The request's entities are named by the key of their set (the serials of
+/// the checked entities, and the roots: the principal's and the resource's uids); the
+/// context by its serial (see [`crate::authz::TypedContext::serial`]); and the action.
+/// Each serial names one immutable value, so two requests with one key are the same
+/// question over the same entities and policies, and Cedar's answer is the same.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DecisionKey {
+    pub entities: RequestEntitiesKey,
+    pub action: EntityUid,
+    pub context: u64,
+}
+
+/// How many decisions a snapshot keeps (each a few hundred bytes with its key).
+const DECISION_CACHE_CAPACITY: u64 = 8_192;
 
 /// How many entities the request entity sets a snapshot keeps may hold in all: at
 /// 10 to 30 entities per set, some hundreds of sets (principal and resource pairs).
@@ -173,6 +189,8 @@ pub struct PolicySnapshot {
     /// Typed contexts by action and the strings they were built from (see
     /// [`PolicySnapshot::typed_context`]).
     typed_contexts: Cache<TypedContextKey, crate::authz::TypedContext>,
+    /// Decisions by every input but the snapshot (see [`DecisionKey`]).
+    decisions: Cache<DecisionKey, Arc<crate::authz::Decision>>,
 }
 
 /// An action and the strings of a context.
@@ -339,6 +357,21 @@ impl PolicySnapshot {
     /// strings recur: one client's address and endpoint within the same second.
     pub fn typed_context(&self, action: &EntityUid, pairs: &[(String, String)]) -> Option<crate::authz::TypedContext> {
         self.typed_contexts.get(&(action.clone(), pairs.into()))
+    }
+
+    /// The decision made earlier in this snapshot for exactly this question (see
+    /// [`DecisionKey`]): Cedar's evaluation is a pure function of the policies, the
+    /// entities and the request, so it is made once per question and snapshot.
+    pub fn known_decision(&self, key: &DecisionKey) -> Option<Arc<crate::authz::Decision>> {
+        let known = self.decisions.get(key);
+        let result = if known.is_some() { "hit" } else { "miss" };
+        metrics::counter!("authz_decision_cache_total", "result" => result).increment(1);
+        known
+    }
+
+    /// Keep a decision made for `key` (see [`Self::known_decision`]).
+    pub fn remember_decision(&self, key: DecisionKey, decision: Arc<crate::authz::Decision>) {
+        self.decisions.insert(key, decision);
     }
 
     /// Keep a typed context built from `pairs` (see [`Self::typed_context`]).

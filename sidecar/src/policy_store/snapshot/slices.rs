@@ -10,6 +10,14 @@ use cedar_policy::{Entities, Entity, EntityUid, EvalResult};
 
 use super::{PolicySnapshot, RequestEntitiesKey};
 
+/// A number no other call in this process gets (never 0): names an immutable input of
+/// decisions (a checked entity, a typed context) in cache keys, where an address could
+/// be reused once the input is gone.
+pub fn next_serial() -> u64 {
+    static SERIALS: AtomicU64 = AtomicU64::new(1);
+    SERIALS.fetch_add(1, Ordering::Relaxed)
+}
+
 /// An entity a request brings, already checked against the schema, with the uids it
 /// points at (its direct parents, and the entity uids in its attributes and tags),
 /// ready to be added to request entities: a principal built from a verified token, an
@@ -28,9 +36,7 @@ impl CheckedEntity {
     /// `entity` must already conform to the snapshot's schema (it is added to request
     /// entities without another check).
     pub fn new(entity: Entity) -> Self {
-        static SERIALS: AtomicU64 = AtomicU64::new(1);
-        let serial = SERIALS.fetch_add(1, Ordering::Relaxed);
-        Self { uid: entity.uid(), references: references(&entity, None), entity, serial }
+        Self { uid: entity.uid(), references: references(&entity, None), entity, serial: next_serial() }
     }
 
     pub fn uid(&self) -> &EntityUid {
@@ -39,6 +45,11 @@ impl CheckedEntity {
 
     pub fn entity(&self) -> &Entity {
         &self.entity
+    }
+
+    /// Names this entity among every entity checked in this process (see [`next_serial`]).
+    pub fn serial(&self) -> u64 {
+        self.serial
     }
 
     /// The uids this entity points at.
