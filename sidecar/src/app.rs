@@ -494,12 +494,12 @@ pub async fn run_with_snapshot(
     let limits = ConnLimits::from_config(&app.config.server, max_connections);
     let admin_limits = limits.admin();
     let data_app = app.clone();
-    let data = server::serve(listeners.data, tls, limits.clone(), shutdown.clone(), move |request, peer| {
+    let data = server::serve(listeners.data, tls, limits.clone(), shutdown.clone(), move |request, inbound| {
         let app = data_app.clone();
-        async move { server::pipeline::handle(&app.state, request, peer).await }
+        async move { server::pipeline::handle_on(&app.state, request, inbound).await }
     });
     let admin_app = app.clone();
-    let admin = server::serve(listeners.admin, None, admin_limits, shutdown.clone(), move |request, _peer| {
+    let admin = server::serve(listeners.admin, None, admin_limits, shutdown.clone(), move |request, _inbound| {
         let app = admin_app.clone();
         let metrics = metrics.clone();
         async move { server::admin::handle(&app.state, &metrics, request) }

@@ -52,6 +52,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::Body;
 use crate::config::ServerConfig;
+use crate::proxy::owned::UpstreamSlots;
 
 /// Limits every connection of a listener gets.
 #[derive(Debug, Clone)]
@@ -191,6 +192,14 @@ impl Drop for Busy {
     }
 }
 
+/// What a request knows of the connection it came on.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub peer: SocketAddr,
+    /// The connection's own upstream connections (see [`crate::proxy::owned`]).
+    pub(crate) upstreams: Option<Arc<UpstreamSlots>>,
+}
+
 /// Serve `handler` on `listener` until `shutdown`, then drain.
 pub async fn serve<H, F>(
     listener: TcpListener,
@@ -199,7 +208,7 @@ pub async fn serve<H, F>(
     shutdown: CancellationToken,
     handler: H,
 ) where
-    H: Fn(hyper::Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(hyper::Request<Incoming>, Inbound) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
 {
     let limits = Arc::new(limits);
@@ -289,14 +298,16 @@ async fn serve_connection<IO, H, F>(
     closing: &CancellationToken,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(hyper::Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(hyper::Request<Incoming>, Inbound) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
 {
     let activity = Activity::new(accepted);
     let tracked = activity.clone();
+    // dropped with the connection, and with them its upstream connections
+    let upstreams = Arc::new(UpstreamSlots::default());
     let service = service_fn(move |request| {
         let busy = tracked.begin();
-        let response = handler(request, peer);
+        let response = handler(request, Inbound { peer, upstreams: Some(upstreams.clone()) });
         async move {
             let response = response.await;
             // the request stays in flight until its response body is done or dropped

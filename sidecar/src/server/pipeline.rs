@@ -28,6 +28,7 @@ use cedar_policy::{EntityId, EntityUid};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Body as HttpBody;
 
+use super::Inbound;
 use super::context;
 use super::path::canonicalize;
 use super::state::State;
@@ -43,6 +44,7 @@ use crate::directory::{GatherError, Gathered, gather};
 use crate::handlers::presign::resolve;
 use crate::handlers::profiles::derive_profile;
 use crate::policy_store::PolicySnapshot;
+use crate::proxy::owned::UpstreamSlots;
 use crate::proxy::{self, ClientBody, Hygiene, Outgoing, Vouch};
 use crate::rescue::ApiError;
 
@@ -59,11 +61,20 @@ pub struct Call {
     pub started: Instant,
     /// The matched route's name, once routed (the metrics label).
     pub route: Option<String>,
+    /// The upstream connections of the inbound connection the request came on (see
+    /// [`crate::proxy::owned`]); `None` when driven in-process (the pooled client sends).
+    pub(crate) upstreams: Option<Arc<UpstreamSlots>>,
 }
 
 impl Call {
     pub fn new(peer: SocketAddr) -> Self {
-        Self { request_id: uuid::Uuid::new_v4().simple().to_string(), peer, started: Instant::now(), route: None }
+        Self {
+            request_id: uuid::Uuid::new_v4().simple().to_string(),
+            peer,
+            started: Instant::now(),
+            route: None,
+            upstreams: None,
+        }
     }
 }
 
@@ -74,7 +85,17 @@ where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let mut call = Call::new(peer);
+    handle_on(state, request, Inbound { peer, upstreams: None }).await
+}
+
+/// Serve one data-plane request that came on `inbound`.
+pub async fn handle_on<B>(state: &State, request: Request<B>, inbound: Inbound) -> Response<Body>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut call = Call::new(inbound.peer);
+    call.upstreams = inbound.upstreams;
     let outcome = tokio::time::timeout(state.server.request_timeout, run(state, request, &mut call)).await;
     let response = match outcome {
         Ok(Ok(response)) => response,
@@ -281,9 +302,10 @@ where
                 vpce_believed: origin.peer_trusted,
                 pass_authorization: upstream.pass_authorization,
             };
-            let call =
+            let slots = call.upstreams.as_ref();
+            let outgoing =
                 Outgoing { method: parts.method, headers: parts.headers, path_and_query, body, vouch: &vouch, hygiene };
-            proxy::forward(client, upstream, call).await
+            proxy::forward(client, slots, upstream, outgoing).await
         }
         Handler::Presign(options) => {
             let presigner = state.presigner.as_ref().ok_or(ApiError::Internal)?;

@@ -15,6 +15,12 @@
 //! `max_body_bytes` as it flows (413 past it, 400 when the client's framing is broken).
 //! The upstream has a connect timeout (502 when it cannot be reached) and a response
 //! timeout (504).
+//!
+//! A served request goes out on its inbound connection's own upstream connection (see
+//! [`owned`]); the pooled client carries the rest (HTTPS upstreams, concurrent streams
+//! of one HTTP/2 connection, requests driven in-process).
+
+pub(crate) mod owned;
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -31,6 +37,7 @@ use crate::body::{Body, BoxError};
 use crate::config::Upstream;
 use crate::http_client::HttpClient;
 use crate::rescue::ApiError;
+use owned::UpstreamSlots;
 
 /// Headers the sidecar sets on forwarded requests; incoming ones with this prefix are dropped.
 pub(crate) const IDENTITY_PREFIX: &str = "x-authz-";
@@ -216,6 +223,7 @@ impl HttpBody for ClientBody {
 
 pub(crate) async fn forward(
     client: &HttpClient,
+    slots: Option<&Arc<UpstreamSlots>>,
     upstream: &Upstream,
     call: Outgoing<'_>,
 ) -> Result<Response<Body>, ApiError> {
@@ -248,7 +256,17 @@ pub(crate) async fn forward(
     *request.headers_mut() = headers;
 
     let started = std::time::Instant::now();
-    let result = tokio::time::timeout(upstream.timeout, client.request(request)).await;
+    let claim = slots.and_then(|slots| slots.claim(request.uri()));
+    let sent = async {
+        match claim {
+            Some(claim) => claim.send(request, upstream.connect_timeout).await,
+            None => match client.request(request).await {
+                Ok(response) => Ok(response.map(|body| body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync())),
+                Err(error) => Err(error.into()),
+            },
+        }
+    };
+    let result = tokio::time::timeout(upstream.timeout, sent).await;
     metrics::histogram!("authz_upstream_seconds").record(started.elapsed().as_secs_f64());
     let response = match result {
         Err(_) => return Err(ApiError::GatewayTimeout),
@@ -263,7 +281,6 @@ pub(crate) async fn forward(
     };
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
     Ok(Response::from_parts(parts, body))
 }
 
