@@ -487,6 +487,7 @@ pub async fn run_with_snapshot(
     tokio::spawn(app.clone().load_keys(tasks.clone()));
     tokio::spawn(app.clone().watch_directory(tasks.clone()));
     tokio::spawn(app.clone().sync_memberships(tasks.clone()));
+    tokio::spawn(app.state.overload.clone().probe(tasks.clone()));
 
     let soft = server::limits::nofile().map(|(soft, _)| soft);
     let max_connections = server::limits::max_connections(app.config.server.max_connections, soft);

@@ -383,3 +383,75 @@ async fn the_token_is_the_authority_on_group_membership() {
     // A user the entities do not know gets no LOB, so no profile at all.
     assert_eq!(sidecar.studio("/studio/user-9/team1", &token("user-9", &["Team1"])).await.0, 403);
 }
+
+/// A runtime too busy to run its tasks on time (both workers held, the way a flood of
+/// requests or a throttled CPU quota holds them) sheds every new request with 429 and
+/// `Retry-After` before doing any work for it, and serves again once it has been calm
+/// for a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_runtime_sheds_new_requests_until_it_is_calm() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ws = Workspace::shipped();
+    let jwks = harness::Jwks::start(&[&keys().0]).await;
+    let upstream = harness::TestServer::start(|_| (200, "upstream ok".to_owned(), Duration::ZERO)).await;
+    let toml = harness::config_toml(&ws, &jwks.url(), &upstream.url(), &Setup::default()).replacen(
+        "[server]\n",
+        "[server]\nshed_delay = \"20ms\"\n",
+        1,
+    );
+    let launched = harness::launch(authz_sidecar::config::Config::from_toml(&toml, "test").unwrap()).await;
+    let sidecar = Sidecar::from_parts(launched, ws, jwks, upstream).ready().await;
+    let auth = format!("Bearer {}", token("user-1", &["Team1"]));
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("x-amzn-vpce-id", "vpce-0a1a000000000001a"),
+        ("x-forwarded-for", "10.1.2.3"),
+    ];
+    assert_eq!(sidecar.get(ALLOWED, &headers).await.0, 200);
+
+    // both workers held 60 ms at a time, over and over
+    let hogging = Arc::new(AtomicBool::new(true));
+    for _ in 0..2 {
+        let hogging = hogging.clone();
+        tokio::spawn(async move {
+            while hogging.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(60));
+                tokio::task::yield_now().await;
+            }
+        });
+    }
+    let started = tokio::time::Instant::now();
+    let shed = loop {
+        let (status, headers, body) = sidecar.get(ALLOWED, &headers).await;
+        if status == 429 {
+            break (headers, body);
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "never shed");
+    };
+    assert_eq!(shed.0["retry-after"], "1");
+    assert!(shed.1.contains("request_id"), "the JSON error shape: {}", shed.1);
+    for _ in 0..3 {
+        assert_eq!(sidecar.get(ALLOWED, &headers).await.0, 429, "shed while the runtime is late");
+    }
+    let calls = sidecar.upstream.calls();
+    hogging.store(false, Ordering::Relaxed);
+
+    // calm again: served after a second or so
+    let calm = tokio::time::Instant::now();
+    loop {
+        if sidecar.get(ALLOWED, &headers).await.0 == 200 {
+            break;
+        }
+        assert!(calm.elapsed() < Duration::from_secs(5), "still shedding long after the load went");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sidecar.upstream.calls(), calls + 1, "no shed request reached the upstream");
+    let (_, _, metrics) = harness::get(sidecar.admin, "/metrics", &[]).await;
+    let shed_count = metrics
+        .lines()
+        .find(|l| l.starts_with("authz_requests_shed_total{") && l.contains("reason=\"scheduling_delay\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(shed_count.is_some_and(|n| n >= 4.0), "{shed_count:?}");
+    assert!(metrics.contains("authz_scheduling_delay_seconds"));
+}

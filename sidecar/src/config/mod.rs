@@ -107,6 +107,9 @@ pub struct ServerConfig {
     pub max_headers: usize,
     pub max_body_bytes: usize,
     pub max_concurrent_requests: usize,
+    /// Shed new requests while the scheduling delay is past this; zero: never (see
+    /// [`crate::server::overload`]).
+    pub shed_delay: Duration,
     /// Open data-plane connections; `None`: what the descriptor limit allows (see
     /// `server/limits.rs`).
     pub max_connections: Option<usize>,
@@ -404,6 +407,7 @@ impl Config {
                 max_headers: server.max_headers,
                 max_body_bytes: server.max_body_bytes,
                 max_concurrent_requests: server.max_concurrent_requests,
+                shed_delay: server.shed_delay,
                 max_connections: server.max_connections,
                 idle_timeout: server.idle_timeout,
                 http2_keep_alive_interval: server.http2_keep_alive_interval,

@@ -107,6 +107,9 @@ pub struct RawServer {
     pub max_headers: usize,
     pub max_body_bytes: usize,
     pub max_concurrent_requests: usize,
+    /// Shed new requests while the runtime's scheduling delay is past this (0: never).
+    #[serde(with = "humantime_serde")]
+    pub shed_delay: Duration,
     /// Open data-plane connections; default: what the descriptor limit allows.
     pub max_connections: Option<usize>,
     #[serde(with = "humantime_serde")]
@@ -128,6 +131,7 @@ impl Default for RawServer {
             max_headers: 100,
             max_body_bytes: 1024 * 1024,
             max_concurrent_requests: 1024,
+            shed_delay: Duration::from_millis(50),
             max_connections: None,
             idle_timeout: Duration::from_secs(60),
             http2_keep_alive_interval: Duration::from_secs(20),

@@ -24,6 +24,7 @@ pub mod admin;
 pub mod context;
 pub mod forwarded;
 pub mod limits;
+pub mod overload;
 pub mod path;
 pub mod pipeline;
 pub mod router;

@@ -1,7 +1,8 @@
 //! The life of one data-plane request, top to bottom:
 //!
 //! 0. **head**: more or larger headers than configured → 431;
-//! 1. **shed**: over the concurrency limit → 429, before any work;
+//! 1. **shed**: overloaded (the runtime's scheduling delay past `shed_delay`, see
+//!    [`super::overload`]) or over the concurrency limit → 429, before any work;
 //! 2. **ready**: no policy snapshot or issuer keys yet → 503;
 //! 3. **authenticate**: bearer JWT → identity, or 401 (before routing, so unknown paths
 //!    reveal nothing to anonymous callers);
@@ -130,7 +131,14 @@ where
         return Err(ApiError::HeadersTooLarge);
     }
     // 1. shed
-    let _permit = state.in_flight.clone().try_acquire_owned().map_err(|_| ApiError::Overloaded)?;
+    if state.overload.shedding() {
+        metrics::counter!("authz_requests_shed_total", "reason" => "scheduling_delay").increment(1);
+        return Err(ApiError::Overloaded);
+    }
+    let _permit = state.in_flight.clone().try_acquire_owned().map_err(|_| {
+        metrics::counter!("authz_requests_shed_total", "reason" => "in_flight").increment(1);
+        ApiError::Overloaded
+    })?;
     // 2. ready
     let snapshot = state.store.current().ok_or(ApiError::NotReady)?;
     if !state.authn.ready() {

@@ -46,6 +46,8 @@ pub struct State {
     upstreams: HashMap<String, HttpClient>,
     /// Requests in flight; a request that finds none free is shed with 429.
     pub(crate) in_flight: Arc<Semaphore>,
+    /// Whether the runtime is overloaded (see [`super::overload`]).
+    pub(crate) overload: Arc<super::overload::Overload>,
     pub(crate) dev: Option<DevIssuer>,
     /// Set when a route uses the presign handler.
     pub(crate) presigner: Option<Presigner>,
@@ -87,6 +89,7 @@ impl State {
             engine,
             upstreams,
             in_flight: Arc::new(Semaphore::new(config.server.max_concurrent_requests)),
+            overload: super::overload::Overload::new(config.server.shed_delay),
             dev,
             presigner: None,
             directory: None,

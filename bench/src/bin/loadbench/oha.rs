@@ -44,6 +44,55 @@ pub fn measure(
     load: Load,
     duration: Duration,
 ) -> anyhow::Result<Measured> {
+    parse(&run(oha, cpu, target, load, duration)?, target.expect_status)
+}
+
+/// An overload run: every answer is the target's status or 429 (shed); anything else
+/// fails the run. Latencies (ms) are over every answer, shed ones included.
+#[derive(Debug, Clone, Copy)]
+pub struct Overloaded {
+    pub rps: f64,
+    pub served: u64,
+    pub shed: u64,
+    pub p50: f64,
+    pub p99: f64,
+}
+
+/// Offer `rate` requests per second over `connections` connections.
+pub fn overload(
+    oha: &Path,
+    cpu: Option<usize>,
+    target: &Target,
+    rate: u32,
+    connections: u32,
+    duration: Duration,
+) -> anyhow::Result<Overloaded> {
+    let summary = run(oha, cpu, target, Load::Rate { rate, connections }, duration)?;
+    parse_overload(&summary, target.expect_status)
+}
+
+fn parse_overload(summary: &Value, expect_status: u16) -> anyhow::Result<Overloaded> {
+    let statuses = summary.get("statusCodeDistribution").and_then(Value::as_object).context("no status counts")?;
+    let (mut served, mut shed) = (0, 0);
+    for (status, count) in statuses {
+        let count = count.as_u64().unwrap_or(0);
+        match status.parse::<u16>() {
+            Ok(s) if s == expect_status => served += count,
+            Ok(429) => shed += count,
+            _ => bail!("{count} answers were {status}: neither {expect_status} nor 429"),
+        }
+    }
+    let seconds = |pointer: &str| summary.pointer(pointer).and_then(Value::as_f64).map(|s| s * 1000.0);
+    Ok(Overloaded {
+        rps: summary.pointer("/summary/requestsPerSec").and_then(Value::as_f64).context("no requestsPerSec")?,
+        served,
+        shed,
+        p50: seconds("/latencyPercentiles/p50").context("no p50")?,
+        p99: seconds("/latencyPercentiles/p99").context("no p99")?,
+    })
+}
+
+fn run(oha: &Path, cpu: Option<usize>, target: &Target, load: Load, duration: Duration) -> anyhow::Result<Value> {
     let mut command = crate::procs::command_on(oha, cpu);
     command
         .arg("--no-tui")
@@ -72,8 +121,7 @@ pub fn measure(
     if !output.status.success() {
         bail!("oha failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
     }
-    let summary: Value = serde_json::from_slice(&output.stdout).context("oha's output is not JSON")?;
-    parse(&summary, target.expect_status)
+    serde_json::from_slice(&output.stdout).context("oha's output is not JSON")
 }
 
 fn parse(summary: &Value, expect_status: u16) -> anyhow::Result<Measured> {
@@ -125,5 +173,19 @@ mod tests {
         assert_eq!(m.requests, 8000);
         assert!((m.p99 - 1.0).abs() < 1e-9);
         assert!(parse(&summary, 403).is_err());
+    }
+
+    #[test]
+    fn an_overload_run_counts_shed_answers_and_fails_on_any_other() {
+        let mut summary = serde_json::json!({
+            "summary": {"requestsPerSec": 9000.0},
+            "latencyPercentiles": {"p50": 0.001, "p99": 0.02},
+            "statusCodeDistribution": {"200": 5000, "429": 4000},
+        });
+        let m = parse_overload(&summary, 200).unwrap();
+        assert_eq!((m.served, m.shed), (5000, 4000));
+        assert!((m.p99 - 20.0).abs() < 1e-9);
+        summary["statusCodeDistribution"]["503"] = serde_json::json!(1);
+        assert!(parse_overload(&summary, 200).is_err());
     }
 }

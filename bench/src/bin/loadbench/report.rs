@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::RunArgs;
-use crate::oha::Measured;
+use crate::oha::{Measured, Overloaded};
 
 /// The targets (issue 18).
 const THROUGHPUT_VS_NGINX: f64 = 0.6;
@@ -14,6 +14,22 @@ const ADDED_P99_MS: f64 = 0.5;
 const ADDED_P99_RATE: u32 = 5_000;
 const RSS_MIB: f64 = 40.0;
 const READY_MS: f64 = 100.0;
+/// Offered over the forward path's saturation, and the peak RSS allowed over idle.
+pub const OVERLOAD_FACTOR: f64 = 2.0;
+const OVERLOAD_RSS: f64 = 1.5;
+
+/// The forward path offered twice its saturation rate, on a sidecar of its own.
+#[derive(Debug)]
+pub struct OverloadRow {
+    pub offered: u32,
+    pub connections: u32,
+    pub measured: Overloaded,
+    /// RSS once ready, before the run, and the peak after it.
+    pub idle_kib: Option<u64>,
+    pub peak_kib: Option<u64>,
+    /// `--pin`: core-0 CPU µs per answer (served or shed).
+    pub cpu_us: Option<f64>,
+}
 
 #[derive(Debug)]
 pub struct MainRow {
@@ -54,6 +70,7 @@ pub struct Report {
     pub sidecar_rss_kib: Option<(u64, u64)>,
     pub sweep: Vec<SweepRow>,
     pub lists: Vec<ListRow>,
+    pub overload: Option<OverloadRow>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -82,6 +99,7 @@ impl Report {
             sidecar_rss_kib: None,
             sweep: Vec::new(),
             lists: Vec::new(),
+            overload: None,
         }
     }
 
@@ -160,9 +178,37 @@ impl Report {
         if let Some((peak, now)) = self.sidecar_rss_kib {
             let _ = writeln!(out, "- Sidecar RSS after the runs: peak {:.1} MiB, now {:.1} MiB.", mib(peak), mib(now));
         }
+        self.render_overload(&mut out);
         self.render_targets(&mut out);
         self.render_sweep(&mut out);
         out
+    }
+
+    fn render_overload(&self, out: &mut String) {
+        let Some(o) = &self.overload else { return };
+        let m = &o.measured;
+        let answers = (m.served + m.shed).max(1);
+        let _ = writeln!(
+            out,
+            "\n### Overload: the forward path offered {OVERLOAD_FACTOR}× its saturation rate\n\n             A sidecar of its own, {} connections, {:?}, latency corrected.\n\n             | offered req/s | answered req/s | served (200) | shed (429) | p50 / p99 of every answer (ms) | core-0 CPU µs / answer | RSS idle / peak (MiB) |\n             |---:|---:|---:|---:|---:|---:|---:|",
+            o.connections, self.duration
+        );
+        let rss = match (o.idle_kib, o.peak_kib) {
+            (Some(idle), Some(peak)) => format!("{:.1} / {:.1}", mib(idle), mib(peak)),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {} | {} ({:.0}%) | {:.3} / {:.3} | {} | {rss} |",
+            o.offered,
+            m.rps,
+            m.served,
+            m.shed,
+            100.0 * m.shed as f64 / answers as f64,
+            m.p50,
+            m.p99,
+            o.cpu_us.map_or_else(|| "-".to_owned(), |c| format!("{c:.1}")),
+        );
     }
 
     fn render_targets(&self, out: &mut String) {
@@ -222,6 +268,23 @@ impl Report {
         line("ready, shipped policies", format!("< {READY_MS} ms"), self.sidecar_ready.map(ms), " ms", &|v| {
             v < READY_MS
         });
+        let overload = self.overload.as_ref();
+        let sheds = overload.map(|o| o.measured.shed as f64);
+        line(
+            &format!("overload at {OVERLOAD_FACTOR}× saturation: answers shed with 429"),
+            "> 0".to_owned(),
+            sheds,
+            "",
+            &|v| v > 0.0,
+        );
+        let growth = overload.and_then(|o| Some(o.peak_kib? as f64 / o.idle_kib? as f64));
+        line(
+            &format!("overload at {OVERLOAD_FACTOR}× saturation: peak RSS over idle"),
+            format!("≤ {OVERLOAD_RSS}×"),
+            growth,
+            "×",
+            &|v| v <= OVERLOAD_RSS,
+        );
     }
 
     fn render_sweep(&self, out: &mut String) {

@@ -13,13 +13,16 @@ use crate::RunArgs;
 use crate::http1;
 use crate::oha::{self, Load, Target};
 use crate::procs::{Process, command_on, cpu_busy_ticks, free_addr};
-use crate::report::{ListRow, MainRow, Report, SweepRow};
+use crate::report::{ListRow, MainRow, OVERLOAD_FACTOR, OverloadRow, Report, SweepRow};
 use crate::setup::{self, SidecarFiles};
 
 /// Policy and entity counts of the sweep, and pool sizes of the list sweep.
 const SWEEP_POLICIES: [usize; 3] = [10, 100, 1_000];
 const SWEEP_ENTITIES: [usize; 2] = [100, 10_000];
 const LIST_ACCOUNTS: [usize; 3] = [10, 100, 1_000];
+/// Connections of the overload run: enough that requests reach the sidecar at the
+/// offered rate instead of waiting in the load generator for a free connection.
+const OVERLOAD_CONNECTIONS: u32 = 256;
 /// The sweep's latency run, and the list runs' concurrency (a list is a big answer).
 const SWEEP_RATE: u32 = 1_000;
 const LIST_CONNECTIONS: u32 = 4;
@@ -126,12 +129,56 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
     report.sidecar_rss_kib = sidecar.memory_kib();
     drop(sidecar);
 
+    if let Some(forward) = report.main.iter().find(|r| r.name.starts_with("authz-sidecar →")) {
+        let offered = (forward.saturated.rps * OVERLOAD_FACTOR) as u32;
+        let fresh = SidecarFiles { listen: free_addr()?, admin: free_addr()?, ..files.clone() };
+        report.overload = Some(overload(&tools, args, run_dir, &fresh, &token, offered)?);
+    }
+
     if !args.no_sweep {
         sweep(&tools, args, run_dir, &files, &token, &mut report)?;
     }
     drop(nginx);
     drop(upstream);
     Ok(report.render())
+}
+
+/// The forward path offered `offered` requests per second (twice its saturation) over
+/// many connections, on a sidecar of its own so that its idle RSS is measured first.
+fn overload(
+    tools: &Tools,
+    args: &RunArgs,
+    run_dir: &Path,
+    files: &SidecarFiles,
+    token: &str,
+    offered: u32,
+) -> anyhow::Result<OverloadRow> {
+    eprintln!("loadbench: overload, {offered}/s offered");
+    let (mut sidecar, _) = start_sidecar(tools, run_dir, "overload", files)?;
+    check_sidecar(files.listen, token)?;
+    let target = Target {
+        url: format!("http://{}{}", files.listen, setup::STUDIO_PATH),
+        method: "GET",
+        headers: setup::studio_headers(token),
+        body: None,
+        expect_status: 200,
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_kib = sidecar.memory_kib().map(|(_, now)| now);
+    let busy_before = tools.server_cpu.and_then(cpu_busy_ticks);
+    let measured = oha::overload(&tools.oha, tools.load_cpu, &target, offered, OVERLOAD_CONNECTIONS, args.duration)
+        .context("overload")?;
+    let busy_after = tools.server_cpu.and_then(cpu_busy_ticks);
+    let answers = measured.served + measured.shed;
+    let cpu_us = match (busy_before, busy_after) {
+        (Some(before), Some(after)) if answers > 0 => {
+            Some((after.saturating_sub(before)) as f64 * 10_000.0 / answers as f64)
+        }
+        _ => None,
+    };
+    sidecar.check_running()?;
+    let peak_kib = sidecar.memory_kib().map(|(peak, _)| peak);
+    Ok(OverloadRow { offered, connections: OVERLOAD_CONNECTIONS, measured, idle_kib, peak_kib, cpu_us })
 }
 
 fn sweep(
