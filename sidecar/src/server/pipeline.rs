@@ -202,6 +202,11 @@ where
     // same time, the teams the principal has left since the token was issued
     // (membership events), where not knowing is a refusal, never a guess
     let mut gathered = Gathered::default();
+    // The awaits a forwarded call rarely makes (the directory, the lifecycle table, AWS
+    // calls, the account-pool and membership handlers) are boxed: their futures hold
+    // AWS SDK calls of tens of KiB, and unboxed they would make every request's future
+    // (held for each connection and moved on every request) that large too. A test
+    // bounds its size.
     let gathering = async {
         let directory = state.directory.as_ref()?;
         let mut roots = vec![principal.clone(), resource.clone()];
@@ -211,13 +216,12 @@ where
                 roots.push(EntityUid::from_type_name_and_id(team_type, EntityId::new(team)));
             }
         }
-        gather(directory, &snapshot, roots, &mut gathered).await.err()
+        Box::pin(gather(directory, &snapshot, roots, &mut gathered)).await.err()
     };
     let revoked = async {
         let revocations = state.revocations.as_ref()?;
         Some(
-            revocations
-                .of(&identity.principal_id)
+            Box::pin(revocations.of(&identity.principal_id))
                 .await
                 .map(|known| known.lost(identity.issued_at(), revocations.skew, now_secs())),
         )
@@ -254,7 +258,7 @@ where
     // what the principal (its token's groups) and the derived profile point at
     if let (Some(directory), Ok(requester), None) = (&state.directory, &requester, &gather_error) {
         let more = requester.references().iter().chain(derived.iter().flat_map(|d| d.references())).cloned();
-        gather_error = gather(directory, &snapshot, more.collect::<Vec<_>>(), &mut gathered).await.err();
+        gather_error = Box::pin(gather(directory, &snapshot, more.collect::<Vec<_>>(), &mut gathered)).await.err();
     }
     let unreachable = revocations_unread.is_some() || gather_error.as_ref().is_some_and(GatherError::is_unreachable);
     let question = match (revocations_unread, gather_error) {
@@ -322,7 +326,7 @@ where
                 _ => gathered.known(&snapshot, uid),
             };
             let target = resolve(known, &resource, resource.id().unescaped());
-            let result = presigner.presign(target, &identity.subject, options).await;
+            let result = Box::pin(presigner.presign(target, &identity.subject, options)).await;
             if let Err(error) = &result {
                 tracing::warn!(request_id, route = %route.name, resource = %resource, error = %error, "presign failed");
             }
@@ -332,14 +336,14 @@ where
         // per account and region (and audits each)
         Handler::AccountPool => {
             let event = body.collect().await?;
-            account_pool(state, snapshot, &event, request_id).await
+            Box::pin(account_pool(state, snapshot, &event, request_id)).await
         }
         // the caller may report membership changes; the handler confirms each with the
         // identity store before it acts
         Handler::MembershipEvents => {
             let lifecycle = state.lifecycle.as_ref().ok_or(ApiError::Internal)?;
             let event = body.collect().await?;
-            let answer = lifecycle.handle(&event, request_id, &snapshot).await?;
+            let answer = Box::pin(lifecycle.handle(&event, request_id, &snapshot)).await?;
             Ok(json_response(http::StatusCode::OK, answer.to_string()))
         }
         Handler::Echo => {

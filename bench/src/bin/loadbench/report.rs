@@ -190,7 +190,10 @@ impl Report {
         let answers = (m.served + m.shed).max(1);
         let _ = writeln!(
             out,
-            "\n### Overload: the forward path offered {OVERLOAD_FACTOR}× its saturation rate\n\n             A sidecar of its own, {} connections, {:?}, latency corrected.\n\n             | offered req/s | answered req/s | served (200) | shed (429) | p50 / p99 of every answer (ms) | core-0 CPU µs / answer | RSS idle / peak (MiB) |\n             |---:|---:|---:|---:|---:|---:|---:|",
+            "\n### Overload: the forward path offered {OVERLOAD_FACTOR}× its saturation rate\n\n\
+             A sidecar of its own, {} connections, {:?}, latency corrected.\n\n\
+             | offered req/s | answered req/s | served (200) | shed (429) | p50 / p99 of every answer (ms) | core-0 CPU µs / answer | RSS idle / peak (MiB) |\n\
+             |---:|---:|---:|---:|---:|---:|---:|",
             o.connections, self.duration
         );
         let rss = match (o.idle_kib, o.peak_kib) {
