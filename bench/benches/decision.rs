@@ -6,7 +6,10 @@
 //!   request entity, so the engine builds a cached entity slice.
 //! - `data_plane`: what the data plane does per request since the principal is built
 //!   once per token and the context from typed values: context, request entities,
-//!   schema check of the request, evaluation.
+//!   schema check of the request, evaluation; asked again, so answered from the
+//!   decisions the snapshot keeps.
+//! - `data_plane_evaluated`: the same, evaluated every time (a question seen for the
+//!   first time in a snapshot).
 //! - `use_account`: one validateAccountAuthorization question.
 //! - `account_pool_list*`: whole listAuthorizedAccounts answers (see [`list_accounts`]).
 //! - `snapshot_build`: parsing, validating and indexing everything (reload cost).
@@ -89,6 +92,18 @@ fn decisions(c: &mut Criterion) {
         assert_eq!(data_plane(&snapshot).map(|d| d.effect).ok(), Some(Effect::Allow));
         group.bench_with_input(BenchmarkId::new("data_plane", policies), &snapshot, |b, s| {
             b.iter(|| data_plane(black_box(s)))
+        });
+        // the same question evaluated every time: a context with no serial is never kept
+        let evaluated = |s: &PolicySnapshot| {
+            let mut context = context_from_strings(s, &presign.action, &pairs)?;
+            context.serial = 0;
+            let request =
+                DecisionRequest::built(requester.clone(), presign.action.clone(), presign.resource.clone(), context);
+            engine.decide(s, &request)
+        };
+        assert_eq!(evaluated(&snapshot).map(|d| (d.effect, d.cached)).ok(), Some((Effect::Allow, false)));
+        group.bench_with_input(BenchmarkId::new("data_plane_evaluated", policies), &snapshot, |b, s| {
+            b.iter(|| evaluated(black_box(s)))
         });
 
         let account = use_account_request();

@@ -96,6 +96,21 @@ pub struct AvpSource {
     pub max_calls_per_refresh: usize,
 }
 
+/// Requests in flight per core that the default `max_concurrent_requests` allows.
+///
+/// Measured (`bench/README.md`): one core saturated by 50 keep-alive connections holds
+/// fewer than 64 requests in flight, while 384 connections offered twice its saturation
+/// rate hold more; past the limit a request is answered 429 before any work. Cores are
+/// what the process may use (`available_parallelism`, which reads the cgroup's CPU
+/// quota), at least one.
+pub const REQUESTS_PER_CORE: usize = 64;
+
+/// The default in-flight limit for `cores` cores.
+#[must_use]
+pub fn requests_per_core(cores: usize) -> usize {
+    REQUESTS_PER_CORE.saturating_mul(cores.max(1))
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -219,7 +234,7 @@ impl Config {
         for (key, value) in [
             ("server.max_header_bytes", server.max_header_bytes),
             ("server.max_headers", server.max_headers),
-            ("server.max_concurrent_requests", server.max_concurrent_requests),
+            ("server.max_concurrent_requests", server.max_concurrent_requests.unwrap_or(1)),
             ("server.max_connections", server.max_connections.unwrap_or(1)),
         ] {
             if value == 0 {
@@ -406,7 +421,9 @@ impl Config {
                 max_header_bytes: server.max_header_bytes,
                 max_headers: server.max_headers,
                 max_body_bytes: server.max_body_bytes,
-                max_concurrent_requests: server.max_concurrent_requests,
+                max_concurrent_requests: server
+                    .max_concurrent_requests
+                    .unwrap_or_else(|| requests_per_core(std::thread::available_parallelism().map_or(1, usize::from))),
                 shed_delay: server.shed_delay,
                 max_connections: server.max_connections,
                 idle_timeout: server.idle_timeout,
@@ -483,6 +500,17 @@ mod tests {
         let config = Config::load(None).unwrap();
         assert!(!config.routes.is_empty());
         assert!(config.server.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn the_in_flight_limit_defaults_to_a_number_per_core() {
+        assert_eq!((requests_per_core(0), requests_per_core(1), requests_per_core(4)), (64, 64, 256));
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let config = Config::load(None).unwrap();
+        assert_eq!(config.server.max_concurrent_requests, requests_per_core(cores));
+        let set = Config::from_toml("[server]\nmax_concurrent_requests = 7\n", "test").unwrap();
+        assert_eq!(set.server.max_concurrent_requests, 7);
+        assert!(Config::from_toml("[server]\nmax_concurrent_requests = 0\n", "test").is_err());
     }
 
     #[test]

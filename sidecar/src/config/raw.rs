@@ -106,7 +106,8 @@ pub struct RawServer {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_body_bytes: usize,
-    pub max_concurrent_requests: usize,
+    /// Requests in flight at once; default: [`super::REQUESTS_PER_CORE`] per core.
+    pub max_concurrent_requests: Option<usize>,
     /// Shed new requests while the runtime's scheduling delay is past this (0: never).
     #[serde(with = "humantime_serde")]
     pub shed_delay: Duration,
@@ -130,7 +131,7 @@ impl Default for RawServer {
             max_header_bytes: 16 * 1024,
             max_headers: 100,
             max_body_bytes: 1024 * 1024,
-            max_concurrent_requests: 1024,
+            max_concurrent_requests: None,
             shed_delay: Duration::from_millis(50),
             max_connections: None,
             idle_timeout: Duration::from_secs(60),

@@ -81,7 +81,6 @@ pub fn sidecar_config(files: &SidecarFiles) -> String {
         r#"[server]
 listen = "{listen}"
 admin_listen = "{admin}"
-max_concurrent_requests = 4096
 
 [policies]
 dir = "{policies}"
