@@ -2,7 +2,7 @@
 //! requests wait for a worker that is not coming.
 //!
 //! A flood of requests is shed by the in-flight limit (`server.max_concurrent_requests`,
-//! 64 per core by default). This catches what that limit cannot: the runtime falling
+//! 128 per core by default). This catches what that limit cannot: the runtime falling
 //! behind on everything, a CPU quota throttled or a worker held by something that should
 //! not block. The *scheduling delay*, how late the runtime runs a task that asked to be
 //! woken at a given time, measures it. It does not measure a flood: the runtime takes
