@@ -132,7 +132,7 @@ impl Default for RawServer {
             max_headers: 100,
             max_body_bytes: 1024 * 1024,
             max_concurrent_requests: None,
-            shed_delay: Duration::from_millis(50),
+            shed_delay: Duration::ZERO,
             max_connections: None,
             idle_timeout: Duration::from_secs(60),
             http2_keep_alive_interval: Duration::from_secs(20),

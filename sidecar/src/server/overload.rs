@@ -12,7 +12,7 @@
 //!
 //! A probe task asks to be woken every [`PROBE_INTERVAL`] and measures how late it ran
 //! (`authz_scheduling_delay_seconds`). When the delay passes `server.shed_delay`
-//! (50 ms by default), every request that arrives is answered 429 with `Retry-After`
+//! (off by default: a one-off stall would shed everyone for a second), every request that arrives is answered 429 with `Retry-After`
 //! before any work is done for it: no token check, no decision, no upstream call. A 429
 //! costs a small fraction of a served request, so the CPU goes to the requests already
 //! admitted and the queue drains. Shedding stops once the delay has stayed under half the
@@ -20,7 +20,7 @@
 //! (the same second that `Retry-After` asks clients to wait). Each start and stop is
 //! logged; shed requests are counted in `authz_requests_shed_total{reason}`.
 //!
-//! `shed_delay = "0s"` turns the probe off (the in-flight limit still holds).
+//! `shed_delay = "0s"`, the default, turns the probe off (the in-flight limit holds).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

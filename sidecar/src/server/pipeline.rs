@@ -1,7 +1,7 @@
 //! The life of one data-plane request, top to bottom:
 //!
 //! 0. **head**: more or larger headers than configured → 431;
-//! 1. **shed**: overloaded (the runtime's scheduling delay past `shed_delay`, see
+//! 1. **shed**: overloaded (the runtime's scheduling delay past `shed_delay`, when set; see
 //!    [`super::overload`]) or over the concurrency limit → 429, before any work;
 //! 2. **ready**: no policy snapshot or issuer keys yet → 503;
 //! 3. **authenticate**: bearer JWT → identity, or 401 (before routing, so unknown paths

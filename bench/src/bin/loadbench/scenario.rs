@@ -21,8 +21,8 @@ const SWEEP_POLICIES: [usize; 3] = [10, 100, 1_000];
 const SWEEP_ENTITIES: [usize; 2] = [100, 10_000];
 const LIST_ACCOUNTS: [usize; 3] = [10, 100, 1_000];
 /// Connections of the overload run. Each holds one request at a time, so the sidecar
-/// can only queue as many; at about 0.2 ms a request, 384 make a queue of some 75 ms,
-/// past the default `shed_delay` (50 ms), where 50 would never reach it.
+/// can only have as many in flight: 384 go past the default in-flight limit (128 per
+/// core) when the sidecar falls behind, where 50 would never reach it.
 const OVERLOAD_CONNECTIONS: u32 = 384;
 /// The sweep's latency run, and the list runs' concurrency (a list is a big answer).
 const SWEEP_RATE: u32 = 1_000;
