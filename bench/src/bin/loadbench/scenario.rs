@@ -144,6 +144,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
     Ok(report.render())
 }
 
+/// The studio route of the sidecar on `listen`, as user-1 through the gateway.
+fn studio_target(listen: SocketAddr, token: &str) -> Target {
+    Target {
+        url: format!("http://{listen}{}", setup::STUDIO_PATH),
+        method: "GET",
+        headers: setup::studio_headers(token),
+        body: None,
+        expect_status: 200,
+    }
+}
+
 /// The forward path offered `offered` requests per second (twice its saturation) over
 /// many connections, on a sidecar of its own so that its idle RSS is measured first.
 fn overload(
@@ -157,13 +168,7 @@ fn overload(
     eprintln!("loadbench: overload, {offered}/s offered");
     let (mut sidecar, _) = start_sidecar(tools, run_dir, "overload", files)?;
     check_sidecar(files.listen, token)?;
-    let target = Target {
-        url: format!("http://{}{}", files.listen, setup::STUDIO_PATH),
-        method: "GET",
-        headers: setup::studio_headers(token),
-        body: None,
-        expect_status: 200,
-    };
+    let target = studio_target(files.listen, token);
     std::thread::sleep(Duration::from_secs(1));
     let idle_kib = sidecar.memory_kib().map(|(_, now)| now);
     let busy_before = tools.server_cpu.and_then(cpu_busy_ticks);
@@ -197,13 +202,7 @@ fn sweep(
             let files = workload_files(base, &run_dir.join(&name), policies, entities)?;
             let (mut sidecar, ready) = start_sidecar(tools, run_dir, &name, &files)?;
             check_sidecar(files.listen, token)?;
-            let target = Target {
-                url: format!("http://{}{}", files.listen, setup::STUDIO_PATH),
-                method: "GET",
-                headers: setup::studio_headers(token),
-                body: None,
-                expect_status: 200,
-            };
+            let target = studio_target(files.listen, token);
             let saturated = oha::measure(
                 &tools.oha,
                 tools.load_cpu,
