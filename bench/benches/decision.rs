@@ -70,7 +70,8 @@ fn decisions(c: &mut Criterion) {
         });
 
         let Asker::Uid(user) = &presign.principal else { panic!("a stored principal") };
-        let principal = snapshot.entities().get(user).cloned().into_iter().collect();
+        let principal =
+            snapshot.stored_entity(user).unwrap().map(|e| cedar_policy::Entity::clone(&e)).into_iter().collect();
         let with_token = presign.clone().with_entities(principal);
         assert_eq!(check(&with_token, &snapshot).ok(), Some(Effect::Allow));
         group.bench_with_input(BenchmarkId::new("presign_token_principal", policies), &snapshot, |b, s| {
@@ -227,7 +228,7 @@ fn directory_hit(c: &mut Criterion) {
         let mut gathered = Gathered::default();
         let roots = [principal.clone(), resource.clone(), principal.clone(), team.clone()];
         gather(&directory, &snapshot, roots, &mut gathered).await.unwrap();
-        let known = |uid: &cedar_policy::EntityUid| gathered.known(&snapshot, uid);
+        let known = |uid: &cedar_policy::EntityUid| gathered.known_or_none(&snapshot, uid);
         let fetched = gathered.get(&principal).unwrap().clone();
         let key = (resource.clone(), fetched.serial, 0);
         let derived = snapshot
@@ -262,7 +263,7 @@ fn directory_hit(c: &mut Criterion) {
             gathered
         });
         b.iter(|| {
-            let known = |uid: &cedar_policy::EntityUid| gathered.known(&snapshot, uid);
+            let known = |uid: &cedar_policy::EntityUid| gathered.known_or_none(&snapshot, uid);
             CheckedEntity::new(derive_profile(&snapshot, known, &user_type, &name, "Team1", &resource).unwrap())
         })
     });

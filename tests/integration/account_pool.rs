@@ -227,7 +227,7 @@ proptest! {
             {"domainIdentifier": DOMAIN, "awsAccountId": account, "regionName": region, "userIdentifier": user}}}));
         let granted = validated["operationResponse"]["validateAccountAuthorizationResponse"]["authResult"] == "GRANT";
         let uid: cedar_policy::EntityUid = format!("DataZone::Account::\"{account}\"").parse().unwrap();
-        let regions: Vec<String> = match snapshot.entities().get(&uid).and_then(|e| e.attr("regions")).and_then(Result::ok) {
+        let regions: Vec<String> = match snapshot.stored_entity(&uid).unwrap().and_then(|e| e.attr("regions")).and_then(Result::ok) {
             Some(cedar_policy::EvalResult::Set(set)) => set.iter().map(|r| format!("{r:?}")).collect(),
             _ => Vec::new(),
         };

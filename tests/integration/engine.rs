@@ -101,6 +101,77 @@ fn a_new_snapshot_never_serves_entities_of_the_old_one() {
     assert_eq!(store.current().unwrap().version().generation, 2);
 }
 
+/// The entity files are held as written, not as Cedar entities: a snapshot builds
+/// Cedar entities only for what the policies name and what requests reach.
+#[test]
+fn only_the_entities_requests_reach_are_built() {
+    let ws = Workspace::shipped();
+    let accounts: Vec<serde_json::Value> = (0..2_000)
+        .map(|i| {
+            json!({"uid": {"type": "DataZone::Account", "id": format!("9{i:011}")},
+                   "attrs": {"name": format!("gen-{i}"), "status": "AVAILABLE", "regions": ["us-east-1"],
+                             "pool": {"type": "DataZone::AccountPool", "id": "pool-lob-a"},
+                             "lob": {"type": "Studio::Lob", "id": "lob-a"}},
+                   "parents": [{"type": "DataZone::AccountPool", "id": "pool-lob-a"}]})
+        })
+        .collect();
+    ws.write_entities("generated.json", &serde_json::Value::Array(accounts).to_string());
+    let snapshot = PolicyStore::load_files(&ws.dirs()).unwrap().current().unwrap();
+    assert!(snapshot.entity_count() > 2_000);
+    let at_load = snapshot.built_entities();
+    assert!(at_load < 20, "only the policies' literal entities are built at load: {at_load}");
+
+    let engine = Engine::new();
+    let request = presign("user-1", "user-1-team1")
+        .with_context(json!({"sourceVpce": "vpce-0a1a000000000001a", "sourceIp": "10.1.2.3"}));
+    assert_eq!(engine.decide(&snapshot, &request).unwrap().effect, Effect::Allow);
+    let after = snapshot.built_entities();
+    assert!(after > at_load, "the request's slices were built");
+    assert!(after < 40, "and nothing else: {after}");
+    // the whole store, for tools, is every entity again
+    let whole = snapshot.all_entities().unwrap();
+    assert_eq!(whole.iter().filter(|e| e.uid().type_name().basename() != "Action").count(), snapshot.entity_count());
+}
+
+/// The hierarchy is closed over the entity files as Cedar closes it, however deep, and
+/// a cycle fails the load, naming an entity on it.
+#[test]
+fn the_entity_hierarchy_is_closed_and_a_cycle_fails_the_load() {
+    let ws = Workspace::shipped();
+    ws.write_policy("groups.cedarschema", "namespace Extra { entity Group in [Group]; }\n");
+    let chain: Vec<serde_json::Value> = (0..12)
+        .map(|i| {
+            json!({"uid": {"type": "Extra::Group", "id": format!("g{i}")}, "attrs": {},
+                   "parents": if i < 11 { vec![json!({"type": "Extra::Group", "id": format!("g{}", i + 1)})] } else { vec![] }})
+        })
+        .collect();
+    ws.write_entities("groups.json", &serde_json::Value::Array(chain.clone()).to_string());
+    let snapshot = PolicySnapshot::load(&ws.dirs(), 1).unwrap();
+    let group = |i: usize| uid(&format!("Extra::Group::\"g{i}\""));
+    assert!(snapshot.is_stored_ancestor(&group(11), &group(0)), "the top of the chain is above the bottom");
+    assert!(snapshot.is_stored_ancestor(&group(5), &group(4)));
+    assert!(!snapshot.is_stored_ancestor(&group(0), &group(11)), "not the other way");
+    assert!(!snapshot.is_stored_ancestor(&group(3), &group(3)), "nor itself");
+    let whole = snapshot.all_entities().unwrap();
+    for i in 0..12 {
+        for j in 0..12 {
+            assert_eq!(snapshot.is_stored_ancestor(&group(j), &group(i)), whole.is_ancestor_of(&group(j), &group(i)));
+        }
+    }
+
+    // g11 back to g0: a cycle of twelve
+    let mut cycle = chain;
+    cycle[11]["parents"] = json!([{"type": "Extra::Group", "id": "g0"}]);
+    ws.write_entities("groups.json", &serde_json::Value::Array(cycle).to_string());
+    let err = PolicySnapshot::load(&ws.dirs(), 2).unwrap_err().to_string();
+    assert!(err.contains("is its own ancestor") && err.contains("Extra::Group::"), "{err}");
+    assert!(err.contains("groups.json"), "names the file: {err}");
+    // and an entity that is its own parent
+    ws.write_entities("groups.json", r#"[{"uid": {"type": "Extra::Group", "id": "self"}, "attrs": {}, "parents": [{"type": "Extra::Group", "id": "self"}]}]"#);
+    let err = PolicySnapshot::load(&ws.dirs(), 3).unwrap_err().to_string();
+    assert!(err.contains(r#"Extra::Group::"self"` is its own ancestor"#), "{err}");
+}
+
 /// Every request the shipped tables talk about, in all combinations.
 fn principals() -> Vec<&'static str> {
     vec![
@@ -147,13 +218,13 @@ proptest! {
         let context = cedar_policy::Context::from_json_value(json.clone(), Some((snapshot.schema(), &request.action))).unwrap();
         let cedar_request = cedar_policy::Request::new(request.principal.uid().clone(), request.action.clone(),
             request.resource.clone(), context, Some(snapshot.schema())).unwrap();
-        let cedar = cedar_policy::Authorizer::new().is_authorized(&cedar_request, snapshot.policies(), snapshot.entities());
+        let cedar = cedar_policy::Authorizer::new().is_authorized(&cedar_request, snapshot.policies(), &snapshot.all_entities().unwrap());
         let mut cedar_reasons: Vec<String> = cedar.diagnostics().reason().map(ToString::to_string).collect();
         cedar_reasons.sort();
         prop_assert_eq!(&cedar_reasons, &whole.policies);
         prop_assert_eq!(cedar.diagnostics().errors().count(), whole.errors.len());
         // The stored principal, handed back as a request entity: same data, slice path.
-        let stored = snapshot.entities().get(&principal_uid).unwrap().clone();
+        let stored = cedar_policy::Entity::clone(&snapshot.stored_entity(&principal_uid).unwrap().unwrap());
         let sliced = engine.decide(&snapshot, &request.clone().with_entities(vec![stored])).unwrap();
         prop_assert_eq!(whole.effect, sliced.effect);
         prop_assert_eq!(whole.reason, sliced.reason);
@@ -187,7 +258,7 @@ fn entities_named_in_policies_are_part_of_every_slice() {
     let request = presign("user-1", "user-1-team1")
         .with_context(json!({"sourceVpce": "vpce-0b2b000000000001b", "sourceIp": "10.1.2.3"}));
     let whole = engine.decide(&snapshot, &request).unwrap();
-    let stored = snapshot.entities().get(request.principal.uid()).unwrap().clone();
+    let stored = cedar_policy::Entity::clone(&snapshot.stored_entity(request.principal.uid()).unwrap().unwrap());
     let sliced = engine.decide(&snapshot, &request.clone().with_entities(vec![stored])).unwrap();
     assert_eq!(
         whole.policies,

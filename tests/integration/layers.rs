@@ -330,9 +330,10 @@ fn a_derived_profile_presigns_in_the_users_lob_under_its_documented_name() {
     let snapshot = PolicySnapshot::load(&ws.dirs(), 1).unwrap();
     let user_type: cedar_policy::EntityTypeName = "Studio::User".parse().unwrap();
     let resource = uid(r#"Studio::UserProfile::"user-1-team1""#);
-    let stored = |uid: &cedar_policy::EntityUid| snapshot.entities().get(uid);
-    let derived = derive_profile(&snapshot, stored, &user_type, "user-1", "team1", &resource).unwrap();
-    let known = |uid: &cedar_policy::EntityUid| if *uid == resource { Some(&derived) } else { stored(uid) };
+    let stored = |uid: &cedar_policy::EntityUid| snapshot.stored_entity(uid).unwrap();
+    let derived =
+        std::sync::Arc::new(derive_profile(&snapshot, stored, &user_type, "user-1", "team1", &resource).unwrap());
+    let known = |uid: &cedar_policy::EntityUid| if *uid == resource { Some(derived.clone()) } else { stored(uid) };
     let target = resolve(known, &resource, "unused").unwrap();
     assert_eq!(target.profile_name, "user-1-team1");
     assert_eq!(target.account_id, "111111111111", "lob-a's account");

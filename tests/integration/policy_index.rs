@@ -259,7 +259,8 @@ proptest! {
             let cedar_context = Context::from_json_value(context.clone(), Some((snapshot.schema(), &action))).unwrap();
             let cedar_request = Request::new(principal.clone(), action.clone(), resource.clone(),
                 cedar_context.clone(), Some(snapshot.schema())).unwrap();
-            let (allowed, reasons, errors) = cedar(&snapshot, &cedar_request, snapshot.entities());
+            let whole = snapshot.all_entities().unwrap();
+            let (allowed, reasons, errors) = cedar(&snapshot, &cedar_request, &whole);
             prop_assert_eq!(ours.is_allowed(), allowed && errors == 0, "{:?}", ours);
             prop_assert_eq!(&ours.policies, &reasons);
             prop_assert_eq!(ours.errors.len(), errors);
@@ -275,7 +276,7 @@ proptest! {
             let asker = snapshot.request_principal(digest, || Ok::<_, std::convert::Infallible>(built.clone())).unwrap();
             let typed = Context::from_json_value(context.clone(), Some((snapshot.schema(), &action))).unwrap();
             let ours = engine.decide(&snapshot, &DecisionRequest::built(asker, action.clone(), resource.clone(), typed)).unwrap();
-            let with_built = snapshot.entities().clone().add_entities([built.clone()], None).unwrap();
+            let with_built = whole.clone().add_entities([built.clone()], None).unwrap();
             let cedar_request = Request::new(built.uid(), action.clone(), resource.clone(), cedar_context,
                 Some(snapshot.schema())).unwrap();
             let (allowed, reasons, errors) = cedar(&snapshot, &cedar_request, &with_built);
@@ -312,7 +313,7 @@ fn only_the_policies_whose_scopes_can_hold_are_evaluated() {
         &read,
         &parse_uid(&uid("User", "u0")),
         &parse_uid(&uid("Doc", "d0")),
-        snapshot.entities(),
+        &snapshot.all_entities().unwrap(),
     );
     let mut ids: Vec<String> = applying.policies().map(|p| p.id().to_string()).collect();
     ids.sort();

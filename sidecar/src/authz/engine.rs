@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use cedar_policy::{
-    Authorizer, Context, Entities, Entity, EntityUid, PolicyId, Request, Response, entities_errors::EntitiesError,
+    Authorizer, Context, Entity, EntityUid, PolicyId, Request, Response, entities_errors::EntitiesError,
 };
 use serde::Serialize;
 
@@ -319,46 +319,45 @@ impl Engine {
             Asker::Built(principal) => Some(principal.as_ref()),
             Asker::Uid(_) => None,
         };
-        let assembled;
-        let entities = if built.is_none() && request.entities.is_empty() && request.checked.is_empty() {
-            snapshot.entities()
-        } else {
-            let mut roots = vec![request.principal.uid().clone(), request.resource.clone()];
-            roots.extend(context_roots);
-            let checked: Vec<&CheckedEntity> =
-                built.into_iter().chain(request.checked.iter().map(Arc::as_ref)).collect();
-            assembled = snapshot
-                .request_entities(&checked, &roots, &request.entities)
-                .map_err(|e: Box<EntitiesError>| RequestError::BadEntities(e.to_string()))?;
-            assembled.as_ref()
-        };
+        let mut roots = vec![request.principal.uid().clone(), request.resource.clone()];
+        roots.extend(context_roots);
+        let checked: Vec<&CheckedEntity> = built.into_iter().chain(request.checked.iter().map(Arc::as_ref)).collect();
+        let assembled = snapshot
+            .request_entities(&checked, &roots, &request.entities)
+            .map_err(|e: Box<EntitiesError>| RequestError::BadEntities(e.to_string()))?;
+        let entities = assembled.as_ref();
         let policies =
             snapshot.policies_applying(&request.action, request.principal.uid(), &request.resource, entities);
         let response = self.authorizer.is_authorized(&cedar_request, &policies, entities);
         Ok(Decision::from_response(&response, snapshot, started))
     }
 
-    /// Decide a Cedar request the caller built and checked itself, over the snapshot's
-    /// stored entities: for callers that ask many questions of one shape (the account
-    /// pool's list asks one per account and region), where building the context from
-    /// typed pairs and checking each distinct one once is most of a decision's cost.
-    pub fn decide_prepared(&self, snapshot: &PolicySnapshot, request: &Request) -> Decision {
-        self.decide_prepared_over(snapshot, request, snapshot.entities())
-    }
-
-    /// As [`Self::decide_prepared`], over `entities` (the snapshot's, with what the
-    /// directory answered for this question added).
-    pub fn decide_prepared_over(&self, snapshot: &PolicySnapshot, request: &Request, entities: &Entities) -> Decision {
+    /// Decide a Cedar request the caller built and checked itself: for callers that ask
+    /// many questions of one shape (the account pool's list asks one per account and
+    /// region), where building the context from typed pairs and checking each distinct
+    /// one once is most of a decision's cost. The entities are the slices of the
+    /// principal and the resource, with `checked` (what the directory answered for this
+    /// question); the context must hold no entity uid (the account pool's hold strings).
+    pub fn decide_prepared(
+        &self,
+        snapshot: &PolicySnapshot,
+        request: &Request,
+        checked: &[&CheckedEntity],
+    ) -> Result<Decision, RequestError> {
         let started = Instant::now();
-        let response = match (request.principal(), request.action(), request.resource()) {
-            (Some(principal), Some(action), Some(resource)) => {
-                let policies = snapshot.policies_applying(action, principal, resource, entities);
-                self.authorizer.is_authorized(request, &policies, entities)
-            }
-            // a request with an unknown part (none is built here): every policy decides
-            _ => self.authorizer.is_authorized(request, snapshot.policies(), entities),
+        let (Some(principal), Some(action), Some(resource)) =
+            (request.principal(), request.action(), request.resource())
+        else {
+            // every part is a concrete uid in the requests built for this
+            return Err(RequestError::Invalid("a prepared request with an unknown part".to_owned()));
         };
-        Decision::from_response(&response, snapshot, started)
+        let roots = [principal.clone(), resource.clone()];
+        let entities = snapshot
+            .request_entities(checked, &roots, &[])
+            .map_err(|e: Box<EntitiesError>| RequestError::BadEntities(e.to_string()))?;
+        let policies = snapshot.policies_applying(action, principal, resource, &entities);
+        let response = self.authorizer.is_authorized(request, &policies, &entities);
+        Ok(Decision::from_response(&response, snapshot, started))
     }
 }
 

@@ -25,7 +25,7 @@
 
 use std::collections::BTreeSet;
 
-use cedar_policy::{Entities, EntityTypeName, EntityUid, EvalResult, PolicySet};
+use cedar_policy::{Entity, EntityTypeName, EntityUid, EvalResult, PolicySet};
 use serde_json::Value;
 
 /// How a policy set observes resources of one type.
@@ -102,15 +102,15 @@ impl ResourceObservation {
         reads.into_iter().flat_map(|reads| reads.attrs.iter().map(String::as_str))
     }
 
-    /// The view of the stored resource `uid`: `None` when the policies can tell resources
-    /// apart by uid, when `uid` is of another type or not stored, or when a value it
-    /// holds is not concrete.
-    pub fn view(&self, entities: &Entities, uid: &EntityUid) -> Option<View> {
+    /// The view of the stored resource `entity`, whose ancestors `is_in` tells: `None`
+    /// when the policies can tell resources apart by uid, when it is of another type,
+    /// or when a value it holds is not concrete.
+    pub fn view(&self, entity: &Entity, is_in: impl Fn(&EntityUid) -> bool) -> Option<View> {
         let Seen::Reads(reads) = &self.seen else { return None };
+        let uid = &entity.uid();
         if uid.type_name() != &self.resource_type {
             return None;
         }
-        let entity = entities.get(uid)?;
         let attrs = reads
             .attrs
             .iter()
@@ -125,8 +125,7 @@ impl ResourceObservation {
         }
         let identities = reads.identities.iter().map(|target| target == uid).collect();
         // Cedar's `in` for a stored entity: itself, or one of its ancestors
-        let memberships =
-            reads.memberships.iter().map(|target| target == uid || entities.is_ancestor_of(target, uid)).collect();
+        let memberships = reads.memberships.iter().map(|target| target == uid || is_in(target)).collect();
         Some(View { attrs, tags, identities, memberships })
     }
 }
@@ -437,7 +436,8 @@ mod tests {
     }
 
     fn view(o: &ResourceObservation, entities: &Entities, id: &str) -> Option<super::View> {
-        o.view(entities, &EntityUid::from_str(&format!("DataZone::Account::\"{id}\"")).unwrap())
+        let uid = EntityUid::from_str(&format!("DataZone::Account::\"{id}\"")).unwrap();
+        o.view(entities.get(&uid)?, |target| entities.is_ancestor_of(target, &uid))
     }
 
     #[test]
@@ -470,7 +470,11 @@ mod tests {
         assert_ne!(view("1"), view("3"), "membership differs");
         assert_ne!(view("1"), view("4"), "status differs");
         assert!(view("1").is_some());
-        assert_eq!(o.view(&entities, &EntityUid::from_str(r#"DataZone::AccountPool::"p""#).unwrap()), None);
+        let pool = cedar_policy::Entity::new_no_attrs(
+            EntityUid::from_str(r#"DataZone::AccountPool::"p""#).unwrap(),
+            std::collections::HashSet::new(),
+        );
+        assert_eq!(o.view(&pool, |_| false), None, "another type");
         assert_eq!(view("9"), None, "not stored");
     }
 }

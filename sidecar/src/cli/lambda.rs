@@ -142,7 +142,7 @@ async fn answer(
             tracing::warn!(request_id, error = %e, "account-pool user not read from the directory");
             Diagnostic { error_type: e.error_type().to_owned(), error_message: e.to_string() }
         })?,
-        None => None,
+        None => Vec::new(),
     };
     pool.apply_over(snapshot, &operation, &request_id, entities).map_err(refused)
 }

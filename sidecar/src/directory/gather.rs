@@ -8,6 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use cedar_policy::entities_errors::EntitiesError;
 use cedar_policy::{Entity, EntityUid};
 
 use super::cache::{DirectoryCache, DirectoryError, Fetched, ReadError, TableReader};
@@ -73,6 +74,8 @@ pub enum GatherError {
     TooMany,
     #[error("the request's entities are more than {MAX_HOPS} hops deep in the directory")]
     TooDeep,
+    #[error("a stored entity could not be built: {0}")]
+    Unbuilt(String),
 }
 
 impl GatherError {
@@ -107,9 +110,23 @@ impl Gathered {
         self.found.values().map(|f| f.entity.as_ref())
     }
 
+    /// Everything gathered, shared.
+    pub fn shared(&self) -> impl Iterator<Item = Arc<CheckedEntity>> + '_ {
+        self.found.values().map(|f| f.entity.clone())
+    }
+
     /// `uid`'s entity from the entity files, else from what was gathered.
-    pub fn known<'a>(&'a self, snapshot: &'a PolicySnapshot, uid: &EntityUid) -> Option<&'a Entity> {
-        snapshot.entities().get(uid).or_else(|| self.found.get(uid).map(|f| f.entity.entity()))
+    pub fn known(&self, snapshot: &PolicySnapshot, uid: &EntityUid) -> Result<Option<Arc<Entity>>, Box<EntitiesError>> {
+        if snapshot.holds(uid) {
+            return snapshot.stored_entity(uid);
+        }
+        Ok(self.found.get(uid).map(|f| f.entity.shared().clone()))
+    }
+
+    /// As [`Self::known`], for lookups where an entity that cannot be built is as good
+    /// as none (it only ever narrows what the request gets).
+    pub fn known_or_none(&self, snapshot: &PolicySnapshot, uid: &EntityUid) -> Option<Arc<Entity>> {
+        self.known(snapshot, uid).ok().flatten()
     }
 }
 
@@ -132,8 +149,9 @@ pub async fn gather(
             if uid.type_name().basename() == "Action" || !gathered.asked.insert(uid.clone()) {
                 continue;
             }
-            if snapshot.entities().get(&uid).is_some() {
-                next.extend(snapshot.entity_slice(&uid).dangling.iter().cloned());
+            if snapshot.holds(&uid) {
+                let slice = snapshot.entity_slice(&uid).map_err(|e| GatherError::Unbuilt(e.to_string()))?;
+                next.extend(slice.dangling.iter().cloned());
             } else if directory.holds(uid.type_name()) {
                 wanted.push(uid);
             }

@@ -514,19 +514,21 @@ fn respond(url: &str, options: &PresignOptions) -> Response<Body> {
 /// The account, region, domain, role and profile name for `resource`, from the entities
 /// `known` finds (the entity files, then what the directory answered and the profile
 /// derived for this request): the same entities the decision was made over.
-pub fn resolve<'a>(
-    known: impl Fn(&EntityUid) -> Option<&'a Entity>,
+pub fn resolve(
+    known: impl Fn(&EntityUid) -> Option<Arc<Entity>>,
     resource: &EntityUid,
     profile_name_fallback: &str,
 ) -> Result<Target, PresignError> {
     let unknown =
         || PresignError::ProfileNotFound(format!("no Studio user profile `{}` is known", resource.id().unescaped()));
     let profile = known(resource).ok_or_else(unknown)?;
+    let profile = profile.as_ref();
     let lob_uid = match attr(profile, "lob") {
         Some(EvalResult::EntityUid(uid)) => uid,
         _ => return Err(unknown()),
     };
     let lob = known(&lob_uid).ok_or(PresignError::Incomplete)?;
+    let lob = lob.as_ref();
     let text = |entity: &Entity, name: &str| match attr(entity, name) {
         Some(EvalResult::String(s)) => Some(s),
         _ => None,
@@ -538,7 +540,7 @@ pub fn resolve<'a>(
         _ => None,
     };
     let execution_role_arn =
-        team.and_then(|t| text(t, "executionRoleName")).map(|name| format!("arn:aws:iam::{account_id}:role/{name}"));
+        team.and_then(|t| text(&t, "executionRoleName")).map(|name| format!("arn:aws:iam::{account_id}:role/{name}"));
     let team_tag = match profile.tag("Team").and_then(Result::ok) {
         Some(EvalResult::String(tag)) => Some(tag),
         _ => None,

@@ -20,6 +20,8 @@
 //! cannot be derived is not invented: the request is decided without it, which denies.
 //! A listed profile always wins, so legacy names keep working.
 
+use std::sync::Arc;
+
 use std::str::FromStr;
 
 use cedar_policy::{Entity, EntityTypeName, EntityUid};
@@ -52,9 +54,9 @@ pub enum DeriveError {
 /// The profile of `user` in `team`, whose uid is `resource`, derived from `snapshot`
 /// and what `known` finds (the snapshot's entities, then the directory's answers for
 /// this request). `user_type` is the principal's type.
-pub fn derive_profile<'a>(
+pub fn derive_profile(
     snapshot: &PolicySnapshot,
-    known: impl Fn(&EntityUid) -> Option<&'a Entity>,
+    known: impl Fn(&EntityUid) -> Option<Arc<Entity>>,
     user_type: &EntityTypeName,
     user: &str,
     team: &str,
@@ -62,7 +64,7 @@ pub fn derive_profile<'a>(
 ) -> Result<Entity, DeriveError> {
     let team_id = known_team(snapshot, &known, team)?;
     let user_uid = EntityUid::from_type_name_and_id(user_type.clone(), cedar_policy::EntityId::new(user));
-    let lob = user_lob(known(&user_uid), user)?;
+    let lob = user_lob(known(&user_uid).as_deref(), user)?;
     let json = profile_json(resource, user_type, user, &team_id, &lob);
     Entity::from_json_value(json, Some(snapshot.schema())).map_err(|e| DeriveError::Schema(e.to_string()))
 }
@@ -100,9 +102,9 @@ fn profile_json(
 
 /// The team `name` names: itself when known, else the one stored team equal to it
 /// ignoring case.
-fn known_team<'a>(
+fn known_team(
     snapshot: &PolicySnapshot,
-    known: impl Fn(&EntityUid) -> Option<&'a Entity>,
+    known: impl Fn(&EntityUid) -> Option<Arc<Entity>>,
     name: &str,
 ) -> Result<String, DeriveError> {
     let Ok(team_type) = EntityTypeName::from_str(TEAM_TYPE) else {

@@ -269,24 +269,26 @@ impl Profiles {
                 .await
                 .map_err(|e| ProfileError::Directory(e.to_string()))?;
         }
-        let derived = match gathered.known(snapshot, &resource) {
+        let derived = match gathered.known_or_none(snapshot, &resource) {
             Some(_) => None,
             None => {
-                let known = |uid: &EntityUid| gathered.known(snapshot, uid);
+                let known = |uid: &EntityUid| gathered.known_or_none(snapshot, uid);
                 match derive_profile(snapshot, known, user_type, user, team, &resource) {
                     Ok(entity) => Some(Arc::new(CheckedEntity::new(entity))),
                     Err(e) => return Ok(Err(e.to_string())),
                 }
             }
         };
-        let stored = gathered.known(snapshot, &user_uid);
-        let principal =
-            principal_entity(&self.member_identity(user, team), &self.principal, stored, snapshot.schema(), &[])
+        // a stored entity that cannot be built fails the principal, never drops its attributes
+        let principal = gathered.known(snapshot, &user_uid).map_err(|e| e.to_string()).and_then(|stored| {
+            let identity = self.member_identity(user, team);
+            principal_entity(&identity, &self.principal, stored.as_deref(), snapshot.schema(), &[])
                 .map(|entity| Arc::new(CheckedEntity::new(entity)))
-                .map_err(|e| e.to_string());
+                .map_err(|e| e.to_string())
+        });
         let known = |uid: &EntityUid| match &derived {
-            Some(profile) if profile.uid() == uid => Some(profile.entity()),
-            _ => gathered.known(snapshot, uid),
+            Some(profile) if profile.uid() == uid => Some(profile.shared().clone()),
+            _ => gathered.known_or_none(snapshot, uid),
         };
         let target = resolve(known, &resource, resource.id().unescaped());
         let checked = gathered.checked_except(&user_uid).into_iter().chain(derived.clone()).collect();
@@ -316,7 +318,11 @@ fn listed_profile(snapshot: &PolicySnapshot, user: &EntityUid, team: &EntityUid)
     let profile_type = EntityTypeName::from_str(PROFILE_TYPE).ok()?;
     let points_at = |entity: &Entity, name: &str, uid: &EntityUid| matches!(entity.attr(name), Some(Ok(cedar_policy::EvalResult::EntityUid(found))) if &found == uid);
     snapshot.entities_of_type(&profile_type).iter().find_map(|uid| {
-        let entity = snapshot.entities().get(uid)?;
-        (points_at(entity, "owner", user) && points_at(entity, "team", team)).then(|| uid.clone())
+        // most profiles point at neither; only those that point at both are built
+        if !(snapshot.stored_points_at(uid, user) && snapshot.stored_points_at(uid, team)) {
+            return None;
+        }
+        let entity = snapshot.stored_entity(uid).ok().flatten()?;
+        (points_at(&entity, "owner", user) && points_at(&entity, "team", team)).then(|| uid.clone())
     })
 }

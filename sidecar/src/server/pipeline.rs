@@ -232,29 +232,30 @@ where
         Some(Ok(lost)) => (lost, None),
         Some(Err(error)) => (Vec::new(), Some(error)),
     };
-    let derived = derive.filter(|_| gathered.known(&snapshot, &resource).is_none()).and_then(|(user, team)| {
-        // built once per snapshot and per read of the user's and team's entries
-        let serial = |uid: EntityUid| gathered.get(&uid).map_or(0, |f| f.serial);
-        let user_serial =
-            serial(EntityUid::from_type_name_and_id(state.principal.entity_type.clone(), EntityId::new(user)));
-        let team_serial = cedar_policy::EntityTypeName::from_str(TEAM_TYPE)
-            .map_or(0, |team_type| serial(EntityUid::from_type_name_and_id(team_type, EntityId::new(team))));
-        let known = |uid: &EntityUid| gathered.known(&snapshot, uid);
-        snapshot
-            .derived_entity((resource.clone(), user_serial, team_serial), || {
-                derive_profile(&snapshot, known, &state.principal.entity_type, user, team, &resource)
-            })
-            .inspect_err(|e| tracing::info!(request_id, route = %route.name, error = %e, "no profile derived"))
-            .ok()
-    });
+    let derived =
+        derive.filter(|_| !snapshot.holds(&resource) && gathered.get(&resource).is_none()).and_then(|(user, team)| {
+            // built once per snapshot and per read of the user's and team's entries
+            let serial = |uid: EntityUid| gathered.get(&uid).map_or(0, |f| f.serial);
+            let user_serial =
+                serial(EntityUid::from_type_name_and_id(state.principal.entity_type.clone(), EntityId::new(user)));
+            let team_serial = cedar_policy::EntityTypeName::from_str(TEAM_TYPE)
+                .map_or(0, |team_type| serial(EntityUid::from_type_name_and_id(team_type, EntityId::new(team))));
+            let known = |uid: &EntityUid| gathered.known_or_none(&snapshot, uid);
+            snapshot
+                .derived_entity((resource.clone(), user_serial, team_serial), || {
+                    derive_profile(&snapshot, known, &state.principal.entity_type, user, team, &resource)
+                })
+                .inspect_err(|e| tracing::info!(request_id, route = %route.name, error = %e, "no profile derived"))
+                .ok()
+        });
     // errors stay typed to here, so the metric and the audit event say which kind
-    let stored = gathered.known(&snapshot, &principal);
     let base = gathered.get(&principal).map_or(0, |f| f.serial);
-    let requester = snapshot
-        .request_principal_over(identity.token_digest, base, &lost, || {
-            principal_entity(&identity, &state.principal, stored, snapshot.schema(), &lost)
-        })
-        .map_err(|e| RequestError::BadEntities(e.to_string()));
+    let requester = snapshot.request_principal_over(identity.token_digest, base, &lost, || {
+        // a stored entity that cannot be built fails the request, never drops its attributes
+        let stored = gathered.known(&snapshot, &principal).map_err(|e| RequestError::BadEntities(e.to_string()))?;
+        principal_entity(&identity, &state.principal, stored.as_deref(), snapshot.schema(), &lost)
+            .map_err(|e| RequestError::BadEntities(e.to_string()))
+    });
     // what the principal (its token's groups) and the derived profile point at
     if let (Some(directory), Ok(requester), None) = (&state.directory, &requester, &gather_error) {
         let more = requester.references().iter().chain(derived.iter().flat_map(|d| d.references())).cloned();
@@ -322,8 +323,8 @@ where
         Handler::Presign(options) => {
             let presigner = state.presigner.as_ref().ok_or(ApiError::Internal)?;
             let known = |uid: &EntityUid| match &derived {
-                Some(profile) if profile.uid() == uid => Some(profile.entity()),
-                _ => gathered.known(&snapshot, uid),
+                Some(profile) if profile.uid() == uid => Some(profile.shared().clone()),
+                _ => gathered.known_or_none(&snapshot, uid),
             };
             let target = resolve(known, &resource, resource.id().unescaped());
             let result = Box::pin(presigner.presign(target, &identity.subject, options)).await;
@@ -384,7 +385,7 @@ async fn account_pool(
             tracing::warn!(request_id, error = %e, "account-pool user not read from the directory");
             if e.is_unreachable() { ApiError::DirectoryUnavailable } else { ApiError::Forbidden }
         })?,
-        None => None,
+        None => Vec::new(),
     };
     let pool = &state.account_pool;
     let answer = match operation {

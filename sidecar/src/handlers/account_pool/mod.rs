@@ -30,7 +30,7 @@ pub use pool::ListSharing;
 pub use question::{USER_TYPE, user_uid};
 
 use crate::authz::Engine;
-use crate::policy_store::PolicySnapshot;
+use crate::policy_store::{CheckedEntity, PolicySnapshot};
 use pool::PoolIndex;
 use question::{Question, Refusal};
 
@@ -57,31 +57,24 @@ impl UserError {
     }
 }
 
-/// The snapshot's entities with the event's user and what it reaches, when `directory`
-/// holds DataZone users and no entity file lists this one; `None`: decide over the
-/// snapshot's own entities.
+/// The event's user and what it reaches, from `directory`, when it holds DataZone users
+/// and no entity file lists this one; empty: decide over the snapshot's own entities.
 pub async fn directory_entities(
     directory: &crate::directory::Directory,
     snapshot: &PolicySnapshot,
     operation: &Operation,
-) -> Result<Option<Arc<cedar_policy::Entities>>, UserError> {
+) -> Result<Vec<Arc<CheckedEntity>>, UserError> {
     let user = match operation {
         Operation::List(list) => list.user_identifier.as_deref(),
         Operation::Validate(validate) => validate.user_identifier.as_deref(),
     };
-    let Some(uid) = user.filter(|u| !u.is_empty()).and_then(user_uid) else { return Ok(None) };
-    if snapshot.entities().get(&uid).is_some() || !directory.holds(uid.type_name()) {
-        return Ok(None);
+    let Some(uid) = user.filter(|u| !u.is_empty()).and_then(user_uid) else { return Ok(Vec::new()) };
+    if snapshot.holds(&uid) || !directory.holds(uid.type_name()) {
+        return Ok(Vec::new());
     }
     let mut gathered = crate::directory::Gathered::default();
     crate::directory::gather(directory, snapshot, [uid], &mut gathered).await?;
-    let fetched: Vec<cedar_policy::Entity> = gathered.all().map(|c| c.entity().clone()).collect();
-    if fetched.is_empty() {
-        return Ok(None);
-    }
-    let entities =
-        snapshot.entities().clone().add_entities(fetched, None).map_err(|e| UserError::Unfit(e.to_string()))?;
-    Ok(Some(Arc::new(entities)))
+    Ok(gathered.shared().collect())
 }
 
 /// The handler: the shared engine, and the pool index of the snapshot it last answered
@@ -105,17 +98,17 @@ impl AccountPool {
         operation: &Operation,
         request_id: &str,
     ) -> Result<Value, EventError> {
-        self.apply_over(snapshot, operation, request_id, None)
+        self.apply_over(snapshot, operation, request_id, Vec::new())
     }
 
-    /// As [`Self::apply`], over `entities` (the snapshot's, with the event's user and
-    /// what it reaches from the directory) when given.
+    /// As [`Self::apply`], with `fetched` (the event's user and what it reaches, from
+    /// the directory) among each question's entities.
     pub fn apply_over(
         &self,
         snapshot: &PolicySnapshot,
         operation: &Operation,
         request_id: &str,
-        entities: Option<Arc<cedar_policy::Entities>>,
+        fetched: Vec<Arc<CheckedEntity>>,
     ) -> Result<Value, EventError> {
         let index = self.index(snapshot);
         match operation {
@@ -126,7 +119,7 @@ impl AccountPool {
                     &request.domain_unit_identifier,
                     &request.domain_region,
                 )
-                .over(entities);
+                .over(fetched);
                 let grant = request.aws_account_id.as_deref().zip(request.region_name.as_deref()).is_some_and(
                     |(account, region)| {
                         // what a list would never offer is DENY before Cedar is asked,
@@ -152,7 +145,7 @@ impl AccountPool {
                     &request.domain_unit_identifier,
                     &request.domain_region,
                 )
-                .over(entities);
+                .over(fetched);
                 let items = pool::authorized_accounts(&self.engine, snapshot, &index, &asked, request_id);
                 asked.audit_list(snapshot, request_id, items.len());
                 paging::page(items, request)

@@ -60,13 +60,23 @@ impl PoolIndex {
         let mut next_class = 0;
         let mut accounts = Vec::new();
         for uid in snapshot.entities_of_type(&account_type).iter() {
-            let Some(account) = snapshot.entities().get(uid) else { continue };
+            // built for this once, not kept: the index holds what lists need of each account
+            let Some(json) = snapshot.stored_json(uid) else { continue };
+            let account = match cedar_policy::Entity::from_json_str(json, Some(snapshot.schema())) {
+                Ok(account) => account,
+                Err(error) => {
+                    // checked when the snapshot was built: cannot happen, but an account
+                    // that cannot be read is left out of every list (validate denies it)
+                    tracing::error!(account = %uid, %error, "a stored pool account could not be built; left out");
+                    continue;
+                }
+            };
             // a new view, or no view at all, starts a class of its own
             let mut new_class = || {
                 next_class += 1;
                 next_class - 1
             };
-            let class = match observation.view(snapshot.entities(), uid) {
+            let class = match observation.view(&account, |target| snapshot.is_stored_ancestor(target, uid)) {
                 Some(view) => *classes.entry(view).or_insert_with(new_class),
                 None => new_class(),
             };

@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use cedar_policy::{Context, Entities, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression, Schema};
+use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression, Schema};
 
 use crate::authz::audit::{Asked, AuditEvent};
 use crate::authz::{Decision, Engine, RequestError};
-use crate::policy_store::PolicySnapshot;
+use crate::policy_store::{CheckedEntity, PolicySnapshot};
 
 /// One `UseAccount` question's fixed parts, built once per event: the principal, the
 /// action and the domain fields of the context. Only the account and the region vary,
@@ -20,9 +20,8 @@ pub(super) struct Question {
     action: Option<EntityUid>,
     account_type: Option<EntityTypeName>,
     fixed_context: Vec<(String, RestrictedExpression)>,
-    /// The snapshot's entities with the user's from the directory, when it came from
-    /// there; else the snapshot's own are used.
-    entities: Option<Arc<Entities>>,
+    /// The user and what it reaches, from the directory, when it came from there.
+    fetched: Vec<Arc<CheckedEntity>>,
 }
 
 impl Question {
@@ -43,13 +42,13 @@ impl Question {
             action: use_account(),
             account_type: account_type(),
             fixed_context,
-            entities: None,
+            fetched: Vec::new(),
         }
     }
 
-    /// Decide over `entities` instead of the snapshot's own.
-    pub(super) fn over(mut self, entities: Option<Arc<Entities>>) -> Self {
-        self.entities = entities;
+    /// Decide with `fetched` (from the directory) among the question's entities.
+    pub(super) fn over(mut self, fetched: Vec<Arc<CheckedEntity>>) -> Self {
+        self.fetched = fetched;
         self
     }
 
@@ -103,10 +102,8 @@ impl Question {
                 request
             }
         };
-        Ok(match &self.entities {
-            Some(entities) => engine.decide_prepared_over(snapshot, &request, entities),
-            None => engine.decide_prepared(snapshot, &request),
-        })
+        let fetched: Vec<&CheckedEntity> = self.fetched.iter().map(Arc::as_ref).collect();
+        engine.decide_prepared(snapshot, &request, &fetched).map_err(Refusal::Request)
     }
 
     /// What the audit event says of this question before it is decided.

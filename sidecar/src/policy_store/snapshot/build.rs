@@ -9,19 +9,18 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use cedar_policy::{
-    ActionConstraint, Entities, Entity, EntityUid, Policy, PolicyId, PolicySet, Schema, SchemaFragment, ValidationMode,
+    ActionConstraint, Entities, EntityUid, Policy, PolicyId, PolicySet, Schema, SchemaFragment, ValidationMode,
     Validator,
 };
 use moka::sync::Cache;
-use serde_json::value::RawValue;
 
 use super::scope::ScopeIndex;
-use super::slices::{is_action, reachable_from, references};
+use super::store::EntityStore;
 use super::{
-    DefinedAt, PRINCIPAL_CACHE_CAPACITY, PolicySnapshot, REQUEST_SETS_WEIGHT, SLICE_CACHE_CAPACITY, SnapshotSource,
-    SnapshotVersion,
+    BUILT_CACHE_CAPACITY, DefinedAt, PRINCIPAL_CACHE_CAPACITY, PolicySnapshot, REQUEST_SETS_WEIGHT, SLICE_CACHE_WEIGHT,
+    Slice, SnapshotSource, SnapshotVersion,
 };
-use crate::policy_store::diagnostics::{LineIndex, LoadError, Location, Problem, describe};
+use crate::policy_store::diagnostics::{LineIndex, LoadError, Problem, describe};
 use crate::policy_store::sources::{SourceDirs, SourceFile, Sources};
 use crate::policy_store::statements::statement_starts;
 
@@ -75,36 +74,39 @@ impl PolicySnapshot {
     ) -> Result<Self, LoadError> {
         let PolicyParts { schema, policies, policy_origins, policy_texts } = parts;
         validate_policies(&schema, &policies, &policy_origins, policy_texts, &mut problems, &mut warnings);
-        let entities = parse_entities(entity_files, &schema, &mut problems);
-        let Some((entities, entity_origins)) = entities else {
+        let store = EntityStore::build(entity_files, &schema, &mut problems);
+        let actions = action_entities(&schema, entity_files, &mut problems);
+        let (Some(store), Some(actions)) = (store, actions) else {
             return Err(LoadError::new(problems));
         };
         if !problems.is_empty() {
             return Err(LoadError::new(problems));
         }
-        warnings.extend(dangling_references(&entities, &entity_origins));
+        warnings.extend(store.dangling_warnings());
 
         let literals: HashSet<EntityUid> = policies.policies().flat_map(|p| p.entity_literals()).collect();
-        let literal_slice = reachable_from(&entities, literals);
-        let action_entities = entities.iter().filter(|e| is_action(&e.uid())).cloned().collect();
+        let action_entities = actions.iter().cloned().collect();
 
-        let by_action = index_by_action(&policies, &schema, &entities);
+        let by_action = index_by_action(&policies, &schema, &actions);
         static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        Ok(Self {
+        let mut snapshot = Self {
             build_id: BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             version: SnapshotVersion { digest: digest.to_owned(), generation },
             source,
             policies: Arc::new(policies),
             by_action,
             schema,
-            entities,
+            store,
+            built: Cache::builder().max_capacity(BUILT_CACHE_CAPACITY).build(),
             policy_origins,
-            entity_origins,
-            literal_slice,
+            literal_slice: Slice::default(),
             action_entities,
             warnings,
             by_type: OnceLock::new(),
-            slices: Cache::builder().max_capacity(SLICE_CACHE_CAPACITY).build(),
+            slices: Cache::builder()
+                .max_capacity(SLICE_CACHE_WEIGHT)
+                .weigher(|_, slice: &Arc<Slice>| u32::try_from(slice.entities.len() + 1).unwrap_or(u32::MAX))
+                .build(),
             principals: Cache::builder().max_capacity(PRINCIPAL_CACHE_CAPACITY).build(),
             derived: Cache::builder().max_capacity(PRINCIPAL_CACHE_CAPACITY).build(),
             request_sets: Cache::builder()
@@ -116,7 +118,14 @@ impl PolicySnapshot {
             checked_shapes: Cache::builder().max_capacity(1_024).build(),
             typed_contexts: Cache::builder().max_capacity(10_000).build(),
             decisions: Cache::builder().max_capacity(super::DECISION_CACHE_CAPACITY).build(),
-        })
+        };
+        // every request's entities include the policies' literal entities and what they
+        // reach, so those are built now, once
+        snapshot.literal_slice = snapshot.reachable_from(literals).map_err(|e| {
+            let dir = entity_files.first().and_then(|f| f.path.parent()).map(PathBuf::from).unwrap_or_default();
+            LoadError::new(vec![Problem::new(dir, None, describe(&*e, None))])
+        })?;
+        Ok(snapshot)
     }
 }
 
@@ -292,94 +301,11 @@ fn validate_policies(
     }
 }
 
-type ParsedEntities = (Entities, HashMap<EntityUid, DefinedAt>);
-
-fn parse_entities(files: &[SourceFile], schema: &Schema, problems: &mut Vec<Problem>) -> Option<ParsedEntities> {
-    let before = problems.len();
-    let mut origins: HashMap<EntityUid, DefinedAt> = HashMap::new();
-    let mut all = Vec::new();
-    for file in files {
-        let items: Vec<&RawValue> = match serde_json::from_str(&file.text) {
-            Ok(items) => items,
-            Err(e) => {
-                let location = Location { line: e.line(), column: e.column() };
-                problems.push(Problem::new(
-                    &file.path,
-                    Some(location).filter(|l| l.line > 0),
-                    format!("expected a JSON array of Cedar entities: {e}"),
-                ));
-                continue;
-            }
-        };
-        let lines = LineIndex::new(&file.text);
-        for item in items {
-            let offset = (item.get().as_ptr() as usize).saturating_sub(file.text.as_ptr() as usize);
-            let origin = DefinedAt { file: file.path.clone(), location: Some(lines.locate(offset)) };
-            match Entity::from_json_str(item.get(), Some(schema)) {
-                Ok(entity) => {
-                    let uid = entity.uid();
-                    if let Some(first) = origins.get(&uid) {
-                        problems.push(Problem::new(
-                            origin.file,
-                            origin.location,
-                            format!("duplicate entity `{uid}`: it is already defined at {first}"),
-                        ));
-                        continue;
-                    }
-                    origins.insert(uid, origin);
-                    all.push(entity);
-                }
-                Err(e) => problems.push(Problem::new(origin.file, origin.location, describe(&e, None))),
-            }
-        }
-    }
-    if problems.len() > before {
-        return None;
-    }
-    // Each entity was checked against the schema as it was parsed; what is left is to
-    // add the schema's action entities and compute the hierarchy.
-    let actions = match schema.action_entities() {
-        Ok(actions) => actions,
-        Err(e) => {
-            let dir = files.first().and_then(|f| f.path.parent()).map(PathBuf::from).unwrap_or_default();
-            problems.push(Problem::new(dir, None, describe(&e, None)));
-            return None;
-        }
+/// The schema's action entities, with their hierarchy.
+fn action_entities(schema: &Schema, files: &[SourceFile], problems: &mut Vec<Problem>) -> Option<Entities> {
+    let problem = |e: &dyn miette::Diagnostic| {
+        let dir = files.first().and_then(|f| f.path.parent()).map(PathBuf::from).unwrap_or_default();
+        Problem::new(dir, None, describe(e, None))
     };
-    match Entities::from_entities(all.into_iter().chain(actions.iter().cloned()), None) {
-        Ok(entities) => Some((entities, origins)),
-        Err(e) => {
-            let dir = files.first().and_then(|f| f.path.parent()).map(PathBuf::from).unwrap_or_default();
-            problems.push(Problem::new(dir, None, describe(&e, None)));
-            None
-        }
-    }
-}
-
-/// References to entities no file defines. Cedar allows them (an `in` test against a
-/// missing entity is simply false), but in a hand-written entity file they are nearly
-/// always a typo, so they are reported.
-fn dangling_references(entities: &Entities, origins: &HashMap<EntityUid, DefinedAt>) -> Vec<Problem> {
-    let mut warnings = Vec::new();
-    for entity in entities.iter() {
-        let uid = entity.uid();
-        let Some(origin) = origins.get(&uid) else {
-            continue;
-        };
-        let mut missing: Vec<String> = references(entity, Some(entities))
-            .into_iter()
-            .filter(|r| !is_action(r) && entities.get(r).is_none())
-            .map(|r| format!("`{r}`"))
-            .collect();
-        missing.sort();
-        missing.dedup();
-        if !missing.is_empty() {
-            warnings.push(Problem::new(
-                origin.file.clone(),
-                origin.location,
-                format!("entity `{uid}` refers to {}, which no entity file defines", missing.join(", ")),
-            ));
-        }
-    }
-    warnings
+    schema.action_entities().map_err(|e| problems.push(problem(&e))).ok()
 }

@@ -7,19 +7,22 @@
 //! (see [`super::PolicyStore`]). Per-snapshot caches live inside the snapshot, so a new
 //! snapshot starts with empty caches and can never serve a stale entity.
 //!
-//! Three concerns, a file each: this one holds the snapshot and what it answers;
-//! `build.rs` parses, validates and indexes the inputs into one; `slices.rs` cuts the
-//! entities one request needs out of it (and keeps the principals built from tokens).
+//! Four concerns, a file each: this one holds the snapshot and what it answers;
+//! `build.rs` parses, validates and indexes the inputs into one; `store.rs` holds the
+//! entity files' entities compactly; `slices.rs` cuts the entities one request needs
+//! out of them (and keeps the principals built from tokens).
 
 mod build;
 mod scope;
 mod slices;
+mod store;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, RwLock};
 
+use cedar_policy::entities_errors::EntitiesError;
 use cedar_policy::{Entities, Entity, EntityTypeName, EntityUid, PolicyId, PolicySet, Schema};
 use moka::sync::Cache;
 
@@ -29,8 +32,15 @@ pub use slices::{CheckedEntity, Slice, next_serial};
 use super::diagnostics::{Location, Problem};
 use super::sources::SourceDirs;
 
-/// How many per-entity slices a snapshot keeps (see [`PolicySnapshot::entity_slice`]).
-const SLICE_CACHE_CAPACITY: u64 = 50_000;
+/// How many entities the per-entity slices a snapshot keeps may name in all (see
+/// [`PolicySnapshot::entity_slice`]); a slice shares its entities with the cache of
+/// built entities, so this bounds the entities kept alive by slices.
+const SLICE_CACHE_WEIGHT: u64 = 8_192;
+
+/// How many stored entities a snapshot keeps built as Cedar entities (see
+/// [`PolicySnapshot::stored_entity`]): about 5 KiB each, so at most some 20 MiB, and
+/// only as many as requests reach.
+const BUILT_CACHE_CAPACITY: u64 = 4_096;
 /// A request principal's cache key: the token's SHA-256, the directory entry's serial,
 /// and the teams lost since the token was issued.
 type PrincipalKey = ([u8; 32], u64, Box<[String]>);
@@ -57,7 +67,9 @@ const DECISION_CACHE_CAPACITY: u64 = 8_192;
 
 /// How many entities the request entity sets a snapshot keeps may hold in all: at
 /// 10 to 30 entities per set, some hundreds of sets (principal and resource pairs).
-const REQUEST_SETS_WEIGHT: u64 = 10_000;
+/// Each set holds copies of its entities (Cedar's `Entities` owns them), so this bounds
+/// their memory too (some 20 MiB at most).
+const REQUEST_SETS_WEIGHT: u64 = 4_096;
 
 /// How many request principals (one per verified token) a snapshot keeps.
 const PRINCIPAL_CACHE_CAPACITY: u64 = 10_000;
@@ -143,9 +155,12 @@ pub struct PolicySnapshot {
     /// action only; and likewise for principal and resource scopes (see [`scope`]).
     by_action: HashMap<EntityUid, scope::ScopeIndex>,
     schema: Schema,
-    entities: Entities,
+    /// The entity files' entities, held compactly (see [`store`]).
+    store: store::EntityStore,
+    /// Stored entities built as Cedar entities from their JSON, for the requests that
+    /// reach them (see [`Self::stored_entity`]).
+    built: Cache<u32, Arc<Entity>>,
     policy_origins: HashMap<PolicyId, DefinedAt>,
-    entity_origins: HashMap<EntityUid, DefinedAt>,
     /// The entities written literally in policies (e.g. `Studio::Team::"admins"`) and
     /// everything reachable from them: every request slice includes them, since a policy
     /// may read their attributes. Fixed for the snapshot, so computed once.
@@ -158,7 +173,8 @@ pub struct PolicySnapshot {
     /// [`PolicySnapshot::entities_of_type`]).
     by_type: OnceLock<HashMap<EntityTypeName, Arc<[EntityUid]>>>,
     /// Per-entity slice cache: uid → that entity and everything reachable from it.
-    /// moka because readers on every core hit it concurrently and it must stay bounded.
+    /// moka because readers on every core hit it concurrently and it must stay bounded
+    /// (weighed by the entities a slice names).
     slices: Cache<EntityUid, Arc<Slice>>,
     /// Request principals by the SHA-256 of the token they were built from and the
     /// directory entry they were built on (0: none). A principal depends only on the
@@ -257,8 +273,66 @@ impl PolicySnapshot {
         &self.schema
     }
 
-    pub fn entities(&self) -> &Entities {
-        &self.entities
+    /// Whether the entity files define `uid`.
+    pub fn holds(&self, uid: &EntityUid) -> bool {
+        self.store.holds(uid)
+    }
+
+    /// The entity the entity files define as `uid`, as a Cedar entity (its parents as
+    /// written; the hierarchy is closed over the entities of each request). Built from
+    /// the JSON kept for it the first time a request reaches it, and kept (bounded).
+    pub fn stored_entity(&self, uid: &EntityUid) -> Result<Option<Arc<Entity>>, Box<EntitiesError>> {
+        match self.store.index_of(uid) {
+            Some(index) => self.built_at(index),
+            None => Ok(None),
+        }
+    }
+
+    /// The JSON the entity files define `uid` with (checked against the schema), for a
+    /// caller that reads many stored entities once each and keeps what it needs of
+    /// them, without filling the cache of built entities.
+    pub fn stored_json(&self, uid: &EntityUid) -> Option<&str> {
+        self.store.json(uid).map(|(_, json)| json)
+    }
+
+    /// The stored entity at `index` of the store, built (see [`Self::stored_entity`]).
+    fn built_at(&self, index: u32) -> Result<Option<Arc<Entity>>, Box<EntitiesError>> {
+        if let Some(entity) = self.built.get(&index) {
+            return Ok(Some(entity));
+        }
+        let Some(json) = self.store.json_at(index) else { return Ok(None) };
+        // checked against this schema when the snapshot was built, so this only fails if
+        // Cedar's parser does; then the request fails rather than go without the entity
+        let entity = Arc::new(Entity::from_json_str(json, Some(&self.schema)).map_err(Box::new)?);
+        self.built.insert(index, entity.clone());
+        Ok(Some(entity))
+    }
+
+    /// Whether the stored entity `uid` has `ancestor` among its ancestors, as the
+    /// hierarchy of the entity files closes it.
+    pub fn is_stored_ancestor(&self, ancestor: &EntityUid, uid: &EntityUid) -> bool {
+        self.store.has_ancestor(uid, ancestor)
+    }
+
+    /// Whether the stored entity `uid` points at `target`: an ancestor, or a uid in an
+    /// attribute or tag. Cheap, so a search over stored entities can rule most out
+    /// before building any.
+    pub fn stored_points_at(&self, uid: &EntityUid, target: &EntityUid) -> bool {
+        self.store.points_at_uid(uid, target)
+    }
+
+    /// Every stored entity and the schema's action entities as one Cedar entity store.
+    /// Builds every entity again: for tools and tests that compare with Cedar over the
+    /// whole store, never for a request.
+    pub fn all_entities(&self) -> Result<Entities, Box<EntitiesError>> {
+        let mut all = Vec::with_capacity(self.store.len());
+        for uid in self.store.uids() {
+            if let Some((_, json)) = self.store.json(uid) {
+                all.push(Entity::from_json_str(json, Some(&self.schema)).map_err(Box::new)?);
+            }
+        }
+        all.extend(self.action_entities.iter().cloned());
+        Entities::from_entities(all, None).map_err(Box::new)
     }
 
     /// Warnings that did not stop the load (validator warnings, references to entities
@@ -273,7 +347,7 @@ impl PolicySnapshot {
 
     /// Entities from the entity files (action entities from the schema not counted).
     pub fn entity_count(&self) -> usize {
-        self.entity_origins.len()
+        self.store.len()
     }
 
     /// Where a policy was defined, e.g. `policies/presign.cedar:14`.
@@ -293,18 +367,7 @@ impl PolicySnapshot {
     /// in one pass the first time any type is asked for, and kept with the snapshot.
     pub fn entities_of_type(&self, type_name: &EntityTypeName) -> Arc<[EntityUid]> {
         let index = self.by_type.get_or_init(|| {
-            let mut by_type: HashMap<EntityTypeName, Vec<EntityUid>> = HashMap::new();
-            for entity in self.entities.iter() {
-                let uid = entity.uid();
-                by_type.entry(uid.type_name().clone()).or_default().push(uid);
-            }
-            by_type
-                .into_iter()
-                .map(|(type_name, mut uids)| {
-                    uids.sort_by(|a, b| a.id().unescaped().cmp(b.id().unescaped()));
-                    (type_name, uids.into())
-                })
-                .collect()
+            self.store.by_type().into_iter().map(|(type_name, uids)| (type_name, uids.into())).collect()
         });
         index.get(type_name).cloned().unwrap_or_else(|| Arc::from([]))
     }

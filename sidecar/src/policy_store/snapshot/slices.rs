@@ -6,7 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cedar_policy::{Entities, Entity, EntityUid, EvalResult};
+use cedar_policy::entities_errors::EntitiesError;
+use cedar_policy::{Entities, Entity, EntityUid};
 
 use super::{PolicySnapshot, RequestEntitiesKey};
 
@@ -25,7 +26,7 @@ pub fn next_serial() -> u64 {
 #[derive(Debug)]
 pub struct CheckedEntity {
     uid: EntityUid,
-    entity: Entity,
+    entity: Arc<Entity>,
     references: Vec<EntityUid>,
     /// Unique in this process: names this entity (never reused, unlike an address) in
     /// the keys of request entity sets built with it.
@@ -36,7 +37,7 @@ impl CheckedEntity {
     /// `entity` must already conform to the snapshot's schema (it is added to request
     /// entities without another check).
     pub fn new(entity: Entity) -> Self {
-        Self { uid: entity.uid(), references: references(&entity, None), entity, serial: next_serial() }
+        Self { uid: entity.uid(), references: references(&entity), entity: Arc::new(entity), serial: next_serial() }
     }
 
     pub fn uid(&self) -> &EntityUid {
@@ -44,6 +45,11 @@ impl CheckedEntity {
     }
 
     pub fn entity(&self) -> &Entity {
+        &self.entity
+    }
+
+    /// The entity, shared.
+    pub fn shared(&self) -> &Arc<Entity> {
         &self.entity
     }
 
@@ -62,26 +68,72 @@ impl CheckedEntity {
 /// at that no stored entity has (which another source, the directory, may hold).
 #[derive(Debug, Default)]
 pub struct Slice {
-    pub entities: Vec<Entity>,
+    pub entities: Vec<Arc<Entity>>,
     pub dangling: Vec<EntityUid>,
 }
 
 impl PolicySnapshot {
     /// A stored entity and every stored entity reachable from it through parents,
     /// entity-valued attributes and tags (the entity itself first when it exists).
-    /// Cached per snapshot.
-    pub fn entity_slice(&self, uid: &EntityUid) -> Arc<Slice> {
+    /// Cached per snapshot, with its entities built (see [`Self::stored_entity`]).
+    pub fn entity_slice(&self, uid: &EntityUid) -> Result<Arc<Slice>, Box<EntitiesError>> {
         if let Some(slice) = self.slices.get(uid) {
             metrics::counter!("authz_entity_cache_total", "result" => "hit").increment(1);
-            return slice;
+            return Ok(slice);
         }
         metrics::counter!("authz_entity_cache_total", "result" => "miss").increment(1);
-        self.slices.get_with_by_ref(uid, || Arc::new(reachable_from(&self.entities, [uid.clone()])))
+        let slice = Arc::new(self.reachable_from([uid.clone()])?);
+        self.slices.insert(uid.clone(), slice.clone());
+        Ok(slice)
+    }
+
+    /// Every stored entity reachable from `roots` through ancestors, entity-valued
+    /// attributes and tags (roots included when they exist), built, and the uids reached
+    /// that no stored entity has. Action entities excluded. What a stored entity points
+    /// at is closed when the snapshot is built, so this reads each entity's list once.
+    pub(super) fn reachable_from(
+        &self,
+        roots: impl IntoIterator<Item = EntityUid>,
+    ) -> Result<Slice, Box<EntitiesError>> {
+        let mut slice = Slice::default();
+        let mut seen = HashSet::new();
+        for root in roots {
+            if is_action(&root) {
+                continue;
+            }
+            let Some(index) = self.store.index_of(&root) else {
+                if !slice.dangling.contains(&root) {
+                    slice.dangling.push(root);
+                }
+                continue;
+            };
+            for index in std::iter::once(index).chain(self.store.points_at(index).iter().copied()) {
+                if !seen.insert(index) {
+                    continue;
+                }
+                match self.built_at(index)? {
+                    Some(entity) => slice.entities.push(entity),
+                    None => {
+                        if let Some(uid) = self.store.uid(index).filter(|uid| !is_action(uid)) {
+                            slice.dangling.push(uid.clone());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(slice)
     }
 
     /// Uids the policies name literally that no stored entity has.
     pub fn literal_dangling(&self) -> &[EntityUid] {
         &self.literal_slice.dangling
+    }
+
+    /// How many stored entities this snapshot holds built as Cedar entities (for
+    /// metrics and tests).
+    pub fn built_entities(&self) -> u64 {
+        self.built.run_pending_tasks();
+        self.built.entry_count()
     }
 
     /// How many entity slices this snapshot has cached (for metrics).
@@ -104,9 +156,10 @@ impl PolicySnapshot {
     /// principal, action, resource, context or a literal in a policy, by following
     /// parents, attributes and tags, and every such path is in the slices.
     ///
-    /// Brought entities are meant to be leaves of the hierarchy (a principal). Stored
-    /// entities keep the ancestors the snapshot computed for them, so replacing an entity
-    /// that stored entities descend from changes its own ancestors, not theirs.
+    /// Brought entities are meant to be leaves of the hierarchy (a principal). The
+    /// hierarchy is closed over the request's entities (stored entities are built with
+    /// their parents as written), so a brought entity's parents are what it gives the
+    /// stored entities below it, if any.
     ///
     /// Without `extra`, the result depends only on `checked` (each immutable, named by
     /// its serial) and `roots`, so it is built once and kept with the snapshot (bounded
@@ -118,7 +171,7 @@ impl PolicySnapshot {
         checked: &[&CheckedEntity],
         roots: &[EntityUid],
         extra: &[Entity],
-    ) -> Result<Arc<Entities>, Box<cedar_policy::entities_errors::EntitiesError>> {
+    ) -> Result<Arc<Entities>, Box<EntitiesError>> {
         if !extra.is_empty() {
             return self.assemble_request_entities(checked, roots, extra).map(Arc::new);
         }
@@ -138,24 +191,24 @@ impl PolicySnapshot {
         checked: &[&CheckedEntity],
         roots: &[EntityUid],
         extra: &[Entity],
-    ) -> Result<Entities, Box<cedar_policy::entities_errors::EntitiesError>> {
+    ) -> Result<Entities, Box<EntitiesError>> {
         if !extra.is_empty() {
             Entities::from_entities(extra.iter().cloned(), Some(&self.schema)).map_err(Box::new)?;
         }
-        let brought: Vec<&Entity> = checked.iter().map(|c| &c.entity).chain(extra).collect();
+        let brought: Vec<&Entity> = checked.iter().map(|c| c.entity()).chain(extra).collect();
         let replaced: HashSet<EntityUid> = brought.iter().map(|e| e.uid()).collect();
         let mut chosen: HashMap<EntityUid, Entity> = HashMap::with_capacity(32);
-        let mut choose = |entity: &Entity| {
+        let mut choose = |entity: &Arc<Entity>| {
             let uid = entity.uid();
             if !replaced.contains(&uid) {
-                chosen.entry(uid).or_insert_with(|| entity.clone());
+                chosen.entry(uid).or_insert_with(|| Entity::clone(entity));
             }
         };
         let checked_refs = checked.iter().flat_map(|c| c.references.iter().cloned());
-        let extra_refs = extra.iter().flat_map(|e| references(e, None));
+        let extra_refs = extra.iter().flat_map(references);
         for root in roots.iter().cloned().chain(checked_refs).chain(extra_refs) {
             if !is_action(&root) {
-                self.entity_slice(&root).entities.iter().for_each(&mut choose);
+                self.entity_slice(&root)?.entities.iter().for_each(&mut choose);
             }
         }
         self.literal_slice.entities.iter().for_each(choose);
@@ -220,58 +273,22 @@ impl PolicySnapshot {
     }
 }
 
-/// Every stored entity reachable from `roots` through ancestors, entity-valued
-/// attributes and tags (roots included when they exist), and the uids reached that no
-/// stored entity has. Action entities excluded.
-pub(super) fn reachable_from(entities: &Entities, roots: impl IntoIterator<Item = EntityUid>) -> Slice {
-    let mut seen = HashSet::new();
-    let mut stack: Vec<EntityUid> = roots.into_iter().collect();
-    let mut slice = Slice::default();
-    while let Some(uid) = stack.pop() {
-        if is_action(&uid) || !seen.insert(uid.clone()) {
-            continue;
-        }
-        let Some(entity) = entities.get(&uid) else {
-            slice.dangling.push(uid);
-            continue;
-        };
-        stack.extend(references(entity, Some(entities)));
-        slice.entities.push(entity.clone());
-    }
-    slice
-}
-
-/// Uids an entity points at: its ancestors (all of them, from `store`, which has
-/// computed the hierarchy; for an entity of a caller's, not in any store, its direct
-/// parents) and every entity uid inside its attributes and tags.
-pub(super) fn references(entity: &Entity, store: Option<&Entities>) -> Vec<EntityUid> {
-    let uid = entity.uid();
-    let mut out: Vec<EntityUid> = match store.and_then(|s| s.ancestors(&uid)) {
-        Some(ancestors) => ancestors.cloned().collect(),
-        None => Vec::new(),
-    };
-    if store.is_none()
-        && let Ok(serde_json::Value::Object(json)) = entity.to_json_value()
+/// Uids an entity not in the store points at: its parents, and every entity uid inside
+/// its attributes and tags.
+pub(super) fn references(entity: &Entity) -> Vec<EntityUid> {
+    let mut out = Vec::new();
+    if let Ok(serde_json::Value::Object(json)) = entity.to_json_value()
         && let Some(serde_json::Value::Array(parents)) = json.get("parents")
     {
-        // an entity of the caller's, not in the store: its parents are in its JSON form
+        // the public API gives an entity's parents only in its JSON form
         out.extend(parents.iter().filter_map(|p| EntityUid::from_json(p.clone()).ok()));
     }
     let attrs = entity.attrs().filter_map(|(_, v)| v.ok());
     let tags = entity.tags().filter_map(|(_, v)| v.ok());
     for value in attrs.chain(tags) {
-        collect_uids(&value, &mut out);
+        super::store::collect_uids(&value, &mut out);
     }
     out
-}
-
-fn collect_uids(value: &EvalResult, out: &mut Vec<EntityUid>) {
-    match value {
-        EvalResult::EntityUid(uid) => out.push(uid.clone()),
-        EvalResult::Set(set) => set.iter().for_each(|v| collect_uids(v, out)),
-        EvalResult::Record(record) => record.iter().for_each(|(_, v)| collect_uids(v, out)),
-        EvalResult::Bool(_) | EvalResult::Long(_) | EvalResult::String(_) | EvalResult::ExtensionValue(_) => {}
-    }
 }
 
 /// Action entities come from the schema, never from slices.
