@@ -98,6 +98,23 @@ fn validate_names_a_policy_that_does_not_type_check() {
     assert_validate_fails(&ws, &["typo.cedar:4:8: for policy `typo`, attribute `ownr`", "did you mean `owner`?"]);
 }
 
+/// Policies are parsed one statement at a time; an error in a later statement, even
+/// one that shares a line with the statement before it, still points into the file.
+#[test]
+fn validate_points_at_an_error_in_a_later_statement_of_a_file() {
+    let ws = Workspace::shipped();
+    let good = "@id(\"g1\")\npermit (principal, action == Studio::Action::\"CreatePresignedDomainUrl\", resource);\n";
+    ws.write_policy(
+        "many.cedar",
+        &format!(
+            "// two good policies, then two on one line\n{good}\n{}@id(\"g3\") permit (principal, action, resource); @id(\"typo\") \
+             permit (principal, action == Studio::Action::\"CreatePresignedDomainUrl\", resource) when {{ resource.ownr == principal }};\n",
+            good.replace("g1", "g2")
+        ),
+    );
+    assert_validate_fails(&ws, &["many.cedar:7:151: for policy `typo`, attribute `ownr`"]);
+}
+
 #[test]
 fn validate_rejects_an_unguarded_tag_read_as_strict_validation_requires() {
     let ws = Workspace::shipped();

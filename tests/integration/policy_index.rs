@@ -212,7 +212,13 @@ fn snapshot(world: &World, policies: &[PolicySpec], links: &[LinkSpec]) -> Polic
         let (template, slots) = link_values(spec);
         set.link(PolicyId::new(format!("template-{template}")), PolicyId::new(format!("link-{i}")), slots).unwrap();
     }
-    let parts = PolicyParts { schema, policies: set, policy_origins: HashMap::new(), policy_texts: &[] };
+    let parts = PolicyParts {
+        schema,
+        policies: set,
+        policy_origins: HashMap::new(),
+        statement_offsets: HashMap::new(),
+        policy_texts: &[],
+    };
     let entities = [SourceFile { path: "world.json".into(), text: entities_json(world).to_string() }];
     let source = SnapshotSource::VerifiedPermissions { policy_store_id: "ps-index".into(), entities: "world".into() };
     PolicySnapshot::from_parts(parts, &entities, "digest", source, 1).unwrap()

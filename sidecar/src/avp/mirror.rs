@@ -368,7 +368,13 @@ pub fn snapshot(
     };
 
     let digest = combined_digest(contents, entities);
-    let parts = PolicyParts { schema, policies: set, policy_origins: origins, policy_texts: &texts };
+    let parts = PolicyParts {
+        schema,
+        policies: set,
+        policy_origins: origins,
+        statement_offsets: HashMap::new(),
+        policy_texts: &texts,
+    };
     let source = SnapshotSource::VerifiedPermissions { policy_store_id: store.clone(), entities: entities_dir };
     PolicySnapshot::from_parts(parts, &entities.entities, &digest, source, generation)
 }

@@ -77,16 +77,22 @@ impl Problem {
     /// related diagnostic (Cedar's parser reports later syntax errors as related ones).
     /// `text` is the source the diagnostic's spans point into.
     pub fn from_diagnostic(file: &Path, text: &str, diagnostic: &dyn Diagnostic) -> Vec<Self> {
-        let mut problems = vec![Self::one_from_diagnostic(file, text, diagnostic)];
+        Self::from_diagnostic_at(file, text, 0, diagnostic)
+    }
+
+    /// As [`Self::from_diagnostic`], for a diagnostic whose spans count from byte `base`
+    /// of `text` (a policy parsed on its own from a statement of a file).
+    pub fn from_diagnostic_at(file: &Path, text: &str, base: usize, diagnostic: &dyn Diagnostic) -> Vec<Self> {
+        let mut problems = vec![Self::one_from_diagnostic(file, text, base, diagnostic)];
         if let Some(related) = diagnostic.related() {
-            problems.extend(related.map(|d| Self::one_from_diagnostic(file, text, d)));
+            problems.extend(related.map(|d| Self::one_from_diagnostic(file, text, base, d)));
         }
         problems
     }
 
-    fn one_from_diagnostic(file: &Path, text: &str, diagnostic: &dyn Diagnostic) -> Self {
+    fn one_from_diagnostic(file: &Path, text: &str, base: usize, diagnostic: &dyn Diagnostic) -> Self {
         let label = diagnostic.labels().and_then(|mut labels| labels.next());
-        let location = label.as_ref().map(|l| Location::of_offset(text, l.offset()));
+        let location = label.as_ref().map(|l| Location::of_offset(text, base.saturating_add(l.offset())));
         Self::new(file, location, describe(diagnostic, label.as_ref().and_then(|l| l.label())))
     }
 }

@@ -40,12 +40,13 @@ impl PolicySnapshot {
         let mut warnings = Vec::new();
 
         let schema = parse_schema(&sources.schemas, &mut problems, &mut warnings);
-        let (policies, policy_origins) = parse_policies(&sources.policies, &mut problems);
+        let (policies, policy_origins, statement_offsets) = parse_policies(&sources.policies, &mut problems);
         let (Some(schema), Some(policies)) = (schema, policies) else {
             return Err(LoadError::new(problems));
         };
 
-        let parts = PolicyParts { schema, policies, policy_origins, policy_texts: &sources.policies };
+        let parts =
+            PolicyParts { schema, policies, policy_origins, statement_offsets, policy_texts: &sources.policies };
         Self::assemble(parts, &sources.entities, &sources.digest, source, generation, problems, warnings)
     }
 
@@ -72,8 +73,9 @@ impl PolicySnapshot {
         mut problems: Vec<Problem>,
         mut warnings: Vec<Problem>,
     ) -> Result<Self, LoadError> {
-        let PolicyParts { schema, policies, policy_origins, policy_texts } = parts;
-        validate_policies(&schema, &policies, &policy_origins, policy_texts, &mut problems, &mut warnings);
+        let PolicyParts { schema, policies, policy_origins, statement_offsets, policy_texts } = parts;
+        let origins = (&policy_origins, &statement_offsets);
+        validate_policies(&schema, &policies, origins, policy_texts, &mut problems, &mut warnings);
         let store = EntityStore::build(entity_files, &schema, &mut problems);
         let actions = action_entities(&schema, entity_files, &mut problems);
         let (Some(store), Some(actions)) = (store, actions) else {
@@ -136,6 +138,9 @@ pub struct PolicyParts<'a> {
     pub policies: PolicySet,
     /// Where each policy came from (a file, or a pseudo-path naming a store's policy).
     pub policy_origins: HashMap<PolicyId, DefinedAt>,
+    /// For each policy parsed on its own from a statement of a text, the byte offset of
+    /// that statement in the text (its spans count from there); none: from the start.
+    pub statement_offsets: HashMap<PolicyId, usize>,
     /// Texts that origins point into, so validation errors can quote lines. A policy
     /// whose origin names no text here is still reported, without a line.
     pub policy_texts: &'a [SourceFile],
@@ -194,85 +199,117 @@ fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>, warnings: &mu
     }
 }
 
-fn parse_policies(
-    files: &[SourceFile],
-    problems: &mut Vec<Problem>,
-) -> (Option<PolicySet>, HashMap<PolicyId, DefinedAt>) {
+/// Policies parsed from files: the set, where each policy was defined, and for each
+/// policy parsed on its own, the byte offset of its statement in its file (its spans
+/// count from there).
+type ParsedPolicies = (Option<PolicySet>, HashMap<PolicyId, DefinedAt>, HashMap<PolicyId, usize>);
+
+fn parse_policies(files: &[SourceFile], problems: &mut Vec<Problem>) -> ParsedPolicies {
     let mut origins: HashMap<PolicyId, DefinedAt> = HashMap::new();
+    let mut offsets: HashMap<PolicyId, usize> = HashMap::new();
     let mut policies = Vec::new();
     let mut failed = false;
     for file in files {
-        let parsed = match PolicySet::from_str(&file.text) {
-            Ok(parsed) => parsed,
-            Err(e) => {
-                problems.extend(Problem::from_diagnostic(&file.path, &file.text, &e));
-                failed = true;
-                continue;
-            }
-        };
         let starts = statement_starts(&file.text);
-        let lines = LineIndex::new(&file.text);
-        let origin_of = |auto_id: &PolicyId| DefinedAt {
-            file: file.path.clone(),
-            location: auto_id
-                .to_string()
-                .strip_prefix("policy")
-                .and_then(|n| n.parse::<usize>().ok())
-                .and_then(|n| starts.get(n))
-                .map(|&offset| lines.locate(offset)),
+        // One statement at a time: Cedar's parse of a whole file holds the parse tree of
+        // every policy at once (some 20 MiB for a thousand policies, all of it peak
+        // memory the process keeps), one statement's is a few KiB. A file that does not
+        // split into statements that parse alone (a syntax error) is parsed whole, so
+        // its errors are Cedar's own.
+        let pieces = match by_statement(&file.text, &starts) {
+            Some(pieces) => pieces,
+            None => match PolicySet::from_str(&file.text) {
+                Ok(parsed) => vec![(parsed, 0, None)],
+                Err(e) => {
+                    problems.extend(Problem::from_diagnostic(&file.path, &file.text, &e));
+                    failed = true;
+                    continue;
+                }
+            },
         };
-        for template in parsed.templates() {
-            let origin = origin_of(template.id());
-            problems.push(Problem::new(
-                origin.file,
-                origin.location,
-                "policy templates (policies with `?principal` or `?resource` slots) cannot be linked from files; \
-                 write a static policy, or keep templates in a Verified Permissions policy store",
-            ));
-            failed = true;
-        }
-        for policy in parsed.policies() {
-            let origin = origin_of(policy.id());
-            let Some(id) = policy.annotation("id").map(str::trim).filter(|id| !id.is_empty()) else {
+        let lines = LineIndex::new(&file.text);
+        for (parsed, first, offset) in pieces {
+            let origin_of = |auto_id: &PolicyId| DefinedAt {
+                file: file.path.clone(),
+                location: auto_id
+                    .to_string()
+                    .strip_prefix("policy")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .and_then(|n| starts.get(first + n))
+                    .map(|&offset| lines.locate(offset)),
+            };
+            for template in parsed.templates() {
+                let origin = origin_of(template.id());
                 problems.push(Problem::new(
+                    origin.file,
+                    origin.location,
+                    "policy templates (policies with `?principal` or `?resource` slots) cannot be linked from files; \
+                 write a static policy, or keep templates in a Verified Permissions policy store",
+                ));
+                failed = true;
+            }
+            for policy in parsed.policies() {
+                let origin = origin_of(policy.id());
+                let Some(id) = policy.annotation("id").map(str::trim).filter(|id| !id.is_empty()) else {
+                    problems.push(Problem::new(
                     origin.file,
                     origin.location,
                     "policy has no `@id(\"...\")` annotation; every policy needs a unique id so decisions can name it",
                 ));
-                failed = true;
-                continue;
-            };
-            let id = PolicyId::new(id);
-            if let Some(first) = origins.get(&id) {
-                problems.push(Problem::new(
-                    origin.file.clone(),
-                    origin.location,
-                    format!("duplicate policy id `{id}`: it is already used by the policy at {first}"),
-                ));
-                failed = true;
-                continue;
+                    failed = true;
+                    continue;
+                };
+                let id = PolicyId::new(id);
+                if let Some(first) = origins.get(&id) {
+                    problems.push(Problem::new(
+                        origin.file.clone(),
+                        origin.location,
+                        format!("duplicate policy id `{id}`: it is already used by the policy at {first}"),
+                    ));
+                    failed = true;
+                    continue;
+                }
+                policies.push(policy.new_id(id.clone()));
+                if let Some(offset) = offset {
+                    offsets.insert(id.clone(), offset);
+                }
+                origins.insert(id, origin);
             }
-            policies.push(policy.new_id(id.clone()));
-            origins.insert(id, origin);
         }
     }
     if failed {
-        return (None, origins);
+        return (None, origins, offsets);
     }
     match PolicySet::from_policies(policies) {
-        Ok(set) => (Some(set), origins),
+        Ok(set) => (Some(set), origins, offsets),
         Err(e) => {
             let dir = files.first().and_then(|f| f.path.parent()).map(PathBuf::from).unwrap_or_default();
             problems.push(Problem::new(dir, None, describe(&e, None)));
-            (None, origins)
+            (None, origins, offsets)
         }
     }
+}
+
+/// Each statement of `text` (starting at `starts`) parsed on its own, with its number
+/// and offset; `None` unless every statement parses alone into exactly one policy or
+/// template, so that the pieces are exactly what a parse of the whole file gives.
+fn by_statement(text: &str, starts: &[usize]) -> Option<Vec<(PolicySet, usize, Option<usize>)>> {
+    let mut pieces = Vec::with_capacity(starts.len());
+    for (i, &start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).copied().unwrap_or(text.len());
+        let piece = PolicySet::from_str(text.get(start..end)?).ok()?;
+        if piece.policies().count() + piece.templates().count() != 1 {
+            return None;
+        }
+        pieces.push((piece, i, Some(start)));
+    }
+    Some(pieces)
 }
 
 fn validate_policies(
     schema: &Schema,
     policies: &PolicySet,
-    origins: &HashMap<PolicyId, DefinedAt>,
+    (origins, offsets): (&HashMap<PolicyId, DefinedAt>, &HashMap<PolicyId, usize>),
     files: &[SourceFile],
     problems: &mut Vec<Problem>,
     warnings: &mut Vec<Problem>,
@@ -281,11 +318,11 @@ fn validate_policies(
     let text_of = |id: &PolicyId| {
         let origin = origins.get(id)?;
         let file = files.iter().find(|f| f.path == origin.file)?;
-        Some((file.path.clone(), file.text.as_str()))
+        Some((file.path.clone(), file.text.as_str(), offsets.get(id).copied().unwrap_or(0)))
     };
     for error in result.validation_errors() {
         match text_of(error.policy_id()) {
-            Some((path, text)) => problems.extend(Problem::from_diagnostic(&path, text, error)),
+            Some((path, text, base)) => problems.extend(Problem::from_diagnostic_at(&path, text, base, error)),
             // never drop an error for want of a text to point into
             None => problems.push(Problem::new(
                 origins.get(error.policy_id()).map(|o| o.file.clone()).unwrap_or_default(),
@@ -295,8 +332,8 @@ fn validate_policies(
         }
     }
     for warning in result.validation_warnings() {
-        if let Some((path, text)) = text_of(warning.policy_id()) {
-            warnings.extend(Problem::from_diagnostic(&path, text, warning));
+        if let Some((path, text, base)) = text_of(warning.policy_id()) {
+            warnings.extend(Problem::from_diagnostic_at(&path, text, base, warning));
         }
     }
 }
