@@ -70,6 +70,35 @@ fn the_sample_list_event_lists_exactly_the_granted_accounts_and_regions() {
     );
 }
 
+/// A validate goes through the engine as the data plane's questions do: the same user,
+/// account, region and domain asked again is answered from the decision kept for it, and
+/// a question that differs in any of them is decided on its own.
+#[test]
+fn a_repeated_validate_is_answered_from_the_kept_decision() {
+    let ws = crate::support::Workspace::shipped();
+    let snapshot = PolicySnapshot::load(&ws.dirs(), 1).unwrap();
+    let pool = AccountPool::default();
+    let ask = |user: &str, account: &str, region: &str, domain: &str| {
+        let event = json!({"operationRequest": {"listAuthorizedAccountsRequest": null,
+            "validateAccountAuthorizationRequest": {"domainIdentifier": domain, "awsAccountId": account,
+                                                    "regionName": region, "userIdentifier": user}}});
+        let answer = pool.apply(&snapshot, &parse(event.to_string().as_bytes()).unwrap(), "t").unwrap();
+        answer["operationResponse"]["validateAccountAuthorizationResponse"]["authResult"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(snapshot.kept_decisions(), 0);
+    // the first context of an action goes through Cedar's parser (not kept), then typed
+    for _ in 0..4 {
+        assert_eq!(ask(USER_1, "004878717744", "us-east-2", DOMAIN), "GRANT");
+    }
+    assert_eq!(snapshot.kept_decisions(), 1, "asked four times, decided twice, kept once");
+    // another user, another region, another domain: each a question of its own
+    assert_eq!(ask(USER_2, "004878717744", "us-east-2", DOMAIN), "DENY");
+    assert_eq!(ask(USER_1, "004878717744", "us-east-2", "dzd-0therdomain01"), "DENY");
+    assert_eq!(ask(USER_2, "004878717744", "us-east-2", DOMAIN), "DENY");
+    assert_eq!(ask(USER_1, "004878717744", "us-east-2", DOMAIN), "GRANT");
+    assert_eq!(snapshot.kept_decisions(), 3);
+}
+
 #[test]
 fn field_variants_are_tolerated_and_fail_closed() {
     // the other key absent instead of null, unknown fields ignored

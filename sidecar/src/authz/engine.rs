@@ -205,6 +205,14 @@ impl DecisionRequest {
         self
     }
 
+    /// A context built from strings (see [`crate::authz::context_from_strings`]): its
+    /// shape is checked once, and a decision over it can be kept.
+    #[must_use]
+    pub fn with_typed_context(mut self, context: TypedContext) -> Self {
+        self.context = QuestionContext::Typed(context);
+        self
+    }
+
     #[must_use]
     pub fn with_entities(mut self, entities: Vec<Entity>) -> Self {
         self.entities = entities;
@@ -329,34 +337,6 @@ impl Engine {
         let policies =
             snapshot.policies_applying(&request.action, request.principal.uid(), &request.resource, entities);
         let response = self.authorizer.is_authorized(&cedar_request, &policies, entities);
-        Ok(Decision::from_response(&response, snapshot, started))
-    }
-
-    /// Decide a Cedar request the caller built and checked itself: for callers that ask
-    /// many questions of one shape (the account pool's list asks one per account and
-    /// region), where building the context from typed pairs and checking each distinct
-    /// one once is most of a decision's cost. The entities are the slices of the
-    /// principal and the resource, with `checked` (what the directory answered for this
-    /// question); the context must hold no entity uid (the account pool's hold strings).
-    pub fn decide_prepared(
-        &self,
-        snapshot: &PolicySnapshot,
-        request: &Request,
-        checked: &[&CheckedEntity],
-    ) -> Result<Decision, RequestError> {
-        let started = Instant::now();
-        let (Some(principal), Some(action), Some(resource)) =
-            (request.principal(), request.action(), request.resource())
-        else {
-            // every part is a concrete uid in the requests built for this
-            return Err(RequestError::Invalid("a prepared request with an unknown part".to_owned()));
-        };
-        let roots = [principal.clone(), resource.clone()];
-        let entities = snapshot
-            .request_entities(checked, &roots, &[])
-            .map_err(|e: Box<EntitiesError>| RequestError::BadEntities(e.to_string()))?;
-        let policies = snapshot.policies_applying(action, principal, resource, &entities);
-        let response = self.authorizer.is_authorized(request, &policies, &entities);
         Ok(Decision::from_response(&response, snapshot, started))
     }
 }

@@ -34,6 +34,12 @@ enum Command {
     Run(RunArgs),
     /// The entity directory at scale: a users table of 100,000 users, 1,000 active.
     Directory(directory::DirectoryArgs),
+    /// Write a new key's JWKS to a file and print a token signed by it (the benchmark's
+    /// user and groups, valid for two hours), to profile by hand.
+    Token {
+        #[arg(long)]
+        jwks: PathBuf,
+    },
     /// Write a sweep workload (`<dir>/policies`, `<dir>/entities`), to profile by hand.
     Workload {
         #[arg(long)]
@@ -93,6 +99,16 @@ fn main() -> ExitCode {
         Command::Workload { policies, entities, dir } => match setup::write_workload(&dir, policies, entities) {
             Ok((p, e)) => {
                 println!("policies: {}\nentities: {}", p.display(), e.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadbench: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Token { jwks } => match setup::key_and_token(&jwks) {
+            Ok(token) => {
+                println!("{token}");
                 ExitCode::SUCCESS
             }
             Err(e) => {

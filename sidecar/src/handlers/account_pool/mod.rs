@@ -19,7 +19,6 @@ mod paging;
 mod pool;
 mod question;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -130,7 +129,7 @@ impl AccountPool {
                             Some(known) if !known.regions.iter().any(|r| r == region) => {
                                 Err(Refusal::UnsupportedRegion)
                             }
-                            Some(_) => asked.decide(&self.engine, snapshot, &mut HashMap::new(), account, region),
+                            Some(_) => asked.decide(&self.engine, snapshot, account, region),
                         };
                         asked.audit(question::Operation::Validate, snapshot, request_id, account, region, &decision)
                     },

@@ -138,7 +138,6 @@ pub(super) fn authorized_accounts(
     asked: &Question,
     request_id: &str,
 ) -> Vec<Value> {
-    let mut contexts = HashMap::new();
     let mut decided: HashMap<(usize, &str), Rc<Result<Decision, Refusal>>> = HashMap::new();
     let mut items = Vec::new();
     for account in &index.accounts {
@@ -153,7 +152,7 @@ pub(super) fn authorized_accounts(
                 } else if let Some(shared) = decided.get(&(account.class, region)) {
                     Rc::clone(shared)
                 } else {
-                    let decision = Rc::new(asked.decide(engine, snapshot, &mut contexts, id, region));
+                    let decision = Rc::new(asked.decide(engine, snapshot, id, region));
                     if matches!(&*decision, Ok(d) if d.errors.is_empty()) {
                         decided.insert((account.class, region), Rc::clone(&decision));
                     }

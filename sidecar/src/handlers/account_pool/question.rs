@@ -1,25 +1,26 @@
 //! One `UseAccount` question, asked once by a validate and once per account and region
 //! by a list, and its audit event.
 
-use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression, Schema};
+use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 
 use crate::authz::audit::{Asked, AuditEvent};
-use crate::authz::{Decision, Engine, RequestError};
+use crate::authz::{Decision, DecisionRequest, Engine, RequestError, context_from_strings};
 use crate::policy_store::{CheckedEntity, PolicySnapshot};
 
 /// One `UseAccount` question's fixed parts, built once per event: the principal, the
-/// action and the domain fields of the context. Only the account and the region vary,
-/// so a list of a thousand accounts parses no uid, no context JSON, and checks each
-/// distinct context against the schema once.
+/// action and the domain fields of the context. Only the account and the region vary.
+/// Each question goes through the engine as the data plane's do: its context is built
+/// from its strings and kept by the snapshot, its shape checked against the schema once,
+/// and its decision kept (the same user asking about the same account, region and
+/// domain is answered without evaluating).
 pub(super) struct Question {
     principal: Option<EntityUid>,
     action: Option<EntityUid>,
     account_type: Option<EntityTypeName>,
-    fixed_context: Vec<(String, RestrictedExpression)>,
+    fixed_context: Vec<(String, String)>,
     /// The user and what it reaches, from the directory, when it came from there.
     fetched: Vec<Arc<CheckedEntity>>,
 }
@@ -35,7 +36,7 @@ impl Question {
         let fixed_context =
             [("domainIdentifier", domain), ("domainUnitIdentifier", domain_unit), ("domainRegion", domain_region)]
                 .into_iter()
-                .filter_map(|(key, value)| Some((key.to_owned(), RestrictedExpression::new_string(value.clone()?))))
+                .filter_map(|(key, value)| Some((key.to_owned(), value.clone()?)))
                 .collect();
         Self {
             principal: user.and_then(user_uid),
@@ -52,25 +53,14 @@ impl Question {
         self
     }
 
-    /// The context for `region`: the fixed parts and `regionName`.
-    fn context(&self, region: &str) -> Result<Context, Refusal> {
-        let pairs = self
-            .fixed_context
-            .iter()
-            .cloned()
-            .chain([("regionName".to_owned(), RestrictedExpression::new_string(region.to_owned()))]);
-        Context::from_pairs(pairs).map_err(|e| {
-            Refusal::Request(RequestError::BadContext {
-                action: "DataZone::Action::\"UseAccount\"".to_owned(),
-                reason: e.to_string(),
-            })
-        })
-    }
-
-    /// The Cedar request for `account`, checked against `schema` when one is given. The
-    /// principal, action and resource types never change between questions, so once a
-    /// context has passed the check with one account it passes with every account.
-    fn request(&self, account: &str, context: Context, schema: Option<&Schema>) -> Result<Request, Refusal> {
+    /// Decide `account` in `region`.
+    pub(super) fn decide(
+        &self,
+        engine: &Engine,
+        snapshot: &PolicySnapshot,
+        account: &str,
+        region: &str,
+    ) -> Result<Decision, Refusal> {
         let (Some(principal), Some(action), Some(account_type)) = (&self.principal, &self.action, &self.account_type)
         else {
             return Err(Refusal::NoUser);
@@ -78,32 +68,15 @@ impl Question {
         if !is_account_id(account) {
             return Err(Refusal::BadAccountId);
         }
+        let mut pairs = Vec::with_capacity(self.fixed_context.len() + 1);
+        pairs.extend(self.fixed_context.iter().cloned());
+        pairs.push(("regionName".to_owned(), region.to_owned()));
+        let context = context_from_strings(snapshot, action, &pairs).map_err(Refusal::Request)?;
         let resource = EntityUid::from_type_name_and_id(account_type.clone(), EntityId::new(account));
-        Request::new(principal.clone(), action.clone(), resource, context, schema)
-            .map_err(|e| Refusal::Request(RequestError::Invalid(e.to_string())))
-    }
-
-    /// Decide `account` in `region`. `contexts` holds the context of each region once it
-    /// has passed the schema check, so that check runs once per region.
-    pub(super) fn decide(
-        &self,
-        engine: &Engine,
-        snapshot: &PolicySnapshot,
-        contexts: &mut HashMap<String, Context>,
-        account: &str,
-        region: &str,
-    ) -> Result<Decision, Refusal> {
-        let request = match contexts.get(region) {
-            Some(context) => self.request(account, context.clone(), None)?,
-            None => {
-                let context = self.context(region)?;
-                let request = self.request(account, context.clone(), Some(snapshot.schema()))?;
-                contexts.insert(region.to_owned(), context);
-                request
-            }
-        };
-        let fetched: Vec<&CheckedEntity> = self.fetched.iter().map(Arc::as_ref).collect();
-        engine.decide_prepared(snapshot, &request, &fetched).map_err(Refusal::Request)
+        let request = DecisionRequest::new(principal.clone(), action.clone(), resource)
+            .with_typed_context(context)
+            .with_checked(self.fetched.clone());
+        engine.decide(snapshot, &request).map_err(Refusal::Request)
     }
 
     /// What the audit event says of this question before it is decided.
@@ -227,14 +200,21 @@ pub(super) fn is_account_id(id: &str) -> bool {
     id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// The action both operations ask.
+/// The action both operations ask (parsed once: Cedar's name parser is slow next to
+/// the rest of a question).
 pub(super) fn use_account() -> Option<EntityUid> {
-    uid("DataZone::Action", "UseAccount")
+    static ACTION: OnceLock<Option<EntityUid>> = OnceLock::new();
+    ACTION
+        .get_or_init(|| {
+            Some(EntityUid::from_type_name_and_id(type_name("DataZone::Action")?, EntityId::new("UseAccount")))
+        })
+        .clone()
 }
 
 /// The type of pool accounts.
 pub(super) fn account_type() -> Option<EntityTypeName> {
-    EntityTypeName::from_str("DataZone::Account").ok()
+    static ACCOUNT: OnceLock<Option<EntityTypeName>> = OnceLock::new();
+    ACCOUNT.get_or_init(|| type_name("DataZone::Account")).clone()
 }
 
 /// The type of the users the events name.
@@ -242,9 +222,11 @@ pub const USER_TYPE: &str = "DataZone::User";
 
 /// The uid of the user an event names.
 pub fn user_uid(user: &str) -> Option<EntityUid> {
-    uid(USER_TYPE, user)
+    static USER: OnceLock<Option<EntityTypeName>> = OnceLock::new();
+    let user_type = USER.get_or_init(|| type_name(USER_TYPE)).clone()?;
+    Some(EntityUid::from_type_name_and_id(user_type, EntityId::new(user)))
 }
 
-fn uid(type_name: &str, id: &str) -> Option<EntityUid> {
-    Some(EntityUid::from_type_name_and_id(EntityTypeName::from_str(type_name).ok()?, EntityId::new(id)))
+fn type_name(text: &str) -> Option<EntityTypeName> {
+    EntityTypeName::from_str(text).ok()
 }

@@ -432,6 +432,12 @@ impl PolicySnapshot {
         known
     }
 
+    /// How many decisions this snapshot keeps (for tests and metrics).
+    pub fn kept_decisions(&self) -> u64 {
+        self.decisions.run_pending_tasks();
+        self.decisions.entry_count()
+    }
+
     /// Keep a decision made for `key` (see [`Self::known_decision`]).
     pub fn remember_decision(&self, key: DecisionKey, decision: Arc<crate::authz::Decision>) {
         self.decisions.insert(key, decision);
