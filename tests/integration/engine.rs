@@ -133,6 +133,58 @@ fn only_the_entities_requests_reach_are_built() {
     assert_eq!(whole.iter().filter(|e| e.uid().type_name().basename() != "Action").count(), snapshot.entity_count());
 }
 
+/// A slice follows every entity it reaches, not only its root's references: what an
+/// attribute points at has attributes and parents of its own that policies read.
+#[test]
+fn slices_follow_references_of_references() {
+    let ws = Workspace::shipped();
+    ws.write_policy(
+        "docs.cedarschema",
+        "namespace Extra {\n  entity Group in [Group] = { flag: Bool };\n  entity Person in [Group] = { team: Group };\n  \
+         entity Doc = { owner: Person };\n  action read appliesTo { principal: Person, resource: Doc };\n}\n",
+    );
+    ws.write_policy(
+        "docs.cedar",
+        "@id(\"flagged-team\") permit (principal, action == Extra::Action::\"read\", resource) \
+         when { resource.owner.team.flag };\n\
+         @id(\"not-under-top\") forbid (principal, action == Extra::Action::\"read\", resource) \
+         when { resource.owner in Extra::Group::\"top\" };\n",
+    );
+    let entities = |owner_parent: &str| {
+        json!([
+            {"uid": {"type": "Extra::Group", "id": "top"}, "attrs": {"flag": false}, "parents": []},
+            {"uid": {"type": "Extra::Group", "id": "mid"}, "attrs": {"flag": true},
+             "parents": [{"type": "Extra::Group", "id": "top"}]},
+            {"uid": {"type": "Extra::Group", "id": "side"}, "attrs": {"flag": true}, "parents": []},
+            {"uid": {"type": "Extra::Person", "id": "owner"}, "attrs": {"team": {"type": "Extra::Group", "id": "mid"}},
+             "parents": [{"type": "Extra::Group", "id": owner_parent}]},
+            {"uid": {"type": "Extra::Person", "id": "reader"}, "attrs": {"team": {"type": "Extra::Group", "id": "side"}},
+             "parents": []},
+            {"uid": {"type": "Extra::Doc", "id": "d"}, "attrs": {"owner": {"type": "Extra::Person", "id": "owner"}}, "parents": []},
+        ])
+        .to_string()
+    };
+    let request = DecisionRequest::new(
+        uid(r#"Extra::Person::"reader""#),
+        uid(r#"Extra::Action::"read""#),
+        uid(r#"Extra::Doc::"d""#),
+    );
+    // the owner's team (mid) is flagged: permitted, as Cedar says over the whole store
+    // (the slice of `d` reaches `owner` through an attribute, and `mid` only through it)
+    ws.write_entities("docs.json", &entities("side"));
+    let snapshot = PolicySnapshot::load(&ws.dirs(), 1).unwrap();
+    let ours = Engine::new().decide(&snapshot, &request).unwrap();
+    assert_eq!(ours.effect, Effect::Allow, "{ours:?}");
+    assert!(ours.errors.is_empty(), "{ours:?}");
+    // the owner under mid, which is under top: forbidden, through two parents that only
+    // an attribute's entity leads to
+    ws.write_entities("docs.json", &entities("mid"));
+    let snapshot = PolicySnapshot::load(&ws.dirs(), 2).unwrap();
+    let ours = Engine::new().decide(&snapshot, &request).unwrap();
+    assert_eq!(ours.effect, Effect::Deny, "{ours:?}");
+    assert_eq!(ours.policies, ["not-under-top"]);
+}
+
 /// The hierarchy is closed over the entity files as Cedar closes it, however deep, and
 /// a cycle fails the load, naming an entity on it.
 #[test]

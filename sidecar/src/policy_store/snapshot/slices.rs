@@ -89,8 +89,9 @@ impl PolicySnapshot {
 
     /// Every stored entity reachable from `roots` through ancestors, entity-valued
     /// attributes and tags (roots included when they exist), built, and the uids reached
-    /// that no stored entity has. Action entities excluded. What a stored entity points
-    /// at is closed when the snapshot is built, so this reads each entity's list once.
+    /// that no stored entity has. Action entities excluded. Each entity's ancestors are
+    /// closed when the snapshot is built, but what an entity's attributes point at has
+    /// references of its own, so every entity reached is followed in turn.
     pub(super) fn reachable_from(
         &self,
         roots: impl IntoIterator<Item = EntityUid>,
@@ -107,12 +108,16 @@ impl PolicySnapshot {
                 }
                 continue;
             };
-            for index in std::iter::once(index).chain(self.store.points_at(index).iter().copied()) {
+            let mut stack = vec![index];
+            while let Some(index) = stack.pop() {
                 if !seen.insert(index) {
                     continue;
                 }
                 match self.built_at(index)? {
-                    Some(entity) => slice.entities.push(entity),
+                    Some(entity) => {
+                        slice.entities.push(entity);
+                        stack.extend(self.store.points_at(index).iter().copied());
+                    }
                     None => {
                         if let Some(uid) = self.store.uid(index).filter(|uid| !is_action(uid)) {
                             slice.dangling.push(uid.clone());
