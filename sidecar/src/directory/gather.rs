@@ -105,11 +105,6 @@ impl Gathered {
         self.found.iter().filter(|(uid, _)| *uid != replaced).map(|(_, f)| f.entity.clone()).collect()
     }
 
-    /// Everything gathered.
-    pub fn all(&self) -> impl Iterator<Item = &CheckedEntity> {
-        self.found.values().map(|f| f.entity.as_ref())
-    }
-
     /// Everything gathered, shared.
     pub fn shared(&self) -> impl Iterator<Item = Arc<CheckedEntity>> + '_ {
         self.found.values().map(|f| f.entity.clone())

@@ -39,8 +39,6 @@ use question::{Question, Refusal};
 pub enum UserError {
     #[error("the directory could not answer for the event's user: {0}")]
     Directory(#[from] crate::directory::GatherError),
-    #[error("the event's user does not fit the stored entities: {0}")]
-    Unfit(String),
 }
 
 impl UserError {

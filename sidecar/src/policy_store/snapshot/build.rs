@@ -199,6 +199,10 @@ fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>, warnings: &mu
     }
 }
 
+const TEMPLATES_IN_FILES: &str = "policy templates (policies with `?principal` or `?resource` slots) cannot be \
+     linked from files; write a static policy, or keep templates in a Verified Permissions policy store";
+const NO_ID: &str = "policy has no `@id(\"...\")` annotation; every policy needs a unique id so decisions can name it";
+
 /// Policies parsed from files: the set, where each policy was defined, and for each
 /// policy parsed on its own, the byte offset of its statement in its file (its spans
 /// count from there).
@@ -240,31 +244,22 @@ fn parse_policies(files: &[SourceFile], problems: &mut Vec<Problem>) -> ParsedPo
             };
             for template in parsed.templates() {
                 let origin = origin_of(template.id());
-                problems.push(Problem::new(
-                    origin.file,
-                    origin.location,
-                    "policy templates (policies with `?principal` or `?resource` slots) cannot be linked from files; \
-                 write a static policy, or keep templates in a Verified Permissions policy store",
-                ));
+                problems.push(Problem::new(origin.file, origin.location, TEMPLATES_IN_FILES));
                 failed = true;
             }
             for policy in parsed.policies() {
                 let origin = origin_of(policy.id());
                 let Some(id) = policy.annotation("id").map(str::trim).filter(|id| !id.is_empty()) else {
-                    problems.push(Problem::new(
-                    origin.file,
-                    origin.location,
-                    "policy has no `@id(\"...\")` annotation; every policy needs a unique id so decisions can name it",
-                ));
+                    problems.push(Problem::new(origin.file, origin.location, NO_ID));
                     failed = true;
                     continue;
                 };
                 let id = PolicyId::new(id);
-                if let Some(first) = origins.get(&id) {
+                if let Some(earlier) = origins.get(&id) {
                     problems.push(Problem::new(
                         origin.file.clone(),
                         origin.location,
-                        format!("duplicate policy id `{id}`: it is already used by the policy at {first}"),
+                        format!("duplicate policy id `{id}`: it is already used by the policy at {earlier}"),
                     ));
                     failed = true;
                     continue;

@@ -292,7 +292,7 @@ impl PolicySnapshot {
     /// caller that reads many stored entities once each and keeps what it needs of
     /// them, without filling the cache of built entities.
     pub fn stored_json(&self, uid: &EntityUid) -> Option<&str> {
-        self.store.json(uid).map(|(_, json)| json)
+        self.store.json(uid)
     }
 
     /// The stored entity at `index` of the store, built (see [`Self::stored_entity`]).
@@ -326,10 +326,8 @@ impl PolicySnapshot {
     /// whole store, never for a request.
     pub fn all_entities(&self) -> Result<Entities, Box<EntitiesError>> {
         let mut all = Vec::with_capacity(self.store.len());
-        for uid in self.store.uids() {
-            if let Some((_, json)) = self.store.json(uid) {
-                all.push(Entity::from_json_str(json, Some(&self.schema)).map_err(Box::new)?);
-            }
+        for json in self.store.jsons() {
+            all.push(Entity::from_json_str(json, Some(&self.schema)).map_err(Box::new)?);
         }
         all.extend(self.action_entities.iter().cloned());
         Entities::from_entities(all, None).map_err(Box::new)

@@ -188,11 +188,8 @@ impl EntityStore {
     }
 
     /// The JSON `uid` was written in, when an entity file defines it.
-    pub(super) fn json(&self, uid: &EntityUid) -> Option<(u32, &str)> {
-        match self.nodes.get_full(uid)? {
-            (index, _, Some(stored)) => Some((index_u32(index), &stored.json)),
-            _ => None,
-        }
+    pub(super) fn json(&self, uid: &EntityUid) -> Option<&str> {
+        self.nodes.get(uid)?.as_ref().map(|stored| &*stored.json)
     }
 
     /// The JSON of the entity at `index`.
@@ -241,6 +238,11 @@ impl EntityStore {
     /// Every stored uid, in file order.
     pub(super) fn uids(&self) -> impl Iterator<Item = &EntityUid> {
         self.nodes.iter().filter(|(_, stored)| stored.is_some()).map(|(uid, _)| uid)
+    }
+
+    /// The JSON of every stored entity, in file order.
+    pub(super) fn jsons(&self) -> impl Iterator<Item = &str> {
+        self.nodes.values().flatten().map(|stored| &*stored.json)
     }
 
     /// The uids of each type, sorted by id.
