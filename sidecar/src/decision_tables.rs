@@ -200,7 +200,7 @@ pub fn run(snapshot: &PolicySnapshot, tables: &[TableFile]) -> Report {
                 Err(error) => Outcome::Error(error),
             };
             if let Outcome::Passed(decision) = &outcome {
-                for id in &decision.policies {
+                for id in decision.policies.iter() {
                     *report.coverage.entry(id.clone()).or_default() += 1;
                 }
             }
@@ -252,7 +252,7 @@ fn run_case(
         p.sort();
         p
     });
-    let policies_ok = expected_policies.as_ref().is_none_or(|p| *p == decision.policies);
+    let policies_ok = expected_policies.as_ref().is_none_or(|p| **p == *decision.policies);
     if effect_ok && policies_ok {
         return Ok(Outcome::Passed(decision));
     }

@@ -41,6 +41,7 @@ pub mod decision_tables;
 pub mod directory;
 pub mod handlers;
 pub(crate) mod http_client;
+pub(crate) mod kept_metrics;
 pub mod lifecycle;
 pub mod policy_store;
 pub(crate) mod proxy;

@@ -442,7 +442,7 @@ async fn a_store_mirrors_into_a_snapshot_that_names_the_store_policy_ids() {
     // the template-linked forbid decides under its own store id
     let linked = Engine::new().decide(&snapshot, &presign("user-1", "user-1-team2")).unwrap();
     assert_eq!(linked.effect, Effect::Deny, "{linked:?}");
-    assert_eq!(linked.policies, vec!["LPuser1".to_owned()]);
+    assert_eq!(*linked.policies, ["LPuser1".to_owned()]);
 }
 
 /// The store as the sidecar's policy source, with the shipped entities.

@@ -94,7 +94,7 @@ fn both_paths_allow_the_seed_request_so_the_property_is_not_all_denies() {
     let decision =
         Engine::new().decide(&snapshot, &DecisionRequest::built(requester, action, resource, context)).unwrap();
     assert!(decision.is_allowed(), "{decision:?}");
-    assert_eq!(decision.policies, ["presign-own-profile"]);
+    assert_eq!(*decision.policies, ["presign-own-profile"]);
 }
 
 /// A typed context's shape is checked against the schema once per snapshot and request
@@ -238,7 +238,7 @@ fn a_repeated_question_is_answered_from_the_kept_decision() {
     assert_eq!(cached, [false, false, true, true]);
     let again = ask(&snapshot);
     assert!(again.is_allowed() && again.cached, "{again:?}");
-    assert_eq!(again.policies, ["presign-own-profile"]);
+    assert_eq!(*again.policies, ["presign-own-profile"]);
     // a reload is a new snapshot: nothing kept
     ws.write_policy("extra.cedar", "@id(\"nothing-new\") forbid (principal, action, resource) when { false };");
     let outcome = authz_sidecar::policy_store::reload_once(&store, &ws.dirs());

@@ -52,7 +52,7 @@ fn an_evaluation_error_denies_even_when_a_permit_matches() {
     let decision = engine.decide(&snapshot, &request).unwrap();
     assert_eq!(decision.effect, Effect::Deny);
     assert_eq!(decision.reason, DecisionReason::EvaluationError);
-    assert_eq!(decision.policies, vec!["presign-own-profile".to_owned()], "the permit did match");
+    assert_eq!(*decision.policies, ["presign-own-profile".to_owned()], "the permit did match");
     assert_eq!(decision.errors.len(), 1, "{:?}", decision.errors);
     assert_eq!(decision.errors[0].policy, "presign-only-through-lob-vpce");
 }
@@ -97,7 +97,7 @@ fn a_new_snapshot_never_serves_entities_of_the_old_one() {
 
     let decision = engine.decide(&store.current().unwrap(), &request).unwrap();
     assert_eq!(decision.effect, Effect::Deny);
-    assert_ne!(decision.snapshot, snapshot.version().to_string());
+    assert_ne!(*decision.snapshot, snapshot.version().to_string());
     assert_eq!(store.current().unwrap().version().generation, 2);
 }
 
@@ -182,7 +182,7 @@ fn slices_follow_references_of_references() {
     let snapshot = PolicySnapshot::load(&ws.dirs(), 2).unwrap();
     let ours = Engine::new().decide(&snapshot, &request).unwrap();
     assert_eq!(ours.effect, Effect::Deny, "{ours:?}");
-    assert_eq!(ours.policies, ["not-under-top"]);
+    assert_eq!(*ours.policies, ["not-under-top"]);
 }
 
 /// The hierarchy is closed over the entity files as Cedar closes it, however deep, and
@@ -273,7 +273,7 @@ proptest! {
         let cedar = cedar_policy::Authorizer::new().is_authorized(&cedar_request, snapshot.policies(), &snapshot.all_entities().unwrap());
         let mut cedar_reasons: Vec<String> = cedar.diagnostics().reason().map(ToString::to_string).collect();
         cedar_reasons.sort();
-        prop_assert_eq!(&cedar_reasons, &whole.policies);
+        prop_assert_eq!(&cedar_reasons[..], &whole.policies[..]);
         prop_assert_eq!(cedar.diagnostics().errors().count(), whole.errors.len());
         // The stored principal, handed back as a request entity: same data, slice path.
         let stored = cedar_policy::Entity::clone(&snapshot.stored_entity(&principal_uid).unwrap().unwrap());
@@ -312,10 +312,7 @@ fn entities_named_in_policies_are_part_of_every_slice() {
     let whole = engine.decide(&snapshot, &request).unwrap();
     let stored = cedar_policy::Entity::clone(&snapshot.stored_entity(request.principal.uid()).unwrap().unwrap());
     let sliced = engine.decide(&snapshot, &request.clone().with_entities(vec![stored])).unwrap();
-    assert_eq!(
-        whole.policies,
-        vec!["not-through-lob-b-endpoints".to_owned(), "presign-only-through-lob-vpce".to_owned()]
-    );
+    assert_eq!(*whole.policies, ["not-through-lob-b-endpoints".to_owned(), "presign-only-through-lob-vpce".to_owned()]);
     assert_eq!(sliced.policies, whole.policies);
     assert!(sliced.errors.is_empty(), "{:?}", sliced.errors);
     assert_eq!(sliced.reason, DecisionReason::Forbidden);

@@ -46,7 +46,7 @@ fn the_authorize_step_permits_denies_and_lets_dry_run_through_saying_so() {
     let allowed = authorize(&engine, &snapshot, Mode::Enforce, asked("a"), Ok(presign("user-1", "user-1-team1")));
     let Ok(Permit { decision, vouched }) = allowed else { panic!("{allowed:?}") };
     assert_eq!(vouched, Vouched::Allowed);
-    assert_eq!(decision.policies, ["presign-own-profile"]);
+    assert_eq!(*decision.policies, ["presign-own-profile"]);
 
     let denied = authorize(&engine, &snapshot, Mode::Enforce, asked("a"), Ok(presign("user-2", "user-1-team1")));
     assert!(matches!(&denied, Err(Denial::Denied(d)) if !d.is_allowed()), "{denied:?}");

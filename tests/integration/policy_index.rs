@@ -268,7 +268,7 @@ proptest! {
             let whole = snapshot.all_entities().unwrap();
             let (allowed, reasons, errors) = cedar(&snapshot, &cedar_request, &whole);
             prop_assert_eq!(ours.is_allowed(), allowed && errors == 0, "{:?}", ours);
-            prop_assert_eq!(&ours.policies, &reasons);
+            prop_assert_eq!(&ours.policies[..], &reasons[..]);
             prop_assert_eq!(ours.errors.len(), errors);
 
             // a principal built from a token: a user no entity file has, with the
@@ -287,7 +287,7 @@ proptest! {
                 Some(snapshot.schema())).unwrap();
             let (allowed, reasons, errors) = cedar(&snapshot, &cedar_request, &with_built);
             prop_assert_eq!(ours.is_allowed(), allowed && errors == 0, "{:?}", ours);
-            prop_assert_eq!(&ours.policies, &reasons);
+            prop_assert_eq!(&ours.policies[..], &reasons[..]);
             prop_assert_eq!(ours.errors.len(), errors);
         }
     }

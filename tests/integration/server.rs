@@ -271,6 +271,32 @@ async fn metrics_parse_as_prometheus_text() {
     }
     let authz = scrape.samples.iter().find(|s| s.metric == "authz_authz_seconds").unwrap();
     assert!(matches!(authz.value, prometheus_parse::Value::Histogram(_)), "latencies are histograms");
+    // the handles kept per route and label set count into the process's recorder,
+    // each series under its own labels
+    let counted = |metric: &str, labels: &[(&str, &str)]| {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum::<f64>()
+    };
+    for (status, route) in [("200", "studio"), ("403", "studio"), ("401", "-")] {
+        let n = counted("authz_requests_total", &[("route", route), ("status", status)]);
+        assert!(n >= 1.0, "{route} {status}: {n} in\n{text}");
+    }
+    assert!(counted("authz_requests_total", &[("route", "studio"), ("status", "401")]) == 0.0, "{text}");
+    for (decision, reason) in [("allow", "permitted"), ("deny", "forbidden")] {
+        let n = counted("authz_decisions_total", &[("route", "studio"), ("decision", decision), ("reason", reason)]);
+        assert!(n >= 1.0, "{decision} {reason}: {n} in\n{text}");
+    }
+    assert!(counted("authz_token_cache_total", &[("result", "miss")]) >= 2.0, "{text}");
+    let seconds =
+        scrape.samples.iter().find(|s| s.metric == "authz_request_seconds" && s.labels.get("route") == Some("studio"));
+    assert!(seconds.is_some_and(|s| matches!(s.value, prometheus_parse::Value::Histogram(_))), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,6 +36,7 @@ pub(crate) use jwks::{IssuerKeys, KeySet};
 
 use crate::config::{IssuerConfig, PrincipalConfig};
 use crate::http_client::HttpClient;
+use crate::kept_metrics::kept_counter;
 
 /// Why a request is unauthenticated. Every variant is a 401; the label goes to logs
 /// and metrics, never the token.
@@ -156,10 +157,10 @@ impl Authenticator {
         if let Some(identity) = self.verified.get(&digest)
             && identity.expires_at > now_secs()
         {
-            metrics::counter!("authz_token_cache_total", "result" => "hit").increment(1);
+            kept_counter!("authz_token_cache_total", "result" => "hit").increment(1);
             return Ok(identity);
         }
-        metrics::counter!("authz_token_cache_total", "result" => "miss").increment(1);
+        kept_counter!("authz_token_cache_total", "result" => "miss").increment(1);
         let identity = Arc::new(self.verify(token, digest).await?);
         self.verified.insert(digest, identity.clone());
         Ok(identity)

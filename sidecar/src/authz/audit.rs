@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::Serialize;
 use tracing::{Event, Level, Subscriber};
@@ -56,7 +57,7 @@ pub struct AuditEvent {
     /// or `listed` for a list's own event.
     pub reason: &'static str,
     /// The policies that decided (sorted).
-    pub policies: Vec<String>,
+    pub policies: Arc<[String]>,
     /// Policies that failed to evaluate (`policy: message`), or why the request could
     /// not be decided.
     pub errors: Vec<String>,
@@ -66,7 +67,7 @@ pub struct AuditEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vpce: Option<String>,
     /// The snapshot that decided.
-    pub snapshot: String,
+    pub snapshot: Arc<str>,
     pub latency_us: u64,
     /// The decision was made earlier in this snapshot for exactly this question and
     /// kept (written only when true).
@@ -107,14 +108,14 @@ impl AuditEvent {
     /// `error`, when there is one, is written in `errors`).
     pub fn refused(asked: Asked, reason: &'static str, error: Option<&RequestError>, snapshot: String) -> Self {
         let errors = error.map(|e| vec![e.to_string()]).unwrap_or_default();
-        Self::from_parts(asked, "deny", reason, Vec::new(), errors, 0).with_snapshot(snapshot)
+        Self::from_parts(asked, "deny", reason, Arc::default(), errors, 0).with_snapshot(snapshot.into())
     }
 
     fn from_parts(
         asked: Asked,
         decision: &'static str,
         reason: &'static str,
-        policies: Vec<String>,
+        policies: Arc<[String]>,
         errors: Vec<String>,
         latency_us: u64,
     ) -> Self {
@@ -137,13 +138,13 @@ impl AuditEvent {
             errors,
             source_ip,
             vpce,
-            snapshot: String::new(),
+            snapshot: Arc::default(),
             latency_us,
             cached: false,
         }
     }
 
-    fn with_snapshot(mut self, snapshot: String) -> Self {
+    fn with_snapshot(mut self, snapshot: Arc<str>) -> Self {
         self.snapshot = snapshot;
         self
     }
@@ -177,6 +178,7 @@ impl AuditEvent {
             }
             let Ok(json) = std::str::from_utf8(buffer) else { return };
             let event = Json(json);
+            EMITTING.set(true);
             match level {
                 Level::ERROR => tracing::error!(target: TARGET, audit = %event, "decision"),
                 Level::WARN => tracing::warn!(target: TARGET, audit = %event, "decision"),
@@ -184,8 +186,16 @@ impl AuditEvent {
                 Level::DEBUG => tracing::debug!(target: TARGET, audit = %event, "decision"),
                 Level::TRACE => tracing::trace!(target: TARGET, audit = %event, "decision"),
             }
+            EMITTING.set(false);
         });
     }
+}
+
+thread_local! {
+    /// Set while [`AuditEvent::emit`] hands its event to `tracing` on this thread: the
+    /// event's `audit` field is then the JSON object `emit` serialized, and the JSON
+    /// format splices it in without parsing it again.
+    static EMITTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// The serialized event, shown as it is (text logs print the JSON after `audit=`).
@@ -229,30 +239,42 @@ where
         }
         let mut found = Found::default();
         event.record(&mut found);
-        // the event is the JSON object `emit` serialized; checked without building it
-        // (anything else is written in tracing-subscriber's own form), then spliced in
+        // the event is the JSON object `emit` serialized (checked without building it
+        // when it came some other way; anything else is written in tracing-subscriber's
+        // own form), spliced in
         let fields = found
             .audit
             .as_deref()
-            .filter(|json| serde_json::from_str::<serde::de::IgnoredAny>(json).is_ok())
+            .filter(|json| EMITTING.get() || serde_json::from_str::<serde::de::IgnoredAny>(json).is_ok())
             .and_then(|json| json.strip_prefix('{'))
             .and_then(|json| json.strip_suffix('}'));
         let Some(fields) = fields else {
             return self.inner.format_event(ctx, writer, event);
         };
-        let mut timestamp = String::new();
-        SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
-        let quoted = |text: &str| serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned());
-        let message = quoted(found.message.as_deref().unwrap_or_default());
-        let separator = if fields.is_empty() { "" } else { "," };
-        writeln!(
-            writer,
-            "{{\"timestamp\":{},\"level\":\"{}\",\"fields\":{{\"message\":{message}{separator}{fields}}},\"target\":{}}}",
-            quoted(&timestamp),
-            meta.level().as_str(),
-            quoted(meta.target()),
-        )
+        // RFC 3339: nothing in it to escape
+        writer.write_str("{\"timestamp\":\"")?;
+        SystemTime.format_time(&mut writer)?;
+        write!(writer, "\",\"level\":\"{}\",\"fields\":{{\"message\":", meta.level().as_str())?;
+        write_json_str(&mut writer, found.message.as_deref().unwrap_or_default())?;
+        if !fields.is_empty() {
+            writer.write_char(',')?;
+        }
+        writer.write_str(fields)?;
+        writer.write_str("},\"target\":")?;
+        write_json_str(&mut writer, meta.target())?;
+        writer.write_str("}\n")
     }
+}
+
+/// `text` as a JSON string: as it is between quotes when nothing in it needs escaping
+/// (the message and target of an audit event), else through `serde_json`.
+fn write_json_str(writer: &mut Writer<'_>, text: &str) -> fmt::Result {
+    if text.bytes().all(|b| b >= b' ' && b != b'"' && b != b'\\') {
+        writer.write_char('"')?;
+        writer.write_str(text)?;
+        return writer.write_char('"');
+    }
+    writer.write_str(&serde_json::to_string(text).map_err(|_| fmt::Error)?)
 }
 
 /// The audit field and the message of an event.
@@ -279,7 +301,7 @@ impl tracing::field::Visit for Found {
 #[cfg(test)]
 mod tests {
     use std::io::Write;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     use super::*;
 
@@ -318,11 +340,13 @@ mod tests {
             let error = RequestError::Invalid("no".to_owned());
             AuditEvent::refused(asked, "unknown_account", Some(&error), "abc#1".to_owned()).emit(Level::INFO);
             tracing::info!(answer = 42, "not an audit event");
+            // the audit target and field, not from `emit`: never spliced unchecked
+            tracing::info!(target: TARGET, audit = "{\"a\":1},\"level\":\"ERROR\",\"b\":{", "decision");
         });
         let text = String::from_utf8(lines.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
             .unwrap_or_default();
         let events: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-        assert_eq!(events.len(), 2, "{text}");
+        assert_eq!(events.len(), 3, "every line is one JSON object: {text}");
         let audit = &events[0];
         assert_eq!(audit["target"], TARGET);
         assert_eq!(audit["fields"]["message"], "decision");
@@ -333,5 +357,7 @@ mod tests {
         assert!(audit["fields"].get("route").is_none(), "absent fields are left out: {text}");
         assert!(audit["timestamp"].is_string() && audit["level"] == "INFO", "{text}");
         assert_eq!(events[1]["fields"]["answer"], 42, "other events keep tracing-subscriber's own form");
+        assert_eq!(events[2]["level"], "INFO", "{text}");
+        assert_eq!(events[2]["fields"]["audit"], "{\"a\":1},\"level\":\"ERROR\",\"b\":{", "{text}");
     }
 }

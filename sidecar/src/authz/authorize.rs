@@ -9,6 +9,7 @@
 
 use super::audit::{Asked, AuditEvent};
 use crate::config::Mode;
+use crate::kept_metrics::RouteMetrics;
 use crate::policy_store::PolicySnapshot;
 
 use super::{Decision, DecisionRequest, Effect, Engine, RequestError};
@@ -55,31 +56,24 @@ pub fn authorize(
     asked: Asked,
     request: Result<DecisionRequest, RequestError>,
 ) -> Result<Permit, Denial> {
-    let route = asked.route.clone().unwrap_or_default();
+    let metrics = RouteMetrics::of(asked.route.as_deref().unwrap_or_default());
     let decided = request.and_then(|request| engine.decide(snapshot, &request));
     let decision = match decided {
         Ok(decision) => decision,
         Err(error) => {
             let event = AuditEvent::refused(asked, error.kind(), Some(&error), snapshot.version().to_string());
             event.emit(tracing::Level::WARN);
-            metrics::counter!("authz_decisions_total", "route" => route, "decision" => "deny", "reason" => error.kind())
-                .increment(1);
+            metrics.decision("deny", error.kind());
             return Err(Denial::Undecidable(error));
         }
     };
     AuditEvent::decided(Asked { mode: Some(mode.as_str()), ..asked }, &decision).emit(tracing::Level::INFO);
-    metrics::counter!(
-        "authz_decisions_total",
-        "route" => route.clone(),
-        "decision" => decision.effect.to_string(),
-        "reason" => decision.reason.as_str()
-    )
-    .increment(1);
+    metrics.decision(decision.effect.as_str(), decision.reason.as_str());
     match (decision.effect, mode) {
         (Effect::Allow, _) => Ok(Permit { decision, vouched: Vouched::Allowed }),
         (Effect::Deny, Mode::Enforce) => Err(Denial::Denied(decision)),
         (Effect::Deny, Mode::DryRun) => {
-            metrics::counter!("authz_dry_run_denials_total", "route" => route).increment(1);
+            metrics.dry_run_denial();
             Ok(Permit { decision, vouched: Vouched::DryRunDenied })
         }
     }

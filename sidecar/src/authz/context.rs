@@ -13,6 +13,8 @@
 //! Cedar type, so the engine checks a shape once per snapshot, principal type, action
 //! and resource type, and skips the check for the same shape after that.
 
+use std::sync::Arc;
+
 use cedar_policy::{Context, EntityUid, RestrictedExpression};
 use serde_json::Value;
 
@@ -30,13 +32,14 @@ const KINDS: [ContextValueKind; 5] = [
 
 /// The names and kinds of a typed context's attributes, in order: every context of one
 /// shape has the same Cedar type (each kind makes values of one type).
-pub type ContextShape = Box<[(String, ContextValueKind)]>;
+pub type ContextShape = Arc<[(String, ContextValueKind)]>;
 
 /// A context built from typed values, and its shape when every attribute had a learned
-/// kind (`None`: the engine checks it against the schema every time).
+/// kind (`None`: the engine checks it against the schema every time). Its parts are
+/// shared, so the snapshot hands out a kept context without copying it.
 #[derive(Debug, Clone)]
 pub struct TypedContext {
-    pub context: Context,
+    pub context: Arc<Context>,
     pub shape: Option<ContextShape>,
     /// Names this exact context among every context of the process (see
     /// [`crate::policy_store::next_serial`]) when it was built from strings and kept by
@@ -47,7 +50,7 @@ pub struct TypedContext {
 
 impl From<Context> for TypedContext {
     fn from(context: Context) -> Self {
-        Self { context, shape: None, serial: 0 }
+        Self { context: Arc::new(context), shape: None, serial: 0 }
     }
 }
 
@@ -72,7 +75,7 @@ pub fn context_from_strings(
         }
     }
     let context = Context::from_pairs(typed).map_err(|e| bad_context(action, &e))?;
-    let typed = TypedContext { context, shape: Some(shape.into_boxed_slice()), serial: next_serial() };
+    let typed = TypedContext { context: Arc::new(context), shape: Some(shape.into()), serial: next_serial() };
     snapshot.remember_typed_context(action, pairs, &typed);
     Ok(typed)
 }

@@ -28,12 +28,18 @@ pub enum Effect {
     Deny,
 }
 
-impl fmt::Display for Effect {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Effect {
+    pub fn as_str(self) -> &'static str {
+        match self {
             Self::Allow => "allow",
             Self::Deny => "deny",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Effect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -75,11 +81,12 @@ pub struct Decision {
     pub effect: Effect,
     pub reason: DecisionReason,
     /// The policies that decided: the matching permits on allow, the matching forbids
-    /// on a forbidden deny, none on a default deny. Sorted.
-    pub policies: Vec<String>,
+    /// on a forbidden deny, none on a default deny. Sorted. Shared: a kept decision is
+    /// handed to every request that asks it again, and to its audit event, uncopied.
+    pub policies: Arc<[String]>,
     pub errors: Vec<EvaluationError>,
     /// The snapshot that decided (its short digest).
-    pub snapshot: String,
+    pub snapshot: Arc<str>,
     #[serde(rename = "elapsed_us", serialize_with = "micros")]
     pub elapsed: Duration,
     /// Made earlier in this snapshot for exactly this question, and kept (see
@@ -118,9 +125,9 @@ impl Decision {
         Self {
             effect,
             reason,
-            policies,
+            policies: policies.into(),
             errors,
-            snapshot: snapshot.version().to_string(),
+            snapshot: snapshot.version().to_string().into(),
             elapsed: started.elapsed(),
             cached: false,
         }
@@ -304,7 +311,7 @@ impl Engine {
                 })?;
                 (context, context_uids(json), None)
             }
-            QuestionContext::Typed(typed) => (typed.context.clone(), Vec::new(), typed.shape.as_ref()),
+            QuestionContext::Typed(typed) => (Context::clone(&typed.context), Vec::new(), typed.shape.as_ref()),
         };
         let principal = request.principal.uid();
         // a shape checked once for these types needs no second check (see `TypedContext`)

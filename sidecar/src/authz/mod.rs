@@ -16,4 +16,4 @@ pub use engine::{
     Asker, Decision, DecisionReason, DecisionRequest, Effect, Engine, EvaluationError, QuestionContext, RequestError,
 };
 pub use observed::{ResourceObservation, View};
-pub use request::{parse_entity_uid, resolve_action};
+pub use request::{parse_entity_uid, resolve_action, uid_text};

@@ -114,7 +114,7 @@ fn print_text(out: &mut dyn Write, args: &Args, snapshot: &PolicySnapshot, decis
     let _ = writeln!(out, "  principal: {}", args.principal.trim());
     let _ = writeln!(out, "  action:    {}", args.action.trim());
     let _ = writeln!(out, "  resource:  {}", args.resource.trim());
-    for id in &decision.policies {
+    for id in decision.policies.iter() {
         let origin = snapshot.policy_origin(&PolicyId::new(id)).map(ToString::to_string).unwrap_or_default();
         let _ = writeln!(out, "  policy:    {id}  ({origin})");
     }

@@ -36,6 +36,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use crate::body::{Body, BoxError};
 use crate::config::Upstream;
 use crate::http_client::HttpClient;
+use crate::kept_metrics::kept_histogram;
 use crate::rescue::ApiError;
 use owned::UpstreamSlots;
 
@@ -117,13 +118,13 @@ pub(crate) fn strip_client_headers(headers: &mut HeaderMap, hygiene: &Hygiene<'_
 
 /// What the sidecar vouches for on a forwarded call.
 #[derive(Debug, Clone)]
-pub(crate) struct Vouch {
-    pub principal: String,
-    pub issuer: String,
-    pub request_id: String,
+pub(crate) struct Vouch<'a> {
+    pub principal: &'a str,
+    pub issuer: &'a str,
+    pub request_id: &'a str,
     /// `allow`, or `dry-run-deny` when a dry-run route let a denied call through.
     pub decision: &'static str,
-    pub policies: Vec<String>,
+    pub policies: &'a [String],
     pub source_ip: IpAddr,
 }
 
@@ -133,7 +134,7 @@ pub(crate) struct Outgoing<'a> {
     pub headers: HeaderMap,
     pub path_and_query: String,
     pub body: ClientBody,
-    pub vouch: &'a Vouch,
+    pub vouch: &'a Vouch<'a>,
     pub hygiene: Hygiene<'a>,
 }
 
@@ -242,9 +243,9 @@ pub(crate) async fn forward(
             headers.insert(name, value);
         }
     };
-    set(&mut headers, PRINCIPAL_HEADER, &vouch.principal);
-    set(&mut headers, ISSUER_HEADER, &vouch.issuer);
-    set(&mut headers, REQUEST_ID_HEADER, &vouch.request_id);
+    set(&mut headers, PRINCIPAL_HEADER, vouch.principal);
+    set(&mut headers, ISSUER_HEADER, vouch.issuer);
+    set(&mut headers, REQUEST_ID_HEADER, vouch.request_id);
     set(&mut headers, DECISION_HEADER, vouch.decision);
     set(&mut headers, POLICIES_HEADER, &vouch.policies.join(","));
     set(&mut headers, FORWARDED_FOR, &vouch.source_ip.to_string());
@@ -267,7 +268,7 @@ pub(crate) async fn forward(
         }
     };
     let result = tokio::time::timeout(upstream.timeout, sent).await;
-    metrics::histogram!("authz_upstream_seconds").record(started.elapsed().as_secs_f64());
+    kept_histogram!("authz_upstream_seconds").record(started.elapsed().as_secs_f64());
     let response = match result {
         Err(_) => return Err(ApiError::GatewayTimeout),
         Ok(Err(e)) => {

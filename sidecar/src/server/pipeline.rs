@@ -36,7 +36,7 @@ use super::state::State;
 use crate::authn::now_secs;
 use crate::authn::principal::principal_entity;
 use crate::authz::audit::Asked;
-use crate::authz::{DecisionRequest, Permit, RequestError, authorize, context_from_strings};
+use crate::authz::{DecisionRequest, Permit, RequestError, authorize, context_from_strings, uid_text};
 use crate::body::json_response;
 use crate::body::{Body, BoxError};
 use crate::config::TEAM_TYPE;
@@ -44,6 +44,7 @@ use crate::config::{Handler, RenderError};
 use crate::directory::{GatherError, Gathered, gather};
 use crate::handlers::presign::resolve;
 use crate::handlers::profiles::derive_profile;
+use crate::kept_metrics::{RouteMetrics, kept_histogram};
 use crate::policy_store::PolicySnapshot;
 use crate::proxy::owned::UpstreamSlots;
 use crate::proxy::{self, ClientBody, Hygiene, Outgoing, Vouch};
@@ -111,10 +112,8 @@ fn finish(call: &Call, mut response: Response<Body>) -> Response<Body> {
     if let Ok(value) = HeaderValue::from_str(&call.request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
-    let route = call.route.clone().unwrap_or_else(|| NO_ROUTE.to_owned());
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("authz_requests_total", "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("authz_request_seconds", "route" => route).record(call.started.elapsed().as_secs_f64());
+    RouteMetrics::of(call.route.as_deref().unwrap_or(NO_ROUTE))
+        .request(response.status(), call.started.elapsed().as_secs_f64());
     response
 }
 
@@ -149,7 +148,7 @@ where
     // 3. authenticate
     let authn_started = Instant::now();
     let identity = state.authn.authenticate(&parts.headers).await;
-    metrics::histogram!("authz_authn_seconds").record(authn_started.elapsed().as_secs_f64());
+    kept_histogram!("authz_authn_seconds").record(authn_started.elapsed().as_secs_f64());
     let identity = identity.map_err(|e| {
         tracing::info!(request_id, reason = e.label(), "unauthenticated");
         metrics::counter!("authz_authn_failures_total", "reason" => e.label()).increment(1);
@@ -271,18 +270,19 @@ where
             Ok(DecisionRequest::built(requester, authz.action.clone(), resource.clone(), context).with_checked(checked))
         }),
     };
+    let principal_text = uid_text(&principal);
     let asked = Asked {
         request_id: request_id.to_owned(),
         route: Some(route.name.clone()),
-        principal: principal.to_string(),
-        action: authz.action.to_string(),
-        resource: resource.to_string(),
+        principal: principal_text.clone(),
+        action: uid_text(&authz.action),
+        resource: uid_text(&resource),
         source_ip: Some(origin.source_ip),
         vpce: origin.vpce.clone(),
         ..Asked::default()
     };
     let permitted = authorize(&state.engine, &snapshot, route.mode, asked, question);
-    metrics::histogram!("authz_authz_seconds").record(authz_started.elapsed().as_secs_f64());
+    kept_histogram!("authz_authz_seconds").record(authz_started.elapsed().as_secs_f64());
     let Permit { decision, vouched } = permitted.map_err(|_| {
         if unreachable {
             tracing::warn!(request_id, route = %route.name, "the directory or the lifecycle table is unreachable; denied");
@@ -294,11 +294,11 @@ where
 
     // 6. handle
     let vouch = Vouch {
-        principal: principal.to_string(),
-        issuer: identity.issuer.clone(),
-        request_id: request_id.to_owned(),
+        principal: &principal_text,
+        issuer: &identity.issuer,
+        request_id,
         decision: vouched.as_str(),
-        policies: decision.policies.clone(),
+        policies: &decision.policies,
         source_ip: origin.source_ip,
     };
     match &route.handler {

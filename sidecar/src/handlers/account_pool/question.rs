@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 
 use crate::authz::audit::{Asked, AuditEvent};
-use crate::authz::{Decision, DecisionRequest, Engine, RequestError, context_from_strings};
+use crate::authz::{Decision, DecisionRequest, Engine, RequestError, context_from_strings, uid_text};
 use crate::policy_store::{CheckedEntity, PolicySnapshot};
 
 /// One `UseAccount` question's fixed parts, built once per event: the principal, the
@@ -84,8 +84,8 @@ impl Question {
         Asked {
             request_id: request_id.to_owned(),
             operation: Some(operation.as_str()),
-            principal: self.principal.as_ref().map_or_else(String::new, ToString::to_string),
-            action: self.action.as_ref().map_or_else(String::new, ToString::to_string),
+            principal: self.principal.as_ref().map_or_else(String::new, uid_text),
+            action: self.action.as_ref().map_or_else(String::new, uid_text),
             ..Asked::default()
         }
     }
@@ -145,7 +145,7 @@ impl Question {
     fn resource(&self, account: &str) -> String {
         match &self.account_type {
             Some(account_type) => {
-                EntityUid::from_type_name_and_id(account_type.clone(), EntityId::new(account)).to_string()
+                uid_text(&EntityUid::from_type_name_and_id(account_type.clone(), EntityId::new(account)))
             }
             None => String::new(),
         }

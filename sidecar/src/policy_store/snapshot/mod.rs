@@ -31,6 +31,7 @@ pub use slices::{CheckedEntity, Slice, next_serial};
 
 use super::diagnostics::{Location, Problem};
 use super::sources::SourceDirs;
+use crate::kept_metrics::kept_counter;
 
 /// How many entities the per-entity slices a snapshot keeps may name in all (see
 /// [`PolicySnapshot::entity_slice`]); a slice shares its entities with the cache of
@@ -211,6 +212,18 @@ pub struct PolicySnapshot {
 
 /// An action and the strings of a context.
 type TypedContextKey = (EntityUid, Box<[(String, String)]>);
+
+/// A [`TypedContextKey`] borrowed from the request, so that looking a context up copies
+/// nothing: it hashes as the key does (a reference hashes as what it points at, a boxed
+/// slice as the slice) and is equivalent to the key with the same action and strings.
+#[derive(Hash)]
+struct ContextLookup<'a>(&'a EntityUid, &'a [(String, String)]);
+
+impl moka::Equivalent<TypedContextKey> for ContextLookup<'_> {
+    fn equivalent(&self, key: &TypedContextKey) -> bool {
+        *self.0 == key.0 && *self.1 == *key.1
+    }
+}
 
 /// A request's types and its typed context's shape.
 type RequestShape = (EntityTypeName, EntityUid, EntityTypeName, crate::authz::ContextShape);
@@ -417,7 +430,7 @@ impl PolicySnapshot {
     /// and building one evaluates each extension constructor (`ip(..)`) again. The same
     /// strings recur: one client's address and endpoint within the same second.
     pub fn typed_context(&self, action: &EntityUid, pairs: &[(String, String)]) -> Option<crate::authz::TypedContext> {
-        self.typed_contexts.get(&(action.clone(), pairs.into()))
+        self.typed_contexts.get(&ContextLookup(action, pairs))
     }
 
     /// The decision made earlier in this snapshot for exactly this question (see
@@ -425,8 +438,10 @@ impl PolicySnapshot {
     /// entities and the request, so it is made once per question and snapshot.
     pub fn known_decision(&self, key: &DecisionKey) -> Option<Arc<crate::authz::Decision>> {
         let known = self.decisions.get(key);
-        let result = if known.is_some() { "hit" } else { "miss" };
-        metrics::counter!("authz_decision_cache_total", "result" => result).increment(1);
+        match known {
+            Some(_) => kept_counter!("authz_decision_cache_total", "result" => "hit").increment(1),
+            None => kept_counter!("authz_decision_cache_total", "result" => "miss").increment(1),
+        }
         known
     }
 
