@@ -178,7 +178,7 @@ impl AuditEvent {
             }
             let Ok(json) = std::str::from_utf8(buffer) else { return };
             let event = Json(json);
-            EMITTING.set(true);
+            let _emitting = Emitting::begin();
             match level {
                 Level::ERROR => tracing::error!(target: TARGET, audit = %event, "decision"),
                 Level::WARN => tracing::warn!(target: TARGET, audit = %event, "decision"),
@@ -186,7 +186,6 @@ impl AuditEvent {
                 Level::DEBUG => tracing::debug!(target: TARGET, audit = %event, "decision"),
                 Level::TRACE => tracing::trace!(target: TARGET, audit = %event, "decision"),
             }
-            EMITTING.set(false);
         });
     }
 }
@@ -196,6 +195,22 @@ thread_local! {
     /// event's `audit` field is then the JSON object `emit` serialized, and the JSON
     /// format splices it in without parsing it again.
     static EMITTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// [`EMITTING`] for as long as it lives, cleared even if a subscriber panics.
+struct Emitting;
+
+impl Emitting {
+    fn begin() -> Self {
+        EMITTING.set(true);
+        Self
+    }
+}
+
+impl Drop for Emitting {
+    fn drop(&mut self) {
+        EMITTING.set(false);
+    }
 }
 
 /// The serialized event, shown as it is (text logs print the JSON after `audit=`).
