@@ -4,7 +4,7 @@
 #   bash bench/run.sh [--out FILE] [--no-sweep] [--duration 8s] [...]   (loadbench run --help)
 #   bash bench/run.sh directory [--users 100000] [--active 1000] [...]  (loadbench directory --help)
 #
-# Installs what it needs (nginx from Debian, oha from crates.io, into a cache outside the
+# Installs what it needs (nginx from Debian, oha from the Rust registry, into a cache outside the
 # clone), builds the sidecar and the driver in release mode, and runs the driver under a
 # time limit. The driver stops every process it starts; `timeout` stops the whole
 # process group if the driver itself hangs.
@@ -38,7 +38,7 @@ fi
 
 OHA="$TOOLS/bin/oha"
 if ! "$OHA" --version 2>/dev/null | grep -q "$OHA_VERSION"; then
-    echo "bench: installing oha $OHA_VERSION (crates.io) into $TOOLS" >&2
+    echo "bench: installing oha $OHA_VERSION (the Rust registry) into $TOOLS" >&2
     cargo install oha --version "$OHA_VERSION" --locked --root "$TOOLS"
 fi
 
