@@ -57,26 +57,29 @@ pub(crate) fn init(
         install(format, filter, std::io::stderr);
         return None;
     };
-    let (writer, guard) = background_writer(std::io::stderr(), overflow, LOG_BUFFER_LINES);
+    let (writer, guard) = background_writer(std::io::stderr(), overflow, LOG_BUFFER_LINES, LOG_WRITE_BYTES);
     let _ = DROPPED.set(writer.error_counter());
     install(format, filter, writer);
     Some(guard)
 }
 
 /// A writer that hands lines to a thread of their own, which writes them to `sink`,
-/// the lines that waited together in one write; `lines` bounds what waits, and
-/// `overflow` says what happens past it.
+/// the lines that waited together in one write of at most `write_bytes`; `lines`
+/// bounds what waits, and `overflow` says what happens past it. While the sink stalls,
+/// what is held is the lines waiting and at most `write_bytes` the thread took before
+/// its write blocked.
 fn background_writer<W: std::io::Write + Send + 'static>(
     sink: W,
     overflow: LogOverflow,
     lines: usize,
+    write_bytes: usize,
 ) -> (tracing_appender::non_blocking::NonBlocking, tracing_appender::non_blocking::WorkerGuard) {
     tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(lines)
         .lossy(overflow == LogOverflow::Drop)
         .thread_name("authz-log-writer")
         // the thread flushes whenever it has written every line that was waiting
-        .finish(std::io::BufWriter::with_capacity(LOG_WRITE_BYTES, sink))
+        .finish(std::io::BufWriter::with_capacity(write_bytes, sink))
 }
 
 fn install<W>(format: LogFormat, filter: EnvFilter, writer: W)
@@ -211,7 +214,9 @@ mod tests {
     #[test]
     fn a_stalled_sink_drops_and_counts_or_holds_every_line() {
         let gate = Gate::default();
-        let (mut writer, guard) = background_writer(gate.clone(), LogOverflow::Drop, 16);
+        // a write buffer of 64 bytes: the thread holds at most 9 of these lines (7 to 9
+        // bytes each) before its write to the stalled sink blocks, and one more in hand
+        let (mut writer, guard) = background_writer(gate.clone(), LogOverflow::Drop, 16, 64);
         let started = std::time::Instant::now();
         for i in 0..1_000 {
             // one write per line, as the subscriber writes each formatted line
@@ -220,13 +225,13 @@ mod tests {
         // nothing was written yet, and the thread that logged did not wait for the sink
         assert!(started.elapsed() < Duration::from_secs(5));
         let dropped = writer.error_counter().dropped_lines();
-        assert!(dropped >= 1_000 - 16 - 1, "{dropped} dropped");
+        assert!(dropped >= 1_000 - 16 - 9 - 1, "{dropped} dropped");
         gate.open();
         drop(guard);
         assert_eq!(gate.lines() + dropped, 1_000, "every line was written or counted");
 
         let gate = Gate::default();
-        let (mut writer, guard) = background_writer(gate.clone(), LogOverflow::Block, 16);
+        let (mut writer, guard) = background_writer(gate.clone(), LogOverflow::Block, 16, 64);
         let opener = {
             let gate = gate.clone();
             std::thread::spawn(move || {
@@ -249,7 +254,7 @@ mod tests {
     #[test]
     fn lines_that_waited_together_are_written_together() {
         let gate = Gate::default();
-        let (mut writer, guard) = background_writer(gate.clone(), LogOverflow::Block, 2_048);
+        let (mut writer, guard) = background_writer(gate.clone(), LogOverflow::Block, 2_048, LOG_WRITE_BYTES);
         for i in 0..1_000 {
             writer.write_all(format!("line {i}\n").as_bytes()).unwrap();
         }
@@ -262,7 +267,7 @@ mod tests {
         // alone, with the sink open: written without waiting for more
         let gate = Gate::default();
         gate.open();
-        let (mut writer, guard) = background_writer(gate.clone(), LogOverflow::Block, 16);
+        let (mut writer, guard) = background_writer(gate.clone(), LogOverflow::Block, 16, LOG_WRITE_BYTES);
         writer.write_all(b"alone\n").unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while gate.lines() == 0 && std::time::Instant::now() < deadline {
