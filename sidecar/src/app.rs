@@ -139,10 +139,26 @@ impl App {
         self.state.not_ready_reasons()
     }
 
-    /// The check every snapshot passes before it is served: it fits the routes.
+    /// The check every snapshot passes before it is served: it fits the routes. A
+    /// snapshot that fits is also readied for them, so that no request pays for what
+    /// every snapshot needs built once (the account pool's index, when a route answers
+    /// DataZone). The lifecycle runs it on a blocking thread.
     pub fn fits(&self) -> Fits {
         let config = self.config.clone();
-        Arc::new(move |snapshot| check_routes(&config, snapshot))
+        let pool = config
+            .routes
+            .iter()
+            .any(|route| matches!(route.handler, Handler::AccountPool))
+            .then(|| self.state.account_pool.clone());
+        Arc::new(move |snapshot| {
+            let problems = check_routes(&config, snapshot);
+            if problems.is_empty()
+                && let Some(pool) = &pool
+            {
+                pool.warm(snapshot);
+            }
+            problems
+        })
     }
 
     /// Keep the store loaded from the configured policy source until `shutdown`.

@@ -273,6 +273,70 @@ async fn a_reload_whose_schema_no_longer_fits_the_routes_is_refused_and_the_last
     assert!(error.contains("does not fit the routes") && error.contains("CreatePresignedDomainUrl"), "{error}");
 }
 
+/// A snapshot served by the sidecar's loop has its account-pool index built before it
+/// serves, first load and reload alike, so no DataZone request after a reload pays for
+/// reading every pool account; a snapshot that does not fit is not indexed.
+#[tokio::test]
+async fn a_snapshot_is_readied_for_the_account_pool_before_it_serves() {
+    let ws = Workspace::shipped();
+    let pool_route = "\n[[routes]]\nname = \"ap\"\nmethod = \"POST\"\npath = \"/datazone/account-pool\"\n\
+                      handler = \"account_pool\"\n";
+    let app = in_process_app_with(&ws, pool_route).await;
+    let store = app.store().clone();
+    let pool = app.state().account_pool();
+    assert_eq!(pool.indexed(), None);
+    let mut source = FileSource::new(ws.dirs(), ReloadOptions { file_events: false, ..ReloadOptions::default() });
+    assert_eq!(lifecycle::refresh_once(&mut source, &store, &app.fits()).await, ReloadOutcome::Published(1));
+    assert_eq!(pool.indexed(), Some(store.current().unwrap().build_id()), "the first snapshot");
+
+    // a reload: a new snapshot, indexed before it serves
+    let first = store.current().unwrap();
+    ws.write_entities("extra.json", "[]");
+    assert_eq!(lifecycle::refresh_once(&mut source, &store, &app.fits()).await, ReloadOutcome::Published(2));
+    let second = store.current().unwrap();
+    assert_ne!(first.build_id(), second.build_id());
+    assert_eq!(pool.indexed(), Some(second.build_id()), "the reloaded snapshot");
+
+    // a request still answering from the replaced snapshot leaves the newer index kept
+    let operation = authz_sidecar::handlers::account_pool::parse(
+        br#"{"operationRequest": {"listAuthorizedAccountsRequest": {"domainIdentifier": "dzd-4igt64u5j25ko9",
+            "userIdentifier": "4b89ed84-9842-45dd-a2e5-15e49eda2b03"}}}"#,
+    )
+    .unwrap();
+    pool.apply(&first, &operation, "late").unwrap();
+    assert_eq!(pool.indexed(), Some(second.build_id()), "an older snapshot's index does not evict it");
+
+    // a snapshot that does not fit the routes is neither served nor indexed
+    let schema = ws.policies().join("schema.cedarschema");
+    let text = std::fs::read_to_string(&schema).unwrap();
+    std::fs::write(&schema, text.replace("action CreatePresignedDomainUrl", "action CreatePresignedUrl")).unwrap();
+    for policy in std::fs::read_dir(ws.policies()).unwrap() {
+        let path = policy.unwrap().path();
+        if path.extension().is_some_and(|e| e == "cedar") {
+            let cedar = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(&path, cedar.replace("\"CreatePresignedDomainUrl\"", "\"CreatePresignedUrl\"")).unwrap();
+        }
+    }
+    assert_eq!(lifecycle::refresh_once(&mut source, &store, &app.fits()).await, ReloadOutcome::Failed);
+    let error = store.stats().last_error.unwrap().to_string();
+    assert!(error.contains("does not fit the routes"), "{error}");
+    assert_eq!(pool.indexed(), Some(second.build_id()));
+}
+
+/// A check that panics admits nothing: the reload fails, the last good snapshot serves.
+#[tokio::test]
+async fn a_check_that_panics_admits_nothing() {
+    let ws = Workspace::shipped();
+    let store = PolicyStore::new(PolicySnapshot::load(&ws.dirs(), 1).unwrap());
+    let mut source = FileSource::new(ws.dirs(), ReloadOptions { file_events: false, ..ReloadOptions::default() });
+    ws.write_entities("extra.json", "[]");
+    let panics: lifecycle::Fits = std::sync::Arc::new(|_| panic!("a check that panics"));
+    assert_eq!(lifecycle::refresh_once(&mut source, &store, &panics).await, ReloadOutcome::Failed);
+    assert_eq!(store.current().unwrap().version().generation, 1, "the last good snapshot serves");
+    let error = store.stats().last_error.unwrap().to_string();
+    assert!(error.contains("check of the snapshot"), "{error}");
+}
+
 /// The in-process app with its studio route deriving profiles (or not), the profiles
 /// file replaced by `profiles`.
 async fn deriving_app(ws: &Workspace, derive: bool, profiles: &str) -> App {

@@ -126,7 +126,7 @@ async fn first_load<S: PolicySource>(
     let mut delays = backoff(Duration::from_millis(500), max_delay);
     loop {
         let loaded = match source.load(None, store.next_generation()).await {
-            Ok(Some(snapshot)) => checked(snapshot, fits),
+            Ok(Some(snapshot)) => admitted(snapshot, fits).await,
             Ok(None) => Err(SourceError::new("empty", LoadError::new(Vec::new()))),
             Err(error) => Err(error),
         };
@@ -154,15 +154,23 @@ async fn first_load<S: PolicySource>(
 /// One look at `source`, settled into `store`.
 pub async fn refresh_once<S: PolicySource>(source: &mut S, store: &PolicyStore, fits: &Fits) -> ReloadOutcome {
     let serving = store.current();
-    let loaded = source.load(serving.as_deref(), store.next_generation()).await;
-    settle(store, loaded, fits)
+    let loaded = match source.load(serving.as_deref(), store.next_generation()).await {
+        Ok(Some(snapshot)) => admitted(snapshot, fits).await.map(Some),
+        other => other,
+    };
+    settle_checked(store, loaded)
+}
+
+/// As [`refresh_once`], for a look already taken (on this thread).
+pub fn settle(store: &PolicyStore, loaded: Result<Option<PolicySnapshot>, SourceError>, fits: &Fits) -> ReloadOutcome {
+    settle_checked(store, loaded.and_then(|snapshot| snapshot.map(|s| checked(s, fits)).transpose()))
 }
 
 /// The one way a look's result reaches the store: unchanged inputs clear a recorded
 /// failure; a snapshot that fits is published; anything else is recorded (once per
 /// distinct failure) while the serving snapshot stays.
-pub fn settle(store: &PolicyStore, loaded: Result<Option<PolicySnapshot>, SourceError>, fits: &Fits) -> ReloadOutcome {
-    match loaded.and_then(|snapshot| snapshot.map(|s| checked(s, fits)).transpose()) {
+fn settle_checked(store: &PolicyStore, loaded: Result<Option<PolicySnapshot>, SourceError>) -> ReloadOutcome {
+    match loaded {
         Ok(None) => {
             store.back_to_serving();
             ReloadOutcome::Unchanged
@@ -173,6 +181,21 @@ pub fn settle(store: &PolicyStore, loaded: Result<Option<PolicySnapshot>, Source
             // the loop keeps backing off while it lasts
             store.fail_reload(&failure.key, failure.error, failure.quiet);
             ReloadOutcome::Failed
+        }
+    }
+}
+
+/// [`checked`] on a blocking thread: the check also readies the snapshot for the routes
+/// (see `App::fits`), milliseconds of work at a large account pool that no async worker
+/// should be held for.
+async fn admitted(snapshot: PolicySnapshot, fits: &Fits) -> Result<PolicySnapshot, SourceError> {
+    let fits = Arc::clone(fits);
+    match tokio::task::spawn_blocking(move || checked(snapshot, &fits)).await {
+        Ok(admitted) => admitted,
+        // a panic in the check admits nothing
+        Err(error) => {
+            let message = format!("the check of the snapshot against the routes failed: {error}");
+            Err(SourceError::new("check", LoadError::new(vec![Problem::new("", None, message)])))
         }
     }
 }

@@ -106,6 +106,11 @@ impl State {
         &self.store
     }
 
+    /// The DataZone account-pool handler (its index is warmed for each snapshot served).
+    pub fn account_pool(&self) -> &AccountPool {
+        &self.account_pool
+    }
+
     /// Fetch the keys of every issuer that has none yet, once. Whether every issuer now
     /// has keys.
     pub async fn load_missing_keys(&self) -> bool {
