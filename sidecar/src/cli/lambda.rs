@@ -94,13 +94,15 @@ pub(super) fn run(args: &Args, _out: &mut dyn Write, err: &mut dyn Write) -> u8 
         }
         None => (None, None),
     };
+    // the pool index built in the init phase, not by the first invocation
+    let pool = Arc::new(AccountPool::default());
+    pool.warm(&snapshot);
     tracing::info!(
         version = %snapshot.version(),
         directory = directory.is_some(),
         lifecycle = lifecycle.is_some(),
         "Lambda handler ready"
     );
-    let pool = Arc::new(AccountPool::default());
     let handler = service_fn(move |event: LambdaEvent<Value>| {
         let (snapshot, pool, directory, lifecycle) =
             (snapshot.clone(), pool.clone(), directory.clone(), lifecycle.clone());
