@@ -26,6 +26,7 @@ mod harness;
 mod lambda;
 mod layers;
 mod lifecycle;
+mod operator;
 mod policy_index;
 mod presign;
 mod presign_faults;

@@ -6,6 +6,7 @@
 
 mod authorize;
 pub mod avp;
+mod healthcheck;
 mod lambda;
 mod serve;
 mod test;
@@ -100,6 +101,13 @@ enum Command {
     /// events exactly as the HTTP route does.
     Lambda(lambda::Args),
     Avp(avp::Args),
+    /// Ask a running sidecar whether it is ready (its admin listener's `/readyz`).
+    ///
+    /// For container health checks in images without curl: exits 0 when the sidecar
+    /// answers ready, 1 (saying why on stderr) when it is not ready, not listening or
+    /// too slow. The admin address comes from `--admin-listen`, else from the
+    /// configuration file (with the same environment overrides `serve` applies).
+    Healthcheck(healthcheck::Args),
 }
 
 /// Where the policies and entities are.
@@ -170,5 +178,6 @@ where
         Command::Serve(args) => serve::run(&args, out, err),
         Command::Lambda(args) => lambda::run(&args, out, err),
         Command::Avp(args) => avp::run(&args, out, err),
+        Command::Healthcheck(args) => healthcheck::run(&args, out, err),
     }
 }

@@ -4,6 +4,7 @@
 //! error says which key is wrong and why.
 
 mod directory;
+pub mod env;
 mod lifecycle;
 mod raw;
 mod routes;
@@ -199,8 +200,23 @@ impl Config {
         }
     }
 
+    /// The configuration `text` says, with the process's environment applied (see
+    /// [`env`]: `${NAME}` in strings, `AUTHZ_SIDECAR__…` variables for any key).
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
+        let overrides = env::process_overrides()?;
+        Self::from_toml_with(text, origin, &|name| std::env::var(name).ok(), &overrides)
+    }
+
+    /// As [`Self::from_toml`], with `lookup` answering `${NAME}` and `overrides` the
+    /// `AUTHZ_SIDECAR__…` variables, in place of the process's environment.
+    pub fn from_toml_with(
+        text: &str,
+        origin: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+        overrides: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
+        let text = env::apply(text, origin, lookup, overrides)?;
+        let raw: RawConfig = toml::from_str(&text)
             .map_err(|e| ConfigError::Parse { origin: origin.to_owned(), message: e.to_string() })?;
         Self::from_raw(raw, origin)
     }
