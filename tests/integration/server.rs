@@ -299,6 +299,76 @@ async fn metrics_parse_as_prometheus_text() {
     assert!(seconds.is_some_and(|s| matches!(s.value, prometheus_parse::Value::Histogram(_))), "{text}");
 }
 
+/// The build, the serving snapshot and the process, as Prometheus users expect them;
+/// after a reload, only the new snapshot's series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_gauges_say_what_build_and_snapshot_serve() {
+    let sidecar = Sidecar::start(Setup::default()).await.ready().await;
+    let scraped = || async {
+        let (status, _, text) = harness::get(sidecar.admin, "/metrics", &[]).await;
+        assert_eq!(status, 200);
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("valid text");
+        (scrape, text)
+    };
+    let gauge =
+        |scrape: &prometheus_parse::Scrape, metric: &str| -> Vec<(std::collections::HashMap<String, String>, f64)> {
+            scrape
+                .samples
+                .iter()
+                .filter(|s| s.metric == metric)
+                .map(|s| {
+                    let value = match s.value {
+                        prometheus_parse::Value::Gauge(v)
+                        | prometheus_parse::Value::Untyped(v)
+                        | prometheus_parse::Value::Counter(v) => v,
+                        _ => f64::NAN,
+                    };
+                    (s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(), value)
+                })
+                .collect()
+        };
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let store = sidecar.app.store().clone();
+    let serving = store.current().unwrap();
+    let (scrape, text) = scraped().await;
+    let build = gauge(&scrape, "authz_build_info");
+    assert_eq!(build.len(), 1, "{text}");
+    assert_eq!(build[0].0.get("version").map(String::as_str), Some(env!("CARGO_PKG_VERSION")), "{text}");
+    assert!(build[0].0.get("cedar_sdk").is_some_and(|v| v.starts_with("4.")), "{text}");
+    let info = gauge(&scrape, "authz_policy_snapshot_info");
+    assert_eq!(info.len(), 1, "{text}");
+    assert_eq!(info[0].0.get("digest"), Some(&serving.version().digest), "{text}");
+    assert_eq!(info[0].1, 1.0);
+    let one = |metric: &str| gauge(&scrape, metric).first().map(|(_, v)| *v);
+    assert_eq!(one("authz_policy_snapshot_policies"), Some(serving.policy_count() as f64), "{text}");
+    assert_eq!(one("authz_policy_snapshot_entities"), Some(serving.entity_count() as f64), "{text}");
+    assert_eq!(one("authz_policy_snapshot_generation"), Some(serving.version().generation as f64), "{text}");
+    let loaded = one("authz_policy_snapshot_loaded_timestamp_seconds").unwrap();
+    assert!(loaded > 1.7e9 && loaded <= before + 1.0, "{loaded} {text}");
+    for metric in ["process_resident_memory_bytes", "process_open_fds", "process_start_time_seconds"] {
+        assert!(one(metric).is_some_and(|v| v > 0.0), "{metric} in\n{text}");
+    }
+    // whole seconds: 0 this early, but there
+    assert!(one("process_cpu_seconds_total").is_some(), "{text}");
+
+    // a reload: the new snapshot's series replace the old one's
+    sidecar._ws.write_entities("extra.json", "[]");
+    assert!(matches!(
+        authz_sidecar::policy_store::reload_once(&store, &sidecar._ws.dirs()),
+        authz_sidecar::policy_store::ReloadOutcome::Published(_)
+    ));
+    let reloaded = store.current().unwrap();
+    assert_ne!(reloaded.version().digest, serving.version().digest);
+    let (scrape, text) = scraped().await;
+    let info = gauge(&scrape, "authz_policy_snapshot_info");
+    assert_eq!(info.len(), 1, "one snapshot serves: {text}");
+    assert_eq!(info[0].0.get("digest"), Some(&reloaded.version().digest), "{text}");
+    assert_eq!(
+        gauge(&scrape, "authz_policy_snapshot_generation").first().map(|(_, v)| *v),
+        Some(reloaded.version().generation as f64)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_in_flight_requests() {
     let sidecar = Sidecar::start_with(Workspace::shipped(), Setup::default(), |_| {

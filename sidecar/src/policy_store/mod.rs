@@ -39,6 +39,9 @@ struct Inner {
     current: ArcSwapOption<PolicySnapshot>,
     /// Generation of the newest snapshot; each swap takes the next number.
     generation: AtomicU64,
+    /// When the serving snapshot was published, in milliseconds since the Unix epoch
+    /// (0 before the first).
+    published_at_ms: AtomicU64,
     status: ReloadStatus,
 }
 
@@ -77,6 +80,7 @@ impl PolicyStore {
             inner: Arc::new(Inner {
                 current: ArcSwapOption::empty(),
                 generation: AtomicU64::new(0),
+                published_at_ms: AtomicU64::new(0),
                 status: ReloadStatus::default(),
             }),
         }
@@ -158,7 +162,17 @@ impl PolicyStore {
         status.last_error.store(None);
         status.last_failed_digest.store(None);
         self.inner.generation.fetch_max(snapshot.version().generation, Ordering::AcqRel);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.inner.published_at_ms.store(u64::try_from(now.as_millis()).unwrap_or(u64::MAX), Ordering::Release);
         self.inner.current.store(Some(Arc::new(snapshot)));
+    }
+
+    /// When the serving snapshot was published, in seconds since the Unix epoch; `None`
+    /// before the first.
+    pub fn published_at(&self) -> Option<f64> {
+        let ms = self.inner.published_at_ms.load(Ordering::Acquire);
+        #[expect(clippy::cast_precision_loss, reason = "milliseconds since 1970 fit an f64's 53 bits")]
+        (ms > 0).then(|| ms as f64 / 1000.0)
     }
 
     /// Record why the first snapshot has not loaded (shown in `/readyz`; not counted as

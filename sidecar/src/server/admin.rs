@@ -37,7 +37,10 @@ pub fn handle<B>(state: &State, metrics: &PrometheusHandle, request: Request<B>)
         }
         "/metrics" => {
             metrics.run_upkeep();
-            let mut response = Response::new(full(metrics.render()));
+            process_metrics().collect();
+            let mut text = metrics.render();
+            info_metrics(state, &mut text);
+            let mut response = Response::new(full(text));
             response
                 .headers_mut()
                 .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
@@ -49,6 +52,65 @@ pub fn handle<B>(state: &State, metrics: &PrometheusHandle, request: Request<B>)
         },
         _ => refused(ApiError::NotFound),
     }
+}
+
+/// The process collector (CPU, memory, descriptors, threads, start time: the
+/// `process_*` series Prometheus users expect), described once.
+fn process_metrics() -> &'static metrics_process::Collector {
+    static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    COLLECTOR.get_or_init(|| {
+        let collector = metrics_process::Collector::default();
+        collector.describe();
+        collector
+    })
+}
+
+/// Append the info series to `text`: the build, and the snapshot serving now. Written
+/// at each scrape from what serves, rather than kept in the recorder, so a snapshot a
+/// reload replaced leaves no series behind.
+fn info_metrics(state: &State, text: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        text,
+        "# HELP authz_build_info The running build: its version and the Cedar SDK and language it decides with.\n\
+         # TYPE authz_build_info gauge\n\
+         authz_build_info{{version=\"{}\",cedar_sdk=\"{}\",cedar_lang=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        cedar_policy::get_sdk_version(),
+        cedar_policy::get_lang_version(),
+    );
+    let Some(snapshot) = state.store.current() else { return };
+    let version = snapshot.version();
+    let _ = writeln!(
+        text,
+        "# HELP authz_policy_snapshot_info The policy snapshot serving now: its digest and where it came from.\n\
+         # TYPE authz_policy_snapshot_info gauge\n\
+         authz_policy_snapshot_info{{digest=\"{}\",source=\"{}\"}} 1",
+        label_value(&version.digest),
+        label_value(&snapshot.source().to_string()),
+    );
+    let published = state.store.published_at().unwrap_or_default();
+    for (name, help, value) in [
+        (
+            "authz_policy_snapshot_generation",
+            "The serving snapshot's generation (one more at each reload).",
+            version.generation as f64,
+        ),
+        ("authz_policy_snapshot_policies", "Policies in the serving snapshot.", snapshot.policy_count() as f64),
+        ("authz_policy_snapshot_entities", "Entities in the serving snapshot.", snapshot.entity_count() as f64),
+        (
+            "authz_policy_snapshot_loaded_timestamp_seconds",
+            "When the serving snapshot was swapped in, in seconds since the Unix epoch.",
+            published,
+        ),
+    ] {
+        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    }
+}
+
+/// `value` as a Prometheus label value: backslash, quote and line feed escaped.
+fn label_value(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// `/dev/token?user=user-1&groups=Team1,Team2`: a token from the development issuer.
