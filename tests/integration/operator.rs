@@ -133,3 +133,98 @@ fn the_environment_sets_configuration_keys() {
     assert_eq!(flagged.status.code(), Some(1), "{}", text(&flagged.stdout));
     assert!(text(&flagged.stderr).contains("/nonexistent"), "{}", text(&flagged.stderr));
 }
+
+/// An issuer on loopback serving its discovery document (whose contents `document`
+/// writes from the issuer's own URL) and its keys at `/keys`.
+async fn discoverable(document: fn(&str) -> serde_json::Value) -> (crate::harness::TestServer, String) {
+    let issuer = std::sync::Arc::new(std::sync::OnceLock::<String>::new());
+    let known = issuer.clone();
+    let server = crate::harness::TestServer::start(move |parts| {
+        let issuer = known.get().cloned().unwrap_or_default();
+        match parts.uri.path() {
+            "/.well-known/openid-configuration" => (200, document(&issuer).to_string(), Duration::ZERO),
+            "/keys" => (200, serde_json::json!({"keys": [crate::harness::keys().0.jwk]}).to_string(), Duration::ZERO),
+            _ => (404, String::new(), Duration::ZERO),
+        }
+    })
+    .await;
+    let url = server.url();
+    issuer.set(url.clone()).unwrap();
+    (server, url)
+}
+
+fn discovery_config(ws: &Workspace, issuer: &str) -> authz_sidecar::config::Config {
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [policies]\ndir = \"{}\"\nentities = \"{}\"\n\
+         [context]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
+         [[issuers]]\nissuer = \"{issuer}\"\n\
+         [[routes]]\nname = \"studio\"\nmethod = \"GET\"\n{}\nhandler = \"echo\"\n",
+        ws.policies().display(),
+        ws.entities().display(),
+        crate::harness::STUDIO_ROUTE,
+    );
+    authz_sidecar::config::Config::from_toml_with(&toml, "discovery", &|_| None, &[]).unwrap()
+}
+
+/// An issuer configured by its URL alone: the keys come from its discovery document's
+/// `jwks_uri`, and its tokens authenticate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_configured_by_discovery_alone_authenticates() {
+    let (server, issuer) = discoverable(|issuer| {
+        serde_json::json!({"issuer": issuer, "jwks_uri": format!("{issuer}/keys"),
+                           "authorization_endpoint": format!("{issuer}/authorize")})
+    })
+    .await;
+    let ws = Workspace::shipped();
+    let launched = crate::harness::launch(discovery_config(&ws, &issuer)).await;
+    crate::harness::wait_ready(launched.admin, &launched.app).await;
+    let mut claims = crate::harness::claims("user-1", &["Team1", "Team2"]);
+    claims["iss"] = serde_json::json!(issuer);
+    let bearer = format!("Bearer {}", crate::harness::sign(&crate::harness::keys().0, &claims));
+    let headers = [
+        ("authorization", bearer.as_str()),
+        ("x-amzn-vpce-id", "vpce-0a1a000000000001a"),
+        ("x-forwarded-for", "10.1.2.3"),
+    ];
+    let (status, _, body) = crate::harness::get(launched.data, "/studio/user-1/team1", &headers).await;
+    assert_eq!(status, 200, "{body}");
+    let paths: Vec<String> = server.requests.lock().unwrap().iter().map(|p| p.uri.path().to_owned()).collect();
+    assert_eq!(paths[..2], ["/.well-known/openid-configuration", "/keys"], "{paths:?}");
+    launched.shutdown.cancel();
+}
+
+/// A discovery document for another issuer, or one whose keys would come in the clear,
+/// loads no keys: the sidecar stays not ready and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discovery_document_that_does_not_vouch_for_the_issuer_loads_no_keys() {
+    let ws = Workspace::shipped();
+    for (document, why) in [
+        (
+            (|issuer: &str| serde_json::json!({"issuer": format!("{issuer}/other"), "jwks_uri": format!("{issuer}/keys")}))
+                as fn(&str) -> serde_json::Value,
+            "is for issuer",
+        ),
+        (|_: &str| serde_json::json!({"issuer_missing": true}), "not an OpenID Connect discovery document"),
+        (
+            |issuer: &str| serde_json::json!({"issuer": issuer, "jwks_uri": "http://keys.example.com/keys"}),
+            "never fetched in the clear",
+        ),
+    ] {
+        let (_server, issuer) = discoverable(document).await;
+        let app = authz_sidecar::app::App::new(discovery_config(&ws, &issuer), false).unwrap();
+        assert!(!app.state().load_missing_keys().await, "{why}");
+        let reasons = app.not_ready_reasons().join("; ");
+        assert!(reasons.contains(why), "{why}: {reasons}");
+    }
+    // an issuer that is not an https URL cannot be discovered
+    let err = authz_sidecar::config::Config::from_toml_with(
+        "[[issuers]]\nissuer = \"http://idp.example.com\"\n",
+        "t",
+        &|_| None,
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("issuers[0].issuer") && err.contains("https"), "{err}");
+}

@@ -160,6 +160,8 @@ pub(crate) struct IssuerKeys {
     /// When we last tried to fetch. A tokio mutex: held across the fetch so concurrent
     /// misses make one request, and the others then see its result.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// Why the last fetch failed, until one succeeds (for `/readyz`).
+    last_error: ArcSwapOption<String>,
     client: HttpClient,
 }
 
@@ -171,7 +173,18 @@ impl std::fmt::Debug for IssuerKeys {
 
 impl IssuerKeys {
     pub(crate) fn new(config: IssuerConfig, client: HttpClient) -> Self {
-        Self { config, keys: ArcSwapOption::empty(), last_fetch: tokio::sync::Mutex::new(None), client }
+        Self {
+            config,
+            keys: ArcSwapOption::empty(),
+            last_fetch: tokio::sync::Mutex::new(None),
+            last_error: ArcSwapOption::empty(),
+            client,
+        }
+    }
+
+    /// Why the last fetch failed, if it did.
+    pub(crate) fn last_error(&self) -> Option<Arc<String>> {
+        self.last_error.load_full()
     }
 
     /// Whether a key set has been loaded.
@@ -224,6 +237,12 @@ impl IssuerKeys {
     async fn fetch_and_install(&self) -> Result<usize, KeysError> {
         let result = match &self.config.keys {
             KeySource::Url(uri) => fetch_url(&self.client, uri, self.config.fetch_timeout).await,
+            KeySource::Discovery(document) => {
+                match discover(&self.client, document, &self.config.issuer, self.config.fetch_timeout).await {
+                    Ok(jwks) => fetch_url(&self.client, &jwks, self.config.fetch_timeout).await,
+                    Err(e) => Err(e),
+                }
+            }
             KeySource::File(path) => {
                 let path = path.clone();
                 let fetch_error =
@@ -254,12 +273,14 @@ impl IssuerKeys {
                     .increment(1);
                 tracing::info!(issuer = %self.config.issuer, keys = count, "JWKS loaded");
                 self.keys.store(Some(Arc::new(keys)));
+                self.last_error.store(None);
                 Ok(count)
             }
             Err(error) => {
                 metrics::counter!("authz_jwks_fetches_total", "issuer" => self.config.issuer.clone(), "result" => "failure")
                     .increment(1);
                 tracing::warn!(issuer = %self.config.issuer, %error, keeping = self.has_keys(), "JWKS fetch failed");
+                self.last_error.store(Some(Arc::new(error.to_string())));
                 Err(error)
             }
         }
@@ -284,6 +305,35 @@ async fn fetch_url(client: &HttpClient, uri: &http::Uri, timeout: Duration) -> R
         .map_err(|_| fail(format!("no body within {timeout:?}")))?
         .map_err(|e| fail(e.to_string()))?;
     Ok(body.to_bytes().to_vec())
+}
+
+/// The `jwks_uri` of `issuer`'s discovery document at `document`. The document must name
+/// exactly the configured issuer (OpenID Connect Discovery 1.0, section 4.3: a document
+/// served for another issuer would hand it this one's tokens), and its keys must be
+/// fetched over HTTPS (HTTP on loopback).
+async fn discover(
+    client: &HttpClient,
+    document: &http::Uri,
+    issuer: &str,
+    timeout: Duration,
+) -> Result<http::Uri, KeysError> {
+    #[derive(serde::Deserialize)]
+    struct Discovery {
+        issuer: String,
+        jwks_uri: String,
+    }
+    let fail = |message: String| KeysError::Fetch { source_name: document.to_string(), message };
+    let bytes = fetch_url(client, document, timeout).await?;
+    let found: Discovery =
+        serde_json::from_slice(&bytes).map_err(|e| fail(format!("not an OpenID Connect discovery document: {e}")))?;
+    if found.issuer != issuer {
+        return Err(fail(format!("the document is for issuer `{}`, not `{issuer}`", found.issuer)));
+    }
+    let jwks = http::Uri::from_str(&found.jwks_uri).map_err(|e| fail(format!("`jwks_uri` is not a URL: {e}")))?;
+    if !crate::config::secure_or_loopback(&jwks) {
+        return Err(fail(format!("`jwks_uri` `{jwks}` is not https: keys are never fetched in the clear")));
+    }
+    Ok(jwks)
 }
 
 #[cfg(test)]

@@ -168,6 +168,9 @@ pub struct PrincipalConfig {
 pub enum KeySource {
     Url(Uri),
     File(PathBuf),
+    /// The issuer's OpenID Connect discovery document (`<issuer>/.well-known/openid-configuration`),
+    /// whose `jwks_uri` is fetched; read again at each refresh.
+    Discovery(Uri),
     /// A JWKS document held in memory (the development issuer).
     Inline(String),
 }
@@ -184,6 +187,34 @@ pub struct IssuerConfig {
     pub fetch_timeout: Duration,
     /// Put before the subject in the principal's id: binds principals to their issuer.
     pub principal_id_prefix: String,
+}
+
+/// Whether keys fetched from `uri` can be trusted in transit: HTTPS, or HTTP to this
+/// machine (a development issuer, a test).
+pub fn secure_or_loopback(uri: &Uri) -> bool {
+    match (uri.scheme_str(), uri.host()) {
+        (Some("https"), Some(_)) => true,
+        (Some("http"), Some(host)) => {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
+        _ => false,
+    }
+}
+
+/// Where `issuer` publishes its OpenID Connect discovery document (OpenID Connect
+/// Discovery 1.0, section 4): the issuer must be an HTTPS URL (HTTP on loopback) with
+/// no query or fragment.
+fn discovery_url(issuer: &str) -> Result<Uri, String> {
+    let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+    let uri = Uri::from_str(&url).map_err(|e| format!("`{issuer}` is not a URL to discover keys from: {e}"))?;
+    if !secure_or_loopback(&uri) || issuer.contains(['?', '#']) {
+        return Err(format!(
+            "without `jwks_url` or `jwks_file`, keys are found by OpenID Connect discovery, which needs the issuer \
+             to be an https URL with no query or fragment (http only on loopback); `{issuer}` is not"
+        ));
+    }
+    Ok(uri)
 }
 
 impl Config {
@@ -339,7 +370,17 @@ impl Config {
                     KeySource::Url(uri)
                 }
                 (None, Some(file)) => KeySource::File(file.clone()),
-                _ => return Err(invalid(key("jwks_url"), "give exactly one of `jwks_url` and `jwks_file`".into())),
+                (None, None) => KeySource::Discovery(
+                    discovery_url(&issuer.issuer).map_err(|message| invalid(key("issuer"), message))?,
+                ),
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        key("jwks_url"),
+                        "give at most one of `jwks_url` and `jwks_file` (neither: the keys are found by OpenID \
+                         Connect discovery from `issuer`)"
+                            .into(),
+                    ));
+                }
             };
             let mut algorithms = Vec::new();
             for name in &issuer.algorithms {

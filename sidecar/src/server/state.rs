@@ -128,7 +128,8 @@ impl State {
         let mut reasons: Vec<String> = self.store.not_serving().into_iter().collect();
         for issuer in self.authn.issuers() {
             if !issuer.has_keys() {
-                reasons.push(format!("no keys yet for issuer `{}`", issuer.config.issuer));
+                let why = issuer.last_error().map(|e| format!(" (last attempt: {e})")).unwrap_or_default();
+                reasons.push(format!("no keys yet for issuer `{}`{why}", issuer.config.issuer));
             }
         }
         if let Some(error) = self.directory.as_ref().and_then(|d| d.unreachable()) {
