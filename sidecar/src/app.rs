@@ -492,7 +492,7 @@ pub async fn run_with_snapshot(
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let tls = match &app.config.server.tls {
-        Some(files) => Some(server::tls::acceptor(files)?),
+        Some(files) => Some(Arc::new(server::tls::ReloadingTls::load(files)?)),
         None => None,
     };
     let metrics = crate::telemetry::metrics_handle();
@@ -504,6 +504,9 @@ pub async fn run_with_snapshot(
     tokio::spawn(app.clone().watch_directory(tasks.clone()));
     tokio::spawn(app.clone().sync_memberships(tasks.clone()));
     tokio::spawn(app.state.overload.clone().probe(tasks.clone()));
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().watch(tasks.clone()));
+    }
 
     let soft = server::limits::nofile().map(|(soft, _)| soft);
     let max_connections = server::limits::max_connections(app.config.server.max_connections, soft);

@@ -85,6 +85,11 @@ async fn get_tls(sidecar: &Sidecar, config: rustls::ClientConfig) -> Result<u16,
 }
 
 async fn tls_sidecar(client_ca: Option<&str>) -> (Sidecar, Ca) {
+    tls_sidecar_with(client_ca, "").await
+}
+
+/// As [`tls_sidecar`], with `more` added to `[server.tls]`.
+async fn tls_sidecar_with(client_ca: Option<&str>, more: &str) -> (Sidecar, Ca) {
     let authority = ca("authz-sidecar test CA");
     let (cert, key) = leaf(&authority, &["localhost"], false);
     let ws = Workspace::shipped();
@@ -92,7 +97,7 @@ async fn tls_sidecar(client_ca: Option<&str>) -> (Sidecar, Ca) {
     std::fs::write(dir.join("tls.crt"), cert).unwrap();
     std::fs::write(dir.join("tls.key"), key).unwrap();
     let mut extra = format!(
-        "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n{more}",
         dir.join("tls.crt").display(),
         dir.join("tls.key").display()
     );
@@ -141,4 +146,44 @@ async fn mtls_requires_a_client_certificate_from_the_configured_ca() {
         "a certificate from another CA"
     );
     assert_eq!(sidecar.upstream.calls(), 1);
+}
+
+/// A rotated certificate (cert-manager replacing the secret's files) is served to new
+/// connections without a restart; files that do not load leave the last good one
+/// serving, and are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_is_served_without_a_restart() {
+    let (sidecar, first) = tls_sidecar_with(None, "reload_interval = \"100ms\"\n").await;
+    assert_eq!(get_tls(&sidecar, client_config(&first.pem, None)).await, Ok(200));
+    let dir = sidecar._ws.dir.path().to_path_buf();
+
+    // the key written before its certificate: for a moment the pair does not match
+    let second = ca("the rotated CA");
+    let (cert, key) = leaf(&second, &["localhost"], false);
+    std::fs::write(dir.join("tls.key"), key).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(get_tls(&sidecar, client_config(&first.pem, None)).await, Ok(200), "the last good pair serves");
+    std::fs::write(dir.join("tls.crt"), cert).unwrap();
+    let mut served = Err(String::new());
+    for _ in 0..100 {
+        served = get_tls(&sidecar, client_config(&second.pem, None)).await;
+        if served == Ok(200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(served, Ok(200), "the rotated certificate is served");
+    assert!(get_tls(&sidecar, client_config(&first.pem, None)).await.is_err(), "the old one no longer is");
+
+    // a certificate file that is not one: the rotated pair keeps serving
+    std::fs::write(dir.join("tls.crt"), "not a certificate").unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(get_tls(&sidecar, client_config(&second.pem, None)).await, Ok(200));
+    let (_, _, metrics) = crate::harness::get(sidecar.admin, "/metrics", &[]).await;
+    let failures = metrics
+        .lines()
+        .find(|l| l.starts_with("authz_tls_reloads_total{result=\"failure\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(failures.is_some_and(|n| n >= 2.0), "the mismatched pair and the broken file: {metrics}");
 }

@@ -128,7 +128,7 @@ fn prepare(args: &Args) -> Result<(Config, Option<PolicySnapshot>), ServeError> 
     }
     crate::server::router::Router::new(&config.routes)?;
     if let Some(tls) = &config.server.tls {
-        crate::server::tls::acceptor(tls)?;
+        crate::server::tls::ReloadingTls::load(tls)?;
     }
     for issuer in &config.issuers {
         if let KeySource::File(path) = &issuer.keys {

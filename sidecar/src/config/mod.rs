@@ -141,6 +141,8 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    /// How often the files are read again (`ZERO`: never).
+    pub reload_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -491,6 +493,7 @@ impl Config {
                     cert: t.cert.clone(),
                     key: t.key.clone(),
                     client_ca: t.client_ca.clone(),
+                    reload_interval: t.reload_interval,
                 }),
             },
             sources: SourceDirs::new(&raw.policies.dir, &raw.policies.entities),

@@ -148,6 +148,14 @@ pub struct RawTls {
     pub key: PathBuf,
     /// When set, clients must present a certificate signed by one of these CAs.
     pub client_ca: Option<PathBuf>,
+    /// How often the files are read again, so a rotated certificate is served without a
+    /// restart; `0s`: never.
+    #[serde(default = "default_tls_reload", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+fn default_tls_reload() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -47,7 +47,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -204,7 +203,7 @@ pub struct Inbound {
 /// Serve `handler` on `listener` until `shutdown`, then drain.
 pub async fn serve<H, F>(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<tls::ReloadingTls>>,
     limits: ConnLimits,
     shutdown: CancellationToken,
     handler: H,
@@ -240,7 +239,9 @@ pub async fn serve<H, F>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (handler, builder, limits, tls) = (handler.clone(), builder.clone(), limits.clone(), tls.clone());
+        // the TLS configuration loaded last, for the life of this connection
+        let tls = tls.as_ref().map(|tls| tls.acceptor());
+        let (handler, builder, limits) = (handler.clone(), builder.clone(), limits.clone());
         let (draining, closing) = (draining.clone(), closing.clone());
         connections.spawn(async move {
             metrics::gauge!("authz_connections_open", "listener" => listener_name).increment(1.0);
