@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly what CI runs (.ci/run calls this and nothing else):
 # formatting, lints (which keep the request path panic-free), the shipped policies
-# validated and their decision tables run by the real binary, then every Rust test.
+# validated and their decision tables run by the real binary, the deployment artifacts
+# checked by their fields' own tools, then every Rust test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,9 @@ cargo build --locked -p authz-sidecar
 target_dir="${CARGO_TARGET_DIR:-target}"
 "$target_dir/debug/authz-sidecar" validate --policies policies --entities entities
 "$target_dir/debug/authz-sidecar" test --require-coverage --policies policies --entities entities
+
+echo "== deployment artifacts: Dockerfile, CloudFormation, Kubernetes, shipped configurations"
+bash scripts/deploy-check.sh "$target_dir/debug/authz-sidecar"
 
 echo "== test tools (moto's Cognito emulator)"
 bash scripts/test-tools.sh

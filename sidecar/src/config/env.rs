@@ -86,7 +86,7 @@ fn expand_item(
         }
         Item::ArrayOfTables(tables) => {
             for (i, table) in tables.iter_mut().enumerate() {
-                let len = push(path, &i.to_string());
+                let len = push_index(path, i);
                 for (key, child) in table.iter_mut() {
                     let inner = push(path, key.get());
                     expand_item(child, path, lookup, invalid)?;
@@ -117,7 +117,7 @@ fn expand_value(
         }
         Value::Array(array) => {
             for (i, element) in array.iter_mut().enumerate() {
-                let len = push(path, &i.to_string());
+                let len = push_index(path, i);
                 expand_value(element, path, lookup, invalid)?;
                 path.truncate(len);
             }
@@ -142,6 +142,13 @@ fn push(path: &mut String, key: &str) -> usize {
         path.push('.');
     }
     path.push_str(key);
+    len
+}
+
+/// Append `[i]` to `path`; the length to truncate back to.
+fn push_index(path: &mut String, i: usize) -> usize {
+    let len = path.len();
+    path.push_str(&format!("[{i}]"));
     len
 }
 

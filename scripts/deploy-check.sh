@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Checks every deployment artifact under deploy/ with its field's own tool, and the
+# sidecar configurations they ship with the real binary. scripts/check.sh runs this.
+# Usage: deploy-check.sh <authz-sidecar binary>
+set -euo pipefail
+cd "$(dirname "$0")/.."
+binary="${1:?usage: deploy-check.sh <authz-sidecar binary>}"
+
+bash scripts/deploy-tools.sh
+venv="${AUTHZ_DEPLOY_VENV:-$HOME/.cache/authz-sidecar/deploy-venv}/bin"
+
+echo "-- Dockerfile (hadolint)"
+"$venv/hadolint" deploy/Dockerfile
+
+echo "-- CloudFormation templates (cfn-lint)"
+"$venv/cfn-lint" deploy/ecs/*.yaml deploy/iam/*.yaml
+
+echo "-- Kubernetes manifests against the API schemas (kubernetes-validate, strict)"
+manifests=()
+for file in deploy/kubernetes/base/*.yaml; do
+  [ "$(basename "$file")" = kustomization.yaml ] || manifests+=("$file")
+done
+"$venv/kubernetes-validate" --strict --quiet "${manifests[@]}"
+# every resource and generated file a kustomization names is there
+"$venv/python" - <<'PY'
+import pathlib, sys, yaml
+bad = []
+for k in pathlib.Path("deploy/kubernetes").rglob("kustomization.yaml"):
+    doc = yaml.safe_load(k.read_text())
+    names = list(doc.get("resources", []))
+    for gen in doc.get("configMapGenerator", []):
+        names += [f.split("=", 1)[-1] for f in gen.get("files", [])]
+    bad += [f"{k}: {n}" for n in names if not (k.parent / n).exists()]
+if bad:
+    sys.exit("missing: " + ", ".join(bad))
+PY
+
+echo "-- the sidecar configurations shipped for containers (serve --check-config)"
+export OIDC_ISSUER=https://idp.example.com OIDC_AUDIENCE=client AWS_REGION=us-east-1
+for config in deploy/config/sidecar.toml deploy/kubernetes/overlays/example/sidecar.toml; do
+  "$binary" serve --check-config --config "$config" --policies policies --entities entities
+done
