@@ -13,7 +13,7 @@ echo "-- Dockerfile (hadolint)"
 "$venv/hadolint" deploy/Dockerfile
 
 echo "-- CloudFormation templates (cfn-lint)"
-"$venv/cfn-lint" deploy/ecs/*.yaml deploy/iam/*.yaml
+"$venv/cfn-lint" deploy/ecs/*.yaml deploy/iam/*.yaml deploy/lambda/*.yaml
 
 echo "-- Kubernetes manifests against the API schemas (kubernetes-validate, strict)"
 manifests=()

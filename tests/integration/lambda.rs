@@ -119,6 +119,26 @@ async fn the_lambda_form_answers_like_the_http_form_and_refuses_bad_events() {
     assert_eq!(error["errorType"], "EventTooLarge", "{error}");
 }
 
+/// Packaged as Lambda's custom runtime expects (`bootstrap` beside `policies/` and
+/// `entities/`, run with no arguments in that directory), the binary is the handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_bootstrap_the_binary_is_the_lambda_handler_over_its_package() {
+    let ws = Workspace::shipped();
+    let package = ws.dir.path();
+    std::os::unix::fs::symlink(binary(), package.join("bootstrap")).unwrap();
+    let validate =
+        json!({"operationRequest": {"listAuthorizedAccountsRequest": null, "validateAccountAuthorizationRequest":
+        {"domainIdentifier": "dzd-4igt64u5j25ko9", "awsAccountId": "004878717744", "regionName": "us-east-2",
+         "userIdentifier": "4b89ed84-9842-45dd-a2e5-15e49eda2b03"}}})
+        .to_string();
+    let mut command = std::process::Command::new(package.join("bootstrap"));
+    command.current_dir(package);
+    let posted = run_lambda_command(command, vec![validate]).await;
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    assert_eq!(posted[0].0, "/2018-06-01/runtime/invocation/req-0/response");
+    assert!(posted[0].1.contains("GRANT"), "{}", posted[0].1);
+}
+
 #[test]
 fn outside_lambda_the_command_says_so() {
     let ws = Workspace::shipped();
@@ -132,11 +152,19 @@ fn outside_lambda_the_command_says_so() {
 /// Runs the Lambda form over `ws`'s files (and `extra` arguments) on `events`, against
 /// a fake Runtime API; what it posted, once it has answered them all (at most 10 s).
 async fn run_lambda(ws: &Workspace, extra: &[&str], events: Vec<String>) -> Vec<(String, String)> {
+    let mut command = std::process::Command::new(binary());
+    command
+        .args(["lambda", "--policies", ws.policies().to_str().unwrap(), "--entities", ws.entities().to_str().unwrap()])
+        .args(extra);
+    run_lambda_command(command, events).await
+}
+
+/// Run `command` as Lambda runs a function against a fake Runtime API serving
+/// `events`; what it posted back.
+async fn run_lambda_command(mut command: std::process::Command, events: Vec<String>) -> Vec<(String, String)> {
     let count = events.len();
     let (api, posted) = fake_runtime_api(events).await;
-    let mut child = std::process::Command::new(binary())
-        .args(["lambda", "--policies", ws.policies().to_str().unwrap(), "--entities", ws.entities().to_str().unwrap()])
-        .args(extra)
+    let mut child = command
         .env_clear()
         .env("AWS_LAMBDA_RUNTIME_API", api.to_string())
         .env("AWS_LAMBDA_FUNCTION_NAME", "authz-account-pool")

@@ -145,8 +145,16 @@ fn print_problems(err: &mut dyn Write, error: &LoadError) {
 
 /// The binary's entry point.
 pub fn main() -> ExitCode {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    // Lambda's custom runtime runs a file named `bootstrap` with no arguments: the
+    // account-pool handler, over the `policies/` and `entities/` packaged beside it
+    // (the function's working directory), without a shell wrapper
+    let program = args.first().map(std::path::Path::new).and_then(std::path::Path::file_name);
+    if args.len() == 1 && program.is_some_and(|name| name == "bootstrap") {
+        args.push("lambda".into());
+    }
     // Unlocked handles: `serve` logs to stderr from other threads while this one waits.
-    let code = run(std::env::args_os(), &mut std::io::stdout(), &mut std::io::stderr());
+    let code = run(args, &mut std::io::stdout(), &mut std::io::stderr());
     ExitCode::from(code)
 }
 
