@@ -369,6 +369,11 @@ impl Config {
                     if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
                         return Err(invalid(key("jwks_url"), format!("`{url}` must be an http(s) URL")));
                     }
+                    if !secure_or_loopback(&uri) {
+                        // kept for internal endpoints, but whoever is on the path can swap the keys
+                        tracing::warn!(issuer = %issuer.issuer, jwks_url = %url,
+                            "the issuer's keys are fetched over plain http: anyone on the network path can replace them and mint tokens; use https");
+                    }
                     KeySource::Url(uri)
                 }
                 (None, Some(file)) => KeySource::File(file.clone()),
