@@ -76,28 +76,32 @@ fn expand_item(
 ) -> Result<(), ConfigError> {
     match item {
         Item::Value(value) => expand_value(value, path, lookup, invalid),
-        Item::Table(table) => {
-            for (key, child) in table.iter_mut() {
-                let len = push(path, key.get());
-                expand_item(child, path, lookup, invalid)?;
-                path.truncate(len);
-            }
-            Ok(())
-        }
+        Item::Table(table) => expand_table(table, path, lookup, invalid),
         Item::ArrayOfTables(tables) => {
             for (i, table) in tables.iter_mut().enumerate() {
                 let len = push_index(path, i);
-                for (key, child) in table.iter_mut() {
-                    let inner = push(path, key.get());
-                    expand_item(child, path, lookup, invalid)?;
-                    path.truncate(inner);
-                }
+                expand_table(table, path, lookup, invalid)?;
                 path.truncate(len);
             }
             Ok(())
         }
         Item::None => Ok(()),
     }
+}
+
+/// [`expand_item`] for each key of `table`.
+fn expand_table(
+    table: &mut toml_edit::Table,
+    path: &mut String,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    invalid: &Invalid<'_>,
+) -> Result<(), ConfigError> {
+    for (key, child) in table.iter_mut() {
+        let len = push(path, key.get());
+        expand_item(child, path, lookup, invalid)?;
+        path.truncate(len);
+    }
+    Ok(())
 }
 
 fn expand_value(
@@ -288,6 +292,22 @@ mod tests {
         assert!(expand("${REGION", &env).unwrap_err().contains("closing"));
         assert!(expand("${A B}", &env).unwrap_err().contains("variable name"));
         assert!(expand("${}", &env).unwrap_err().contains("variable name"));
+    }
+
+    proptest::proptest! {
+        /// A string with no `${` is left as it is, and a variable's value is used as it
+        /// is: never expanded again, whatever it holds.
+        #[test]
+        fn text_without_references_stays_and_values_are_never_expanded_again(
+            text in "[^{]*",
+            value in ".*",
+        ) {
+            proptest::prop_assert_eq!(expand(&text, &env).unwrap(), text);
+            let lookup = |name: &str| (name == "V").then(|| value.clone());
+            proptest::prop_assert_eq!(expand("${V}", &lookup).unwrap(), value.clone());
+            proptest::prop_assert_eq!(expand("<${V:-x}>", &lookup).unwrap(),
+                format!("<{}>", if value.is_empty() { "x" } else { value.as_str() }));
+        }
     }
 
     #[test]
