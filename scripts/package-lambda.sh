@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Packages the DataZone account-pool handler for AWS Lambda's custom runtime
 # (provided.al2023): the release binary as `bootstrap`, linked against the runtime's
-# glibc 2.34 whatever this machine's is, with policies/ and entities/ beside it, in
-# target/lambda/authz-account-pool-<arch>.zip (deploy/lambda/account-pool.yaml deploys
+# glibc 2.34 whatever this machine's is, with policies/, entities/ and its configuration
+# (deploy/lambda/sidecar.toml, or the file AUTHZ_LAMBDA_CONFIG names, as sidecar.toml)
+# beside it, in target/lambda/authz-account-pool-<arch>.zip (deploy/lambda/account-pool.yaml deploys
 # it). The cross linker is zig, from the Python package registry (cargo-zigbuild and
 # ziglang, in a virtualenv outside the clone), so nothing is downloaded from elsewhere.
 #
@@ -16,6 +17,9 @@ case "$arch" in
   arm64) target=aarch64-unknown-linux-gnu ;;
   *) echo "usage: $0 [x86_64|arm64]" >&2; exit 2 ;;
 esac
+
+config="${AUTHZ_LAMBDA_CONFIG:-deploy/lambda/sidecar.toml}"
+[ -f "$config" ] || { echo "error: no configuration to package at $config" >&2; exit 1; }
 
 PACKAGES="cargo-zigbuild==0.24.1 ziglang==0.17.1"
 venv="${AUTHZ_LAMBDA_VENV:-$HOME/.cache/authz-sidecar/lambda-venv}"
@@ -47,8 +51,9 @@ mkdir -p "$stage"
 install -m 0755 "$target_dir/$target/release/authz-sidecar" "$stage/bootstrap"
 cp -R policies entities "$stage/"
 rm -rf "$stage/policies/tests"
+cp "$config" "$stage/sidecar.toml"
 zip_path="$(cd "$(dirname "$zip")" && pwd)/$(basename "$zip")"
-(cd "$stage" && zip -qr -X "$zip_path" bootstrap policies entities)
+(cd "$stage" && zip -qr -X "$zip_path" bootstrap policies entities sidecar.toml)
 "$stage/bootstrap" --version >/dev/null 2>&1 || [ "$arch" != x86_64 ] || {
   echo "error: the packaged binary does not run" >&2; exit 1
 }

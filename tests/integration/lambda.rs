@@ -139,6 +139,63 @@ async fn named_bootstrap_the_binary_is_the_lambda_handler_over_its_package() {
     assert!(posted[0].1.contains("GRANT"), "{}", posted[0].1);
 }
 
+/// The package as `scripts/package-lambda.sh` lays it out (`bootstrap`, the policies,
+/// the entities and the shipped `deploy/lambda/sidecar.toml`), run with the environment
+/// `deploy/lambda/account-pool.yaml` gives the function: with a lifecycle table, the one
+/// package also takes the membership events and the sync schedule; without one, it is
+/// the account-pool handler and refuses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_packaged_function_takes_membership_events_when_its_template_names_a_table() {
+    use std::time::SystemTime;
+
+    use crate::lifecycle::{STORE, event_about, lifecycle_table, person_in_group};
+
+    let moto = crate::harness::start_moto().await;
+    lifecycle_table(&moto).await;
+    let erin = person_in_group(&moto, "erin", "Team1").await;
+    let ws = Workspace::shipped();
+    let package = ws.dir.path();
+    std::os::unix::fs::symlink(binary(), package.join("bootstrap")).unwrap();
+    std::fs::copy(crate::support::repo_root().join("deploy/lambda/sidecar.toml"), package.join("sidecar.toml"))
+        .unwrap();
+    let joined = event_about("create-group-membership.json", &erin, SystemTime::now()).to_string();
+    let schedule =
+        json!({"version": "0", "id": "7d3c8e1a-2b44-4f0e-9a51-0c6f2d9e8b17", "detail-type": "Scheduled Event",
+        "source": "aws.events", "account": "111122223333", "time": "2026-11-30T06:00:00Z", "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:111122223333:rule/MembershipSync"], "detail": {}})
+        .to_string();
+    let function = |lifecycle: bool| {
+        let mut command = std::process::Command::new(package.join("bootstrap"));
+        command.current_dir(package).env("AUTHZ_SIDECAR_CONFIG", "sidecar.toml");
+        if lifecycle {
+            let endpoint = format!("http://127.0.0.1:{}", moto.port);
+            command
+                .env("AUTHZ_SIDECAR__LIFECYCLE__TABLE", "authz-lifecycle")
+                .env("AUTHZ_SIDECAR__LIFECYCLE__IDENTITY_STORE_ID", STORE)
+                // moto in place of DynamoDB and the identity store
+                .env("AUTHZ_SIDECAR__LIFECYCLE__ENDPOINT", &endpoint)
+                .env("AUTHZ_SIDECAR__LIFECYCLE__IDENTITYSTORE_ENDPOINT", &endpoint);
+        }
+        command
+    };
+
+    let posted = run_lambda_command(function(true), vec![joined.clone(), schedule]).await;
+    assert_eq!(posted.len(), 2, "{posted:?}");
+    let answer: Value = serde_json::from_str(&posted[0].1).unwrap();
+    assert_eq!(
+        (answer["outcome"].as_str(), answer["principal"].as_str()),
+        (Some("recorded"), Some("erin")),
+        "{answer}"
+    );
+    let synced: Value = serde_json::from_str(&posted[1].1).unwrap();
+    assert_eq!(synced["outcome"], "synced", "{synced}");
+
+    let posted = run_lambda_command(function(false), vec![joined]).await;
+    assert!(posted[0].0.ends_with("/error"), "{posted:?}");
+    let error: Value = serde_json::from_str(&posted[0].1).unwrap();
+    assert_eq!(error["errorType"], "LifecycleNotConfigured", "{error}");
+}
+
 #[test]
 fn outside_lambda_the_command_says_so() {
     let ws = Workspace::shipped();
@@ -160,10 +217,12 @@ async fn run_lambda(ws: &Workspace, extra: &[&str], events: Vec<String>) -> Vec<
 }
 
 /// Run `command` as Lambda runs a function against a fake Runtime API serving
-/// `events`; what it posted back.
+/// `events`, in Lambda's environment plus the variables `command` sets (the function's
+/// own); what it posted back.
 async fn run_lambda_command(mut command: std::process::Command, events: Vec<String>) -> Vec<(String, String)> {
     let count = events.len();
     let (api, posted) = fake_runtime_api(events).await;
+    let own: Vec<_> = command.get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))).collect();
     let mut child = command
         .env_clear()
         .env("AWS_LAMBDA_RUNTIME_API", api.to_string())
@@ -173,6 +232,9 @@ async fn run_lambda_command(mut command: std::process::Command, events: Vec<Stri
         .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
         .env("AWS_SECRET_ACCESS_KEY", "secret")
         .env("AWS_EC2_METADATA_DISABLED", "true")
+        // Lambda sets the function's region
+        .env("AWS_REGION", "us-east-1")
+        .envs(own)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -37,6 +37,12 @@ async fn healthcheck_exits_0_for_a_ready_sidecar_and_1_otherwise() {
     // the address from the configuration, set by the environment as in a container
     let ready = run(&["healthcheck"], &[("AUTHZ_SIDECAR__SERVER__ADMIN_LISTEN", &admin_flag)]);
     assert_eq!(ready.status.code(), Some(0), "{}", text(&ready.stderr));
+    // the address from the file AUTHZ_SIDECAR_CONFIG names, as a container sets it once
+    // for both `serve` and its health check
+    let named = ws.dir.path().join("named.toml");
+    std::fs::write(&named, format!("[server]\nadmin_listen = \"{admin}\"\n")).unwrap();
+    let ready = run(&["healthcheck"], &[("AUTHZ_SIDECAR_CONFIG", named.to_str().unwrap())]);
+    assert_eq!(ready.status.code(), Some(0), "{}", text(&ready.stderr));
     // an unspecified address is asked on loopback
     let any = format!("0.0.0.0:{}", admin.port());
     assert_eq!(run(&["healthcheck", "--admin-listen", &any], &[]).status.code(), Some(0));
@@ -115,6 +121,12 @@ fn the_environment_sets_configuration_keys() {
             && stdout.contains(&format!("entities `{}`", entities.display())),
         "{stdout}"
     );
+
+    // the same file named by AUTHZ_SIDECAR_CONFIG rather than --config
+    let named = [env[0], env[1], env[2], ("AUTHZ_SIDECAR_CONFIG", config_arg)];
+    let ok = run(&["serve", "--check-config"], &named);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    assert!(text(&ok.stdout).contains(&format!("policies `{}`", policies.display())), "{}", text(&ok.stdout));
 
     // without the variable the file names, nothing is served
     let unset = run(&["serve", "--check-config", "--config", config_arg], &env[1..]);

@@ -9,14 +9,14 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 
-use super::exit;
+use super::{CONFIG_VARIABLE, exit};
 use crate::config::Config;
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
     /// The sidecar's configuration file, to find `server.admin_listen` (with the same
     /// environment overrides the sidecar applies). Without it, the embedded default's.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = CONFIG_VARIABLE)]
     config: Option<PathBuf>,
     /// The admin address to ask, overriding the configuration's. An unspecified address
     /// (`0.0.0.0`, `::`) is asked on loopback.

@@ -7,7 +7,9 @@
 //! the same `parse` and `apply` as the HTTP route, so both forms give the same bytes. A
 //! malformed event is an error result, never a GRANT.
 //!
-//! With `--config`, the file's `[directory]` (and `[aws]`) are used as `serve` uses them:
+//! With `--config` (or `AUTHZ_SIDECAR_CONFIG`, which is how the packaged `bootstrap`,
+//! run with no arguments, is given one), the file's `[directory]` (and `[aws]`) are
+//! used as `serve` uses them:
 //! a DataZone user no entity file lists is read from the directory's table. A user the
 //! directory cannot answer for is an error result (`DirectoryUnavailable`, or
 //! `UserNotReadable` for an item that does not fit the schema), never a GRANT.
@@ -28,7 +30,7 @@ use std::sync::Arc;
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use serde_json::Value;
 
-use super::{Sources, exit};
+use super::{CONFIG_VARIABLE, Sources, exit};
 use crate::directory::Directory;
 use crate::handlers::account_pool::{AccountPool, EventError, UserError, directory_entities, parse};
 use crate::lifecycle::event::is_schedule;
@@ -39,9 +41,10 @@ use crate::policy_store::PolicySnapshot;
 pub(super) struct Args {
     #[command(flatten)]
     sources: Sources,
-    /// A sidecar configuration whose `[directory]` and `[aws]` to use (other sections
-    /// are checked and ignored: policies and entities come from the options above).
-    #[arg(long)]
+    /// A sidecar configuration whose `[directory]`, `[lifecycle]` and `[aws]` to use
+    /// (other sections are checked and ignored: policies and entities come from the
+    /// options above).
+    #[arg(long, value_name = "FILE", env = CONFIG_VARIABLE)]
     config: Option<std::path::PathBuf>,
 }
 

@@ -22,6 +22,11 @@ use clap::{Parser, Subcommand};
 use crate::policy_store::{LoadError, PolicySnapshot, SourceDirs};
 use crate::telemetry::{self, LogFormat, LogOverflow};
 
+/// The variable that names the configuration file where `--config` is not given, for
+/// `serve`, `healthcheck` and `lambda` alike: a container or a Lambda function sets it
+/// once, and every command run in it reads the same file.
+pub const CONFIG_VARIABLE: &str = "AUTHZ_SIDECAR_CONFIG";
+
 /// Exit codes, the same for every command.
 pub mod exit {
     /// All valid; allowed; every case passed.
@@ -148,7 +153,8 @@ pub fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().collect();
     // Lambda's custom runtime runs a file named `bootstrap` with no arguments: the
     // account-pool handler, over the `policies/` and `entities/` packaged beside it
-    // (the function's working directory), without a shell wrapper
+    // (the function's working directory), without a shell wrapper; the function's
+    // `AUTHZ_SIDECAR_CONFIG` names its configuration, if it has one
     let program = args.first().map(std::path::Path::new).and_then(std::path::Path::file_name);
     if args.len() == 1 && program.is_some_and(|name| name == "bootstrap") {
         args.push("lambda".into());

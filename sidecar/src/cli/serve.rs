@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::exit;
+use super::{CONFIG_VARIABLE, exit};
 use crate::app::{self, App, Listeners, StartError};
 use crate::config::{Config, ConfigError, KeySource};
 use crate::policy_store::{LoadError, PolicySnapshot};
@@ -18,7 +18,7 @@ use crate::server::tls::TlsError;
 pub(super) struct Args {
     /// Configuration file (TOML). Without it, the embedded example configuration
     /// (loopback addresses, the `policies/` and `entities/` of the working directory).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = CONFIG_VARIABLE)]
     config: Option<PathBuf>,
     /// Data-plane address, overriding `server.listen`.
     #[arg(long, value_name = "ADDR")]
