@@ -475,6 +475,8 @@ fn check_directory(config: &Config, schema: &cedar_policy::Schema) -> Vec<String
 pub struct Listeners {
     pub data: TcpListener,
     pub admin: TcpListener,
+    /// Envoy's external authorization checks (`ext_authz.http_listen`), when configured.
+    pub ext_authz: Option<TcpListener>,
 }
 
 /// Run until `shutdown` is cancelled and both listeners have drained.
@@ -524,7 +526,17 @@ pub async fn run_with_snapshot(
         let metrics = metrics.clone();
         async move { server::admin::handle(&app.state, &metrics, request) }
     });
-    tokio::join!(data, admin);
+    let ext_authz = async {
+        let (Some(listener), Some(config)) = (listeners.ext_authz, app.config.ext_authz.clone()) else { return };
+        let (check_app, config) = (app.clone(), Arc::new(config));
+        let limits = ConnLimits { listener: "ext_authz", ..limits.clone() };
+        server::serve(listener, None, limits, shutdown.clone(), move |request, inbound| {
+            let (app, config) = (check_app.clone(), config.clone());
+            async move { server::ext_authz::check(&app.state, &config, request, inbound).await }
+        })
+        .await;
+    };
+    tokio::join!(data, admin, ext_authz);
     tasks.cancel();
     Ok(())
 }

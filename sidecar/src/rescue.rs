@@ -23,6 +23,9 @@ pub(crate) enum ApiError {
     Unauthenticated(AuthnError),
     #[error("forbidden")]
     Forbidden,
+    /// An external authorization check of a route whose handler answers itself.
+    #[error("not checkable")]
+    NotCheckable,
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -58,7 +61,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) | Self::InvalidEvent(_) => StatusCode::BAD_REQUEST,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::NotCheckable => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -91,6 +94,10 @@ impl ApiError {
             Self::Unauthenticated(AuthnError::Ambiguous) => "send exactly one Authorization header".to_owned(),
             Self::Unauthenticated(_) => "the bearer token is not valid".to_owned(),
             Self::Forbidden => "the policy does not allow this request".to_owned(),
+            Self::NotCheckable => {
+                "the sidecar answers this route itself: send it to the sidecar's data plane, not through an external check"
+                    .to_owned()
+            }
             Self::NotFound => "no route matches this method and path".to_owned(),
             Self::MethodNotAllowed => "this endpoint answers GET only".to_owned(),
             Self::PayloadTooLarge => "the request body is too large".to_owned(),

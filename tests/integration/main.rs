@@ -21,6 +21,7 @@ mod data_plane_path;
 mod directory;
 mod edge;
 mod engine;
+mod ext_authz;
 mod forwarding;
 mod harness;
 mod lambda;

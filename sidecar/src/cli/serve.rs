@@ -160,6 +160,10 @@ async fn serve(config: Config, snapshot: Option<PolicySnapshot>, dev: bool) -> R
     let listeners = Listeners {
         data: bind(config.server.listen, "data plane").await?,
         admin: bind(config.server.admin_listen, "admin").await?,
+        ext_authz: match &config.ext_authz {
+            Some(ext_authz) => Some(bind(ext_authz.http_listen, "external authorization").await?),
+            None => None,
+        },
     };
     let mut app = App::new(config, dev)?;
     if app.needs_aws() {
@@ -182,7 +186,8 @@ async fn serve(config: Config, snapshot: Option<PolicySnapshot>, dev: bool) -> R
             "DEVELOPMENT ISSUER ENABLED: anyone on this machine can mint tokens at http://{admin}/dev/token; never use --dev in production"
         );
     }
-    tracing::info!(%data, %admin, config = %app.config.origin, routes = app.config.routes.len(), "authz-sidecar listening");
+    let ext_authz = listeners.ext_authz.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string());
+    tracing::info!(%data, %admin, ext_authz, config = %app.config.origin, routes = app.config.routes.len(), "authz-sidecar listening");
 
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_on_signal(shutdown.clone()));

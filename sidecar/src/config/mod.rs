@@ -5,6 +5,7 @@
 
 mod directory;
 pub mod env;
+mod ext_authz;
 mod lifecycle;
 mod raw;
 mod routes;
@@ -20,6 +21,7 @@ use http::{HeaderName, Uri};
 
 use crate::policy_store::SourceDirs;
 pub use directory::{DirectoryConfig, DirectoryProblem};
+pub use ext_authz::{ExtAuthzConfig, RawExtAuthz};
 pub use lifecycle::{LifecycleConfig, ProfileSteps, TeamAttribute, UserAttribute};
 pub use raw::{GroupMembership, HandlerKind, NotOneOf, RawConfig, SourceKind};
 use routes::parse_route;
@@ -62,6 +64,8 @@ pub struct Config {
     pub directory: Option<DirectoryConfig>,
     /// Group-membership events and the revocations they cause; `None`: not handled.
     pub lifecycle: Option<LifecycleConfig>,
+    /// Envoy's external authorization service; `None`: not served.
+    pub ext_authz: Option<ExtAuthzConfig>,
 }
 
 /// Where AWS is: region (else the standard chain's), endpoint overrides, and how long
@@ -332,6 +336,12 @@ impl Config {
             ),
             None => None,
         };
+        let ext_authz = match &raw.ext_authz {
+            Some(ext_authz) => {
+                Some(ext_authz::parse_ext_authz(ext_authz).map_err(|(key, message)| invalid(key, message))?)
+            }
+            None => None,
+        };
         let principal_type = type_name("principal.entity_type", &raw.principal.entity_type)?;
         // a principal the directory holds takes its groups from both by default, so
         // that a user removed from a group in the directory loses it within the TTL,
@@ -519,6 +529,7 @@ impl Config {
             },
             directory,
             lifecycle,
+            ext_authz,
         })
     }
 }

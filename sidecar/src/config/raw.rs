@@ -24,6 +24,7 @@ pub struct RawConfig {
     pub aws: RawAws,
     pub directory: Option<super::directory::RawDirectory>,
     pub lifecycle: Option<super::lifecycle::RawLifecycle>,
+    pub ext_authz: Option<super::ext_authz::RawExtAuthz>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -128,6 +128,59 @@ pub(crate) struct Vouch<'a> {
     pub source_ip: IpAddr,
 }
 
+impl Vouch<'_> {
+    /// The identity headers the sidecar sets, with their values.
+    fn identity_headers(&self) -> [(HeaderName, String); 5] {
+        [
+            (PRINCIPAL_HEADER, self.principal.to_owned()),
+            (ISSUER_HEADER, self.issuer.to_owned()),
+            (REQUEST_ID_HEADER, self.request_id.to_owned()),
+            (DECISION_HEADER, self.decision.to_owned()),
+            (POLICIES_HEADER, self.policies.join(",")),
+        ]
+    }
+}
+
+/// The header in which Envoy's HTTP external authorization filter takes the names of the
+/// request headers to remove before the upstream (a comma-separated list).
+pub(crate) const ENVOY_HEADERS_TO_REMOVE: HeaderName = HeaderName::from_static("x-envoy-auth-headers-to-remove");
+
+/// The answer to an allowed external authorization check (Envoy's HTTP form): 200, the
+/// identity headers the sidecar vouches with (Envoy sets them on the upstream request,
+/// over the client's copies), and the names of the client headers the sidecar would
+/// have removed: the route's strip list, `Authorization` unless the route passes it on,
+/// and any other `x-authz-` header the check carried, under whatever spelling (the
+/// forwarded-for and VPC endpoint headers are the trusted proxy's, and stay).
+pub(crate) fn check_allowed(
+    headers: &HeaderMap,
+    vouch: &Vouch<'_>,
+    strip: &[HeaderName],
+    pass_authorization: bool,
+) -> Response<Body> {
+    let set = vouch.identity_headers();
+    let mut remove: Vec<&str> = strip.iter().map(HeaderName::as_str).collect();
+    if !pass_authorization {
+        remove.push(header::AUTHORIZATION.as_str());
+    }
+    let claimed = headers
+        .keys()
+        .filter(|name| folded(name).starts_with(IDENTITY_PREFIX) && !set.iter().any(|(ours, _)| ours == *name));
+    remove.extend(claimed.map(HeaderName::as_str));
+    remove.sort_unstable();
+    remove.dedup();
+    let mut response = Response::new(crate::body::full(Bytes::new()));
+    let out = response.headers_mut();
+    for (name, value) in set {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            out.insert(name, value);
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(&remove.join(",")) {
+        out.insert(ENVOY_HEADERS_TO_REMOVE, value);
+    }
+    response
+}
+
 #[derive(Debug)]
 pub(crate) struct Outgoing<'a> {
     pub method: http::Method,
@@ -238,17 +291,12 @@ pub(crate) async fn forward(
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::EXPECT);
     let vouch = call.vouch;
-    let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
-        if let Ok(value) = HeaderValue::from_str(value) {
+    let source_ip = vouch.source_ip.to_string();
+    for (name, value) in vouch.identity_headers().into_iter().chain([(FORWARDED_FOR, source_ip)]) {
+        if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
         }
-    };
-    set(&mut headers, PRINCIPAL_HEADER, vouch.principal);
-    set(&mut headers, ISSUER_HEADER, vouch.issuer);
-    set(&mut headers, REQUEST_ID_HEADER, vouch.request_id);
-    set(&mut headers, DECISION_HEADER, vouch.decision);
-    set(&mut headers, POLICIES_HEADER, &vouch.policies.join(","));
-    set(&mut headers, FORWARDED_FOR, &vouch.source_ip.to_string());
+    }
 
     let fault = call.body.fault();
     let mut request = Request::new(call.body.boxed_unsync());

@@ -73,6 +73,15 @@ pub fn origin(config: &ContextConfig, peer: IpAddr, headers: &HeaderMap) -> Resu
     if !trusted(config, peer) {
         return Ok(Origin { peer, peer_trusted: false, source_ip: peer, vpce: None });
     }
+    behind_proxy(config, peer, headers)
+}
+
+/// The origin of a request that `peer`, a proxy trusted by the listener it asked on (an
+/// external authorization listener admits only its proxies), passes on: the client's
+/// address from the forwarded-for header (walking back over `trusted_proxies`), the VPC
+/// endpoint from its header.
+pub fn behind_proxy(config: &ContextConfig, peer: IpAddr, headers: &HeaderMap) -> Result<Origin, OriginError> {
+    let peer = canonical_ip(peer);
     let hops = forwarded::hops(headers, &config.forwarded_for_header);
     let source_ip = forwarded::client_address(peer, &hops, |ip| trusted(config, ip))
         .map_err(|_| OriginError::UnreadableForwardedFor)?;

@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod context;
+pub mod ext_authz;
 pub mod forwarded;
 pub mod limits;
 pub mod overload;

@@ -18,6 +18,12 @@
 //!    asks its own questions.
 //!
 //! Each phase returns early with an [`ApiError`]; `rescue` turns it into the response.
+//!
+//! An external authorization check (Envoy asking, see [`super::ext_authz`]) runs the
+//! same phases on the request Envoy describes, and stops before 6: allowed, it answers
+//! 200 with the headers the sidecar vouches with; otherwise with the same error as the
+//! data plane. Only a route that forwards can be checked: one whose handler answers
+//! itself (presign, account pool, membership events) is refused, never allowed.
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -66,6 +72,18 @@ pub struct Call {
     /// The upstream connections of the inbound connection the request came on (see
     /// [`crate::proxy::owned`]); `None` when driven in-process (the pooled client sends).
     pub(crate) upstreams: Option<Arc<UpstreamSlots>>,
+    pub purpose: Purpose,
+}
+
+/// What a request came for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Served on the data plane: decided, then handled.
+    Serve,
+    /// An external authorization check: decided, and answered with the decision. The
+    /// peer is the proxy asking, trusted for the client's address by the listener's
+    /// own admission (`ext_authz.allowed_peers`).
+    Check,
 }
 
 impl Call {
@@ -76,6 +94,7 @@ impl Call {
             started: Instant::now(),
             route: None,
             upstreams: None,
+            purpose: Purpose::Serve,
         }
     }
 }
@@ -96,8 +115,18 @@ where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    handle_for(state, request, inbound, Purpose::Serve).await
+}
+
+/// Serve one request that came on `inbound` for `purpose`.
+pub async fn handle_for<B>(state: &State, request: Request<B>, inbound: Inbound, purpose: Purpose) -> Response<Body>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let mut call = Call::new(inbound.peer);
     call.upstreams = inbound.upstreams;
+    call.purpose = purpose;
     let outcome = tokio::time::timeout(state.server.request_timeout, run(state, request, &mut call)).await;
     let response = match outcome {
         Ok(Ok(response)) => response,
@@ -160,6 +189,10 @@ where
     let matched = state.router.find(&parts.method, &path.decoded).ok_or(ApiError::NotFound)?;
     let route = matched.route.clone();
     call.route = Some(route.name.clone());
+    if call.purpose == Purpose::Check && !matches!(route.handler, Handler::Forward(_)) {
+        tracing::info!(request_id, route = %route.name, "an external check of a route the sidecar answers itself; refused");
+        return Err(ApiError::NotCheckable);
+    }
     let limit = state.server.max_body_bytes;
     if body.size_hint().lower() > limit as u64 {
         return Err(ApiError::PayloadTooLarge);
@@ -173,7 +206,11 @@ where
         tracing::info!(request_id, route = %route.name, error = %e, "request refused");
         ApiError::BadRequest(e.public())
     };
-    let origin = context::origin(&state.context, call.peer.ip(), &parts.headers).map_err(refused)?;
+    let origin = match call.purpose {
+        Purpose::Serve => context::origin(&state.context, call.peer.ip(), &parts.headers),
+        Purpose::Check => context::behind_proxy(&state.context, call.peer.ip(), &parts.headers),
+    }
+    .map_err(refused)?;
     let resource_id = authz.resource_id.render(|name| matched.param(name)).map_err(|e| match e {
         RenderError::Missing(_) => ApiError::NotFound,
         RenderError::Ambiguous(_) => {
@@ -302,6 +339,9 @@ where
         source_ip: origin.source_ip,
     };
     match &route.handler {
+        Handler::Forward(upstream) if call.purpose == Purpose::Check => {
+            Ok(proxy::check_allowed(&parts.headers, &vouch, &upstream.strip, upstream.pass_authorization))
+        }
         Handler::Forward(upstream) => {
             let client = state.upstream_client(&route.name).ok_or(ApiError::Internal)?;
             let path_and_query = match parts.uri.query() {

@@ -1,0 +1,77 @@
+//! Envoy's external authorization, HTTP form: the `envoy.filters.http.ext_authz` filter
+//! with an `http_service` asks this listener about each client request, sending the
+//! request's method, its path under `path_prefix`, and the headers its
+//! `allowed_headers` names. The answer comes from the data plane's own phases
+//! ([`super::pipeline`], [`Purpose::Check`]): 200 with the `x-authz-` headers to set
+//! upstream and `x-envoy-auth-headers-to-remove`, or the data plane's 400/401/403/429/503
+//! and its JSON body, which Envoy returns to the client.
+//!
+//! Only the proxies `ext_authz.allowed_peers` names may ask (loopback by default):
+//! their forwarded-for and VPC endpoint headers are believed, as a trusted proxy's are,
+//! so anyone else is refused before anything is read.
+
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+
+use super::Inbound;
+use super::pipeline::{Purpose, handle_for};
+use super::state::State;
+use crate::body::Body;
+use crate::config::ExtAuthzConfig;
+use crate::rescue::ApiError;
+
+/// Answer one check.
+pub async fn check(
+    state: &State,
+    config: &ExtAuthzConfig,
+    mut request: Request<Incoming>,
+    inbound: Inbound,
+) -> Response<Body> {
+    let refuse = |error: ApiError, reason: &'static str| {
+        metrics::counter!("authz_ext_authz_refused_total", "reason" => reason).increment(1);
+        error.into_response(&uuid::Uuid::new_v4().simple().to_string())
+    };
+    if !config.admits(inbound.peer.ip()) {
+        tracing::warn!(peer = %inbound.peer, "an external authorization check from a peer ext_authz.allowed_peers does not name; refused");
+        return refuse(ApiError::Forbidden, "peer");
+    }
+    let Some(uri) = under_prefix(request.uri(), &config.path_prefix) else {
+        tracing::info!(peer = %inbound.peer, "an external authorization check outside ext_authz.path_prefix; refused");
+        return refuse(ApiError::BadRequest("the check's path is not under the configured path prefix"), "path_prefix");
+    };
+    *request.uri_mut() = uri;
+    // the proxy's connection carries checks, not calls to forward
+    handle_for(state, request, Inbound { peer: inbound.peer, upstreams: None }, Purpose::Check).await
+}
+
+/// `uri` without `prefix` at the start of its path (the rest must start a segment), its
+/// query kept; `None` when the path is not under `prefix`.
+fn under_prefix(uri: &Uri, prefix: &str) -> Option<Uri> {
+    let path = uri.path().strip_prefix(prefix)?;
+    let path = match path {
+        "" => "/",
+        rest if rest.starts_with('/') => rest,
+        _ => return None,
+    };
+    let target = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    Uri::builder().path_and_query(target).build().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_is_stripped_only_where_it_ends_a_segment() {
+        let uri = |text: &str| text.parse::<Uri>().unwrap();
+        let strip = |text: &str, prefix: &str| under_prefix(&uri(text), prefix).map(|u| u.to_string());
+        assert_eq!(strip("/check/studio/u/t?x=1", "/check").as_deref(), Some("/studio/u/t?x=1"));
+        assert_eq!(strip("/check", "/check").as_deref(), Some("/"));
+        assert_eq!(strip("/checkout/a", "/check"), None);
+        assert_eq!(strip("/other/a", "/check"), None);
+        assert_eq!(strip("/a/b", "").as_deref(), Some("/a/b"));
+    }
+}
