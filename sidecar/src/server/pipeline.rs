@@ -338,10 +338,16 @@ where
         policies: &decision.policies,
         source_ip: origin.source_ip,
     };
+    // a check ends here, whatever the handler: allowed only where the call would be forwarded
+    if call.purpose == Purpose::Check {
+        return match &route.handler {
+            Handler::Forward(upstream) => {
+                Ok(proxy::check_allowed(&parts.headers, &vouch, &upstream.strip, upstream.pass_authorization))
+            }
+            _ => Err(ApiError::NotCheckable),
+        };
+    }
     match &route.handler {
-        Handler::Forward(upstream) if call.purpose == Purpose::Check => {
-            Ok(proxy::check_allowed(&parts.headers, &vouch, &upstream.strip, upstream.pass_authorization))
-        }
         Handler::Forward(upstream) => {
             let client = state.upstream_client(&route.name).ok_or(ApiError::Internal)?;
             let path_and_query = match parts.uri.query() {
