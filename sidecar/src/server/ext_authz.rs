@@ -74,4 +74,30 @@ mod tests {
         assert_eq!(strip("/other/a", "/check"), None);
         assert_eq!(strip("/a/b", "").as_deref(), Some("/a/b"));
     }
+
+    proptest::proptest! {
+        /// Whatever path a client makes Envoy send, what is checked is exactly the path
+        /// under the prefix (never a neighbour of it, never a path that lost a segment),
+        /// and it is a path.
+        #[test]
+        fn what_is_checked_is_the_path_under_the_prefix(
+            path in "(/[a-zA-Z0-9._~%-]{0,6}){0,4}",
+            prefix in proptest::sample::select(vec!["", "/check", "/ext-authz/v1"]),
+        ) {
+            let original = if path.is_empty() { "/".to_owned() } else { path };
+            let uri: Uri = original.parse().unwrap();
+            match under_prefix(&uri, prefix) {
+                Some(checked) => {
+                    let checked = checked.path().to_owned();
+                    proptest::prop_assert!(checked.starts_with('/'));
+                    let rebuilt = if checked == "/" && original == prefix { prefix.to_owned() } else { format!("{prefix}{checked}") };
+                    proptest::prop_assert_eq!(rebuilt, original);
+                }
+                None => {
+                    let under = original == prefix || original.starts_with(&format!("{prefix}/"));
+                    proptest::prop_assert!(!under, "{} is under {} but was refused", original, prefix);
+                }
+            }
+        }
+    }
 }
