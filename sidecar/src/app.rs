@@ -67,6 +67,12 @@ impl std::fmt::Debug for App {
     }
 }
 
+impl AsRef<State> for App {
+    fn as_ref(&self) -> &State {
+        &self.state
+    }
+}
+
 impl App {
     /// Build the state (no I/O besides creating clients) around a store that serves
     /// nothing until [`run`] loads it. `dev` adds the development issuer.
@@ -475,8 +481,11 @@ fn check_directory(config: &Config, schema: &cedar_policy::Schema) -> Vec<String
 pub struct Listeners {
     pub data: TcpListener,
     pub admin: TcpListener,
-    /// Envoy's external authorization checks (`ext_authz.http_listen`), when configured.
+    /// Envoy's external authorization checks, HTTP form (`ext_authz.http_listen`), when
+    /// configured.
     pub ext_authz: Option<TcpListener>,
+    /// And gRPC form (`ext_authz.grpc_listen`).
+    pub ext_authz_grpc: Option<TcpListener>,
 }
 
 /// Run until `shutdown` is cancelled and both listeners have drained.
@@ -526,9 +535,10 @@ pub async fn run_with_snapshot(
         let metrics = metrics.clone();
         async move { server::admin::handle(&app.state, &metrics, request) }
     });
+    let ext_authz_config = app.config.ext_authz.clone().map(Arc::new);
     let ext_authz = async {
-        let (Some(listener), Some(config)) = (listeners.ext_authz, app.config.ext_authz.clone()) else { return };
-        let (check_app, config) = (app.clone(), Arc::new(config));
+        let (Some(listener), Some(config)) = (listeners.ext_authz, ext_authz_config.clone()) else { return };
+        let check_app = app.clone();
         let limits = ConnLimits { listener: "ext_authz", ..limits.clone() };
         server::serve(listener, None, limits, shutdown.clone(), move |request, inbound| {
             let (app, config) = (check_app.clone(), config.clone());
@@ -536,7 +546,18 @@ pub async fn run_with_snapshot(
         })
         .await;
     };
-    tokio::join!(data, admin, ext_authz);
+    let ext_authz_grpc = async {
+        let (Some(listener), Some(config)) = (listeners.ext_authz_grpc, ext_authz_config.clone()) else { return };
+        let max_message = server::ext_authz::grpc::max_message_bytes(app.config.server.max_header_bytes);
+        let service = server::ext_authz::grpc::service(app.clone(), max_message);
+        let limits = ConnLimits { listener: "ext_authz_grpc", ..limits.clone() };
+        server::serve(listener, None, limits, shutdown.clone(), move |request, inbound| {
+            let (service, config) = (service.clone(), config.clone());
+            async move { server::ext_authz::grpc::serve(&service, &config, request, inbound).await }
+        })
+        .await;
+    };
+    tokio::join!(data, admin, ext_authz, ext_authz_grpc);
     tasks.cancel();
     Ok(())
 }

@@ -12,45 +12,55 @@ use tokio_util::sync::CancellationToken;
 use crate::harness::{Jwks, Launched, STUDIO_ROUTE, Setup, Sidecar, TestServer, config_toml, get, keys, token};
 use crate::support::Workspace;
 
-/// A sidecar whose `[ext_authz]` is `ext_authz` (after `http_listen`), the Studio route
-/// in `mode`, and an echo route; and the address Envoy would ask.
-async fn start(ext_authz: &str, mode: &'static str) -> (Sidecar, SocketAddr) {
+/// A sidecar whose `[ext_authz]` is `ext_authz` (after the two listeners), the Studio
+/// route in `mode`, and an echo route; and the addresses Envoy would ask, HTTP and gRPC.
+pub(crate) async fn start(ext_authz: &str, mode: &'static str) -> (Sidecar, SocketAddr, SocketAddr) {
+    start_trusting(ext_authz, mode, "[]").await
+}
+
+/// As [`start`], the data plane trusting `trusted_proxies`.
+pub(crate) async fn start_trusting(
+    ext_authz: &str,
+    mode: &'static str,
+    trusted_proxies: &'static str,
+) -> (Sidecar, SocketAddr, SocketAddr) {
     let ws = Workspace::shipped();
     let (key1, _) = keys();
     let jwks = Jwks::start(&[key1]).await;
     let upstream = TestServer::start(|_| (200, "upstream ok".to_owned(), std::time::Duration::ZERO)).await;
     let extra = format!(
         "[[routes]]\nname = \"echo\"\nmethod = \"PUT\"\n{STUDIO_ROUTE}\nhandler = \"echo\"\n\
-         [ext_authz]\nhttp_listen = \"127.0.0.1:0\"\n{ext_authz}\n"
+         [ext_authz]\nhttp_listen = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n{ext_authz}\n"
     );
-    // the data plane trusts no proxy: what Envoy says of the client is believed only
-    // because it asked on the external authorization listener
-    let setup = Setup { mode, extra, trusted_proxies: "[]", ..Setup::default() };
+    // with `[]`, the data plane trusts no proxy: what Envoy says of the client is
+    // believed only because it asked on an external authorization listener
+    let setup = Setup { mode, extra, trusted_proxies, ..Setup::default() };
     let config = Config::from_toml(&config_toml(&ws, &jwks.url(), &upstream.url(), &setup), "test").unwrap();
     let app = std::sync::Arc::new(App::new(config, false).unwrap());
     let bind = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
-    let (data, admin, checks) = (bind().await, bind().await, bind().await);
+    let (data, admin, checks, grpc) = (bind().await, bind().await, bind().await, bind().await);
     let addrs = (data.local_addr().unwrap(), admin.local_addr().unwrap(), checks.local_addr().unwrap());
+    let grpc_addr = grpc.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let listeners = Listeners { data, admin, ext_authz: Some(checks) };
+    let listeners = Listeners { data, admin, ext_authz: Some(checks), ext_authz_grpc: Some(grpc) };
     let task = tokio::spawn(app::run(app.clone(), listeners, shutdown.clone()));
     let launched = Launched { app, data: addrs.0, admin: addrs.1, shutdown, task };
-    (Sidecar::from_parts(launched, ws, jwks, upstream).ready().await, addrs.2)
+    (Sidecar::from_parts(launched, ws, jwks, upstream).ready().await, addrs.2, grpc_addr)
 }
 
 /// What Envoy's `http_service` sends for user-1's request: the method, the path under
 /// the prefix, the token, the client's address Envoy appended, the VPC endpoint.
-fn envoy_headers<'a>(auth: &'a str, client: &'a str) -> Vec<(&'a str, &'a str)> {
+pub(crate) fn envoy_headers<'a>(auth: &'a str, client: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![("authorization", auth), ("x-forwarded-for", client), ("x-amzn-vpce-id", "vpce-0a1a000000000001a")]
 }
 
-fn error_of(body: &str) -> String {
+pub(crate) fn error_of(body: &str) -> String {
     serde_json::from_str::<Value>(body).unwrap()["error"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allowed_check_answers_200_with_the_vouched_headers_and_forwards_nothing() {
-    let (sidecar, checks) = start("path_prefix = \"/check\"", "enforce").await;
+    let (sidecar, checks, _) = start("path_prefix = \"/check\"", "enforce").await;
     let auth = format!("Bearer {}", token("user-1", &["Team1"]));
     let mut headers = envoy_headers(&auth, "10.1.2.3");
     // the client's own claims, under two spellings, and a request-routing header
@@ -75,7 +85,7 @@ async fn an_allowed_check_answers_200_with_the_vouched_headers_and_forwards_noth
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_is_denied_like_the_data_plane_denies() {
-    let (sidecar, checks) = start("path_prefix = \"/check\"", "enforce").await;
+    let (sidecar, checks, _) = start("path_prefix = \"/check\"", "enforce").await;
     let auth = format!("Bearer {}", token("user-1", &["Team1"]));
     // by policy: another user's profile; the same status and error as the data plane
     let (status, _, body) = get(checks, "/check/studio/user-2/team1", &envoy_headers(&auth, "10.1.2.3")).await;
@@ -111,7 +121,7 @@ async fn a_check_is_denied_like_the_data_plane_denies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_route_is_allowed_and_marked() {
-    let (_sidecar, checks) = start("", "dry-run").await;
+    let (_sidecar, checks, _) = start("", "dry-run").await;
     let auth = format!("Bearer {}", token("user-1", &["Team1"]));
     let (status, answer, body) = get(checks, "/studio/user-2/team1", &envoy_headers(&auth, "10.1.2.3")).await;
     assert_eq!(status, 200, "{body}");
@@ -120,7 +130,7 @@ async fn a_dry_run_route_is_allowed_and_marked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_allowed_peers_may_ask() {
-    let (_sidecar, checks) = start("allowed_peers = [\"10.0.0.0/8\"]", "enforce").await;
+    let (_sidecar, checks, _) = start("allowed_peers = [\"10.0.0.0/8\"]", "enforce").await;
     let auth = format!("Bearer {}", token("user-1", &["Team1"]));
     // loopback is not among them: refused, however good the request
     let (status, answer, _) = get(checks, "/studio/user-1/team1", &envoy_headers(&auth, "10.1.2.3")).await;

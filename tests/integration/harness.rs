@@ -282,7 +282,7 @@ pub async fn launch_app(app: App) -> Launched {
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (data, admin) = (data_listener.local_addr().unwrap(), admin_listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
-    let listeners = Listeners { data: data_listener, admin: admin_listener, ext_authz: None };
+    let listeners = Listeners { data: data_listener, admin: admin_listener, ext_authz: None, ext_authz_grpc: None };
     let task = tokio::spawn(app::run(app.clone(), listeners, shutdown.clone()));
     Launched { app, data, admin, shutdown, task }
 }

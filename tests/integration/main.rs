@@ -22,6 +22,7 @@ mod directory;
 mod edge;
 mod engine;
 mod ext_authz;
+mod ext_authz_grpc;
 mod forwarding;
 mod harness;
 mod lambda;

@@ -160,8 +160,12 @@ async fn serve(config: Config, snapshot: Option<PolicySnapshot>, dev: bool) -> R
     let listeners = Listeners {
         data: bind(config.server.listen, "data plane").await?,
         admin: bind(config.server.admin_listen, "admin").await?,
-        ext_authz: match &config.ext_authz {
-            Some(ext_authz) => Some(bind(ext_authz.http_listen, "external authorization").await?),
+        ext_authz: match config.ext_authz.as_ref().and_then(|e| e.http_listen) {
+            Some(addr) => Some(bind(addr, "external authorization (HTTP)").await?),
+            None => None,
+        },
+        ext_authz_grpc: match config.ext_authz.as_ref().and_then(|e| e.grpc_listen) {
+            Some(addr) => Some(bind(addr, "external authorization (gRPC)").await?),
             None => None,
         },
     };
@@ -186,8 +190,11 @@ async fn serve(config: Config, snapshot: Option<PolicySnapshot>, dev: bool) -> R
             "DEVELOPMENT ISSUER ENABLED: anyone on this machine can mint tokens at http://{admin}/dev/token; never use --dev in production"
         );
     }
-    let ext_authz = listeners.ext_authz.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string());
-    tracing::info!(%data, %admin, ext_authz, config = %app.config.origin, routes = app.config.routes.len(), "authz-sidecar listening");
+    let address = |listener: &Option<tokio::net::TcpListener>| {
+        listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string())
+    };
+    let (ext_authz, ext_authz_grpc) = (address(&listeners.ext_authz), address(&listeners.ext_authz_grpc));
+    tracing::info!(%data, %admin, ext_authz, ext_authz_grpc, config = %app.config.origin, routes = app.config.routes.len(), "authz-sidecar listening");
 
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_on_signal(shutdown.clone()));

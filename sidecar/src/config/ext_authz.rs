@@ -12,7 +12,12 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct RawExtAuthz {
     /// Where Envoy's HTTP `ext_authz` service (`http_service`) asks.
-    pub http_listen: SocketAddr,
+    #[serde(default)]
+    pub http_listen: Option<SocketAddr>,
+    /// Where Envoy's gRPC `ext_authz` service (`grpc_service`) asks:
+    /// `envoy.service.auth.v3.Authorization/Check` over HTTP/2 without TLS.
+    #[serde(default)]
+    pub grpc_listen: Option<SocketAddr>,
     /// The `path_prefix` of Envoy's `http_service`: stripped from each check's path.
     #[serde(default)]
     pub path_prefix: String,
@@ -30,7 +35,9 @@ fn loopback() -> Vec<ipnet::IpNet> {
 /// Validated.
 #[derive(Debug, Clone)]
 pub struct ExtAuthzConfig {
-    pub http_listen: SocketAddr,
+    /// At least one of the two listeners is set.
+    pub http_listen: Option<SocketAddr>,
+    pub grpc_listen: Option<SocketAddr>,
     /// Empty, or `/` and more, without a trailing `/`.
     pub path_prefix: String,
     pub allowed_peers: Vec<ipnet::IpNet>,
@@ -57,11 +64,21 @@ pub(super) fn parse_ext_authz(raw: &RawExtAuthz) -> Result<ExtAuthzConfig, (Stri
             format!("`{prefix}` is not a path prefix: empty, or `/` and more, without a trailing `/`, `?`, `#` or `%`"),
         ));
     }
+    if raw.http_listen.is_none() && raw.grpc_listen.is_none() {
+        return Err((
+            "ext_authz".into(),
+            "names neither `http_listen` nor `grpc_listen`: Envoy could ask nowhere".into(),
+        ));
+    }
+    if raw.http_listen.is_some_and(|addr| addr.port() != 0) && raw.http_listen == raw.grpc_listen {
+        return Err(("ext_authz.grpc_listen".into(), "is the same address as `http_listen`".into()));
+    }
     if raw.allowed_peers.is_empty() {
         return Err(("ext_authz.allowed_peers".into(), "must name at least one network: no one could ask".into()));
     }
     Ok(ExtAuthzConfig {
         http_listen: raw.http_listen,
+        grpc_listen: raw.grpc_listen,
         path_prefix: prefix.to_owned(),
         allowed_peers: raw.allowed_peers.clone(),
     })
@@ -73,7 +90,8 @@ mod tests {
 
     fn raw(path_prefix: &str, allowed_peers: &[&str]) -> RawExtAuthz {
         RawExtAuthz {
-            http_listen: "127.0.0.1:9191".parse().unwrap(),
+            http_listen: Some("127.0.0.1:9191".parse().unwrap()),
+            grpc_listen: None,
             path_prefix: path_prefix.to_owned(),
             allowed_peers: allowed_peers.iter().map(|p| p.parse().unwrap()).collect(),
         }
@@ -89,6 +107,18 @@ mod tests {
         }
         let (key, _) = parse_ext_authz(&raw("", &[])).unwrap_err();
         assert_eq!(key, "ext_authz.allowed_peers");
+    }
+
+    #[test]
+    fn one_listener_or_both_on_different_addresses() {
+        let peers = ["127.0.0.1/32"];
+        let grpc = Some("127.0.0.1:9192".parse().unwrap());
+        assert!(parse_ext_authz(&RawExtAuthz { grpc_listen: grpc, ..raw("", &peers) }).is_ok());
+        assert!(parse_ext_authz(&RawExtAuthz { http_listen: None, grpc_listen: grpc, ..raw("", &peers) }).is_ok());
+        let (key, _) = parse_ext_authz(&RawExtAuthz { http_listen: None, ..raw("", &peers) }).unwrap_err();
+        assert_eq!(key, "ext_authz");
+        let same = RawExtAuthz { grpc_listen: Some("127.0.0.1:9191".parse().unwrap()), ..raw("", &peers) };
+        assert_eq!(parse_ext_authz(&same).unwrap_err().0, "ext_authz.grpc_listen");
     }
 
     #[test]

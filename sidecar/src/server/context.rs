@@ -82,17 +82,39 @@ pub fn origin(config: &ContextConfig, peer: IpAddr, headers: &HeaderMap) -> Resu
 /// endpoint from its header.
 pub fn behind_proxy(config: &ContextConfig, peer: IpAddr, headers: &HeaderMap) -> Result<Origin, OriginError> {
     let peer = canonical_ip(peer);
+    let source_ip = walk(config, peer, headers)?;
+    Ok(Origin { peer, peer_trusted: true, source_ip, vpce: vpce(config, headers)? })
+}
+
+/// The origin of a request that a proxy trusted by the listener it asked on describes
+/// together with `downstream`, the peer it saw the request from (Envoy's gRPC form):
+/// `downstream` is the client unless it is itself one of `trusted_proxies`, in which
+/// case the forwarded-for header is walked back from it; the VPC endpoint is the
+/// proxy's word, as in [`behind_proxy`].
+pub fn reported_downstream(
+    config: &ContextConfig,
+    downstream: IpAddr,
+    headers: &HeaderMap,
+) -> Result<Origin, OriginError> {
+    let downstream = canonical_ip(downstream);
+    let source_ip = if trusted(config, downstream) { walk(config, downstream, headers)? } else { downstream };
+    Ok(Origin { peer: downstream, peer_trusted: true, source_ip, vpce: vpce(config, headers)? })
+}
+
+/// The client's address, walking the forwarded-for header back from `peer`, a proxy.
+fn walk(config: &ContextConfig, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, OriginError> {
     let hops = forwarded::hops(headers, &config.forwarded_for_header);
-    let source_ip = forwarded::client_address(peer, &hops, |ip| trusted(config, ip))
-        .map_err(|_| OriginError::UnreadableForwardedFor)?;
-    // A VPC endpoint id never holds a comma: one means a proxy appended to a value the
-    // client sent, and which part is whose cannot be told.
-    let vpce = match single(headers, &config.vpce_header)?.map(str::trim) {
-        Some(value) if value.contains(',') => return Err(OriginError::Duplicate(config.vpce_header.clone())),
-        Some("") | None => None,
-        Some(value) => Some(value.to_owned()),
-    };
-    Ok(Origin { peer, peer_trusted: true, source_ip, vpce })
+    forwarded::client_address(peer, &hops, |ip| trusted(config, ip)).map_err(|_| OriginError::UnreadableForwardedFor)
+}
+
+/// The VPC endpoint a trusted proxy passes on. An id never holds a comma: one means a
+/// proxy appended to a value the client sent, and which part is whose cannot be told.
+fn vpce(config: &ContextConfig, headers: &HeaderMap) -> Result<Option<String>, OriginError> {
+    match single(headers, &config.vpce_header)?.map(str::trim) {
+        Some(value) if value.contains(',') => Err(OriginError::Duplicate(config.vpce_header.clone())),
+        Some("") | None => Ok(None),
+        Some(value) => Ok(Some(value.to_owned())),
+    }
 }
 
 /// The Cedar context attributes of a route's request, as strings (the schema says what

@@ -19,10 +19,10 @@
 //!
 //! Each phase returns early with an [`ApiError`]; `rescue` turns it into the response.
 //!
-//! An external authorization check (Envoy asking, see [`super::ext_authz`]) runs the
-//! same phases on the request Envoy describes, and stops before 6: allowed, it answers
-//! 200 with the headers the sidecar vouches with; otherwise with the same error as the
-//! data plane. Only a route that forwards can be checked: one whose handler answers
+//! An external authorization check (Envoy asking, in either of its forms, see
+//! [`super::ext_authz`]) runs the same phases on the request Envoy describes, and stops
+//! before 6: allowed, it answers 200 with the headers the sidecar vouches with;
+//! otherwise with the same error as the data plane. Only a route that forwards can be checked: one whose handler answers
 //! itself (presign, account pool, membership events) is refused, never allowed.
 
 use std::net::SocketAddr;
@@ -81,9 +81,23 @@ pub enum Purpose {
     /// Served on the data plane: decided, then handled.
     Serve,
     /// An external authorization check: decided, and answered with the decision. The
-    /// peer is the proxy asking, trusted for the client's address by the listener's
-    /// own admission (`ext_authz.allowed_peers`).
-    Check,
+    /// proxy asking is trusted by the listener's own admission (`ext_authz.allowed_peers`);
+    /// how it says where its client came from is the form's.
+    Check(Reported),
+}
+
+/// How a proxy asking for a check says where the call it describes came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reported {
+    /// In the headers it passes on (Envoy's HTTP form): the call's peer is the proxy,
+    /// whose forwarded-for and VPC endpoint headers are believed, walking back over
+    /// `trusted_proxies` to the client.
+    InHeaders,
+    /// With the downstream peer it saw (the gRPC form's source address), which the
+    /// call's peer then is: the client, unless it is one of `trusted_proxies`, in which
+    /// case the forwarded-for header is walked back from it. The VPC endpoint header is
+    /// the proxy's word, as in the HTTP form.
+    Downstream,
 }
 
 impl Call {
@@ -189,7 +203,7 @@ where
     let matched = state.router.find(&parts.method, &path.decoded).ok_or(ApiError::NotFound)?;
     let route = matched.route.clone();
     call.route = Some(route.name.clone());
-    if call.purpose == Purpose::Check && !matches!(route.handler, Handler::Forward(_)) {
+    if matches!(call.purpose, Purpose::Check(_)) && !matches!(route.handler, Handler::Forward(_)) {
         tracing::info!(request_id, route = %route.name, "an external check of a route the sidecar answers itself; refused");
         return Err(ApiError::NotCheckable);
     }
@@ -208,7 +222,10 @@ where
     };
     let origin = match call.purpose {
         Purpose::Serve => context::origin(&state.context, call.peer.ip(), &parts.headers),
-        Purpose::Check => context::behind_proxy(&state.context, call.peer.ip(), &parts.headers),
+        Purpose::Check(Reported::InHeaders) => context::behind_proxy(&state.context, call.peer.ip(), &parts.headers),
+        Purpose::Check(Reported::Downstream) => {
+            context::reported_downstream(&state.context, call.peer.ip(), &parts.headers)
+        }
     }
     .map_err(refused)?;
     let resource_id = authz.resource_id.render(|name| matched.param(name)).map_err(|e| match e {
@@ -339,7 +356,7 @@ where
         source_ip: origin.source_ip,
     };
     // a check ends here, whatever the handler: allowed only where the call would be forwarded
-    if call.purpose == Purpose::Check {
+    if matches!(call.purpose, Purpose::Check(_)) {
         return match &route.handler {
             Handler::Forward(upstream) => {
                 Ok(proxy::check_allowed(&parts.headers, &vouch, &upstream.strip, upstream.pass_authorization))

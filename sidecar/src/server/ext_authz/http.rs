@@ -1,24 +1,24 @@
-//! Envoy's external authorization, HTTP form: the `envoy.filters.http.ext_authz` filter
-//! with an `http_service` asks this listener about each client request, sending the
-//! request's method, its path under `path_prefix`, and the headers its
-//! `allowed_headers` names. The answer comes from the data plane's own phases
-//! ([`super::pipeline`], [`Purpose::Check`]): 200 with the `x-authz-` headers to set
-//! upstream and `x-envoy-auth-headers-to-remove`, or the data plane's 400/401/403/429/503
-//! and its JSON body, which Envoy returns to the client.
+//! Envoy's HTTP form: the `envoy.filters.http.ext_authz` filter with an `http_service`
+//! asks this listener about each client request, sending the request's method, its path
+//! under `path_prefix`, and the headers its `allowed_headers` names. The answer comes
+//! from the data plane's own phases ([`crate::server::pipeline`], [`Purpose::Check`]):
+//! 200 with the `x-authz-` headers to set upstream and `x-envoy-auth-headers-to-remove`,
+//! or the data plane's 400/401/403/429/503 and its JSON body, which Envoy returns to the
+//! client.
 //!
-//! Only the proxies `ext_authz.allowed_peers` names may ask (loopback by default):
-//! their forwarded-for and VPC endpoint headers are believed, as a trusted proxy's are,
-//! so anyone else is refused before anything is read.
+//! The proxy's forwarded-for and VPC endpoint headers are believed, as a trusted
+//! proxy's are ([`Reported::InHeaders`]).
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 
-use super::Inbound;
-use super::pipeline::{Purpose, handle_for};
-use super::state::State;
+use super::refuse;
 use crate::body::Body;
 use crate::config::ExtAuthzConfig;
 use crate::rescue::ApiError;
+use crate::server::Inbound;
+use crate::server::pipeline::{Purpose, Reported, handle_for};
+use crate::server::state::State;
 
 /// Answer one check.
 pub async fn check(
@@ -27,21 +27,24 @@ pub async fn check(
     mut request: Request<Incoming>,
     inbound: Inbound,
 ) -> Response<Body> {
-    let refuse = |error: ApiError, reason: &'static str| {
-        metrics::counter!("authz_ext_authz_refused_total", "reason" => reason).increment(1);
+    let refused = |error: ApiError, reason: &'static str| {
+        refuse(reason);
         error.into_response(&uuid::Uuid::new_v4().simple().to_string())
     };
-    if !config.admits(inbound.peer.ip()) {
-        tracing::warn!(peer = %inbound.peer, "an external authorization check from a peer ext_authz.allowed_peers does not name; refused");
-        return refuse(ApiError::Forbidden, "peer");
+    if !super::admitted(config, &inbound) {
+        return refused(ApiError::Forbidden, "peer");
     }
     let Some(uri) = under_prefix(request.uri(), &config.path_prefix) else {
         tracing::info!(peer = %inbound.peer, "an external authorization check outside ext_authz.path_prefix; refused");
-        return refuse(ApiError::BadRequest("the check's path is not under the configured path prefix"), "path_prefix");
+        return refused(
+            ApiError::BadRequest("the check's path is not under the configured path prefix"),
+            "path_prefix",
+        );
     };
     *request.uri_mut() = uri;
     // the proxy's connection carries checks, not calls to forward
-    handle_for(state, request, Inbound { peer: inbound.peer, upstreams: None }, Purpose::Check).await
+    handle_for(state, request, Inbound { peer: inbound.peer, upstreams: None }, Purpose::Check(Reported::InHeaders))
+        .await
 }
 
 /// `uri` without `prefix` at the start of its path (the rest must start a segment), its
