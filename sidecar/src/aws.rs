@@ -24,6 +24,7 @@ pub fn regional_sts(base: &SdkConfig, config: &AwsConfig) -> std::collections::H
         .iter()
         .map(|(region, endpoint)| {
             let conf = aws_sdk_sts::config::Builder::from(base)
+                .interceptor(crate::otel::AwsTraceContext)
                 .region(Region::new(region.clone()))
                 .endpoint_url(endpoint.clone())
                 .build();
@@ -34,7 +35,7 @@ pub fn regional_sts(base: &SdkConfig, config: &AwsConfig) -> std::collections::H
 
 /// An STS client, through `sts_endpoint` when configured.
 pub fn sts(base: &SdkConfig, config: &AwsConfig) -> aws_sdk_sts::Client {
-    let mut builder = aws_sdk_sts::config::Builder::from(base);
+    let mut builder = aws_sdk_sts::config::Builder::from(base).interceptor(crate::otel::AwsTraceContext);
     if let Some(endpoint) = &config.sts_endpoint {
         builder = builder.endpoint_url(endpoint.clone());
     }

@@ -21,8 +21,9 @@
 //!   source (files; [`avp`], a Verified Permissions store).
 //! - [`authz`]: the engine every caller asks, and the data plane's authorize step.
 //! - [`decision_tables`]: decision tables, the security team's unit tests for policies.
-//! - [`config`], [`telemetry`], [`aws`], [`http_client`], [`body`]: configuration, logs
-//!   and metrics, AWS clients, outbound HTTP, the one body type.
+//! - [`config`], [`telemetry`], [`otel`], [`aws`], [`http_client`], [`body`]:
+//!   configuration, logs and metrics, traces, AWS clients, outbound HTTP, the one body
+//!   type.
 //! - [`lifecycle`]: group-membership events from IAM Identity Center, and the
 //!   revocations the data plane applies.
 //! - [`cli`]: `serve`, `validate`, `authorize`, `test`, `lambda`, `avp`.
@@ -43,6 +44,7 @@ pub mod handlers;
 pub(crate) mod http_client;
 pub(crate) mod kept_metrics;
 pub mod lifecycle;
+pub mod otel;
 pub mod policy_store;
 pub(crate) mod proxy;
 pub(crate) mod rescue;

@@ -40,27 +40,38 @@ pub(crate) const LOG_BUFFER_LINES: usize = 8_192;
 /// request, on the core the requests need).
 const LOG_WRITE_BYTES: usize = 64 * 1024;
 
+/// What keeps logging and tracing going: hold it until the process ends. Dropping it
+/// exports the spans still queued, then flushes the buffered log lines.
+#[derive(Debug)]
+pub(crate) struct Telemetry {
+    _exporting: Option<crate::otel::Exporting>,
+    _log_writer: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
 /// Install the global subscriber. `default_level` applies when `RUST_LOG` is unset.
 ///
 /// With `background` (`serve`), lines are formatted on the thread that logs them and
 /// written to stderr by a thread of their own through a bounded buffer, so no request
-/// waits on a write; the returned guard flushes what is buffered when dropped (keep it
-/// until the process ends). Without it (the CLI and the Lambda form, whose process may
-/// be frozen between invocations with lines still buffered), lines are written at once.
+/// waits on a write. Without it (the CLI and the Lambda form, whose process may be
+/// frozen between invocations with lines still buffered), lines are written at once.
+///
+/// With `traces` (`serve` with `[tracing]`), spans are recorded and exported too (see
+/// [`crate::otel`]); an error says why they cannot be, and nothing is installed.
 pub(crate) fn init(
     format: LogFormat,
     default_level: &str,
     background: Option<LogOverflow>,
-) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    traces: Option<&crate::config::TracingConfig>,
+) -> Result<Telemetry, crate::otel::TracingError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let Some(overflow) = background else {
-        install(format, filter, std::io::stderr);
-        return None;
+        let exporting = install(format, filter, std::io::stderr, traces)?;
+        return Ok(Telemetry { _exporting: exporting, _log_writer: None });
     };
     let (writer, guard) = background_writer(std::io::stderr(), overflow, LOG_BUFFER_LINES, LOG_WRITE_BYTES);
     let _ = DROPPED.set(writer.error_counter());
-    install(format, filter, writer);
-    Some(guard)
+    let exporting = install(format, filter, writer, traces)?;
+    Ok(Telemetry { _exporting: exporting, _log_writer: Some(guard) })
 }
 
 /// A writer that hands lines to a thread of their own, which writes them to `sink`,
@@ -82,16 +93,41 @@ fn background_writer<W: std::io::Write + Send + 'static>(
         .finish(std::io::BufWriter::with_capacity(write_bytes, sink))
 }
 
-fn install<W>(format: LogFormat, filter: EnvFilter, writer: W)
+fn install<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+    traces: Option<&crate::config::TracingConfig>,
+) -> Result<Option<crate::otel::Exporting>, crate::otel::TracingError>
 where
     W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
 {
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
-    // A second init (tests run several commands in one process) keeps the first.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().event_format(crate::authz::audit::AuditJson::new()).try_init(),
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::FilterExt as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let logs = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .event_format(crate::authz::audit::AuditJson::new())
+            .with_writer(writer)
+            .boxed(),
     };
+    // spans are for traces: a log line never shows them, whether or not traces are on
+    let logs = logs.with_filter(filter.and(tracing_subscriber::filter::filter_fn(|m| !m.is_span())));
+    let subscriber = tracing_subscriber::registry().with(logs);
+    let (traces, exporting) = match traces {
+        Some(config) => {
+            let (layer, exporting) = crate::otel::layer(config)?;
+            (Some(layer), Some(exporting))
+        }
+        None => (None, None),
+    };
+    // A second init (tests run several commands in one process) keeps the first.
+    let _ = subscriber.with(traces).try_init();
+    Ok(exporting)
 }
 
 /// The background writer's count of dropped lines (see [`LogOverflow::Drop`]).

@@ -36,3 +36,4 @@ mod reload;
 mod server;
 mod support;
 mod tls;
+mod traces;

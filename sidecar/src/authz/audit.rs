@@ -30,6 +30,9 @@ const FIELD: &str = "audit";
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditEvent {
     pub request_id: String,
+    /// The trace of the request that asked (see [`crate::otel`]), when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<Arc<str>>,
     /// The data plane's route; absent for the Lambda form of the account-pool handler.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
@@ -123,6 +126,7 @@ impl AuditEvent {
             asked;
         Self {
             request_id,
+            trace_id: crate::otel::audit_trace(),
             route,
             mode,
             operation,

@@ -14,7 +14,8 @@ use aws_sdk_verifiedpermissions::error::{ProvideErrorMetadata, SdkError};
 
 /// An AVP client, through `verifiedpermissions_endpoint` when configured.
 pub fn client(base: &aws_config::SdkConfig, endpoint: Option<&str>) -> aws_sdk_verifiedpermissions::Client {
-    let mut builder = aws_sdk_verifiedpermissions::config::Builder::from(base);
+    let mut builder =
+        aws_sdk_verifiedpermissions::config::Builder::from(base).interceptor(crate::otel::AwsTraceContext);
     if let Some(endpoint) = endpoint {
         builder = builder.endpoint_url(endpoint);
     }

@@ -183,8 +183,20 @@ where
         Command::Lambda(_) => (cli.log_format.unwrap_or(LogFormat::Json), "info", None),
         _ => (cli.log_format.unwrap_or(LogFormat::Text), "warn", None),
     };
-    // flushes buffered lines when the command returns
-    let _log_writer = telemetry::init(format, level, background);
+    // traces are `serve`'s, when its configuration asks for them (a configuration that
+    // cannot be read is reported by `serve` itself)
+    let traces = match &cli.command {
+        Command::Serve(args) => serve::traces(args),
+        _ => None,
+    };
+    // exports queued spans and flushes buffered lines when the command returns
+    let _telemetry = match telemetry::init(format, level, background, traces.as_ref()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            let _ = writeln!(err, "error: {error}");
+            return exit::FAILURE;
+        }
+    };
     match cli.command {
         Command::Validate(args) => validate::run(&args, out, err),
         Command::Authorize(args) => authorize::run(&args, out, err),

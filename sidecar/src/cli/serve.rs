@@ -107,6 +107,11 @@ pub(super) fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     }
 }
 
+/// The `[tracing]` of the configuration `serve` will load, if it has one and loads.
+pub(super) fn traces(args: &Args) -> Option<crate::config::TracingConfig> {
+    Config::load(args.config.as_deref()).ok().and_then(|config| config.tracing)
+}
+
 /// Load, override and check everything that can be checked without serving. The policy
 /// snapshot built for the checks is served first.
 fn prepare(args: &Args) -> Result<(Config, Option<PolicySnapshot>), ServeError> {

@@ -10,6 +10,7 @@ mod lifecycle;
 mod raw;
 mod routes;
 mod template;
+mod traces;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ pub use routes::{
     PROFILE_TYPE, PresignOptions, PresignResponse, Provisioning, RouteAuthz, RouteConfig, TEAM_TYPE, Upstream,
 };
 pub use template::{IdTemplate, RenderError, TemplateError};
+pub use traces::{RawTracing, TracingConfig};
 
 /// The commented example configuration, compiled in: what `serve` uses without `--config`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.toml");
@@ -66,6 +68,8 @@ pub struct Config {
     pub lifecycle: Option<LifecycleConfig>,
     /// Envoy's external authorization service; `None`: not served.
     pub ext_authz: Option<ExtAuthzConfig>,
+    /// OpenTelemetry traces; `None`: none recorded or exported.
+    pub tracing: Option<TracingConfig>,
 }
 
 /// Where AWS is: region (else the standard chain's), endpoint overrides, and how long
@@ -342,6 +346,10 @@ impl Config {
             }
             None => None,
         };
+        let tracing = match &raw.tracing {
+            Some(tracing) => Some(traces::parse_tracing(tracing).map_err(|(key, message)| invalid(key, message))?),
+            None => None,
+        };
         let principal_type = type_name("principal.entity_type", &raw.principal.entity_type)?;
         // a principal the directory holds takes its groups from both by default, so
         // that a user removed from a group in the directory loses it within the TTL,
@@ -530,6 +538,7 @@ impl Config {
             directory,
             lifecycle,
             ext_authz,
+            tracing,
         })
     }
 }

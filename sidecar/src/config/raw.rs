@@ -25,6 +25,7 @@ pub struct RawConfig {
     pub directory: Option<super::directory::RawDirectory>,
     pub lifecycle: Option<super::lifecycle::RawLifecycle>,
     pub ext_authz: Option<super::ext_authz::RawExtAuthz>,
+    pub tracing: Option<super::traces::RawTracing>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -37,7 +37,7 @@ impl DynamoReader {
 /// A DynamoDB client on the standard AWS set-up, at `endpoint` when given (a VPC
 /// endpoint, or a local emulator).
 pub fn client(base: &aws_config::SdkConfig, endpoint: Option<&str>) -> Client {
-    let mut builder = aws_sdk_dynamodb::config::Builder::from(base);
+    let mut builder = aws_sdk_dynamodb::config::Builder::from(base).interceptor(crate::otel::AwsTraceContext);
     if let Some(endpoint) = endpoint {
         builder = builder.endpoint_url(endpoint);
     }

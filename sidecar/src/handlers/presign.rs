@@ -75,6 +75,7 @@ pub struct SdkSageMakerClients {
 impl SageMakerClients for SdkSageMakerClients {
     fn client(&self, credentials: Credentials, region: &str) -> aws_sdk_sagemaker::Client {
         let mut builder = aws_sdk_sagemaker::config::Builder::from(&self.base)
+            .interceptor(crate::otel::AwsTraceContext)
             .credentials_provider(credentials)
             .region(aws_config::Region::new(region.to_owned()));
         if let Some(endpoint) = self.regional.get(region).or(self.endpoint.as_ref()) {

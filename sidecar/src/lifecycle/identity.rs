@@ -47,7 +47,7 @@ impl std::fmt::Debug for IdentityStore {
 
 /// An Identity Store client on the standard AWS set-up, at `endpoint` when given.
 pub fn client(base: &aws_config::SdkConfig, endpoint: Option<&str>) -> Client {
-    let mut builder = aws_sdk_identitystore::config::Builder::from(base);
+    let mut builder = aws_sdk_identitystore::config::Builder::from(base).interceptor(crate::otel::AwsTraceContext);
     if let Some(endpoint) = endpoint {
         builder = builder.endpoint_url(endpoint);
     }

@@ -52,7 +52,8 @@ impl OriginError {
     }
 }
 
-fn trusted(config: &ContextConfig, ip: IpAddr) -> bool {
+/// Whether `ip` is one of `trusted_proxies`.
+pub fn trusted(config: &ContextConfig, ip: IpAddr) -> bool {
     let ip = canonical_ip(ip);
     config.trusted_proxies.iter().any(|net| net.contains(&ip))
 }

@@ -34,6 +34,7 @@ use bytes::Bytes;
 use cedar_policy::{EntityId, EntityUid};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Body as HttpBody;
+use tracing::Instrument;
 
 use super::Inbound;
 use super::context;
@@ -141,13 +142,64 @@ where
     let mut call = Call::new(inbound.peer);
     call.upstreams = inbound.upstreams;
     call.purpose = purpose;
-    let outcome = tokio::time::timeout(state.server.request_timeout, run(state, request, &mut call)).await;
+    // A trusted proxy's word on the request (a check's proxy is trusted by its
+    // listener's admission): its request id and the trace it belongs to are kept.
+    let proxied = match purpose {
+        Purpose::Serve => context::trusted(&state.context, inbound.peer.ip()),
+        Purpose::Check(_) => true,
+    };
+    if proxied && let Some(id) = proxied_request_id(request.headers()) {
+        call.request_id = id;
+    }
+    let span = tracing::info_span!(
+        "request",
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        url.path = request.uri().path(),
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        authz.request_id = %call.request_id,
+        authz.check = matches!(purpose, Purpose::Check(_)),
+    );
+    if proxied {
+        crate::otel::continue_trace(&span, request.headers());
+    }
+    // the trace of this request's audit events: its own, or with tracing off, the one a
+    // trusted proxy says it belongs to
+    let trace = crate::otel::trace_id(&span)
+        .or_else(|| proxied.then(|| crate::otel::incoming_trace_id(request.headers())).flatten())
+        .map(Arc::from);
+    let outcome = crate::otel::with_audit_trace(
+        trace,
+        tokio::time::timeout(state.server.request_timeout, run(state, request, &mut call)),
+    )
+    .instrument(span.clone())
+    .await;
     let response = match outcome {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => error.into_response(&call.request_id),
         Err(_) => ApiError::GatewayTimeout.into_response(&call.request_id),
     };
+    span.record("http.response.status_code", response.status().as_u16());
     finish(&call, response)
+}
+
+/// The longest request id taken from a trusted proxy.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The `x-request-id` a trusted proxy set: one value, of the characters request ids are
+/// made of (it is written in logs and headers), or none.
+fn proxied_request_id(headers: &http::HeaderMap) -> Option<String> {
+    let mut values = headers.get_all("x-request-id").iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let id = value.to_str().ok()?;
+    let well_formed = !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'='));
+    well_formed.then(|| id.to_owned())
 }
 
 /// The phase that always runs: the request id on the response, the request counted.
@@ -190,7 +242,7 @@ where
 
     // 3. authenticate
     let authn_started = Instant::now();
-    let identity = state.authn.authenticate(&parts.headers).await;
+    let identity = state.authn.authenticate(&parts.headers).instrument(tracing::info_span!("authenticate")).await;
     kept_histogram!("authz_authn_seconds").record(authn_started.elapsed().as_secs_f64());
     let identity = identity.map_err(|e| {
         tracing::info!(request_id, reason = e.label(), "unauthenticated");
@@ -199,10 +251,24 @@ where
     })?;
 
     // 4. route
-    let path = canonicalize(parts.uri.path()).map_err(|e| ApiError::BadRequest(e.0))?;
-    let matched = state.router.find(&parts.method, &path.decoded).ok_or(ApiError::NotFound)?;
+    let routing = tracing::info_span!("route", http.route = tracing::field::Empty, authz.route = tracing::field::Empty);
+    let (path, matched) = routing.in_scope(|| {
+        let path = canonicalize(parts.uri.path()).map_err(|e| ApiError::BadRequest(e.0))?;
+        let matched = state.router.find(&parts.method, &path.decoded).ok_or(ApiError::NotFound)?;
+        Ok::<_, ApiError>((path, matched))
+    })?;
     let route = matched.route.clone();
     call.route = Some(route.name.clone());
+    let request_span = tracing::Span::current();
+    if !request_span.is_disabled() {
+        let name = match call.purpose {
+            Purpose::Serve => format!("{} {}", parts.method, route.path),
+            Purpose::Check(_) => format!("check {} {}", parts.method, route.path),
+        };
+        crate::otel::rename(&request_span, name);
+        request_span.record("http.route", route.path.as_str());
+        routing.record("http.route", route.path.as_str()).record("authz.route", route.name.as_str());
+    }
     if matches!(call.purpose, Purpose::Check(_)) && !matches!(route.handler, Handler::Forward(_)) {
         tracing::info!(request_id, route = %route.name, "an external check of a route the sidecar answers itself; refused");
         return Err(ApiError::NotCheckable);
@@ -216,6 +282,14 @@ where
 
     // 5. authorize
     let authz_started = Instant::now();
+    let deciding = tracing::info_span!(
+        "decide",
+        authz.action = tracing::field::Empty,
+        authz.resource = tracing::field::Empty,
+        authz.decision = tracing::field::Empty,
+        authz.policies = tracing::field::Empty,
+        authz.snapshot = tracing::field::Empty,
+    );
     let refused = |e: context::OriginError| {
         tracing::info!(request_id, route = %route.name, error = %e, "request refused");
         ApiError::BadRequest(e.public())
@@ -270,7 +344,8 @@ where
             }
         }
         Box::pin(gather(directory, &snapshot, roots, &mut gathered)).await.err()
-    };
+    }
+    .instrument(deciding.clone());
     let revoked = async {
         let revocations = state.revocations.as_ref()?;
         Some(
@@ -278,7 +353,8 @@ where
                 .await
                 .map(|known| known.lost(identity.issued_at(), revocations.skew, now_secs())),
         )
-    };
+    }
+    .instrument(deciding.clone());
     let (mut gather_error, revoked) = tokio::join!(gathering, revoked);
     let (lost, revocations_unread) = match revoked {
         None => (Vec::new(), None),
@@ -312,7 +388,10 @@ where
     // what the principal (its token's groups) and the derived profile point at
     if let (Some(directory), Ok(requester), None) = (&state.directory, &requester, &gather_error) {
         let more = requester.references().iter().chain(derived.iter().flat_map(|d| d.references())).cloned();
-        gather_error = Box::pin(gather(directory, &snapshot, more.collect::<Vec<_>>(), &mut gathered)).await.err();
+        gather_error = Box::pin(gather(directory, &snapshot, more.collect::<Vec<_>>(), &mut gathered))
+            .instrument(deciding.clone())
+            .await
+            .err();
     }
     let unreachable = revocations_unread.is_some() || gather_error.as_ref().is_some_and(GatherError::is_unreachable);
     let question = match (revocations_unread, gather_error) {
@@ -335,8 +414,18 @@ where
         vpce: origin.vpce.clone(),
         ..Asked::default()
     };
-    let permitted = authorize(&state.engine, &snapshot, route.mode, asked, question);
+    let permitted = deciding.in_scope(|| authorize(&state.engine, &snapshot, route.mode, asked, question));
     kept_histogram!("authz_authz_seconds").record(authz_started.elapsed().as_secs_f64());
+    if !deciding.is_disabled() {
+        deciding.record("authz.action", uid_text(&authz.action)).record("authz.resource", uid_text(&resource));
+        match &permitted {
+            Ok(Permit { decision, vouched }) => deciding
+                .record("authz.decision", vouched.as_str())
+                .record("authz.policies", decision.policies.join(","))
+                .record("authz.snapshot", &*decision.snapshot),
+            Err(_) => deciding.record("authz.decision", "deny"),
+        };
+    }
     let Permit { decision, vouched } = permitted.map_err(|_| {
         if unreachable {
             tracing::warn!(request_id, route = %route.name, "the directory or the lifecycle table is unreachable; denied");
@@ -379,9 +468,24 @@ where
                 pass_authorization: upstream.pass_authorization,
             };
             let slots = call.upstreams.as_ref();
-            let outgoing =
-                Outgoing { method: parts.method, headers: parts.headers, path_and_query, body, vouch: &vouch, hygiene };
-            proxy::forward(client, slots, upstream, outgoing).await
+            let forwarding = tracing::info_span!(
+                "upstream",
+                otel.kind = "client",
+                http.request.method = %parts.method,
+                server.address = tracing::field::Empty,
+                http.response.status_code = tracing::field::Empty,
+            );
+            let mut headers = parts.headers;
+            if !forwarding.is_disabled() {
+                forwarding.record("server.address", upstream.base.host().unwrap_or_default());
+                crate::otel::propagate(&forwarding, &mut headers);
+            }
+            let outgoing = Outgoing { method: parts.method, headers, path_and_query, body, vouch: &vouch, hygiene };
+            let answer = proxy::forward(client, slots, upstream, outgoing).instrument(forwarding.clone()).await;
+            if let Ok(response) = &answer {
+                forwarding.record("http.response.status_code", response.status().as_u16());
+            }
+            answer
         }
         Handler::Presign(options) => {
             let presigner = state.presigner.as_ref().ok_or(ApiError::Internal)?;
@@ -390,7 +494,9 @@ where
                 _ => gathered.known_or_none(&snapshot, uid),
             };
             let target = resolve(known, &resource, resource.id().unescaped());
-            let result = Box::pin(presigner.presign(target, &identity.subject, options)).await;
+            let result = Box::pin(presigner.presign(target, &identity.subject, options))
+                .instrument(tracing::info_span!("presign"))
+                .await;
             if let Err(error) = &result {
                 tracing::warn!(request_id, route = %route.name, resource = %resource, error = %error, "presign failed");
             }
@@ -455,9 +561,13 @@ async fn account_pool(
         Operation::Validate(_) => pool.apply_over(&snapshot, &operation, request_id, entities),
         Operation::List(_) => {
             let (pool, id) = (pool.clone(), request_id.to_owned());
-            tokio::task::spawn_blocking(move || pool.apply_over(&snapshot, &operation, &id, entities))
-                .await
-                .map_err(|_| ApiError::Internal)?
+            let (span, trace) = (tracing::Span::current(), crate::otel::audit_trace());
+            tokio::task::spawn_blocking(move || {
+                let _entered = span.enter();
+                crate::otel::with_audit_trace_sync(trace, || pool.apply_over(&snapshot, &operation, &id, entities))
+            })
+            .await
+            .map_err(|_| ApiError::Internal)?
         }
     }
     .map_err(refused)?;

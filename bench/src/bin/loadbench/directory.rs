@@ -188,6 +188,7 @@ fn files(run_dir: &Path, entities: &Path, jwks: &Path, upstream: SocketAddr) -> 
         entities: entities.to_path_buf(),
         jwks: jwks.to_path_buf(),
         upstream,
+        ext_authz: None,
     })
 }
 

@@ -8,6 +8,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool: its report is its output")]
 
 mod directory;
+mod grpc;
 mod http1;
 mod oha;
 mod procs;
@@ -34,6 +35,9 @@ enum Command {
     Run(RunArgs),
     /// The entity directory at scale: a users table of 100,000 users, 1,000 active.
     Directory(directory::DirectoryArgs),
+    /// Load Envoy's gRPC `Check` on a sidecar's `ext_authz.grpc_listen` (what `run` uses
+    /// for its gRPC target) and print a JSON summary.
+    GrpcCheck(grpc::GrpcArgs),
     /// Write a new key's JWKS to a file and print a token signed by it (the benchmark's
     /// user and groups, valid for two hours), to profile by hand.
     Token {
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Directory(args) => report(directory::run(&args), args.out()),
+        Command::GrpcCheck(args) => report(grpc::run(&args), None),
         Command::Run(args) => report(scenario::run(&args), args.out.as_deref()),
     }
 }

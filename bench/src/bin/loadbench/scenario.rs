@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail, ensure};
 
 use crate::RunArgs;
+use crate::grpc;
 use crate::http1;
 use crate::oha::{self, Load, Target};
 use crate::procs::{Process, command_on, cpu_busy_ticks, free_addr};
@@ -68,6 +69,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
         entities: shipped.entities.clone(),
         jwks: jwks.clone(),
         upstream: upstream_addr,
+        ext_authz: Some((free_addr()?, free_addr()?)),
     };
     let (mut sidecar, ready) = start_sidecar(&tools, run_dir, "sidecar", &files)?;
     check_sidecar(files.listen, &token)?;
@@ -80,33 +82,41 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
         body: None,
         expect_status: 200,
     };
+    let (http_check, grpc_check) = files.ext_authz.context("the main sidecar has its check listeners")?;
+    check_ext_authz(http_check, grpc_check, &token)?;
     let targets = [
-        ("upstream alone (hyper)", studio(upstream_addr, setup::gateway_headers())),
-        ("nginx → upstream (no authorization)", studio(nginx_addr, setup::gateway_headers())),
-        ("authz-sidecar → upstream (JWT + Cedar + forward)", studio(files.listen, setup::studio_headers(&token))),
+        ("upstream alone (hyper)", Measure::Oha(studio(upstream_addr, setup::gateway_headers()))),
+        ("nginx → upstream (no authorization)", Measure::Oha(studio(nginx_addr, setup::gateway_headers()))),
+        (
+            "authz-sidecar → upstream (JWT + Cedar + forward)",
+            Measure::Oha(studio(files.listen, setup::studio_headers(&token))),
+        ),
         (
             "authz-sidecar account-pool validate (no upstream)",
-            Target {
+            Measure::Oha(Target {
                 url: format!("http://{}/datazone/account-pool", files.listen),
                 method: "POST",
                 headers: setup::studio_headers(&token),
                 body: Some(setup::validate_event()),
                 expect_status: 200,
-            },
+            }),
         ),
+        (
+            "authz-sidecar Envoy check, HTTP (JWT + Cedar, 200)",
+            Measure::Oha(studio(http_check, setup::studio_headers(&token))),
+        ),
+        ("authz-sidecar Envoy check, gRPC (JWT + Cedar, OK)", Measure::Grpc(grpc_check)),
     ];
     let mut report = Report::new(setup::machine(), versions(&tools), args);
     for (name, target) in &targets {
         eprintln!("loadbench: {name}");
+        let measure = |load: Load| match target {
+            Measure::Oha(target) => oha::measure(&tools.oha, tools.load_cpu, target, load, args.duration),
+            Measure::Grpc(addr) => grpc::measure(&tools.me, tools.load_cpu, *addr, &token, load, args.duration),
+        };
         let busy_before = tools.server_cpu.and_then(cpu_busy_ticks);
-        let saturated = oha::measure(
-            &tools.oha,
-            tools.load_cpu,
-            target,
-            Load::Saturate { connections: args.connections },
-            args.duration,
-        )
-        .with_context(|| format!("{name}, saturation"))?;
+        let saturated =
+            measure(Load::Saturate { connections: args.connections }).with_context(|| format!("{name}, saturation"))?;
         let busy_after = tools.server_cpu.and_then(cpu_busy_ticks);
         // clock ticks are 1/100 s (Linux's USER_HZ)
         let cpu_us = match (busy_before, busy_after) {
@@ -118,10 +128,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
         let mut at_rates = Vec::new();
         for &rate in &args.rates {
             let load = Load::Rate { rate, connections: args.connections };
-            at_rates.push(
-                oha::measure(&tools.oha, tools.load_cpu, target, load, args.duration)
-                    .with_context(|| format!("{name}, {rate}/s"))?,
-            );
+            at_rates.push(measure(load).with_context(|| format!("{name}, {rate}/s"))?);
         }
         report.main.push(MainRow { name: (*name).to_owned(), saturated, at_rates, cpu_us });
     }
@@ -132,7 +139,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
 
     if let Some(forward) = report.main.iter().find(|r| r.name.starts_with("authz-sidecar →")) {
         let offered = (forward.saturated.rps * OVERLOAD_FACTOR) as u32;
-        let fresh = SidecarFiles { listen: free_addr()?, admin: free_addr()?, ..files.clone() };
+        let fresh = SidecarFiles { listen: free_addr()?, admin: free_addr()?, ext_authz: None, ..files.clone() };
         report.overload = Some(overload(&tools, args, run_dir, &fresh, &token, offered)?);
     }
 
@@ -142,6 +149,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
     drop(nginx);
     drop(upstream);
     Ok(report.render())
+}
+
+/// How a target of the main table is loaded: oha for HTTP, this binary for gRPC.
+enum Measure {
+    Oha(Target),
+    Grpc(SocketAddr),
 }
 
 /// The studio route of the sidecar on `listen`, as user-1 through the gateway.
@@ -233,6 +246,7 @@ fn sweep(
             admin: free_addr()?,
             policies: policy_dir,
             entities: entity_dir,
+            ext_authz: None,
             ..base.clone()
         };
         let (mut sidecar, _) = start_sidecar(tools, run_dir, &name, &files)?;
@@ -264,6 +278,7 @@ fn workload_files(base: &SidecarFiles, dir: &Path, policies: usize, entities: us
         admin: free_addr()?,
         policies: policy_dir,
         entities: entity_dir,
+        ext_authz: None,
         ..base.clone()
     })
 }
@@ -307,6 +322,26 @@ fn check_sidecar(addr: SocketAddr, token: &str) -> anyhow::Result<()> {
         validate.body
     );
     Ok(())
+}
+
+/// Both check listeners allow the measured request and deny one without a token.
+fn check_ext_authz(http: SocketAddr, grpc: SocketAddr, token: &str) -> anyhow::Result<()> {
+    let allowed = http1::request(http, "GET", setup::STUDIO_PATH, &setup::studio_headers(token), "")?;
+    ensure!(allowed.status == 200, "the HTTP check of the measured request answered {}", allowed.status);
+    let anonymous = http1::request(http, "GET", setup::STUDIO_PATH, &setup::gateway_headers(), "")?;
+    ensure!(anonymous.status == 401, "an HTTP check without a token answered {}", anonymous.status);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut client = grpc::client(grpc).await?;
+        ensure!(grpc::allowed(&mut client, grpc::studio_check(token)).await?, "the gRPC check is not allowed");
+        let mut anonymous = grpc::studio_check(token);
+        if let Some(http) = anonymous.attributes.as_mut().and_then(|a| a.request.as_mut()).and_then(|r| r.http.as_mut())
+        {
+            http.headers.remove("authorization");
+        }
+        ensure!(!grpc::allowed(&mut client, anonymous).await?, "a gRPC check without a token is allowed");
+        Ok(())
+    })
 }
 
 fn check_forwarded(addr: SocketAddr) -> anyhow::Result<()> {

@@ -71,6 +71,8 @@ pub struct SidecarFiles {
     pub entities: PathBuf,
     pub jwks: PathBuf,
     pub upstream: SocketAddr,
+    /// Envoy's external authorization listeners, HTTP and gRPC, when measured.
+    pub ext_authz: Option<(SocketAddr, SocketAddr)>,
 }
 
 /// The sidecar's configuration: the embedded default's principal mapping and context,
@@ -118,7 +120,10 @@ name = "account-pool"
 method = "POST"
 path = "/datazone/account-pool"
 handler = "account_pool"
-"#,
+{ext_authz}"#,
+        ext_authz = files.ext_authz.map_or_else(String::new, |(http, grpc)| format!(
+            "\n[ext_authz]\nhttp_listen = \"{http}\"\ngrpc_listen = \"{grpc}\"\n"
+        )),
         listen = files.listen,
         admin = files.admin,
         policies = files.policies.display(),
