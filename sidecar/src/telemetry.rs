@@ -118,16 +118,20 @@ where
     // spans are for traces: a log line never shows them, whether or not traces are on
     let logs = logs.with_filter(filter.and(tracing_subscriber::filter::filter_fn(|m| !m.is_span())));
     let subscriber = tracing_subscriber::registry().with(logs);
-    let (traces, exporting) = match traces {
+    // A second init (tests run several commands in one process) keeps the first. No
+    // traces, no layer at all: an absent layer (`None`) would still let every span of
+    // every crate be created and kept, to no one's use.
+    match traces {
         Some(config) => {
             let (layer, exporting) = crate::otel::layer(config)?;
-            (Some(layer), Some(exporting))
+            let _ = subscriber.with(layer).try_init();
+            Ok(Some(exporting))
         }
-        None => (None, None),
-    };
-    // A second init (tests run several commands in one process) keeps the first.
-    let _ = subscriber.with(traces).try_init();
-    Ok(exporting)
+        None => {
+            let _ = subscriber.try_init();
+            Ok(None)
+        }
+    }
 }
 
 /// The background writer's count of dropped lines (see [`LogOverflow::Drop`]).

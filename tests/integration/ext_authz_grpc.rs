@@ -225,14 +225,7 @@ fn http(request: &mut CheckRequest) -> &mut HttpRequest {
 
 /// POST `body` to the Check method as a raw gRPC call; its `grpc-status`.
 async fn raw_grpc(addr: SocketAddr, body: Vec<u8>) -> String {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = crate::harness::http2(addr).await;
     let request = http::Request::post(format!("http://{addr}/envoy.service.auth.v3.Authorization/Check"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")

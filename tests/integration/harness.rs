@@ -384,6 +384,17 @@ pub async fn request(
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// An HTTP/2 connection (prior knowledge, no TLS) to `addr`, driven in the background.
+pub async fn http2(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, http::HeaderMap, String) {
     request(addr, "GET", path, headers, Vec::new()).await
 }

@@ -433,14 +433,7 @@ async fn requests_beyond_the_concurrency_limit_are_shed_with_429() {
 async fn http2_is_served_too() {
     use http_body_util::{BodyExt, Full};
     let sidecar = Sidecar::start(Setup::default()).await.ready().await;
-    let stream = tokio::net::TcpStream::connect(sidecar.data).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = crate::harness::http2(sidecar.data).await;
     let request = http::Request::get(format!("http://{}{ALLOWED}", sidecar.data))
         .header("authorization", format!("Bearer {}", token("user-1", &["Team1"])))
         .header("x-amzn-vpce-id", "vpce-0a1a000000000001a")

@@ -173,12 +173,8 @@ fn audits(ws: &Workspace) -> Vec<Value> {
         .collect()
 }
 
-/// user-1's request through the gateway, carrying `traceparent` when given.
-async fn studio(data: SocketAddr, traceparent: Option<&str>) -> u16 {
-    studio_with(data, traceparent, &[]).await.0
-}
-
-/// The same with `more` headers; the status and the response's `x-request-id`.
+/// user-1's request through the gateway, carrying `traceparent` when given and `more`
+/// headers; the status and the response's `x-request-id`.
 async fn studio_with(data: SocketAddr, traceparent: Option<&str>, more: &[(&str, &str)]) -> (u16, String) {
     let auth = format!("Bearer {}", token("user-1", &["Team1"]));
     let mut headers = vec![
@@ -212,8 +208,12 @@ async fn a_request_from_a_trusted_proxy_continues_its_trace_in_spans_upstream_an
     assert!(names.iter().any(|n| n.starts_with("authz-otlp")), "no export thread: {names:?}");
 
     let caller = format!("00-{TRACE}-{CALLER_SPAN}-01");
-    assert_eq!(studio(running.data, Some(&caller)).await, 200);
-    // the upstream is told of the same trace, under the sidecar's upstream span
+    let (status, _) = studio_with(running.data, Some(&caller), &[("tracestate", "gateway=ab12")]).await;
+    assert_eq!(status, 200);
+    // the upstream is told of the same trace, under the sidecar's upstream span, with
+    // the caller's trace state
+    let state = upstream.requests.lock().unwrap().last().and_then(|r| r.headers.get("tracestate").cloned());
+    assert_eq!(state.as_ref().and_then(|v| v.to_str().ok()), Some("gateway=ab12"));
     let sent = upstream_traceparent(&upstream).expect("a traceparent upstream");
     let parts: Vec<&str> = sent.split('-').collect();
     assert_eq!((parts[0], parts[1], parts[3]), ("00", TRACE, "01"), "{sent}");

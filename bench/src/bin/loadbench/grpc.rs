@@ -1,8 +1,9 @@
 //! A load generator for Envoy's gRPC `Check` (oha speaks HTTP only): the `CheckRequest`
 //! Envoy sends for the benchmark's Studio request, over a few HTTP/2 connections as an
 //! Envoy's workers hold them, either as fast as `concurrency` calls in flight allow or
-//! at a fixed rate with latency measured from each call's scheduled start (corrected for
-//! coordinated omission, as oha's `--latency-correction`). It runs as its own process
+//! at a fixed rate with latency measured from each call's scheduled start when the
+//! server kept its worker past it (corrected for coordinated omission, as oha's
+//! `--latency-correction`). It runs as its own process
 //! (`loadbench grpc-check`), so that `--pin` puts it on the load generator's CPU, and
 //! prints one JSON summary that [`measure`] reads.
 
@@ -120,13 +121,21 @@ async fn drive(args: &GrpcArgs) -> anyhow::Result<serde_json::Value> {
         workers.spawn(async move {
             let (mut latencies, mut denied) = (Vec::new(), 0u64);
             loop {
-                // with a rate, each call has its slot, and its latency counts from there
+                // with a rate, each call has its slot: a call whose worker was still
+                // waiting on the server at its slot counts from the slot (the server's
+                // delay, coordinated omission); one whose worker was idle counts from
+                // when it was sent, so the timer's own lateness (its wheel ticks in
+                // milliseconds) is not counted as the server's
                 let scheduled = match rate {
                     Some(rate) => {
                         let slot = next.fetch_add(1, Ordering::Relaxed);
                         let at = started + Duration::from_secs_f64(slot as f64 / f64::from(rate));
-                        tokio::time::sleep_until(at.into()).await;
-                        at
+                        if Instant::now() >= at {
+                            at
+                        } else {
+                            tokio::time::sleep_until(at.into()).await;
+                            Instant::now()
+                        }
                     }
                     None => Instant::now(),
                 };
