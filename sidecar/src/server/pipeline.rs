@@ -22,8 +22,9 @@
 //! An external authorization check (Envoy asking, in either of its forms, see
 //! [`super::ext_authz`]) runs the same phases on the request Envoy describes, and stops
 //! before 6: allowed, it answers 200 with the headers the sidecar vouches with;
-//! otherwise with the same error as the data plane. Only a route that forwards can be checked: one whose handler answers
-//! itself (presign, account pool, membership events) is refused, never allowed.
+//! otherwise with the same error as the data plane. Only a route that forwards can be
+//! checked: one whose handler answers itself (presign, account pool, membership events)
+//! is refused, never allowed.
 
 use std::net::SocketAddr;
 use std::str::FromStr;

@@ -189,6 +189,7 @@ fn files(run_dir: &Path, entities: &Path, jwks: &Path, upstream: SocketAddr) -> 
         jwks: jwks.to_path_buf(),
         upstream,
         ext_authz: None,
+        otlp: None,
     })
 }
 

@@ -70,6 +70,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
         jwks: jwks.clone(),
         upstream: upstream_addr,
         ext_authz: Some((free_addr()?, free_addr()?)),
+        otlp: None,
     };
     let (mut sidecar, ready) = start_sidecar(&tools, run_dir, "sidecar", &files)?;
     check_sidecar(files.listen, &token)?;
@@ -84,6 +85,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
     };
     let (http_check, grpc_check) = files.ext_authz.context("the main sidecar has its check listeners")?;
     check_ext_authz(http_check, grpc_check, &token)?;
+
     let targets = [
         ("upstream alone (hyper)", Measure::Oha(studio(upstream_addr, setup::gateway_headers()))),
         ("nginx → upstream (no authorization)", Measure::Oha(studio(nginx_addr, setup::gateway_headers()))),
@@ -108,7 +110,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
         ("authz-sidecar Envoy check, gRPC (JWT + Cedar, OK)", Measure::Grpc(grpc_check)),
     ];
     let mut report = Report::new(setup::machine(), versions(&tools), args);
-    for (name, target) in &targets {
+    let row = |name: &str, target: &Measure| -> anyhow::Result<MainRow> {
         eprintln!("loadbench: {name}");
         let measure = |load: Load| match target {
             Measure::Oha(target) => oha::measure(&tools.oha, tools.load_cpu, target, load, args.duration),
@@ -130,16 +132,38 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
             let load = Load::Rate { rate, connections: args.connections };
             at_rates.push(measure(load).with_context(|| format!("{name}, {rate}/s"))?);
         }
-        report.main.push(MainRow { name: (*name).to_owned(), saturated, at_rates, cpu_us });
+        Ok(MainRow { name: name.to_owned(), saturated, at_rates, cpu_us })
+    };
+    for (name, target) in &targets {
+        report.main.push(row(name, target)?);
     }
     sidecar.check_running()?;
     report.sidecar_ready = Some(ready);
     report.sidecar_rss_kib = sidecar.memory_kib();
     drop(sidecar);
 
+    // the forward path with every span exported (the upstream as its collector), on a
+    // sidecar of its own that runs only for its row, shown beside the untraced one
+    let traced_files = SidecarFiles {
+        listen: free_addr()?,
+        admin: free_addr()?,
+        ext_authz: None,
+        otlp: Some(upstream_addr),
+        ..files.clone()
+    };
+    let (mut traced, _) = start_sidecar(&tools, run_dir, "traced", &traced_files)?;
+    check_sidecar(traced_files.listen, &token)?;
+    let name = "authz-sidecar → upstream, traced (every span exported over OTLP)";
+    let traced_row = row(name, &Measure::Oha(studio(traced_files.listen, setup::studio_headers(&token))))?;
+    traced.check_running()?;
+    drop(traced);
+    let after_forward = report.main.iter().position(|r| r.name.starts_with("authz-sidecar →")).map_or(0, |i| i + 1);
+    report.main.insert(after_forward, traced_row);
+
     if let Some(forward) = report.main.iter().find(|r| r.name.starts_with("authz-sidecar →")) {
         let offered = (forward.saturated.rps * OVERLOAD_FACTOR) as u32;
-        let fresh = SidecarFiles { listen: free_addr()?, admin: free_addr()?, ext_authz: None, ..files.clone() };
+        let fresh =
+            SidecarFiles { listen: free_addr()?, admin: free_addr()?, ext_authz: None, otlp: None, ..files.clone() };
         report.overload = Some(overload(&tools, args, run_dir, &fresh, &token, offered)?);
     }
 
@@ -247,6 +271,7 @@ fn sweep(
             policies: policy_dir,
             entities: entity_dir,
             ext_authz: None,
+            otlp: None,
             ..base.clone()
         };
         let (mut sidecar, _) = start_sidecar(tools, run_dir, &name, &files)?;
@@ -279,6 +304,7 @@ fn workload_files(base: &SidecarFiles, dir: &Path, policies: usize, entities: us
         policies: policy_dir,
         entities: entity_dir,
         ext_authz: None,
+        otlp: None,
         ..base.clone()
     })
 }

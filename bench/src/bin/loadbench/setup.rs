@@ -73,6 +73,8 @@ pub struct SidecarFiles {
     pub upstream: SocketAddr,
     /// Envoy's external authorization listeners, HTTP and gRPC, when measured.
     pub ext_authz: Option<(SocketAddr, SocketAddr)>,
+    /// An OTLP/HTTP traces receiver, when the sidecar exports traces.
+    pub otlp: Option<SocketAddr>,
 }
 
 /// The sidecar's configuration: the embedded default's principal mapping and context,
@@ -120,9 +122,13 @@ name = "account-pool"
 method = "POST"
 path = "/datazone/account-pool"
 handler = "account_pool"
-{ext_authz}"#,
+{ext_authz}{tracing}"#,
         ext_authz = files.ext_authz.map_or_else(String::new, |(http, grpc)| format!(
             "\n[ext_authz]\nhttp_listen = \"{http}\"\ngrpc_listen = \"{grpc}\"\n"
+        )),
+        tracing = files.otlp.map_or_else(String::new, |otlp| format!(
+            "\n[tracing]\notlp_endpoint = \"http://{otlp}{}\"\n",
+            crate::upstream::OTLP_TRACES
         )),
         listen = files.listen,
         admin = files.admin,
