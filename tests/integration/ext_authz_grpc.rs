@@ -4,14 +4,11 @@
 
 use std::net::SocketAddr;
 
-use envoy_types::ext_authz::v3::pb::{
-    Address, CheckRequest, CheckResponse, HeaderAppendAction, HttpResponse, OkHttpResponse,
-};
-use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-use envoy_types::pb::envoy::config::core::v3::{self as core, SocketAddress};
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use authz_sidecar::server::ext_authz::grpc::envoy_check;
+use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HeaderAppendAction, HttpResponse, OkHttpResponse};
+use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::service::auth::v3::DeniedHttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use http_body_util::BodyExt;
 
@@ -20,35 +17,9 @@ use crate::harness::token;
 
 /// What Envoy's `grpc_service` sends for a client request from `source`.
 fn check(method: &str, path: &str, headers: &[(&str, &str)], source: &str) -> CheckRequest {
-    let http = HttpRequest {
-        method: method.to_owned(),
-        path: path.to_owned(),
-        // Envoy sends the pseudo-headers in the map too
-        headers: [(":method", method), (":path", path), (":authority", "studio.example.com")]
-            .iter()
-            .chain(headers)
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-        protocol: "HTTP/1.1".to_owned(),
-        ..HttpRequest::default()
-    };
-    let source = Peer {
-        address: Some(core::Address {
-            address: Some(Address::SocketAddress(SocketAddress {
-                address: source.to_owned(),
-                port_specifier: Some(PortSpecifier::PortValue(51_234)),
-                ..SocketAddress::default()
-            })),
-        }),
-        ..Peer::default()
-    };
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(source),
-            request: Some(Request { http: Some(http), ..Request::default() }),
-            ..AttributeContext::default()
-        }),
-    }
+    let source = format!("{source}:51234").parse().unwrap();
+    let more = [(":authority", "studio.example.com")];
+    envoy_check(method, path, &more.iter().chain(headers).copied().collect::<Vec<_>>(), Some(source))
 }
 
 async fn client(addr: SocketAddr) -> AuthorizationClient<tonic::transport::Channel> {

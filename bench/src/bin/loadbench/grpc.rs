@@ -14,11 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use envoy_types::ext_authz::v3::pb::{Address, CheckRequest, HttpResponse};
-use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-use envoy_types::pb::envoy::config::core::v3::{self as core, SocketAddress};
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use authz_sidecar::server::ext_authz::grpc::envoy_check;
+use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use tonic::transport::Channel;
 
@@ -49,38 +46,11 @@ pub struct GrpcArgs {
 /// The check Envoy sends for the benchmark's Studio request, arriving from the gateway
 /// (a trusted proxy) with the client's address and the VPC endpoint in its headers.
 pub fn studio_check(token: &str) -> CheckRequest {
-    let mut headers: std::collections::HashMap<String, String> = setup::studio_headers(token).into_iter().collect();
-    headers.extend([
-        (":method".to_owned(), "GET".to_owned()),
-        (":path".to_owned(), setup::STUDIO_PATH.to_owned()),
-        (":authority".to_owned(), "studio.example.com".to_owned()),
-        ("user-agent".to_owned(), "loadbench".to_owned()),
-    ]);
-    let http = HttpRequest {
-        method: "GET".to_owned(),
-        path: setup::STUDIO_PATH.to_owned(),
-        host: "studio.example.com".to_owned(),
-        protocol: "HTTP/1.1".to_owned(),
-        headers,
-        ..HttpRequest::default()
-    };
-    let source = Peer {
-        address: Some(core::Address {
-            address: Some(Address::SocketAddress(SocketAddress {
-                address: "127.0.0.1".to_owned(),
-                port_specifier: Some(PortSpecifier::PortValue(40_000)),
-                ..SocketAddress::default()
-            })),
-        }),
-        ..Peer::default()
-    };
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(source),
-            request: Some(Request { http: Some(http), ..Request::default() }),
-            ..AttributeContext::default()
-        }),
-    }
+    let headers = setup::studio_headers(token);
+    let mut headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    headers.extend([(":authority", "studio.example.com"), ("user-agent", "loadbench")]);
+    let gateway = SocketAddr::from(([127, 0, 0, 1], 40_000));
+    envoy_check("GET", setup::STUDIO_PATH, &headers, Some(gateway))
 }
 
 /// A client of the `Check` service at `addr`.

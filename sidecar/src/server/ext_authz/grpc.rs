@@ -205,6 +205,41 @@ fn headers(http: &HttpRequest) -> Result<HeaderMap, Malformed> {
     Ok(headers)
 }
 
+/// The `CheckRequest` Envoy sends for a client request from `source` (with the
+/// pseudo-headers in the map, as Envoy sends them): for tools, load generators and tests
+/// that speak for Envoy. [`described`] reads it back.
+pub fn envoy_check(method: &str, path: &str, headers: &[(&str, &str)], source: Option<SocketAddr>) -> CheckRequest {
+    use envoy_types::pb::envoy::config::core::v3::{Address as EnvoyAddress, SocketAddress};
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{Peer, Request as Described};
+
+    let pseudo = [(":method", method), (":path", path)];
+    let http = HttpRequest {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        headers: pseudo.iter().chain(headers).map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        protocol: "HTTP/1.1".to_owned(),
+        ..HttpRequest::default()
+    };
+    let source = source.map(|source| Peer {
+        address: Some(EnvoyAddress {
+            address: Some(Address::SocketAddress(SocketAddress {
+                address: source.ip().to_string(),
+                port_specifier: Some(PortSpecifier::PortValue(u32::from(source.port()))),
+                ..SocketAddress::default()
+            })),
+        }),
+        ..Peer::default()
+    });
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source,
+            request: Some(Described { http: Some(http), ..Described::default() }),
+            ..AttributeContext::default()
+        }),
+    }
+}
+
 /// The data plane's answer to a check (the HTTP form's) in Envoy's gRPC shape.
 async fn check_response(answer: Response<Body>) -> CheckResponse {
     let (parts, body) = answer.into_parts();
@@ -280,34 +315,19 @@ fn grpc_code(status: StatusCode) -> tonic::Code {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_types::pb::envoy::config::core::v3::{HeaderMap as EnvoyHeaderMap, SocketAddress};
-    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
-    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{Peer, Request as AttrRequest};
+    use envoy_types::pb::envoy::config::core::v3::HeaderMap as EnvoyHeaderMap;
 
     fn check(method: &str, path: &str, headers: &[(&str, &str)], source: Option<&str>) -> CheckRequest {
-        let http = HttpRequest {
-            method: method.to_owned(),
-            path: path.to_owned(),
-            headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
-            ..HttpRequest::default()
-        };
-        let source = source.map(|address| Peer {
-            address: Some(envoy_types::pb::envoy::config::core::v3::Address {
-                address: Some(Address::SocketAddress(SocketAddress {
-                    address: address.to_owned(),
-                    port_specifier: Some(PortSpecifier::PortValue(40_000)),
-                    ..SocketAddress::default()
-                })),
-            }),
-            ..Peer::default()
-        });
-        CheckRequest {
-            attributes: Some(AttributeContext {
-                source,
-                request: Some(AttrRequest { http: Some(http), ..AttrRequest::default() }),
-                ..AttributeContext::default()
-            }),
+        let mut check = envoy_check(method, path, headers, source.map(|_| "127.0.0.1:40000".parse().unwrap()));
+        // an address as Envoy could write it, valid or not
+        if let (Some(source), Some(Address::SocketAddress(socket))) = (source, socket_of(&mut check)) {
+            source.clone_into(&mut socket.address);
         }
+        check
+    }
+
+    fn socket_of(check: &mut CheckRequest) -> Option<&mut Address> {
+        check.attributes.as_mut()?.source.as_mut()?.address.as_mut()?.address.as_mut()
     }
 
     #[test]
@@ -346,19 +366,17 @@ mod tests {
             Malformed::HeaderValue(HeaderName::from_static("x-a"))
         );
         let mut port = ok();
-        if let Some(Address::SocketAddress(socket)) = port
-            .attributes
-            .as_mut()
-            .and_then(|a| a.source.as_mut())
-            .and_then(|p| p.address.as_mut())
-            .and_then(|a| a.address.as_mut())
-        {
+        if let Some(Address::SocketAddress(socket)) = socket_of(&mut port) {
             socket.port_specifier = Some(PortSpecifier::PortValue(70_000));
         }
         assert_eq!(described(&port).unwrap_err(), Malformed::Source);
         let raw = |headers: Vec<EnvoyHeader>, map: &[(&str, &str)]| {
             let mut request = check("GET", "/a", map, Some("10.0.0.1"));
             let http = request.attributes.as_mut().unwrap().request.as_mut().unwrap().http.as_mut().unwrap();
+            // with `encode_raw_headers`, Envoy sends every header (pseudo ones too) in the list
+            if map.is_empty() {
+                http.headers.clear();
+            }
             http.header_map = Some(EnvoyHeaderMap { headers });
             described(&request)
         };
