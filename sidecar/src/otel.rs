@@ -109,14 +109,16 @@ where
     Ok((layer, Exporting { provider }))
 }
 
-/// Make `span` continue the trace `headers` carry (`traceparent`, `tracestate`), when
-/// they carry a valid one. Only for headers a trusted proxy passes on: anyone else
-/// starts a trace of their own.
-pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
-    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-    if parent.span().span_context().is_valid() {
-        let _ = span.set_parent(parent);
-    }
+/// The trace a caller's `traceparent` and `tracestate` name, when valid. Only for
+/// headers a trusted proxy passes on: anyone else starts a trace of their own.
+pub fn caller_trace(headers: &HeaderMap) -> Option<opentelemetry::Context> {
+    let context = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    context.span().span_context().is_valid().then_some(context)
+}
+
+/// Make `span` continue `caller`'s trace.
+pub fn continue_trace(span: &tracing::Span, caller: opentelemetry::Context) {
+    let _ = span.set_parent(caller);
 }
 
 /// Write `span`'s trace context into `headers` (over any `traceparent` and `tracestate`
@@ -139,15 +141,13 @@ pub fn rename(span: &tracing::Span, name: String) {
 
 /// The trace id of `span` (32 hex digits), when it is recorded.
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    span_context.is_valid().then(|| span_context.trace_id().to_string())
+    trace_id_of(&span.context())
 }
 
-/// The trace id of the `traceparent` in `headers`, when valid.
-pub fn incoming_trace_id(headers: &HeaderMap) -> Option<String> {
-    let context = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-    let span_context = context.span().span_context().clone();
+/// The trace id of `context` (32 hex digits), when it has a valid one.
+pub fn trace_id_of(context: &opentelemetry::Context) -> Option<String> {
+    let span = context.span();
+    let span_context = span.span_context();
     span_context.is_valid().then(|| span_context.trace_id().to_string())
 }
 
@@ -190,16 +190,19 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for AwsTraceContext
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
         let trace = tracing::Span::current().context();
         if trace.span().span_context().is_valid() {
-            let mut headers = HeaderMap::new();
-            TraceContextPropagator::new().inject_context(&trace, &mut HeaderInjector(&mut headers));
             let outgoing = context.request_mut().headers_mut();
-            for (name, value) in &headers {
-                if let Ok(value) = value.to_str() {
-                    outgoing.insert(name.as_str().to_owned(), value.to_owned());
-                }
-            }
+            TraceContextPropagator::new().inject_context(&trace, &mut SmithyInjector(outgoing));
         }
         Ok(())
+    }
+}
+
+/// The AWS SDK's request headers, as the propagator writes them.
+struct SmithyInjector<'a>(&'a mut aws_smithy_runtime_api::http::Headers);
+
+impl opentelemetry::propagation::Injector for SmithyInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
     }
 }
 
@@ -265,7 +268,8 @@ mod tests {
     fn a_valid_traceparent_is_read_and_anything_else_is_not() {
         let mut headers = HeaderMap::new();
         headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
-        assert_eq!(incoming_trace_id(&headers).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        let caller = caller_trace(&headers).expect("a valid traceparent");
+        assert_eq!(trace_id_of(&caller).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
@@ -273,7 +277,7 @@ mod tests {
             "garbage",
         ] {
             headers.insert("traceparent", bad.parse().unwrap());
-            assert_eq!(incoming_trace_id(&headers), None, "{bad}");
+            assert!(caller_trace(&headers).is_none(), "{bad}");
         }
     }
 

@@ -162,14 +162,14 @@ where
         authz.request_id = %call.request_id,
         authz.check = matches!(purpose, Purpose::Check(_)),
     );
-    if proxied {
-        crate::otel::continue_trace(&span, request.headers());
-    }
+    let caller = if proxied { crate::otel::caller_trace(request.headers()) } else { None };
     // the trace of this request's audit events: its own, or with tracing off, the one a
     // trusted proxy says it belongs to
-    let trace = crate::otel::trace_id(&span)
-        .or_else(|| proxied.then(|| crate::otel::incoming_trace_id(request.headers())).flatten())
-        .map(Arc::from);
+    let callers_id = caller.as_ref().and_then(crate::otel::trace_id_of);
+    if let Some(caller) = caller {
+        crate::otel::continue_trace(&span, caller);
+    }
+    let trace = crate::otel::trace_id(&span).or(callers_id).map(Arc::from);
     let outcome = crate::otel::with_audit_trace(
         trace,
         tokio::time::timeout(state.server.request_timeout, run(state, request, &mut call)),
