@@ -574,3 +574,35 @@ async fn account_pool(
     .map_err(refused)?;
     Ok(json_response(http::StatusCode::OK, answer.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// A proxy's request id is taken exactly as sent, or not at all: never cut,
+        /// never with a character a log line or a header could be broken by.
+        #[test]
+        fn a_request_id_is_taken_whole_or_not_at_all(id in "[ -~\\u{80}-\\u{ff}]{0,140}", twice in proptest::bool::ANY) {
+            let mut headers = http::HeaderMap::new();
+            let Ok(value) = HeaderValue::from_str(&id) else { return Ok(()) };
+            headers.append("x-request-id", value.clone());
+            if twice {
+                headers.append("x-request-id", value);
+            }
+            match proxied_request_id(&headers) {
+                Some(taken) => {
+                    proptest::prop_assert!(!twice, "one of two values was taken");
+                    proptest::prop_assert_eq!(&taken, &id);
+                    proptest::prop_assert!(taken.len() <= MAX_REQUEST_ID);
+                    proptest::prop_assert!(taken.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'));
+                }
+                None => {
+                    let plain = !id.is_empty() && id.len() <= MAX_REQUEST_ID
+                        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b));
+                    proptest::prop_assert!(twice || !plain, "{:?} was refused", id);
+                }
+            }
+        }
+    }
+}

@@ -124,7 +124,7 @@ pub enum Malformed {
     NoHttpRequest,
     #[error("the check's method is not an HTTP method")]
     Method,
-    #[error("the check's path is not a request target that starts with `/`")]
+    #[error("the check's path is not a request target that starts with `/` (without a fragment)")]
     Path,
     #[error("the check names no source address (attributes.source.address.socket_address)")]
     NoSource,
@@ -146,7 +146,9 @@ pub fn described(check: &CheckRequest) -> Result<(Request<Empty<Bytes>>, SocketA
     let http =
         attributes.and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref()).ok_or(Malformed::NoHttpRequest)?;
     let method = Method::from_bytes(http.method.as_bytes()).map_err(|_| Malformed::Method)?;
-    if !http.path.starts_with('/') {
+    // a fragment is never sent (Envoy's field says so): one here would be dropped from
+    // the target checked, which would then not be the target asked about
+    if !http.path.starts_with('/') || http.path.contains('#') {
         return Err(Malformed::Path);
     }
     let uri = Uri::builder().path_and_query(http.path.as_str()).build().map_err(|_| Malformed::Path)?;
@@ -352,7 +354,7 @@ mod tests {
         assert_eq!(described(&CheckRequest::default()).unwrap_err(), Malformed::NoHttpRequest);
         assert_eq!(described(&check("G ET", "/a", &[], Some("10.0.0.1"))).unwrap_err(), Malformed::Method);
         assert_eq!(described(&check("", "/a", &[], Some("10.0.0.1"))).unwrap_err(), Malformed::Method);
-        for path in ["", "a", "*", "http://x/a", "/a b", "/a\u{7f}"] {
+        for path in ["", "a", "*", "http://x/a", "/a b", "/a\u{7f}", "/a#b"] {
             assert_eq!(described(&check("GET", path, &[], Some("10.0.0.1"))).unwrap_err(), Malformed::Path, "{path:?}");
         }
         assert_eq!(described(&check("GET", "/a", &[], None)).unwrap_err(), Malformed::NoSource);
@@ -424,6 +426,32 @@ mod tests {
             assert_eq!(denied.body, r#"{"error":"forbidden"}"#);
             let names: Vec<_> = denied.headers.iter().map(|h| h.header.as_ref().unwrap().key.as_str()).collect();
             assert_eq!(names, ["content-type"], "Envoy frames the body itself");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever headers, method and path a `CheckRequest` carries, it is either
+        /// refused or read as exactly what it says: the method and target, every header
+        /// it names (pseudo-headers aside) with its value, and nothing else.
+        #[test]
+        fn a_check_is_refused_or_read_exactly(
+            method in "[A-Za-z!#%&*+.^_-]{0,8}|G ET|GET\u{0}",
+            path in "/[ -~]{0,12}|[a-z*]{0,3}",
+            headers in proptest::collection::btree_map("[a-zA-Z0-9:_ -]{0,6}", "[ -~\t\r\n\u{80}-\u{ff}]{0,8}", 0..6),
+        ) {
+            let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let check = envoy_check(&method, &path, &pairs, Some("10.0.0.1:1".parse().unwrap()));
+            if let Ok((request, peer)) = described(&check) {
+                proptest::prop_assert_eq!(request.method().as_str(), method.as_str());
+                proptest::prop_assert_eq!(request.uri().to_string(), path.clone());
+                proptest::prop_assert_eq!(peer, "10.0.0.1:1".parse::<SocketAddr>().unwrap());
+                let named: Vec<(&String, &String)> = headers.iter().filter(|(k, _)| !k.starts_with(':')).collect();
+                proptest::prop_assert_eq!(request.headers().len(), named.len());
+                for (key, value) in named {
+                    let got = request.headers().get_all(key.to_ascii_lowercase()).iter().map(|v| v.as_bytes().to_vec()).collect::<Vec<_>>();
+                    proptest::prop_assert!(got.contains(&value.as_bytes().to_vec()), "{} lost or changed", key);
+                }
+            }
         }
     }
 }
