@@ -39,6 +39,8 @@ pub enum StartError {
          or a region in the AWS profile)"
     )]
     NoRegion,
+    #[error(transparent)]
+    Records(#[from] crate::records::RecordsError),
 }
 
 impl From<StateError> for StartError {
@@ -46,6 +48,7 @@ impl From<StateError> for StartError {
         match error {
             StateError::Routes(e) => Self::Routes(e),
             StateError::Client(e) => Self::Client(e),
+            StateError::Records(e) => Self::Records(e),
         }
     }
 }

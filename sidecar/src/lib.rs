@@ -26,7 +26,9 @@
 //!   type.
 //! - [`lifecycle`]: group-membership events from IAM Identity Center, and the
 //!   revocations the data plane applies.
-//! - [`cli`]: `serve`, `validate`, `authorize`, `test`, `lambda`, `avp`.
+//! - [`records`]: decision records, and `replay`, which decides them again under a
+//!   candidate policy set.
+//! - [`cli`]: `serve`, `validate`, `authorize`, `test`, `replay`, `lambda`, `avp`.
 
 #![warn(unreachable_pub)]
 
@@ -47,6 +49,7 @@ pub mod lifecycle;
 pub mod otel;
 pub mod policy_store;
 pub(crate) mod proxy;
+pub mod records;
 pub(crate) mod rescue;
 pub mod server;
 pub(crate) mod telemetry;

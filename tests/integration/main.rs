@@ -33,6 +33,7 @@ mod policy_index;
 mod presign;
 mod presign_faults;
 mod reload;
+mod replay;
 mod server;
 mod support;
 mod tls;

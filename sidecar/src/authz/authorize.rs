@@ -57,7 +57,16 @@ pub fn authorize(
     request: Result<DecisionRequest, RequestError>,
 ) -> Result<Permit, Denial> {
     let metrics = RouteMetrics::of(asked.route.as_deref().unwrap_or_default());
-    let decided = request.and_then(|request| engine.decide(snapshot, &request));
+    let decided = request.and_then(|request| {
+        let decided = engine.decide(snapshot, &request);
+        let origin = || crate::records::Origin {
+            request_id: asked.request_id.clone(),
+            route: asked.route.clone(),
+            operation: asked.operation,
+        };
+        engine.record(origin, snapshot, &request, &decided);
+        decided
+    });
     let decision = match decided {
         Ok(decision) => decision,
         Err(error) => {

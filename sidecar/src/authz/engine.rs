@@ -21,7 +21,7 @@ use super::context::TypedContext;
 use crate::policy_store::{CheckedEntity, DecisionKey, PolicySnapshot};
 
 /// Allow or deny, the only two answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Effect {
     Allow,
@@ -273,11 +273,37 @@ impl RequestError {
 #[derive(Debug, Clone, Default)]
 pub struct Engine {
     authorizer: Arc<Authorizer>,
+    /// Where the decision sites record what they decided (`[records]`), when anywhere.
+    recorder: Option<crate::records::Recorder>,
 }
 
 impl Engine {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An engine whose decision sites record each decision with `recorder`.
+    #[must_use]
+    pub fn recording(recorder: crate::records::Recorder) -> Self {
+        Self { recorder: Some(recorder), ..Self::default() }
+    }
+
+    /// Record a decision made with this engine (see [`crate::records`]); nothing when
+    /// records are off.
+    pub fn record(
+        &self,
+        origin: impl FnOnce() -> crate::records::Origin,
+        snapshot: &PolicySnapshot,
+        request: &DecisionRequest,
+        outcome: &Result<Decision, RequestError>,
+    ) {
+        if let Some(recorder) = &self.recorder {
+            let version = match outcome {
+                Ok(decision) => decision.snapshot.clone(),
+                Err(_) => snapshot.version().to_string().into(),
+            };
+            recorder.record(origin(), request, outcome, version);
+        }
     }
 
     /// Decide `request` against `snapshot`: the request is checked against the schema

@@ -81,6 +81,10 @@ pub(super) fn run(args: &Args, _out: &mut dyn Write, err: &mut dyn Write) -> u8 
                     return exit::FAILURE;
                 }
             };
+            if config.records.is_some() {
+                // a function's file system is its own and short-lived: nothing would read them
+                tracing::warn!("[records] applies to `serve` only: the Lambda form writes no decision records");
+            }
             let built = runtime.block_on(async {
                 Ok::<_, crate::app::StartError>((
                     crate::app::aws_directory(&config).await?.map(Arc::new),

@@ -8,6 +8,7 @@ mod authorize;
 pub mod avp;
 mod healthcheck;
 mod lambda;
+mod replay;
 mod serve;
 mod test;
 mod validate;
@@ -93,6 +94,15 @@ enum Command {
     /// prints each failing case with what was expected and what came, then a summary.
     /// Exits 1 if any case fails. See the README for the table format.
     Test(test::Args),
+    /// Decide recorded requests again under a candidate policy set, and report changes.
+    ///
+    /// Reads the decision records `serve` writes (`[records]`), decides each again
+    /// under --policies (the candidate) over --entities, and lists every request whose
+    /// answer would flip (deny → allow, allow → deny) or be decided by other policies,
+    /// grouped by route, action and policies, with counts and examples. Exits 1 when a
+    /// denied request would be allowed (unless --allow-widening), when a record cannot
+    /// be read, or when there is nothing to replay.
+    Replay(replay::Args),
     /// Serve: authenticate, authorize and forward every call (see the README).
     ///
     /// Checks the whole configuration first and exits 1 naming what is wrong. Then
@@ -201,6 +211,7 @@ where
         Command::Validate(args) => validate::run(&args, out, err),
         Command::Authorize(args) => authorize::run(&args, out, err),
         Command::Test(args) => test::run(&args, out, err),
+        Command::Replay(args) => replay::run(&args, out, err),
         Command::Serve(args) => serve::run(&args, out, err),
         Command::Lambda(args) => lambda::run(&args, out, err),
         Command::Avp(args) => avp::run(&args, out, err),

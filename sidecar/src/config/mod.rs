@@ -8,6 +8,7 @@ pub mod env;
 mod ext_authz;
 mod lifecycle;
 mod raw;
+mod records;
 mod routes;
 mod template;
 mod traces;
@@ -25,6 +26,7 @@ pub use directory::{DirectoryConfig, DirectoryProblem};
 pub use ext_authz::{ExtAuthzConfig, RawExtAuthz};
 pub use lifecycle::{LifecycleConfig, ProfileSteps, TeamAttribute, UserAttribute};
 pub use raw::{GroupMembership, HandlerKind, NotOneOf, RawConfig, SourceKind};
+pub use records::{Omitted, RecordsConfig};
 use routes::parse_route;
 pub use routes::{
     ACCOUNT_POOL_CALLER_ACTION, ACCOUNT_POOL_HANDLER_TYPE, ContextSource, DEFAULT_STRIPPED_HEADERS, DeriveProfile,
@@ -70,6 +72,8 @@ pub struct Config {
     pub ext_authz: Option<ExtAuthzConfig>,
     /// OpenTelemetry traces; `None`: none recorded or exported.
     pub tracing: Option<TracingConfig>,
+    /// Decision records for `replay`; `None`: none written.
+    pub records: Option<RecordsConfig>,
 }
 
 /// Where AWS is: region (else the standard chain's), endpoint overrides, and how long
@@ -350,6 +354,10 @@ impl Config {
             Some(tracing) => Some(traces::parse_tracing(tracing).map_err(|(key, message)| invalid(key, message))?),
             None => None,
         };
+        let records = match &raw.records {
+            Some(records) => Some(records::parse_records(records).map_err(|(key, message)| invalid(key, message))?),
+            None => None,
+        };
         let principal_type = type_name("principal.entity_type", &raw.principal.entity_type)?;
         // a principal the directory holds takes its groups from both by default, so
         // that a user removed from a group in the directory loses it within the TTL,
@@ -539,6 +547,7 @@ impl Config {
             lifecycle,
             ext_authz,
             tracing,
+            records,
         })
     }
 }

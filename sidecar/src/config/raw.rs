@@ -26,6 +26,7 @@ pub struct RawConfig {
     pub lifecycle: Option<super::lifecycle::RawLifecycle>,
     pub ext_authz: Option<super::ext_authz::RawExtAuthz>,
     pub tracing: Option<super::traces::RawTracing>,
+    pub records: Option<super::records::RawRecords>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

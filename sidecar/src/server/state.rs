@@ -29,6 +29,8 @@ pub enum StateError {
     Routes(#[from] RouteConflict),
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] rustls::Error),
+    #[error(transparent)]
+    Records(#[from] crate::records::RecordsError),
 }
 
 /// The request-time state.
@@ -66,7 +68,8 @@ impl std::fmt::Debug for State {
 }
 
 impl State {
-    /// Build the state for `config` (no I/O besides creating clients), serving `store`.
+    /// Build the state for `config` (no I/O besides creating clients and opening the
+    /// decision-record file), serving `store`.
     pub fn new(config: &Config, store: PolicyStore, dev: Option<DevIssuer>) -> Result<Self, StateError> {
         let router = Router::new(&config.routes)?;
         let jwks_client = http_client::client(Duration::from_secs(5))?;
@@ -77,7 +80,11 @@ impl State {
                 upstreams.insert(route.name.clone(), http_client::client(upstream.connect_timeout)?);
             }
         }
-        let engine = Engine::new();
+        // every decision site asks this engine, so it is where records are taken
+        let engine = match &config.records {
+            Some(records) => Engine::recording(crate::records::Recorder::start(records)?),
+            None => Engine::new(),
+        };
         Ok(Self {
             server: config.server.clone(),
             context: config.context.clone(),

@@ -127,7 +127,13 @@ impl AccountPool {
                             Some(known) if !known.regions.iter().any(|r| r == region) => {
                                 Err(Refusal::UnsupportedRegion)
                             }
-                            Some(_) => asked.decide(&self.engine, snapshot, account, region),
+                            Some(_) => asked.decide(
+                                &self.engine,
+                                snapshot,
+                                (question::Operation::Validate, request_id),
+                                account,
+                                region,
+                            ),
                         };
                         asked.audit(question::Operation::Validate, snapshot, request_id, account, region, &decision)
                     },

@@ -152,7 +152,13 @@ pub(super) fn authorized_accounts(
                 } else if let Some(shared) = decided.get(&(account.class, region)) {
                     Rc::clone(shared)
                 } else {
-                    let decision = Rc::new(asked.decide(engine, snapshot, id, region));
+                    let decision = Rc::new(asked.decide(
+                        engine,
+                        snapshot,
+                        (super::question::Operation::List, request_id),
+                        id,
+                        region,
+                    ));
                     if matches!(&*decision, Ok(d) if d.errors.is_empty()) {
                         decided.insert((account.class, region), Rc::clone(&decision));
                     }

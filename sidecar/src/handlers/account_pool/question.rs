@@ -53,11 +53,13 @@ impl Question {
         self
     }
 
-    /// Decide `account` in `region`.
+    /// Decide `account` in `region` (recorded, when records are on, as `operation` of
+    /// the request `request_id`).
     pub(super) fn decide(
         &self,
         engine: &Engine,
         snapshot: &PolicySnapshot,
+        (operation, request_id): (Operation, &str),
         account: &str,
         region: &str,
     ) -> Result<Decision, Refusal> {
@@ -76,7 +78,14 @@ impl Question {
         let request = DecisionRequest::new(principal.clone(), action.clone(), resource)
             .with_typed_context(context)
             .with_checked(self.fetched.clone());
-        engine.decide(snapshot, &request).map_err(Refusal::Request)
+        let decided = engine.decide(snapshot, &request);
+        let origin = || crate::records::Origin {
+            request_id: request_id.to_owned(),
+            route: None,
+            operation: Some(operation.as_str()),
+        };
+        engine.record(origin, snapshot, &request, &decided);
+        decided.map_err(Refusal::Request)
     }
 
     /// What the audit event says of this question before it is decided.
