@@ -32,7 +32,7 @@ target_dir="${CARGO_TARGET_DIR:-target}"
 echo "== deployment artifacts: Dockerfile, CloudFormation, Kubernetes, shipped configurations"
 bash scripts/deploy-check.sh "$target_dir/debug/authz-sidecar"
 
-echo "== test tools (moto's Cognito emulator)"
+echo "== test tools (moto's AWS emulator, the cedar CLI)"
 bash scripts/test-tools.sh
 
 echo "== tests"

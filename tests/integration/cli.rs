@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use serde_json::{Value, json};
+
 use crate::support::{Output, Workspace, run_cli};
 
 const USER_1: &str = r#"Studio::User::"user-1""#;
@@ -386,4 +388,164 @@ fn the_dev_issuer_refuses_non_loopback_addresses() {
     let out = ws.cli(&["serve", "--dev", "--check-config", "--listen", "0.0.0.0:8080"]);
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("only runs on loopback"), "{}", out.stderr);
+}
+
+/// The shipped tables in the `cedar` CLI's `run-tests` format, written by `--export`.
+fn exported(ws: &Workspace) -> Vec<Value> {
+    let path = ws.dir.path().join("exported.json");
+    let out = ws.cli(&["test", "--export", path.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn exported_tables_are_cedar_tests_that_pass_as_the_tables_do() {
+    let ws = Workspace::shipped();
+    let tests = exported(&ws);
+    let tables = ws.cli(&["test"]);
+    assert_eq!(tables.code, 0, "{tables:?}");
+    let passed = tables.stdout.lines().find(|l| l.ends_with("0 failed")).unwrap().to_owned();
+    assert_eq!(passed, format!("{} passed, 0 failed", tests.len()), "every case exported");
+
+    let find = |name: &str| tests.iter().find(|t| t["name"] == name).unwrap_or_else(|| panic!("{name}"));
+    let own = find("presign: user-1 opens their Team1 profile");
+    assert_eq!(own["request"]["action"], r#"Studio::Action::"CreatePresignedDomainUrl""#, "the action in full");
+    // extension values written out: the `cedar` CLI reads the tests without a schema
+    let ip = |ip: &str| json!({"__extn": {"fn": "ip", "arg": ip}});
+    assert_eq!(own["request"]["context"], json!({"sourceVpce": "vpce-0a1a000000000001a", "sourceIp": ip("10.1.2.3")}));
+    assert_eq!((own["decision"].clone(), own["reason"].clone()), (json!("allow"), json!(["presign-own-profile"])));
+    assert_eq!(own["num_errors"], 0);
+    let stored = own["entities"].as_array().unwrap();
+    assert!(stored.iter().any(|e| e["uid"] == json!({"type": "Studio::User", "id": "user-2"})), "the whole store");
+    // a default removed by `null`, and a case's entity laid over the stored one
+    let no_endpoint = find("presign: VPC endpoint - a call through no endpoint is refused");
+    assert_eq!(no_endpoint["request"]["context"], json!({"sourceIp": ip("10.1.2.3")}));
+    assert_eq!(no_endpoint["decision"], "deny");
+    let moved = find("presign: LOB matters - user-1 moved to lob-b cannot open a lob-a profile");
+    let users: Vec<&Value> = moved["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["uid"] == json!({"type": "Studio::User", "id": "user-1"}))
+        .collect();
+    assert_eq!(users.len(), 1, "the case's user-1 replaces the stored one");
+    assert!(users[0]["parents"].to_string().contains("lob-b"), "{}", users[0]);
+
+    // the exported file, run as a suite of its own, passes case for case
+    let dir = ws.dir.path().join("cedar-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tests.json"), serde_json::to_string(&tests).unwrap()).unwrap();
+    let run = ws.cli(&["test", dir.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains(&passed), "{}", run.stdout);
+
+    // `-` writes to standard output
+    let out = ws.cli(&["test", "--export", "-"]);
+    assert_eq!(serde_json::from_str::<Vec<Value>>(&out.stdout).unwrap().len(), tests.len());
+}
+
+#[test]
+fn cedar_tests_decide_over_their_own_entities_with_reason_as_a_subset_and_errors_exact() {
+    let ws = Workspace::shipped();
+    let base = exported(&ws).into_iter().find(|t| t["name"] == "presign: user-1 opens their Team1 profile").unwrap();
+    let variant = |name: &str, change: &dyn Fn(&mut Value)| {
+        let mut test = base.clone();
+        test["name"] = json!(name);
+        change(&mut test);
+        test
+    };
+    let suite = json!([
+        variant("as exported", &|_| {}),
+        variant("no reason asked", &|t| t["reason"] = json!([])),
+        variant("user-1 in no group of this store is denied", &|t| {
+            for entity in t["entities"].as_array_mut().unwrap() {
+                if entity["uid"] == json!({"type": "Studio::User", "id": "user-1"}) {
+                    entity["parents"] = json!([]);
+                }
+            }
+            t["decision"] = json!("deny");
+            t["reason"] = json!([]);
+        }),
+        variant("fails: a store without the profile", &|t| t["entities"] = json!([])),
+        variant("fails: a policy that did not decide", &|t| t["reason"] = json!(["presign-own-profile", "nope"])),
+        variant("fails: errors expected", &|t| t["num_errors"] = json!(1)),
+        variant("fails: a bad principal", &|t| t["request"]["principal"] = json!("user-1")),
+    ]);
+    let mut unnamed = base.clone();
+    unnamed.as_object_mut().unwrap().remove("name");
+    unnamed["decision"] = json!("deny");
+    let mut suite = suite.as_array().unwrap().clone();
+    suite.push(unnamed);
+    let dir = ws.dir.path().join("cedar-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("suite.json"), serde_json::to_string(&suite).unwrap()).unwrap();
+    let out = ws.cli(&["test", dir.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("3 passed, 5 failed"), "{}", out.stdout);
+    for failing in [
+        "FAIL  suite.json: fails: a store without the profile",
+        "FAIL  suite.json: fails: a policy that did not decide",
+        "FAIL  suite.json: fails: errors expected",
+        "ERROR suite.json: fails: a bad principal",
+        "FAIL  suite.json: (unnamed test #8)",
+    ] {
+        assert!(out.stdout.contains(failing), "{failing}:\n{}", out.stdout);
+    }
+    assert!(out.stdout.contains("expected: allow with [presign-own-profile, nope] among the deciding policies"));
+
+    // not a list of tests: the file and place are named
+    std::fs::write(dir.join("suite.json"), r#"[{"request": {}}]"#).unwrap();
+    let out = ws.cli(&["test", dir.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("suite.json:1:") && out.stderr.contains("not a list of `cedar run-tests` tests"));
+}
+
+/// The `cedar` CLI `scripts/test-tools.sh` installs (the Cedar version of Cargo.lock).
+fn cedar_cli() -> PathBuf {
+    let tools = std::env::var_os("AUTHZ_TEST_TOOLS").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/authz-sidecar/tools"),
+        PathBuf::from,
+    );
+    let path = tools.join("bin/cedar");
+    assert!(path.exists(), "{} is missing: run `bash scripts/test-tools.sh` (scripts/check.sh does)", path.display());
+    path
+}
+
+#[test]
+fn exported_tables_pass_the_cedar_clis_run_tests_and_fail_where_ours_fail() {
+    let ws = Workspace::shipped();
+    let mut tests = exported(&ws);
+    // one flipped expectation must fail in both tools
+    let flipped = tests.iter_mut().find(|t| t["name"] == "presign: user-1 opens their Team1 profile").unwrap();
+    flipped["decision"] = json!("deny");
+    flipped["reason"] = json!([]);
+    let dir = ws.dir.path().join("cedar-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tests.json");
+    std::fs::write(&file, serde_json::to_string(&tests).unwrap()).unwrap();
+    let mut policies = String::new();
+    for entry in std::fs::read_dir(ws.policies()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "cedar") {
+            policies.push_str(&std::fs::read_to_string(path).unwrap());
+            policies.push('\n');
+        }
+    }
+    let all = ws.dir.path().join("all.cedar");
+    std::fs::write(&all, policies).unwrap();
+
+    let cedar = std::process::Command::new(cedar_cli())
+        .args(["run-tests", "--policies", all.to_str().unwrap(), "--tests", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&cedar.stdout);
+    assert!(!cedar.status.success(), "{printed}");
+    let total = tests.len();
+    assert!(printed.contains(&format!("results: {} passed, 1 failed", total - 1)), "{printed}");
+    assert!(printed.contains("test presign: user-1 opens their Team1 profile ... fail"), "{printed}");
+
+    let ours = ws.cli(&["test", dir.to_str().unwrap()]);
+    assert_eq!(ours.code, 1, "{ours:?}");
+    assert!(ours.stdout.contains(&format!("{} passed, 1 failed", total - 1)), "{}", ours.stdout);
+    assert!(ours.stdout.contains("FAIL  tests.json: presign: user-1 opens their Team1 profile"), "{}", ours.stdout);
 }

@@ -323,6 +323,27 @@ impl Engine {
         Ok(decision)
     }
 
+    /// Decide over `entities` as the whole entity store of the question (how Cedar's
+    /// own test format gives a test's entities), with every policy of `snapshot`: the
+    /// request and its context are checked against the snapshot's schema, and an
+    /// evaluation error denies, as it does in the sidecar.
+    pub fn decide_in_store(
+        &self,
+        snapshot: &PolicySnapshot,
+        (principal, action, resource): (EntityUid, EntityUid, EntityUid),
+        context: serde_json::Value,
+        entities: &cedar_policy::Entities,
+    ) -> Result<Decision, RequestError> {
+        let started = Instant::now();
+        let schema = snapshot.schema();
+        let context = Context::from_json_value(context, Some((schema, &action)))
+            .map_err(|e| RequestError::BadContext { action: action.to_string(), reason: e.to_string() })?;
+        let request = Request::new(principal, action, resource, context, Some(schema))
+            .map_err(|e| RequestError::Invalid(e.to_string()))?;
+        let response = self.authorizer.is_authorized(&request, snapshot.policies(), entities);
+        Ok(Decision::from_response(&response, snapshot, started))
+    }
+
     fn evaluate(
         &self,
         snapshot: &PolicySnapshot,

@@ -19,6 +19,10 @@ pub(super) struct Args {
     /// Print passing cases too.
     #[arg(long, short)]
     verbose: bool,
+    /// Write every case as a test in the `cedar` CLI's `run-tests` JSON format to FILE
+    /// (`-`: standard output) instead of running them.
+    #[arg(long, value_name = "FILE")]
+    export: Option<PathBuf>,
 }
 
 pub(super) fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
@@ -34,6 +38,9 @@ pub(super) fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             return exit::FAILURE;
         }
     };
+    if let Some(target) = &args.export {
+        return export(&snapshot, &tables, target, out, err);
+    }
     let report = decision_tables::run(&snapshot, &tables);
     for result in &report.results {
         let file = result.file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
@@ -63,4 +70,41 @@ pub(super) fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     }
     let coverage_failed = args.require_coverage && !uncovered.is_empty();
     if report.failed() > 0 || coverage_failed { exit::FAILURE } else { exit::OK }
+}
+
+/// `--export`: the tables as `cedar run-tests` JSON, or every case that cannot be written.
+fn export(
+    snapshot: &crate::policy_store::PolicySnapshot,
+    tables: &[decision_tables::TableFile],
+    target: &std::path::Path,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let tests = match decision_tables::cedar::export(snapshot, tables) {
+        Ok(tests) => tests,
+        Err(problems) => {
+            for problem in &problems {
+                let file = problem.file.display();
+                let _ = writeln!(err, "error: {file}: case `{}` cannot be exported: {}", problem.case, problem.error);
+            }
+            return exit::FAILURE;
+        }
+    };
+    let json = match serde_json::to_string_pretty(&tests) {
+        Ok(json) => json + "\n",
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return exit::FAILURE;
+        }
+    };
+    if target.as_os_str() == "-" {
+        let _ = out.write_all(json.as_bytes());
+        return exit::OK;
+    }
+    if let Err(e) = std::fs::write(target, json) {
+        let _ = writeln!(err, "error: cannot write `{}`: {e}", target.display());
+        return exit::FAILURE;
+    }
+    let _ = writeln!(out, "exported {} tests to {}", tests.len(), target.display());
+    exit::OK
 }

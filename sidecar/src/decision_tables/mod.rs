@@ -24,12 +24,18 @@
 //! JSON) are added to the defaults' and replace stored entities with the same uid for
 //! that case, exactly as the data plane adds the principal it builds from a token.
 //! The runner asks the same [`crate::authz::Engine`] as the sidecar.
+//!
+//! A `*.json` file holding an array is a suite of tests in the `cedar` CLI's
+//! `run-tests` format instead (see [`cedar`]), and [`cedar::export`] writes the tables
+//! in that format, so a team can move tests between the two tools.
+
+pub mod cedar;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use cedar_policy::Entity;
+use cedar_policy::{Entity, EntityUid};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -76,7 +82,14 @@ pub struct Case {
 #[derive(Debug, Clone)]
 pub struct TableFile {
     pub path: PathBuf,
-    pub table: Table,
+    pub suite: Suite,
+}
+
+/// What a file holds: a decision table, or tests in the `cedar` CLI's format.
+#[derive(Debug, Clone)]
+pub enum Suite {
+    Table(Table),
+    Cedar(Vec<cedar::CedarTest>),
 }
 
 /// What became of one case.
@@ -154,17 +167,21 @@ pub fn load_tables(dir: &Path) -> Result<Vec<TableFile>, LoadError> {
     let mut problems = Vec::new();
     let mut tables = Vec::new();
     for path in paths {
-        match parse_table(&path) {
-            Ok(table) => tables.push(TableFile { path, table }),
+        match parse_suite(&path) {
+            Ok(suite) => tables.push(TableFile { path, suite }),
             Err(problem) => problems.push(problem),
         }
     }
     if problems.is_empty() { Ok(tables) } else { Err(LoadError::new(problems)) }
 }
 
-fn parse_table(path: &Path) -> Result<Table, Problem> {
+fn parse_suite(path: &Path) -> Result<Suite, Problem> {
     let text = fs::read_to_string(path).map_err(|e| Problem::new(path, None, format!("cannot read the file: {e}")))?;
     let is_json = path.extension().is_some_and(|e| e == "json");
+    // a JSON array is the `cedar` CLI's test format; a table is an object
+    if is_json && text.trim_start().starts_with('[') {
+        return cedar::parse(path, &text).map(Suite::Cedar);
+    }
     let table: Table = if is_json {
         serde_json::from_str(&text).map_err(|e| {
             Problem::new(
@@ -185,7 +202,7 @@ fn parse_table(path: &Path) -> Result<Table, Problem> {
             return Err(Problem::new(path, None, format!("two cases are named `{}`; names must be unique", case.name)));
         }
     }
-    Ok(table)
+    Ok(Suite::Table(table))
 }
 
 /// Run every case of every table against `snapshot`.
@@ -194,28 +211,47 @@ pub fn run(snapshot: &PolicySnapshot, tables: &[TableFile]) -> Report {
     let mut report =
         Report { results: Vec::new(), coverage: snapshot.policy_ids().into_iter().map(|id| (id, 0)).collect() };
     for file in tables {
-        for case in &file.table.cases {
-            let outcome = match run_case(&engine, snapshot, &file.table.defaults, case) {
-                Ok(outcome) => outcome,
-                Err(error) => Outcome::Error(error),
-            };
+        let outcomes: Vec<(String, Outcome)> = match &file.suite {
+            Suite::Table(table) => table
+                .cases
+                .iter()
+                .map(|case| {
+                    let outcome = run_case(&engine, snapshot, &table.defaults, case).unwrap_or_else(Outcome::Error);
+                    (case.name.clone(), outcome)
+                })
+                .collect(),
+            Suite::Cedar(tests) => tests
+                .iter()
+                .enumerate()
+                .map(|(i, test)| (test.display_name(i), test.run(&engine, snapshot).unwrap_or_else(Outcome::Error)))
+                .collect(),
+        };
+        for (name, outcome) in outcomes {
             if let Outcome::Passed(decision) = &outcome {
                 for id in decision.policies.iter() {
                     *report.coverage.entry(id.clone()).or_default() += 1;
                 }
             }
-            report.results.push(CaseResult { file: file.path.clone(), name: case.name.clone(), outcome });
+            report.results.push(CaseResult { file: file.path.clone(), name, outcome });
         }
     }
     report
 }
 
-fn run_case(
-    engine: &Engine,
-    snapshot: &PolicySnapshot,
-    defaults: &CaseFields,
-    case: &Case,
-) -> Result<Outcome, CaseError> {
+/// A case with its table's defaults applied: the question it asks.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub principal: EntityUid,
+    pub action: EntityUid,
+    pub resource: EntityUid,
+    pub context: Map<String, Value>,
+    /// The case's entities (the defaults' and its own), as written.
+    pub entities: Vec<Value>,
+}
+
+/// Apply `defaults` to `case`: its fields or the defaults', the context laid over the
+/// defaults' key by key (`null` removes a key), the entities added to the defaults'.
+pub fn resolve(snapshot: &PolicySnapshot, defaults: &CaseFields, case: &Case) -> Result<Resolved, CaseError> {
     let field = |name: &'static str, own: &Option<String>, default: &Option<String>| {
         own.clone().or_else(|| default.clone()).ok_or(CaseError::Missing(name))
     };
@@ -231,21 +267,17 @@ fn run_case(
             context.insert(key, value);
         }
     }
-    let entities = defaults
-        .entities
-        .iter()
-        .flatten()
-        .chain(case.fields.entities.iter().flatten())
-        .map(|json| {
-            Entity::from_json_value(json.clone(), Some(snapshot.schema()))
-                .map_err(|e| CaseError::Entity { json: json.to_string(), reason: e.to_string() })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let entities = defaults.entities.iter().flatten().chain(case.fields.entities.iter().flatten()).cloned().collect();
+    Ok(Resolved { principal, action, resource, context, entities })
+}
 
-    let request =
-        DecisionRequest::new(principal, action, resource).with_context(Value::Object(context)).with_entities(entities);
-    let decision = engine.decide(snapshot, &request)?;
-
+fn run_case(
+    engine: &Engine,
+    snapshot: &PolicySnapshot,
+    defaults: &CaseFields,
+    case: &Case,
+) -> Result<Outcome, CaseError> {
+    let decision = decide_case(engine, snapshot, &resolve(snapshot, defaults, case)?)?;
     let effect_ok = decision.effect == case.expect;
     let expected_policies = case.policies.as_ref().map(|p| {
         let mut p = p.clone();
@@ -261,6 +293,22 @@ fn run_case(
         None => case.expect.to_string(),
     };
     Ok(Outcome::Failed { expected, got: decision })
+}
+
+/// Decide a resolved case as the sidecar would: its entities laid over the stored ones.
+pub fn decide_case(engine: &Engine, snapshot: &PolicySnapshot, case: &Resolved) -> Result<Decision, CaseError> {
+    let entities = case
+        .entities
+        .iter()
+        .map(|json| {
+            Entity::from_json_value(json.clone(), Some(snapshot.schema()))
+                .map_err(|e| CaseError::Entity { json: json.to_string(), reason: e.to_string() })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let request = DecisionRequest::new(case.principal.clone(), case.action.clone(), case.resource.clone())
+        .with_context(Value::Object(case.context.clone()))
+        .with_entities(entities);
+    Ok(engine.decide(snapshot, &request)?)
 }
 
 /// One line describing a decision: `allow decided by [a, b]`, `deny (no policy permits)`.
