@@ -19,7 +19,7 @@ use crate::avp::refresh::StoreSource;
 use crate::config::{Config, ContextSource, Handler, PolicySource};
 use crate::lifecycle::Revocations;
 use crate::policy_store::lifecycle::{self, Fits};
-use crate::policy_store::{FileSource, PolicySnapshot, PolicyStore, ReloadOptions};
+use crate::policy_store::{FileSource, PolicySnapshot, PolicyStore, ReloadOptions, SourceDirs};
 use crate::server::state::{State, StateError};
 use crate::server::{self, ConnLimits};
 
@@ -41,6 +41,8 @@ pub enum StartError {
     NoRegion,
     #[error(transparent)]
     Records(#[from] crate::records::RecordsError),
+    #[error("cannot start the shadow policies' thread: {0}")]
+    Shadow(std::io::Error),
 }
 
 impl From<StateError> for StartError {
@@ -49,6 +51,7 @@ impl From<StateError> for StartError {
             StateError::Routes(e) => Self::Routes(e),
             StateError::Client(e) => Self::Client(e),
             StateError::Records(e) => Self::Records(e),
+            StateError::Shadow(e) => Self::Shadow(e),
         }
     }
 }
@@ -187,6 +190,31 @@ impl App {
                 let options = ReloadOptions { poll_interval: self.config.poll_interval, ..ReloadOptions::default() };
                 let source = FileSource::new(self.config.sources.clone(), options).with_initial(initial);
                 lifecycle::run(source, store, self.fits(), shutdown).await;
+            }
+        }
+    }
+
+    /// Keep the shadow policies (`[policies.shadow]`) loaded until `shutdown`: the same
+    /// lifecycle as the serving set's, over the same entities, into the shadow's own
+    /// store. Checked against the routes, never readied for them (nothing is served
+    /// from it).
+    async fn load_shadow(self: Arc<Self>, shutdown: CancellationToken) {
+        let (Some(config), Some(shadow)) = (&self.config.shadow, self.state.engine.shadow()) else { return };
+        let store = shadow.store().clone();
+        let routes = self.config.clone();
+        let fits: Fits = Arc::new(move |snapshot| check_routes(&routes, snapshot));
+        match &config.source {
+            PolicySource::VerifiedPermissions(avp) => {
+                let base = crate::aws::load(&self.config.aws).await;
+                let client = crate::avp::client(&base, self.config.aws.verifiedpermissions_endpoint.as_deref());
+                let mirror = Mirror::new(client, &avp.policy_store_id, avp.max_calls_per_refresh);
+                let source = StoreSource::new(mirror, self.config.sources.entities.clone(), avp.poll_interval);
+                lifecycle::run(source, store, fits, shutdown).await;
+            }
+            PolicySource::Files => {
+                let dirs = SourceDirs::new(&config.dir, &self.config.sources.entities);
+                let options = ReloadOptions { poll_interval: self.config.poll_interval, ..ReloadOptions::default() };
+                lifecycle::run(FileSource::new(dirs, options), store, fits, shutdown).await;
             }
         }
     }
@@ -513,6 +541,7 @@ pub async fn run_with_snapshot(
     // Background tasks end with `tasks`, which is cancelled after the listeners drain.
     let tasks = CancellationToken::new();
     tokio::spawn(app.clone().load_policies(initial, tasks.clone()));
+    tokio::spawn(app.clone().load_shadow(tasks.clone()));
     tokio::spawn(crate::telemetry::upkeep(metrics.clone(), crate::telemetry::UPKEEP_INTERVAL, tasks.clone()));
     tokio::spawn(app.clone().load_keys(tasks.clone()));
     tokio::spawn(app.clone().watch_directory(tasks.clone()));

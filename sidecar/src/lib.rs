@@ -27,7 +27,7 @@
 //! - [`lifecycle`]: group-membership events from IAM Identity Center, and the
 //!   revocations the data plane applies.
 //! - [`records`]: decision records, and `replay`, which decides them again under a
-//!   candidate policy set.
+//!   candidate policy set; [`shadow`], which decides live requests under one too.
 //! - [`cli`]: `serve`, `validate`, `authorize`, `test`, `replay`, `lambda`, `avp`.
 
 #![warn(unreachable_pub)]
@@ -52,4 +52,5 @@ pub(crate) mod proxy;
 pub mod records;
 pub(crate) mod rescue;
 pub mod server;
+pub mod shadow;
 pub(crate) mod telemetry;

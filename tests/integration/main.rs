@@ -35,6 +35,7 @@ mod presign_faults;
 mod reload;
 mod replay;
 mod server;
+mod shadow;
 mod support;
 mod tls;
 mod traces;

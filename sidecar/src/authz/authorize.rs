@@ -64,7 +64,7 @@ pub fn authorize(
             route: asked.route.clone(),
             operation: asked.operation,
         };
-        engine.record(origin, snapshot, &request, &decided);
+        engine.observe(origin, snapshot, &request, &decided);
         decided
     });
     let decision = match decided {

@@ -273,8 +273,16 @@ impl RequestError {
 #[derive(Debug, Clone, Default)]
 pub struct Engine {
     authorizer: Arc<Authorizer>,
-    /// Where the decision sites record what they decided (`[records]`), when anywhere.
-    recorder: Option<crate::records::Recorder>,
+    /// What the decision sites hand each decision to, off the request path.
+    observers: Arc<Observers>,
+}
+
+/// Who is told of each decision a decision site makes: the decision-record writer
+/// (`[records]`) and the shadow policies (`[policies.shadow]`), each when configured.
+#[derive(Debug, Default)]
+pub struct Observers {
+    pub recorder: Option<crate::records::Recorder>,
+    pub shadow: Option<crate::shadow::Shadow>,
 }
 
 impl Engine {
@@ -282,27 +290,40 @@ impl Engine {
         Self::default()
     }
 
-    /// An engine whose decision sites record each decision with `recorder`.
+    /// An engine whose decision sites hand each decision to `observers`.
     #[must_use]
-    pub fn recording(recorder: crate::records::Recorder) -> Self {
-        Self { recorder: Some(recorder), ..Self::default() }
+    pub fn observed(observers: Observers) -> Self {
+        Self { observers: Arc::new(observers), ..Self::default() }
     }
 
-    /// Record a decision made with this engine (see [`crate::records`]); nothing when
-    /// records are off.
-    pub fn record(
+    /// The shadow policies, when configured.
+    pub fn shadow(&self) -> Option<&crate::shadow::Shadow> {
+        self.observers.shadow.as_ref()
+    }
+
+    /// Tell the observers of a decision a decision site made with this engine (or of
+    /// the error that kept it from Cedar); nothing when there are none. Never waits.
+    pub fn observe(
         &self,
         origin: impl FnOnce() -> crate::records::Origin,
         snapshot: &PolicySnapshot,
         request: &DecisionRequest,
         outcome: &Result<Decision, RequestError>,
     ) {
-        if let Some(recorder) = &self.recorder {
-            let version = match outcome {
-                Ok(decision) => decision.snapshot.clone(),
-                Err(_) => snapshot.version().to_string().into(),
-            };
-            recorder.record(origin(), request, outcome, version);
+        let Observers { recorder, shadow } = self.observers.as_ref();
+        if recorder.is_none() && shadow.is_none() {
+            return;
+        }
+        let version = match outcome {
+            Ok(decision) => decision.snapshot.clone(),
+            Err(_) => snapshot.version().to_string().into(),
+        };
+        let origin = origin();
+        if let Some(shadow) = shadow {
+            shadow.offer(origin.clone(), request, outcome, version.clone());
+        }
+        if let Some(recorder) = recorder {
+            recorder.record(origin, request, outcome, version);
         }
     }
 

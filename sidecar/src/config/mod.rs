@@ -10,6 +10,7 @@ mod lifecycle;
 mod raw;
 mod records;
 mod routes;
+mod shadow;
 mod template;
 mod traces;
 
@@ -33,6 +34,7 @@ pub use routes::{
     Handler, LOB_TYPE, MEMBERSHIP_EVENTS_CALLER_ACTION, MEMBERSHIP_EVENTS_HANDLER_TYPE, MIN_PROVISION_POLL, Mode,
     PROFILE_TYPE, PresignOptions, PresignResponse, Provisioning, RouteAuthz, RouteConfig, TEAM_TYPE, Upstream,
 };
+pub use shadow::ShadowConfig;
 pub use template::{IdTemplate, RenderError, TemplateError};
 pub use traces::{RawTracing, TracingConfig};
 
@@ -59,6 +61,8 @@ pub struct Config {
     pub poll_interval: Duration,
     /// Where policies come from; entities always come from `sources.entities`.
     pub policy_source: PolicySource,
+    /// A candidate policy set decided beside the serving one; `None`: none.
+    pub shadow: Option<ShadowConfig>,
     pub context: ContextConfig,
     pub principal: PrincipalConfig,
     pub issuers: Vec<IssuerConfig>,
@@ -270,28 +274,21 @@ impl Config {
         let invalid = |key: String, message: String| ConfigError::Invalid { origin: origin.to_owned(), key, message };
         let policy_source = match (raw.policies.source, &raw.policies.avp) {
             (SourceKind::Files, _) => PolicySource::Files,
-            (SourceKind::Avp, Some(avp)) => {
-                if avp.policy_store_id.trim().is_empty() {
-                    return Err(invalid("policies.avp.policy_store_id".into(), "must not be empty".into()));
-                }
-                if avp.poll_interval < Duration::from_secs(1) || avp.max_calls_per_refresh < 3 {
-                    return Err(invalid(
-                        "policies.avp".into(),
-                        "poll_interval must be at least 1s and max_calls_per_refresh at least 3".into(),
-                    ));
-                }
-                PolicySource::VerifiedPermissions(AvpSource {
-                    policy_store_id: avp.policy_store_id.clone(),
-                    poll_interval: avp.poll_interval,
-                    max_calls_per_refresh: avp.max_calls_per_refresh,
-                })
-            }
+            (SourceKind::Avp, Some(avp)) => PolicySource::VerifiedPermissions(
+                avp_source(avp, "policies.avp").map_err(|(key, message)| invalid(key, message))?,
+            ),
             (SourceKind::Avp, None) => {
                 return Err(invalid(
                     "policies.source".into(),
                     "`avp` needs a `[policies.avp]` table with `policy_store_id`".into(),
                 ));
             }
+        };
+        let shadow = match &raw.policies.shadow {
+            Some(shadow) => {
+                Some(shadow::parse_shadow(shadow, avp_source).map_err(|(key, message)| invalid(key, message))?)
+            }
+            None => None,
         };
         let server = &raw.server;
         for (key, value) in [
@@ -530,6 +527,7 @@ impl Config {
             sources: SourceDirs::new(&raw.policies.dir, &raw.policies.entities),
             poll_interval: raw.policies.poll_interval,
             policy_source,
+            shadow,
             context,
             principal,
             issuers,
@@ -550,6 +548,21 @@ impl Config {
             records,
         })
     }
+}
+
+/// `[policies.avp]` (or the shadow's, at `key`) checked.
+fn avp_source(avp: &raw::RawAvp, key: &str) -> Result<AvpSource, (String, String)> {
+    if avp.policy_store_id.trim().is_empty() {
+        return Err((format!("{key}.policy_store_id"), "must not be empty".into()));
+    }
+    if avp.poll_interval < Duration::from_secs(1) || avp.max_calls_per_refresh < 3 {
+        return Err((key.to_owned(), "poll_interval must be at least 1s and max_calls_per_refresh at least 3".into()));
+    }
+    Ok(AvpSource {
+        policy_store_id: avp.policy_store_id.clone(),
+        poll_interval: avp.poll_interval,
+        max_calls_per_refresh: avp.max_calls_per_refresh,
+    })
 }
 
 /// Two issuers with the same `principal_id_prefix` (two empty ones included) would

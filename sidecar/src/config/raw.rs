@@ -171,6 +171,7 @@ pub struct RawPolicies {
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     pub avp: Option<RawAvp>,
+    pub shadow: Option<super::shadow::RawShadow>,
 }
 
 impl Default for RawPolicies {
@@ -181,6 +182,7 @@ impl Default for RawPolicies {
             entities: "entities".into(),
             poll_interval: Duration::from_secs(10),
             avp: None,
+            shadow: None,
         }
     }
 }

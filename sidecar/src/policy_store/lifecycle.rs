@@ -17,7 +17,7 @@ use std::time::Duration;
 use backon::BackoffBuilder;
 use tokio_util::sync::CancellationToken;
 
-use super::{LoadError, PolicySnapshot, PolicyStore, Problem};
+use super::{LoadError, PolicySnapshot, PolicyStore, Problem, Role};
 
 /// A place policies come from.
 pub trait PolicySource: Send {
@@ -132,14 +132,19 @@ async fn first_load<S: PolicySource>(
         };
         match loaded {
             Ok(snapshot) => {
-                tracing::info!(source = what, version = %snapshot.version(), policies = snapshot.policy_count(),
-                    entities = snapshot.entity_count(), "policy snapshot loaded");
+                tracing::info!(set = store.role().as_str(), source = what, version = %snapshot.version(),
+                    policies = snapshot.policy_count(), entities = snapshot.entity_count(), "policy snapshot loaded");
                 store.publish(snapshot);
                 return true;
             }
             Err(failure) => {
-                tracing::error!(source = what, error = %failure.error,
-                    "cannot serve a policy snapshot; not ready, retrying");
+                match store.role() {
+                    Role::Serving => tracing::error!(set = "serving", source = what, error = %failure.error,
+                        "cannot serve a policy snapshot; not ready, retrying"),
+                    // the candidate's failure is its own: serving goes on, undecided by it
+                    Role::Shadow => tracing::error!(set = "shadow", source = what, error = %failure.error,
+                        "cannot load the shadow policies; nothing is shadowed until they load, retrying"),
+                }
                 store.record_unloaded(failure.error);
             }
         }

@@ -34,8 +34,36 @@ pub struct PolicyStore {
     inner: Arc<Inner>,
 }
 
+/// What a store's snapshots are for: logged and counted apart, so that a candidate's
+/// reloads never read as the serving set's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The policies requests are decided by.
+    Serving,
+    /// A candidate decided beside them (`[policies.shadow]`), never answering.
+    Shadow,
+}
+
+impl Role {
+    /// The `set` field of the store's log lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Serving => "serving",
+            Self::Shadow => "shadow",
+        }
+    }
+
+    fn reloads_metric(self) -> &'static str {
+        match self {
+            Self::Serving => "authz_policy_reloads_total",
+            Self::Shadow => "authz_shadow_reloads_total",
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
+    role: Role,
     current: ArcSwapOption<PolicySnapshot>,
     /// Generation of the newest snapshot; each swap takes the next number.
     generation: AtomicU64,
@@ -76,8 +104,14 @@ impl PolicyStore {
 
     /// A store with no snapshot yet: it serves nothing until the first is published.
     pub fn pending() -> Self {
+        Self::pending_for(Role::Serving)
+    }
+
+    /// A store for `role` with no snapshot yet.
+    pub fn pending_for(role: Role) -> Self {
         Self {
             inner: Arc::new(Inner {
+                role,
                 current: ArcSwapOption::empty(),
                 generation: AtomicU64::new(0),
                 published_at_ms: AtomicU64::new(0),
@@ -89,6 +123,10 @@ impl PolicyStore {
     /// Build the first snapshot from two directories (blocking file I/O).
     pub fn load_files(dirs: &SourceDirs) -> Result<Self, LoadError> {
         PolicySnapshot::load(dirs, 1).map(Self::new)
+    }
+
+    pub fn role(&self) -> Role {
+        self.inner.role
     }
 
     /// The snapshot serving now, if one has loaded. Lock-free; hold it for the length of
@@ -106,7 +144,9 @@ impl PolicyStore {
     /// its warnings, count it, swap it in. Every source publishes through this one place.
     pub fn publish_reloaded(&self, snapshot: PolicySnapshot) -> u64 {
         let generation = snapshot.version().generation;
+        let set = self.role().as_str();
         tracing::info!(
+            set,
             version = %snapshot.version(),
             generation,
             source = %snapshot.source(),
@@ -115,10 +155,10 @@ impl PolicyStore {
             "policy snapshot reloaded"
         );
         for warning in snapshot.warnings() {
-            tracing::warn!(%warning, "policy snapshot warning");
+            tracing::warn!(set, %warning, "policy snapshot warning");
         }
         self.publish(snapshot);
-        metrics::counter!("authz_policy_reloads_total", "result" => "success").increment(1);
+        metrics::counter!(self.role().reloads_metric(), "result" => "success").increment(1);
         generation
     }
 
@@ -130,12 +170,13 @@ impl PolicyStore {
         if !self.record_failure(key, error) {
             return false;
         }
-        metrics::counter!("authz_policy_reloads_total", "result" => "failure").increment(1);
+        metrics::counter!(self.role().reloads_metric(), "result" => "failure").increment(1);
         let serving = self.current().map(|s| s.version().to_string()).unwrap_or_default();
+        let set = self.role().as_str();
         if quiet {
-            tracing::warn!(serving, error = %message, "policy reload deferred; backing off");
+            tracing::warn!(set, serving, error = %message, "policy reload deferred; backing off");
         } else {
-            tracing::error!(serving, error = %message, "policy reload failed; the previous snapshot keeps serving");
+            tracing::error!(set, serving, error = %message, "policy reload failed; the previous snapshot keeps serving");
         }
         true
     }
@@ -145,7 +186,7 @@ impl PolicyStore {
     pub fn back_to_serving(&self) {
         if self.clear_failure() {
             let version = self.current().map(|s| s.version().to_string()).unwrap_or_default();
-            tracing::info!(version, "policy sources are back to the serving snapshot");
+            tracing::info!(set = self.role().as_str(), version, "policy sources are back to the serving snapshot");
         }
     }
 

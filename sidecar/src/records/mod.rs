@@ -99,6 +99,21 @@ struct Pending {
 impl Pending {
     fn into_record(self, omit: &[Omitted]) -> Record {
         let Self { time, origin, request, outcome, snapshot } = self;
+        Record::of(time, origin, &request, &outcome, &snapshot, omit)
+    }
+}
+
+impl Record {
+    /// The record of `request`, decided (or refused) as `outcome` says by `snapshot`,
+    /// with the parts `omit` names left out.
+    pub fn of(
+        time: SystemTime,
+        origin: Origin,
+        request: &DecisionRequest,
+        outcome: &Result<Decision, RequestError>,
+        snapshot: &str,
+        omit: &[Omitted],
+    ) -> Self {
         let principal_entity = match &request.principal {
             Asker::Built(principal) => principal.entity().to_json_value().ok(),
             Asker::Uid(_) => None,
@@ -113,7 +128,7 @@ impl Pending {
             .filter_map(|e| e.to_json_value().ok())
             .chain(request.checked.iter().filter_map(|e| e.entity().to_json_value().ok()))
             .collect();
-        let (decision, reason, policies, errors) = match &outcome {
+        let (decision, reason, policies, errors) = match outcome {
             Ok(decision) => (
                 decision.effect,
                 decision.reason.as_str().to_owned(),
@@ -122,7 +137,7 @@ impl Pending {
             ),
             Err(error) => (Effect::Deny, error.kind().to_owned(), Vec::new(), vec![error.to_string()]),
         };
-        let mut record = Record {
+        let mut record = Self {
             v: FORMAT,
             time: humantime::format_rfc3339_millis(time).to_string(),
             request_id: origin.request_id,
@@ -144,9 +159,7 @@ impl Pending {
         record.leave_out(omit);
         record
     }
-}
 
-impl Record {
     /// Remove the parts `omit` names, and say which were there.
     fn leave_out(&mut self, omit: &[Omitted]) {
         for part in omit {

@@ -38,6 +38,25 @@ pub enum Change {
 }
 
 impl Change {
+    /// How `after` differs from `before`, if it does.
+    pub fn between(before: &Answer, after: &Answer) -> Option<Self> {
+        match (before.decision, after.decision) {
+            (Effect::Deny, Effect::Allow) => Some(Self::Widened),
+            (Effect::Allow, Effect::Deny) => Some(Self::Narrowed),
+            _ if before.policies != after.policies || before.reason != after.reason => Some(Self::Policies),
+            _ => None,
+        }
+    }
+
+    /// The label of metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Widened => "widened",
+            Self::Narrowed => "narrowed",
+            Self::Policies => "policies",
+        }
+    }
+
     pub fn title(self) -> &'static str {
         match self {
             Self::Widened => "WIDENED (deny → allow)",
@@ -56,11 +75,13 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn recorded(record: &Record) -> Self {
+    /// The answer a record holds.
+    pub fn recorded(record: &Record) -> Self {
         Self { decision: record.decision, reason: record.reason.clone(), policies: record.policies.clone() }
     }
 
-    fn of(decided: &Result<Decision, RequestError>) -> Self {
+    /// The answer of a decision, or the deny of a question that could not be asked.
+    pub fn of(decided: &Result<Decision, RequestError>) -> Self {
         match decided {
             Ok(decision) => Self {
                 decision: decision.effect,
@@ -219,14 +240,9 @@ impl<'a> Replay<'a> {
         };
         let decided = decide(&self.engine, self.candidate, record);
         let after = Answer::of(&decided);
-        let change = match (before.decision, after.decision) {
-            (Effect::Deny, Effect::Allow) => Change::Widened,
-            (Effect::Allow, Effect::Deny) => Change::Narrowed,
-            _ if before.policies != after.policies || before.reason != after.reason => Change::Policies,
-            _ => {
-                self.report.unchanged += 1;
-                return;
-            }
+        let Some(change) = Change::between(&before, &after) else {
+            self.report.unchanged += 1;
+            return;
         };
         match change {
             Change::Widened => self.report.widened += 1,

@@ -25,13 +25,26 @@ pub fn handle<B>(state: &State, metrics: &PrometheusHandle, request: Request<B>)
             let snapshot = state.store.current().map(|s| s.version().to_string());
             // a failure before the first snapshot is a reason, not a reload failure
             let reloads = snapshot.as_ref().map(|_| state.store.stats());
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "ready": reasons.is_empty(),
                 "reasons": reasons,
                 "snapshot": snapshot,
                 "reload_failures": reloads.as_ref().map(|s| s.failures),
                 "last_reload_error": reloads.and_then(|s| s.last_error).map(|e| e.to_string()),
             });
+            // the candidate's state, for whoever runs one: never a reason not to be ready
+            if let Some(shadow) = state.engine.shadow() {
+                let store = shadow.store();
+                let stats = store.stats();
+                let shadow = serde_json::json!({
+                    "snapshot": store.current().map(|s| s.version().to_string()),
+                    "reload_failures": stats.failures,
+                    "last_error": stats.last_error.map(|e| e.to_string()),
+                });
+                if let Some(body) = body.as_object_mut() {
+                    body.insert("shadow".to_owned(), shadow);
+                }
+            }
             let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             json_response(status, body.to_string())
         }
@@ -79,6 +92,16 @@ fn info_metrics(state: &State, text: &mut String) {
         cedar_policy::get_sdk_version(),
         cedar_policy::get_lang_version(),
     );
+    if let Some(shadow) = state.engine.shadow().and_then(|shadow| shadow.store().current()) {
+        let _ = writeln!(
+            text,
+            "# HELP authz_shadow_snapshot_info The shadow policies deciding beside the serving ones: their digest.\n\
+             # TYPE authz_shadow_snapshot_info gauge\n\
+             authz_shadow_snapshot_info{{digest=\"{}\",source=\"{}\"}} 1",
+            label_value(&shadow.version().digest),
+            label_value(&shadow.source().to_string()),
+        );
+    }
     let Some(snapshot) = state.store.current() else { return };
     let version = snapshot.version();
     let _ = writeln!(

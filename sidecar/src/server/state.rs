@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use super::router::{RouteConflict, Router};
 use crate::authn::Authenticator;
 use crate::authn::dev::DevIssuer;
-use crate::authz::Engine;
+use crate::authz::{Engine, Observers};
 use crate::config::{Config, ContextConfig, Handler, PrincipalConfig, ServerConfig};
 use crate::directory::Directory;
 use crate::handlers::account_pool::AccountPool;
@@ -31,6 +31,8 @@ pub enum StateError {
     Client(#[from] rustls::Error),
     #[error(transparent)]
     Records(#[from] crate::records::RecordsError),
+    #[error("cannot start the shadow policies' thread: {0}")]
+    Shadow(std::io::Error),
 }
 
 /// The request-time state.
@@ -80,11 +82,11 @@ impl State {
                 upstreams.insert(route.name.clone(), http_client::client(upstream.connect_timeout)?);
             }
         }
-        // every decision site asks this engine, so it is where records are taken
-        let engine = match &config.records {
-            Some(records) => Engine::recording(crate::records::Recorder::start(records)?),
-            None => Engine::new(),
-        };
+        // every decision site asks this engine, so it is where decisions are observed
+        let engine = Engine::observed(Observers {
+            recorder: config.records.as_ref().map(crate::records::Recorder::start).transpose()?,
+            shadow: config.shadow.as_ref().map(crate::shadow::Shadow::start).transpose().map_err(StateError::Shadow)?,
+        });
         Ok(Self {
             server: config.server.clone(),
             context: config.context.clone(),

@@ -84,7 +84,7 @@ impl Question {
             route: None,
             operation: Some(operation.as_str()),
         };
-        engine.record(origin, snapshot, &request, &decided);
+        engine.observe(origin, snapshot, &request, &decided);
         decided.map_err(Refusal::Request)
     }
 
