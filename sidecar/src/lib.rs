@@ -32,6 +32,7 @@
 
 #![warn(unreachable_pub)]
 
+pub mod access;
 pub mod app;
 pub(crate) mod authn;
 pub mod authz;

@@ -19,6 +19,9 @@ pub(crate) enum ApiError {
     /// type found, never a value.
     #[error("invalid event: {0}")]
     InvalidEvent(String),
+    /// A query that cannot be answered; the message says why in the sidecar's words.
+    #[error("bad query: {0}")]
+    BadQuery(String),
     #[error("unauthenticated: {0}")]
     Unauthenticated(AuthnError),
     #[error("forbidden")]
@@ -59,7 +62,7 @@ pub(crate) enum ApiError {
 impl ApiError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            Self::BadRequest(_) | Self::InvalidEvent(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::InvalidEvent(_) | Self::BadQuery(_) => StatusCode::BAD_REQUEST,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden | Self::NotCheckable => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -90,6 +93,7 @@ impl ApiError {
         match self {
             Self::BadRequest(why) => format!("bad request: {why}"),
             Self::InvalidEvent(why) => format!("invalid event: {why}"),
+            Self::BadQuery(why) => format!("bad query: {why}"),
             Self::Unauthenticated(AuthnError::Missing) => "a bearer token is required".to_owned(),
             Self::Unauthenticated(AuthnError::Ambiguous) => "send exactly one Authorization header".to_owned(),
             Self::Unauthenticated(_) => "the bearer token is not valid".to_owned(),

@@ -62,7 +62,7 @@ fn validate_passes_on_the_shipped_files_with_a_one_line_summary() {
     let out = ws.cli(&["validate"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
-    assert!(out.stdout.starts_with("valid: 12 policies and 22 entities"), "{}", out.stdout);
+    assert!(out.stdout.starts_with("valid: 13 policies and 22 entities"), "{}", out.stdout);
     assert!(out.stderr.is_empty(), "warnings on the shipped files: {}", out.stderr);
 }
 
@@ -76,7 +76,7 @@ fn validate_notes_a_policy_that_makes_account_lists_decide_every_account_alone()
     );
     let out = ws.cli(&["validate"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.starts_with("valid: 13 policies"), "{}", out.stdout);
+    assert!(out.stdout.starts_with("valid: 14 policies"), "{}", out.stdout);
     assert!(out.stderr.starts_with("note: account-pool lists will decide each of the "), "{}", out.stderr);
     assert!(out.stderr.contains("`resource` used as a value"), "{}", out.stderr);
 }
@@ -250,7 +250,7 @@ fn test_passes_the_shipped_tables_and_covers_every_policy() {
     let out = ws.cli(&["test", "--require-coverage"]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.contains(" passed, 0 failed\n"), "{}", out.stdout);
-    assert!(out.stdout.contains("coverage: each of the 12 policies"), "{}", out.stdout);
+    assert!(out.stdout.contains("coverage: each of the 13 policies"), "{}", out.stdout);
     assert!(!out.stdout.contains("FAIL"), "{}", out.stdout);
 }
 
@@ -345,7 +345,7 @@ fn serve_check_config_accepts_the_embedded_default() {
     let ws = Workspace::shipped();
     let out = ws.cli(&["serve", "--check-config"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.starts_with("configuration ok: embedded default (1 routes"), "{}", out.stdout);
+    assert!(out.stdout.starts_with("configuration ok: embedded default (2 routes"), "{}", out.stdout);
 }
 
 #[test]

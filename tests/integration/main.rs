@@ -8,6 +8,7 @@
     reason = "test code: a panic is a failed test"
 )]
 
+mod access;
 mod account_pool;
 mod avp;
 mod avp_binary;

@@ -61,7 +61,7 @@ pub(super) fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
 
 /// Why the question could not be asked.
 #[derive(Debug, thiserror::Error)]
-enum AskError {
+pub(super) enum AskError {
     #[error(transparent)]
     Request(#[from] RequestError),
     #[error("--context is not a JSON object: {0}")]
@@ -80,10 +80,7 @@ fn decide(args: &Args, snapshot: &PolicySnapshot) -> Result<Decision, AskError> 
     let principal = parse_entity_uid(&args.principal)?;
     let action = resolve_action(snapshot.schema(), &args.action)?;
     let resource = parse_entity_uid(&args.resource)?;
-    let context: serde_json::Value = serde_json::from_str(&args.context).map_err(AskError::ContextNotJson)?;
-    if !context.is_object() {
-        return Err(AskError::ContextNotObject);
-    }
+    let context = context_object(&args.context)?;
     let entities = match &args.request_entities {
         Some(path) => read_entities(path, snapshot)?,
         None => Vec::new(),
@@ -92,7 +89,16 @@ fn decide(args: &Args, snapshot: &PolicySnapshot) -> Result<Decision, AskError> 
     Ok(Engine::new().decide(snapshot, &request)?)
 }
 
-fn read_entities(path: &std::path::Path, snapshot: &PolicySnapshot) -> Result<Vec<Entity>, AskError> {
+/// `--context`: a JSON object.
+pub(super) fn context_object(text: &str) -> Result<serde_json::Value, AskError> {
+    let context: serde_json::Value = serde_json::from_str(text).map_err(AskError::ContextNotJson)?;
+    if !context.is_object() {
+        return Err(AskError::ContextNotObject);
+    }
+    Ok(context)
+}
+
+pub(super) fn read_entities(path: &std::path::Path, snapshot: &PolicySnapshot) -> Result<Vec<Entity>, AskError> {
     let text = std::fs::read_to_string(path).map_err(|source| AskError::Read { path: path.to_path_buf(), source })?;
     let items: Vec<serde_json::Value> =
         serde_json::from_str(&text).map_err(|source| AskError::NotEntities { path: path.to_path_buf(), source })?;

@@ -4,6 +4,7 @@
 //! integration tests drive the real commands in-process and read what they print.
 //! Results go to `out`; problems and log lines go to `err`.
 
+mod access;
 mod authorize;
 pub mod avp;
 mod healthcheck;
@@ -88,6 +89,13 @@ enum Command {
     /// is defined at) and any evaluation errors. Exits 0 on allow, 3 on deny, 1 when the
     /// request cannot be decided (e.g. it does not fit the schema).
     Authorize(authorize::Args),
+    /// List the resources of a type an action allows one principal.
+    ///
+    /// Decides the question for every stored resource of the type (and those given in
+    /// --request-entities), once per class of resources the policies cannot tell apart,
+    /// and prints the allowed ones with the policies that allowed each. Exits 0 with the
+    /// list (empty or not), 1 when the question cannot be asked.
+    Access(access::Args),
     /// Run the decision tables: named requests and the decision each must get.
     ///
     /// Reads every `*.yaml`/`*.yml`/`*.json` table in DIR (default: `<policies>/tests`),
@@ -210,6 +218,7 @@ where
     match cli.command {
         Command::Validate(args) => validate::run(&args, out, err),
         Command::Authorize(args) => authorize::run(&args, out, err),
+        Command::Access(args) => access::run(&args, out, err),
         Command::Test(args) => test::run(&args, out, err),
         Command::Replay(args) => replay::run(&args, out, err),
         Command::Serve(args) => serve::run(&args, out, err),

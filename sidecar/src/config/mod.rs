@@ -30,9 +30,10 @@ pub use raw::{GroupMembership, HandlerKind, NotOneOf, RawConfig, SourceKind};
 pub use records::{Omitted, RecordsConfig};
 use routes::parse_route;
 pub use routes::{
-    ACCOUNT_POOL_CALLER_ACTION, ACCOUNT_POOL_HANDLER_TYPE, ContextSource, DEFAULT_STRIPPED_HEADERS, DeriveProfile,
-    Handler, LOB_TYPE, MEMBERSHIP_EVENTS_CALLER_ACTION, MEMBERSHIP_EVENTS_HANDLER_TYPE, MIN_PROVISION_POLL, Mode,
-    PROFILE_TYPE, PresignOptions, PresignResponse, Provisioning, RouteAuthz, RouteConfig, TEAM_TYPE, Upstream,
+    ACCESS_CALLER_ACTION, ACCESS_HANDLER_TYPE, ACCOUNT_POOL_CALLER_ACTION, ACCOUNT_POOL_HANDLER_TYPE, ContextSource,
+    DEFAULT_STRIPPED_HEADERS, DeriveProfile, Handler, LOB_TYPE, MEMBERSHIP_EVENTS_CALLER_ACTION,
+    MEMBERSHIP_EVENTS_HANDLER_TYPE, MIN_PROVISION_POLL, Mode, PROFILE_TYPE, PresignOptions, PresignResponse,
+    Provisioning, RouteAuthz, RouteConfig, TEAM_TYPE, Upstream,
 };
 pub use shadow::ShadowConfig;
 pub use template::{IdTemplate, RenderError, TemplateError};

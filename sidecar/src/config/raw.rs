@@ -392,9 +392,11 @@ pub enum HandlerKind {
     Presign,
     AccountPool,
     MembershipEvents,
+    Access,
 }
-closed_set!(HandlerKind, "`forward`, `presign`, `account_pool`, `membership_events` or `echo`", {
+closed_set!(HandlerKind, "`forward`, `presign`, `account_pool`, `membership_events`, `access` or `echo`", {
     "membership_events" => Self::MembershipEvents,
+    "access" => Self::Access,
     "forward" => Self::Forward,
     "echo" => Self::Echo,
     "presign" => Self::Presign,
@@ -409,6 +411,7 @@ impl HandlerKind {
             Self::Presign => "presign",
             Self::AccountPool => "account_pool",
             Self::MembershipEvents => "membership_events",
+            Self::Access => "access",
         }
     }
 }

@@ -71,6 +71,8 @@ pub enum Handler {
     AccountPool,
     /// Apply IAM Identity Center group-membership events (EventBridge API destinations).
     MembershipEvents,
+    /// Answer what the caller may open: `?action=…&resource_type=…` (see [`crate::access`]).
+    Access,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +167,11 @@ pub const ACCOUNT_POOL_HANDLER_TYPE: &str = "DataZone::AccountPoolHandler";
 pub const MEMBERSHIP_EVENTS_CALLER_ACTION: &str = r#"Studio::Action::"ReportMembershipChange""#;
 /// The type of that handler as a resource; its id is the route's name.
 pub const MEMBERSHIP_EVENTS_HANDLER_TYPE: &str = "Studio::MembershipEventsHandler";
+/// The question an `access` route asks of its caller unless the route names another:
+/// may this principal ask what they may open?
+pub const ACCESS_CALLER_ACTION: &str = r#"Studio::Action::"QueryAccess""#;
+/// The type of that handler as a resource; its id is the route's name.
+pub const ACCESS_HANDLER_TYPE: &str = "Studio::AccessHandler";
 
 /// How a route's call becomes a Cedar request.
 #[derive(Debug, Clone)]
@@ -246,6 +253,7 @@ fn route_question(
     let asks_its_caller = match route.handler {
         HandlerKind::AccountPool => Some((ACCOUNT_POOL_CALLER_ACTION, ACCOUNT_POOL_HANDLER_TYPE)),
         HandlerKind::MembershipEvents => Some((MEMBERSHIP_EVENTS_CALLER_ACTION, MEMBERSHIP_EVENTS_HANDLER_TYPE)),
+        HandlerKind::Access => Some((ACCESS_CALLER_ACTION, ACCESS_HANDLER_TYPE)),
         _ => None,
     };
     let (action_text, type_text, id_text) = if let Some((action, handler_type)) = asks_its_caller {
@@ -361,6 +369,15 @@ fn route_handler(
                 return Err(invalid(key("mode"), "a `membership_events` route always enforces who may call it".into()));
             }
             Handler::MembershipEvents
+        }
+        HandlerKind::Access => {
+            if route.mode == Mode::DryRun {
+                return Err(invalid(key("mode"), "an `access` route always enforces who may ask it".into()));
+            }
+            if route.method != "GET" && !route.method.eq_ignore_ascii_case("get") {
+                return Err(invalid(key("method"), "an `access` route answers GET".into()));
+            }
+            Handler::Access
         }
         HandlerKind::Presign => {
             Handler::Presign(presign_options(route.presign.clone().unwrap_or_default(), key, invalid)?)

@@ -398,10 +398,11 @@ where
     let question = match (revocations_unread, gather_error) {
         (Some(error), _) => Err(RequestError::Directory(error.to_string())),
         (None, Some(error)) => Err(RequestError::Directory(error.to_string())),
-        (None, None) => requester.and_then(|requester| {
+        (None, None) => requester.as_ref().map_err(Clone::clone).and_then(|requester| {
             let context = context_from_strings(&snapshot, &authz.action, &context)?;
             let checked = gathered.checked_except(&principal).into_iter().chain(derived.clone()).collect();
-            Ok(DecisionRequest::built(requester, authz.action.clone(), resource.clone(), context).with_checked(checked))
+            Ok(DecisionRequest::built(Arc::clone(requester), authz.action.clone(), resource.clone(), context)
+                .with_checked(checked))
         }),
     };
     let principal_text = uid_text(&principal);
@@ -516,6 +517,13 @@ where
             let event = body.collect().await?;
             let answer = Box::pin(lifecycle.handle(&event, request_id, &snapshot)).await?;
             Ok(json_response(http::StatusCode::OK, answer.to_string()))
+        }
+        // the caller may ask; the handler decides each resource for them
+        Handler::Access => {
+            let principal = requester.map_err(|_| ApiError::Forbidden)?;
+            let caller = crate::handlers::access::Caller { principal, context, gathered };
+            let query = parts.uri.query().unwrap_or_default();
+            Box::pin(crate::handlers::access::answer(state, snapshot, caller, query, request_id)).await
         }
         Handler::Echo => {
             let body = serde_json::json!({

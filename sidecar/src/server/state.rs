@@ -61,6 +61,8 @@ pub struct State {
     pub(crate) revocations: Option<Arc<Revocations>>,
     /// Set with `[lifecycle]`: what a `membership_events` route applies events with.
     pub(crate) lifecycle: Option<Arc<Lifecycle>>,
+    /// The routes that derive Studio profiles: an access query lists what they would derive.
+    pub(crate) deriving: Arc<[Arc<crate::config::RouteConfig>]>,
 }
 
 impl std::fmt::Debug for State {
@@ -104,6 +106,7 @@ impl State {
             directory: None,
             revocations: None,
             lifecycle: None,
+            deriving: config.routes.iter().filter(|r| r.derive_profile.is_some()).cloned().map(Arc::new).collect(),
         })
     }
 

@@ -1,0 +1,193 @@
+//! The `access` handler: `GET <route>?action=…&resource_type=…` answers which resources
+//! of the type the action allows the caller (see [`crate::access`]).
+//!
+//! The principal is the one the caller's token built (with the directory's entities,
+//! and the teams it has since left taken away, as for any route); the context is the
+//! caller's own (source IP, VPC endpoint, time), built for the action asked about from
+//! the route's context sources. Studio profiles a `derive_profile` route would derive
+//! for the caller's teams are candidates too. Each parameter must be given once, and no
+//! other; a question that cannot be asked is a 400 naming why, never an empty list.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use cedar_policy::{EntityId, EntityTypeName, EntityUid};
+
+use crate::access::{self, Question};
+use crate::authz::{Asker, QuestionContext, RequestError, context_from_strings, resolve_action};
+use crate::body::{Body, json_response};
+use crate::config::RouteConfig;
+use crate::directory::Gathered;
+use crate::policy_store::{CheckedEntity, PolicySnapshot};
+use crate::rescue::ApiError;
+use crate::server::state::State;
+
+/// The query string read: the action and the resource type.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Asked {
+    pub(crate) action: String,
+    pub(crate) resource_type: String,
+}
+
+/// `action` and `resource_type`, each exactly once, and nothing else.
+pub(crate) fn parse_query(query: &str) -> Result<Asked, ApiError> {
+    let (mut action, mut resource_type) = (None, None);
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        let slot = match key.as_ref() {
+            "action" => &mut action,
+            "resource_type" => &mut resource_type,
+            _ => return Err(ApiError::BadQuery("only `action` and `resource_type` may be given".into())),
+        };
+        if slot.replace(value.into_owned()).is_some() {
+            return Err(ApiError::BadQuery(format!("`{key}` is given more than once")));
+        }
+    }
+    match (action.filter(|a| !a.is_empty()), resource_type.filter(|t| !t.is_empty())) {
+        (Some(action), Some(resource_type)) => Ok(Asked { action, resource_type }),
+        _ => Err(ApiError::BadQuery("give `?action=<action>&resource_type=<entity type>`".into())),
+    }
+}
+
+/// What the pipeline knows of the caller when the route's own question allowed them.
+pub(crate) struct Caller {
+    pub(crate) principal: Arc<CheckedEntity>,
+    /// The route's context attributes and their values, as strings.
+    pub(crate) context: Vec<(String, String)>,
+    /// What the directory gave for this request.
+    pub(crate) gathered: Gathered,
+}
+
+/// Answer the query on the blocking pool: thousands of candidates are decided.
+pub(crate) async fn answer(
+    state: &State,
+    snapshot: Arc<PolicySnapshot>,
+    caller: Caller,
+    query: &str,
+    request_id: &str,
+) -> Result<http::Response<Body>, ApiError> {
+    let asked = parse_query(query)?;
+    let engine = state.engine.clone();
+    let deriving = state.deriving.clone();
+    let principal_type = state.principal.entity_type.clone();
+    let request_id = request_id.to_owned();
+    let answered = tokio::task::spawn_blocking(move || {
+        decide(&engine, &snapshot, &deriving, &principal_type, caller, &asked)
+            .inspect_err(|e| tracing::info!(request_id, error = %e, "access query refused"))
+    })
+    .await
+    .map_err(|_| ApiError::Internal)??;
+    Ok(json_response(http::StatusCode::OK, answered.to_string()))
+}
+
+fn decide(
+    engine: &crate::authz::Engine,
+    snapshot: &PolicySnapshot,
+    deriving: &[Arc<RouteConfig>],
+    principal_type: &EntityTypeName,
+    caller: Caller,
+    asked: &Asked,
+) -> Result<serde_json::Value, ApiError> {
+    let bad = |e: RequestError| ApiError::BadQuery(public(&e));
+    let action = resolve_action(snapshot.schema(), &asked.action).map_err(bad)?;
+    let resource_type = EntityTypeName::from_str(&asked.resource_type)
+        .map_err(|_| ApiError::BadQuery(format!("`{}` is not an entity type", asked.resource_type)))?;
+    let principal = caller.principal.uid().clone();
+    // what the question is about first: a context is built for an action that applies
+    access::applies(snapshot, principal.type_name(), &action, &resource_type).map_err(bad)?;
+    let context = context_from_strings(snapshot, &action, &caller.context).map_err(bad)?;
+    let known = |uid: &EntityUid| caller.gathered.known_or_none(snapshot, uid);
+    // the profiles a deriving route would derive for the caller's teams
+    let teams: Vec<EntityUid> = caller
+        .principal
+        .references()
+        .iter()
+        .filter(|uid| uid.type_name().to_string() == crate::config::TEAM_TYPE)
+        .cloned()
+        .collect();
+    let mut unlisted = Vec::new();
+    for route in deriving.iter().filter(|r| r.authz.action == action && r.authz.resource_type == resource_type) {
+        let Some(derive) = &route.derive_profile else { continue };
+        let id = |user: &str, team: &str| {
+            route
+                .authz
+                .resource_id
+                .render(|name| match name {
+                    n if n == derive.user => Some(user),
+                    n if n == derive.team => Some(team),
+                    _ => None,
+                })
+                .ok()
+        };
+        let user = EntityUid::from_type_name_and_id(principal_type.clone(), EntityId::new(principal.id().unescaped()));
+        unlisted.extend(access::derivable_profiles(snapshot, known, &user, &teams, id, &resource_type));
+    }
+    let question = Question {
+        principal: Asker::Built(caller.principal.clone()),
+        action,
+        resource_type,
+        context: QuestionContext::Typed(context),
+        checked: caller.gathered.checked_except(&principal),
+        unlisted,
+    };
+    let answer = access::query(engine, snapshot, &question).map_err(bad)?;
+    let mut json = serde_json::to_value(&answer).map_err(|_| ApiError::Internal)?;
+    if let Some(object) = json.as_object_mut() {
+        let context: serde_json::Map<String, serde_json::Value> =
+            caller.context.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+        object.insert("context".to_owned(), serde_json::Value::Object(context));
+        if !answer.context_read.is_empty() {
+            object.insert(
+                "note".to_owned(),
+                serde_json::Value::String(
+                    "the policies read the request context: this answer holds for this context (where you call from, \
+                     and when)"
+                        .to_owned(),
+                ),
+            );
+        }
+    }
+    Ok(json)
+}
+
+/// What the caller is told of a question that cannot be asked: the kind of problem in
+/// its own words, never the schema's list of actions or a policy's text.
+fn public(error: &RequestError) -> String {
+    match error {
+        RequestError::UnknownAction { action, .. } => format!("no action `{action}` is known"),
+        RequestError::AmbiguousAction { action, .. } => {
+            format!("`{action}` names more than one action; give it in full")
+        }
+        RequestError::BadUid { text, .. } => format!("`{text}` is not an action uid"),
+        RequestError::BadContext { .. } => {
+            "the action needs a context this route does not give (its `context` sources)".to_owned()
+        }
+        RequestError::Invalid(why) => why.clone(),
+        RequestError::BadEntities(_) | RequestError::Directory(_) => {
+            "the request's entities do not fit the schema".to_owned()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_query_takes_each_parameter_once_and_nothing_else() {
+        let asked = parse_query("action=CreatePresignedDomainUrl&resource_type=Studio%3A%3AUserProfile").unwrap();
+        assert_eq!(
+            asked,
+            Asked { action: "CreatePresignedDomainUrl".into(), resource_type: "Studio::UserProfile".into() }
+        );
+        for bad in [
+            "",
+            "action=a",
+            "resource_type=t",
+            "action=&resource_type=t",
+            "action=a&resource_type=t&action=b",
+            "action=a&resource_type=t&principal=Studio::User::%22admin%22",
+        ] {
+            assert!(matches!(parse_query(bad), Err(ApiError::BadQuery(_))), "{bad}");
+        }
+    }
+}
