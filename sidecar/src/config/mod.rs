@@ -726,6 +726,30 @@ mod tests {
         assert!(err.to_string().contains("`audit`: use `enforce` or `dry-run`"), "{err}");
         let err = with_route(&format!("{base}resource_id = \"{{user}}\"\nhandler = \"echo\"\nbogus = 1")).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+        // no credential ever enters a context (records and replay reports copy contexts)
+        for header in ["Authorization", "cookie", "proxy-authorization", "x-amz-security-token", "X-Api-Key"] {
+            let route = format!(
+                "{base}resource_id = \"{{user}}\"\nhandler = \"echo\"\ncontext = {{ t = \"header:{header}\" }}"
+            );
+            let err = with_route(&route).unwrap_err();
+            assert!(err.to_string().contains("carries credentials"), "{header}: {err}");
+        }
+        let route =
+            format!("{base}resource_id = \"{{user}}\"\nhandler = \"echo\"\ncontext = {{ t = \"header:x-tenant\" }}");
+        assert!(with_route(&route).is_ok());
+    }
+
+    #[test]
+    fn access_routes_ask_who_may_query_and_answer_get() {
+        let base = "name = \"access\"\nmethod = \"GET\"\npath = \"/v1/access\"\nhandler = \"access\"\n";
+        let ok = with_route(base).unwrap();
+        assert!(matches!(ok.routes[0].handler, Handler::Access));
+        assert_eq!(ok.routes[0].authz.action.to_string(), ACCESS_CALLER_ACTION);
+        assert_eq!(ok.routes[0].authz.resource_type.to_string(), ACCESS_HANDLER_TYPE);
+        let err = with_route(&base.replace("GET", "POST")).unwrap_err();
+        assert!(err.to_string().contains("answers GET"), "{err}");
+        let err = with_route(&format!("{base}mode = \"dry-run\"")).unwrap_err();
+        assert!(err.to_string().contains("always enforces"), "{err}");
     }
 
     #[test]

@@ -314,10 +314,18 @@ fn route_context(
             "path" => ContextSource::Path,
             other => match other.split_once(':') {
                 Some(("path", param)) if path_params.contains(&param) => ContextSource::PathParam(param.to_owned()),
-                Some(("header", header)) => ContextSource::Header(
-                    HeaderName::from_str(header)
-                        .map_err(|_| invalid(field(), format!("`{header}` is not a header name")))?,
-                ),
+                Some(("header", header)) => {
+                    let name = HeaderName::from_str(header)
+                        .map_err(|_| invalid(field(), format!("`{header}` is not a header name")))?;
+                    // a credential in the context would reach decision records and logs
+                    if CREDENTIAL_HEADERS.contains(&name.as_str()) {
+                        return Err(invalid(
+                            field(),
+                            format!("`{header}` carries credentials and never enters a Cedar context"),
+                        ));
+                    }
+                    ContextSource::Header(name)
+                }
                 _ => {
                     return Err(invalid(
                         field(),
@@ -333,6 +341,11 @@ fn route_context(
     }
     Ok(out)
 }
+
+/// Headers that carry credentials: no route may put them in a context, where decision
+/// records, replay reports and shadow comparisons would copy them.
+const CREDENTIAL_HEADERS: &[&str] =
+    &["authorization", "proxy-authorization", "cookie", "x-amz-security-token", "x-api-key"];
 
 /// What the route does once allowed.
 fn route_handler(
@@ -374,7 +387,7 @@ fn route_handler(
             if route.mode == Mode::DryRun {
                 return Err(invalid(key("mode"), "an `access` route always enforces who may ask it".into()));
             }
-            if route.method != "GET" && !route.method.eq_ignore_ascii_case("get") {
+            if !route.method.eq_ignore_ascii_case("GET") {
                 return Err(invalid(key("method"), "an `access` route answers GET".into()));
             }
             Handler::Access
