@@ -118,3 +118,58 @@ async fn a_store_whose_schema_does_not_fit_the_routes_is_not_served_and_readyz_s
     let _ = child.wait();
     assert!(said.contains("NotInTheStore"), "/readyz names what it waits for: {said}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_as_the_shadow_candidate_beside_the_policy_files() {
+    let store = fake_store().await;
+    let ws = Workspace::shipped();
+    let path = ws.dir.path().join("shadow-avp.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[policies]\ndir = \"{policies}\"\nentities = \"{entities}\"\n\
+             [policies.shadow]\nsource = \"avp\"\n\
+             [policies.shadow.avp]\npolicy_store_id = \"{STORE}\"\npoll_interval = \"1s\"\n\
+             [context]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
+             [aws]\nregion = \"us-east-1\"\nverifiedpermissions_endpoint = \"{url}\"\n\
+             [[routes]]\nname = \"studio\"\nmethod = \"GET\"\npath = \"/studio/{{user}}/{{team}}\"\n\
+             action = 'Studio::Action::\"CreatePresignedDomainUrl\"'\nresource_type = \"Studio::UserProfile\"\n\
+             resource_id = \"{{user}}-{{team}}\"\nhandler = \"echo\"\n",
+            policies = ws.policies().display(),
+            entities = ws.entities().display(),
+            url = store.url(),
+        ),
+    )
+    .unwrap();
+    let log = ws.dir.path().join("sidecar.log");
+    let env = env(&ws);
+    let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+    let Running { mut child, data, admin } =
+        start_binary_in_env(&["--config", path.to_str().unwrap()], &env, &log, true).await;
+    for _ in 0..200 {
+        let (_, _, body) = harness::get(admin, "/readyz", &[]).await;
+        if serde_json::from_str::<Value>(&body).unwrap()["shadow"]["snapshot"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, _, token) = harness::get(admin, "/dev/token?user=user-1&groups=Team1,Team2", &[]).await;
+    let auth = format!("Bearer {token}");
+    // from lob-b's endpoint: the files' forbid denies; the store's one permit would allow
+    let headers = [("authorization", auth.as_str()), ("x-amzn-vpce-id", "vpce-0b2b000000000001b")];
+    let (status, _, body) = harness::get(data, "/studio/user-1/team1", &headers).await;
+    assert_eq!(status, 403, "the files decide: {body}");
+    let series = r#"authz_shadow_disagreements_total{route="studio",live="deny",shadow="allow"} 1"#;
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        metrics = harness::get(admin, "/metrics", &[]).await.2;
+        if metrics.contains(series) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(metrics.contains(series), "{metrics}");
+    assert!(metrics.contains("authz_shadow_snapshot_info{digest="), "{metrics}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
