@@ -22,6 +22,12 @@ use super::{FORMAT, Record};
 use crate::authz::{Asker, Decision, DecisionRequest, Effect, Engine, RequestError, parse_entity_uid};
 use crate::policy_store::{CheckedEntity, LoadError, Location, PolicySnapshot, Problem};
 
+/// A record's version alone, to tell a record of another format from garbage.
+#[derive(serde::Deserialize)]
+struct Version {
+    v: u32,
+}
+
 /// The longest record line read; a longer one is reported, not read.
 const MAX_LINE: u64 = 4 * 1024 * 1024;
 
@@ -199,30 +205,37 @@ impl<'a> Replay<'a> {
 
     /// Replay the records `reader` holds, one a line (`path` names them in the report).
     pub fn read(&mut self, path: &Path, mut reader: impl BufRead) -> std::io::Result<()> {
-        let mut line = String::new();
+        let mut line = Vec::new();
         for number in 1.. {
             line.clear();
-            let read = (&mut reader).take(MAX_LINE).read_line(&mut line)?;
+            let read = (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line)?;
             if read == 0 {
                 break;
             }
             let at = format!("{}:{number}", path.display());
-            if read as u64 == MAX_LINE && !line.ends_with('\n') {
+            if read as u64 == MAX_LINE && line.last() != Some(&b'\n') {
                 self.report.unreadable.push(format!("{at}: longer than {MAX_LINE} bytes"));
-                // skip the rest of the line
-                let mut rest = Vec::new();
-                reader.read_until(b'\n', &mut rest)?;
+                skip_line(&mut reader)?;
                 continue;
             }
-            if line.trim().is_empty() {
+            let Ok(text) = std::str::from_utf8(&line) else {
+                self.report.unreadable.push(format!("{at}: not UTF-8"));
+                continue;
+            };
+            if text.trim().is_empty() {
                 continue;
             }
-            match serde_json::from_str::<Record>(&line) {
+            match serde_json::from_str::<Record>(text) {
                 Ok(record) if record.v == FORMAT => self.replay(&record, at),
-                Ok(record) => {
-                    self.report.unreadable.push(format!("{at}: record format {} (this build reads {FORMAT})", record.v))
+                other => {
+                    let version = serde_json::from_str::<Version>(text).ok().map(|found| found.v);
+                    let why = match (version.filter(|v| *v != FORMAT), other) {
+                        (Some(v), _) => format!("record format {v} (this build reads {FORMAT})"),
+                        (None, Err(error)) => format!("not a decision record: {error}"),
+                        (None, Ok(_)) => "not a decision record".to_owned(),
+                    };
+                    self.report.unreadable.push(format!("{at}: {why}"));
                 }
-                Err(error) => self.report.unreadable.push(format!("{at}: not a decision record: {error}")),
             }
         }
         Ok(())
@@ -282,6 +295,22 @@ impl<'a> Replay<'a> {
     }
 }
 
+/// Read past the rest of a line, a buffer at a time (never holding it whole).
+fn skip_line(reader: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let buffer = reader.fill_buf()?;
+        if buffer.is_empty() {
+            return Ok(());
+        }
+        if let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+            reader.consume(end + 1);
+            return Ok(());
+        }
+        let all = buffer.len();
+        reader.consume(all);
+    }
+}
+
 fn unreadable(path: &Path, error: &std::io::Error) -> LoadError {
     LoadError::single(Problem::new(path, None::<Location>, format!("cannot read the records: {error}")))
 }
@@ -312,4 +341,31 @@ pub fn decide(engine: &Engine, snapshot: &PolicySnapshot, record: &Record) -> Re
         request.principal = Asker::Built(Arc::new(CheckedEntity::new(built)));
     }
     engine.decide(snapshot, &request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy_store::SourceDirs;
+
+    #[test]
+    fn lines_that_are_not_records_are_named_and_the_rest_still_read() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let snapshot = PolicySnapshot::load(&SourceDirs::new(root.join("policies"), root.join("entities")), 1).unwrap();
+        let mut replay = Replay::new(&snapshot, None, 3);
+        let mut text = Vec::new();
+        text.extend_from_slice(b"\n{\"v\": 2}\n");
+        text.extend_from_slice(b"\xff\xfe not text\n");
+        text.extend(std::iter::repeat_n(b'x', usize::try_from(MAX_LINE).unwrap() + 10));
+        text.extend_from_slice(b"\nnot json\n");
+        replay.read(Path::new("r.jsonl"), &text[..]).unwrap();
+        let report = replay.finish();
+        assert_eq!(report.records, 0);
+        let unreadable: Vec<&str> = report.unreadable.iter().map(String::as_str).collect();
+        assert_eq!(unreadable.len(), 4, "{unreadable:?}");
+        assert_eq!(unreadable[0], "r.jsonl:2: record format 2 (this build reads 1)");
+        assert_eq!(unreadable[1], "r.jsonl:3: not UTF-8");
+        assert!(unreadable[2].starts_with("r.jsonl:4: longer than"), "{unreadable:?}");
+        assert!(unreadable[3].starts_with("r.jsonl:5: not a decision record"), "{unreadable:?}");
+    }
 }
