@@ -130,23 +130,45 @@ fn decide(
         unlisted,
     };
     let answer = access::query(engine, snapshot, &question).map_err(bad)?;
-    let mut json = serde_json::to_value(&answer).map_err(|_| ApiError::Internal)?;
-    if let Some(object) = json.as_object_mut() {
-        let context: serde_json::Map<String, serde_json::Value> =
-            caller.context.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
-        object.insert("context".to_owned(), serde_json::Value::Object(context));
-        if !answer.context_read.is_empty() {
-            object.insert(
-                "note".to_owned(),
-                serde_json::Value::String(
-                    "the policies read the request context: this answer holds for this context (where you call from, \
-                     and when)"
-                        .to_owned(),
-                ),
-            );
-        }
+    Ok(public_answer(&answer, &caller.context))
+}
+
+/// The answer as the caller is told it: what they may open, and where from. Nothing
+/// trying each resource would not tell them: no count of the resources they may not
+/// open, no policy ids, no names of what the policies read (the security team has
+/// `authz-sidecar access` and the audit log for those).
+fn public_answer(answer: &access::Answer, context: &[(String, String)]) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let allowed: Vec<Value> = answer
+        .allowed
+        .iter()
+        .map(|a| {
+            let mut item = json!({"resource": a.resource, "id": a.id});
+            if a.derived {
+                item["derived"] = Value::Bool(true);
+            }
+            item
+        })
+        .collect();
+    let context: serde_json::Map<String, Value> =
+        context.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    let mut json = json!({
+        "principal": answer.principal,
+        "action": answer.action,
+        "resource_type": answer.resource_type,
+        "allowed": allowed,
+        "context": context,
+        "context_dependent": !answer.context_read.is_empty(),
+        "snapshot": answer.snapshot,
+    });
+    if !answer.context_read.is_empty() {
+        json["note"] = Value::String(
+            "the policies read the request context: this answer holds for this context (where you call from, and \
+             when)"
+                .to_owned(),
+        );
     }
-    Ok(json)
+    json
 }
 
 /// What the caller is told of a question that cannot be asked: the kind of problem in
