@@ -142,12 +142,9 @@ fn public_answer(answer: &access::Answer, context: &[(String, String)]) -> serde
     let allowed: Vec<Value> = answer
         .allowed
         .iter()
-        .map(|a| {
-            let mut item = json!({"resource": a.resource, "id": a.id});
-            if a.derived {
-                item["derived"] = Value::Bool(true);
-            }
-            item
+        .map(|a| match a.derived {
+            true => json!({"resource": a.resource, "id": a.id, "derived": true}),
+            false => json!({"resource": a.resource, "id": a.id}),
         })
         .collect();
     let context: serde_json::Map<String, Value> =
@@ -161,12 +158,12 @@ fn public_answer(answer: &access::Answer, context: &[(String, String)]) -> serde
         "context_dependent": !answer.context_read.is_empty(),
         "snapshot": answer.snapshot,
     });
-    if !answer.context_read.is_empty() {
-        json["note"] = Value::String(
-            "the policies read the request context: this answer holds for this context (where you call from, and \
-             when)"
-                .to_owned(),
-        );
+    if !answer.context_read.is_empty()
+        && let Some(object) = json.as_object_mut()
+    {
+        let note = "the policies read the request context: this answer holds for this context (where you call from, \
+                    and when)";
+        object.insert("note".to_owned(), Value::String(note.to_owned()));
     }
     json
 }
