@@ -182,3 +182,28 @@ async fn a_broken_candidate_is_reported_and_shadows_nothing_until_it_is_fixed() 
     assert!(ready["shadow"]["last_error"].as_str().unwrap().contains("broken.cedar"), "{ready:#}");
     drop(running);
 }
+
+#[test]
+fn check_config_refuses_a_candidate_that_does_not_load() {
+    let ws = Workspace::shipped();
+    let candidate = ws.dir.path().join("candidate");
+    copy_dir(&ws.policies(), &candidate);
+    let config = ws.dir.path().join("shadow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[policies]\ndir = \"{}\"\nentities = \"{}\"\n[policies.shadow]\ndir = \"{}\"\n",
+            ws.policies().display(),
+            ws.entities().display(),
+            candidate.display()
+        ),
+    )
+    .unwrap();
+    let check = || crate::support::run_cli(&["serve", "--check-config", "--config", config.to_str().unwrap()]);
+    let out = check();
+    assert_eq!(out.code, 0, "{out:?}");
+    std::fs::write(candidate.join("broken.cedar"), "permit (").unwrap();
+    let out = check();
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("the shadow policies in") && out.stderr.contains("broken.cedar"), "{}", out.stderr);
+}

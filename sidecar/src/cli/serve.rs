@@ -87,6 +87,22 @@ pub(super) fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             let _ = writeln!(err, "error: {message}");
             return exit::FAILURE;
         }
+        // a candidate that does not load never stops serving, but a check before a
+        // deployment says so (a store's candidate is checked when it loads)
+        if let Some(shadow) = config.shadow.as_ref().filter(|s| s.source == crate::config::PolicySource::Files) {
+            let dirs = crate::policy_store::SourceDirs::new(&shadow.dir, &config.sources.entities);
+            let problems = match PolicySnapshot::load(&dirs, 1) {
+                Ok(candidate) => app::check_routes(&config, &candidate),
+                Err(e) => e.problems.iter().map(ToString::to_string).collect(),
+            };
+            if !problems.is_empty() {
+                let _ = writeln!(err, "error: the shadow policies in `{}` cannot be used:", shadow.dir.display());
+                for problem in problems {
+                    let _ = writeln!(err, "  {problem}");
+                }
+                return exit::FAILURE;
+            }
+        }
         let _ = writeln!(
             out,
             "configuration ok: {} ({} routes, {} issuers, policies `{}`, entities `{}`)",
