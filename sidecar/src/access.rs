@@ -7,6 +7,8 @@
 //! resource: candidates the action's policies cannot tell apart (the same
 //! [`ResourceObservation`] view the account-pool list uses) are decided once per class,
 //! and a class whose decision carries an evaluation error is decided member by member.
+//! When the question brings entities of its own (the directory's), every candidate is
+//! decided alone: a view is read from the stored entities, which those may change.
 //! A question that cannot be asked (the action does not apply to the principal's type
 //! or to the resource type, a context that does not fit) is an error, never an empty
 //! list.
@@ -94,13 +96,17 @@ pub fn query(engine: &Engine, snapshot: &PolicySnapshot, question: &Question) ->
     let stored = snapshot.entities_of_type(&question.resource_type);
     let mut classes: BTreeMap<View, Vec<&EntityUid>> = BTreeMap::new();
     let mut alone: Vec<&EntityUid> = Vec::new();
+    // A view is read from the stored entities. Entities the request brings (the
+    // directory's) may stand in for stored ones, or sit in a candidate's hierarchy where
+    // the stored closure cannot see them: then two candidates with one stored view may
+    // differ to the policies, so each is decided alone.
+    let shareable = question.checked.is_empty();
     for uid in stored.iter() {
-        match snapshot
-            .stored_entity(uid)
-            .ok()
+        let view = shareable
+            .then(|| snapshot.stored_entity(uid).ok().flatten())
             .flatten()
-            .and_then(|entity| observation.view(&entity, |target| snapshot.is_stored_ancestor(target, uid)))
-        {
+            .and_then(|entity| observation.view(&entity, |target| snapshot.is_stored_ancestor(target, uid)));
+        match view {
             Some(view) => classes.entry(view).or_default().push(uid),
             None => alone.push(uid),
         }

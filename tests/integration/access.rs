@@ -174,6 +174,23 @@ fn look_alike_profiles_are_decided_once_and_a_profile_used_as_a_value_decides_ea
     assert_eq!(shared.candidates, 23, "the 3 shipped and the 20 generated");
     assert_eq!(shared.decisions, 3 + 1, "20 look-alikes, one decision");
     assert_eq!(shared.allowed.iter().filter(|a| a.id.starts_with("p-")).count(), 20);
+    // with entities of the question's own (the directory's), nothing is shared
+    let snapshot = generated(&extra, &alike);
+    let team = Entity::from_json_value(
+        json!({"uid": {"type": "Studio::Team", "id": "Team1"}, "attrs": {"executionRoleName": "r"}, "parents": []}),
+        Some(snapshot.schema()),
+    )
+    .unwrap();
+    let question = Question {
+        principal: Asker::Built(principal_of(&snapshot)),
+        action: PRESIGN.parse().unwrap(),
+        resource_type: "Studio::UserProfile".parse().unwrap(),
+        context: QuestionContext::Json(json!({"sourceIp": "10.1.2.3", "sourceVpce": LOB_A})),
+        checked: vec![Arc::new(CheckedEntity::new(team))],
+        unlisted: Vec::new(),
+    };
+    let alone = access::query(&Engine::new(), &snapshot, &question).unwrap();
+    assert_eq!((alone.decisions, alone.allowed.len()), (23, shared.allowed.len()));
     extra[3] = true; // a profile used as a value: every profile its own class
     let alone = ask(&generated(&extra, &alike));
     assert_eq!(alone.decisions, 23);
