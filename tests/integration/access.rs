@@ -47,18 +47,6 @@ type Look = (u8, [u8; 4]);
 
 /// The shipped files plus the extra policies turned on and the generated profiles.
 fn generated(extra: &[bool], profiles: &[Look]) -> PolicySnapshot {
-    use authz_sidecar::policy_store::{SnapshotSource, SourceDirs, SourceFile, Sources};
-    let root = crate::support::repo_root();
-    let dirs = SourceDirs::new(root.join("policies"), root.join("entities"));
-    let mut sources = Sources::read(&dirs).unwrap();
-    let policies: Vec<String> = EXTRA_POLICIES
-        .iter()
-        .enumerate()
-        .zip(extra)
-        .filter(|(_, on)| **on)
-        .map(|((i, policy), _)| format!("@id(\"extra-{i}\")\n{policy}"))
-        .collect();
-    sources.policies.push(SourceFile { path: "extra.cedar".into(), text: policies.join("\n") });
     let mut seen = std::collections::HashSet::new();
     let entities: Vec<Value> = profiles
         .iter()
@@ -85,8 +73,7 @@ fn generated(extra: &[bool], profiles: &[Look]) -> PolicySnapshot {
             profile
         })
         .collect();
-    sources.entities.push(SourceFile { path: "generated.json".into(), text: Value::Array(entities).to_string() });
-    PolicySnapshot::from_sources(&sources, SnapshotSource::Files(dirs), 1).unwrap()
+    crate::support::shipped_with(&EXTRA_POLICIES, extra, entities)
 }
 
 /// The principal a token would build: a user, their groups (teams), a LOB, Team tags.

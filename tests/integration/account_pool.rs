@@ -457,18 +457,6 @@ fn look_strategy() -> impl Strategy<Value = Look> {
 
 /// The shipped files plus `extra` policies and the generated accounts.
 fn generated_snapshot(extra: &[bool], looks: &[Look], accounts: &[GeneratedAccount]) -> PolicySnapshot {
-    use authz_sidecar::policy_store::{SnapshotSource, SourceDirs, SourceFile, Sources};
-    let root = crate::support::repo_root();
-    let dirs = SourceDirs::new(root.join("policies"), root.join("entities"));
-    let mut sources = Sources::read(&dirs).unwrap();
-    let policies: Vec<String> = EXTRA_POLICIES
-        .iter()
-        .enumerate()
-        .zip(extra)
-        .filter(|(_, on)| **on)
-        .map(|((i, policy), _)| format!("@id(\"extra-{i}\")\n{policy}"))
-        .collect();
-    sources.policies.push(SourceFile { path: "extra.cedar".into(), text: policies.join("\n") });
     let mut seen = std::collections::HashSet::new();
     let entities: Vec<Value> = accounts
         .iter()
@@ -504,8 +492,7 @@ fn generated_snapshot(extra: &[bool], looks: &[Look], accounts: &[GeneratedAccou
             account
         })
         .collect();
-    sources.entities.push(SourceFile { path: "generated.json".into(), text: Value::Array(entities).to_string() });
-    PolicySnapshot::from_sources(&sources, SnapshotSource::Files(dirs), 1).unwrap()
+    crate::support::shipped_with(&EXTRA_POLICIES, extra, entities)
 }
 
 #[test]

@@ -22,6 +22,32 @@ pub fn shipped_snapshot() -> std::sync::Arc<authz_sidecar::policy_store::PolicyS
     store.current().unwrap()
 }
 
+/// The shipped files with one more policy file, holding each of `extra` that `on`
+/// turns on (as `@id("extra-<i>")`, `i` its place in `extra`), and one more entity file
+/// holding `entities`: built as the sidecar builds a snapshot.
+pub fn shipped_with(
+    extra: &[&str],
+    on: &[bool],
+    entities: Vec<serde_json::Value>,
+) -> authz_sidecar::policy_store::PolicySnapshot {
+    use authz_sidecar::policy_store::{PolicySnapshot, SnapshotSource, SourceFile, Sources};
+    let root = repo_root();
+    let dirs = SourceDirs::new(root.join("policies"), root.join("entities"));
+    let mut sources = Sources::read(&dirs).unwrap();
+    let policies: Vec<String> = extra
+        .iter()
+        .enumerate()
+        .zip(on)
+        .filter(|(_, on)| **on)
+        .map(|((i, policy), _)| format!("@id(\"extra-{i}\")\n{policy}"))
+        .collect();
+    sources.policies.push(SourceFile { path: "extra.cedar".into(), text: policies.join("\n") });
+    sources
+        .entities
+        .push(SourceFile { path: "generated.json".into(), text: serde_json::Value::Array(entities).to_string() });
+    PolicySnapshot::from_sources(&sources, SnapshotSource::Files(dirs), 1).unwrap()
+}
+
 /// A scratch copy of the shipped `policies/` (with its tests) and `entities/`.
 pub struct Workspace {
     pub dir: tempfile::TempDir,

@@ -1,13 +1,12 @@
 //! `authz-sidecar access`: the resources of a type an action allows one principal.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use cedar_policy::EntityTypeName;
 
-use super::authorize::{AskError, context_object, read_entities};
+use super::authorize::{AskError, Asking, context_object, read_entities};
 use super::{Sources, exit};
 use crate::access::{self, Answer, Question};
 use crate::authz::{Asker, Engine, QuestionContext, RequestError, parse_entity_uid, resolve_action};
@@ -27,17 +26,10 @@ pub(super) struct Args {
     /// The type of the resources, e.g. Studio::UserProfile.
     #[arg(long, value_name = "TYPE")]
     resource_type: String,
-    /// The context the answer holds for, as a JSON object, e.g.
-    /// '{"sourceVpce": "vpce-0a1a000000000001a", "sourceIp": "10.1.2.3"}'.
-    #[arg(long, value_name = "JSON", default_value = "{}")]
-    context: String,
-    /// A JSON file of entities for this question (Cedar entity JSON), replacing stored
-    /// ones of the same uid; those of the resource type are candidates too.
-    #[arg(long, value_name = "FILE")]
-    request_entities: Option<PathBuf>,
-    /// Print the answer as one JSON object.
-    #[arg(long)]
-    json: bool,
+    /// The context is the one the answer holds for; the request entities of the
+    /// resource type are candidates too.
+    #[command(flatten)]
+    asking: Asking,
 }
 
 pub(super) fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
@@ -52,7 +44,7 @@ pub(super) fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             return exit::FAILURE;
         }
     };
-    if args.json {
+    if args.asking.json {
         let _ = writeln!(out, "{}", serde_json::to_string(&answer).unwrap_or_default());
         return exit::OK;
     }
@@ -85,8 +77,8 @@ fn ask(args: &Args, snapshot: &PolicySnapshot) -> Result<Answer, AskError> {
     let action = resolve_action(snapshot.schema(), &args.action)?;
     let resource_type = EntityTypeName::from_str(args.resource_type.trim())
         .map_err(|e| RequestError::Invalid(format!("`{}` is not an entity type: {e}", args.resource_type.trim())))?;
-    let context = context_object(&args.context)?;
-    let entities = match &args.request_entities {
+    let context = context_object(&args.asking.context)?;
+    let entities = match &args.asking.request_entities {
         Some(path) => read_entities(path, snapshot)?,
         None => Vec::new(),
     };

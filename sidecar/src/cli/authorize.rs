@@ -24,16 +24,24 @@ pub(super) struct Args {
     /// What they ask it of, e.g. 'Studio::UserProfile::"user-1-team1"'.
     #[arg(long, value_name = "UID")]
     resource: String,
-    /// The request context as a JSON object, e.g. '{"sourceIp": "10.1.2.3"}'.
+    #[command(flatten)]
+    asking: Asking,
+}
+
+/// What `authorize` and `access` take besides the question's uids.
+#[derive(Debug, clap::Args)]
+pub(super) struct Asking {
+    /// The request context as a JSON object, e.g.
+    /// '{"sourceVpce": "vpce-0a1a000000000001a", "sourceIp": "10.1.2.3"}'.
     #[arg(long, value_name = "JSON", default_value = "{}")]
-    context: String,
+    pub(super) context: String,
     /// A JSON file of extra entities for this request (Cedar entity JSON), replacing
     /// stored entities with the same uid: how the sidecar adds a token's principal.
     #[arg(long, value_name = "FILE")]
-    request_entities: Option<PathBuf>,
-    /// Print the decision as one JSON object instead of text.
+    pub(super) request_entities: Option<PathBuf>,
+    /// Print the answer as one JSON object instead of text.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 pub(super) fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
@@ -48,7 +56,7 @@ pub(super) fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             return exit::FAILURE;
         }
     };
-    if args.json {
+    if args.asking.json {
         let _ = writeln!(out, "{}", serde_json::to_string(&decision).unwrap_or_default());
     } else {
         print_text(out, args, &snapshot, &decision);
@@ -80,8 +88,8 @@ fn decide(args: &Args, snapshot: &PolicySnapshot) -> Result<Decision, AskError> 
     let principal = parse_entity_uid(&args.principal)?;
     let action = resolve_action(snapshot.schema(), &args.action)?;
     let resource = parse_entity_uid(&args.resource)?;
-    let context = context_object(&args.context)?;
-    let entities = match &args.request_entities {
+    let context = context_object(&args.asking.context)?;
+    let entities = match &args.asking.request_entities {
         Some(path) => read_entities(path, snapshot)?,
         None => Vec::new(),
     };
