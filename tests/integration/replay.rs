@@ -184,6 +184,23 @@ async fn replay_of_the_binarys_records_lists_exactly_what_a_candidate_changes() 
     let (output, _) = replay(&ws, &broad, &path, &["--allow-widening"]);
     assert_eq!(output.code, 0, "{output:?}");
 
+    // records on standard input, as from `zcat` of archived files, to the real binary
+    let mut child = std::process::Command::new(crate::binary::binary())
+        .args(["replay", "--json", "--policies", broad.to_str().unwrap(), "--entities"])
+        .arg(ws.entities())
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), std::fs::read(&path).unwrap().as_slice()).unwrap();
+    let piped = child.wait_with_output().unwrap();
+    assert_eq!(piped.status.code(), Some(1), "widening fails the gate: {piped:?}");
+    let report: Value = serde_json::from_slice(&piped.stdout).unwrap();
+    assert_eq!(report["report"]["records"], 9);
+    assert_eq!(report["report"]["widened"], no_permit.len());
+
     // the text report names the groups and the gate
     let text = ws.cli(&["replay", "--baseline", ws.policies().to_str().unwrap(), path.to_str().unwrap()]);
     assert_eq!(text.code, 0, "{text:?}");

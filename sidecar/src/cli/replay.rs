@@ -17,7 +17,8 @@ pub(super) struct Args {
     /// changed since the records were written.
     #[arg(long, value_name = "DIR")]
     baseline: Option<PathBuf>,
-    /// Decision-record files written by `serve` (`[records]`), or directories of them.
+    /// Decision-record files written by `serve` (`[records]`), directories of them, or
+    /// `-` for standard input.
     #[arg(value_name = "RECORDS", required = true)]
     records: Vec<PathBuf>,
     /// Exit 0 even when a request denied before would be allowed.

@@ -180,13 +180,16 @@ impl<'a> Replay<'a> {
         }
     }
 
-    /// Read and replay every record of `paths` (files, or directories whose files are
-    /// all read, sorted). A file that cannot be read is an error; a line that is not a
+    /// Read and replay every record of `paths` (files, directories whose files are all
+    /// read, sorted, or `-` for standard input). A file that cannot be read is an error; a line that is not a
     /// record is counted in [`Report::unreadable`].
     pub fn files(&mut self, paths: &[PathBuf]) -> Result<(), LoadError> {
         let mut files = Vec::new();
         for path in paths {
-            if path.is_dir() {
+            // `-`: standard input (`zcat decisions.jsonl.*.gz | authz-sidecar replay -`)
+            if path.as_os_str() == "-" {
+                files.push(path.clone());
+            } else if path.is_dir() {
                 let entries = std::fs::read_dir(path).map_err(|e| unreadable(path, &e))?;
                 let mut inside: Vec<PathBuf> =
                     entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file()).collect();
@@ -197,6 +200,10 @@ impl<'a> Replay<'a> {
             }
         }
         for path in files {
+            if path.as_os_str() == "-" {
+                self.read(Path::new("stdin"), std::io::stdin().lock()).map_err(|e| unreadable(&path, &e))?;
+                continue;
+            }
             let file = File::open(&path).map_err(|e| unreadable(&path, &e))?;
             self.read(&path, BufReader::new(file)).map_err(|e| unreadable(&path, &e))?;
         }
