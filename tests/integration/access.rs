@@ -188,6 +188,11 @@ fn look_alike_profiles_are_decided_once_and_a_profile_used_as_a_value_decides_ea
 /// `ws` with user-3 (lob-a, Team1) who has no profile yet, and a forbid on asking for
 /// members of the group `Blocked`.
 async fn serve_access(ws: &Workspace, upstream: &TestServer) -> (crate::binary::Running, Jwks) {
+    serve_access_with(ws, upstream, "").await
+}
+
+/// As [`serve_access`], with `server` added to the `[server]` table.
+async fn serve_access_with(ws: &Workspace, upstream: &TestServer, server: &str) -> (crate::binary::Running, Jwks) {
     ws.write_entities(
         "user-3.json",
         r#"[{"uid": {"type": "Studio::User", "id": "user-3"}, "attrs": {},
@@ -208,7 +213,11 @@ async fn serve_access(ws: &Workspace, upstream: &TestServer) -> (crate::binary::
                 .to_owned(),
         ..Setup::default()
     };
-    let toml = config_toml(ws, &jwks.url(), &upstream.url(), &setup);
+    let toml = config_toml(ws, &jwks.url(), &upstream.url(), &setup).replacen(
+        "[server]\n",
+        &format!("[server]\n{server}\n"),
+        1,
+    );
     Config::from_toml(&toml, "test").expect("the test's configuration is valid");
     let path = ws.dir.path().join("access.toml");
     std::fs::write(&path, toml).unwrap();
@@ -348,4 +357,38 @@ fn the_cli_lists_what_a_principal_may_open_for_a_given_context() {
     let out = run(bad);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("does not apply to resources of type `DataZone::Account`"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_queries_past_their_slots_are_shed_and_the_data_plane_goes_on() {
+    let ws = Workspace::shipped();
+    // enough profiles that one query decides for a while
+    let profiles: Vec<Value> = (0..3_000)
+        .map(|n| {
+            let owner = format!("user-{}", 10 + n % 50);
+            json!({"uid": {"type": "Studio::UserProfile", "id": format!("gen-{n}")}, "tags": {"Team": "Team1"},
+                   "attrs": {"profileName": format!("gen-{n}"), "owner": {"type": "Studio::User", "id": owner},
+                             "team": {"type": "Studio::Team", "id": "Team1"}, "lob": {"type": "Studio::Lob", "id": "lob-a"}},
+                   "parents": [{"type": "Studio::Lob", "id": "lob-a"}]})
+        })
+        .collect();
+    ws.write_entities("generated.json", &Value::Array(profiles).to_string());
+    let upstream = TestServer::start(|_| (200, "ok".to_owned(), Duration::ZERO)).await;
+    let (running, _jwks) = serve_access_with(&ws, &upstream, "max_concurrent_access_queries = 1").await;
+    let (data, admin) = (running.data, running.admin);
+    let auth = format!("Bearer {}", token("user-1", &["Team1", "Team2"]));
+    let query = "/v1/access?action=CreatePresignedDomainUrl&resource_type=Studio::UserProfile";
+    let sent = headers(&auth, LOB_A);
+    let ask = || harness::get(data, query, &sent);
+    let (a, b, c, d) = tokio::join!(ask(), ask(), ask(), ask());
+    let statuses: Vec<u16> = [a.0, b.0, c.0, d.0].into();
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(statuses.contains(&429), "one slot: the others are shed, not queued: {statuses:?}");
+    assert!(statuses.iter().all(|s| [200, 429].contains(s)), "{statuses:?}");
+    // the rest of the data plane was never held up, and the slot comes back
+    assert_eq!(harness::get(data, "/studio/user-1/team1", &sent).await.0, 200);
+    assert_eq!(ask().await.0, 200);
+    let (_, _, metrics) = harness::get(admin, "/metrics", &[]).await;
+    assert!(metrics.contains(r#"authz_requests_shed_total{reason="access_queries"}"#), "{metrics}");
+    drop(running);
 }

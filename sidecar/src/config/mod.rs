@@ -142,6 +142,9 @@ pub struct ServerConfig {
     pub max_headers: usize,
     pub max_body_bytes: usize,
     pub max_concurrent_requests: usize,
+    /// Access queries deciding at once (each may decide thousands of resources on the
+    /// blocking pool); one more is answered 429 rather than take the data plane's cores.
+    pub max_concurrent_access_queries: usize,
     /// Shed new requests while the scheduling delay is past this; zero: never (see
     /// [`crate::server::overload`]).
     pub shed_delay: Duration,
@@ -296,6 +299,7 @@ impl Config {
             ("server.max_header_bytes", server.max_header_bytes),
             ("server.max_headers", server.max_headers),
             ("server.max_concurrent_requests", server.max_concurrent_requests.unwrap_or(1)),
+            ("server.max_concurrent_access_queries", server.max_concurrent_access_queries.unwrap_or(1)),
             ("server.max_connections", server.max_connections.unwrap_or(1)),
         ] {
             if value == 0 {
@@ -514,6 +518,9 @@ impl Config {
                 max_concurrent_requests: server
                     .max_concurrent_requests
                     .unwrap_or_else(|| requests_per_core(std::thread::available_parallelism().map_or(1, usize::from))),
+                max_concurrent_access_queries: server
+                    .max_concurrent_access_queries
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
                 shed_delay: server.shed_delay,
                 max_connections: server.max_connections,
                 idle_timeout: server.idle_timeout,
@@ -621,6 +628,8 @@ mod tests {
         let set = Config::from_toml("[server]\nmax_concurrent_requests = 7\n", "test").unwrap();
         assert_eq!(set.server.max_concurrent_requests, 7);
         assert!(Config::from_toml("[server]\nmax_concurrent_requests = 0\n", "test").is_err());
+        assert_eq!(config.server.max_concurrent_access_queries, cores);
+        assert!(Config::from_toml("[server]\nmax_concurrent_access_queries = 0\n", "test").is_err());
     }
 
     #[test]

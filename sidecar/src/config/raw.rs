@@ -111,6 +111,8 @@ pub struct RawServer {
     pub max_body_bytes: usize,
     /// Requests in flight at once; default: [`super::REQUESTS_PER_CORE`] per core.
     pub max_concurrent_requests: Option<usize>,
+    /// Access queries (`handler = "access"`) deciding at once; default: one per core.
+    pub max_concurrent_access_queries: Option<usize>,
     /// Shed new requests while the runtime's scheduling delay is past this (0: never).
     #[serde(with = "humantime_serde")]
     pub shed_delay: Duration,
@@ -135,6 +137,7 @@ impl Default for RawServer {
             max_headers: 100,
             max_body_bytes: 1024 * 1024,
             max_concurrent_requests: None,
+            max_concurrent_access_queries: None,
             shed_delay: Duration::ZERO,
             max_connections: None,
             idle_timeout: Duration::from_secs(60),

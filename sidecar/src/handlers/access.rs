@@ -66,11 +66,19 @@ pub(crate) async fn answer(
     request_id: &str,
 ) -> Result<http::Response<Body>, ApiError> {
     let asked = parse_query(query)?;
+    // a query decides up to every resource of a type: only so many at once, so that they
+    // never take the cores the rest of the data plane needs
+    let slot = state.access_slots.clone().try_acquire_owned().map_err(|_| {
+        metrics::counter!("authz_requests_shed_total", "reason" => "access_queries").increment(1);
+        tracing::info!(request_id, "every access-query slot is taken; shed");
+        ApiError::Overloaded
+    })?;
     let engine = state.engine.clone();
     let deriving = state.deriving.clone();
     let principal_type = state.principal.entity_type.clone();
     let request_id = request_id.to_owned();
     let answered = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         decide(&engine, &snapshot, &deriving, &principal_type, caller, &asked)
             .inspect_err(|e| tracing::info!(request_id, error = %e, "access query refused"))
     })

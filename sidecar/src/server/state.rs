@@ -63,6 +63,8 @@ pub struct State {
     pub(crate) lifecycle: Option<Arc<Lifecycle>>,
     /// The routes that derive Studio profiles: an access query lists what they would derive.
     pub(crate) deriving: Arc<[Arc<crate::config::RouteConfig>]>,
+    /// Access queries deciding now; one that finds none free is shed with 429.
+    pub(crate) access_slots: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for State {
@@ -107,6 +109,7 @@ impl State {
             revocations: None,
             lifecycle: None,
             deriving: config.routes.iter().filter(|r| r.derive_profile.is_some()).cloned().map(Arc::new).collect(),
+            access_slots: Arc::new(Semaphore::new(config.server.max_concurrent_access_queries)),
         })
     }
 
