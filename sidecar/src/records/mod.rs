@@ -97,9 +97,9 @@ struct Pending {
 }
 
 impl Pending {
-    fn into_record(self, omit: &[Omitted]) -> Record {
+    fn into_record(self, omit: &[Omitted], json: &mut JsonOf) -> Record {
         let Self { time, origin, request, outcome, snapshot } = self;
-        Record::of(time, origin, &request, &outcome, &snapshot, omit)
+        Record::written(time, origin, &request, &outcome, &snapshot, omit, json)
     }
 }
 
@@ -114,19 +114,33 @@ impl Record {
         snapshot: &str,
         omit: &[Omitted],
     ) -> Self {
+        Self::written(time, origin, request, outcome, snapshot, omit, &mut JsonOf::default())
+    }
+
+    /// As [`Self::of`], with the JSON of principals, contexts and entities already
+    /// written for an earlier record taken from `json`.
+    fn written(
+        time: SystemTime,
+        origin: Origin,
+        request: &DecisionRequest,
+        outcome: &Result<Decision, RequestError>,
+        snapshot: &str,
+        omit: &[Omitted],
+        json: &mut JsonOf,
+    ) -> Self {
         let principal_entity = match &request.principal {
-            Asker::Built(principal) => principal.entity().to_json_value().ok(),
+            Asker::Built(principal) => json.entity(principal),
             Asker::Uid(_) => None,
         };
         let context = match &request.context {
             QuestionContext::Json(json) => json.clone(),
-            QuestionContext::Typed(typed) => typed.context.to_json_value().unwrap_or_else(|_| Value::Null),
+            QuestionContext::Typed(typed) => json.context(typed),
         };
         let entities = request
             .entities
             .iter()
             .filter_map(|e| e.to_json_value().ok())
-            .chain(request.checked.iter().filter_map(|e| e.entity().to_json_value().ok()))
+            .chain(request.checked.iter().filter_map(|e| json.entity(e)))
             .collect();
         let (decision, reason, policies, errors) = match outcome {
             Ok(decision) => (
@@ -181,6 +195,47 @@ impl Record {
                 self.omitted.push(part.to_string());
             }
         }
+    }
+}
+
+/// The JSON of entities and contexts the writer has written lately, by serial: a
+/// token's principal (kept per token) and a kept context come back request after
+/// request, and turning a Cedar entity or context into JSON is most of a record's cost.
+#[derive(Debug, Default)]
+struct JsonOf {
+    entities: std::collections::HashMap<u64, Value>,
+    contexts: std::collections::HashMap<u64, Value>,
+}
+
+/// Entries [`JsonOf`] keeps of each kind before it starts again.
+const JSON_KEPT: usize = 4_096;
+
+impl JsonOf {
+    fn entity(&mut self, entity: &crate::policy_store::CheckedEntity) -> Option<Value> {
+        if let Some(json) = self.entities.get(&entity.serial()) {
+            return Some(json.clone());
+        }
+        let json = entity.entity().to_json_value().ok()?;
+        if self.entities.len() >= JSON_KEPT {
+            self.entities.clear();
+        }
+        self.entities.insert(entity.serial(), json.clone());
+        Some(json)
+    }
+
+    fn context(&mut self, typed: &crate::authz::TypedContext) -> Value {
+        // serial 0: a context nobody kept, written once
+        if let Some(json) = self.contexts.get(&typed.serial).filter(|_| typed.serial != 0) {
+            return json.clone();
+        }
+        let json = typed.context.to_json_value().unwrap_or(Value::Null);
+        if typed.serial != 0 {
+            if self.contexts.len() >= JSON_KEPT {
+                self.contexts.clear();
+            }
+            self.contexts.insert(typed.serial, json.clone());
+        }
+        json
     }
 }
 
@@ -252,13 +307,14 @@ impl Writer {
     /// together, then a flush, so a record is on disk as soon as none is waiting.
     fn run(mut self, pending: &Receiver<Pending>) {
         let mut line = Vec::with_capacity(4_096);
+        let mut json = JsonOf::default();
         let mut last_report: Option<Instant> = None;
         while let Ok(first) = pending.recv() {
             let mut failure = None;
             let mut next = Some(first);
             while let Some(one) = next {
                 line.clear();
-                let record = one.into_record(&self.omit);
+                let record = one.into_record(&self.omit, &mut json);
                 if serde_json::to_writer(&mut line, &record).is_ok() {
                     line.push(b'\n');
                     match self.file.write_line(&line) {
@@ -337,11 +393,17 @@ mod tests {
     #[test]
     fn a_record_holds_the_question_and_leaves_out_what_it_is_told() {
         let error = RequestError::BadContext { action: "a".into(), reason: "no".into() };
-        let record = pending(Err(error.clone())).into_record(&[
+        let omit = [
             Omitted::PrincipalAttribute("email".into()),
             Omitted::ContextKey("sourceIp".into()),
             Omitted::ContextKey("absent".into()),
-        ]);
+        ];
+        let mut json = JsonOf::default();
+        let record = pending(Err(error.clone())).into_record(&omit, &mut json);
+        // the principal's JSON written once is written again the same, and what is left
+        // out of one record is never left out of the JSON kept for the next
+        let again = pending(Err(error.clone())).into_record(&[], &mut json);
+        assert_eq!(again.principal_entity.as_ref().unwrap()["attrs"]["email"], "u1@example.com");
         assert_eq!(record.principal, r#"Studio::User::"user-1""#);
         assert_eq!(record.principal_entity.as_ref().unwrap()["attrs"], json!({"lob": "lob-a"}));
         assert_eq!(record.principal_entity.as_ref().unwrap()["parents"][0]["id"], "Team1");
