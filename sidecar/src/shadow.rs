@@ -27,7 +27,7 @@ use crate::authz::{Decision, DecisionRequest, Engine, RequestError};
 use crate::config::ShadowConfig;
 use crate::policy_store::{PolicyStore, Role};
 use crate::records::replay::{self, Answer, Change};
-use crate::records::{Origin, Record};
+use crate::records::{JsonOf, Origin, Record};
 
 /// The `tracing` target of the lines that report disagreements.
 pub const TARGET: &str = "authz_sidecar::shadow";
@@ -100,10 +100,11 @@ impl Shadow {
 /// The thread: each question asked again of the candidate serving at that moment.
 fn decide_all(store: &PolicyStore, jobs: &Receiver<Job>) {
     let engine = Engine::new();
+    let mut json = JsonOf::default();
     while let Ok(job) = jobs.recv() {
         let Some(candidate) = store.current() else { continue };
         let Job { origin, request, live, snapshot } = job;
-        let record = Record::of(SystemTime::now(), origin, &request, &live, &snapshot, &[]);
+        let record = Record::of(SystemTime::now(), origin, &request, &live, (&snapshot, &[]), &mut json);
         let decided = replay::decide(&engine, &candidate, &record);
         metrics::counter!("authz_shadow_decisions_total").increment(1);
         let (before, after) = (Answer::recorded(&record), Answer::of(&decided));

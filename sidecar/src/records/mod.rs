@@ -99,33 +99,20 @@ struct Pending {
 impl Pending {
     fn into_record(self, omit: &[Omitted], json: &mut JsonOf) -> Record {
         let Self { time, origin, request, outcome, snapshot } = self;
-        Record::written(time, origin, &request, &outcome, &snapshot, omit, json)
+        Record::of(time, origin, &request, &outcome, (&snapshot, omit), json)
     }
 }
 
 impl Record {
     /// The record of `request`, decided (or refused) as `outcome` says by `snapshot`,
-    /// with the parts `omit` names left out.
+    /// with the parts `omit` names left out; the JSON of principals, contexts and
+    /// entities already written for an earlier record is taken from `json`.
     pub fn of(
         time: SystemTime,
         origin: Origin,
         request: &DecisionRequest,
         outcome: &Result<Decision, RequestError>,
-        snapshot: &str,
-        omit: &[Omitted],
-    ) -> Self {
-        Self::written(time, origin, request, outcome, snapshot, omit, &mut JsonOf::default())
-    }
-
-    /// As [`Self::of`], with the JSON of principals, contexts and entities already
-    /// written for an earlier record taken from `json`.
-    fn written(
-        time: SystemTime,
-        origin: Origin,
-        request: &DecisionRequest,
-        outcome: &Result<Decision, RequestError>,
-        snapshot: &str,
-        omit: &[Omitted],
+        (snapshot, omit): (&str, &[Omitted]),
         json: &mut JsonOf,
     ) -> Self {
         let principal_entity = match &request.principal {
@@ -202,7 +189,7 @@ impl Record {
 /// token's principal (kept per token) and a kept context come back request after
 /// request, and turning a Cedar entity or context into JSON is most of a record's cost.
 #[derive(Debug, Default)]
-struct JsonOf {
+pub struct JsonOf {
     entities: std::collections::HashMap<u64, Value>,
     contexts: std::collections::HashMap<u64, Value>,
 }
