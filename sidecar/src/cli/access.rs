@@ -88,7 +88,9 @@ fn ask(args: &Args, snapshot: &PolicySnapshot) -> Result<Answer, AskError> {
         let entity = Arc::new(CheckedEntity::new(entity));
         if entity.uid() == &principal {
             asker = Asker::Built(entity);
-        } else if entity.uid().type_name() == &resource_type {
+        } else if entity.uid().type_name() == &resource_type && !snapshot.holds(entity.uid()) {
+            // a resource no file lists is a candidate of its own; one that stands in for
+            // a stored resource is one of the question's entities, like any other
             unlisted.push(entity);
         } else {
             checked.push(entity);
