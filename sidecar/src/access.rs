@@ -17,7 +17,7 @@
 //! for that context only: [`Answer::context_read`] says which of its attributes the
 //! action's policies read, so a caller can say "from this network".
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use cedar_policy::{Entity, EntityTypeName, EntityUid};
@@ -139,10 +139,10 @@ pub fn query(engine: &Engine, snapshot: &PolicySnapshot, question: &Question) ->
     }
 
     // unlisted candidates, each with itself among the request's entities
-    let mut seen: BTreeSet<EntityUid> = stored.iter().cloned().collect();
+    let mut unlisted: BTreeSet<&EntityUid> = BTreeSet::new();
     for entity in &question.unlisted {
         let uid = entity.uid();
-        if uid.type_name() != &question.resource_type || !seen.insert(uid.clone()) {
+        if uid.type_name() != &question.resource_type || snapshot.holds(uid) || !unlisted.insert(uid) {
             continue;
         }
         let decision = decide(uid, Some(entity))?;
@@ -157,7 +157,7 @@ pub fn query(engine: &Engine, snapshot: &PolicySnapshot, question: &Question) ->
         action: uid_text(&question.action),
         resource_type: question.resource_type.to_string(),
         allowed,
-        candidates: seen.len(),
+        candidates: stored.len() + unlisted.len(),
         decisions,
         context_read: context_read(snapshot, &question.action),
         snapshot: snapshot.version().to_string(),
@@ -247,7 +247,7 @@ pub fn derivable_profiles(
     profile_type: &EntityTypeName,
 ) -> Vec<Arc<CheckedEntity>> {
     // (owner, team) of every stored profile
-    let mut listed: HashMap<(EntityUid, EntityUid), ()> = HashMap::new();
+    let mut listed: HashSet<(EntityUid, EntityUid)> = HashSet::new();
     for uid in snapshot.entities_of_type(profile_type).iter() {
         let Some(profile) = snapshot.stored_entity(uid).ok().flatten() else { continue };
         let attr = |name: &str| match profile.attr(name).and_then(Result::ok) {
@@ -255,13 +255,13 @@ pub fn derivable_profiles(
             _ => None,
         };
         if let (Some(owner), Some(team)) = (attr("owner"), attr("team")) {
-            listed.insert((owner, team), ());
+            listed.insert((owner, team));
         }
     }
     let user_id = user.id().unescaped();
     teams
         .iter()
-        .filter(|team| !listed.contains_key(&((*user).clone(), (*team).clone())))
+        .filter(|team| !listed.contains(&((*user).clone(), (*team).clone())))
         .filter_map(|team| {
             let id = resource_id(user_id, team.id().unescaped())?;
             let resource = EntityUid::from_type_name_and_id(profile_type.clone(), cedar_policy::EntityId::new(id));

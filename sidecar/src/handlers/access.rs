@@ -11,7 +11,7 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
-use cedar_policy::{EntityId, EntityTypeName, EntityUid};
+use cedar_policy::{EntityTypeName, EntityUid};
 
 use crate::access::{self, Question};
 use crate::authz::{Asker, QuestionContext, RequestError, context_from_strings, resolve_action};
@@ -75,11 +75,10 @@ pub(crate) async fn answer(
     })?;
     let engine = state.engine.clone();
     let deriving = state.deriving.clone();
-    let principal_type = state.principal.entity_type.clone();
     let request_id = request_id.to_owned();
     let answered = tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        decide(&engine, &snapshot, &deriving, &principal_type, caller, &asked)
+        decide(&engine, &snapshot, &deriving, caller, &asked)
             .inspect_err(|e| tracing::info!(request_id, error = %e, "access query refused"))
     })
     .await
@@ -91,7 +90,6 @@ fn decide(
     engine: &crate::authz::Engine,
     snapshot: &PolicySnapshot,
     deriving: &[Arc<RouteConfig>],
-    principal_type: &EntityTypeName,
     caller: Caller,
     asked: &Asked,
 ) -> Result<serde_json::Value, ApiError> {
@@ -126,8 +124,8 @@ fn decide(
                 })
                 .ok()
         };
-        let user = EntityUid::from_type_name_and_id(principal_type.clone(), EntityId::new(principal.id().unescaped()));
-        unlisted.extend(access::derivable_profiles(snapshot, known, &user, &teams, id, &resource_type));
+        // the token's principal is of the principal type, with the user's id
+        unlisted.extend(access::derivable_profiles(snapshot, known, &principal, &teams, id, &resource_type));
     }
     let question = Question {
         principal: Asker::Built(caller.principal.clone()),
@@ -150,9 +148,12 @@ fn public_answer(answer: &access::Answer, context: &[(String, String)]) -> serde
     let allowed: Vec<Value> = answer
         .allowed
         .iter()
-        .map(|a| match a.derived {
-            true => json!({"resource": a.resource, "id": a.id, "derived": true}),
-            false => json!({"resource": a.resource, "id": a.id}),
+        .map(|a| {
+            if a.derived {
+                json!({"resource": a.resource, "id": a.id, "derived": true})
+            } else {
+                json!({"resource": a.resource, "id": a.id})
+            }
         })
         .collect();
     let context: serde_json::Map<String, Value> =
