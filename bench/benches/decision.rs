@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use authz_sidecar::authz::{Asker, DecisionRequest, Effect, Engine, context_from_strings, parse_entity_uid};
 use authz_sidecar::policy_store::{PolicySnapshot, SnapshotSource, SourceFile};
-use authz_sidecar_bench::{grown_snapshot, grown_sources, shipped_dirs};
+use authz_sidecar_bench::{grown_snapshot, grown_sources, shipped_dirs, shipped_policy_count};
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use serde_json::json;
 
@@ -55,11 +55,12 @@ fn use_account_request() -> DecisionRequest {
 fn decisions(c: &mut Criterion) {
     let engine = Engine::new();
     let mut group = c.benchmark_group("decide");
+    let shipped = shipped_policy_count();
     group.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
     for policies in POLICY_COUNTS {
         let snapshot = grown_snapshot(policies, ENTITIES).unwrap_or_else(|e| panic!("workload: {e}"));
-        // the shipped policies alone are 12: the smallest set is those
-        assert!(snapshot.policy_count() >= policies && snapshot.policy_count() <= policies.max(12));
+        // the smallest set is the shipped policies alone
+        assert!(snapshot.policy_count() >= policies && snapshot.policy_count() <= policies.max(shipped));
         assert!(snapshot.entity_count() >= ENTITIES);
 
         let presign = presign_request();

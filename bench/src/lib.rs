@@ -50,6 +50,11 @@ fn empty_sources() -> Sources {
     Sources { schemas: Vec::new(), policies: Vec::new(), entities: Vec::new(), digest: String::new() }
 }
 
+/// How many policies the shipped files hold (the smallest grown set is those).
+pub fn shipped_policy_count() -> usize {
+    Sources::read(&shipped_dirs()).map(|s| count_policies(&s)).unwrap_or(0)
+}
+
 fn count_policies(sources: &Sources) -> usize {
     sources.policies.iter().map(|f| f.text.matches("@id(").count()).sum()
 }

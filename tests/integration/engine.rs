@@ -101,6 +101,28 @@ fn a_new_snapshot_never_serves_entities_of_the_old_one() {
     assert_eq!(store.current().unwrap().version().generation, 2);
 }
 
+/// A request shape that passed the schema check is found again from the request's own
+/// parts (a borrowed lookup that must hash as the kept key does), and only that shape.
+#[test]
+fn a_checked_request_shape_is_found_from_the_requests_parts() {
+    use authz_sidecar::policy_store::ContextValueKind;
+    let ws = Workspace::shipped();
+    let snapshot = PolicyStore::load_files(&ws.dirs()).unwrap().current().unwrap();
+    let (user, profile) = (uid(r#"Studio::User::"user-1""#), uid(r#"Studio::UserProfile::"user-1-team1""#));
+    let action = uid(r#"Studio::Action::"CreatePresignedDomainUrl""#);
+    let shape: authz_sidecar::authz::ContextShape =
+        vec![("sourceIp".to_owned(), ContextValueKind::Ip), ("sourceVpce".to_owned(), ContextValueKind::String)].into();
+    let other: authz_sidecar::authz::ContextShape = vec![("sourceIp".to_owned(), ContextValueKind::String)].into();
+    let known = |shape: &authz_sidecar::authz::ContextShape| {
+        snapshot.request_shape_checked(user.type_name(), &action, profile.type_name(), shape)
+    };
+    assert!(!known(&shape));
+    snapshot.remember_request_shape(user.type_name(), &action, profile.type_name(), &shape);
+    assert!(known(&shape));
+    assert!(!known(&other));
+    assert!(!snapshot.request_shape_checked(profile.type_name(), &action, profile.type_name(), &shape));
+}
+
 /// The entity files are held as written, not as Cedar entities: a snapshot builds
 /// Cedar entities only for what the policies name and what requests reach.
 #[test]

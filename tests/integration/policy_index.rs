@@ -78,7 +78,7 @@ fn resource_scope(kind: u8, n: u8) -> String {
 }
 
 fn condition(kind: u8, n: u8) -> String {
-    match kind % 5 {
+    match kind % 8 {
         0 => String::new(),
         1 => format!(
             " when {{ principal in [{}, {}] }}",
@@ -88,6 +88,15 @@ fn condition(kind: u8, n: u8) -> String {
         2 => " when { resource is Idx::Doc && resource has owner && resource.owner == principal }".to_owned(),
         // errors for n > 7 (overflow): an error must deny whatever else matched
         3 => " when { context.n + 9223372036854775800 > 0 }".to_owned(),
+        // read the context without erroring, alone or with the entities
+        5 => format!(" when {{ context.n > {} }}", n % 10),
+        6 => format!(
+            " unless {{ context has n && context.n == {} || principal in {} }}",
+            n % 10,
+            uid("Team", format!("t{}", n % 3))
+        ),
+        // names the context only in a string: reads nothing of it
+        7 => " when { \"context.n\" like \"context*\" && resource has owner }".to_owned(),
         _ => format!(" unless {{ resource in {} }}", uid("Folder", format!("f{}", n % 3))),
     }
 }
@@ -107,10 +116,11 @@ fn policy_text(i: usize, spec: &PolicySpec) -> String {
 }
 
 /// The templates, and links: (template, principal slot, resource slot).
-const TEMPLATES: [&str; 3] = [
+const TEMPLATES: [&str; 4] = [
     "permit (principal == ?principal, action == Idx::Action::\"read\", resource in ?resource);",
     "forbid (principal in ?principal, action, resource);",
     "permit (principal is Idx::User in ?principal, action in Idx::Action::\"manage\", resource == ?resource);",
+    "forbid (principal in ?principal, action, resource in ?resource) when { context.n == 4 };",
 ];
 
 type LinkSpec = (u8, u8, u8);
@@ -224,13 +234,23 @@ fn snapshot(world: &World, policies: &[PolicySpec], links: &[LinkSpec]) -> Polic
     PolicySnapshot::from_parts(parts, &entities, "digest", source, 1).unwrap()
 }
 
-/// Cedar's own answer over every policy: (decision, sorted reasons, error count).
-fn cedar(snapshot: &PolicySnapshot, request: &Request, entities: &Entities) -> (bool, Vec<String>, usize) {
+/// Cedar's own answer over every policy: (decision, sorted reasons, sorted policies
+/// that failed).
+fn cedar(snapshot: &PolicySnapshot, request: &Request, entities: &Entities) -> (bool, Vec<String>, Vec<String>) {
     let response = Authorizer::new().is_authorized(request, snapshot.policies(), entities);
     let mut reasons: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
     reasons.sort();
-    let errors = response.diagnostics().errors().count();
+    let mut errors: Vec<String> = response
+        .diagnostics()
+        .errors()
+        .map(|cedar_policy::AuthorizationError::PolicyEvaluationError(e)| e.policy_id().to_string())
+        .collect();
+    errors.sort();
     (response.decision() == cedar_policy::Decision::Allow, reasons, errors)
+}
+
+fn failed(decision: &authz_sidecar::authz::Decision) -> Vec<String> {
+    decision.errors.iter().map(|e| e.policy.clone()).collect()
 }
 
 proptest! {
@@ -242,7 +262,7 @@ proptest! {
         policies in prop::collection::vec(
             (any::<bool>(), any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>()), 0..24),
         links in prop::collection::vec((any::<u8>(), any::<u8>(), any::<u8>()), 0..6),
-        asks in prop::collection::vec((0u8..9, 0u8..3, 0u8..8, 0i64..10), 1..8),
+        asks in prop::collection::vec((0u8..9, 0u8..3, 0u8..8, 0i64..10, 0i64..10), 1..8),
         built_teams in prop::collection::vec(any::<bool>(), 3),
     ) {
         let snapshot = snapshot(&world, &policies, &links);
@@ -252,43 +272,47 @@ proptest! {
         let actions = ["read", "write", "share"];
         let resources = ["Doc::\"d0\"", "Doc::\"d1\"", "Doc::\"d2\"", "Doc::\"d3\"", "Doc::\"d9\"",
                          "Folder::\"f0\"", "Folder::\"f1\"", "Folder::\"f2\""];
-        for (p, a, r, n) in asks {
-            let principal = parse_uid(&format!("Idx::{}", principals[usize::from(p)]));
-            let action = parse_uid(&format!("Idx::Action::\"{}\"", actions[usize::from(a)]));
-            let resource = parse_uid(&format!("Idx::{}", resources[usize::from(r)]));
-            let context = json!({"n": n});
+        // each question twice, with two contexts: the second is decided over what the
+        // first settled for its principal, resource and action
+        for (p, a, r, first, second) in asks {
+            for n in [first, second] {
+                let principal = parse_uid(&format!("Idx::{}", principals[usize::from(p)]));
+                let action = parse_uid(&format!("Idx::Action::\"{}\"", actions[usize::from(a)]));
+                let resource = parse_uid(&format!("Idx::{}", resources[usize::from(r)]));
+                let context = json!({"n": n});
 
-            // a stored (or unknown) principal, over the snapshot's entities
-            let request = DecisionRequest::new(principal.clone(), action.clone(), resource.clone())
-                .with_context(context.clone());
-            let ours = engine.decide(&snapshot, &request).unwrap();
-            let cedar_context = Context::from_json_value(context.clone(), Some((snapshot.schema(), &action))).unwrap();
-            let cedar_request = Request::new(principal.clone(), action.clone(), resource.clone(),
-                cedar_context.clone(), Some(snapshot.schema())).unwrap();
-            let whole = snapshot.all_entities().unwrap();
-            let (allowed, reasons, errors) = cedar(&snapshot, &cedar_request, &whole);
-            prop_assert_eq!(ours.is_allowed(), allowed && errors == 0, "{:?}", ours);
-            prop_assert_eq!(&ours.policies[..], &reasons[..]);
-            prop_assert_eq!(ours.errors.len(), errors);
+                // a stored (or unknown) principal, over the snapshot's entities
+                let request = DecisionRequest::new(principal.clone(), action.clone(), resource.clone())
+                    .with_context(context.clone());
+                let ours = engine.decide(&snapshot, &request).unwrap();
+                let cedar_context = Context::from_json_value(context.clone(), Some((snapshot.schema(), &action))).unwrap();
+                let cedar_request = Request::new(principal.clone(), action.clone(), resource.clone(),
+                    cedar_context.clone(), Some(snapshot.schema())).unwrap();
+                let whole = snapshot.all_entities().unwrap();
+                let (allowed, reasons, errors) = cedar(&snapshot, &cedar_request, &whole);
+                prop_assert_eq!(ours.is_allowed(), allowed && errors.is_empty(), "{:?}", ours);
+                prop_assert_eq!(&ours.policies[..], &reasons[..]);
+                prop_assert_eq!(failed(&ours), errors);
 
-            // a principal built from a token: a user no entity file has, with the
-            // token's teams as parents (the data plane's path)
-            let built = Entity::from_json_value(json!({
-                "uid": {"type": "Idx::User", "id": "token-user"}, "attrs": {},
-                "parents": parents("Team", "t", &built_teams),
-            }), Some(snapshot.schema())).unwrap();
-            let mut digest = [0u8; 32];
-            digest[0] = p;
-            let asker = snapshot.request_principal(digest, || Ok::<_, std::convert::Infallible>(built.clone())).unwrap();
-            let typed = Context::from_json_value(context.clone(), Some((snapshot.schema(), &action))).unwrap();
-            let ours = engine.decide(&snapshot, &DecisionRequest::built(asker, action.clone(), resource.clone(), typed)).unwrap();
-            let with_built = whole.clone().add_entities([built.clone()], None).unwrap();
-            let cedar_request = Request::new(built.uid(), action.clone(), resource.clone(), cedar_context,
-                Some(snapshot.schema())).unwrap();
-            let (allowed, reasons, errors) = cedar(&snapshot, &cedar_request, &with_built);
-            prop_assert_eq!(ours.is_allowed(), allowed && errors == 0, "{:?}", ours);
-            prop_assert_eq!(&ours.policies[..], &reasons[..]);
-            prop_assert_eq!(ours.errors.len(), errors);
+                // a principal built from a token: a user no entity file has, with the
+                // token's teams as parents (the data plane's path)
+                let built = Entity::from_json_value(json!({
+                    "uid": {"type": "Idx::User", "id": "token-user"}, "attrs": {},
+                    "parents": parents("Team", "t", &built_teams),
+                }), Some(snapshot.schema())).unwrap();
+                let mut digest = [0u8; 32];
+                digest[0] = p;
+                let asker = snapshot.request_principal(digest, || Ok::<_, std::convert::Infallible>(built.clone())).unwrap();
+                let typed = Context::from_json_value(context.clone(), Some((snapshot.schema(), &action))).unwrap();
+                let ours = engine.decide(&snapshot, &DecisionRequest::built(asker, action.clone(), resource.clone(), typed)).unwrap();
+                let with_built = whole.clone().add_entities([built.clone()], None).unwrap();
+                let cedar_request = Request::new(built.uid(), action.clone(), resource.clone(), cedar_context,
+                    Some(snapshot.schema())).unwrap();
+                let (allowed, reasons, errors) = cedar(&snapshot, &cedar_request, &with_built);
+                prop_assert_eq!(ours.is_allowed(), allowed && errors.is_empty(), "{:?}", ours);
+                prop_assert_eq!(&ours.policies[..], &reasons[..]);
+                prop_assert_eq!(failed(&ours), errors);
+            }
         }
     }
 }
@@ -321,7 +345,7 @@ fn only_the_policies_whose_scopes_can_hold_are_evaluated() {
         &parse_uid(&uid("Doc", "d0")),
         &snapshot.all_entities().unwrap(),
     );
-    let mut ids: Vec<String> = applying.policies().map(|p| p.id().to_string()).collect();
+    let mut ids: Vec<String> = applying.all().policies().map(|p| p.id().to_string()).collect();
     ids.sort();
     let expected: Vec<String> = {
         let mut expected: Vec<String> = (0..60u8)
@@ -341,5 +365,39 @@ fn only_the_policies_whose_scopes_can_hold_are_evaluated() {
     assert_eq!(ids, expected);
     assert!(ids.len() < 30, "{} of {} policies", ids.len(), snapshot.policies().policies().count());
     // and the linked policy's template came along
-    assert_eq!(applying.templates().count(), 1);
+    assert_eq!(applying.all().templates().count(), 1);
+}
+
+/// Which policies are evaluated again for every context: those that name `context`
+/// anywhere (a `when`, an `unless`, a template's condition), and not those that only
+/// mention the word.
+#[test]
+fn the_policies_that_read_the_context_are_told_apart() {
+    let world = World {
+        users: vec![(vec![true, false, false], vec![false, false]); 4],
+        teams: vec![vec![false, true]; 3],
+        docs: vec![(vec![true, false, false], Some(0)); 4],
+        nested: (false, false),
+    };
+    // all unscoped on `read`, conditions 0 (none), 3 (context), 5 (context), 6 (context
+    // in an `unless`), 7 (the word in a string), 2 (entities only)
+    let policies: Vec<PolicySpec> = [0u8, 3, 5, 6, 7, 2].iter().map(|&c| (true, 0, 0, 1, 0, 0, c)).collect();
+    // template 3 reads the context; template 0 does not
+    // (in t0 and f1; u0 and f1)
+    let snapshot = snapshot(&world, &policies, &[(3, 0, 1), (0, 0, 1)]);
+    let read = parse_uid("Idx::Action::\"read\"");
+    let selection = snapshot.policies_applying(
+        &read,
+        &parse_uid(&uid("User", "u0")),
+        &parse_uid(&uid("Folder", "f1")),
+        &snapshot.all_entities().unwrap(),
+    );
+    let ids = |set: &PolicySet| {
+        let mut ids: Vec<String> = set.policies().map(|p| p.id().to_string()).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(selection.contextual()), ["link-0", "p1", "p2", "p3"]);
+    assert_eq!(ids(selection.context_free()), ["link-1", "p0", "p4", "p5"]);
+    assert_eq!(ids(selection.all()).len(), 8);
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use cedar_policy::{
-    Authorizer, Context, Entity, EntityUid, PolicyId, Request, Response, entities_errors::EntitiesError,
+    Authorizer, Context, Entity, EntityUid, PolicyId, PolicySet, Request, Response, entities_errors::EntitiesError,
 };
 use serde::Serialize;
 
@@ -105,10 +105,52 @@ impl Decision {
     }
 
     fn from_response(response: &Response, snapshot: &PolicySnapshot, started: Instant) -> Self {
-        let mut policies: Vec<String> =
-            response.diagnostics().reason().map(|id: &PolicyId| AsRef::<str>::as_ref(id).to_owned()).collect();
+        Self::from_outcome(Outcome::of(response), snapshot, started)
+    }
+
+    fn from_outcome(outcome: Outcome, snapshot: &PolicySnapshot, started: Instant) -> Self {
+        let Outcome { permits, forbids, mut errors } = outcome;
+        // Cedar's reasons: the satisfied forbids on a deny they decide, else the
+        // satisfied permits; an error denies whatever else was satisfied
+        let (effect, reason, mut policies) = match (errors.is_empty(), forbids.is_empty(), permits.is_empty()) {
+            (false, true, _) => (Effect::Deny, DecisionReason::EvaluationError, permits),
+            (false, false, _) => (Effect::Deny, DecisionReason::EvaluationError, forbids),
+            (true, false, _) => (Effect::Deny, DecisionReason::Forbidden, forbids),
+            (true, true, false) => (Effect::Allow, DecisionReason::Permitted, permits),
+            (true, true, true) => (Effect::Deny, DecisionReason::NoPermit, permits),
+        };
         policies.sort();
-        let errors: Vec<EvaluationError> = response
+        errors.sort_by(|a, b| a.policy.cmp(&b.policy));
+        Self {
+            effect,
+            reason,
+            policies: policies.into(),
+            errors,
+            snapshot: snapshot.label().clone(),
+            elapsed: started.elapsed(),
+            cached: false,
+        }
+    }
+}
+
+/// What Cedar answered over some policies, kept apart so that the answers over two
+/// disjoint sets of policies can be put together into the answer over both: the
+/// satisfied permits, the satisfied forbids, and the policies that failed.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    permits: Vec<String>,
+    forbids: Vec<String>,
+    errors: Vec<EvaluationError>,
+}
+
+impl Outcome {
+    /// Cedar's response, taken apart: a response that allows gives its satisfied permits
+    /// as reasons (and had no satisfied forbid); one that denies gives its satisfied
+    /// forbids (none when no permit was satisfied either).
+    pub fn of(response: &Response) -> Self {
+        let reasons =
+            response.diagnostics().reason().map(|id: &PolicyId| AsRef::<str>::as_ref(id).to_owned()).collect();
+        let errors = response
             .diagnostics()
             .errors()
             .map(|e| {
@@ -116,21 +158,23 @@ impl Decision {
                 EvaluationError { policy: e.policy_id().to_string(), message: e.inner().to_string() }
             })
             .collect();
-        let (effect, reason) = match (response.decision(), errors.is_empty(), policies.is_empty()) {
-            (_, false, _) => (Effect::Deny, DecisionReason::EvaluationError),
-            (cedar_policy::Decision::Allow, true, _) => (Effect::Allow, DecisionReason::Permitted),
-            (cedar_policy::Decision::Deny, true, false) => (Effect::Deny, DecisionReason::Forbidden),
-            (cedar_policy::Decision::Deny, true, true) => (Effect::Deny, DecisionReason::NoPermit),
-        };
-        Self {
-            effect,
-            reason,
-            policies: policies.into(),
-            errors,
-            snapshot: snapshot.version().to_string().into(),
-            elapsed: started.elapsed(),
-            cached: false,
+        match response.decision() {
+            cedar_policy::Decision::Allow => Self { permits: reasons, forbids: Vec::new(), errors },
+            cedar_policy::Decision::Deny => Self { permits: Vec::new(), forbids: reasons, errors },
         }
+    }
+
+    /// This outcome and `other`'s, over policies disjoint from this one's: Cedar's over
+    /// both, for a deny by one forbid wins over every permit, and every policy's result
+    /// is its own.
+    fn merged(&self, other: Self) -> Self {
+        let join = |mine: &[String], mut theirs: Vec<String>| {
+            theirs.extend_from_slice(mine);
+            theirs
+        };
+        let mut errors = other.errors;
+        errors.extend_from_slice(&self.errors);
+        Self { permits: join(&self.permits, other.permits), forbids: join(&self.forbids, other.forbids), errors }
     }
 }
 
@@ -316,7 +360,7 @@ impl Engine {
         }
         let version = match outcome {
             Ok(decision) => decision.snapshot.clone(),
-            Err(_) => snapshot.version().to_string().into(),
+            Err(_) => snapshot.label().clone(),
         };
         let origin = origin();
         if let Some(shadow) = shadow {
@@ -408,11 +452,18 @@ impl Engine {
         let assembled = snapshot
             .request_entities(&checked, &roots, &request.entities)
             .map_err(|e: Box<EntitiesError>| RequestError::BadEntities(e.to_string()))?;
-        let entities = assembled.as_ref();
-        let policies =
-            snapshot.policies_applying(&request.action, request.principal.uid(), &request.resource, entities);
-        let response = self.authorizer.is_authorized(&cedar_request, &policies, entities);
-        Ok(Decision::from_response(&response, snapshot, started))
+        let entities = assembled.entities();
+        let ask =
+            |policies: &PolicySet| Outcome::of(&self.authorizer.is_authorized(&cedar_request, policies, entities));
+        let sides = (request.principal.uid(), &request.resource);
+        let outcome = match snapshot.settled(&assembled, &request.action, sides, ask) {
+            // the context-free policies' outcome was settled with the set: only the
+            // policies that read the context are evaluated again
+            Some(settled) if settled.selection.contextual().is_empty() => settled.context_free.clone(),
+            Some(settled) => settled.context_free.merged(ask(settled.selection.contextual())),
+            None => ask(snapshot.policies_applying(&request.action, sides.0, sides.1, entities).all()),
+        };
+        Ok(Decision::from_outcome(outcome, snapshot, started))
     }
 }
 

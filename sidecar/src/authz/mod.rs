@@ -13,8 +13,8 @@ mod request;
 pub use authorize::{Denial, Permit, Vouched, authorize};
 pub use context::{ContextShape, TypedContext, context_from_strings};
 pub use engine::{
-    Asker, Decision, DecisionReason, DecisionRequest, Effect, Engine, EvaluationError, Observers, QuestionContext,
-    RequestError,
+    Asker, Decision, DecisionReason, DecisionRequest, Effect, Engine, EvaluationError, Observers, Outcome,
+    QuestionContext, RequestError,
 };
 pub use observed::{ResourceObservation, View};
 pub use request::{parse_entity_uid, resolve_action, uid_text};

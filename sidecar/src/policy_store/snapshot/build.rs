@@ -17,8 +17,8 @@ use moka::sync::Cache;
 use super::scope::ScopeIndex;
 use super::store::EntityStore;
 use super::{
-    BUILT_CACHE_CAPACITY, DefinedAt, PRINCIPAL_CACHE_CAPACITY, PolicySnapshot, REQUEST_SETS_WEIGHT, SLICE_CACHE_WEIGHT,
-    Slice, SnapshotSource, SnapshotVersion,
+    BUILT_CACHE_CAPACITY, DefinedAt, PRINCIPAL_CACHE_CAPACITY, PolicySnapshot, REQUEST_SETS_WEIGHT, RequestSet,
+    SLICE_CACHE_WEIGHT, Slice, SnapshotSource, SnapshotVersion,
 };
 use crate::policy_store::diagnostics::{LineIndex, LoadError, Problem, describe};
 use crate::policy_store::sources::{SourceDirs, SourceFile, Sources};
@@ -93,6 +93,7 @@ impl PolicySnapshot {
         static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let mut snapshot = Self {
             build_id: BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            label: SnapshotVersion { digest: digest.to_owned(), generation }.to_string().into(),
             version: SnapshotVersion { digest: digest.to_owned(), generation },
             source,
             policies: Arc::new(policies),
@@ -113,7 +114,7 @@ impl PolicySnapshot {
             derived: Cache::builder().max_capacity(PRINCIPAL_CACHE_CAPACITY).build(),
             request_sets: Cache::builder()
                 .max_capacity(REQUEST_SETS_WEIGHT)
-                .weigher(|_, entities: &Arc<Entities>| u32::try_from(entities.iter().count()).unwrap_or(u32::MAX))
+                .weigher(|_, set: &Arc<RequestSet>| u32::try_from(set.entities().iter().count()).unwrap_or(u32::MAX))
                 .build(),
             context_kinds: RwLock::new(HashMap::new()),
             context_values: Cache::builder().max_capacity(10_000).build(),
@@ -148,7 +149,7 @@ pub struct PolicyParts<'a> {
 
 fn index_by_action(policies: &PolicySet, schema: &Schema, entities: &Entities) -> HashMap<EntityUid, ScopeIndex> {
     let mut index = HashMap::new();
-    for action in schema.actions() {
+    for (slot, action) in schema.actions().enumerate() {
         let in_group = |group: &EntityUid| {
             group == action || entities.ancestors(action).is_some_and(|mut a| a.any(|g| g == group))
         };
@@ -159,7 +160,7 @@ fn index_by_action(policies: &PolicySet, schema: &Schema, entities: &Entities) -
         };
         // ids are unique in `policies` and every template is there, so this cannot fail;
         // an action left out decides over the whole set, which gives the same answers
-        if let Some(scoped) = ScopeIndex::new(policies, policies.policies().filter(applies).cloned().collect()) {
+        if let Some(scoped) = ScopeIndex::new(slot, policies, policies.policies().filter(applies).cloned().collect()) {
             index.insert(action.clone(), scoped);
         }
     }

@@ -27,7 +27,8 @@ use cedar_policy::{Entities, Entity, EntityTypeName, EntityUid, PolicyId, Policy
 use moka::sync::Cache;
 
 pub use build::PolicyParts;
-pub use slices::{CheckedEntity, Slice, next_serial};
+pub use scope::Selection;
+pub use slices::{CheckedEntity, RequestSet, Settled, Slice, next_serial};
 
 use super::diagnostics::{Location, Problem};
 use super::sources::SourceDirs;
@@ -147,6 +148,8 @@ pub struct PolicySnapshot {
     /// Unique among the snapshots this process builds (see [`Self::build_id`]).
     build_id: u64,
     version: SnapshotVersion,
+    /// The version as decisions, logs and headers write it, shared with each of them.
+    label: Arc<str>,
     source: SnapshotSource,
     policies: Arc<PolicySet>,
     /// The policies that can apply to each action of the schema, indexed by principal
@@ -186,7 +189,7 @@ pub struct PolicySnapshot {
     principals: Cache<PrincipalKey, Arc<CheckedEntity>>,
     /// Request entity sets by the checked entities and roots they were built from (see
     /// [`PolicySnapshot::request_entities`]); weighed by the entities they hold.
-    request_sets: Cache<RequestEntitiesKey, Arc<Entities>>,
+    request_sets: Cache<RequestEntitiesKey, Arc<RequestSet>>,
     /// Entities derived for requests (Studio profiles), by uid and the serials of the
     /// directory entries they were derived from (see [`PolicySnapshot::derived_entity`]).
     derived: Cache<(EntityUid, u64, u64), Arc<CheckedEntity>>,
@@ -228,6 +231,17 @@ impl moka::Equivalent<TypedContextKey> for ContextLookup<'_> {
 /// A request's types and its typed context's shape.
 type RequestShape = (EntityTypeName, EntityUid, EntityTypeName, crate::authz::ContextShape);
 
+/// A [`RequestShape`] borrowed from the request (see [`ContextLookup`]): a tuple of
+/// references hashes as the tuple of what they point at, an `Arc<[T]>` as the slice.
+#[derive(Hash)]
+struct ShapeLookup<'a>(&'a EntityTypeName, &'a EntityUid, &'a EntityTypeName, &'a crate::authz::ContextShape);
+
+impl moka::Equivalent<RequestShape> for ShapeLookup<'_> {
+    fn equivalent(&self, key: &RequestShape) -> bool {
+        *self.0 == key.0 && *self.1 == key.1 && *self.2 == key.2 && *self.3 == key.3
+    }
+}
+
 impl fmt::Debug for PolicySnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PolicySnapshot")
@@ -249,6 +263,11 @@ impl PolicySnapshot {
 
     pub fn version(&self) -> &SnapshotVersion {
         &self.version
+    }
+
+    /// The version written short (see [`SnapshotVersion`]'s `Display`), shared.
+    pub fn label(&self) -> &Arc<str> {
+        &self.label
     }
 
     pub fn source(&self) -> &SnapshotSource {
@@ -275,10 +294,10 @@ impl PolicySnapshot {
         principal: &EntityUid,
         resource: &EntityUid,
         entities: &Entities,
-    ) -> Arc<PolicySet> {
+    ) -> Arc<Selection> {
         match self.by_action.get(action) {
             Some(index) => index.select(principal, resource, entities),
-            None => self.policies.clone(),
+            None => Arc::new(Selection::everything(self.policies.clone())),
         }
     }
 
@@ -411,7 +430,7 @@ impl PolicySnapshot {
         resource: &EntityTypeName,
         shape: &crate::authz::ContextShape,
     ) -> bool {
-        self.checked_shapes.contains_key(&(principal.clone(), action.clone(), resource.clone(), shape.clone()))
+        self.checked_shapes.contains_key(&ShapeLookup(principal, action, resource, shape))
     }
 
     /// Remember that a request of these types and context shape passed the schema check.

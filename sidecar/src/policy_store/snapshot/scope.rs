@@ -14,6 +14,15 @@
 //! hash lookups per ancestor of the principal and of the resource; the policy set of a
 //! selection is built once and kept (selections repeat: they depend only on the
 //! ancestors and types of who asks for what).
+//!
+//! A selection is split by whether a policy reads the context. A policy evaluates the
+//! principal, action, resource, context and entities of its request, and reaches the
+//! context only through the `context` variable, so one that never names it has the same
+//! result (satisfied, not, or an error) for every context of one principal, action,
+//! resource and entity set. Cedar's decision is a function of each policy's result (a
+//! satisfied forbid denies, else a satisfied permit allows, else deny; an error is
+//! reported and the policy ignored), so the results of the two parts, taken apart and
+//! put together, are exactly Cedar's over both (see [`crate::authz::Outcome`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -131,22 +140,75 @@ impl SideIndex {
     }
 }
 
+/// The policies selected for a request, whole and split by whether they read the
+/// context.
+#[derive(Debug)]
+pub struct Selection {
+    all: Arc<PolicySet>,
+    context_free: PolicySet,
+    contextual: PolicySet,
+}
+
+impl Selection {
+    fn of<'a>(whole: &PolicySet, picked: impl Iterator<Item = (&'a Policy, bool)> + Clone) -> Option<Self> {
+        let all = subset(whole, picked.clone().map(|(policy, _)| policy))?;
+        Self::split(Arc::new(all), whole, picked)
+    }
+
+    fn split<'a>(
+        all: Arc<PolicySet>,
+        whole: &PolicySet,
+        picked: impl Iterator<Item = (&'a Policy, bool)> + Clone,
+    ) -> Option<Self> {
+        let context_free = subset(whole, picked.clone().filter(|(_, reads)| !reads).map(|(policy, _)| policy))?;
+        let contextual = subset(whole, picked.filter(|(_, reads)| *reads).map(|(policy, _)| policy))?;
+        Some(Self { all, context_free, contextual })
+    }
+
+    /// Every policy of `set`, all of them taken to read the context.
+    pub(super) fn everything(set: Arc<PolicySet>) -> Self {
+        Self { all: set.clone(), context_free: PolicySet::new(), contextual: PolicySet::clone(&set) }
+    }
+
+    /// Every policy selected.
+    pub fn all(&self) -> &PolicySet {
+        &self.all
+    }
+
+    /// The policies selected that never name `context`: their results hold for every
+    /// context of the request's principal, action, resource and entities.
+    pub fn context_free(&self) -> &PolicySet {
+        &self.context_free
+    }
+
+    /// The policies selected that name `context`.
+    pub fn contextual(&self) -> &PolicySet {
+        &self.contextual
+    }
+}
+
 /// The policies of one action, indexed by principal and resource scope.
 #[derive(Debug)]
 pub(super) struct ScopeIndex {
-    /// Every policy of the action (static and linked), with their templates.
-    all: Arc<PolicySet>,
+    /// This action's place among the snapshot's indexed actions (see
+    /// [`super::RequestSet`]).
+    slot: usize,
+    /// Every policy of the action (static and linked), with their templates, and split.
+    all: Arc<Selection>,
     policies: Vec<Policy>,
+    /// Whether each policy names `context` (or could not be read, and is taken to).
+    reads_context: Vec<bool>,
     principal: SideIndex,
     resource: SideIndex,
-    /// Policy sets by selection (sorted policy positions).
-    selections: Cache<Box<[u32]>, Arc<PolicySet>>,
+    /// Selections by the sorted positions of their policies.
+    selections: Cache<Box<[u32]>, Arc<Selection>>,
 }
 
 impl ScopeIndex {
     /// Index `policies`, which must be policies of `whole` (their templates are there).
-    pub(super) fn new(whole: &PolicySet, policies: Vec<Policy>) -> Option<Self> {
-        let all = Arc::new(subset(whole, policies.iter())?);
+    pub(super) fn new(slot: usize, whole: &PolicySet, policies: Vec<Policy>) -> Option<Self> {
+        let reads_context: Vec<bool> = policies.iter().map(reads_context).collect();
+        let all = Arc::new(Selection::of(whole, policies.iter().zip(reads_context.iter().copied()))?);
         let mut principal = SideIndex::default();
         let mut resource = SideIndex::default();
         for (i, policy) in policies.iter().enumerate() {
@@ -155,18 +217,22 @@ impl ScopeIndex {
             resource.push(i, Scope::of_resource(policy));
         }
         let selections = Cache::builder().max_capacity(SELECTION_CACHE_CAPACITY).build();
-        Some(Self { all, policies, principal, resource, selections })
+        Some(Self { slot, all, policies, reads_context, principal, resource, selections })
     }
 
     /// Every policy of the action.
     pub(super) fn all(&self) -> &Arc<PolicySet> {
-        &self.all
+        &self.all.all
+    }
+
+    pub(super) fn slot(&self) -> usize {
+        self.slot
     }
 
     /// The policies of the action whose principal and resource scopes hold for a
     /// request by `principal` on `resource`, over `entities` (the store the request is
     /// evaluated against: ancestors come from it).
-    pub(super) fn select(&self, principal: &EntityUid, resource: &EntityUid, entities: &Entities) -> Arc<PolicySet> {
+    pub(super) fn select(&self, principal: &EntityUid, resource: &EntityUid, entities: &Entities) -> Arc<Selection> {
         let principal = Subject::of(principal, entities);
         let resource = Subject::of(resource, entities);
         let by_principal = self.principal.candidates(&principal);
@@ -185,17 +251,36 @@ impl ScopeIndex {
         if let Some(set) = self.selections.get(chosen.as_slice()) {
             return set;
         }
-        let picked = chosen.iter().filter_map(|&i| usize::try_from(i).ok().and_then(|i| self.policies.get(i)));
-        match subset(&self.all, picked) {
-            Some(set) => {
-                let set = Arc::new(set);
-                self.selections.insert(chosen.into_boxed_slice(), set.clone());
-                set
+        let picked = chosen.iter().filter_map(|&i| {
+            let i = usize::try_from(i).ok()?;
+            Some((self.policies.get(i)?, self.reads_context.get(i).copied().unwrap_or(true)))
+        });
+        match Selection::of(&self.all.all, picked) {
+            Some(selection) => {
+                let selection = Arc::new(selection);
+                self.selections.insert(chosen.into_boxed_slice(), selection.clone());
+                selection
             }
             // cannot happen (the policies came from a valid set); the whole set decides alike
             None => self.all.clone(),
         }
     }
+}
+
+/// Whether `policy` (as linked) names the `context` variable anywhere: read from its
+/// JSON form, where a variable is `{"Var": "context"}`. A policy that cannot be written
+/// as JSON is taken to read it, which only costs it being evaluated with every request.
+fn reads_context(policy: &Policy) -> bool {
+    fn names_context(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.get("Var").and_then(serde_json::Value::as_str) == Some("context") || map.values().any(names_context)
+            }
+            serde_json::Value::Array(items) => items.iter().any(names_context),
+            _ => false,
+        }
+    }
+    policy.to_json().map_or(true, |json| names_context(&json))
 }
 
 /// A policy set of `policies`, taken from `whole`: static policies as they are, linked

@@ -3,12 +3,13 @@
 //! and any entities the caller brings.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use cedar_policy::entities_errors::EntitiesError;
 use cedar_policy::{Entities, Entity, EntityUid};
 
+use super::scope::Selection;
 use super::{PolicySnapshot, RequestEntitiesKey};
 
 /// A number no other call in this process gets (never 0): names an immutable input of
@@ -62,6 +63,31 @@ impl CheckedEntity {
     pub fn references(&self) -> &[EntityUid] {
         &self.references
     }
+}
+
+/// The entities of one request, and what has been settled over them for each action:
+/// the policies that apply to their principal and resource, and the outcome of those
+/// of them that never read the context (see [`PolicySnapshot::settled`]).
+#[derive(Debug)]
+pub struct RequestSet {
+    entities: Entities,
+    /// One place per indexed action; none when the set is not kept (built with a
+    /// caller's own entities, for one decision).
+    settled: Box<[OnceLock<Arc<Settled>>]>,
+}
+
+impl RequestSet {
+    pub fn entities(&self) -> &Entities {
+        &self.entities
+    }
+}
+
+/// For one request set and action: the policies selected, and the outcome of those of
+/// them that never read the context, which holds for every context.
+#[derive(Debug)]
+pub struct Settled {
+    pub selection: Arc<Selection>,
+    pub context_free: crate::authz::Outcome,
 }
 
 /// A stored entity and every stored entity reachable from it, and the uids they point
@@ -176,19 +202,45 @@ impl PolicySnapshot {
         checked: &[&CheckedEntity],
         roots: &[EntityUid],
         extra: &[Entity],
-    ) -> Result<Arc<Entities>, Box<EntitiesError>> {
+    ) -> Result<Arc<RequestSet>, Box<EntitiesError>> {
         if !extra.is_empty() {
-            return self.assemble_request_entities(checked, roots, extra).map(Arc::new);
+            let entities = self.assemble_request_entities(checked, roots, extra)?;
+            return Ok(Arc::new(RequestSet { entities, settled: Box::new([]) }));
         }
         let key: RequestEntitiesKey = (checked.iter().map(|c| c.serial).collect(), roots.into());
-        if let Some(entities) = self.request_sets.get(&key) {
+        if let Some(set) = self.request_sets.get(&key) {
             metrics::counter!("authz_request_entities_total", "result" => "hit").increment(1);
-            return Ok(entities);
+            return Ok(set);
         }
         metrics::counter!("authz_request_entities_total", "result" => "miss").increment(1);
-        let entities = Arc::new(self.assemble_request_entities(checked, roots, extra)?);
-        self.request_sets.insert(key, entities.clone());
-        Ok(entities)
+        let entities = self.assemble_request_entities(checked, roots, extra)?;
+        let settled = (0..self.by_action.len()).map(|_| OnceLock::new()).collect();
+        let set = Arc::new(RequestSet { entities, settled });
+        self.request_sets.insert(key, set.clone());
+        Ok(set)
+    }
+
+    /// What `set` has settled for `action` by `principal` on `resource` (the set's
+    /// principal and resource, its first two roots): the policies that apply, and the
+    /// outcome of those of them that never read the context, which `decide` gives the
+    /// first time and every later request on the set reuses. `None` for a set that is not
+    /// kept or an action the schema does not declare: decide over
+    /// [`Self::policies_applying`] instead.
+    pub fn settled(
+        &self,
+        set: &RequestSet,
+        action: &EntityUid,
+        (principal, resource): (&EntityUid, &EntityUid),
+        decide: impl FnOnce(&cedar_policy::PolicySet) -> crate::authz::Outcome,
+    ) -> Option<Arc<Settled>> {
+        let index = self.by_action.get(action)?;
+        let place = set.settled.get(index.slot())?;
+        let settled = place.get_or_init(|| {
+            let selection = index.select(principal, resource, &set.entities);
+            let context_free = decide(selection.context_free());
+            Arc::new(Settled { selection, context_free })
+        });
+        Some(settled.clone())
     }
 
     fn assemble_request_entities(
