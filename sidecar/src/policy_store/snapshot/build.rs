@@ -91,10 +91,11 @@ impl PolicySnapshot {
 
         let by_action = index_by_action(&policies, &schema, &actions);
         static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let version = SnapshotVersion { digest: digest.to_owned(), generation };
         let mut snapshot = Self {
             build_id: BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            label: SnapshotVersion { digest: digest.to_owned(), generation }.to_string().into(),
-            version: SnapshotVersion { digest: digest.to_owned(), generation },
+            label: version.to_string().into(),
+            version,
             source,
             policies: Arc::new(policies),
             by_action,

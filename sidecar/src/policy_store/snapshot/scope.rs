@@ -145,29 +145,23 @@ impl SideIndex {
 #[derive(Debug)]
 pub struct Selection {
     all: Arc<PolicySet>,
-    context_free: PolicySet,
-    contextual: PolicySet,
+    context_free: Arc<PolicySet>,
+    contextual: Arc<PolicySet>,
 }
 
 impl Selection {
+    /// The policies `picked` from `whole`, each with whether it reads the context.
     fn of<'a>(whole: &PolicySet, picked: impl Iterator<Item = (&'a Policy, bool)> + Clone) -> Option<Self> {
-        let all = subset(whole, picked.clone().map(|(policy, _)| policy))?;
-        Self::split(Arc::new(all), whole, picked)
-    }
-
-    fn split<'a>(
-        all: Arc<PolicySet>,
-        whole: &PolicySet,
-        picked: impl Iterator<Item = (&'a Policy, bool)> + Clone,
-    ) -> Option<Self> {
-        let context_free = subset(whole, picked.clone().filter(|(_, reads)| !reads).map(|(policy, _)| policy))?;
-        let contextual = subset(whole, picked.filter(|(_, reads)| *reads).map(|(policy, _)| policy))?;
-        Some(Self { all, context_free, contextual })
+        let part = |reads: Option<bool>| {
+            let policies = picked.clone().filter(move |(_, r)| reads.is_none_or(|reads| *r == reads));
+            subset(whole, policies.map(|(policy, _)| policy)).map(Arc::new)
+        };
+        Some(Self { all: part(None)?, context_free: part(Some(false))?, contextual: part(Some(true))? })
     }
 
     /// Every policy of `set`, all of them taken to read the context.
     pub(super) fn everything(set: Arc<PolicySet>) -> Self {
-        Self { all: set.clone(), context_free: PolicySet::new(), contextual: PolicySet::clone(&set) }
+        Self { all: set.clone(), context_free: Arc::new(PolicySet::new()), contextual: set }
     }
 
     /// Every policy selected.
