@@ -317,6 +317,26 @@ proptest! {
     }
 }
 
+/// The policies the index selects for `read` by `principal` on `resource` (type, id).
+fn selected(
+    snapshot: &PolicySnapshot,
+    principal: (&str, &str),
+    resource: (&str, &str),
+) -> std::sync::Arc<authz_sidecar::policy_store::Selection> {
+    snapshot.policies_applying(
+        &parse_uid("Idx::Action::\"read\""),
+        &parse_uid(&uid(principal.0, principal.1)),
+        &parse_uid(&uid(resource.0, resource.1)),
+        &snapshot.all_entities().unwrap(),
+    )
+}
+
+fn sorted_ids(set: &PolicySet) -> Vec<String> {
+    let mut ids: Vec<String> = set.policies().map(|p| p.id().to_string()).collect();
+    ids.sort();
+    ids
+}
+
 /// The index selects: of many team-scoped policies, a request evaluates those its
 /// principal's teams and its resource's folders can match, plus the unscoped ones.
 #[test]
@@ -337,16 +357,9 @@ fn only_the_policies_whose_scopes_can_hold_are_evaluated() {
     }
     policies.push((true, 0, 0, 0, 0, 0, 0));
     let snapshot = snapshot(&world, &policies, &[(0, 0, 1), (1, 2, 0)]);
-    let read = parse_uid("Idx::Action::\"read\"");
     // u0 is in t0 and (through t0) g1; d0 is in f1, which is in f0
-    let applying = snapshot.policies_applying(
-        &read,
-        &parse_uid(&uid("User", "u0")),
-        &parse_uid(&uid("Doc", "d0")),
-        &snapshot.all_entities().unwrap(),
-    );
-    let mut ids: Vec<String> = applying.all().policies().map(|p| p.id().to_string()).collect();
-    ids.sort();
+    let applying = selected(&snapshot, ("User", "u0"), ("Doc", "d0"));
+    let ids = sorted_ids(applying.all());
     let expected: Vec<String> = {
         let mut expected: Vec<String> = (0..60u8)
             .filter(|i| {
@@ -385,19 +398,8 @@ fn the_policies_that_read_the_context_are_told_apart() {
     // template 3 reads the context; template 0 does not
     // (in t0 and f1; u0 and f1)
     let snapshot = snapshot(&world, &policies, &[(3, 0, 1), (0, 0, 1)]);
-    let read = parse_uid("Idx::Action::\"read\"");
-    let selection = snapshot.policies_applying(
-        &read,
-        &parse_uid(&uid("User", "u0")),
-        &parse_uid(&uid("Folder", "f1")),
-        &snapshot.all_entities().unwrap(),
-    );
-    let ids = |set: &PolicySet| {
-        let mut ids: Vec<String> = set.policies().map(|p| p.id().to_string()).collect();
-        ids.sort();
-        ids
-    };
-    assert_eq!(ids(selection.contextual()), ["link-0", "p1", "p2", "p3"]);
-    assert_eq!(ids(selection.context_free()), ["link-1", "p0", "p4", "p5"]);
-    assert_eq!(ids(selection.all()).len(), 8);
+    let selection = selected(&snapshot, ("User", "u0"), ("Folder", "f1"));
+    assert_eq!(sorted_ids(selection.contextual()), ["link-0", "p1", "p2", "p3"]);
+    assert_eq!(sorted_ids(selection.context_free()), ["link-1", "p0", "p4", "p5"]);
+    assert_eq!(sorted_ids(selection.all()).len(), 8);
 }
