@@ -123,6 +123,38 @@ fn a_checked_request_shape_is_found_from_the_requests_parts() {
     assert!(!snapshot.request_shape_checked(profile.type_name(), &action, profile.type_name(), &shape));
 }
 
+/// A request entity set is kept and found again from the request's own parts (a
+/// borrowed lookup that must hash as the kept key does), for exactly its principal and
+/// roots; and with more checked entities than the borrowed lookup holds, still found.
+#[test]
+fn a_request_entity_set_is_found_again_from_the_requests_parts() {
+    let ws = Workspace::shipped();
+    let snapshot = PolicyStore::load_files(&ws.dirs()).unwrap().current().unwrap();
+    let user = |id: &str| {
+        let json = json!({"uid": {"type": "Studio::User", "id": id}, "attrs": {"email": format!("{id}@example.com")},
+                          "parents": [{"type": "Studio::Team", "id": "Team1"}], "tags": {"Team": ["Team1"]}});
+        entity(json, &snapshot)
+    };
+    let roots = [uid(r#"Studio::User::"token-user""#), uid(r#"Studio::UserProfile::"user-1-team1""#)];
+    let principal = snapshot.request_principal([7; 32], || Ok::<_, String>(user("token-user"))).unwrap();
+    let first = snapshot.request_entities(&[principal.as_ref()], &roots, &[]).unwrap();
+    let again = snapshot.request_entities(&[principal.as_ref()], &roots, &[]).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&first, &again), "the kept set is found again");
+    let other = snapshot.request_entities(&[principal.as_ref()], &roots[..1], &[]).unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&first, &other), "other roots, another set");
+
+    let many: Vec<_> = (0..=authz_sidecar::policy_store::LOOKUP_SERIALS)
+        .map(|i| {
+            let id = format!("other-{i}");
+            std::sync::Arc::new(authz_sidecar::policy_store::CheckedEntity::new(user(&id)))
+        })
+        .collect();
+    let many: Vec<_> = many.iter().map(std::sync::Arc::as_ref).collect();
+    let first = snapshot.request_entities(&many, &roots, &[]).unwrap();
+    let again = snapshot.request_entities(&many, &roots, &[]).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&first, &again), "more checked entities than the lookup holds");
+}
+
 /// The entity files are held as written, not as Cedar entities: a snapshot builds
 /// Cedar entities only for what the policies name and what requests reach.
 #[test]

@@ -18,7 +18,7 @@ use cedar_policy::{
 use serde::Serialize;
 
 use super::context::TypedContext;
-use crate::policy_store::{CheckedEntity, DecisionKey, PolicySnapshot};
+use crate::policy_store::{CheckedEntity, DecisionLookup, LOOKUP_SERIALS, PolicySnapshot};
 
 /// Allow or deny, the only two answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
@@ -377,13 +377,15 @@ impl Engine {
     /// the slices it reaches (see [`PolicySnapshot::request_entities`]).
     pub fn decide(&self, snapshot: &PolicySnapshot, request: &DecisionRequest) -> Result<Decision, RequestError> {
         let started = Instant::now();
-        let key = decision_key(request);
+        let roots = [request.principal.uid().clone(), request.resource.clone()];
+        let mut serials = [0u64; LOOKUP_SERIALS];
+        let key = decision_lookup(request, &mut serials, &roots);
         if let Some(known) = key.as_ref().and_then(|key| snapshot.known_decision(key)) {
             return Ok(Decision { elapsed: started.elapsed(), cached: true, ..Decision::clone(&known) });
         }
         let decision = self.evaluate(snapshot, request, started)?;
         if let Some(key) = key {
-            snapshot.remember_decision(key, Arc::new(decision.clone()));
+            snapshot.remember_decision(key.to_key(), Arc::new(decision.clone()));
         }
         Ok(decision)
     }
@@ -469,9 +471,15 @@ impl Engine {
 
 /// The key a decision is kept under, when every input of the question is named by a
 /// serial (see [`DecisionKey`]): a typed context kept by the snapshot, and no entities
-/// of the caller's own (those are checked and assembled every time). `None`: decided
-/// afresh every time.
-fn decision_key(request: &DecisionRequest) -> Option<DecisionKey> {
+/// of the caller's own (those are checked and assembled every time), borrowed from the
+/// request, `roots` (its principal's and resource's uids) and `serials` (filled here).
+/// `None`: decided afresh every time (also a question that brings more than
+/// [`LOOKUP_SERIALS`] checked entities, which none of the sidecar's does).
+fn decision_lookup<'a>(
+    request: &'a DecisionRequest,
+    serials: &'a mut [u64; LOOKUP_SERIALS],
+    roots: &'a [EntityUid; 2],
+) -> Option<DecisionLookup<'a>> {
     let QuestionContext::Typed(typed) = &request.context else { return None };
     if typed.serial == 0 || !request.entities.is_empty() {
         return None;
@@ -481,9 +489,11 @@ fn decision_key(request: &DecisionRequest) -> Option<DecisionKey> {
         Asker::Uid(_) => None,
     };
     // the same serials and roots, in the same order, as the request's entity set
-    let serials = built.into_iter().chain(request.checked.iter().map(Arc::as_ref)).map(CheckedEntity::serial).collect();
-    let roots = vec![request.principal.uid().clone(), request.resource.clone()].into_boxed_slice();
-    Some(DecisionKey { entities: (serials, roots), action: request.action.clone(), context: typed.serial })
+    let all = built.into_iter().chain(request.checked.iter().map(Arc::as_ref)).map(CheckedEntity::serial);
+    let count = usize::from(built.is_some()) + request.checked.len();
+    serials.iter_mut().zip(all).for_each(|(slot, serial)| *slot = serial);
+    let serials: &'a [u64] = serials.get(..count)?;
+    Some(DecisionLookup { entities: (serials, roots), action: &request.action, context: typed.serial })
 }
 
 /// Entity uids written in a context (`{"type": .., "id": ..}` or `{"__entity": ..}`),

@@ -23,8 +23,9 @@ pub use diagnostics::{LoadError, Location, Problem};
 pub use files::{FileSource, ReloadOptions, reload_once};
 pub use lifecycle::{PolicySource, ReloadOutcome, SourceError};
 pub use snapshot::{
-    CheckedEntity, ContextValueKind, DecisionKey, DefinedAt, PolicyParts, PolicySnapshot, RequestEntitiesKey,
-    RequestSet, Selection, Settled, Slice, SnapshotSource, SnapshotVersion, next_serial,
+    CheckedEntity, ContextValueKind, DecisionKey, DecisionLookup, DefinedAt, LOOKUP_SERIALS, PolicyParts,
+    PolicySnapshot, RequestEntitiesKey, RequestSet, Selection, Settled, Slice, SnapshotSource, SnapshotVersion,
+    next_serial,
 };
 pub use sources::{EntitySources, SourceDirs, SourceFile, Sources};
 

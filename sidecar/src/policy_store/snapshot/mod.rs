@@ -64,6 +64,52 @@ pub struct DecisionKey {
     pub context: u64,
 }
 
+/// A [`DecisionKey`] borrowed from the request, so that looking a decision up copies
+/// nothing (see [`ContextLookup`]): the key's fields in the key's order, slices where the
+/// key has boxed slices, so it hashes as the key does.
+#[derive(Debug, Hash)]
+pub struct DecisionLookup<'a> {
+    pub entities: (&'a [u64], &'a [EntityUid]),
+    pub action: &'a EntityUid,
+    pub context: u64,
+}
+
+impl DecisionLookup<'_> {
+    /// The key to keep a decision under.
+    pub fn to_key(&self) -> DecisionKey {
+        DecisionKey {
+            entities: (self.entities.0.into(), self.entities.1.into()),
+            action: self.action.clone(),
+            context: self.context,
+        }
+    }
+}
+
+impl moka::Equivalent<DecisionKey> for DecisionLookup<'_> {
+    fn equivalent(&self, key: &DecisionKey) -> bool {
+        *self.entities.0 == *key.entities.0
+            && *self.entities.1 == *key.entities.1
+            && *self.action == key.action
+            && self.context == key.context
+    }
+}
+
+/// A [`RequestEntitiesKey`] borrowed (see [`DecisionLookup`]).
+#[derive(Hash)]
+pub(super) struct RequestSetLookup<'a>(pub &'a [u64], pub &'a [EntityUid]);
+
+impl moka::Equivalent<RequestEntitiesKey> for RequestSetLookup<'_> {
+    fn equivalent(&self, key: &RequestEntitiesKey) -> bool {
+        *self.0 == *key.0 && *self.1 == *key.1
+    }
+}
+
+/// How many checked entities a request may bring and still be looked up without
+/// copying: a request entity set with more is looked up with an owned key, and a
+/// decision over more is not kept. The sidecar's questions bring one to three (the
+/// token's principal, directory entities, a derived profile).
+pub const LOOKUP_SERIALS: usize = 8;
+
 /// How many decisions a snapshot keeps (each a few hundred bytes with its key).
 const DECISION_CACHE_CAPACITY: u64 = 8_192;
 
@@ -455,7 +501,7 @@ impl PolicySnapshot {
     /// The decision made earlier in this snapshot for exactly this question (see
     /// [`DecisionKey`]): Cedar's evaluation is a pure function of the policies, the
     /// entities and the request, so it is made once per question and snapshot.
-    pub fn known_decision(&self, key: &DecisionKey) -> Option<Arc<crate::authz::Decision>> {
+    pub fn known_decision(&self, key: &DecisionLookup<'_>) -> Option<Arc<crate::authz::Decision>> {
         let known = self.decisions.get(key);
         match known {
             Some(_) => kept_counter!("authz_decision_cache_total", "result" => "hit").increment(1),

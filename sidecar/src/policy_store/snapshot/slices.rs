@@ -10,7 +10,7 @@ use cedar_policy::entities_errors::EntitiesError;
 use cedar_policy::{Entities, Entity, EntityUid};
 
 use super::scope::Selection;
-use super::{PolicySnapshot, RequestEntitiesKey};
+use super::{LOOKUP_SERIALS, PolicySnapshot, RequestEntitiesKey, RequestSetLookup};
 
 /// A number no other call in this process gets (never 0): names an immutable input of
 /// decisions (a checked entity, a typed context) in cache keys, where an address could
@@ -207,12 +207,18 @@ impl PolicySnapshot {
             let entities = self.assemble_request_entities(checked, roots, extra)?;
             return Ok(Arc::new(RequestSet { entities, settled: Box::new([]) }));
         }
-        let key: RequestEntitiesKey = (checked.iter().map(|c| c.serial).collect(), roots.into());
-        if let Some(set) = self.request_sets.get(&key) {
+        let mut serials = [0u64; LOOKUP_SERIALS];
+        serials.iter_mut().zip(checked).for_each(|(slot, c)| *slot = c.serial);
+        let found = match serials.get(..checked.len()) {
+            Some(serials) => self.request_sets.get(&RequestSetLookup(serials, roots)),
+            None => self.request_sets.get(&(checked.iter().map(|c| c.serial).collect(), roots.into())),
+        };
+        if let Some(set) = found {
             metrics::counter!("authz_request_entities_total", "result" => "hit").increment(1);
             return Ok(set);
         }
         metrics::counter!("authz_request_entities_total", "result" => "miss").increment(1);
+        let key: RequestEntitiesKey = (checked.iter().map(|c| c.serial).collect(), roots.into());
         let entities = self.assemble_request_entities(checked, roots, extra)?;
         let settled = (0..self.by_action.len()).map(|_| OnceLock::new()).collect();
         let set = Arc::new(RequestSet { entities, settled });
