@@ -11,6 +11,7 @@ use cedar_policy::{Entities, Entity, EntityUid};
 
 use super::scope::Selection;
 use super::{LOOKUP_SERIALS, PolicySnapshot, RequestEntitiesKey, RequestSetLookup};
+use crate::kept_metrics::kept_counter;
 
 /// A number no other call in this process gets (never 0): names an immutable input of
 /// decisions (a checked entity, a typed context) in cache keys, where an address could
@@ -104,10 +105,10 @@ impl PolicySnapshot {
     /// Cached per snapshot, with its entities built (see [`Self::stored_entity`]).
     pub fn entity_slice(&self, uid: &EntityUid) -> Result<Arc<Slice>, Box<EntitiesError>> {
         if let Some(slice) = self.slices.get(uid) {
-            metrics::counter!("authz_entity_cache_total", "result" => "hit").increment(1);
+            kept_counter!("authz_entity_cache_total", "result" => "hit").increment(1);
             return Ok(slice);
         }
-        metrics::counter!("authz_entity_cache_total", "result" => "miss").increment(1);
+        kept_counter!("authz_entity_cache_total", "result" => "miss").increment(1);
         let slice = Arc::new(self.reachable_from([uid.clone()])?);
         self.slices.insert(uid.clone(), slice.clone());
         Ok(slice)
@@ -214,10 +215,10 @@ impl PolicySnapshot {
             None => self.request_sets.get(&(checked.iter().map(|c| c.serial).collect(), roots.into())),
         };
         if let Some(set) = found {
-            metrics::counter!("authz_request_entities_total", "result" => "hit").increment(1);
+            kept_counter!("authz_request_entities_total", "result" => "hit").increment(1);
             return Ok(set);
         }
-        metrics::counter!("authz_request_entities_total", "result" => "miss").increment(1);
+        kept_counter!("authz_request_entities_total", "result" => "miss").increment(1);
         let key: RequestEntitiesKey = (checked.iter().map(|c| c.serial).collect(), roots.into());
         let entities = self.assemble_request_entities(checked, roots, extra)?;
         let settled = (0..self.by_action.len()).map(|_| OnceLock::new()).collect();
