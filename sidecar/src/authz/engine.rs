@@ -383,7 +383,7 @@ impl Engine {
         if let Some(known) = key.as_ref().and_then(|key| snapshot.known_decision(key)) {
             return Ok(Decision { elapsed: started.elapsed(), cached: true, ..Decision::clone(&known) });
         }
-        let decision = self.evaluate(snapshot, request, started)?;
+        let decision = self.evaluate(snapshot, request, &roots, started)?;
         if let Some(key) = key {
             snapshot.remember_decision(key.to_key(), Arc::new(decision.clone()));
         }
@@ -411,10 +411,12 @@ impl Engine {
         Ok(Decision::from_response(&response, snapshot, started))
     }
 
+    /// `roots`: the request's principal and resource uids, as [`Self::decide`] has them.
     fn evaluate(
         &self,
         snapshot: &PolicySnapshot,
         request: &DecisionRequest,
+        roots: &[EntityUid; 2],
         started: Instant,
     ) -> Result<Decision, RequestError> {
         let schema = snapshot.schema();
@@ -448,8 +450,12 @@ impl Engine {
             Asker::Built(principal) => Some(principal.as_ref()),
             Asker::Uid(_) => None,
         };
-        let mut roots = vec![request.principal.uid().clone(), request.resource.clone()];
-        roots.extend(context_roots);
+        // entity uids written in a JSON context are roots too
+        let roots: std::borrow::Cow<'_, [EntityUid]> = if context_roots.is_empty() {
+            std::borrow::Cow::Borrowed(roots)
+        } else {
+            roots.iter().cloned().chain(context_roots).collect()
+        };
         let checked: Vec<&CheckedEntity> = built.into_iter().chain(request.checked.iter().map(Arc::as_ref)).collect();
         let assembled = snapshot
             .request_entities(&checked, &roots, &request.entities)
