@@ -15,6 +15,9 @@ pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 /// Idle connections kept per upstream host.
 pub(crate) const MAX_IDLE_PER_HOST: usize = 256;
 
+/// How long an idle connection is kept.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A client that speaks http and https (webpki roots), HTTP/1.1 and HTTP/2.
 pub(crate) fn client(connect_timeout: Duration) -> Result<HttpClient, rustls::Error> {
     let mut http = HttpConnector::new();
@@ -29,7 +32,7 @@ pub(crate) fn client(connect_timeout: Duration) -> Result<HttpClient, rustls::Er
         .wrap_connector(http);
     // idle pooled connections are descriptors too: keep a bounded number per host
     Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_idle_timeout(IDLE_TIMEOUT)
         .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
         .build(https))
 }

@@ -155,8 +155,10 @@ fn report_dropped(reported: &mut usize) {
 }
 
 /// How often the recorder's histogram samples are folded into their buckets when no
-/// scrape does it (see [`upkeep`]).
-pub(crate) const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// scrape does it (see [`upkeep`]). Samples wait in blocks of 64 until then (about 2.6 a
+/// request, 8 bytes each): at 25,000 requests a second, 5 s of them were some 3 MB at
+/// the peak of a load; 1 s holds a fifth of that, for the same folding work.
+pub(crate) const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Keep the recorder's memory bounded whether or not anyone scrapes `/metrics`: each
 /// histogram sample is held until upkeep folds it into the histogram's buckets, and

@@ -1,6 +1,7 @@
-//! Forwarding on the inbound connection's own upstream connection, over real sockets,
+//! Forwarding on upstream connections the requests drive themselves, over real sockets,
 //! against an upstream written byte by byte so that each test picks how it misbehaves:
-//! connections reused and counted, an upstream that closes idle connections without
+//! connections reused and counted (as many as requests in flight together, whatever the
+//! number of client connections), an upstream that closes idle connections without
 //! saying so, chunked and large bodies, a client that leaves mid-body, request bodies.
 
 use std::net::SocketAddr;
@@ -50,6 +51,14 @@ struct RawUpstream {
 
 impl RawUpstream {
     async fn start(respond: impl Fn(&Seen) -> (Vec<u8>, bool) + Send + Sync + 'static) -> Self {
+        Self::start_delayed(Duration::ZERO, respond).await
+    }
+
+    /// As [`RawUpstream::start`], answering each request `delay` after it arrived.
+    async fn start_delayed(
+        delay: Duration,
+        respond: impl Fn(&Seen) -> (Vec<u8>, bool) + Send + Sync + 'static,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -59,7 +68,7 @@ impl RawUpstream {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve_raw(stream, respond.clone(), closed.clone()));
+                tokio::spawn(serve_raw(stream, respond.clone(), closed.clone(), delay));
             }
         });
         Self { addr, accepted, ended }
@@ -74,9 +83,10 @@ impl RawUpstream {
     }
 }
 
-async fn serve_raw(mut stream: TcpStream, respond: Arc<Respond>, ended: Arc<AtomicUsize>) {
+async fn serve_raw(mut stream: TcpStream, respond: Arc<Respond>, ended: Arc<AtomicUsize>, delay: Duration) {
     let mut buffer = Vec::new();
     while let Some(seen) = read_request(&mut stream, &mut buffer).await {
+        tokio::time::sleep(delay).await;
         let (bytes, close) = respond(&seen);
         if stream.write_all(&bytes).await.is_err() {
             break;
@@ -172,7 +182,7 @@ impl Client {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_keep_alive_client_is_forwarded_on_one_upstream_connection() {
+async fn requests_one_after_another_share_one_upstream_connection_whatever_client_connection_they_came_on() {
     let upstream = RawUpstream::start(|seen| (sized(&seen.header("host").unwrap_or_default()), false)).await;
     let (launched, _ws, _jwks) = sidecar(&upstream.url()).await;
     let mut client = Client::connect(launched.data).await;
@@ -183,11 +193,37 @@ async fn a_keep_alive_client_is_forwarded_on_one_upstream_connection() {
         assert_eq!(body, upstream.addr.to_string());
     }
     assert_eq!(upstream.accepted(), 1, "one upstream connection carried every request");
-    // a second client connection has its own
-    let mut other = Client::connect(launched.data).await;
-    assert_eq!(other.call("GET", Vec::new()).await.0, 200);
+    // more client connections, each kept open, asking in turn: still the one
+    let mut others = Vec::new();
+    for _ in 0..20 {
+        let mut other = Client::connect(launched.data).await;
+        assert_eq!(other.call("GET", Vec::new()).await.0, 200);
+        others.push(other);
+    }
     assert_eq!(client.call("GET", Vec::new()).await.0, 200);
-    assert_eq!(upstream.accepted(), 2);
+    assert_eq!(upstream.accepted(), 1, "an idle client connection holds no upstream connection");
+    launched.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_together_each_get_a_connection_and_leave_it_for_the_next() {
+    let upstream = RawUpstream::start_delayed(Duration::from_millis(300), |_| (sized("slow"), false)).await;
+    let (launched, _ws, _jwks) = sidecar(&upstream.url()).await;
+    let connect = || Client::connect(launched.data);
+    let (mut a, mut b, mut c, mut d) = (connect().await, connect().await, connect().await, connect().await);
+    for round in 0..3 {
+        let answers = tokio::join!(
+            a.call("GET", Vec::new()),
+            b.call("GET", Vec::new()),
+            c.call("GET", Vec::new()),
+            d.call("GET", Vec::new())
+        );
+        for (status, body) in [answers.0, answers.1, answers.2, answers.3] {
+            assert_eq!((status, body.as_ref()), (200, b"slow".as_ref()), "round {round}");
+        }
+        assert_eq!(upstream.accepted(), 4, "round {round}: four at once, four connections, reused after");
+    }
+    assert_eq!(upstream.ended.load(Ordering::SeqCst), 0, "none was closed");
     launched.shutdown.cancel();
 }
 
@@ -273,8 +309,8 @@ async fn a_client_gone_mid_body_closes_its_upstream_connection_and_nothing_else(
 
 /// An HTTP/2 client drops one stream's response mid-body (a stream reset) and goes on
 /// using the connection: the half-read upstream connection is closed, never given to the
-/// connection's next stream; and streams in flight together each get an answer (the
-/// second on the pooled client).
+/// connection's next stream; and streams in flight together each get an answer, each on
+/// a connection of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_stream_reset_mid_body_never_hands_its_half_read_connection_on() {
     let upstream = RawUpstream::start(|_| (sized(&"c".repeat(8 * 1024 * 1024)), false)).await;

@@ -16,9 +16,9 @@
 //! The upstream has a connect timeout (502 when it cannot be reached) and a response
 //! timeout (504).
 //!
-//! A served request goes out on its inbound connection's own upstream connection (see
-//! [`owned`]); the pooled client carries the rest (HTTPS upstreams, concurrent streams
-//! of one HTTP/2 connection, requests driven in-process).
+//! A call to a plain-HTTP upstream goes out on a connection of the upstream's own pool,
+//! driven by the request itself (see [`owned`]); the pooled client carries calls to
+//! HTTPS upstreams.
 
 pub(crate) mod owned;
 
@@ -35,10 +35,9 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::body::{Body, BoxError};
 use crate::config::Upstream;
-use crate::http_client::HttpClient;
 use crate::kept_metrics::kept_histogram;
 use crate::rescue::ApiError;
-use owned::UpstreamSlots;
+use crate::server::state::RouteUpstream;
 
 /// Headers the sidecar sets on forwarded requests; incoming ones with this prefix are dropped.
 pub(crate) const IDENTITY_PREFIX: &str = "x-authz-";
@@ -276,8 +275,7 @@ impl HttpBody for ClientBody {
 }
 
 pub(crate) async fn forward(
-    client: &HttpClient,
-    slots: Option<&Arc<UpstreamSlots>>,
+    route: &RouteUpstream,
     upstream: &Upstream,
     call: Outgoing<'_>,
 ) -> Result<Response<Body>, ApiError> {
@@ -305,11 +303,11 @@ pub(crate) async fn forward(
     *request.headers_mut() = headers;
 
     let started = std::time::Instant::now();
-    let claim = slots.and_then(|slots| slots.claim(request.uri()));
+    let claim = route.pool.as_ref().map(owned::UpstreamPool::claim);
     let sent = async {
         match claim {
             Some(claim) => claim.send(request, upstream.connect_timeout).await,
-            None => match client.request(request).await {
+            None => match route.client.request(request).await {
                 Ok(response) => Ok(response.map(|body| body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync())),
                 Err(error) => Err(error.into()),
             },

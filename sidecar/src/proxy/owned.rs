@@ -1,32 +1,36 @@
-//! Upstream connections owned by the inbound connection that uses them.
+//! Plain-HTTP upstream connections driven by the requests that use them.
 //!
 //! hyper-util's pooled client runs every upstream connection as a task of its own: a
 //! forwarded request is handed to that task through a channel and its response handed
-//! back, a task switch each way and a pool checkout per request (see `bench/README.md`).
-//! Here an inbound connection keeps one upstream connection per upstream in its own
-//! [`UpstreamSlots`] and drives it itself: from the request's own future while the
-//! response head is awaited, and from the response body while it streams. No task, no
-//! channel between tasks; the next request on the inbound connection reuses it.
+//! back, a task switch each way (see `bench/README.md`). Here a request takes an idle
+//! connection from its upstream's [`UpstreamPool`] (or makes one) and drives it itself:
+//! from the request's own future while the response head is awaited, and from the
+//! response body while it streams. No task, no channel between tasks.
 //!
-//! - A connection goes back to its slot only when its response body has ended. A body
+//! - The pool is the upstream's, shared by every inbound connection: the upstream
+//!   connections open are as many as requests have been in flight together, not as many
+//!   as the inbound connections (a sidecar behind a load balancer holds hundreds of idle
+//!   keep-alive connections, each of which would otherwise keep an upstream connection
+//!   and its buffers). The most recently used idle connection is taken first.
+//! - A connection goes back to the pool only when its response body has ended. A body
 //!   cut short (the client went away) closes it, since it could not be reused.
-//! - Before reuse it is polled once: a connection the upstream closed (its keep-alive
-//!   ran out) is seen there, and a new one is made. If the upstream closes it between
-//!   that look and the request being written, hyper gives the request back unsent and it
-//!   goes on a new connection, once. A request already written is never sent twice.
+//! - At most as many idle connections are kept as requests may be in flight together
+//!   (`server.max_concurrent_requests`, and never more than [`MAX_IDLE_PER_HOST`]); one given back past that is
+//!   closed. One idle for [`IDLE_TIMEOUT`] is closed, whether or not requests come.
+//! - Before reuse a connection is polled once: one the upstream closed (its keep-alive
+//!   ran out) is seen there and dropped, and the next idle one is tried, then a new one.
+//!   If the upstream closes it between that look and the request being written, hyper
+//!   gives the request back unsent and it goes on a new connection, once. A request
+//!   already written is never sent twice.
 //! - Plain `http://` upstreams only (a sidecar's app is on the same host or pod); an
-//!   `https://` upstream (TLS, perhaps HTTP/2 by ALPN) uses the pooled client. So does a
-//!   request that finds its inbound connection's upstream connection busy, which only
-//!   happens on an HTTP/2 inbound connection with several streams in flight.
-//! - An inbound connection holds at most one owned connection per upstream, which the
-//!   descriptor budget already counts (see [`crate::server::limits`]), and closes it
-//!   when it closes itself.
+//!   `https://` upstream (TLS, perhaps HTTP/2 by ALPN) uses the pooled client.
 
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -39,98 +43,173 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::body::{Body, BoxError};
+use crate::http_client;
 
 type Connection = http1::Connection<TokioIo<TcpStream>, Body>;
 
-/// The upstream connections of one inbound connection, by upstream `host:port`: an
-/// idle connection (its last response ended), or `None` while a request uses it.
-#[derive(Default)]
-pub(crate) struct UpstreamSlots {
-    slots: Mutex<Vec<(String, Option<Owned>)>>,
+/// Idle connections kept per upstream, at most (as the pooled client keeps).
+pub(crate) const MAX_IDLE_PER_HOST: usize = http_client::MAX_IDLE_PER_HOST;
+
+/// How long a connection may sit idle in the pool before it is closed.
+pub(crate) const IDLE_TIMEOUT: Duration = http_client::IDLE_TIMEOUT;
+
+/// The idle connections to one plain-HTTP upstream (`host:port`), shared by every
+/// request that forwards there.
+pub(crate) struct UpstreamPool {
+    address: String,
+    /// Oldest first: a request takes the last, a connection given back goes last.
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    /// Whether the task that closes connections idle too long has been started.
+    reaping: AtomicBool,
 }
 
-impl std::fmt::Debug for UpstreamSlots {
+struct Idle {
+    owned: Owned,
+    since: Instant,
+}
+
+impl std::fmt::Debug for UpstreamPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamSlots").finish_non_exhaustive()
+        f.debug_struct("UpstreamPool").field("address", &self.address).finish_non_exhaustive()
     }
 }
 
-impl UpstreamSlots {
-    /// The right to send a request to `uri`'s upstream on a connection of this inbound
-    /// connection's own; `None` when the upstream is not plain HTTP or its connection is
-    /// in use by another request (then the pooled client sends it).
-    pub(crate) fn claim(self: &Arc<Self>, uri: &Uri) -> Option<Claim> {
+impl UpstreamPool {
+    /// The pool of `uri`'s upstream, keeping at most `max_idle` idle connections (and
+    /// never more than [`MAX_IDLE_PER_HOST`]); `None` when the upstream is not plain
+    /// HTTP (the pooled client carries those).
+    pub(crate) fn for_uri(uri: &Uri, max_idle: usize) -> Option<Self> {
         if uri.scheme() != Some(&Scheme::HTTP) {
             return None;
         }
         let authority = uri.authority()?;
-        let address = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
-        let mut slots = self.slots.lock().ok()?;
-        let idle = match slots.iter_mut().find(|(key, _)| *key == address) {
-            // in use: this is a second stream of an HTTP/2 connection
-            Some((_, None)) => return None,
-            Some((_, slot)) => slot.take(),
-            None => {
-                slots.push((address.clone(), None));
+        Some(Self::new(format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80)), max_idle, IDLE_TIMEOUT))
+    }
+
+    fn new(address: String, max_idle: usize, idle_timeout: Duration) -> Self {
+        Self {
+            address,
+            idle: Mutex::new(Vec::new()),
+            max_idle: max_idle.clamp(1, MAX_IDLE_PER_HOST),
+            idle_timeout,
+            reaping: AtomicBool::new(false),
+        }
+    }
+
+    /// The upstream's `host:port`.
+    pub(crate) fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The right to send one request on a connection of this pool's.
+    pub(crate) fn claim(self: &Arc<Self>) -> Claim {
+        Claim { pool: self.clone() }
+    }
+
+    /// The most recently used idle connection that has not been idle too long; those
+    /// that have are closed.
+    fn take_idle(&self) -> Option<Owned> {
+        let expired = {
+            let mut idle = self.idle.lock().ok()?;
+            let now = Instant::now();
+            let stale = idle.iter().take_while(|i| now.duration_since(i.since) >= self.idle_timeout).count();
+            let expired: Vec<Idle> = idle.drain(..stale).collect();
+            if let Some(fresh) = idle.pop() {
+                drop(idle);
+                drop(expired);
+                return Some(fresh.owned);
+            }
+            expired
+        };
+        drop(expired);
+        None
+    }
+
+    /// Keep `owned` for the next request, unless as many are idle already.
+    fn give_back(self: &Arc<Self>, owned: Owned) {
+        let refused = match self.idle.lock() {
+            Ok(mut idle) if idle.len() < self.max_idle => {
+                idle.push(Idle { owned, since: Instant::now() });
                 None
             }
+            _ => Some(owned),
         };
-        drop(slots);
-        Some(Claim { slots: self.clone(), address, idle, settled: false })
+        // closed outside the lock
+        drop(refused);
+        self.start_reaping();
     }
 
-    /// End `address`'s claim: keep `owned` for the next request, or forget the slot.
-    fn settle(&self, address: &str, owned: Option<Owned>) {
-        let Ok(mut slots) = self.slots.lock() else { return };
-        match owned {
-            Some(owned) => {
-                if let Some((_, slot)) = slots.iter_mut().find(|(key, _)| key == address) {
-                    *slot = Some(owned);
-                }
+    /// Close the connections idle for longer than the idle timeout, now and then, so
+    /// that a quiet upstream's connections do not stay open until the next request.
+    fn start_reaping(self: &Arc<Self>) {
+        if self.reaping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.reaping.store(false, Ordering::Release);
+            return;
+        };
+        let pool = Arc::downgrade(self);
+        let every = (self.idle_timeout / 2).max(Duration::from_millis(10));
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.reap();
             }
-            None => slots.retain(|(key, _)| key != address),
-        }
+        });
+    }
+
+    fn reap(&self) {
+        let expired: Vec<Idle> = {
+            let Ok(mut idle) = self.idle.lock() else { return };
+            let now = Instant::now();
+            let stale = idle.iter().take_while(|i| now.duration_since(i.since) >= self.idle_timeout).count();
+            idle.drain(..stale).collect()
+        };
+        drop(expired);
+    }
+
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        self.idle.lock().map(|idle| idle.len()).unwrap_or(0)
     }
 }
 
-/// One request's use of its inbound connection's upstream connection: whatever happens
-/// to the request, the slot is settled when the claim ends (kept idle only from a body
-/// that ended; otherwise emptied).
+/// One request's use of an upstream connection: the connection goes back to the pool
+/// only from a response body that ended; a request that fails, or whose response is
+/// dropped before its end, drops its connection with it.
 pub(crate) struct Claim {
-    slots: Arc<UpstreamSlots>,
-    address: String,
-    idle: Option<Owned>,
-    settled: bool,
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        if !self.settled {
-            self.slots.settle(&self.address, None);
-        }
-    }
+    pool: Arc<UpstreamPool>,
 }
 
 impl Claim {
     /// Send `request` (its URI absolute, as for the pooled client) and return the
     /// response, whose body drives the connection until it ends.
     pub(crate) async fn send(
-        mut self,
+        self,
         mut request: Request<Body>,
         connect_timeout: Duration,
     ) -> Result<Response<Body>, BoxError> {
         to_origin_form(&mut request);
-        if let Some(idle) = self.idle.take()
-            && let Some(mut owned) = idle.ready().await
-        {
+        // idle connections the upstream has closed are dropped here, one after another
+        while let Some(idle) = self.pool.take_idle() {
+            let Some(mut owned) = idle.ready().await else { continue };
             match owned.exchange(request).await {
                 Ok(response) => return Ok(self.respond(owned, response)),
                 // closed by the upstream before the request was written: a new connection
-                Err(Exchange::Unsent(unsent)) => request = *unsent,
+                Err(Exchange::Unsent(unsent)) => {
+                    request = *unsent;
+                    break;
+                }
                 Err(Exchange::Failed(error)) => return Err(error),
             }
         }
-        let mut owned = Owned::connect(&self.address, connect_timeout).await?;
+        // boxed: a new connection is the rare case, and its future would make every
+        // forwarded request's as large
+        let mut owned = Box::pin(Owned::connect(&self.pool.address, connect_timeout)).await?;
         match owned.exchange(request).await {
             Ok(response) => Ok(self.respond(owned, response)),
             Err(Exchange::Unsent(_)) => Err("the upstream closed a new connection before the request was sent".into()),
@@ -284,11 +363,95 @@ impl HttpBody for OwnedBody {
 
 impl Drop for OwnedBody {
     fn drop(&mut self) {
-        let Some(mut claim) = self.claim.take() else { return };
+        let Some(claim) = self.claim.take() else { return };
         // only a connection whose response was read to its end can carry another
         let ended = self.ended || self.inner.is_end_stream();
-        let owned = self.owned.take().filter(|owned| ended && owned.conn.is_some());
-        claim.settled = true;
-        claim.slots.settle(&claim.address, owned);
+        if let Some(owned) = self.owned.take().filter(|owned| ended && owned.conn.is_some()) {
+            claim.pool.give_back(owned);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// `n` connections to a listener of the test's, and the listener's side of each,
+    /// in the same order.
+    async fn connections(n: usize) -> (String, Vec<Owned>, Vec<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            ours.push(Owned::connect(&address, Duration::from_secs(1)).await.unwrap());
+            theirs.push(listener.accept().await.unwrap().0);
+        }
+        (address, ours, theirs)
+    }
+
+    /// Whether the sidecar closed the connection (its peer reads the end of the stream
+    /// within a short while).
+    async fn closed(stream: &mut TcpStream) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(tokio::time::timeout(Duration::from_millis(300), stream.read(&mut byte)).await, Ok(Ok(0) | Err(_)))
+    }
+
+    #[tokio::test]
+    async fn connections_given_back_past_the_cap_are_closed() {
+        let (address, ours, mut theirs) = connections(3).await;
+        let pool = Arc::new(UpstreamPool::new(address, 2, IDLE_TIMEOUT));
+        for owned in ours {
+            pool.give_back(owned);
+        }
+        assert_eq!(pool.idle_count(), 2);
+        assert!(!closed(&mut theirs[0]).await && !closed(&mut theirs[1]).await, "the first two are kept");
+        assert!(closed(&mut theirs[2]).await, "the third is closed");
+    }
+
+    #[tokio::test]
+    async fn the_most_recently_used_connection_is_taken_first() {
+        let (address, ours, mut theirs) = connections(2).await;
+        let pool = Arc::new(UpstreamPool::new(address, 4, IDLE_TIMEOUT));
+        for owned in ours {
+            pool.give_back(owned);
+        }
+        drop(pool.take_idle().expect("an idle connection"));
+        assert!(closed(&mut theirs[1]).await, "the last given back was taken");
+        assert!(!closed(&mut theirs[0]).await);
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_too_long_is_closed_and_never_taken() {
+        let (address, mut ours, mut theirs) = connections(2).await;
+        let timeout = Duration::from_millis(100);
+        // the first goes stale while nothing asks: the pool's own reaper closes it
+        let reaped = Arc::new(UpstreamPool::new(address.clone(), 4, timeout));
+        reaped.give_back(ours.remove(0));
+        assert!(closed(&mut theirs[0]).await, "closed by the reaper");
+        assert_eq!(reaped.idle_count(), 0);
+        // the second goes stale between two requests (no reaper here): the next request
+        // never gets it, and it is closed then
+        let unreaped = Arc::new(UpstreamPool::new(address, 4, timeout));
+        unreaped.reaping.store(true, Ordering::Release);
+        unreaped.give_back(ours.remove(0));
+        tokio::time::sleep(timeout + Duration::from_millis(20)).await;
+        assert_eq!(unreaped.idle_count(), 1, "still there: nothing has looked");
+        assert!(unreaped.take_idle().is_none());
+        assert_eq!(unreaped.idle_count(), 0);
+        assert!(closed(&mut theirs[1]).await);
+    }
+
+    #[test]
+    fn only_plain_http_upstreams_are_pooled_here_and_the_cap_is_bounded() {
+        let pool = |uri: &str, max| UpstreamPool::for_uri(&uri.parse().unwrap(), max);
+        assert_eq!(pool("http://127.0.0.1:8080/app", 8).unwrap().address(), "127.0.0.1:8080");
+        assert_eq!(pool("http://app.internal", 8).unwrap().address(), "app.internal:80");
+        assert!(pool("https://app.internal", 8).is_none());
+        assert_eq!(pool("http://a:1", 100_000).unwrap().max_idle, MAX_IDLE_PER_HOST);
+        assert_eq!(pool("http://a:1", 0).unwrap().max_idle, 1);
     }
 }

@@ -53,7 +53,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::Body;
 use crate::config::ServerConfig;
-use crate::proxy::owned::UpstreamSlots;
 
 /// Limits every connection of a listener gets.
 #[derive(Debug, Clone)]
@@ -197,8 +196,6 @@ impl Drop for Busy {
 #[derive(Debug, Clone)]
 pub struct Inbound {
     pub peer: SocketAddr,
-    /// The connection's own upstream connections (see [`crate::proxy::owned`]).
-    pub(crate) upstreams: Option<Arc<UpstreamSlots>>,
 }
 
 /// Serve `handler` on `listener` until `shutdown`, then drain.
@@ -249,7 +246,9 @@ pub async fn serve<H, F>(
             let accepted = Instant::now();
             match tls {
                 None => serve_connection(stream, peer, &builder, &limits, handler, accepted, &draining, &closing).await,
-                Some(acceptor) => {
+                // boxed: a TLS connection's state would otherwise make every plain
+                // connection's task as large
+                Some(acceptor) => Box::pin(async {
                     let handshake = tokio::time::timeout_at(accepted + limits.header_read_timeout, acceptor.accept(stream));
                     let stream = tokio::select! {
                         () = closing.cancelled() => None,
@@ -269,7 +268,8 @@ pub async fn serve<H, F>(
                     if let Some(stream) = stream {
                         serve_connection(stream, peer, &builder, &limits, handler, accepted, &draining, &closing).await;
                     }
-                }
+                })
+                .await,
             }
             metrics::gauge!("authz_connections_open", "listener" => listener_name).decrement(1.0);
             drop(slot);
@@ -306,11 +306,12 @@ async fn serve_connection<IO, H, F>(
 {
     let activity = Activity::new(accepted);
     let tracked = activity.clone();
-    // dropped with the connection, and with them its upstream connections
-    let upstreams = Arc::new(UpstreamSlots::default());
     let service = service_fn(move |request| {
         let busy = tracked.begin();
-        let response = handler(request, Inbound { peer, upstreams: Some(upstreams.clone()) });
+        // hyper keeps room for the service's future for the life of the connection: the
+        // request's future (kilobytes) is boxed for the life of the request instead, so
+        // an idle keep-alive connection holds none of it
+        let response = Box::pin(handler(request, Inbound { peer }));
         async move {
             let response = response.await;
             // the request stays in flight until its response body is done or dropped

@@ -54,7 +54,6 @@ use crate::handlers::presign::resolve;
 use crate::handlers::profiles::derive_profile;
 use crate::kept_metrics::{RouteMetrics, kept_histogram};
 use crate::policy_store::PolicySnapshot;
-use crate::proxy::owned::UpstreamSlots;
 use crate::proxy::{self, ClientBody, Hygiene, Outgoing, Vouch};
 use crate::rescue::ApiError;
 
@@ -71,9 +70,6 @@ pub struct Call {
     pub started: Instant,
     /// The matched route's name, once routed (the metrics label).
     pub route: Option<String>,
-    /// The upstream connections of the inbound connection the request came on (see
-    /// [`crate::proxy::owned`]); `None` when driven in-process (the pooled client sends).
-    pub(crate) upstreams: Option<Arc<UpstreamSlots>>,
     pub purpose: Purpose,
 }
 
@@ -109,7 +105,6 @@ impl Call {
             peer,
             started: Instant::now(),
             route: None,
-            upstreams: None,
             purpose: Purpose::Serve,
         }
     }
@@ -122,7 +117,7 @@ where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    handle_on(state, request, Inbound { peer, upstreams: None }).await
+    handle_on(state, request, Inbound { peer }).await
 }
 
 /// Serve one data-plane request that came on `inbound`.
@@ -141,7 +136,6 @@ where
     B::Error: Into<BoxError>,
 {
     let mut call = Call::new(inbound.peer);
-    call.upstreams = inbound.upstreams;
     call.purpose = purpose;
     // A trusted proxy's word on the request (a check's proxy is trusted by its
     // listener's admission): its request id and the trace it belongs to are kept.
@@ -333,7 +327,7 @@ where
     // The awaits a forwarded call rarely makes (the directory, the lifecycle table, AWS
     // calls, the account-pool and membership handlers) are boxed: their futures hold
     // AWS SDK calls of tens of KiB, and unboxed they would make every request's future
-    // (held for each connection and moved on every request) that large too. A test
+    // (held for each request in flight, and moved into its box) that large too. A test
     // bounds its size.
     let gathering = async {
         let directory = state.directory.as_ref()?;
@@ -457,7 +451,7 @@ where
     }
     match &route.handler {
         Handler::Forward(upstream) => {
-            let client = state.upstream_client(&route.name).ok_or(ApiError::Internal)?;
+            let route_upstream = state.upstream(&route.name).ok_or(ApiError::Internal)?;
             let path_and_query = match parts.uri.query() {
                 Some(query) => format!("{}?{query}", path.encoded),
                 None => path.encoded.clone(),
@@ -469,7 +463,6 @@ where
                 vpce_believed: origin.peer_trusted,
                 pass_authorization: upstream.pass_authorization,
             };
-            let slots = call.upstreams.as_ref();
             let forwarding = tracing::info_span!(
                 "upstream",
                 otel.kind = "client",
@@ -483,7 +476,10 @@ where
                 crate::otel::propagate(&forwarding, &mut headers);
             }
             let outgoing = Outgoing { method: parts.method, headers, path_and_query, body, vouch: &vouch, hygiene };
-            let answer = proxy::forward(client, slots, upstream, outgoing).instrument(forwarding.clone()).await;
+            // boxed too: only a forwarded call's future holds the upstream exchange, not
+            // every request's (a 429, a 403, a request still deciding)
+            let answer =
+                Box::pin(proxy::forward(route_upstream, upstream, outgoing)).instrument(forwarding.clone()).await;
             if let Ok(response) = &answer {
                 forwarding.record("http.response.status_code", response.status().as_u16());
             }

@@ -21,6 +21,7 @@ use crate::handlers::presign::Presigner;
 use crate::http_client::{self, HttpClient};
 use crate::lifecycle::{Lifecycle, Revocations};
 use crate::policy_store::PolicyStore;
+use crate::proxy::owned::UpstreamPool;
 
 /// Why the request-time state cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,14 @@ pub enum StateError {
     Shadow(std::io::Error),
 }
 
+/// Where a forwarding route's calls go out.
+pub(crate) struct RouteUpstream {
+    /// Carries `https://` upstreams (TLS, perhaps HTTP/2).
+    pub(crate) client: HttpClient,
+    /// A plain-HTTP upstream's connections, driven by the requests themselves.
+    pub(crate) pool: Option<Arc<UpstreamPool>>,
+}
+
 /// The request-time state.
 pub struct State {
     pub(crate) server: ServerConfig,
@@ -46,8 +55,8 @@ pub struct State {
     pub(crate) store: PolicyStore,
     pub(crate) engine: Engine,
     pub(crate) account_pool: AccountPool,
-    /// One client per forwarding route.
-    upstreams: HashMap<String, HttpClient>,
+    /// The upstream of each forwarding route.
+    upstreams: HashMap<String, RouteUpstream>,
     /// Requests in flight; a request that finds none free is shed with 429.
     pub(crate) in_flight: Arc<Semaphore>,
     /// Whether the runtime is overloaded (see [`super::overload`]).
@@ -81,9 +90,15 @@ impl State {
         let jwks_client = http_client::client(Duration::from_secs(5))?;
         let authn = Authenticator::new(&config.issuers, &config.principal, &jwks_client);
         let mut upstreams = HashMap::new();
+        // routes to one upstream share its idle connections: no more are kept than
+        // requests can be in flight together
+        let mut pools: HashMap<String, Arc<UpstreamPool>> = HashMap::new();
         for route in &config.routes {
             if let Handler::Forward(upstream) = &route.handler {
-                upstreams.insert(route.name.clone(), http_client::client(upstream.connect_timeout)?);
+                let pool = UpstreamPool::for_uri(&upstream.base, config.server.max_concurrent_requests)
+                    .map(|pool| pools.entry(pool.address().to_owned()).or_insert_with(|| Arc::new(pool)).clone());
+                let client = http_client::client(upstream.connect_timeout)?;
+                upstreams.insert(route.name.clone(), RouteUpstream { client, pool });
             }
         }
         // every decision site asks this engine, so it is where decisions are observed
@@ -113,7 +128,7 @@ impl State {
         })
     }
 
-    pub(crate) fn upstream_client(&self, route: &str) -> Option<&HttpClient> {
+    pub(crate) fn upstream(&self, route: &str) -> Option<&RouteUpstream> {
         self.upstreams.get(route)
     }
 

@@ -109,7 +109,7 @@ where
             tracing::info!(error = %malformed, "a malformed external authorization check; refused");
             tonic::Status::invalid_argument(malformed.to_string())
         })?;
-        let inbound = Inbound { peer: downstream, upstreams: None };
+        let inbound = Inbound { peer: downstream };
         let state = (*self.app).as_ref();
         let answer = handle_for(state, described, inbound, Purpose::Check(Reported::Downstream)).await;
         Ok(tonic::Response::new(check_response(answer).await))

@@ -43,8 +43,7 @@ pub async fn check(
     };
     *request.uri_mut() = uri;
     // the proxy's connection carries checks, not calls to forward
-    handle_for(state, request, Inbound { peer: inbound.peer, upstreams: None }, Purpose::Check(Reported::InHeaders))
-        .await
+    handle_for(state, request, Inbound { peer: inbound.peer }, Purpose::Check(Reported::InHeaders)).await
 }
 
 /// `uri` without `prefix` at the start of its path (the rest must start a segment), its
