@@ -469,7 +469,16 @@ impl Engine {
             // policies that read the context are evaluated again
             Some(settled) if settled.selection.contextual().is_empty() => settled.context_free.clone(),
             Some(settled) => settled.context_free.merged(ask(settled.selection.contextual())),
-            None => ask(snapshot.policies_applying(&request.action, sides.0, sides.1, entities).all()),
+            // a set built with the caller's own entities: both parts asked now
+            None => {
+                let selection = snapshot.policies_applying(&request.action, sides.0, sides.1, entities);
+                let context_free = ask(selection.context_free());
+                if selection.contextual().is_empty() {
+                    context_free
+                } else {
+                    context_free.merged(ask(selection.contextual()))
+                }
+            }
         };
         Ok(Decision::from_outcome(outcome, snapshot, started))
     }

@@ -140,11 +140,12 @@ impl SideIndex {
     }
 }
 
-/// The policies selected for a request, whole and split by whether they read the
-/// context.
+/// The policies selected for a request, split by whether they read the context. The
+/// two parts are all that is kept (a third set of the same policies whole would hold
+/// each of them once more, for every selection kept): the engine asks each part and
+/// puts the outcomes together with Cedar's own rule.
 #[derive(Debug)]
 pub struct Selection {
-    all: Arc<PolicySet>,
     context_free: Arc<PolicySet>,
     contextual: Arc<PolicySet>,
 }
@@ -152,21 +153,38 @@ pub struct Selection {
 impl Selection {
     /// The policies `picked` from `whole`, each with whether it reads the context.
     fn of<'a>(whole: &PolicySet, picked: impl Iterator<Item = (&'a Policy, bool)> + Clone) -> Option<Self> {
-        let part = |reads: Option<bool>| {
-            let policies = picked.clone().filter(move |(_, r)| reads.is_none_or(|reads| *r == reads));
+        let part = |reads: bool| {
+            let policies = picked.clone().filter(move |(_, r)| *r == reads);
             subset(whole, policies.map(|(policy, _)| policy)).map(Arc::new)
         };
-        Some(Self { all: part(None)?, context_free: part(Some(false))?, contextual: part(Some(true))? })
+        Some(Self { context_free: part(false)?, contextual: part(true)? })
     }
 
     /// Every policy of `set`, all of them taken to read the context.
     pub(super) fn everything(set: Arc<PolicySet>) -> Self {
-        Self { all: set.clone(), context_free: Arc::new(PolicySet::new()), contextual: set }
+        Self { context_free: Arc::new(PolicySet::new()), contextual: set }
     }
 
-    /// Every policy selected.
-    pub fn all(&self) -> &PolicySet {
-        &self.all
+    /// Every policy selected, as one set, built on each call (for tools and tests: the
+    /// engine asks the two parts); `None` only if Cedar refuses to put them together.
+    pub fn all(&self) -> Option<PolicySet> {
+        let parts = [&*self.context_free, &*self.contextual];
+        let mut set = PolicySet::new();
+        for template in parts.iter().flat_map(|part| part.templates()) {
+            if set.template(template.id()).is_none() {
+                set.add_template(template.clone()).ok()?;
+            }
+        }
+        for policy in parts.iter().flat_map(|part| part.policies()) {
+            match policy.template_id() {
+                None => set.add(policy.clone()).ok()?,
+                Some(template) => {
+                    let links = policy.template_links().unwrap_or_default();
+                    set.link(template.clone(), policy.id().clone(), links).ok()?;
+                }
+            }
+        }
+        Some(set)
     }
 
     /// The policies selected that never name `context`: their results hold for every
@@ -187,8 +205,10 @@ pub(super) struct ScopeIndex {
     /// This action's place among the snapshot's indexed actions (see
     /// [`super::RequestSet`]).
     slot: usize,
-    /// Every policy of the action (static and linked), with their templates, and split.
-    all: Arc<Selection>,
+    /// Every policy of the action (static and linked), with their templates.
+    whole: Arc<PolicySet>,
+    /// The same, split by whether they read the context.
+    everything: Arc<Selection>,
     policies: Vec<Policy>,
     /// Whether each policy names `context` (or could not be read, and is taken to).
     reads_context: Vec<bool>,
@@ -202,7 +222,8 @@ impl ScopeIndex {
     /// Index `policies`, which must be policies of `whole` (their templates are there).
     pub(super) fn new(slot: usize, whole: &PolicySet, policies: Vec<Policy>) -> Option<Self> {
         let reads_context: Vec<bool> = policies.iter().map(reads_context).collect();
-        let all = Arc::new(Selection::of(whole, policies.iter().zip(reads_context.iter().copied()))?);
+        let everything = Arc::new(Selection::of(whole, policies.iter().zip(reads_context.iter().copied()))?);
+        let whole = Arc::new(subset(whole, policies.iter())?);
         let mut principal = SideIndex::default();
         let mut resource = SideIndex::default();
         for (i, policy) in policies.iter().enumerate() {
@@ -211,12 +232,12 @@ impl ScopeIndex {
             resource.push(i, Scope::of_resource(policy));
         }
         let selections = Cache::builder().max_capacity(SELECTION_CACHE_CAPACITY).build();
-        Some(Self { slot, all, policies, reads_context, principal, resource, selections })
+        Some(Self { slot, whole, everything, policies, reads_context, principal, resource, selections })
     }
 
     /// Every policy of the action.
     pub(super) fn all(&self) -> &Arc<PolicySet> {
-        &self.all.all
+        &self.whole
     }
 
     pub(super) fn slot(&self) -> usize {
@@ -240,7 +261,7 @@ impl ScopeIndex {
         chosen.sort_unstable();
         chosen.dedup();
         if chosen.len() == self.policies.len() {
-            return self.all.clone();
+            return self.everything.clone();
         }
         if let Some(set) = self.selections.get(chosen.as_slice()) {
             return set;
@@ -249,14 +270,14 @@ impl ScopeIndex {
             let i = usize::try_from(i).ok()?;
             Some((self.policies.get(i)?, self.reads_context.get(i).copied().unwrap_or(true)))
         });
-        match Selection::of(&self.all.all, picked) {
+        match Selection::of(&self.whole, picked) {
             Some(selection) => {
                 let selection = Arc::new(selection);
                 self.selections.insert(chosen.into_boxed_slice(), selection.clone());
                 selection
             }
             // cannot happen (the policies came from a valid set); the whole set decides alike
-            None => self.all.clone(),
+            None => self.everything.clone(),
         }
     }
 }
