@@ -175,9 +175,6 @@ impl EntityStore {
                 stored.ancestors = above;
             }
         }
-        // grown by doubling while parsing: up to half of it would stay unused for the
-        // snapshot's life (a megabyte at 10,000 entities)
-        self.nodes.shrink_to_fit();
         Some(())
     }
 
