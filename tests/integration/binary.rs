@@ -31,9 +31,37 @@ pub fn free_port() -> u16 {
 /// The real binary, serving `serve --dev` plus `args` on two free loopback ports, with
 /// stderr in `log`; ready when this returns.
 pub struct Running {
-    pub child: std::process::Child,
+    pub child: Reaped,
     pub data: std::net::SocketAddr,
     pub admin: std::net::SocketAddr,
+}
+
+/// A sidecar process that is killed (and waited for) when dropped, so that a test that
+/// ends without stopping it, or fails half-way, leaves no server running.
+#[derive(Debug)]
+pub struct Reaped(pub std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 pub async fn start_binary(args: &[&str], env: &[(&str, &std::ffi::OsStr)], log: &std::path::Path) -> Running {
@@ -86,7 +114,7 @@ async fn start_binary_in(
         if tokio::net::TcpStream::connect(admin).await.is_ok()
             && (!wait_ready || harness::get(admin, "/readyz", &[]).await.0 == 200)
         {
-            return Running { child, data, admin };
+            return Running { child: Reaped(child), data, admin };
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
