@@ -464,22 +464,20 @@ impl Engine {
         let ask =
             |policies: &PolicySet| Outcome::of(&self.authorizer.is_authorized(&cedar_request, policies, entities));
         let sides = (request.principal.uid(), &request.resource);
-        let outcome = match snapshot.settled(&assembled, &request.action, sides, ask) {
-            // the context-free policies' outcome was settled with the set: only the
-            // policies that read the context are evaluated again
-            Some(settled) if settled.selection.contextual().is_empty() => settled.context_free.clone(),
-            Some(settled) => settled.context_free.merged(ask(settled.selection.contextual())),
-            // a set built with the caller's own entities: both parts asked now
+        let settled = snapshot.settled(&assembled, &request.action, sides, ask);
+        let selection;
+        // what the context-free policies answer: settled with a kept set, asked now for
+        // a set built with the caller's own entities; the policies that read the context
+        // are evaluated for every question
+        let (context_free, contextual) = match &settled {
+            Some(settled) => (std::borrow::Cow::Borrowed(&settled.context_free), settled.selection.contextual()),
             None => {
-                let selection = snapshot.policies_applying(&request.action, sides.0, sides.1, entities);
-                let context_free = ask(selection.context_free());
-                if selection.contextual().is_empty() {
-                    context_free
-                } else {
-                    context_free.merged(ask(selection.contextual()))
-                }
+                selection = snapshot.policies_applying(&request.action, sides.0, sides.1, entities);
+                (std::borrow::Cow::Owned(ask(selection.context_free())), selection.contextual())
             }
         };
+        let outcome =
+            if contextual.is_empty() { context_free.into_owned() } else { context_free.merged(ask(contextual)) };
         Ok(Decision::from_outcome(outcome, snapshot, started))
     }
 }

@@ -303,11 +303,10 @@ pub(crate) async fn forward(
     *request.headers_mut() = headers;
 
     let started = std::time::Instant::now();
-    let claim = route.pool.as_ref().map(owned::UpstreamPool::claim);
     let sent = async {
-        match claim {
-            Some(claim) => claim.send(request, upstream.connect_timeout).await,
-            None => match route.client.request(request).await {
+        match route {
+            RouteUpstream::Driven(pool) => pool.claim().send(request, upstream.connect_timeout).await,
+            RouteUpstream::Pooled(client) => match client.request(request).await {
                 Ok(response) => Ok(response.map(|body| body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync())),
                 Err(error) => Err(error.into()),
             },

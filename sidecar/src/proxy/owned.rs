@@ -15,8 +15,9 @@
 //! - A connection goes back to the pool only when its response body has ended. A body
 //!   cut short (the client went away) closes it, since it could not be reused.
 //! - At most as many idle connections are kept as requests may be in flight together
-//!   (`server.max_concurrent_requests`, and never more than [`MAX_IDLE_PER_HOST`]); one given back past that is
-//!   closed. One idle for [`IDLE_TIMEOUT`] is closed, whether or not requests come.
+//!   (`server.max_concurrent_requests`, never more than
+//!   [`http_client::MAX_IDLE_PER_HOST`]); one given back past that is closed. One idle
+//!   for [`http_client::IDLE_TIMEOUT`] is closed, whether or not requests come.
 //! - Before reuse a connection is polled once: one the upstream closed (its keep-alive
 //!   ran out) is seen there and dropped, and the next idle one is tried, then a new one.
 //!   If the upstream closes it between that look and the request being written, hyper
@@ -47,12 +48,6 @@ use crate::http_client;
 
 type Connection = http1::Connection<TokioIo<TcpStream>, Body>;
 
-/// Idle connections kept per upstream, at most (as the pooled client keeps).
-pub(crate) const MAX_IDLE_PER_HOST: usize = http_client::MAX_IDLE_PER_HOST;
-
-/// How long a connection may sit idle in the pool before it is closed.
-pub(crate) const IDLE_TIMEOUT: Duration = http_client::IDLE_TIMEOUT;
-
 /// The idle connections to one plain-HTTP upstream (`host:port`), shared by every
 /// request that forwards there.
 pub(crate) struct UpstreamPool {
@@ -78,21 +73,25 @@ impl std::fmt::Debug for UpstreamPool {
 
 impl UpstreamPool {
     /// The pool of `uri`'s upstream, keeping at most `max_idle` idle connections (and
-    /// never more than [`MAX_IDLE_PER_HOST`]); `None` when the upstream is not plain
+    /// never more than the pooled client's); `None` when the upstream is not plain
     /// HTTP (the pooled client carries those).
     pub(crate) fn for_uri(uri: &Uri, max_idle: usize) -> Option<Self> {
         if uri.scheme() != Some(&Scheme::HTTP) {
             return None;
         }
         let authority = uri.authority()?;
-        Some(Self::new(format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80)), max_idle, IDLE_TIMEOUT))
+        Some(Self::new(
+            format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80)),
+            max_idle,
+            http_client::IDLE_TIMEOUT,
+        ))
     }
 
     fn new(address: String, max_idle: usize, idle_timeout: Duration) -> Self {
         Self {
             address,
             idle: Mutex::new(Vec::new()),
-            max_idle: max_idle.clamp(1, MAX_IDLE_PER_HOST),
+            max_idle: max_idle.clamp(1, http_client::MAX_IDLE_PER_HOST),
             idle_timeout,
             reaping: AtomicBool::new(false),
         }
@@ -111,20 +110,21 @@ impl UpstreamPool {
     /// The most recently used idle connection that has not been idle too long; those
     /// that have are closed.
     fn take_idle(&self) -> Option<Owned> {
-        let expired = {
+        let (expired, fresh) = {
             let mut idle = self.idle.lock().ok()?;
-            let now = Instant::now();
-            let stale = idle.iter().take_while(|i| now.duration_since(i.since) >= self.idle_timeout).count();
-            let expired: Vec<Idle> = idle.drain(..stale).collect();
-            if let Some(fresh) = idle.pop() {
-                drop(idle);
-                drop(expired);
-                return Some(fresh.owned);
-            }
-            expired
+            (self.expired(&mut idle), idle.pop())
         };
+        // closed outside the lock
         drop(expired);
-        None
+        fresh.map(|fresh| fresh.owned)
+    }
+
+    /// The connections of `idle` (oldest first) idle for the idle timeout or longer,
+    /// taken out.
+    fn expired(&self, idle: &mut Vec<Idle>) -> Vec<Idle> {
+        let now = Instant::now();
+        let stale = idle.iter().take_while(|i| now.duration_since(i.since) >= self.idle_timeout).count();
+        idle.drain(..stale).collect()
     }
 
     /// Keep `owned` for the next request, unless as many are idle already.
@@ -163,11 +163,9 @@ impl UpstreamPool {
     }
 
     fn reap(&self) {
-        let expired: Vec<Idle> = {
-            let Ok(mut idle) = self.idle.lock() else { return };
-            let now = Instant::now();
-            let stale = idle.iter().take_while(|i| now.duration_since(i.since) >= self.idle_timeout).count();
-            idle.drain(..stale).collect()
+        let expired = match self.idle.lock() {
+            Ok(mut idle) => self.expired(&mut idle),
+            Err(_) => return,
         };
         drop(expired);
     }
@@ -402,7 +400,7 @@ mod tests {
     #[tokio::test]
     async fn connections_given_back_past_the_cap_are_closed() {
         let (address, ours, mut theirs) = connections(3).await;
-        let pool = Arc::new(UpstreamPool::new(address, 2, IDLE_TIMEOUT));
+        let pool = Arc::new(UpstreamPool::new(address, 2, http_client::IDLE_TIMEOUT));
         for owned in ours {
             pool.give_back(owned);
         }
@@ -414,7 +412,7 @@ mod tests {
     #[tokio::test]
     async fn the_most_recently_used_connection_is_taken_first() {
         let (address, ours, mut theirs) = connections(2).await;
-        let pool = Arc::new(UpstreamPool::new(address, 4, IDLE_TIMEOUT));
+        let pool = Arc::new(UpstreamPool::new(address, 4, http_client::IDLE_TIMEOUT));
         for owned in ours {
             pool.give_back(owned);
         }
@@ -451,7 +449,7 @@ mod tests {
         assert_eq!(pool("http://127.0.0.1:8080/app", 8).unwrap().address(), "127.0.0.1:8080");
         assert_eq!(pool("http://app.internal", 8).unwrap().address(), "app.internal:80");
         assert!(pool("https://app.internal", 8).is_none());
-        assert_eq!(pool("http://a:1", 100_000).unwrap().max_idle, MAX_IDLE_PER_HOST);
+        assert_eq!(pool("http://a:1", 100_000).unwrap().max_idle, http_client::MAX_IDLE_PER_HOST);
         assert_eq!(pool("http://a:1", 0).unwrap().max_idle, 1);
     }
 }

@@ -37,11 +37,11 @@ pub enum StateError {
 }
 
 /// Where a forwarding route's calls go out.
-pub(crate) struct RouteUpstream {
-    /// Carries `https://` upstreams (TLS, perhaps HTTP/2).
-    pub(crate) client: HttpClient,
+pub(crate) enum RouteUpstream {
     /// A plain-HTTP upstream's connections, driven by the requests themselves.
-    pub(crate) pool: Option<Arc<UpstreamPool>>,
+    Driven(Arc<UpstreamPool>),
+    /// An `https://` upstream (TLS, perhaps HTTP/2): hyper-util's pooled client.
+    Pooled(Box<HttpClient>),
 }
 
 /// The request-time state.
@@ -95,10 +95,13 @@ impl State {
         let mut pools: HashMap<String, Arc<UpstreamPool>> = HashMap::new();
         for route in &config.routes {
             if let Handler::Forward(upstream) = &route.handler {
-                let pool = UpstreamPool::for_uri(&upstream.base, config.server.max_concurrent_requests)
-                    .map(|pool| pools.entry(pool.address().to_owned()).or_insert_with(|| Arc::new(pool)).clone());
-                let client = http_client::client(upstream.connect_timeout)?;
-                upstreams.insert(route.name.clone(), RouteUpstream { client, pool });
+                let way = match UpstreamPool::for_uri(&upstream.base, config.server.max_concurrent_requests) {
+                    Some(pool) => RouteUpstream::Driven(
+                        pools.entry(pool.address().to_owned()).or_insert_with(|| Arc::new(pool)).clone(),
+                    ),
+                    None => RouteUpstream::Pooled(Box::new(http_client::client(upstream.connect_timeout)?)),
+                };
+                upstreams.insert(route.name.clone(), way);
             }
         }
         // every decision site asks this engine, so it is where decisions are observed
