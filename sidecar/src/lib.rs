@@ -39,6 +39,7 @@ pub mod authz;
 pub mod avp;
 pub mod aws;
 pub(crate) mod body;
+pub(crate) mod cache;
 pub mod cli;
 pub mod config;
 pub mod decision_tables;

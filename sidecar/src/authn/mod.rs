@@ -24,16 +24,16 @@ mod jwks;
 pub(crate) mod principal;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 use jsonwebtoken::{Validation, decode, decode_header};
-use moka::sync::Cache;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 pub(crate) use jwks::{IssuerKeys, KeySet};
 
+use crate::cache::{Bounded, bounded};
 use crate::config::{IssuerConfig, PrincipalConfig};
 use crate::http_client::HttpClient;
 use crate::kept_metrics::kept_counter;
@@ -96,6 +96,9 @@ impl Identity {
     }
 }
 
+/// How many verified tokens are kept (their identities, a few hundred bytes each).
+const VERIFIED_CAPACITY: u64 = 100_000;
+
 /// Verifies tokens for every configured issuer.
 pub(crate) struct Authenticator {
     issuers: Vec<Arc<IssuerKeys>>,
@@ -103,21 +106,14 @@ pub(crate) struct Authenticator {
     /// Keep each issuer's principals out of the others' longer prefixes (off when the
     /// operator says the issuers are one user directory).
     namespaced: bool,
-    /// SHA-256 of a token → its identity, until the token expires.
-    verified: Cache<[u8; 32], Arc<Identity>>,
+    /// SHA-256 of a token → its identity, read only until the token expires (an
+    /// expired entry is dropped when found; bounded).
+    verified: Bounded<[u8; 32], Arc<Identity>>,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator").field("issuers", &self.issuers).finish_non_exhaustive()
-    }
-}
-
-struct UntilExpiry;
-
-impl moka::Expiry<[u8; 32], Arc<Identity>> for UntilExpiry {
-    fn expire_after_create(&self, _: &[u8; 32], identity: &Arc<Identity>, _: std::time::Instant) -> Option<Duration> {
-        Some(Duration::from_secs(identity.expires_at.saturating_sub(now_secs())))
     }
 }
 
@@ -137,7 +133,7 @@ impl Authenticator {
             issuers: issuers.iter().map(|c| Arc::new(IssuerKeys::new(c.clone(), client.clone()))).collect(),
             id_claim: principal.id_claim.clone(),
             namespaced: !principal.issuers_share_principals,
-            verified: Cache::builder().max_capacity(100_000).expire_after(UntilExpiry).build(),
+            verified: bounded(VERIFIED_CAPACITY),
         }
     }
 
@@ -154,11 +150,15 @@ impl Authenticator {
     pub(crate) async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Identity>, AuthnError> {
         let token = bearer_token(headers)?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(identity) = self.verified.get(&digest)
-            && identity.expires_at > now_secs()
-        {
-            kept_counter!("authz_token_cache_total", "result" => "hit").increment(1);
-            return Ok(identity);
+        match self.verified.get(&digest) {
+            Some(identity) if identity.expires_at > now_secs() => {
+                kept_counter!("authz_token_cache_total", "result" => "hit").increment(1);
+                return Ok(identity);
+            }
+            Some(_) => {
+                self.verified.remove(&digest);
+            }
+            None => {}
         }
         kept_counter!("authz_token_cache_total", "result" => "miss").increment(1);
         let identity = Arc::new(self.verify(token, digest).await?);
@@ -286,6 +286,44 @@ fn audience_matches(claims: &Map<String, Value>, audiences: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A verified token's identity is kept by the token's digest; once the token's
+    /// `exp` has passed, the kept identity is never handed out again, and is dropped.
+    #[tokio::test]
+    async fn a_kept_identity_is_not_read_once_its_token_has_expired() {
+        let authenticator =
+            Authenticator { issuers: Vec::new(), id_claim: "sub".into(), namespaced: true, verified: bounded(16) };
+        let kept = |token: &str, expires_at: u64| {
+            let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            let identity = Identity {
+                issuer: "https://issuer.example".into(),
+                subject: "user-1".into(),
+                principal_id: "user-1".into(),
+                claims: Map::new(),
+                expires_at,
+                token_digest: digest,
+            };
+            authenticator.verified.insert(digest, Arc::new(identity));
+            digest
+        };
+        let bearer = |token: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+            headers
+        };
+        // still valid: read from the cache (there is no issuer to verify it again)
+        kept("a.b.live", now_secs() + 60);
+        assert_eq!(
+            authenticator.authenticate(&bearer("a.b.live")).await.map(|i| i.subject.clone()).ok().as_deref(),
+            Some("user-1")
+        );
+        // expired a second ago, or this very second: verified again, which fails here
+        for (token, expires_at) in [("a.b.past", now_secs() - 1), ("a.b.now", now_secs())] {
+            let digest = kept(token, expires_at);
+            assert!(authenticator.authenticate(&bearer(token)).await.is_err(), "{token} was read after it expired");
+            assert!(authenticator.verified.get(&digest).is_none(), "{token} is still kept");
+        }
+    }
 
     #[test]
     fn bearer_tokens_are_found_case_insensitively() {

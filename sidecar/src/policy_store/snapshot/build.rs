@@ -8,17 +8,18 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock, RwLock};
 
+use super::slices::ByEntities;
+use crate::cache::{bounded, weighed};
 use cedar_policy::{
     ActionConstraint, Entities, EntityUid, Policy, PolicyId, PolicySet, Schema, SchemaFragment, ValidationMode,
     Validator,
 };
-use moka::sync::Cache;
 
 use super::scope::ScopeIndex;
 use super::store::EntityStore;
 use super::{
-    BUILT_CACHE_CAPACITY, DefinedAt, PRINCIPAL_CACHE_CAPACITY, PolicySnapshot, REQUEST_SETS_WEIGHT, RequestSet,
-    SLICE_CACHE_WEIGHT, Slice, SnapshotSource, SnapshotVersion,
+    BUILT_CACHE_CAPACITY, DefinedAt, PRINCIPAL_CACHE_CAPACITY, PolicySnapshot, REQUEST_SETS_WEIGHT, SLICE_CACHE_WEIGHT,
+    Slice, SnapshotSource, SnapshotVersion,
 };
 use crate::policy_store::diagnostics::{LineIndex, LoadError, Problem, describe};
 use crate::policy_store::sources::{SourceDirs, SourceFile, Sources};
@@ -101,27 +102,22 @@ impl PolicySnapshot {
             by_action,
             schema,
             store,
-            built: Cache::builder().max_capacity(BUILT_CACHE_CAPACITY).build(),
+            built: bounded(BUILT_CACHE_CAPACITY),
             policy_origins,
             literal_slice: Slice::default(),
             action_entities,
             warnings,
             by_type: OnceLock::new(),
-            slices: Cache::builder()
-                .max_capacity(SLICE_CACHE_WEIGHT)
-                .weigher(|_, slice: &Arc<Slice>| u32::try_from(slice.entities.len() + 1).unwrap_or(u32::MAX))
-                .build(),
-            principals: Cache::builder().max_capacity(PRINCIPAL_CACHE_CAPACITY).build(),
-            derived: Cache::builder().max_capacity(PRINCIPAL_CACHE_CAPACITY).build(),
-            request_sets: Cache::builder()
-                .max_capacity(REQUEST_SETS_WEIGHT)
-                .weigher(|_, set: &Arc<RequestSet>| u32::try_from(set.entities().iter().count()).unwrap_or(u32::MAX))
-                .build(),
+            // slices name a few entities each, request sets 10 to 30
+            slices: weighed(SLICE_CACHE_WEIGHT / 4, SLICE_CACHE_WEIGHT, ByEntities),
+            principals: bounded(PRINCIPAL_CACHE_CAPACITY),
+            derived: bounded(PRINCIPAL_CACHE_CAPACITY),
+            request_sets: weighed(REQUEST_SETS_WEIGHT / 16, REQUEST_SETS_WEIGHT, ByEntities),
             context_kinds: RwLock::new(HashMap::new()),
-            context_values: Cache::builder().max_capacity(10_000).build(),
-            checked_shapes: Cache::builder().max_capacity(1_024).build(),
-            typed_contexts: Cache::builder().max_capacity(10_000).build(),
-            decisions: Cache::builder().max_capacity(super::DECISION_CACHE_CAPACITY).build(),
+            context_values: bounded(10_000),
+            checked_shapes: bounded(1_024),
+            typed_contexts: bounded(10_000),
+            decisions: bounded(super::DECISION_CACHE_CAPACITY),
         };
         // every request's entities include the policies' literal entities and what they
         // reach, so those are built now, once

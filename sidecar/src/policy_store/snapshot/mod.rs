@@ -22,9 +22,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, RwLock};
 
+use crate::cache::Bounded;
 use cedar_policy::entities_errors::EntitiesError;
 use cedar_policy::{Entities, Entity, EntityTypeName, EntityUid, PolicyId, PolicySet, Schema};
-use moka::sync::Cache;
 
 pub use build::PolicyParts;
 pub use scope::Selection;
@@ -85,7 +85,7 @@ impl DecisionLookup<'_> {
     }
 }
 
-impl moka::Equivalent<DecisionKey> for DecisionLookup<'_> {
+impl quick_cache::Equivalent<DecisionKey> for DecisionLookup<'_> {
     fn equivalent(&self, key: &DecisionKey) -> bool {
         *self.entities.0 == *key.entities.0
             && *self.entities.1 == *key.entities.1
@@ -98,7 +98,7 @@ impl moka::Equivalent<DecisionKey> for DecisionLookup<'_> {
 #[derive(Hash)]
 pub(super) struct RequestSetLookup<'a>(pub &'a [u64], pub &'a [EntityUid]);
 
-impl moka::Equivalent<RequestEntitiesKey> for RequestSetLookup<'_> {
+impl quick_cache::Equivalent<RequestEntitiesKey> for RequestSetLookup<'_> {
     fn equivalent(&self, key: &RequestEntitiesKey) -> bool {
         *self.0 == *key.0 && *self.1 == *key.1
     }
@@ -209,7 +209,7 @@ pub struct PolicySnapshot {
     store: store::EntityStore,
     /// Stored entities built as Cedar entities from their JSON, for the requests that
     /// reach them (see [`Self::stored_entity`]).
-    built: Cache<u32, Arc<Entity>>,
+    built: Bounded<u32, Arc<Entity>>,
     policy_origins: HashMap<PolicyId, DefinedAt>,
     /// The entities written literally in policies (e.g. `Studio::Team::"admins"`) and
     /// everything reachable from them: every request slice includes them, since a policy
@@ -223,22 +223,21 @@ pub struct PolicySnapshot {
     /// [`PolicySnapshot::entities_of_type`]).
     by_type: OnceLock<HashMap<EntityTypeName, Arc<[EntityUid]>>>,
     /// Per-entity slice cache: uid → that entity and everything reachable from it.
-    /// moka because readers on every core hit it concurrently and it must stay bounded
-    /// (weighed by the entities a slice names).
-    slices: Cache<EntityUid, Arc<Slice>>,
+    /// Bounded, weighed by the entities a slice names (see [`crate::cache`]).
+    slices: Bounded<EntityUid, Arc<Slice>, slices::ByEntities>,
     /// Request principals by the SHA-256 of the token they were built from and the
     /// directory entry they were built on (0: none). A principal depends only on the
     /// token's claims, that entry and this snapshot, so it is built once per token and
     /// entry per snapshot; and by the teams that no longer count for the token (see
     /// [`crate::lifecycle::revocations`]), so a removal is never answered from a principal
     /// built before it.
-    principals: Cache<PrincipalKey, Arc<CheckedEntity>>,
+    principals: Bounded<PrincipalKey, Arc<CheckedEntity>>,
     /// Request entity sets by the checked entities and roots they were built from (see
     /// [`PolicySnapshot::request_entities`]); weighed by the entities they hold.
-    request_sets: Cache<RequestEntitiesKey, Arc<RequestSet>>,
+    request_sets: Bounded<RequestEntitiesKey, Arc<RequestSet>, slices::ByEntities>,
     /// Entities derived for requests (Studio profiles), by uid and the serials of the
     /// directory entries they were derived from (see [`PolicySnapshot::derived_entity`]).
-    derived: Cache<(EntityUid, u64, u64), Arc<CheckedEntity>>,
+    derived: Bounded<(EntityUid, u64, u64), Arc<CheckedEntity>>,
     /// Learned per action and attribute name, from Cedar's own parse of the first
     /// context that had it (see [`PolicySnapshot::learn_context_kind`]). Attribute names
     /// come from the configuration, so this stays small.
@@ -248,15 +247,15 @@ pub struct PolicySnapshot {
     /// costs more than the rest of a context, and the same values recur (the current
     /// second, the addresses behind a NAT or endpoint). Bounded; it goes with the
     /// snapshot, so nothing of it outlives a reload.
-    context_values: Cache<(ContextValueKind, String), cedar_policy::RestrictedExpression>,
+    context_values: Bounded<(ContextValueKind, String), cedar_policy::RestrictedExpression>,
     /// Request shapes (principal type, action, resource type, context shape) that passed
     /// the schema check (see [`PolicySnapshot::request_shape_checked`]).
-    checked_shapes: Cache<RequestShape, ()>,
+    checked_shapes: Bounded<RequestShape, ()>,
     /// Typed contexts by action and the strings they were built from (see
     /// [`PolicySnapshot::typed_context`]).
-    typed_contexts: Cache<TypedContextKey, crate::authz::TypedContext>,
+    typed_contexts: Bounded<TypedContextKey, crate::authz::TypedContext>,
     /// Decisions by every input but the snapshot (see [`DecisionKey`]).
-    decisions: Cache<DecisionKey, Arc<crate::authz::Decision>>,
+    decisions: Bounded<DecisionKey, Arc<crate::authz::Decision>>,
 }
 
 /// An action and the strings of a context.
@@ -268,7 +267,7 @@ type TypedContextKey = (EntityUid, Box<[(String, String)]>);
 #[derive(Hash)]
 struct ContextLookup<'a>(&'a EntityUid, &'a [(String, String)]);
 
-impl moka::Equivalent<TypedContextKey> for ContextLookup<'_> {
+impl quick_cache::Equivalent<TypedContextKey> for ContextLookup<'_> {
     fn equivalent(&self, key: &TypedContextKey) -> bool {
         *self.0 == key.0 && *self.1 == *key.1
     }
@@ -282,7 +281,7 @@ type RequestShape = (EntityTypeName, EntityUid, EntityTypeName, crate::authz::Co
 #[derive(Hash)]
 struct ShapeLookup<'a>(&'a EntityTypeName, &'a EntityUid, &'a EntityTypeName, &'a crate::authz::ContextShape);
 
-impl moka::Equivalent<RequestShape> for ShapeLookup<'_> {
+impl quick_cache::Equivalent<RequestShape> for ShapeLookup<'_> {
     fn equivalent(&self, key: &RequestShape) -> bool {
         *self.0 == key.0 && *self.1 == key.1 && *self.2 == key.2 && *self.3 == key.3
     }
@@ -461,7 +460,9 @@ impl PolicySnapshot {
         value: &str,
         make: impl FnOnce() -> cedar_policy::RestrictedExpression,
     ) -> cedar_policy::RestrictedExpression {
-        self.context_values.get_with((kind, value.to_owned()), make)
+        let made: Result<_, std::convert::Infallible> =
+            self.context_values.get_or_insert_with(&(kind, value.to_owned()), || Ok(make()));
+        made.unwrap_or_else(|never| match never {})
     }
 
     /// Whether a request of these types with a typed context of `shape` passed the
@@ -512,8 +513,7 @@ impl PolicySnapshot {
 
     /// How many decisions this snapshot keeps (for tests and metrics).
     pub fn kept_decisions(&self) -> u64 {
-        self.decisions.run_pending_tasks();
-        self.decisions.entry_count()
+        u64::try_from(self.decisions.len()).unwrap_or(u64::MAX)
     }
 
     /// Keep a decision made for `key` (see [`Self::known_decision`]).

@@ -27,8 +27,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use crate::cache::{Bounded, bounded};
 use cedar_policy::{Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint, ResourceConstraint};
-use moka::sync::Cache;
 
 /// How many distinct selections an action keeps the policy set of.
 const SELECTION_CACHE_CAPACITY: u64 = 4_096;
@@ -215,7 +215,7 @@ pub(super) struct ScopeIndex {
     principal: SideIndex,
     resource: SideIndex,
     /// Selections by the sorted positions of their policies.
-    selections: Cache<Box<[u32]>, Arc<Selection>>,
+    selections: Bounded<Box<[u32]>, Arc<Selection>>,
 }
 
 impl ScopeIndex {
@@ -231,7 +231,7 @@ impl ScopeIndex {
             principal.push(i, Scope::of_principal(policy));
             resource.push(i, Scope::of_resource(policy));
         }
-        let selections = Cache::builder().max_capacity(SELECTION_CACHE_CAPACITY).build();
+        let selections = bounded(SELECTION_CACHE_CAPACITY);
         Some(Self { slot, whole, everything, policies, reads_context, principal, resource, selections })
     }
 

@@ -72,14 +72,38 @@ impl CheckedEntity {
 #[derive(Debug)]
 pub struct RequestSet {
     entities: Entities,
+    /// How many entities `entities` holds: the set's weight in the snapshot's cache.
+    weight: u64,
     /// One place per indexed action; none when the set is not kept (built with a
     /// caller's own entities, for one decision).
     settled: Box<[OnceLock<Arc<Settled>>]>,
 }
 
 impl RequestSet {
+    fn new(entities: Entities, settled: Box<[OnceLock<Arc<Settled>>]>) -> Self {
+        let weight = u64::try_from(entities.iter().count()).unwrap_or(u64::MAX);
+        Self { entities, weight, settled }
+    }
+
     pub fn entities(&self) -> &Entities {
         &self.entities
+    }
+}
+
+/// What the snapshot's caches of slices and request entity sets weigh an entry by: the
+/// entities it holds (at least 1, for an entry of none still costs its key).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ByEntities;
+
+impl quick_cache::Weighter<EntityUid, Arc<Slice>> for ByEntities {
+    fn weight(&self, _: &EntityUid, slice: &Arc<Slice>) -> u64 {
+        u64::try_from(slice.entities.len()).unwrap_or(u64::MAX).saturating_add(1)
+    }
+}
+
+impl quick_cache::Weighter<super::RequestEntitiesKey, Arc<RequestSet>> for ByEntities {
+    fn weight(&self, _: &super::RequestEntitiesKey, set: &Arc<RequestSet>) -> u64 {
+        set.weight.max(1)
     }
 }
 
@@ -164,15 +188,12 @@ impl PolicySnapshot {
     /// How many stored entities this snapshot holds built as Cedar entities (for
     /// metrics and tests).
     pub fn built_entities(&self) -> u64 {
-        self.built.run_pending_tasks();
-        self.built.entry_count()
+        u64::try_from(self.built.len()).unwrap_or(u64::MAX)
     }
 
     /// How many entity slices this snapshot has cached (for metrics).
     pub fn cached_slices(&self) -> u64 {
-        // moka counts lazily; settle its pending bookkeeping first
-        self.slices.run_pending_tasks();
-        self.slices.entry_count()
+        u64::try_from(self.slices.len()).unwrap_or(u64::MAX)
     }
 
     /// The entities of one request, when it brings entities of its own: `checked` (a
@@ -206,7 +227,7 @@ impl PolicySnapshot {
     ) -> Result<Arc<RequestSet>, Box<EntitiesError>> {
         if !extra.is_empty() {
             let entities = self.assemble_request_entities(checked, roots, extra)?;
-            return Ok(Arc::new(RequestSet { entities, settled: Box::new([]) }));
+            return Ok(Arc::new(RequestSet::new(entities, Box::new([]))));
         }
         let mut serials = [0u64; LOOKUP_SERIALS];
         serials.iter_mut().zip(checked).for_each(|(slot, c)| *slot = c.serial);
@@ -222,7 +243,7 @@ impl PolicySnapshot {
         let key: RequestEntitiesKey = (checked.iter().map(|c| c.serial).collect(), roots.into());
         let entities = self.assemble_request_entities(checked, roots, extra)?;
         let settled = (0..self.by_action.len()).map(|_| OnceLock::new()).collect();
-        let set = Arc::new(RequestSet { entities, settled });
+        let set = Arc::new(RequestSet::new(entities, settled));
         self.request_sets.insert(key, set.clone());
         Ok(set)
     }
