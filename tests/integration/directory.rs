@@ -41,6 +41,7 @@ async fn users_table(moto: &Moto, count: usize) {
 
 async fn reader(moto: &Moto) -> DynamoReader {
     let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(authz_sidecar::aws::http_client())
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
         .load()

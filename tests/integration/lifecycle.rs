@@ -206,6 +206,7 @@ async fn in_process(moto: &Moto) -> (Lifecycle, std::sync::Arc<Store>) {
 /// As [`in_process`], serving identity store `only` (and so synchronising with it).
 async fn in_process_serving(moto: &Moto, only: Option<&str>) -> (Lifecycle, std::sync::Arc<Store>) {
     let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(authz_sidecar::aws::http_client())
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
         .load()

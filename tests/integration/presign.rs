@@ -410,6 +410,7 @@ async fn a_sagemaker_call_past_the_aws_timeout_is_504() {
 /// An SDK configuration like `authz_sidecar::aws::load` makes, with fixed test credentials.
 async fn aws_config_for_tests(timeout: Duration) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(authz_sidecar::aws::http_client())
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
         .timeout_config(aws_config::timeout::TimeoutConfig::builder().operation_timeout(timeout).build())

@@ -273,6 +273,7 @@ async fn aws_errors_are_told_apart() {
 
 async fn test_sdk_config() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(authz_sidecar::aws::http_client())
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
         .retry_config(aws_config::retry::RetryConfig::disabled())

@@ -187,3 +187,53 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
         .and_then(|v| v.parse::<f64>().ok());
     assert!(failures.is_some_and(|n| n >= 2.0), "the mismatched pair and the broken file: {metrics}");
 }
+
+/// The AWS SDK's calls go through the sidecar's own HTTP client (`aws::http_client`:
+/// rustls on ring, the system's trust roots): over TLS, and refused when the server's
+/// certificate is signed by a CA the system does not trust, before any request is sent.
+/// (A CA the system trusts is the real AWS endpoints' case: see the README for what
+/// needs a real account.)
+#[tokio::test]
+async fn aws_calls_use_tls_on_ring_and_refuse_an_untrusted_certificate() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let untrusted = ca("not in the system store");
+    let (cert, key) = leaf(&untrusted, &["localhost", "127.0.0.1"], false);
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert.as_bytes()).map(Result::unwrap).collect();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (hellos, handshakes) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (seen, done) = (hellos.clone(), handshakes.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            if acceptor.accept(tcp).await.is_ok() {
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+
+    let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(authz_sidecar::aws::http_client())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sts::config::Credentials::for_tests())
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .timeout_config(aws_config::timeout::TimeoutConfig::builder().operation_timeout(Duration::from_secs(5)).build())
+        .load()
+        .await;
+    let sts = aws_sdk_sts::Client::from_conf(
+        aws_sdk_sts::config::Builder::from(&base).endpoint_url(format!("https://localhost:{port}")).build(),
+    );
+    let error = sts.get_caller_identity().send().await.expect_err("a certificate from an untrusted CA was accepted");
+    let error = format!("{:?}", aws_smithy_types::error::display::DisplayErrorContext(&error));
+    assert!(error.to_lowercase().contains("certificate"), "not refused for its certificate: {error}");
+    assert!(hellos.load(Ordering::SeqCst) >= 1, "the call never reached the server: {error}");
+    assert_eq!(handshakes.load(Ordering::SeqCst), 0, "a TLS session was set up with an untrusted server");
+}
