@@ -371,3 +371,34 @@ fn entities_named_in_policies_are_part_of_every_slice() {
     assert!(sliced.errors.is_empty(), "{:?}", sliced.errors);
     assert_eq!(sliced.reason, DecisionReason::Forbidden);
 }
+
+/// The stored entities of a type are exactly those the entity files define, sorted by
+/// id whatever the files' order, without a uid that is only pointed at.
+#[test]
+fn the_entities_of_a_type_are_the_defined_ones_sorted_by_id() {
+    let ws = Workspace::shipped();
+    ws.write_policy("groups.cedarschema", "namespace Extra { entity Group in [Group]; entity Other; }\n");
+    let group = |id: &str, parent: &str| json!({"uid": {"type": "Extra::Group", "id": id}, "attrs": {}, "parents": [{"type": "Extra::Group", "id": parent}]});
+    let written = json!([group("m", "a"), group("z", "only-pointed-at"), group("a", "only-pointed-at"), group("b-2", "a"),
+        {"uid": {"type": "Extra::Other", "id": "0"}, "attrs": {}, "parents": []}]);
+    ws.write_entities("groups.json", &written.to_string());
+    let snapshot = PolicySnapshot::load(&ws.dirs(), 1).unwrap();
+    let ids = |type_name: &str| -> Vec<String> {
+        let of_type = snapshot.entities_of_type(&type_name.parse().unwrap());
+        let ids: Vec<String> = of_type.iter().map(|u| u.id().unescaped().to_owned()).collect();
+        assert_eq!(ids.len(), of_type.len());
+        ids
+    };
+    assert_eq!(ids("Extra::Group"), ["a", "b-2", "m", "z"]);
+    assert_eq!(ids("Extra::Other"), ["0"]);
+    assert!(snapshot.entities_of_type(&"Extra::Missing".parse().unwrap()).is_empty());
+    // every type agrees with Cedar's own store of the same files
+    let whole = snapshot.all_entities().unwrap();
+    let mut from_cedar: Vec<String> = whole
+        .iter()
+        .filter(|e| e.uid().type_name().to_string() == "Extra::Group")
+        .map(|e| e.uid().id().unescaped().to_owned())
+        .collect();
+    from_cedar.sort();
+    assert_eq!(ids("Extra::Group"), from_cedar);
+}

@@ -23,7 +23,7 @@ pub use diagnostics::{LoadError, Location, Problem};
 pub use files::{FileSource, ReloadOptions, reload_once};
 pub use lifecycle::{PolicySource, ReloadOutcome, SourceError};
 pub use snapshot::{
-    CheckedEntity, ContextValueKind, DecisionKey, DecisionLookup, DefinedAt, LOOKUP_SERIALS, PolicyParts,
+    CheckedEntity, ContextValueKind, DecisionKey, DecisionLookup, DefinedAt, LOOKUP_SERIALS, OfType, PolicyParts,
     PolicySnapshot, RequestEntitiesKey, RequestSet, Selection, Settled, Slice, SnapshotSource, SnapshotVersion,
     next_serial,
 };

@@ -221,7 +221,7 @@ pub struct PolicySnapshot {
     warnings: Vec<Problem>,
     /// The uids of each entity type, sorted by id; built on first use (see
     /// [`PolicySnapshot::entities_of_type`]).
-    by_type: OnceLock<HashMap<EntityTypeName, Arc<[EntityUid]>>>,
+    by_type: OnceLock<HashMap<EntityTypeName, Arc<[u32]>>>,
     /// Per-entity slice cache: uid → that entity and everything reachable from it.
     /// Bounded, weighed by the entities a slice names (see [`crate::cache`]).
     slices: Bounded<EntityUid, Arc<Slice>, slices::ByEntities>,
@@ -284,6 +284,35 @@ struct ShapeLookup<'a>(&'a EntityTypeName, &'a EntityUid, &'a EntityTypeName, &'
 impl quick_cache::Equivalent<RequestShape> for ShapeLookup<'_> {
     fn equivalent(&self, key: &RequestShape) -> bool {
         *self.0 == key.0 && *self.1 == key.1 && *self.2 == key.2 && *self.3 == key.3
+    }
+}
+
+/// The stored entities of one type, sorted by id (see
+/// [`PolicySnapshot::entities_of_type`]): their positions in the snapshot's store,
+/// read as their uids.
+#[derive(Clone)]
+pub struct OfType<'a> {
+    store: &'a store::EntityStore,
+    indexes: Arc<[u32]>,
+}
+
+impl fmt::Debug for OfType<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<'a> OfType<'a> {
+    pub fn iter(&self) -> impl Iterator<Item = &'a EntityUid> + '_ {
+        self.indexes.iter().filter_map(|&index| self.store.uid(index))
+    }
+
+    pub fn len(&self) -> usize {
+        self.indexes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.indexes.is_empty()
     }
 }
 
@@ -440,11 +469,11 @@ impl PolicySnapshot {
     /// The uids of every stored entity of `type_name`, sorted by id (e.g. the pool
     /// accounts a `listAuthorizedAccounts` answer walks). The index of all types is built
     /// in one pass the first time any type is asked for, and kept with the snapshot.
-    pub fn entities_of_type(&self, type_name: &EntityTypeName) -> Arc<[EntityUid]> {
+    pub fn entities_of_type(&self, type_name: &EntityTypeName) -> OfType<'_> {
         let index = self.by_type.get_or_init(|| {
-            self.store.by_type().into_iter().map(|(type_name, uids)| (type_name, uids.into())).collect()
+            self.store.by_type().into_iter().map(|(type_name, indexes)| (type_name, indexes.into())).collect()
         });
-        index.get(type_name).cloned().unwrap_or_else(|| Arc::from([]))
+        OfType { store: &self.store, indexes: index.get(type_name).cloned().unwrap_or_else(|| Arc::from([])) }
     }
 
     /// How `attr` of `action`'s context is built from a string, once learned.
