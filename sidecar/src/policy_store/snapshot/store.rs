@@ -11,7 +11,7 @@
 //! The hierarchy is closed here, as Cedar closes it (`Entities::from_entities`), and a
 //! cycle fails the build as it does in Cedar.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use cedar_policy::{Entity, EntityTypeName, EntityUid, EvalResult};
@@ -31,6 +31,10 @@ pub(super) struct EntityStore {
     /// The files entities came from, named by index in [`Stored::file`].
     files: Vec<PathBuf>,
     stored: usize,
+    /// One copy of each entity type's name, which every stored uid of the type shares:
+    /// Cedar's parse gives each uid a type name of its own (two allocations, about 80
+    /// bytes an entity).
+    types: HashSet<EntityTypeName>,
 }
 
 #[derive(Debug)]
@@ -129,16 +133,31 @@ impl EntityStore {
         let references = uids.into_iter().map(|r| self.intern(r)).collect();
         let (_, _, parents) = entity.into_inner();
         let parents = parents.into_iter().map(|p| self.intern(p)).collect();
-        let (index, _) = self.nodes.insert_full(uid, Some(stored));
+        let key = self.shared(&uid);
+        let (index, _) = self.nodes.insert_full(key, Some(stored));
         self.stored += 1;
         Some(Parsed { index: index_u32(index), parents, references })
     }
 
     fn intern(&mut self, uid: EntityUid) -> u32 {
-        let entry = self.nodes.entry(uid);
-        let index = entry.index();
-        entry.or_insert(None);
+        if let Some(index) = self.nodes.get_index_of(&uid) {
+            return index_u32(index);
+        }
+        let key = self.shared(&uid);
+        let (index, _) = self.nodes.insert_full(key, None);
         index_u32(index)
+    }
+
+    /// `uid`, with the type name every stored uid of its type shares.
+    fn shared(&mut self, uid: &EntityUid) -> EntityUid {
+        let type_name = match self.types.get(uid.type_name()) {
+            Some(shared) => shared.clone(),
+            None => {
+                self.types.insert(uid.type_name().clone());
+                uid.type_name().clone()
+            }
+        };
+        EntityUid::from_type_name_and_id(type_name, uid.id().clone())
     }
 
     /// Close the hierarchy: each stored entity's ancestors are its parents and theirs.
