@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The memory of one sidecar on the sweep's largest workload (1,000 policies, 10,000
+# entities), measured by hand: RSS when /readyz first answers, and after 4 s of the
+# forward path at 50 connections. Compare two binaries by alternating starts of fresh
+# copies of both (the page cache moves the binary's share; see bench/README.md).
+#
+#   bash bench/sweep-memory.sh [SIDECAR] [POLICIES] [ENTITIES]
+#
+# Needs a release build (`cargo build --release -p authz-sidecar -p authz-sidecar-bench
+# --bin authz-sidecar --bin loadbench`) and oha (scripts/test-tools.sh installs it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-target}"
+sidecar="${1:-$target/release/authz-sidecar}"
+policies="${2:-1000}"
+entities="${3:-10000}"
+loadbench="$target/release/loadbench"
+oha="${OHA:-$HOME/.cache/authz-sidecar/tools/bin/oha}"
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$loadbench" workload --policies "$policies" --entities "$entities" --dir "$work/w" >/dev/null
+token="$("$loadbench" token --jwks "$work/jwks.json")"
+cat >"$work/config.toml" <<EOF
+[server]
+listen = "127.0.0.1:18181"
+admin_listen = "127.0.0.1:18182"
+
+[policies]
+dir = "$work/w/policies"
+entities = "$work/w/entities"
+
+[context]
+trusted_proxies = ["127.0.0.1/32"]
+
+[principal]
+entity_type = "Studio::User"
+id_claim = "username"
+groups_claim = "cognito:groups"
+group_type = "Studio::Team"
+tags = { Team = "cognito:groups" }
+
+[[issuers]]
+issuer = "https://issuer.bench.authz-sidecar.invalid"
+jwks_file = "$work/jwks.json"
+algorithms = ["RS256"]
+audiences = ["bench-client"]
+token_use = "access"
+
+[[routes]]
+name = "account-pool"
+method = "POST"
+path = "/datazone/account-pool"
+handler = "account_pool"
+
+[[routes]]
+name = "studio"
+method = "GET"
+path = "/studio/{user}/{team}"
+action = 'Studio::Action::"CreatePresignedDomainUrl"'
+resource_type = "Studio::UserProfile"
+resource_id = "{user}-{team}"
+handler = "forward"
+upstream = "http://127.0.0.1:18190"
+EOF
+
+"$loadbench" upstream --listen 127.0.0.1:18190 >/dev/null 2>&1 &
+pids+=($!)
+"$sidecar" serve --config "$work/config.toml" >"$work/sidecar.log" 2>&1 &
+sidecar_pid=$!
+pids+=("$sidecar_pid")
+for _ in $(seq 1 300); do
+  curl -sf -o /dev/null http://127.0.0.1:18182/readyz && break
+  sleep 0.1
+done
+memory() { grep -E 'VmHWM|RssAnon|RssFile' "/proc/$sidecar_pid/status" | awk '{printf "%s %.1f MiB  ", $1, $2 / 1024}'; }
+echo "ready: $(memory)"
+"$oha" --no-tui -z 4s -c 50 -H "authorization: Bearer $token" -H "x-amzn-vpce-id: vpce-0a1a000000000001a" \
+  -H "x-forwarded-for: 10.1.2.3" http://127.0.0.1:18181/studio/user-1/team1 | grep -E 'Requests/sec|\[200\]' || true
+echo "after: $(memory)"
