@@ -24,50 +24,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$loadbench" workload --policies "$policies" --entities "$entities" --dir "$work/w" >/dev/null
+"$loadbench" workload --policies "$policies" --entities "$entities" --dir "$work" >/dev/null
 token="$("$loadbench" token --jwks "$work/jwks.json")"
-cat >"$work/config.toml" <<EOF
-[server]
-listen = "127.0.0.1:18181"
-admin_listen = "127.0.0.1:18182"
-
-[policies]
-dir = "$work/w/policies"
-entities = "$work/w/entities"
-
-[context]
-trusted_proxies = ["127.0.0.1/32"]
-
-[principal]
-entity_type = "Studio::User"
-id_claim = "username"
-groups_claim = "cognito:groups"
-group_type = "Studio::Team"
-tags = { Team = "cognito:groups" }
-
-[[issuers]]
-issuer = "https://issuer.bench.authz-sidecar.invalid"
-jwks_file = "$work/jwks.json"
-algorithms = ["RS256"]
-audiences = ["bench-client"]
-token_use = "access"
-
-[[routes]]
-name = "account-pool"
-method = "POST"
-path = "/datazone/account-pool"
-handler = "account_pool"
-
-[[routes]]
-name = "studio"
-method = "GET"
-path = "/studio/{user}/{team}"
-action = 'Studio::Action::"CreatePresignedDomainUrl"'
-resource_type = "Studio::UserProfile"
-resource_id = "{user}-{team}"
-handler = "forward"
-upstream = "http://127.0.0.1:18190"
-EOF
 
 "$loadbench" upstream --listen 127.0.0.1:18190 >/dev/null 2>&1 &
 pids+=($!)

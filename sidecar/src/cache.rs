@@ -2,9 +2,8 @@
 //!
 //! Every request reads several of them (its token's identity, then the snapshot's: its
 //! typed context, its request shape, its entity set, its decision), so a read must cost
-//! next to nothing. These are
-//! quick_cache's sharded tables: a read takes its shard's read lock, finds the entry
-//! and marks it used. moka, which they replace here, also records every read for its
+//! next to nothing. These are quick_cache's sharded tables: a read takes its shard's
+//! read lock, finds the entry and marks it used. moka, which they replace here, also records every read for its
 //! admission policy (a clock read and a queued event, settled later by whichever caller
 //! runs its upkeep); on the data plane's path for a new question its three reads cost
 //! some 1.2 µs of a 6.3 µs decision (see bench/README.md, seventh increment). Nothing
@@ -23,7 +22,7 @@ use std::hash::{Hash, RandomState};
 use quick_cache::sync::{Cache, DefaultLifecycle};
 use quick_cache::{OptionsBuilder, UnitWeighter, Weighter};
 
-/// A bounded cache of the snapshot, weighed by `W` (each entry weighs 1 by default).
+/// A bounded cache, weighed by `W` (each entry weighs 1 by default).
 pub(crate) type Bounded<K, V, W = UnitWeighter> = Cache<K, V, W, RandomState>;
 
 /// A cache that holds at most about `capacity` entries.

@@ -44,7 +44,11 @@ enum Command {
         #[arg(long)]
         jwks: PathBuf,
     },
-    /// Write a sweep workload (`<dir>/policies`, `<dir>/entities`), to profile by hand.
+    /// Write a sweep workload (`<dir>/policies`, `<dir>/entities`) and a sidecar
+    /// configuration for it (`<dir>/config.toml`: the benchmark's, listening on
+    /// 127.0.0.1:18181 with its admin on :18182, forwarding to an upstream on :18190,
+    /// trusting the keys `loadbench token --jwks <dir>/jwks.json` writes), to profile by
+    /// hand (see bench/sweep-memory.sh).
     Workload {
         #[arg(long)]
         policies: usize,
@@ -102,7 +106,22 @@ fn main() -> ExitCode {
         },
         Command::Workload { policies, entities, dir } => match setup::write_workload(&dir, policies, entities) {
             Ok((p, e)) => {
-                println!("policies: {}\nentities: {}", p.display(), e.display());
+                let files = setup::SidecarFiles {
+                    listen: std::net::SocketAddr::from(([127, 0, 0, 1], 18181)),
+                    admin: std::net::SocketAddr::from(([127, 0, 0, 1], 18182)),
+                    policies: p.clone(),
+                    entities: e.clone(),
+                    jwks: dir.join("jwks.json"),
+                    upstream: std::net::SocketAddr::from(([127, 0, 0, 1], 18190)),
+                    ext_authz: None,
+                    otlp: None,
+                };
+                let config = dir.join("config.toml");
+                if let Err(err) = std::fs::write(&config, setup::sidecar_config(&files)) {
+                    eprintln!("loadbench: {}: {err}", config.display());
+                    return ExitCode::FAILURE;
+                }
+                println!("policies: {}\nentities: {}\nconfig: {}", p.display(), e.display(), config.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {
