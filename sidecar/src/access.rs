@@ -199,7 +199,7 @@ pub fn applies(
 /// context in a way that reads all of it).
 pub fn context_read(snapshot: &PolicySnapshot, action: &EntityUid) -> Vec<String> {
     let mut read = BTreeSet::new();
-    for policy in snapshot.policies_for(action).policies() {
+    for policy in snapshot.policies_for(action) {
         match policy.to_json() {
             Ok(est) => reads_of_context(&est, &mut read),
             Err(_) => {

@@ -25,7 +25,7 @@
 
 use std::collections::BTreeSet;
 
-use cedar_policy::{Entity, EntityTypeName, EntityUid, EvalResult, PolicySet};
+use cedar_policy::{Entity, EntityTypeName, EntityUid, EvalResult, Policy};
 use serde_json::Value;
 
 /// How a policy set observes resources of one type.
@@ -67,9 +67,9 @@ pub struct View {
 
 impl ResourceObservation {
     /// Analyse `policies` for resources of `resource_type`.
-    pub fn of(policies: &PolicySet, resource_type: &EntityTypeName) -> Self {
+    pub fn of<'a>(policies: impl IntoIterator<Item = &'a Policy>, resource_type: &EntityTypeName) -> Self {
         let mut walk = Walk { reads: Reads::default(), by_uid: None };
-        for policy in policies.policies() {
+        for policy in policies {
             match policy.to_json() {
                 Ok(est) => walk.policy(&est),
                 Err(e) => walk.by_uid(format!("policy `{}` has no JSON form: {e}", policy.id())),
@@ -352,7 +352,7 @@ mod tests {
 
     fn observe(src: &str) -> ResourceObservation {
         let policies = PolicySet::from_str(src).unwrap();
-        ResourceObservation::of(&policies, &EntityTypeName::from_str("DataZone::Account").unwrap())
+        ResourceObservation::of(policies.policies(), &EntityTypeName::from_str("DataZone::Account").unwrap())
     }
 
     fn attrs(o: &ResourceObservation) -> Vec<&str> {
@@ -405,7 +405,7 @@ mod tests {
             policies.add_template(template).unwrap();
             let values = [(SlotId::resource(), EntityUid::from_str(target).unwrap())].into();
             policies.link(PolicyId::new("t"), PolicyId::new("link"), values).unwrap();
-            ResourceObservation::of(&policies, &EntityTypeName::from_str("DataZone::Account").unwrap())
+            ResourceObservation::of(policies.policies(), &EntityTypeName::from_str("DataZone::Account").unwrap())
         };
         for target in [r#"DataZone::AccountPool::"p""#, r#"DataZone::Account::"111111111111""#] {
             let o = linked(target);

@@ -124,7 +124,7 @@ impl AccountPool {
                         // or a region the account does not support
                         let decision = match index.account(account) {
                             None => Err(Refusal::UnknownAccount),
-                            Some(known) if !known.regions.iter().any(|r| r == region) => {
+                            Some(known) if !known.regions.iter().any(|r| **r == *region) => {
                                 Err(Refusal::UnsupportedRegion)
                             }
                             Some(_) => asked.decide(

@@ -1,7 +1,8 @@
 //! The pool accounts of one snapshot, indexed once, and the list answer built over them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use cedar_policy::EvalResult;
 use serde_json::{Value, json};
@@ -22,9 +23,9 @@ const MAX_NAME: usize = 256;
 /// and a list decides each class and region once, however many accounts share them.
 #[derive(Debug)]
 pub(super) struct PoolIndex {
+    /// Sorted by account id (looked up by binary search: a map by id would hold every
+    /// id twice).
     pub(super) accounts: Vec<PoolAccount>,
-    /// Account id → its place in `accounts`.
-    by_id: HashMap<String, usize>,
     pub(super) classes: usize,
     /// Why the policies can tell accounts apart by id, when they can.
     pub(super) by_uid: Option<String>,
@@ -42,23 +43,27 @@ pub struct ListSharing {
     pub by_uid: Option<String>,
 }
 
+/// One pool account, as lists and validate read it: a few dozen bytes, the region
+/// lists shared between the accounts that have the same one (most do).
 #[derive(Debug)]
 pub(super) struct PoolAccount {
-    id: String,
-    name: Option<String>,
-    pub(super) regions: Vec<String>,
+    id: Box<str>,
+    name: Option<Box<str>>,
+    /// Sorted.
+    pub(super) regions: Arc<[Box<str>]>,
     class: usize,
 }
 
 impl PoolIndex {
     pub(super) fn build(snapshot: &PolicySnapshot) -> Self {
         let (Some(action), Some(account_type)) = (use_account(), account_type()) else {
-            return Self { accounts: Vec::new(), by_id: HashMap::new(), classes: 0, by_uid: None };
+            return Self { accounts: Vec::new(), classes: 0, by_uid: None };
         };
         let observation = ResourceObservation::of(snapshot.policies_for(&action), &account_type);
         let mut classes: BTreeMap<View, usize> = BTreeMap::new();
         let mut next_class = 0;
         let mut accounts = Vec::new();
+        let mut region_lists: HashSet<Arc<[Box<str>]>> = HashSet::new();
         for uid in snapshot.entities_of_type(&account_type).iter() {
             // built for this once, not kept: the index holds what lists need of each account
             let Some(json) = snapshot.stored_json(uid) else { continue };
@@ -80,22 +85,30 @@ impl PoolIndex {
                 Some(view) => *classes.entry(view).or_insert_with(new_class),
                 None => new_class(),
             };
-            let mut regions: Vec<String> = match account.attr("regions").and_then(Result::ok) {
+            let mut regions: Vec<Box<str>> = match account.attr("regions").and_then(Result::ok) {
                 Some(EvalResult::Set(set)) => set
                     .iter()
                     .filter_map(|r| match r {
-                        EvalResult::String(s) => Some(s.clone()),
+                        EvalResult::String(s) => Some(s.as_str().into()),
                         _ => None,
                     })
                     .collect(),
                 _ => Vec::new(),
             };
             regions.sort();
+            let regions = match region_lists.get(regions.as_slice()) {
+                Some(shared) => Arc::clone(shared),
+                None => {
+                    let list: Arc<[Box<str>]> = regions.into();
+                    region_lists.insert(Arc::clone(&list));
+                    list
+                }
+            };
             let name = match account.attr("name").and_then(Result::ok) {
                 Some(EvalResult::String(name)) if !name.is_empty() => Some(name.chars().take(MAX_NAME).collect()),
                 _ => None,
             };
-            accounts.push(PoolAccount { id: uid.id().unescaped().to_owned(), name, regions, class });
+            accounts.push(PoolAccount { id: uid.id().unescaped().into(), name, regions, class });
         }
         match observation.by_uid() {
             Some(reason) => tracing::info!(
@@ -112,8 +125,9 @@ impl PoolIndex {
                 "account pool indexed"
             ),
         }
-        let by_id = accounts.iter().enumerate().map(|(i, a)| (a.id.clone(), i)).collect();
-        Self { accounts, by_id, classes: next_class, by_uid: observation.by_uid().map(str::to_owned) }
+        accounts.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        accounts.shrink_to_fit();
+        Self { accounts, classes: next_class, by_uid: observation.by_uid().map(str::to_owned) }
     }
 
     pub(super) fn sharing(&self) -> ListSharing {
@@ -122,7 +136,8 @@ impl PoolIndex {
 
     /// The pool account with this id.
     pub(super) fn account(&self, id: &str) -> Option<&PoolAccount> {
-        self.accounts.get(*self.by_id.get(id)?)
+        let found = self.accounts.binary_search_by(|account| (*account.id).cmp(id)).ok()?;
+        self.accounts.get(found)
     }
 }
 
@@ -141,11 +156,11 @@ pub(super) fn authorized_accounts(
     let mut decided: HashMap<(usize, &str), Rc<Result<Decision, Refusal>>> = HashMap::new();
     let mut items = Vec::new();
     for account in &index.accounts {
-        let id = account.id.as_str();
+        let id = &*account.id;
         let permitted: Vec<&str> = account
             .regions
             .iter()
-            .map(String::as_str)
+            .map(|region| &**region)
             .filter(|&region| {
                 let decision = if !is_account_id(id) {
                     Rc::new(Err(Refusal::BadAccountId))

@@ -24,7 +24,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::cache::Bounded;
 use cedar_policy::entities_errors::EntitiesError;
-use cedar_policy::{Entities, Entity, EntityTypeName, EntityUid, PolicyId, PolicySet, Schema};
+use cedar_policy::{Entities, Entity, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Schema};
 
 pub use build::PolicyParts;
 pub use scope::Selection;
@@ -354,8 +354,12 @@ impl PolicySnapshot {
 
     /// The policies that can apply to `action` (all of them for an action the schema
     /// does not declare, which request validation rejects anyway).
-    pub fn policies_for(&self, action: &EntityUid) -> &PolicySet {
-        self.by_action.get(action).map_or(&self.policies, |index| index.all())
+    pub fn policies_for(&self, action: &EntityUid) -> impl Iterator<Item = &Policy> {
+        let (indexed, all) = match self.by_action.get(action) {
+            Some(index) => (Some(index.all().iter()), None),
+            None => (None, Some(self.policies.policies())),
+        };
+        indexed.into_iter().flatten().chain(all.into_iter().flatten())
     }
 
     /// The policies that can apply to a request by `principal` to do `action` on
@@ -370,7 +374,7 @@ impl PolicySnapshot {
         entities: &Entities,
     ) -> Arc<Selection> {
         match self.by_action.get(action) {
-            Some(index) => index.select(principal, resource, entities),
+            Some(index) => index.select(&self.policies, principal, resource, entities),
             None => Arc::new(Selection::everything(self.policies.clone())),
         }
     }

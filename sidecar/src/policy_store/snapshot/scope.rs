@@ -205,10 +205,11 @@ pub(super) struct ScopeIndex {
     /// This action's place among the snapshot's indexed actions (see
     /// [`super::RequestSet`]).
     slot: usize,
-    /// Every policy of the action (static and linked), with their templates.
-    whole: Arc<PolicySet>,
-    /// The same, split by whether they read the context.
+    /// Every policy of the action, split by whether they read the context.
     everything: Arc<Selection>,
+    /// Every policy of the action (static and linked), in the snapshot's order. Their
+    /// templates are the snapshot's; the action keeps no policy set of all of them
+    /// whole, a copy of each policy's text (0.45 MiB at 1,000 policies).
     policies: Vec<Policy>,
     /// Whether each policy names `context` (or could not be read, and is taken to).
     reads_context: Vec<bool>,
@@ -223,7 +224,6 @@ impl ScopeIndex {
     pub(super) fn new(slot: usize, whole: &PolicySet, policies: Vec<Policy>) -> Option<Self> {
         let reads_context: Vec<bool> = policies.iter().map(reads_context).collect();
         let everything = Arc::new(Selection::of(whole, policies.iter().zip(reads_context.iter().copied()))?);
-        let whole = Arc::new(subset(whole, policies.iter())?);
         let mut principal = SideIndex::default();
         let mut resource = SideIndex::default();
         for (i, policy) in policies.iter().enumerate() {
@@ -232,12 +232,12 @@ impl ScopeIndex {
             resource.push(i, Scope::of_resource(policy));
         }
         let selections = bounded(SELECTION_CACHE_CAPACITY);
-        Some(Self { slot, whole, everything, policies, reads_context, principal, resource, selections })
+        Some(Self { slot, everything, policies, reads_context, principal, resource, selections })
     }
 
-    /// Every policy of the action.
-    pub(super) fn all(&self) -> &Arc<PolicySet> {
-        &self.whole
+    /// Every policy of the action, in the snapshot's order.
+    pub(super) fn all(&self) -> &[Policy] {
+        &self.policies
     }
 
     pub(super) fn slot(&self) -> usize {
@@ -246,8 +246,15 @@ impl ScopeIndex {
 
     /// The policies of the action whose principal and resource scopes hold for a
     /// request by `principal` on `resource`, over `entities` (the store the request is
-    /// evaluated against: ancestors come from it).
-    pub(super) fn select(&self, principal: &EntityUid, resource: &EntityUid, entities: &Entities) -> Arc<Selection> {
+    /// evaluated against: ancestors come from it). `whole`: the snapshot's policies,
+    /// where the templates of linked ones are.
+    pub(super) fn select(
+        &self,
+        whole: &PolicySet,
+        principal: &EntityUid,
+        resource: &EntityUid,
+        entities: &Entities,
+    ) -> Arc<Selection> {
         let principal = Subject::of(principal, entities);
         let resource = Subject::of(resource, entities);
         let by_principal = self.principal.candidates(&principal);
@@ -270,7 +277,7 @@ impl ScopeIndex {
             let i = usize::try_from(i).ok()?;
             Some((self.policies.get(i)?, self.reads_context.get(i).copied().unwrap_or(true)))
         });
-        match Selection::of(&self.whole, picked) {
+        match Selection::of(whole, picked) {
             Some(selection) => {
                 let selection = Arc::new(selection);
                 self.selections.insert(chosen.into_boxed_slice(), selection.clone());

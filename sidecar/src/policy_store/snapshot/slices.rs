@@ -264,7 +264,7 @@ impl PolicySnapshot {
         let index = self.by_action.get(action)?;
         let place = set.settled.get(index.slot())?;
         let settled = place.get_or_init(|| {
-            let selection = index.select(principal, resource, &set.entities);
+            let selection = index.select(&self.policies, principal, resource, &set.entities);
             let context_free = decide(selection.context_free());
             Arc::new(Settled { selection, context_free })
         });

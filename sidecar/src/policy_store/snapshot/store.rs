@@ -91,7 +91,7 @@ impl EntityStore {
                 match Entity::from_json_str(item.get(), Some(schema)) {
                     Ok(entity) => {
                         let stored = Stored {
-                            json: item.get().into(),
+                            json: compact(item.get()),
                             ancestors: Box::new([]),
                             points_at: Box::new([]),
                             file: file_index,
@@ -109,6 +109,9 @@ impl EntityStore {
             return None;
         }
         store.close(parsed, problems)?;
+        // grown by doubling: up to half of it would be room no entity uses, for as long
+        // as the snapshot is served (1.2 MiB at 10,000 entities)
+        store.nodes.shrink_to_fit();
         Some(store)
     }
 
@@ -349,6 +352,30 @@ fn close_from(
     Ok(())
 }
 
+/// `json` (valid JSON, as serde_json read it) without the whitespace between its tokens:
+/// entity files are usually written indented, which is a third to a half of their bytes.
+/// Every token is kept byte for byte (strings with their escapes, numbers as written,
+/// keys in order and repeated ones too), so Cedar reads exactly what it read at build.
+fn compact(json: &str) -> Box<str> {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    out.into_boxed_str()
+}
+
 fn index_u32(index: usize) -> u32 {
     u32::try_from(index).unwrap_or(u32::MAX)
 }
@@ -359,5 +386,48 @@ pub(super) fn collect_uids(value: &EvalResult, out: &mut Vec<EntityUid>) {
         EvalResult::Set(set) => set.iter().for_each(|v| collect_uids(v, out)),
         EvalResult::Record(record) => record.iter().for_each(|(_, v)| collect_uids(v, out)),
         EvalResult::Bool(_) | EvalResult::Long(_) | EvalResult::String(_) | EvalResult::ExtensionValue(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compacting_drops_the_whitespace_between_tokens_and_keeps_every_token() {
+        let written = "[ {\n  \"uid\" : { \"type\": \"Studio::User\", \"id\": \"a b\\\\\" },\r\n\t\"attrs\": {\n    \
+                       \"note\": \"say \\\" } { \\\\\\\" \\n\",\n    \"n\": -1.50e3,\n    \"n\": 2 },\n  \
+                       \"parents\": [ ] } ]";
+        let compacted = compact(written);
+        assert_eq!(
+            &*compacted,
+            r#"[{"uid":{"type":"Studio::User","id":"a b\\"},"attrs":{"note":"say \" } { \\\" \n","n":-1.50e3,"n":2},"parents":[]}]"#
+        );
+        let read = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
+        assert_eq!(read(&compacted), read(written));
+        assert_eq!(compact(&compacted), compacted, "compact JSON stays as it is");
+    }
+
+    #[test]
+    fn an_indented_entity_is_stored_compact_and_built_as_cedar_reads_the_file() {
+        let schema = cedar_policy::Schema::from_cedarschema_str(
+            "namespace Studio { entity Team; entity User in [Team] { email: String, level: Long }; }",
+        )
+        .unwrap()
+        .0;
+        let text = "[\n  {\n    \"uid\": { \"type\": \"Studio::User\", \"id\": \"user 1\" },\n    \"attrs\": {\n      \
+                    \"email\": \"a  b@example.com\",\n      \"level\": 3\n    },\n    \"parents\": [\n      \
+                    { \"type\": \"Studio::Team\", \"id\": \"Team1\" }\n    ]\n  }\n]\n";
+        let files = [SourceFile { path: "users.json".into(), text: text.to_owned() }];
+        let mut problems = Vec::new();
+        let store = EntityStore::build(&files, &schema, &mut problems).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        let uid: EntityUid = r#"Studio::User::"user 1""#.parse().unwrap();
+        let json = store.json(&uid).unwrap();
+        assert!(!json.contains('\n') && !json.contains(": "), "{json}");
+        let stored = Entity::from_json_str(json, Some(&schema)).unwrap();
+        let read = cedar_policy::Entities::from_json_str(text, Some(&schema)).unwrap();
+        assert_eq!(Some(&stored), read.get(&uid));
+        assert_eq!(stored.attr("email").unwrap().unwrap(), EvalResult::String("a  b@example.com".into()));
     }
 }
