@@ -13,9 +13,9 @@
 //! Cedar type, so the engine checks a shape once per snapshot, principal type, action
 //! and resource type, and skips the check for the same shape after that.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use cedar_policy::{Context, EntityUid, RestrictedExpression};
+use cedar_policy::{Context, EntityTypeName, EntityUid, RestrictedExpression};
 use serde_json::Value;
 
 use super::RequestError;
@@ -46,11 +46,38 @@ pub struct TypedContext {
     /// the snapshot; 0 for a context made any other way. Only a named context lets a
     /// decision be kept (see [`crate::policy_store::PolicySnapshot::known_decision`]).
     pub serial: u64,
+    /// The first principal and resource types this context's shape passed the schema
+    /// check with, and the snapshot (its build id) that checked it: the same question
+    /// again needs no check, not even the snapshot's lookup of checked shapes.
+    passed: Arc<OnceLock<(u64, EntityTypeName, EntityTypeName)>>,
+}
+
+impl TypedContext {
+    fn new(context: Context, shape: Option<ContextShape>, serial: u64) -> Self {
+        Self { context: Arc::new(context), shape, serial, passed: Arc::default() }
+    }
+
+    /// Whether this context's shape passed the schema check with these types in the
+    /// snapshot built as `build_id` (see [`Self::remember_passed`]); `false` when it is
+    /// not known here, which only costs the snapshot's own lookup.
+    pub fn passed(&self, build_id: u64, principal: &EntityTypeName, resource: &EntityTypeName) -> bool {
+        self.shape.is_some()
+            && self.passed.get().is_some_and(|(id, p, r)| *id == build_id && p == principal && r == resource)
+    }
+
+    /// Remember that this context's shape passed the schema check with these types in
+    /// the snapshot built as `build_id` (kept for the first types only: a context is
+    /// almost always asked about with one).
+    pub fn remember_passed(&self, build_id: u64, principal: &EntityTypeName, resource: &EntityTypeName) {
+        if self.shape.is_some() {
+            let _ = self.passed.set((build_id, principal.clone(), resource.clone()));
+        }
+    }
 }
 
 impl From<Context> for TypedContext {
     fn from(context: Context) -> Self {
-        Self { context: Arc::new(context), shape: None, serial: 0 }
+        Self::new(context, None, 0)
     }
 }
 
@@ -75,7 +102,7 @@ pub fn context_from_strings(
         }
     }
     let context = Context::from_pairs(typed).map_err(|e| bad_context(action, &e))?;
-    let typed = TypedContext { context: Arc::new(context), shape: Some(shape.into()), serial: next_serial() };
+    let typed = TypedContext::new(context, Some(shape.into()), next_serial());
     snapshot.remember_typed_context(action, pairs, &typed);
     Ok(typed)
 }
@@ -134,7 +161,7 @@ fn bad_context(action: &EntityUid, error: &dyn std::fmt::Display) -> RequestErro
 mod tests {
     use std::path::Path;
 
-    use cedar_policy::EvalResult;
+    use cedar_policy::{Entity, EvalResult};
 
     use super::*;
     use crate::policy_store::SourceDirs;
@@ -187,5 +214,46 @@ mod tests {
         let items = pairs(&[("sourceIp", "10.1.2.3"), ("undeclared", "x")]);
         assert!(context_from_strings(&snapshot, &action, &items).is_err());
         assert_eq!(snapshot.context_kind(&action, "undeclared"), None);
+    }
+
+    /// The check a context remembers it passed holds for the snapshot that checked it
+    /// and the types it was checked with, and for nothing else.
+    #[test]
+    fn a_context_remembers_passing_only_for_its_types_and_the_snapshot_that_checked_it() {
+        use crate::authz::{DecisionRequest, Engine};
+        let (first, second) = (shipped(), shipped());
+        assert_ne!(first.build_id(), second.build_id());
+        let action = presign();
+        let items = pairs(&[("sourceIp", "10.1.2.3"), ("sourceVpce", "vpce-0a1a000000000001a")]);
+        // the first context learns the kinds through Cedar's parser and has no shape
+        let parsed = context_from_strings(&first, &action, &items).unwrap();
+        assert!(parsed.shape.is_none());
+        let typed = context_from_strings(&first, &action, &items).unwrap();
+        assert!(typed.shape.is_some());
+        let user: EntityUid = r#"Studio::User::"user-1""#.parse().unwrap();
+        let profile: EntityUid = r#"Studio::UserProfile::"user-1-team1""#.parse().unwrap();
+        let (user_type, profile_type) = (user.type_name(), profile.type_name());
+        assert!(!typed.passed(first.build_id(), user_type, profile_type));
+
+        let principal = first
+            .stored_entity(&user)
+            .unwrap()
+            .map(|entity| Entity::clone(&entity))
+            .ok_or_else(|| "no user-1".to_owned());
+        let requester = first.request_principal([5; 32], || principal).unwrap();
+        let request = DecisionRequest::built(requester, action, profile.clone(), typed.clone());
+        assert!(Engine::new().decide(&first, &request).unwrap().is_allowed());
+
+        // kept with the context (and every copy of it the snapshot hands out)
+        let again = context_from_strings(&first, &presign(), &items).unwrap();
+        assert!(again.passed(first.build_id(), user_type, profile_type));
+        assert!(!again.passed(second.build_id(), user_type, profile_type), "another snapshot's schema");
+        let team: EntityUid = r#"Studio::Team::"Team1""#.parse().unwrap();
+        assert!(!again.passed(first.build_id(), user_type, team.type_name()), "another resource type");
+        assert!(!again.passed(first.build_id(), profile_type, profile_type), "another principal type");
+
+        // a context without a shape is checked every time
+        parsed.remember_passed(first.build_id(), user_type, profile_type);
+        assert!(!parsed.passed(first.build_id(), user_type, profile_type));
     }
 }

@@ -420,20 +420,27 @@ impl Engine {
         started: Instant,
     ) -> Result<Decision, RequestError> {
         let schema = snapshot.schema();
-        let (context, context_roots, shape) = match &request.context {
+        let (context, context_roots, typed) = match &request.context {
             QuestionContext::Json(json) => {
                 let context = Context::from_json_value(json.clone(), Some((schema, &request.action))).map_err(|e| {
                     RequestError::BadContext { action: request.action.to_string(), reason: e.to_string() }
                 })?;
                 (context, context_uids(json), None)
             }
-            QuestionContext::Typed(typed) => (Context::clone(&typed.context), Vec::new(), typed.shape.as_ref()),
+            QuestionContext::Typed(typed) => (Context::clone(&typed.context), Vec::new(), Some(typed)),
         };
         let principal = request.principal.uid();
-        // a shape checked once for these types needs no second check (see `TypedContext`)
-        let checked_shape =
-            shape.map(|shape| (principal.type_name(), &request.action, request.resource.type_name(), shape));
-        let known = checked_shape.as_ref().is_some_and(|(p, a, r, s)| snapshot.request_shape_checked(p, a, r, s));
+        let (principal_type, resource_type) = (principal.type_name(), request.resource.type_name());
+        // a shape checked once for these types needs no second check (see `TypedContext`):
+        // the context may know it passed, else the snapshot may
+        let build_id = snapshot.build_id();
+        let remembered = typed.is_some_and(|typed| typed.passed(build_id, principal_type, resource_type));
+        let checked_shape = typed
+            .and_then(|typed| typed.shape.as_ref())
+            .filter(|_| !remembered)
+            .map(|shape| (principal_type, &request.action, resource_type, shape));
+        let known =
+            remembered || checked_shape.as_ref().is_some_and(|(p, a, r, s)| snapshot.request_shape_checked(p, a, r, s));
         let cedar_request = Request::new(
             principal.clone(),
             request.action.clone(),
@@ -442,8 +449,13 @@ impl Engine {
             if known { None } else { Some(schema) },
         )
         .map_err(|e| RequestError::Invalid(e.to_string()))?;
-        if let Some((p, a, r, s)) = checked_shape.filter(|_| !known) {
-            snapshot.remember_request_shape(p, a, r, s);
+        if let Some((p, a, r, s)) = checked_shape {
+            if !known {
+                snapshot.remember_request_shape(p, a, r, s);
+            }
+            if let Some(typed) = typed {
+                typed.remember_passed(build_id, principal_type, resource_type);
+            }
         }
 
         let built = match &request.principal {
