@@ -25,9 +25,12 @@ use crate::policy_store::sources::SourceFile;
 /// Every stored entity, and every uid a stored entity points at that none is.
 #[derive(Debug, Default)]
 pub(super) struct EntityStore {
-    /// Keyed by uid; the index of a uid here names it in `points_at`. `None`: a uid a
-    /// stored entity points at that no file defines.
+    /// Keyed by uid; the index of a uid here names it in [`Stored::links`]. `None`: a
+    /// uid a stored entity points at that no file defines.
     nodes: IndexMap<EntityUid, Option<Stored>>,
+    /// Every stored entity's JSON, one after another (see [`Stored::json`]): one
+    /// allocation instead of one an entity.
+    json: String,
     /// The files entities came from, named by index in [`Stored::file`].
     files: Vec<PathBuf>,
     stored: usize,
@@ -37,17 +40,35 @@ pub(super) struct EntityStore {
     types: HashSet<EntityTypeName>,
 }
 
+/// 40 bytes an entity, besides its JSON and its links.
 #[derive(Debug)]
 struct Stored {
-    /// The entity as written in its file (checked against the schema at build).
-    json: Box<str>,
-    /// Every ancestor (transitively), sorted.
-    ancestors: Box<[u32]>,
-    /// The ancestors, and every uid in the attributes and tags, sorted, without
-    /// repeats; action uids included (they are not stored here).
-    points_at: Box<[u32]>,
+    /// Where in the store's JSON the entity is (start and length): as written in its
+    /// file without the whitespace between tokens, checked against the schema at build.
+    json: (u32, u32),
+    /// Every ancestor (transitively), sorted; then every uid it points at (the
+    /// ancestors again, and every uid in the attributes and tags), sorted, without
+    /// repeats, action uids included (they are not stored here).
+    links: Box<[u32]>,
+    /// How many of `links` are ancestors.
+    ancestors: u32,
     file: u32,
-    location: Location,
+    line: u32,
+    column: u32,
+}
+
+impl Stored {
+    fn ancestors(&self) -> &[u32] {
+        self.links.get(..self.ancestors as usize).unwrap_or_default()
+    }
+
+    fn points_at(&self) -> &[u32] {
+        self.links.get(self.ancestors as usize..).unwrap_or_default()
+    }
+
+    fn location(&self) -> Location {
+        Location { line: self.line as usize, column: self.column as usize }
+    }
 }
 
 /// An entity as parsed at build: its direct parents and the uids in its attributes and
@@ -90,12 +111,21 @@ impl EntityStore {
                 let location = lines.locate(offset);
                 match Entity::from_json_str(item.get(), Some(schema)) {
                     Ok(entity) => {
+                        let Some(json) = store.keep_json(item.get()) else {
+                            problems.push(Problem::new(
+                                &file.path,
+                                Some(location),
+                                "the entity files hold more than 4 GiB of JSON, more than a snapshot can hold",
+                            ));
+                            return None;
+                        };
                         let stored = Stored {
-                            json: compact(item.get()),
-                            ancestors: Box::new([]),
-                            points_at: Box::new([]),
+                            json,
+                            links: Box::new([]),
+                            ancestors: 0,
                             file: file_index,
-                            location,
+                            line: u32::try_from(location.line).unwrap_or(u32::MAX),
+                            column: u32::try_from(location.column).unwrap_or(u32::MAX),
                         };
                         if let Some(entity) = store.add(entity, stored, problems) {
                             parsed.push(entity);
@@ -112,6 +142,7 @@ impl EntityStore {
         // grown by doubling: up to half of it would be room no entity uses, for as long
         // as the snapshot is served (1.2 MiB at 10,000 entities)
         store.nodes.shrink_to_fit();
+        store.json.shrink_to_fit();
         Some(store)
     }
 
@@ -122,7 +153,7 @@ impl EntityStore {
             let first = self.defined_at(first);
             problems.push(Problem::new(
                 self.file_path(stored.file),
-                Some(stored.location),
+                Some(stored.location()),
                 format!("duplicate entity `{uid}`: it is already defined at {first}"),
             ));
             return None;
@@ -176,7 +207,9 @@ impl EntityStore {
         for &start in parents.keys() {
             if let Err(cycle) = close_from(start, &parents, &mut ancestors) {
                 let (file, location, uid) = match self.nodes.get_index(cycle as usize) {
-                    Some((uid, Some(stored))) => (self.file_path(stored.file), Some(stored.location), uid.to_string()),
+                    Some((uid, Some(stored))) => {
+                        (self.file_path(stored.file), Some(stored.location()), uid.to_string())
+                    }
                     _ => (self.files.first().cloned().unwrap_or_default(), None, String::from("?")),
                 };
                 problems.push(Problem::new(
@@ -193,8 +226,8 @@ impl EntityStore {
             points_at.sort_unstable();
             points_at.dedup();
             if let Some((_, Some(stored))) = self.nodes.get_index_mut(index as usize) {
-                stored.points_at = points_at.into();
-                stored.ancestors = above;
+                stored.ancestors = u32::try_from(above.len()).unwrap_or(u32::MAX);
+                stored.links = above.iter().chain(&points_at).copied().collect();
             }
         }
         Some(())
@@ -211,13 +244,27 @@ impl EntityStore {
 
     /// The JSON `uid` was written in, when an entity file defines it.
     pub(super) fn json(&self, uid: &EntityUid) -> Option<&str> {
-        self.nodes.get(uid)?.as_ref().map(|stored| &*stored.json)
+        self.json_of(self.nodes.get(uid)?.as_ref()?)
+    }
+
+    fn json_of(&self, stored: &Stored) -> Option<&str> {
+        let (start, len) = (stored.json.0 as usize, stored.json.1 as usize);
+        self.json.get(start..start.checked_add(len)?)
+    }
+
+    /// Keep `json` compact (see [`compact`]) at the end of the store's JSON; `None`
+    /// when the store's JSON would be more than `u32` can name.
+    fn keep_json(&mut self, json: &str) -> Option<(u32, u32)> {
+        let start = u32::try_from(self.json.len()).ok()?;
+        compact(json, &mut self.json);
+        let len = u32::try_from(self.json.len()).ok()?.checked_sub(start)?;
+        Some((start, len))
     }
 
     /// The JSON of the entity at `index`.
     pub(super) fn json_at(&self, index: u32) -> Option<&str> {
         match self.nodes.get_index(index as usize)? {
-            (_, Some(stored)) => Some(&stored.json),
+            (_, Some(stored)) => self.json_of(stored),
             _ => None,
         }
     }
@@ -233,7 +280,7 @@ impl EntityStore {
     /// What the entity at `index` points at (empty for a uid no file defines).
     pub(super) fn points_at(&self, index: u32) -> &[u32] {
         match self.nodes.get_index(index as usize) {
-            Some((_, Some(stored))) => &stored.points_at,
+            Some((_, Some(stored))) => stored.points_at(),
             _ => &[],
         }
     }
@@ -244,7 +291,7 @@ impl EntityStore {
         else {
             return false;
         };
-        stored.ancestors.binary_search(&index_u32(target)).is_ok()
+        stored.ancestors().binary_search(&index_u32(target)).is_ok()
     }
 
     /// Whether the stored entity `uid` points at `target` (an ancestor, or a uid in an
@@ -254,12 +301,12 @@ impl EntityStore {
         else {
             return false;
         };
-        stored.points_at.binary_search(&index_u32(target)).is_ok()
+        stored.points_at().binary_search(&index_u32(target)).is_ok()
     }
 
     /// The JSON of every stored entity, in file order.
     pub(super) fn jsons(&self) -> impl Iterator<Item = &str> {
-        self.nodes.values().flatten().map(|stored| &*stored.json)
+        self.nodes.values().flatten().filter_map(|stored| self.json_of(stored))
     }
 
     /// The positions of the stored entities of each type, sorted by id (the uids
@@ -279,7 +326,7 @@ impl EntityStore {
     }
 
     fn defined_at(&self, stored: &Stored) -> DefinedAt {
-        DefinedAt { file: self.file_path(stored.file), location: Some(stored.location) }
+        DefinedAt { file: self.file_path(stored.file), location: Some(stored.location()) }
     }
 
     fn file_path(&self, file: u32) -> PathBuf {
@@ -294,7 +341,7 @@ impl EntityStore {
         for (uid, stored) in &self.nodes {
             let Some(stored) = stored else { continue };
             let mut missing: Vec<String> = stored
-                .points_at
+                .points_at()
                 .iter()
                 .filter(
                     |&&i| matches!(self.nodes.get_index(i as usize), Some((r, None)) if !super::slices::is_action(r)),
@@ -356,8 +403,8 @@ fn close_from(
 /// entity files are usually written indented, which is a third to a half of their bytes.
 /// Every token is kept byte for byte (strings with their escapes, numbers as written,
 /// keys in order and repeated ones too), so Cedar reads exactly what it read at build.
-fn compact(json: &str) -> Box<str> {
-    let mut out = String::with_capacity(json.len());
+fn compact(json: &str, out: &mut String) {
+    out.reserve(json.len());
     let (mut in_string, mut escaped) = (false, false);
     for c in json.chars() {
         if in_string {
@@ -373,7 +420,6 @@ fn compact(json: &str) -> Box<str> {
             out.push(c);
         }
     }
-    out.into_boxed_str()
 }
 
 fn index_u32(index: usize) -> u32 {
@@ -393,19 +439,25 @@ pub(super) fn collect_uids(value: &EvalResult, out: &mut Vec<EntityUid>) {
 mod tests {
     use super::*;
 
+    fn compacted(json: &str) -> String {
+        let mut out = String::new();
+        compact(json, &mut out);
+        out
+    }
+
     #[test]
     fn compacting_drops_the_whitespace_between_tokens_and_keeps_every_token() {
         let written = "[ {\n  \"uid\" : { \"type\": \"Studio::User\", \"id\": \"a b\\\\\" },\r\n\t\"attrs\": {\n    \
                        \"note\": \"say \\\" } { \\\\\\\" \\n\",\n    \"n\": -1.50e3,\n    \"n\": 2 },\n  \
                        \"parents\": [ ] } ]";
-        let compacted = compact(written);
+        let once = compacted(written);
         assert_eq!(
-            &*compacted,
+            once,
             r#"[{"uid":{"type":"Studio::User","id":"a b\\"},"attrs":{"note":"say \" } { \\\" \n","n":-1.50e3,"n":2},"parents":[]}]"#
         );
         let read = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
-        assert_eq!(read(&compacted), read(written));
-        assert_eq!(compact(&compacted), compacted, "compact JSON stays as it is");
+        assert_eq!(read(&once), read(written));
+        assert_eq!(compacted(&once), once, "compact JSON stays as it is");
     }
 
     #[test]
