@@ -48,29 +48,31 @@ pub struct TypedContext {
     pub serial: u64,
     /// The first principal and resource types this context's shape passed the schema
     /// check with, and the snapshot (its build id) that checked it: the same question
-    /// again needs no check, not even the snapshot's lookup of checked shapes.
-    passed: Arc<OnceLock<(u64, EntityTypeName, EntityTypeName)>>,
+    /// again needs no check, not even the snapshot's lookup of checked shapes. Only a
+    /// context with a shape has it (one without is checked every time).
+    passed: Option<Arc<OnceLock<(u64, EntityTypeName, EntityTypeName)>>>,
 }
 
 impl TypedContext {
     fn new(context: Context, shape: Option<ContextShape>, serial: u64) -> Self {
-        Self { context: Arc::new(context), shape, serial, passed: Arc::default() }
+        let passed = shape.as_ref().map(|_| Arc::default());
+        Self { context: Arc::new(context), shape, serial, passed }
     }
 
     /// Whether this context's shape passed the schema check with these types in the
     /// snapshot built as `build_id` (see [`Self::remember_passed`]); `false` when it is
     /// not known here, which only costs the snapshot's own lookup.
     pub fn passed(&self, build_id: u64, principal: &EntityTypeName, resource: &EntityTypeName) -> bool {
-        self.shape.is_some()
-            && self.passed.get().is_some_and(|(id, p, r)| *id == build_id && p == principal && r == resource)
+        let passed = self.passed.as_deref().and_then(OnceLock::get);
+        passed.is_some_and(|(id, p, r)| *id == build_id && p == principal && r == resource)
     }
 
     /// Remember that this context's shape passed the schema check with these types in
     /// the snapshot built as `build_id` (kept for the first types only: a context is
     /// almost always asked about with one).
     pub fn remember_passed(&self, build_id: u64, principal: &EntityTypeName, resource: &EntityTypeName) {
-        if self.shape.is_some() {
-            let _ = self.passed.set((build_id, principal.clone(), resource.clone()));
+        if let Some(passed) = &self.passed {
+            let _ = passed.set((build_id, principal.clone(), resource.clone()));
         }
     }
 }
