@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The memory of one sidecar on the sweep's largest workload (1,000 policies, 10,000
-# entities), measured by hand: RSS when /readyz first answers, and after 4 s of the
-# forward path at 50 connections. Compare two binaries by alternating starts of fresh
-# copies of both (the page cache moves the binary's share; see bench/README.md).
+# entities), measured by hand: RSS when /readyz first answers, after 4 s of the forward
+# path at 50 connections, and after RELOADS reloads (a comment appended to a policy
+# file, each reload waited for in the log; 0: none). Compare two binaries by alternating
+# starts of fresh copies of both (the page cache moves the binary's share; see
+# bench/README.md).
 #
-#   bash bench/sweep-memory.sh [SIDECAR] [POLICIES] [ENTITIES]
+#   bash bench/sweep-memory.sh [SIDECAR] [POLICIES] [ENTITIES] [RELOADS]
 #
 # Needs a release build (`cargo build --release -p authz-sidecar -p authz-sidecar-bench
 # --bin authz-sidecar --bin loadbench`) and oha (scripts/test-tools.sh installs it).
@@ -14,6 +16,7 @@ target="${CARGO_TARGET_DIR:-target}"
 sidecar="${1:-$target/release/authz-sidecar}"
 policies="${2:-1000}"
 entities="${3:-10000}"
+reloads="${4:-0}"
 loadbench="$target/release/loadbench"
 oha="${OHA:-$HOME/.cache/authz-sidecar/tools/bin/oha}"
 work="$(mktemp -d)"
@@ -41,3 +44,14 @@ echo "ready: $(memory)"
 "$oha" --no-tui -z 4s -c 50 -H "authorization: Bearer $token" -H "x-amzn-vpce-id: vpce-0a1a000000000001a" \
   -H "x-forwarded-for: 10.1.2.3" http://127.0.0.1:18181/studio/user-1/team1 | grep -E 'Requests/sec|\[200\]' || true
 echo "after: $(memory)"
+for i in $(seq 1 "$reloads"); do
+  echo "// reload $i" >>"$work/policies/generated.cedar"
+  for _ in $(seq 1 300); do
+    [ "$(grep -c 'policy snapshot reloaded' "$work/sidecar.log")" -ge "$i" ] && break
+    sleep 0.1
+  done
+done
+if [ "$reloads" -gt 0 ]; then
+  sleep 1
+  echo "after $(grep -c 'policy snapshot reloaded' "$work/sidecar.log") reloads: $(memory)"
+fi
