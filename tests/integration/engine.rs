@@ -135,7 +135,9 @@ fn a_request_entity_set_is_found_again_from_the_requests_parts() {
                           "parents": [{"type": "Studio::Team", "id": "Team1"}], "tags": {"Team": ["Team1"]}});
         entity(json, &snapshot)
     };
-    let roots = [uid(r#"Studio::User::"token-user""#), uid(r#"Studio::UserProfile::"user-1-team1""#)];
+    let (token_user, profile) = (uid(r#"Studio::User::"token-user""#), uid(r#"Studio::UserProfile::"user-1-team1""#));
+    // borrowed, as the engine has them; kept under owned copies, found again borrowed
+    let roots = [&token_user, &profile];
     let principal = snapshot.request_principal([7; 32], || Ok::<_, String>(user("token-user"))).unwrap();
     let first = snapshot.request_entities(&[principal.as_ref()], &roots, &[]).unwrap();
     let again = snapshot.request_entities(&[principal.as_ref()], &roots, &[]).unwrap();

@@ -377,7 +377,7 @@ impl Engine {
     /// the slices it reaches (see [`PolicySnapshot::request_entities`]).
     pub fn decide(&self, snapshot: &PolicySnapshot, request: &DecisionRequest) -> Result<Decision, RequestError> {
         let started = Instant::now();
-        let roots = [request.principal.uid().clone(), request.resource.clone()];
+        let roots = [request.principal.uid(), &request.resource];
         let mut serials = [0u64; LOOKUP_SERIALS];
         let key = decision_lookup(request, &mut serials, &roots);
         if let Some(known) = key.as_ref().and_then(|key| snapshot.known_decision(key)) {
@@ -416,7 +416,7 @@ impl Engine {
         &self,
         snapshot: &PolicySnapshot,
         request: &DecisionRequest,
-        roots: &[EntityUid; 2],
+        roots: &[&EntityUid; 2],
         started: Instant,
     ) -> Result<Decision, RequestError> {
         let schema = snapshot.schema();
@@ -463,10 +463,10 @@ impl Engine {
             Asker::Uid(_) => None,
         };
         // entity uids written in a JSON context are roots too
-        let roots: std::borrow::Cow<'_, [EntityUid]> = if context_roots.is_empty() {
+        let roots: std::borrow::Cow<'_, [&EntityUid]> = if context_roots.is_empty() {
             std::borrow::Cow::Borrowed(roots)
         } else {
-            roots.iter().cloned().chain(context_roots).collect()
+            roots.iter().copied().chain(&context_roots).collect()
         };
         let checked: Vec<&CheckedEntity> = built.into_iter().chain(request.checked.iter().map(Arc::as_ref)).collect();
         let assembled = snapshot
@@ -503,7 +503,7 @@ impl Engine {
 fn decision_lookup<'a>(
     request: &'a DecisionRequest,
     serials: &'a mut [u64; LOOKUP_SERIALS],
-    roots: &'a [EntityUid; 2],
+    roots: &'a [&'a EntityUid; 2],
 ) -> Option<DecisionLookup<'a>> {
     let QuestionContext::Typed(typed) = &request.context else { return None };
     if typed.serial == 0 || !request.entities.is_empty() {

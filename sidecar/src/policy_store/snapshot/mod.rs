@@ -66,10 +66,11 @@ pub struct DecisionKey {
 
 /// A [`DecisionKey`] borrowed from the request, so that looking a decision up copies
 /// nothing (see [`ContextLookup`]): the key's fields in the key's order, slices where the
-/// key has boxed slices, so it hashes as the key does.
+/// key has boxed slices, so it hashes as the key does (a reference hashes as what it
+/// points at, so `[&EntityUid]` hashes as `[EntityUid]`).
 #[derive(Debug, Hash)]
 pub struct DecisionLookup<'a> {
-    pub entities: (&'a [u64], &'a [EntityUid]),
+    pub entities: (&'a [u64], &'a [&'a EntityUid]),
     pub action: &'a EntityUid,
     pub context: u64,
 }
@@ -78,7 +79,7 @@ impl DecisionLookup<'_> {
     /// The key to keep a decision under.
     pub fn to_key(&self) -> DecisionKey {
         DecisionKey {
-            entities: (self.entities.0.into(), self.entities.1.into()),
+            entities: (self.entities.0.into(), self.entities.1.iter().copied().cloned().collect()),
             action: self.action.clone(),
             context: self.context,
         }
@@ -88,7 +89,7 @@ impl DecisionLookup<'_> {
 impl quick_cache::Equivalent<DecisionKey> for DecisionLookup<'_> {
     fn equivalent(&self, key: &DecisionKey) -> bool {
         *self.entities.0 == *key.entities.0
-            && *self.entities.1 == *key.entities.1
+            && self.entities.1.iter().copied().eq(key.entities.1.iter())
             && *self.action == key.action
             && self.context == key.context
     }
@@ -96,11 +97,11 @@ impl quick_cache::Equivalent<DecisionKey> for DecisionLookup<'_> {
 
 /// A [`RequestEntitiesKey`] borrowed (see [`DecisionLookup`]).
 #[derive(Hash)]
-pub(super) struct RequestSetLookup<'a>(pub &'a [u64], pub &'a [EntityUid]);
+pub(super) struct RequestSetLookup<'a>(pub &'a [u64], pub &'a [&'a EntityUid]);
 
 impl quick_cache::Equivalent<RequestEntitiesKey> for RequestSetLookup<'_> {
     fn equivalent(&self, key: &RequestEntitiesKey) -> bool {
-        *self.0 == *key.0 && *self.1 == *key.1
+        *self.0 == *key.0 && self.1.iter().copied().eq(key.1.iter())
     }
 }
 

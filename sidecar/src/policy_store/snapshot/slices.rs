@@ -222,7 +222,7 @@ impl PolicySnapshot {
     pub fn request_entities(
         &self,
         checked: &[&CheckedEntity],
-        roots: &[EntityUid],
+        roots: &[&EntityUid],
         extra: &[Entity],
     ) -> Result<Arc<RequestSet>, Box<EntitiesError>> {
         if !extra.is_empty() {
@@ -233,14 +233,14 @@ impl PolicySnapshot {
         serials.iter_mut().zip(checked).for_each(|(slot, c)| *slot = c.serial);
         let found = match serials.get(..checked.len()) {
             Some(serials) => self.request_sets.get(&RequestSetLookup(serials, roots)),
-            None => self.request_sets.get(&(checked.iter().map(|c| c.serial).collect(), roots.into())),
+            None => self.request_sets.get(&(checked.iter().map(|c| c.serial).collect(), owned(roots))),
         };
         if let Some(set) = found {
             kept_counter!("authz_request_entities_total", "result" => "hit").increment(1);
             return Ok(set);
         }
         kept_counter!("authz_request_entities_total", "result" => "miss").increment(1);
-        let key: RequestEntitiesKey = (checked.iter().map(|c| c.serial).collect(), roots.into());
+        let key: RequestEntitiesKey = (checked.iter().map(|c| c.serial).collect(), owned(roots));
         let entities = self.assemble_request_entities(checked, roots, extra)?;
         let settled = (0..self.by_action.len()).map(|_| OnceLock::new()).collect();
         let set = Arc::new(RequestSet::new(entities, settled));
@@ -274,7 +274,7 @@ impl PolicySnapshot {
     fn assemble_request_entities(
         &self,
         checked: &[&CheckedEntity],
-        roots: &[EntityUid],
+        roots: &[&EntityUid],
         extra: &[Entity],
     ) -> Result<Entities, Box<EntitiesError>> {
         if !extra.is_empty() {
@@ -289,11 +289,11 @@ impl PolicySnapshot {
                 chosen.entry(uid).or_insert_with(|| Entity::clone(entity));
             }
         };
-        let checked_refs = checked.iter().flat_map(|c| c.references.iter().cloned());
-        let extra_refs = extra.iter().flat_map(references);
-        for root in roots.iter().cloned().chain(checked_refs).chain(extra_refs) {
-            if !is_action(&root) {
-                self.entity_slice(&root)?.entities.iter().for_each(&mut choose);
+        let checked_refs = checked.iter().flat_map(|c| c.references.iter());
+        let extra_refs: Vec<EntityUid> = extra.iter().flat_map(references).collect();
+        for root in roots.iter().copied().chain(checked_refs).chain(&extra_refs) {
+            if !is_action(root) {
+                self.entity_slice(root)?.entities.iter().for_each(&mut choose);
             }
         }
         self.literal_slice.entities.iter().for_each(choose);
@@ -377,6 +377,11 @@ pub(super) fn references(entity: &Entity) -> Vec<EntityUid> {
 }
 
 /// Action entities come from the schema, never from slices.
+/// Borrowed roots as a key's own.
+fn owned(roots: &[&EntityUid]) -> Box<[EntityUid]> {
+    roots.iter().copied().cloned().collect()
+}
+
 pub(super) fn is_action(uid: &EntityUid) -> bool {
     uid.type_name().basename() == "Action"
 }
