@@ -84,6 +84,17 @@ pub type Answer = Result<Option<Fetched>, DirectoryError>;
 /// A read's answer for one key: the entry it made (or the stale one kept), or why not.
 type Read = Result<Arc<Entry>, DirectoryError>;
 
+/// A key an asker has no fresh entry of, and its place in the asker's answers.
+type Wanted<'u> = (usize, &'u EntityUid);
+
+/// The entries past their TTL of the keys an asker wants, served if their read fails
+/// within the staleness bound.
+type Stale = HashMap<EntityUid, Arc<Entry>>;
+
+/// A wanted key's place in the asker's answers, the key, and where its read's answer
+/// will be sent.
+type Wait<'u> = (usize, &'u EntityUid, watch::Receiver<Option<Read>>);
+
 /// What was read for one key: the item (`None`: the table has none), when, and the
 /// entity it maps to under the last schema that asked.
 #[derive(Debug)]
@@ -180,38 +191,8 @@ impl<R: TableReader> DirectoryCache<R> {
     /// has it, `None` when it does not.
     pub async fn get(&self, uids: &[EntityUid], schema: &Schema, build: u64) -> Vec<Answer> {
         let mut answers: Vec<Option<Read>> = vec![None; uids.len()];
-        let mut stale: HashMap<EntityUid, Arc<Entry>> = HashMap::new();
-        let mut wanted: Vec<(usize, &EntityUid)> = Vec::new();
-        for ((i, uid), slot) in uids.iter().enumerate().zip(answers.iter_mut()) {
-            match self.entries.get(uid) {
-                Some(entry) if self.is_fresh(&entry) => {
-                    metrics::counter!("authz_directory_cache_total", "result" => "hit").increment(1);
-                    *slot = Some(Ok(entry));
-                }
-                kept => {
-                    metrics::counter!("authz_directory_cache_total", "result" => "miss").increment(1);
-                    if let Some(entry) = kept {
-                        stale.insert(uid.clone(), entry);
-                    }
-                    wanted.push((i, uid));
-                }
-            }
-        }
-
-        // claim the keys nobody is reading; await the others' answers
-        let mut senders: HashMap<EntityUid, watch::Sender<Option<Read>>> = HashMap::new();
-        let mut waits: Vec<(usize, &EntityUid, watch::Receiver<Option<Read>>)> = Vec::new();
-        {
-            let mut reading = self.reading.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            for (i, uid) in wanted {
-                let receiver = reading.entry(uid.clone()).or_insert_with(|| {
-                    let (sender, receiver) = watch::channel(None);
-                    senders.insert(uid.clone(), sender);
-                    receiver
-                });
-                waits.push((i, uid, receiver.clone()));
-            }
-        }
+        let (wanted, stale) = self.lookup(uids, &mut answers);
+        let (senders, waits) = self.claim(wanted, &mut answers);
         let mine: Vec<EntityUid> = senders.keys().cloned().collect();
         let _release = Release { cache: self, uids: mine.clone() };
 
@@ -253,6 +234,62 @@ impl<R: TableReader> DirectoryCache<R> {
                 self.entity(uid, &entry, schema, build)
             })
             .collect()
+    }
+
+    /// The fresh entries of `uids` into `answers`; the others are wanted (their places
+    /// in `answers`), each with its stale entry if one is kept.
+    fn lookup<'u>(&self, uids: &'u [EntityUid], answers: &mut [Option<Read>]) -> (Vec<Wanted<'u>>, Stale) {
+        let mut stale = Stale::new();
+        let mut wanted = Vec::new();
+        for ((i, uid), slot) in uids.iter().enumerate().zip(answers.iter_mut()) {
+            match self.entries.get(uid) {
+                Some(entry) if self.is_fresh(&entry) => {
+                    metrics::counter!("authz_directory_cache_total", "result" => "hit").increment(1);
+                    *slot = Some(Ok(entry));
+                }
+                kept => {
+                    metrics::counter!("authz_directory_cache_total", "result" => "miss").increment(1);
+                    if let Some(entry) = kept {
+                        stale.insert(uid.clone(), entry);
+                    }
+                    wanted.push((i, uid));
+                }
+            }
+        }
+        (wanted, stale)
+    }
+
+    /// Claim the `wanted` keys nobody is reading (a sender each, to answer with what this
+    /// asker reads) and a receiver for every wanted key, to await its answer. A key whose
+    /// read ended after [`Self::lookup`] missed it (its entry inserted, its claim released)
+    /// is answered from that entry into `answers` instead of being read a second time: a
+    /// reader inserts before it releases, and both sides hold the lock, so a key no one
+    /// is reading any more has its entry by now.
+    fn claim<'u>(
+        &self,
+        wanted: Vec<Wanted<'u>>,
+        answers: &mut [Option<Read>],
+    ) -> (HashMap<EntityUid, watch::Sender<Option<Read>>>, Vec<Wait<'u>>) {
+        let mut senders: HashMap<EntityUid, watch::Sender<Option<Read>>> = HashMap::new();
+        let mut waits = Vec::with_capacity(wanted.len());
+        let mut reading = self.reading.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (i, uid) in wanted {
+            if let Some(receiver) = reading.get(uid) {
+                waits.push((i, uid, receiver.clone()));
+                continue;
+            }
+            if let Some(entry) = self.entries.get(uid).filter(|entry| self.is_fresh(entry)) {
+                if let Some(slot) = answers.get_mut(i) {
+                    *slot = Some(Ok(entry));
+                }
+                continue;
+            }
+            let (sender, receiver) = watch::channel(None);
+            senders.insert(uid.clone(), sender);
+            reading.insert(uid.clone(), receiver.clone());
+            waits.push((i, uid, receiver));
+        }
+        (senders, waits)
     }
 
     /// The entity of `entry` under `schema`: mapped once per snapshot build, so a new
@@ -471,6 +508,40 @@ mod tests {
             assert_eq!(lob_of(&answers[0]).as_deref(), Some("lob-a"));
         }
         assert_eq!(fake.reads.load(Ordering::SeqCst), 1);
+    }
+
+    /// The race behind "a hundred first requests, one read": an asker that found no
+    /// fresh entry, then claims the key only after another asker's read of it ended
+    /// (entry inserted, claim released), takes that entry instead of reading again.
+    #[tokio::test]
+    async fn a_read_that_ends_between_an_askers_lookup_and_its_claim_is_not_read_again() {
+        let fake = Arc::new(Fake::default());
+        fake.items.lock().unwrap().insert("user-1".to_owned(), item("lob-a"));
+        let cache = DirectoryCache::new(fake.clone(), vec![users()], policy(Duration::from_secs(60), Duration::ZERO));
+        let schema = schema();
+        let asked = [user("user-1"), user("user-2")];
+
+        // this asker finds nothing fresh for either...
+        let mut answers: Vec<Option<Read>> = vec![None; asked.len()];
+        let (wanted, _stale) = cache.lookup(&asked, &mut answers);
+        assert_eq!(wanted.len(), 2);
+        // ...another asker reads user-1 and is done before this one claims...
+        assert_eq!(lob_of(&cache.get(&asked[..1], &schema, 0).await[0]).as_deref(), Some("lob-a"));
+        assert_eq!(fake.reads.load(Ordering::SeqCst), 1);
+        // ...so this one claims user-2 alone, and has user-1 from the other's read
+        let (senders, waits) = cache.claim(wanted, &mut answers);
+        assert_eq!(senders.keys().collect::<Vec<_>>(), [&asked[1]], "user-1 is not read a second time");
+        assert_eq!(waits.iter().map(|(i, _, _)| *i).collect::<Vec<_>>(), [1]);
+        assert!(matches!(&answers[0], Some(Ok(entry)) if entry.item.is_some()), "user-1 answered from the entry");
+        assert!(answers[1].is_none());
+        drop(senders);
+        cache.reading.lock().unwrap().clear();
+
+        // end to end, the asker that claimed user-2 reads it alone
+        let again = cache.get(&asked, &schema, 0).await;
+        assert_eq!(lob_of(&again[0]).as_deref(), Some("lob-a"));
+        assert_eq!(fake.reads.load(Ordering::SeqCst), 2);
+        assert_eq!(fake.keys_read.load(Ordering::SeqCst), 2, "user-1 once, user-2 once");
     }
 
     #[tokio::test]
