@@ -11,6 +11,12 @@ venv="${AUTHZ_DEPLOY_VENV:-$HOME/.cache/authz-sidecar/deploy-venv}/bin"
 
 echo "-- Dockerfile (hadolint)"
 "$venv/hadolint" deploy/Dockerfile
+# the image fixes glibc's mmap threshold, so reloads give their memory back
+# (bench/README.md, "Memory after a reload"); a base image without glibc would ignore it
+grep -qx 'ENV GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072' deploy/Dockerfile ||
+  { echo "error: deploy/Dockerfile no longer fixes glibc's mmap threshold" >&2; exit 1; }
+grep -q '^FROM gcr.io/distroless/cc-' deploy/Dockerfile ||
+  { echo "error: deploy/Dockerfile's runtime image is not distroless/cc (glibc); check GLIBC_TUNABLES" >&2; exit 1; }
 
 echo "-- CloudFormation templates (cfn-lint)"
 "$venv/cfn-lint" deploy/ecs/*.yaml deploy/iam/*.yaml deploy/lambda/*.yaml
