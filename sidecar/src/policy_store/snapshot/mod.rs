@@ -19,6 +19,7 @@ mod store;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -48,8 +49,31 @@ const BUILT_CACHE_CAPACITY: u64 = 4_096;
 type PrincipalKey = ([u8; 32], u64, Box<[String]>);
 
 /// A request entity set's cache key: the serials of the checked entities it was built
-/// with, and its roots (see [`PolicySnapshot::request_entities`]).
-pub type RequestEntitiesKey = (Box<[u64]>, Box<[EntityUid]>);
+/// with, and its roots (see [`PolicySnapshot::request_entities`]). Compared whole;
+/// hashed by its serials and its roots' ids (see [`hash_set_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestEntitiesKey {
+    pub serials: Box<[u64]>,
+    pub roots: Box<[EntityUid]>,
+}
+
+impl Hash for RequestEntitiesKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_set_key(&self.serials, self.roots.iter(), state);
+    }
+}
+
+/// What a request entity set's key hashes: its serials, and its roots' ids without their
+/// types. SipHash over the uids' type names (basename and namespace) was most of a kept
+/// set's lookup (bench/README.md, "The release profile"); keys are still compared whole,
+/// so two roots that differ only by type share a hash, never an entry.
+fn hash_set_key<'a, H: Hasher>(serials: &[u64], roots: impl ExactSizeIterator<Item = &'a EntityUid>, state: &mut H) {
+    serials.hash(state);
+    state.write_usize(roots.len());
+    for root in roots {
+        root.id().unescaped().hash(state);
+    }
+}
 
 /// A decision's cache key: every input of a Cedar decision that is not the snapshot
 /// itself. The request's entities are named by the key of their set (the serials of
@@ -57,29 +81,47 @@ pub type RequestEntitiesKey = (Box<[u64]>, Box<[EntityUid]>);
 /// context by its serial (see [`crate::authz::TypedContext::serial`]); and the action.
 /// Each serial names one immutable value, so two requests with one key are the same
 /// question over the same entities and policies, and Cedar's answer is the same.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Compared whole; hashed as the set's key, the action's id and the context's serial.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecisionKey {
     pub entities: RequestEntitiesKey,
     pub action: EntityUid,
     pub context: u64,
 }
 
+impl Hash for DecisionKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_set_key(&self.entities.serials, self.entities.roots.iter(), state);
+        self.action.id().unescaped().hash(state);
+        self.context.hash(state);
+    }
+}
+
 /// A [`DecisionKey`] borrowed from the request, so that looking a decision up copies
-/// nothing (see [`ContextLookup`]): the key's fields in the key's order, slices where the
-/// key has boxed slices, so it hashes as the key does (a reference hashes as what it
-/// points at, so `[&EntityUid]` hashes as `[EntityUid]`).
-#[derive(Debug, Hash)]
+/// nothing (see [`ContextLookup`]): the key's fields, hashed as the key hashes them.
+#[derive(Debug)]
 pub struct DecisionLookup<'a> {
     pub entities: (&'a [u64], &'a [&'a EntityUid]),
     pub action: &'a EntityUid,
     pub context: u64,
 }
 
+impl Hash for DecisionLookup<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_set_key(self.entities.0, self.entities.1.iter().copied(), state);
+        self.action.id().unescaped().hash(state);
+        self.context.hash(state);
+    }
+}
+
 impl DecisionLookup<'_> {
     /// The key to keep a decision under.
     pub fn to_key(&self) -> DecisionKey {
         DecisionKey {
-            entities: (self.entities.0.into(), self.entities.1.iter().copied().cloned().collect()),
+            entities: RequestEntitiesKey {
+                serials: self.entities.0.into(),
+                roots: self.entities.1.iter().copied().cloned().collect(),
+            },
             action: self.action.clone(),
             context: self.context,
         }
@@ -88,20 +130,25 @@ impl DecisionLookup<'_> {
 
 impl quick_cache::Equivalent<DecisionKey> for DecisionLookup<'_> {
     fn equivalent(&self, key: &DecisionKey) -> bool {
-        *self.entities.0 == *key.entities.0
-            && self.entities.1.iter().copied().eq(key.entities.1.iter())
+        *self.entities.0 == *key.entities.serials
+            && self.entities.1.iter().copied().eq(key.entities.roots.iter())
             && *self.action == key.action
             && self.context == key.context
     }
 }
 
 /// A [`RequestEntitiesKey`] borrowed (see [`DecisionLookup`]).
-#[derive(Hash)]
 pub(super) struct RequestSetLookup<'a>(pub &'a [u64], pub &'a [&'a EntityUid]);
+
+impl Hash for RequestSetLookup<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_set_key(self.0, self.1.iter().copied(), state);
+    }
+}
 
 impl quick_cache::Equivalent<RequestEntitiesKey> for RequestSetLookup<'_> {
     fn equivalent(&self, key: &RequestEntitiesKey) -> bool {
-        *self.0 == *key.0 && self.1.iter().copied().eq(key.1.iter())
+        *self.0 == *key.serials && self.1.iter().copied().eq(key.roots.iter())
     }
 }
 
@@ -570,5 +617,56 @@ impl PolicySnapshot {
         if let Ok(mut kinds) = self.context_kinds.write() {
             kinds.entry(action.clone()).or_default().insert(attr.to_owned(), kind);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+    use std::str::FromStr;
+
+    use super::*;
+
+    fn uid(text: &str) -> EntityUid {
+        EntityUid::from_str(text).unwrap()
+    }
+
+    /// A lookup borrowed from a request must land where its owned key was kept: same
+    /// hash, and equivalent. Uids that differ only by type are different keys.
+    #[test]
+    fn borrowed_lookups_hash_as_their_keys_and_types_still_tell_keys_apart() {
+        let hasher = std::collections::hash_map::RandomState::new();
+        let (user, profile) = (uid(r#"Studio::User::"u-1""#), uid(r#"Studio::UserProfile::"u-1""#));
+        let action = uid(r#"Studio::Action::"CreatePresignedDomainUrl""#);
+        let serials = [7_u64, 9];
+        let roots = [&user, &profile];
+
+        let lookup = RequestSetLookup(&serials, &roots);
+        let key = RequestEntitiesKey { serials: serials.into(), roots: owned_roots(&roots) };
+        assert_eq!(hasher.hash_one(&lookup), hasher.hash_one(&key));
+        assert!(quick_cache::Equivalent::equivalent(&lookup, &key));
+
+        let decision = DecisionLookup { entities: (&serials, &roots), action: &action, context: 3 };
+        let decision_key = decision.to_key();
+        assert_eq!(hasher.hash_one(&decision), hasher.hash_one(&decision_key));
+        assert!(quick_cache::Equivalent::equivalent(&decision, &decision_key));
+        assert_eq!(decision_key.entities, key);
+
+        // the same ids under other types: the same hash (types are not hashed), never equal
+        let (team, other) = (uid(r#"Studio::Team::"u-1""#), uid(r#"Studio::User::"u-1""#));
+        let swapped = [&team, &other];
+        assert_eq!(hasher.hash_one(RequestSetLookup(&serials, &swapped)), hasher.hash_one(&key));
+        assert!(!quick_cache::Equivalent::equivalent(&RequestSetLookup(&serials, &swapped), &key));
+        let other_action = uid(r#"DataZone::Action::"CreatePresignedDomainUrl""#);
+        let elsewhere = DecisionLookup { action: &other_action, ..decision };
+        assert!(!quick_cache::Equivalent::equivalent(&elsewhere, &decision_key));
+        // and what the hash does cover moves it
+        let fewer = [&user];
+        assert_ne!(hasher.hash_one(RequestSetLookup(&serials, &fewer)), hasher.hash_one(&key));
+        assert_ne!(hasher.hash_one(RequestSetLookup(&serials[..1], &roots)), hasher.hash_one(&key));
+    }
+
+    fn owned_roots(roots: &[&EntityUid]) -> Box<[EntityUid]> {
+        roots.iter().copied().cloned().collect()
     }
 }

@@ -233,14 +233,16 @@ impl PolicySnapshot {
         serials.iter_mut().zip(checked).for_each(|(slot, c)| *slot = c.serial);
         let found = match serials.get(..checked.len()) {
             Some(serials) => self.request_sets.get(&RequestSetLookup(serials, roots)),
-            None => self.request_sets.get(&(checked.iter().map(|c| c.serial).collect(), owned(roots))),
+            None => self
+                .request_sets
+                .get(&RequestEntitiesKey { serials: checked.iter().map(|c| c.serial).collect(), roots: owned(roots) }),
         };
         if let Some(set) = found {
             kept_counter!("authz_request_entities_total", "result" => "hit").increment(1);
             return Ok(set);
         }
         kept_counter!("authz_request_entities_total", "result" => "miss").increment(1);
-        let key: RequestEntitiesKey = (checked.iter().map(|c| c.serial).collect(), owned(roots));
+        let key = RequestEntitiesKey { serials: checked.iter().map(|c| c.serial).collect(), roots: owned(roots) };
         let entities = self.assemble_request_entities(checked, roots, extra)?;
         let settled = (0..self.by_action.len()).map(|_| OnceLock::new()).collect();
         let set = Arc::new(RequestSet::new(entities, settled));
