@@ -338,6 +338,43 @@ async fn connections_that_never_finish_a_request_are_closed_at_the_deadline() {
     assert!(metrics.contains("authz_connections_timed_out_total"), "{metrics}");
 }
 
+/// The status line the sidecar answers `parts`, written one after the other.
+async fn status_line_of(data: std::net::SocketAddr, parts: &[&[u8]]) -> String {
+    let mut stream = TcpStream::connect(data).await.unwrap();
+    for part in parts {
+        stream.write_all(part).await.unwrap();
+        // each part arrives alone
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.windows(2).any(|w| w == b"\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed without an answer to {parts:?}");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+/// A plain connection's protocol is told from its first bytes, peeked: a request whose
+/// first bytes arrive alone, however few and wherever they stop (inside HTTP/2's
+/// preface too), is answered as the same request sent whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_first_bytes_arrive_alone_is_answered_as_if_sent_whole() {
+    let sidecar = Sidecar::start(Setup::default()).await.ready().await;
+    let get = format!("GET {ALLOWED} HTTP/1.1\r\nhost: x\r\n\r\n");
+    let pri = "PRI /livez HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n".to_string();
+    for request in [get.as_bytes(), pri.as_bytes()] {
+        let whole = status_line_of(sidecar.data, &[request]).await;
+        assert!(whole.starts_with("HTTP/1.1 "), "{whole}");
+        for split in [1, 2, 3, 5, 16, 24, request.len() - 1] {
+            let (first, rest) = request.split_at(split);
+            assert_eq!(status_line_of(sidecar.data, &[first, rest]).await, whole, "split at {split}");
+        }
+    }
+}
+
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -24,6 +24,7 @@ pub mod admin;
 pub mod context;
 pub mod ext_authz;
 pub mod forwarded;
+pub mod head;
 pub mod limits;
 pub mod overload;
 pub mod path;
@@ -101,6 +102,78 @@ pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 /// every other error (see [`head_within_limits`]); only a head past hyper's backstop
 /// gets hyper's bare 431.
 const HYPER_BACKSTOP: usize = 2;
+
+/// The builders one listener serves its connections with.
+///
+/// `auto` tells HTTP/2 from HTTP/1 by reading a connection's first bytes itself and
+/// handing them back to hyper as a first read of their own (up to 24 bytes): hyper then
+/// reads the rest of the request head behind them, past its 8 KiB buffer, which grows to
+/// 16 KiB for the life of the connection. A connection whose protocol is known before
+/// hyper reads (by a peek at a plain connection's first bytes, or TLS's ALPN) is served
+/// by `http1` or `http2` directly, and its first read is the whole head.
+#[derive(Debug)]
+struct Builders {
+    auto: Builder<TokioExecutor>,
+    http1: Builder<TokioExecutor>,
+    http2: Builder<TokioExecutor>,
+}
+
+/// A connection's protocol, when known before hyper reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+impl Builders {
+    fn new(limits: &ConnLimits) -> Self {
+        let auto = builder(limits);
+        Self { http1: auto.clone().http1_only(), http2: auto.clone().http2_only(), auto }
+    }
+
+    fn of(&self, protocol: Option<Protocol>) -> &Builder<TokioExecutor> {
+        match protocol {
+            Some(Protocol::Http1) => &self.http1,
+            Some(Protocol::Http2) => &self.http2,
+            None => &self.auto,
+        }
+    }
+}
+
+/// What every HTTP/2 connection sends first (RFC 9113, section 3.4).
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The protocol of a plain connection from the first bytes it sent, peeked (they stay
+/// to be read by hyper): HTTP/1 once they differ from HTTP/2's preface, HTTP/2 once the
+/// whole preface is there. `None` when undecided (fewer bytes than the preface, all of
+/// them its start; nothing sent; an error): hyper's own detection then decides.
+fn protocol_of(first: &[u8]) -> Option<Protocol> {
+    let n = first.len().min(HTTP2_PREFACE.len());
+    match (first.get(..n), HTTP2_PREFACE.get(..n)) {
+        _ if n == 0 => None,
+        (Some(seen), Some(preface)) if seen != preface => Some(Protocol::Http1),
+        _ if n == HTTP2_PREFACE.len() => Some(Protocol::Http2),
+        _ => None,
+    }
+}
+
+/// Peek at a plain connection's first bytes (see [`protocol_of`]).
+async fn sniff(stream: &tokio::net::TcpStream) -> Option<Protocol> {
+    let mut first = [0u8; HTTP2_PREFACE.len()];
+    match stream.peek(&mut first).await {
+        Ok(n) => protocol_of(first.get(..n)?),
+        Err(_) => None,
+    }
+}
+
+/// A TLS connection's protocol from the one ALPN chose.
+fn protocol_of_alpn(alpn: Option<&[u8]>) -> Option<Protocol> {
+    match alpn {
+        Some(b"h2") => Some(Protocol::Http2),
+        Some(b"http/1.1") => Some(Protocol::Http1),
+        _ => None,
+    }
+}
 
 fn builder(limits: &ConnLimits) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
@@ -210,7 +283,7 @@ pub async fn serve<H, F>(
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
 {
     let limits = Arc::new(limits);
-    let builder = Arc::new(builder(&limits));
+    let builders = Arc::new(Builders::new(&limits));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     // `draining`: finish what is in flight, take nothing new; `closing`: drop it all.
@@ -239,13 +312,27 @@ pub async fn serve<H, F>(
         let _ = stream.set_nodelay(true);
         // the TLS configuration loaded last, for the life of this connection
         let tls = tls.as_ref().map(|tls| tls.acceptor());
-        let (handler, builder, limits) = (handler.clone(), builder.clone(), limits.clone());
+        let (handler, builders, limits) = (handler.clone(), builders.clone(), limits.clone());
         let (draining, closing) = (draining.clone(), closing.clone());
         connections.spawn(async move {
             metrics::gauge!("authz_connections_open", "listener" => listener_name).increment(1.0);
             let accepted = Instant::now();
             match tls {
-                None => serve_connection(stream, peer, &builder, &limits, handler, accepted, &draining, &closing).await,
+                None => {
+                    // the first bytes, peeked within the first request's deadline (past
+                    // it, the connection loop closes the connection and counts it)
+                    let peeked = tokio::time::timeout_at(accepted + limits.header_read_timeout, sniff(&stream));
+                    let protocol = tokio::select! {
+                        () = closing.cancelled() => None,
+                        () = draining.cancelled() => None,
+                        protocol = peeked => Some(protocol.ok().flatten()),
+                    };
+                    // (none: shut down before the client said anything)
+                    if let Some(protocol) = protocol {
+                        let builder = builders.of(protocol);
+                        serve_connection(stream, peer, builder, &limits, handler, accepted, &draining, &closing).await;
+                    }
+                }
                 // boxed: a TLS connection's state would otherwise make every plain
                 // connection's task as large
                 Some(acceptor) => Box::pin(async {
@@ -266,7 +353,8 @@ pub async fn serve<H, F>(
                         },
                     };
                     if let Some(stream) = stream {
-                        serve_connection(stream, peer, &builder, &limits, handler, accepted, &draining, &closing).await;
+                        let builder = builders.of(protocol_of_alpn(stream.get_ref().1.alpn_protocol()));
+                        serve_connection(stream, peer, builder, &limits, handler, accepted, &draining, &closing).await;
                     }
                 })
                 .await,
@@ -306,8 +394,10 @@ async fn serve_connection<IO, H, F>(
 {
     let activity = Activity::new(accepted);
     let tracked = activity.clone();
-    let service = service_fn(move |request| {
+    let service = service_fn(move |mut request| {
         let busy = tracked.begin();
+        // hyper reads on as soon as this returns: let it read into the buffer it has
+        head::detach(&mut request);
         // hyper keeps room for the service's future for the life of the connection: the
         // request's future (kilobytes) is boxed for the life of the request instead, so
         // an idle keep-alive connection holds none of it
@@ -352,5 +442,37 @@ async fn serve_connection<IO, H, F>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_http1_once_its_first_bytes_leave_the_http2_preface() {
+        for first in [&b"G"[..], b"GET / HTTP/1.1\r\n", b"POST", b"PRI * HTTP/1.1\r\n", b"PRX", b"\x16\x03\x01"] {
+            assert_eq!(protocol_of(first), Some(Protocol::Http1), "{first:?}");
+        }
+        let mut long = HTTP2_PREFACE.to_vec();
+        long.extend_from_slice(b"\x00\x00\x00\x04");
+        assert_eq!(protocol_of(HTTP2_PREFACE), Some(Protocol::Http2));
+        assert_eq!(protocol_of(&long), Some(Protocol::Http2));
+        // the preface's start, or nothing yet: hyper's own detection decides
+        for first in [&b""[..], b"P", b"PRI * HTTP/2.0\r\n", &HTTP2_PREFACE[..23]] {
+            assert_eq!(protocol_of(first), None, "{first:?}");
+        }
+        // a difference past the first byte still tells
+        let mut almost = *HTTP2_PREFACE;
+        almost[23] = b'x';
+        assert_eq!(protocol_of(&almost), Some(Protocol::Http1));
+    }
+
+    #[test]
+    fn alpn_names_the_protocol_and_anything_else_is_left_to_hyper() {
+        assert_eq!(protocol_of_alpn(Some(b"h2")), Some(Protocol::Http2));
+        assert_eq!(protocol_of_alpn(Some(b"http/1.1")), Some(Protocol::Http1));
+        assert_eq!(protocol_of_alpn(Some(b"h3")), None);
+        assert_eq!(protocol_of_alpn(None), None);
     }
 }
