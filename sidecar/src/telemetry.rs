@@ -157,8 +157,11 @@ fn report_dropped(reported: &mut usize) {
 /// How often the recorder's histogram samples are folded into their buckets when no
 /// scrape does it (see [`upkeep`]). Samples wait in blocks of 64 until then (about 2.6 a
 /// request, 8 bytes each): at 25,000 requests a second, 5 s of them were some 3 MB at
-/// the peak of a load; 1 s holds a fifth of that, for the same folding work.
-pub(crate) const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// the peak of a load; 1 s held a fifth of that, and 250 ms holds a quarter of what 1 s
+/// held (about 0.2 MB at 40,000 requests a second, 0.8 MB at 1 s: see
+/// `bench/README.md`, "A request's head out of the read buffer"), for the same folding
+/// work and four wake-ups a second.
+pub(crate) const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Keep the recorder's memory bounded whether or not anyone scrapes `/metrics`: each
 /// histogram sample is held until upkeep folds it into the histogram's buckets, and

@@ -110,11 +110,13 @@ const HYPER_BACKSTOP: usize = 2;
 /// reads the rest of the request head behind them, past its 8 KiB buffer, which grows to
 /// 16 KiB for the life of the connection. A connection whose protocol is known before
 /// hyper reads (by a peek at a plain connection's first bytes, or TLS's ALPN) is served
-/// by `http1` or `http2` directly, and its first read is the whole head.
+/// by `http1` or `http2` directly, and its first read is the whole head. An HTTP/1
+/// connection served by hyper's own HTTP/1 builder is also 880 bytes smaller than one
+/// served through `auto`'s connection, which has room for either protocol.
 #[derive(Debug)]
 struct Builders {
     auto: Builder<TokioExecutor>,
-    http1: Builder<TokioExecutor>,
+    http1: hyper::server::conn::http1::Builder,
     http2: Builder<TokioExecutor>,
 }
 
@@ -128,15 +130,15 @@ enum Protocol {
 impl Builders {
     fn new(limits: &ConnLimits) -> Self {
         let auto = builder(limits);
-        Self { http1: auto.clone().http1_only(), http2: auto.clone().http2_only(), auto }
-    }
-
-    fn of(&self, protocol: Option<Protocol>) -> &Builder<TokioExecutor> {
-        match protocol {
-            Some(Protocol::Http1) => &self.http1,
-            Some(Protocol::Http2) => &self.http2,
-            None => &self.auto,
-        }
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        let (max_buf_size, max_headers) = hyper_head_limits(limits);
+        // the same settings as `builder`'s HTTP/1 side
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(max_buf_size)
+            .max_headers(max_headers);
+        Self { http1, http2: auto.clone().http2_only(), auto }
     }
 }
 
@@ -175,15 +177,21 @@ fn protocol_of_alpn(alpn: Option<&[u8]>) -> Option<Protocol> {
     }
 }
 
+/// hyper's limits on a request head: its HTTP/1 read buffer, and its header count.
+fn hyper_head_limits(limits: &ConnLimits) -> (usize, usize) {
+    (limits.max_header_bytes.saturating_mul(HYPER_BACKSTOP), limits.max_headers.saturating_mul(HYPER_BACKSTOP))
+}
+
 fn builder(limits: &ConnLimits) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
-    let head_bytes = limits.max_header_bytes.saturating_mul(HYPER_BACKSTOP);
+    let (head_bytes, max_headers) = hyper_head_limits(limits);
+    // the same settings as `Builders::new`'s HTTP/1 builder
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(head_bytes)
-        .max_headers(limits.max_headers.saturating_mul(HYPER_BACKSTOP));
+        .max_headers(max_headers);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -329,8 +337,7 @@ pub async fn serve<H, F>(
                     };
                     // (none: shut down before the client said anything)
                     if let Some(protocol) = protocol {
-                        let builder = builders.of(protocol);
-                        serve_connection(stream, peer, builder, &limits, handler, accepted, &draining, &closing).await;
+                        serve_connection(stream, peer, &builders, protocol, &limits, handler, accepted, &draining, &closing).await;
                     }
                 }
                 // boxed: a TLS connection's state would otherwise make every plain
@@ -353,8 +360,8 @@ pub async fn serve<H, F>(
                         },
                     };
                     if let Some(stream) = stream {
-                        let builder = builders.of(protocol_of_alpn(stream.get_ref().1.alpn_protocol()));
-                        serve_connection(stream, peer, builder, &limits, handler, accepted, &draining, &closing).await;
+                        let protocol = protocol_of_alpn(stream.get_ref().1.alpn_protocol());
+                        serve_connection(stream, peer, &builders, protocol, &limits, handler, accepted, &draining, &closing).await;
                     }
                 })
                 .await,
@@ -381,7 +388,8 @@ pub async fn serve<H, F>(
 async fn serve_connection<IO, H, F>(
     io: IO,
     peer: SocketAddr,
-    builder: &Builder<TokioExecutor>,
+    builders: &Builders,
+    protocol: Option<Protocol>,
     limits: &ConnLimits,
     handler: H,
     accepted: Instant,
@@ -414,31 +422,69 @@ async fn serve_connection<IO, H, F>(
             }))
         }
     });
-    let connection = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(connection);
-    let mut shutting_down = false;
-    loop {
-        // with a request in flight there is no deadline here; look again shortly
-        let wake = activity.deadline(limits).unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            () = draining.cancelled(), if !shutting_down => {
-                connection.as_mut().graceful_shutdown();
-                shutting_down = true;
-            }
-            () = closing.cancelled() => return,
-            () = tokio::time::sleep_until(wake) => {
-                // looked at again: a request may have started while this slept
-                if activity.deadline(limits).is_some_and(|d| d <= Instant::now()) {
-                    let phase = if activity.started.load(Ordering::Relaxed) == 0 { "first_request" } else { "idle" };
-                    tracing::debug!(%peer, phase, "connection closed: deadline passed");
-                    metrics::counter!("authz_connections_timed_out_total", "listener" => limits.listener, "phase" => phase).increment(1);
+    let io = TokioIo::new(io);
+    let watch = Watch { peer, activity: &activity, limits, draining, closing };
+    match protocol {
+        Some(Protocol::Http1) => {
+            let connection = builders.http1.serve_connection(io, service);
+            watch.run(connection, |connection| connection.graceful_shutdown()).await;
+        }
+        // boxed: `auto`'s connection has room for HTTP/2, which an HTTP/1 connection's
+        // task would otherwise carry
+        Some(Protocol::Http2) => {
+            let connection = builders.http2.serve_connection(io, service);
+            Box::pin(watch.run(connection, |connection| connection.graceful_shutdown())).await;
+        }
+        None => {
+            let connection = builders.auto.serve_connection(io, service);
+            Box::pin(watch.run(connection, |connection| connection.graceful_shutdown())).await;
+        }
+    }
+}
+
+/// What drives one connection to its end under its deadlines.
+struct Watch<'a> {
+    peer: SocketAddr,
+    activity: &'a Activity,
+    limits: &'a ConnLimits,
+    draining: &'a CancellationToken,
+    closing: &'a CancellationToken,
+}
+
+impl Watch<'_> {
+    /// Drive `connection` until it ends, the listener closes, or a deadline passes;
+    /// `graceful` asks it to finish what is in flight and take nothing new.
+    async fn run<C, E>(self, connection: C, graceful: impl Fn(std::pin::Pin<&mut C>))
+    where
+        C: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let Self { peer, activity, limits, draining, closing } = self;
+        tokio::pin!(connection);
+        let mut shutting_down = false;
+        loop {
+            // with a request in flight there is no deadline here; look again shortly
+            let wake = activity.deadline(limits).unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
                     return;
+                }
+                () = draining.cancelled(), if !shutting_down => {
+                    graceful(connection.as_mut());
+                    shutting_down = true;
+                }
+                () = closing.cancelled() => return,
+                () = tokio::time::sleep_until(wake) => {
+                    // looked at again: a request may have started while this slept
+                    if activity.deadline(limits).is_some_and(|d| d <= Instant::now()) {
+                        let phase = if activity.started.load(Ordering::Relaxed) == 0 { "first_request" } else { "idle" };
+                        tracing::debug!(%peer, phase, "connection closed: deadline passed");
+                        metrics::counter!("authz_connections_timed_out_total", "listener" => limits.listener, "phase" => phase).increment(1);
+                        return;
+                    }
                 }
             }
         }
@@ -466,6 +512,41 @@ mod tests {
         let mut almost = *HTTP2_PREFACE;
         almost[23] = b'x';
         assert_eq!(protocol_of(&almost), Some(Protocol::Http1));
+    }
+
+    /// Every open connection's task holds its serving future: an HTTP/1 connection's
+    /// holds hyper's HTTP/1 connection alone, not `auto`'s room for HTTP/2 as well.
+    #[tokio::test]
+    async fn an_http1_connections_task_holds_no_room_for_http2() {
+        let limits = ConnLimits {
+            listener: "data",
+            max_connections: 1,
+            header_read_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(1),
+            max_header_bytes: 8192,
+            max_headers: 100,
+            http2_keep_alive_interval: Duration::from_secs(1),
+        };
+        let builders = Builders::new(&limits);
+        let (io, _) = tokio::io::duplex(64);
+        let (draining, closing) = (CancellationToken::new(), CancellationToken::new());
+        let handler =
+            |_request: hyper::Request<Incoming>, _inbound: Inbound| async { hyper::Response::new(Body::default()) };
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        let serving = serve_connection(
+            io,
+            peer,
+            &builders,
+            Some(Protocol::Http1),
+            &limits,
+            handler,
+            Instant::now(),
+            &draining,
+            &closing,
+        );
+        let size = std::mem::size_of_val(&serving);
+        assert!(size <= 2048, "an HTTP/1 connection's task holds {size} bytes");
     }
 
     #[test]
