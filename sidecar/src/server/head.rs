@@ -19,9 +19,11 @@ use http::{Request, Uri};
 
 /// Copy `request`'s target and header values into one allocation of their own.
 pub fn detach<B>(request: &mut Request<B>) {
-    let uri_len = uri_text_len(request.uri());
+    // the origin form's whole text is its path and query; the rare absolute form grows
+    // the block once, before anything points into it
+    let target = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     let values: usize = request.headers().values().map(|value| value.len()).sum();
-    let mut block = BytesMut::with_capacity(uri_len + values);
+    let mut block = BytesMut::with_capacity(target + values);
     write_uri(&mut block, request.uri());
     let uri_end = block.len();
     for value in request.headers().values() {
@@ -46,16 +48,6 @@ pub fn detach<B>(request: &mut Request<B>) {
         }
         at = end;
     }
-}
-
-/// The length of `uri` as written by [`write_uri`].
-fn uri_text_len(uri: &Uri) -> usize {
-    let authority = match (uri.scheme_str(), uri.authority()) {
-        (Some(scheme), Some(authority)) => scheme.len() + "://".len() + authority.as_str().len(),
-        (None, Some(authority)) => authority.as_str().len(),
-        _ => 0,
-    };
-    authority + uri.path_and_query().map_or(0, |pq| pq.as_str().len())
 }
 
 /// `uri` as it parses back to itself: `scheme://authority` when it has them (the

@@ -150,12 +150,15 @@ const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// whole preface is there. `None` when undecided (fewer bytes than the preface, all of
 /// them its start; nothing sent; an error): hyper's own detection then decides.
 fn protocol_of(first: &[u8]) -> Option<Protocol> {
-    let n = first.len().min(HTTP2_PREFACE.len());
-    match (first.get(..n), HTTP2_PREFACE.get(..n)) {
-        _ if n == 0 => None,
-        (Some(seen), Some(preface)) if seen != preface => Some(Protocol::Http1),
-        _ if n == HTTP2_PREFACE.len() => Some(Protocol::Http2),
-        _ => None,
+    let first = first.get(..HTTP2_PREFACE.len()).unwrap_or(first);
+    if first.is_empty() {
+        None
+    } else if !HTTP2_PREFACE.starts_with(first) {
+        Some(Protocol::Http1)
+    } else if first.len() == HTTP2_PREFACE.len() {
+        Some(Protocol::Http2)
+    } else {
+        None
     }
 }
 
