@@ -66,9 +66,9 @@ impl PoolIndex {
         let mut region_lists: HashSet<Arc<[Box<str>]>> = HashSet::new();
         for uid in snapshot.entities_of_type(&account_type).iter() {
             // built for this once, not kept: the index holds what lists need of each account
-            let Some(json) = snapshot.stored_json(uid) else { continue };
-            let account = match cedar_policy::Entity::from_json_str(json, Some(snapshot.schema())) {
-                Ok(account) => account,
+            let account = match snapshot.stored_entity_once(uid) {
+                Ok(Some(account)) => account,
+                Ok(None) => continue,
                 Err(error) => {
                     // checked when the snapshot was built: cannot happen, but an account
                     // that cannot be read is left out of every list (validate denies it)

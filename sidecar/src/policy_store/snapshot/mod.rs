@@ -446,11 +446,14 @@ impl PolicySnapshot {
         }
     }
 
-    /// The JSON the entity files define `uid` with (checked against the schema), for a
-    /// caller that reads many stored entities once each and keeps what it needs of
-    /// them, without filling the cache of built entities.
-    pub fn stored_json(&self, uid: &EntityUid) -> Option<&str> {
-        self.store.json(uid)
+    /// The entity the entity files define as `uid`, built and not kept: for a caller
+    /// that reads many stored entities once each and keeps what it needs of them,
+    /// without filling the cache of built entities.
+    pub fn stored_entity_once(&self, uid: &EntityUid) -> Result<Option<Entity>, Box<EntitiesError>> {
+        match self.store.json(uid) {
+            Some(json) => Entity::from_json_str(&json, Some(&self.schema)).map(Some).map_err(Box::new),
+            None => Ok(None),
+        }
     }
 
     /// The stored entity at `index` of the store, built (see [`Self::stored_entity`]).
@@ -461,7 +464,7 @@ impl PolicySnapshot {
         let Some(json) = self.store.json_at(index) else { return Ok(None) };
         // checked against this schema when the snapshot was built, so this only fails if
         // Cedar's parser does; then the request fails rather than go without the entity
-        let entity = Arc::new(Entity::from_json_str(json, Some(&self.schema)).map_err(Box::new)?);
+        let entity = Arc::new(Entity::from_json_str(&json, Some(&self.schema)).map_err(Box::new)?);
         self.built.insert(index, entity.clone());
         Ok(Some(entity))
     }
@@ -485,7 +488,7 @@ impl PolicySnapshot {
     pub fn all_entities(&self) -> Result<Entities, Box<EntitiesError>> {
         let mut all = Vec::with_capacity(self.store.len());
         for json in self.store.jsons() {
-            all.push(Entity::from_json_str(json, Some(&self.schema)).map_err(Box::new)?);
+            all.push(Entity::from_json_str(&json, Some(&self.schema)).map_err(Box::new)?);
         }
         all.extend(self.action_entities.iter().cloned());
         Entities::from_entities(all, None).map_err(Box::new)
