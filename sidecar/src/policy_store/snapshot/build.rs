@@ -155,11 +155,7 @@ fn index_by_action(policies: &PolicySet, schema: &Schema, entities: &Entities) -
             ActionConstraint::Eq(a) => a == *action,
             ActionConstraint::In(groups) => groups.iter().any(in_group),
         };
-        // ids are unique in `policies` and every template is there, so this cannot fail;
-        // an action left out decides over the whole set, which gives the same answers
-        if let Some(scoped) = ScopeIndex::new(slot, policies, policies.policies().filter(applies).cloned().collect()) {
-            index.insert(action.clone(), scoped);
-        }
+        index.insert(action.clone(), ScopeIndex::new(slot, policies.policies().filter(applies)));
     }
     index
 }

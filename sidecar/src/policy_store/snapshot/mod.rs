@@ -404,7 +404,7 @@ impl PolicySnapshot {
     /// does not declare, which request validation rejects anyway).
     pub fn policies_for(&self, action: &EntityUid) -> impl Iterator<Item = &Policy> {
         let (indexed, all) = match self.by_action.get(action) {
-            Some(index) => (Some(index.all().iter()), None),
+            Some(index) => (Some(index.all(&self.policies)), None),
             None => (None, Some(self.policies.policies())),
         };
         indexed.into_iter().flatten().chain(all.into_iter().flatten())

@@ -28,7 +28,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::cache::{Bounded, bounded};
-use cedar_policy::{Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint, ResourceConstraint};
+use cedar_policy::{
+    Entities, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, PrincipalConstraint, ResourceConstraint,
+};
 
 /// How many distinct selections an action keeps the policy set of.
 const SELECTION_CACHE_CAPACITY: u64 = 4_096;
@@ -135,6 +137,17 @@ impl SideIndex {
         out
     }
 
+    fn shrink_to_fit(&mut self) {
+        self.scopes.shrink_to_fit();
+        self.any.shrink_to_fit();
+        for map in [&mut self.eq, &mut self.within] {
+            map.values_mut().for_each(Vec::shrink_to_fit);
+            map.shrink_to_fit();
+        }
+        self.is.values_mut().for_each(Vec::shrink_to_fit);
+        self.is.shrink_to_fit();
+    }
+
     fn holds(&self, index: u32, subject: &Subject<'_>) -> bool {
         usize::try_from(index).ok().and_then(|i| self.scopes.get(i)).is_some_and(|scope| scope.holds(subject))
     }
@@ -200,17 +213,18 @@ impl Selection {
 }
 
 /// The policies of one action, indexed by principal and resource scope.
+///
+/// It holds no policy itself, only ids into the snapshot's set: a policy set costs about
+/// 1.3 KiB a policy (Cedar's maps, and a copy of each policy's text), so the selection of
+/// every policy of the action is built only when a request selects them all, and kept
+/// with the other selections.
 #[derive(Debug)]
 pub(super) struct ScopeIndex {
     /// This action's place among the snapshot's indexed actions (see
     /// [`super::RequestSet`]).
     slot: usize,
-    /// Every policy of the action, split by whether they read the context.
-    everything: Arc<Selection>,
-    /// Every policy of the action (static and linked), in the snapshot's order. Their
-    /// templates are the snapshot's; the action keeps no policy set of all of them
-    /// whole, a copy of each policy's text (0.45 MiB at 1,000 policies).
-    policies: Vec<Policy>,
+    /// Every policy of the action (static and linked), in the snapshot's order, by id.
+    policies: Vec<PolicyId>,
     /// Whether each policy names `context` (or could not be read, and is taken to).
     reads_context: Vec<bool>,
     principal: SideIndex,
@@ -220,24 +234,31 @@ pub(super) struct ScopeIndex {
 }
 
 impl ScopeIndex {
-    /// Index `policies`, which must be policies of `whole` (their templates are there).
-    pub(super) fn new(slot: usize, whole: &PolicySet, policies: Vec<Policy>) -> Option<Self> {
-        let reads_context: Vec<bool> = policies.iter().map(reads_context).collect();
-        let everything = Arc::new(Selection::of(whole, policies.iter().zip(reads_context.iter().copied()))?);
+    /// Index `policies`, policies of the snapshot's set (selections are built from it).
+    pub(super) fn new<'a>(slot: usize, policies: impl IntoIterator<Item = &'a Policy>) -> Self {
+        let mut ids = Vec::new();
+        let mut reads = Vec::new();
         let mut principal = SideIndex::default();
         let mut resource = SideIndex::default();
-        for (i, policy) in policies.iter().enumerate() {
+        for (i, policy) in policies.into_iter().enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
+            ids.push(policy.id().clone());
+            reads.push(reads_context(policy));
             principal.push(i, Scope::of_principal(policy));
             resource.push(i, Scope::of_resource(policy));
         }
+        ids.shrink_to_fit();
+        reads.shrink_to_fit();
+        principal.shrink_to_fit();
+        resource.shrink_to_fit();
         let selections = bounded(SELECTION_CACHE_CAPACITY);
-        Some(Self { slot, everything, policies, reads_context, principal, resource, selections })
+        Self { slot, policies: ids, reads_context: reads, principal, resource, selections }
     }
 
-    /// Every policy of the action, in the snapshot's order.
-    pub(super) fn all(&self) -> &[Policy] {
-        &self.policies
+    /// Every policy of the action, in the snapshot's order, taken from `whole` (the
+    /// snapshot's set).
+    pub(super) fn all<'a>(&'a self, whole: &'a PolicySet) -> impl Iterator<Item = &'a Policy> + 'a {
+        self.policies.iter().filter_map(|id| whole.policy(id))
     }
 
     pub(super) fn slot(&self) -> usize {
@@ -250,7 +271,7 @@ impl ScopeIndex {
     /// where the templates of linked ones are.
     pub(super) fn select(
         &self,
-        whole: &PolicySet,
+        whole: &Arc<PolicySet>,
         principal: &EntityUid,
         resource: &EntityUid,
         entities: &Entities,
@@ -267,24 +288,28 @@ impl ScopeIndex {
         };
         chosen.sort_unstable();
         chosen.dedup();
-        if chosen.len() == self.policies.len() {
-            return self.everything.clone();
-        }
         if let Some(set) = self.selections.get(chosen.as_slice()) {
             return set;
         }
-        let picked = chosen.iter().filter_map(|&i| {
-            let i = usize::try_from(i).ok()?;
-            Some((self.policies.get(i)?, self.reads_context.get(i).copied().unwrap_or(true)))
+        let picked = chosen.iter().map(|&i| {
+            let i = usize::try_from(i).ok();
+            let policy = i.and_then(|i| self.policies.get(i)).and_then(|id| whole.policy(id));
+            let reads = i.and_then(|i| self.reads_context.get(i)).copied().unwrap_or(true);
+            (policy, reads)
         });
-        match Selection::of(whole, picked) {
+        // every policy is in `whole`, with its template, so this cannot fail; the whole
+        // snapshot's set (every policy taken to read the context) decides alike
+        let everything = || Arc::new(Selection::everything(Arc::clone(whole)));
+        let Some(picked) = picked.map(|(policy, reads)| Some((policy?, reads))).collect::<Option<Vec<_>>>() else {
+            return everything();
+        };
+        match Selection::of(whole, picked.into_iter()) {
             Some(selection) => {
                 let selection = Arc::new(selection);
                 self.selections.insert(chosen.into_boxed_slice(), selection.clone());
                 selection
             }
-            // cannot happen (the policies came from a valid set); the whole set decides alike
-            None => self.everything.clone(),
+            None => everything(),
         }
     }
 }
@@ -323,4 +348,54 @@ fn subset<'a>(whole: &PolicySet, policies: impl IntoIterator<Item = &'a Policy>)
         set.link(template_id.clone(), policy.id().clone(), links).ok()?;
     }
     Some(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICIES: &str = r#"
+        permit (principal, action == Action::"read", resource);
+        permit (principal in Team::"a", action == Action::"read", resource) when { context.x };
+        forbid (principal == User::"b", action == Action::"read", resource is Doc);
+    "#;
+
+    fn uid(text: &str) -> EntityUid {
+        text.parse().unwrap()
+    }
+
+    fn ids(set: &PolicySet) -> std::collections::BTreeSet<String> {
+        set.policies().map(|p| p.id().to_string()).collect()
+    }
+
+    /// The index holds ids only: each selection, the one of every policy included, is
+    /// built from the snapshot's set when a request first asks for it, and kept.
+    #[test]
+    fn selections_are_built_from_the_snapshots_set_when_first_asked_for_and_kept() {
+        let whole = Arc::new(POLICIES.parse::<PolicySet>().unwrap());
+        let index = ScopeIndex::new(0, whole.policies());
+        assert_eq!(index.selections.len(), 0, "nothing is built with the index");
+        assert_eq!(index.all(&whole).count(), 3);
+        let entities = Entities::from_json_value(
+            serde_json::json!([
+                {"uid": {"type": "User", "id": "b"}, "attrs": {}, "parents": [{"type": "Team", "id": "a"}]},
+                {"uid": {"type": "Team", "id": "a"}, "attrs": {}, "parents": []},
+                {"uid": {"type": "Doc", "id": "d"}, "attrs": {}, "parents": []}
+            ]),
+            None,
+        )
+        .unwrap();
+
+        let every = index.select(&whole, &uid(r#"User::"b""#), &uid(r#"Doc::"d""#), &entities);
+        assert_eq!(ids(every.context_free()), ["policy0".to_owned(), "policy2".to_owned()].into());
+        assert_eq!(ids(every.contextual()), ["policy1".to_owned()].into());
+        assert_eq!(index.selections.len(), 1);
+        let again = index.select(&whole, &uid(r#"User::"b""#), &uid(r#"Doc::"d""#), &entities);
+        assert!(Arc::ptr_eq(&every, &again), "kept");
+
+        let outsider = index.select(&whole, &uid(r#"User::"c""#), &uid(r#"Doc::"d""#), &entities);
+        assert_eq!(ids(outsider.context_free()), ["policy0".to_owned()].into());
+        assert!(outsider.contextual().is_empty());
+        assert_eq!(index.selections.len(), 2);
+    }
 }
