@@ -93,7 +93,7 @@ pub fn query(engine: &Engine, snapshot: &PolicySnapshot, question: &Question) ->
 
     // stored candidates, a decision per class of look-alikes
     let observation = ResourceObservation::of(snapshot.policies_for(&question.action), &question.resource_type);
-    let stored = snapshot.entities_of_type(&question.resource_type);
+    let stored: Vec<EntityUid> = snapshot.entities_of_type(&question.resource_type).iter().collect();
     let mut classes: BTreeMap<View, Vec<&EntityUid>> = BTreeMap::new();
     let mut alone: Vec<&EntityUid> = Vec::new();
     // A view is read from the stored entities. Entities the request brings (the
@@ -101,7 +101,7 @@ pub fn query(engine: &Engine, snapshot: &PolicySnapshot, question: &Question) ->
     // the stored closure cannot see them: then two candidates with one stored view may
     // differ to the policies, so each is decided alone.
     let shareable = question.checked.is_empty();
-    for uid in stored.iter() {
+    for uid in &stored {
         let view = shareable
             .then(|| snapshot.stored_entity(uid).ok().flatten())
             .flatten()
@@ -249,7 +249,7 @@ pub fn derivable_profiles(
     // (owner, team) of every stored profile
     let mut listed: HashSet<(EntityUid, EntityUid)> = HashSet::new();
     for uid in snapshot.entities_of_type(profile_type).iter() {
-        let Some(profile) = snapshot.stored_entity(uid).ok().flatten() else { continue };
+        let Some(profile) = snapshot.stored_entity(&uid).ok().flatten() else { continue };
         let attr = |name: &str| match profile.attr(name).and_then(Result::ok) {
             Some(cedar_policy::EvalResult::EntityUid(uid)) => Some(uid),
             _ => None,

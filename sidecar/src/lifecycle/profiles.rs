@@ -319,10 +319,10 @@ fn listed_profile(snapshot: &PolicySnapshot, user: &EntityUid, team: &EntityUid)
     let points_at = |entity: &Entity, name: &str, uid: &EntityUid| matches!(entity.attr(name), Some(Ok(cedar_policy::EvalResult::EntityUid(found))) if &found == uid);
     snapshot.entities_of_type(&profile_type).iter().find_map(|uid| {
         // most profiles point at neither; only those that point at both are built
-        if !(snapshot.stored_points_at(uid, user) && snapshot.stored_points_at(uid, team)) {
+        if !(snapshot.stored_points_at(&uid, user) && snapshot.stored_points_at(&uid, team)) {
             return None;
         }
-        let entity = snapshot.stored_entity(uid).ok().flatten()?;
-        (points_at(&entity, "owner", user) && points_at(&entity, "team", team)).then(|| uid.clone())
+        let entity = snapshot.stored_entity(&uid).ok().flatten()?;
+        (points_at(&entity, "owner", user) && points_at(&entity, "team", team)).then_some(uid)
     })
 }

@@ -66,7 +66,7 @@ impl PoolIndex {
         let mut region_lists: HashSet<Arc<[Box<str>]>> = HashSet::new();
         for uid in snapshot.entities_of_type(&account_type).iter() {
             // built for this once, not kept: the index holds what lists need of each account
-            let account = match snapshot.stored_entity_once(uid) {
+            let account = match snapshot.stored_entity_once(&uid) {
                 Ok(Some(account)) => account,
                 Ok(None) => continue,
                 Err(error) => {
@@ -81,7 +81,7 @@ impl PoolIndex {
                 next_class += 1;
                 next_class - 1
             };
-            let class = match observation.view(&account, |target| snapshot.is_stored_ancestor(target, uid)) {
+            let class = match observation.view(&account, |target| snapshot.is_stored_ancestor(target, &uid)) {
                 Some(view) => *classes.entry(view).or_insert_with(new_class),
                 None => new_class(),
             };

@@ -351,7 +351,7 @@ impl fmt::Debug for OfType<'_> {
 }
 
 impl<'a> OfType<'a> {
-    pub fn iter(&self) -> impl Iterator<Item = &'a EntityUid> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = EntityUid> + '_ {
         self.indexes.iter().filter_map(|&index| self.store.uid(index))
     }
 

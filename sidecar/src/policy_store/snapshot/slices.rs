@@ -171,7 +171,7 @@ impl PolicySnapshot {
                     }
                     None => {
                         if let Some(uid) = self.store.uid(index).filter(|uid| !is_action(uid)) {
-                            slice.dangling.push(uid.clone());
+                            slice.dangling.push(uid);
                         }
                     }
                 }

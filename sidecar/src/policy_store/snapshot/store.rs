@@ -14,11 +14,12 @@
 //! The hierarchy is closed here, as Cedar closes it (`Entities::from_entities`), and a
 //! cycle fails the build as it does in Cedar.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 
-use cedar_policy::{Entity, EntityTypeName, EntityUid, EvalResult};
-use indexmap::IndexMap;
+use cedar_policy::{Entity, EntityId, EntityTypeName, EntityUid, EvalResult};
+use indexmap::{IndexMap, IndexSet};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -31,31 +32,59 @@ use crate::policy_store::sources::SourceFile;
 pub(super) struct EntityStore {
     /// Keyed by uid; the index of a uid here names it in [`Stored::links`]. `None`: a
     /// uid a stored entity points at that no file defines.
-    nodes: IndexMap<EntityUid, Option<Stored>>,
+    nodes: IndexMap<Key, Option<Stored>>,
     /// Every stored entity's attributes and tags as JSON, one after another (see
     /// [`Stored::body`]): one allocation instead of one an entity.
     json: String,
+    /// Every stored entity's links, one after another (see [`Stored::links`]): one
+    /// allocation instead of one an entity, none of them left among the build's
+    /// garbage.
+    links: Vec<u32>,
     /// The files entities came from, named by index in [`Stored::file`].
     files: Vec<PathBuf>,
     stored: usize,
-    /// One copy of each entity type's name, which every stored uid of the type shares:
-    /// Cedar's parse gives each uid a type name of its own (two allocations, about 80
-    /// bytes an entity).
-    types: HashSet<EntityTypeName>,
+    /// Each entity type's name, once: a key names its type by its position here (Cedar's
+    /// uid holds a type name of its own, 64 bytes and two allocations an entity).
+    types: IndexSet<EntityTypeName>,
 }
 
-/// 48 bytes an entity, besides its attributes' and tags' JSON and its links.
+/// A uid as the store keys it: its type, by position in [`EntityStore::types`], and its
+/// id. 32 bytes, against 120 for a Cedar uid.
+#[derive(Debug, PartialEq, Eq)]
+struct Key {
+    ty: u32,
+    id: EntityId,
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Lookup(self.ty, self.id.unescaped()).hash(state);
+    }
+}
+
+/// A uid looked up by its type's position and its id: hashed as its [`Key`] is.
+#[derive(Hash)]
+struct Lookup<'a>(u32, &'a str);
+
+impl indexmap::Equivalent<Key> for Lookup<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.0 == key.ty && self.1 == key.id.unescaped()
+    }
+}
+
+/// 40 bytes an entity, besides its attributes' and tags' JSON and its links.
 #[derive(Debug)]
 struct Stored {
     /// Where in the store's JSON the entity's attributes and then its tags are: their
     /// start, the attributes' length and the tags' length, each as written in its file
     /// without the whitespace between tokens (a length of 0: the file left it out).
     body: (u32, u32, u32),
-    /// Every ancestor (transitively), sorted; then every uid it points at (the
-    /// ancestors again, and every uid in the attributes and tags), sorted, without
-    /// repeats, action uids included (they are not stored here); then its parents as
-    /// written, sorted, without repeats.
-    links: Box<[u32]>,
+    /// Where in the store's links the entity's are (start and length): every ancestor
+    /// (transitively), sorted; then every uid it points at (the ancestors again, and
+    /// every uid in the attributes and tags), sorted, without repeats, action uids
+    /// included (they are not stored here); then its parents as written, sorted,
+    /// without repeats.
+    links: (u32, u32),
     /// How many of `links` are ancestors.
     ancestors: u32,
     /// How many of `links` are parents (the last ones).
@@ -66,18 +95,25 @@ struct Stored {
 }
 
 impl Stored {
-    fn ancestors(&self) -> &[u32] {
-        self.links.get(..self.ancestors as usize).unwrap_or_default()
+    /// This entity's links, out of the store's `all`.
+    fn links<'a>(&self, all: &'a [u32]) -> &'a [u32] {
+        let (start, len) = (self.links.0 as usize, self.links.1 as usize);
+        start.checked_add(len).and_then(|end| all.get(start..end)).unwrap_or_default()
     }
 
-    fn points_at(&self) -> &[u32] {
-        let end = self.links.len().saturating_sub(self.parents as usize);
-        self.links.get(self.ancestors as usize..end).unwrap_or_default()
+    fn ancestors<'a>(&self, all: &'a [u32]) -> &'a [u32] {
+        self.links(all).get(..self.ancestors as usize).unwrap_or_default()
     }
 
-    fn parents(&self) -> &[u32] {
-        let start = self.links.len().saturating_sub(self.parents as usize);
-        self.links.get(start..).unwrap_or_default()
+    fn points_at<'a>(&self, all: &'a [u32]) -> &'a [u32] {
+        let links = self.links(all);
+        let end = links.len().saturating_sub(self.parents as usize);
+        links.get(self.ancestors as usize..end).unwrap_or_default()
+    }
+
+    fn parents<'a>(&self, all: &'a [u32]) -> &'a [u32] {
+        let links = self.links(all);
+        links.get(links.len().saturating_sub(self.parents as usize)..).unwrap_or_default()
     }
 
     fn location(&self) -> Location {
@@ -147,7 +183,7 @@ impl EntityStore {
                         };
                         let stored = Stored {
                             body,
-                            links: Box::new([]),
+                            links: (0, 0),
                             ancestors: 0,
                             parents: 0,
                             file: file_index,
@@ -172,13 +208,14 @@ impl EntityStore {
         // as the snapshot is served (1.2 MiB at 10,000 entities)
         store.nodes.shrink_to_fit();
         store.json.shrink_to_fit();
+        store.links.shrink_to_fit();
         Some(store)
     }
 
     /// Add one parsed entity; `None` (and a problem) when its uid is already stored.
     fn add(&mut self, entity: Entity, stored: Stored, problems: &mut Vec<Problem>) -> Option<Parsed> {
         let uid = entity.uid();
-        if let Some(Some(first)) = self.nodes.get(&uid) {
+        if let Some((_, first)) = self.stored(&uid) {
             let first = self.defined_at(first);
             problems.push(Problem::new(
                 self.file_path(stored.file),
@@ -196,31 +233,47 @@ impl EntityStore {
         let references = uids.into_iter().map(|r| self.intern(r)).collect();
         let (_, _, parents) = entity.into_inner();
         let parents = parents.into_iter().map(|p| self.intern(p)).collect();
-        let key = self.shared(&uid);
+        let key = self.key(&uid);
         let (index, _) = self.nodes.insert_full(key, Some(stored));
         self.stored += 1;
         Some(Parsed { index: index_u32(index), parents, references })
     }
 
     fn intern(&mut self, uid: EntityUid) -> u32 {
-        if let Some(index) = self.nodes.get_index_of(&uid) {
+        if let Some(index) = self.position(&uid) {
             return index_u32(index);
         }
-        let key = self.shared(&uid);
+        let key = self.key(&uid);
         let (index, _) = self.nodes.insert_full(key, None);
         index_u32(index)
     }
 
-    /// `uid`, with the type name every stored uid of its type shares.
-    fn shared(&mut self, uid: &EntityUid) -> EntityUid {
-        let type_name = match self.types.get(uid.type_name()) {
-            Some(shared) => shared.clone(),
-            None => {
-                self.types.insert(uid.type_name().clone());
-                uid.type_name().clone()
-            }
+    /// `uid` as a key, its type added to the store's types if new.
+    fn key(&mut self, uid: &EntityUid) -> Key {
+        let ty = match self.types.get_index_of(uid.type_name()) {
+            Some(ty) => ty,
+            None => self.types.insert_full(uid.type_name().clone()).0,
         };
-        EntityUid::from_type_name_and_id(type_name, uid.id().clone())
+        Key { ty: index_u32(ty), id: uid.id().clone() }
+    }
+
+    /// Where `uid` is in the store, stored or only pointed at.
+    fn position(&self, uid: &EntityUid) -> Option<usize> {
+        let ty = self.types.get_index_of(uid.type_name())?;
+        self.nodes.get_index_of(&Lookup(index_u32(ty), uid.id().unescaped()))
+    }
+
+    /// Where `uid` is in the store, and the entity, when an entity file defines it.
+    fn stored(&self, uid: &EntityUid) -> Option<(usize, &Stored)> {
+        let index = self.position(uid)?;
+        match self.nodes.get_index(index)? {
+            (_, Some(stored)) => Some((index, stored)),
+            (_, None) => None,
+        }
+    }
+
+    fn type_of(&self, key: &Key) -> Option<&EntityTypeName> {
+        self.types.get_index(key.ty as usize)
     }
 
     /// Close the hierarchy: each stored entity's ancestors are its parents and theirs.
@@ -235,8 +288,8 @@ impl EntityStore {
         let mut ancestors: HashMap<u32, Box<[u32]>> = HashMap::with_capacity(parents.len());
         for &start in parents.keys() {
             if let Err(cycle) = close_from(start, &parents, &mut ancestors) {
-                let (file, location, uid) = match self.nodes.get_index(cycle as usize) {
-                    Some((uid, Some(stored))) => {
+                let (file, location, uid) = match (self.nodes.get_index(cycle as usize), self.uid(cycle)) {
+                    (Some((_, Some(stored))), Some(uid)) => {
                         (self.file_path(stored.file), Some(stored.location()), uid.to_string())
                     }
                     _ => (self.files.first().cloned().unwrap_or_default(), None, String::from("?")),
@@ -258,9 +311,19 @@ impl EntityStore {
             direct.sort_unstable();
             direct.dedup();
             if let Some((_, Some(stored))) = self.nodes.get_index_mut(index as usize) {
+                let start = self.links.len();
+                self.links.extend(above.iter().chain(&points_at).chain(&direct));
+                let (Ok(start), Ok(len)) = (u32::try_from(start), u32::try_from(self.links.len() - start)) else {
+                    problems.push(Problem::new(
+                        self.files.first().cloned().unwrap_or_default(),
+                        None,
+                        "the entities point at more than 4 billion uids, more than a snapshot can hold",
+                    ));
+                    return None;
+                };
+                stored.links = (start, len);
                 stored.ancestors = u32::try_from(above.len()).unwrap_or(u32::MAX);
                 stored.parents = u32::try_from(direct.len()).unwrap_or(u32::MAX);
-                stored.links = above.iter().chain(&points_at).chain(&direct).copied().collect();
             }
         }
         Some(())
@@ -272,13 +335,13 @@ impl EntityStore {
 
     /// Whether an entity file defines `uid`.
     pub(super) fn holds(&self, uid: &EntityUid) -> bool {
-        matches!(self.nodes.get(uid), Some(Some(_)))
+        self.stored(uid).is_some()
     }
 
     /// JSON for the entity an entity file defines as `uid`, which Cedar reads as the
     /// entity it read from the file (see [`Self::json_at`]).
     pub(super) fn json(&self, uid: &EntityUid) -> Option<String> {
-        self.json_at(index_u32(self.nodes.get_index_of(uid)?))
+        self.json_at(index_u32(self.stored(uid)?.0))
     }
 
     /// JSON for the stored entity at `index`: its uid, its attributes and tags as they
@@ -287,24 +350,26 @@ impl EntityStore {
     /// in the one form Cedar reads them in), and the same attributes and tags read
     /// against the same entity type's schema. Fields Cedar does not read are dropped.
     pub(super) fn json_at(&self, index: u32) -> Option<String> {
-        let (uid, Some(stored)) = self.nodes.get_index(index as usize)? else { return None };
+        let (key, Some(stored)) = self.nodes.get_index(index as usize)? else { return None };
         let (start, attrs_len, tags_len) = (stored.body.0 as usize, stored.body.1 as usize, stored.body.2 as usize);
         let attrs = self.json.get(start..start.checked_add(attrs_len)?)?;
         let tags_start = start.checked_add(attrs_len)?;
         let tags = self.json.get(tags_start..tags_start.checked_add(tags_len)?)?;
-        let mut out = Vec::with_capacity(attrs.len() + tags.len() + 64 * (1 + stored.parents().len()));
+        let parents = stored.parents(&self.links);
+        let mut out = Vec::with_capacity(attrs.len() + tags.len() + 64 * (1 + parents.len()));
         out.extend_from_slice(br#"{"uid":"#);
-        write_uid(&mut out, uid).ok()?;
+        write_uid(&mut out, self.type_of(key)?, &key.id).ok()?;
         if !attrs.is_empty() {
             out.extend_from_slice(br#","attrs":"#);
             out.extend_from_slice(attrs.as_bytes());
         }
         out.extend_from_slice(br#","parents":["#);
-        for (i, &parent) in stored.parents().iter().enumerate() {
+        for (i, &parent) in parents.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            write_uid(&mut out, self.uid(parent)?).ok()?;
+            let (parent, _) = self.nodes.get_index(parent as usize)?;
+            write_uid(&mut out, self.type_of(parent)?, &parent.id).ok()?;
         }
         out.push(b']');
         if !tags.is_empty() {
@@ -334,38 +399,46 @@ impl EntityStore {
     }
 
     pub(super) fn index_of(&self, uid: &EntityUid) -> Option<u32> {
-        self.nodes.get_index_of(uid).map(index_u32)
+        self.position(uid).map(index_u32)
     }
 
-    pub(super) fn uid(&self, index: u32) -> Option<&EntityUid> {
-        self.nodes.get_index(index as usize).map(|(uid, _)| uid)
+    /// The uid at `index`, made from its key (a few reference counts).
+    pub(super) fn uid(&self, index: u32) -> Option<EntityUid> {
+        let (key, _) = self.nodes.get_index(index as usize)?;
+        Some(EntityUid::from_type_name_and_id(self.type_of(key)?.clone(), key.id.clone()))
+    }
+
+    /// Whether the uid at `index` is an action's.
+    pub(super) fn is_action_at(&self, index: u32) -> bool {
+        self.nodes
+            .get_index(index as usize)
+            .and_then(|(key, _)| self.type_of(key))
+            .is_some_and(|ty| ty.basename() == "Action")
     }
 
     /// What the entity at `index` points at (empty for a uid no file defines).
     pub(super) fn points_at(&self, index: u32) -> &[u32] {
         match self.nodes.get_index(index as usize) {
-            Some((_, Some(stored))) => stored.points_at(),
+            Some((_, Some(stored))) => stored.points_at(&self.links),
             _ => &[],
         }
     }
 
     /// Whether the stored entity `uid` has `ancestor` among its ancestors.
     pub(super) fn has_ancestor(&self, uid: &EntityUid, ancestor: &EntityUid) -> bool {
-        let (Some((_, _, Some(stored))), Some(target)) = (self.nodes.get_full(uid), self.nodes.get_index_of(ancestor))
-        else {
+        let (Some((_, stored)), Some(target)) = (self.stored(uid), self.position(ancestor)) else {
             return false;
         };
-        stored.ancestors().binary_search(&index_u32(target)).is_ok()
+        stored.ancestors(&self.links).binary_search(&index_u32(target)).is_ok()
     }
 
     /// Whether the stored entity `uid` points at `target` (an ancestor, or a uid in an
     /// attribute or tag).
     pub(super) fn points_at_uid(&self, uid: &EntityUid, target: &EntityUid) -> bool {
-        let (Some((_, _, Some(stored))), Some(target)) = (self.nodes.get_full(uid), self.nodes.get_index_of(target))
-        else {
+        let (Some((_, stored)), Some(target)) = (self.stored(uid), self.position(target)) else {
             return false;
         };
-        stored.points_at().binary_search(&index_u32(target)).is_ok()
+        stored.points_at(&self.links).binary_search(&index_u32(target)).is_ok()
     }
 
     /// JSON for every stored entity, in file order (see [`Self::json_at`]).
@@ -376,17 +449,20 @@ impl EntityStore {
     /// The positions of the stored entities of each type, sorted by id (the uids
     /// themselves are held once, here; a copy of each cost 1.2 MiB at 10,000 entities).
     pub(super) fn by_type(&self) -> HashMap<EntityTypeName, Vec<u32>> {
-        let mut by_type: HashMap<EntityTypeName, Vec<u32>> = HashMap::new();
-        for (index, (uid, stored)) in self.nodes.iter().enumerate() {
+        let mut by_type: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (index, (key, stored)) in self.nodes.iter().enumerate() {
             if let (Some(_), Ok(index)) = (stored, u32::try_from(index)) {
-                by_type.entry(uid.type_name().clone()).or_default().push(index);
+                by_type.entry(key.ty).or_default().push(index);
             }
         }
-        let id = |index: &u32| self.uid(*index).map(|uid| uid.id().unescaped());
+        let id = |index: &u32| self.nodes.get_index(*index as usize).map(|(key, _)| key.id.unescaped());
         for indexes in by_type.values_mut() {
             indexes.sort_by(|a, b| id(a).cmp(&id(b)));
         }
         by_type
+            .into_iter()
+            .filter_map(|(ty, indexes)| Some((self.types.get_index(ty as usize)?.clone(), indexes)))
+            .collect()
     }
 
     fn defined_at(&self, stored: &Stored) -> DefinedAt {
@@ -402,14 +478,12 @@ impl EntityStore {
     /// false), but in a hand-written entity file they are nearly always a typo.
     pub(super) fn dangling_warnings(&self) -> Vec<Problem> {
         let mut warnings = Vec::new();
-        for (uid, stored) in &self.nodes {
-            let Some(stored) = stored else { continue };
+        for (index, (_, stored)) in self.nodes.iter().enumerate() {
+            let (Some(stored), Some(uid)) = (stored, self.uid(index_u32(index))) else { continue };
             let mut missing: Vec<String> = stored
-                .points_at()
+                .points_at(&self.links)
                 .iter()
-                .filter(
-                    |&&i| matches!(self.nodes.get_index(i as usize), Some((r, None)) if !super::slices::is_action(r)),
-                )
+                .filter(|&&i| matches!(self.nodes.get_index(i as usize), Some((_, None))) && !self.is_action_at(i))
                 .filter_map(|&i| Some(format!("`{}`", self.uid(i)?)))
                 .collect();
             missing.sort();
@@ -486,12 +560,12 @@ fn compact(json: &str, out: &mut String) {
     }
 }
 
-/// `uid` as Cedar's entity JSON writes a uid: `{"type":..,"id":..}`, the id unescaped.
-fn write_uid(out: &mut Vec<u8>, uid: &EntityUid) -> serde_json::Result<()> {
+/// A uid as Cedar's entity JSON writes one: `{"type":..,"id":..}`, the id unescaped.
+fn write_uid(out: &mut Vec<u8>, ty: &EntityTypeName, id: &EntityId) -> serde_json::Result<()> {
     out.extend_from_slice(br#"{"type":"#);
-    serde_json::to_writer(&mut *out, &uid.type_name().to_string())?;
+    serde_json::to_writer(&mut *out, &ty.to_string())?;
     out.extend_from_slice(br#","id":"#);
-    serde_json::to_writer(&mut *out, uid.id().unescaped())?;
+    serde_json::to_writer(&mut *out, id.unescaped())?;
     out.push(b'}');
     Ok(())
 }
@@ -590,6 +664,43 @@ mod tests {
             store.json(&user).unwrap(),
             r#"{"uid":{"type":"Ns::User","id":"user-with-a-long-id"},"attrs":{"email":"a@example.com"},"parents":[{"type":"Ns::Team","id":"team-with-a-long-id"}],"tags":{"Team":["blue"]}}"#
         );
+    }
+
+    /// The store keys a uid by its type's position and its id: a lookup by a Cedar uid
+    /// hashes as the key does, finds it, and gives the same uid back; equal ids of two
+    /// types stay two entities.
+    #[test]
+    fn a_uid_is_found_by_its_type_and_id_and_equal_ids_of_two_types_are_two_entities() {
+        use std::hash::BuildHasher;
+        let text = r#"[
+            {"uid": {"type": "Ns::Team", "id": "x"}, "attrs": {}, "parents": []},
+            {"uid": {"type": "Ns::User", "id": "x"}, "attrs": {"email": ""}, "parents": []},
+            {"uid": {"type": "Ns::User", "id": "y\"z\\"}, "attrs": {"email": "", "manager": {"type": "Ns::User", "id": "gone"}},
+             "parents": [{"type": "Ns::Team", "id": "x"}]}
+        ]"#;
+        let files = [SourceFile { path: "e.json".into(), text: text.to_owned() }];
+        let mut problems = Vec::new();
+        let store = EntityStore::build(&files, &schema(), &mut problems).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        let team: EntityUid = r#"Ns::Team::"x""#.parse().unwrap();
+        let user: EntityUid = r#"Ns::User::"x""#.parse().unwrap();
+        let quoted: EntityUid = r#"Ns::User::"y\"z\\""#.parse().unwrap();
+        let gone: EntityUid = r#"Ns::User::"gone""#.parse().unwrap();
+        let (t, u, q) =
+            (store.index_of(&team).unwrap(), store.index_of(&user).unwrap(), store.index_of(&quoted).unwrap());
+        assert_ne!(t, u);
+        for (uid, index) in [(&team, t), (&user, u), (&quoted, q)] {
+            assert_eq!(store.uid(index).as_ref(), Some(uid));
+            assert!(store.holds(uid));
+        }
+        assert!(store.index_of(&gone).is_some() && !store.holds(&gone), "pointed at, not stored");
+        assert!(!store.holds(&r#"Ns::Team::"y\"z\\""#.parse().unwrap()), "the id under another type");
+        assert!(store.has_ancestor(&quoted, &team) && !store.has_ancestor(&user, &team));
+        assert!(store.points_at_uid(&quoted, &gone));
+        let hasher = std::hash::RandomState::new();
+        for (key, _) in &store.nodes {
+            assert_eq!(hasher.hash_one(key), hasher.hash_one(Lookup(key.ty, key.id.unescaped())));
+        }
     }
 
     /// An entity as an entity file may write it, and the JSON text of the file.
