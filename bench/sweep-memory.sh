@@ -4,7 +4,8 @@
 # path at 50 connections, and after RELOADS reloads (a comment appended to a policy
 # file, each reload waited for in the log; 0: none). Compare two binaries by alternating
 # starts of fresh copies of both (the page cache moves the binary's share; see
-# bench/README.md).
+# bench/README.md). The sidecar runs with the image's GLIBC_TUNABLES, as bench/run.sh's do;
+# `GLIBC_TUNABLES= bash bench/sweep-memory.sh` measures it with glibc's defaults.
 #
 #   bash bench/sweep-memory.sh [SIDECAR] [POLICIES] [ENTITIES] [RELOADS]
 #
@@ -32,7 +33,10 @@ token="$("$loadbench" token --jwks "$work/jwks.json")"
 
 "$loadbench" upstream --listen 127.0.0.1:18190 >/dev/null 2>&1 &
 pids+=($!)
-"$sidecar" serve --config "$work/config.toml" >"$work/sidecar.log" 2>&1 &
+# glibc's malloc settings as deploy/Dockerfile's image has them, unless the environment
+# sets GLIBC_TUNABLES itself (empty: glibc's defaults)
+GLIBC_TUNABLES="${GLIBC_TUNABLES-glibc.malloc.mmap_threshold=131072}" \
+  "$sidecar" serve --config "$work/config.toml" >"$work/sidecar.log" 2>&1 &
 sidecar_pid=$!
 pids+=("$sidecar_pid")
 for _ in $(seq 1 300); do

@@ -15,6 +15,11 @@ echo "-- Dockerfile (hadolint)"
 # (bench/README.md, "Memory after a reload"); a base image without glibc would ignore it
 grep -qx 'ENV GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072' deploy/Dockerfile ||
   { echo "error: deploy/Dockerfile no longer fixes glibc's mmap threshold" >&2; exit 1; }
+# the benchmarks run the sidecar as the image does
+for bench in bench/src/bin/loadbench/scenario.rs bench/sweep-memory.sh; do
+  grep -q 'glibc.malloc.mmap_threshold=131072' "$bench" ||
+    { echo "error: $bench does not run the sidecar with the image's GLIBC_TUNABLES" >&2; exit 1; }
+done
 grep -q '^FROM gcr.io/distroless/cc-' deploy/Dockerfile ||
   { echo "error: deploy/Dockerfile's runtime image is not distroless/cc (glibc); check GLIBC_TUNABLES" >&2; exit 1; }
 

@@ -24,6 +24,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use crate::procs::{Process, free_addr};
+use crate::scenario;
 use crate::setup::{self, SidecarFiles, Signer};
 use authz_sidecar_bench::directory::{USERS_TABLE, user, user_item};
 
@@ -240,6 +241,7 @@ tags = {{ Team = "teams" }}
         .arg("--config")
         .arg(&path)
         .env("RUST_LOG", "info")
+        .env("GLIBC_TUNABLES", scenario::glibc_tunables())
         .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
         .env("AWS_SECRET_ACCESS_KEY", "bench")
         .env("AWS_EC2_METADATA_DISABLED", "true");

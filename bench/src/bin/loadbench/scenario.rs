@@ -309,6 +309,17 @@ fn workload_files(base: &SidecarFiles, dir: &Path, policies: usize, entities: us
     })
 }
 
+/// glibc's malloc settings in `deploy/Dockerfile`'s image (`scripts/deploy-check.sh`
+/// checks that the two agree).
+const IMAGE_GLIBC_TUNABLES: &str = "glibc.malloc.mmap_threshold=131072";
+
+/// The `GLIBC_TUNABLES` every sidecar here runs with: the image's, so that its memory is
+/// what the image's would be, unless the caller's environment sets the variable (to
+/// anything, empty for glibc's own defaults).
+pub fn glibc_tunables() -> String {
+    std::env::var("GLIBC_TUNABLES").unwrap_or_else(|_| IMAGE_GLIBC_TUNABLES.to_owned())
+}
+
 /// Start a sidecar and time it from spawn to `/readyz` 200.
 fn start_sidecar(
     tools: &Tools,
@@ -319,7 +330,7 @@ fn start_sidecar(
     let config = run_dir.join(format!("{name}.toml"));
     std::fs::write(&config, setup::sidecar_config(files))?;
     let mut command = command_on(&tools.sidecar, tools.server_cpu);
-    command.arg("serve").arg("--config").arg(&config).env("RUST_LOG", "info");
+    command.arg("serve").arg("--config").arg(&config).env("RUST_LOG", "info").env("GLIBC_TUNABLES", glibc_tunables());
     let mut process = Process::spawn(name, command, run_dir)?;
     let ready = process.wait_http_ok(files.admin, "/readyz", Duration::from_secs(30))?;
     Ok((process, ready))
@@ -415,5 +426,10 @@ fn versions(tools: &Tools) -> String {
             })
             .unwrap_or_default()
     };
-    format!("{}; {}", first_line(&tools.oha, "--version"), first_line(&tools.nginx, "-v"))
+    format!(
+        "{}; {}; the sidecar with `GLIBC_TUNABLES={}`",
+        first_line(&tools.oha, "--version"),
+        first_line(&tools.nginx, "-v"),
+        glibc_tunables()
+    )
 }
