@@ -150,6 +150,19 @@ pub const PROFILE_TYPE: &str = "Studio::UserProfile";
 pub const TEAM_TYPE: &str = "Studio::Team";
 pub const LOB_TYPE: &str = "Studio::Lob";
 
+/// [`TEAM_TYPE`], parsed once: Cedar's parser builds its lexer anew for every name it
+/// reads (tens of thousands of instructions), too much for a request's path.
+pub fn team_type() -> Option<EntityTypeName> {
+    static TEAM: std::sync::OnceLock<Option<EntityTypeName>> = std::sync::OnceLock::new();
+    TEAM.get_or_init(|| EntityTypeName::from_str(TEAM_TYPE).ok()).clone()
+}
+
+/// [`PROFILE_TYPE`], parsed once (see [`team_type`]).
+pub fn profile_type() -> Option<EntityTypeName> {
+    static PROFILE: std::sync::OnceLock<Option<EntityTypeName>> = std::sync::OnceLock::new();
+    PROFILE.get_or_init(|| EntityTypeName::from_str(PROFILE_TYPE).ok()).clone()
+}
+
 /// The path parameters a derived profile is made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeriveProfile {

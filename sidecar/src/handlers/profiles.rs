@@ -107,7 +107,7 @@ fn known_team(
     known: impl Fn(&EntityUid) -> Option<Arc<Entity>>,
     name: &str,
 ) -> Result<String, DeriveError> {
-    let Ok(team_type) = EntityTypeName::from_str(TEAM_TYPE) else {
+    let Some(team_type) = crate::config::team_type() else {
         return Err(DeriveError::NoTeam(name.to_owned()));
     };
     if known(&EntityUid::from_type_name_and_id(team_type.clone(), cedar_policy::EntityId::new(name))).is_some() {

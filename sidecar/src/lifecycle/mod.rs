@@ -47,7 +47,6 @@ pub mod profiles;
 pub mod revocations;
 pub mod store;
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -219,11 +218,11 @@ impl Lifecycle {
     /// `errors`; the others are synchronised all the same.
     pub async fn sync(&self, snapshot: &Arc<PolicySnapshot>, request_id: &str) -> Result<Value, LifecycleError> {
         let store = self.only_store.as_deref().ok_or(LifecycleError::NoStoreToSync)?;
-        let mut teams: Vec<String> = match cedar_policy::EntityTypeName::from_str(crate::config::TEAM_TYPE) {
-            Ok(team_type) => {
+        let mut teams: Vec<String> = match crate::config::team_type() {
+            Some(team_type) => {
                 snapshot.entities_of_type(&team_type).iter().map(|t| t.id().unescaped().to_owned()).collect()
             }
-            Err(_) => Vec::new(),
+            None => Vec::new(),
         };
         teams.extend(self.teams.iter().cloned());
         teams.sort();

@@ -16,7 +16,7 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
-use cedar_policy::{Context, Entity, EntityId, EntityTypeName, EntityUid};
+use cedar_policy::{Context, Entity, EntityId, EntityUid};
 use serde_json::{Map, Value};
 
 use super::cleanup::{CleanupError, CleanupOptions, remove_profile};
@@ -24,9 +24,7 @@ use crate::authn::Identity;
 use crate::authn::principal::principal_entity;
 use crate::authz::audit::Asked;
 use crate::authz::{DecisionRequest, Engine, RequestError, authorize};
-use crate::config::{
-    DeriveProfile, Mode, PROFILE_TYPE, PresignOptions, PrincipalConfig, Provisioning, RouteConfig, TEAM_TYPE,
-};
+use crate::config::{DeriveProfile, Mode, PresignOptions, PrincipalConfig, Provisioning, RouteConfig, TEAM_TYPE};
 use crate::directory::{Directory, Gathered, gather};
 use crate::handlers::presign::{PresignError, Presigner, Target, resolve};
 use crate::handlers::profiles::derive_profile;
@@ -239,9 +237,9 @@ impl Profiles {
     ) -> Result<Result<Named, String>, ProfileError> {
         let user_type = &self.principal.entity_type;
         let user_uid = EntityUid::from_type_name_and_id(user_type.clone(), EntityId::new(user));
-        let team_uid = EntityTypeName::from_str(TEAM_TYPE)
+        let team_uid = crate::config::team_type()
             .map(|t| EntityUid::from_type_name_and_id(t, EntityId::new(team)))
-            .map_err(|e| ProfileError::Directory(e.to_string()))?;
+            .ok_or_else(|| ProfileError::Directory(format!("`{TEAM_TYPE}` is not an entity type name")))?;
         let resource = match listed_profile(snapshot, &user_uid, &team_uid) {
             Some(uid) => uid,
             None => {
@@ -315,7 +313,7 @@ impl Profiles {
 
 /// A profile the entity files list for `user` and `team`.
 fn listed_profile(snapshot: &PolicySnapshot, user: &EntityUid, team: &EntityUid) -> Option<EntityUid> {
-    let profile_type = EntityTypeName::from_str(PROFILE_TYPE).ok()?;
+    let profile_type = crate::config::profile_type()?;
     let points_at = |entity: &Entity, name: &str, uid: &EntityUid| matches!(entity.attr(name), Some(Ok(cedar_policy::EvalResult::EntityUid(found))) if &found == uid);
     snapshot.entities_of_type(&profile_type).iter().find_map(|uid| {
         // most profiles point at neither; only those that point at both are built

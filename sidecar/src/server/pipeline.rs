@@ -27,7 +27,6 @@
 //! is refused, never allowed.
 
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -47,7 +46,7 @@ use crate::authz::audit::Asked;
 use crate::authz::{DecisionRequest, Permit, RequestError, authorize, context_from_strings, uid_text};
 use crate::body::json_response;
 use crate::body::{Body, BoxError};
-use crate::config::TEAM_TYPE;
+use crate::config::team_type;
 use crate::config::{Handler, RenderError};
 use crate::directory::{GatherError, Gathered, gather};
 use crate::handlers::presign::resolve;
@@ -334,7 +333,7 @@ where
         let mut roots = vec![principal.clone(), resource.clone()];
         if let Some((user, team)) = derive {
             roots.push(EntityUid::from_type_name_and_id(state.principal.entity_type.clone(), EntityId::new(user)));
-            if let Ok(team_type) = cedar_policy::EntityTypeName::from_str(TEAM_TYPE) {
+            if let Some(team_type) = team_type() {
                 roots.push(EntityUid::from_type_name_and_id(team_type, EntityId::new(team)));
             }
         }
@@ -362,7 +361,7 @@ where
             let serial = |uid: EntityUid| gathered.get(&uid).map_or(0, |f| f.serial);
             let user_serial =
                 serial(EntityUid::from_type_name_and_id(state.principal.entity_type.clone(), EntityId::new(user)));
-            let team_serial = cedar_policy::EntityTypeName::from_str(TEAM_TYPE)
+            let team_serial = team_type()
                 .map_or(0, |team_type| serial(EntityUid::from_type_name_and_id(team_type, EntityId::new(team))));
             let known = |uid: &EntityUid| gathered.known_or_none(&snapshot, uid);
             snapshot
