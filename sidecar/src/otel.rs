@@ -117,6 +117,9 @@ pub fn caller_trace(headers: &HeaderMap) -> Option<opentelemetry::Context> {
 }
 
 /// Make `span` continue `caller`'s trace.
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+
 pub fn continue_trace(span: &tracing::Span, caller: opentelemetry::Context) {
     let _ = span.set_parent(caller);
 }
@@ -128,8 +131,8 @@ pub fn propagate(span: &tracing::Span, headers: &mut HeaderMap) {
     if !context.span().span_context().is_valid() {
         return;
     }
-    headers.remove("traceparent");
-    headers.remove("tracestate");
+    headers.remove(TRACEPARENT);
+    headers.remove(TRACESTATE);
     TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
 }
 

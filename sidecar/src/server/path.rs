@@ -44,7 +44,8 @@ pub fn canonicalize(raw: &str) -> Result<CanonicalPath, BadPath> {
     if !raw.starts_with('/') {
         return Err(BadPath("it does not start with `/`"));
     }
-    let mut segments: Vec<String> = Vec::new();
+    // segments borrow the raw path unless percent-decoding changed them
+    let mut segments: Vec<std::borrow::Cow<'_, str>> = Vec::new();
     for raw_segment in raw.split('/') {
         let decoded =
             percent_decode_str(raw_segment).decode_utf8().map_err(|_| BadPath("it is not UTF-8 once decoded"))?;
@@ -64,17 +65,20 @@ pub fn canonicalize(raw: &str) -> Result<CanonicalPath, BadPath> {
                     return Err(BadPath("`..` climbs above the root"));
                 }
             }
-            segment => segments.push(segment.to_owned()),
+            _ => segments.push(decoded),
         }
     }
     // a trailing slash is kept: `/a/` and `/a` may be different resources upstream
     let trailing = raw.len() > 1 && raw.ends_with('/') && !segments.is_empty();
-    let mut decoded = String::from("/");
-    decoded.push_str(&segments.join("/"));
-    let mut encoded = String::from("/");
-    encoded
-        .push_str(&segments.iter().map(|s| utf8_percent_encode(s, SEGMENT).to_string()).collect::<Vec<_>>().join("/"));
-    if trailing {
+    let mut decoded = String::with_capacity(raw.len() + 1);
+    let mut encoded = String::with_capacity(raw.len() + 1);
+    for segment in &segments {
+        decoded.push('/');
+        decoded.push_str(segment);
+        encoded.push('/');
+        encoded.extend(utf8_percent_encode(segment, SEGMENT));
+    }
+    if segments.is_empty() || trailing {
         decoded.push('/');
         encoded.push('/');
     }

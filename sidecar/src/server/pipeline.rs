@@ -181,10 +181,12 @@ where
 /// The longest request id taken from a trusted proxy.
 const MAX_REQUEST_ID: usize = 128;
 
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// The `x-request-id` a trusted proxy set: one value, of the characters request ids are
 /// made of (it is written in logs and headers), or none.
 fn proxied_request_id(headers: &http::HeaderMap) -> Option<String> {
-    let mut values = headers.get_all("x-request-id").iter();
+    let mut values = headers.get_all(REQUEST_ID).iter();
     let value = values.next()?;
     if values.next().is_some() {
         return None;
@@ -199,7 +201,7 @@ fn proxied_request_id(headers: &http::HeaderMap) -> Option<String> {
 /// The phase that always runs: the request id on the response, the request counted.
 fn finish(call: &Call, mut response: Response<Body>) -> Response<Body> {
     if let Ok(value) = HeaderValue::from_str(&call.request_id) {
-        response.headers_mut().insert("x-request-id", value);
+        response.headers_mut().insert(REQUEST_ID, value);
     }
     RouteMetrics::of(call.route.as_deref().unwrap_or(NO_ROUTE))
         .request(response.status(), call.started.elapsed().as_secs_f64());
