@@ -291,7 +291,7 @@ pub(crate) async fn forward(
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::EXPECT);
     let vouch = call.vouch;
-    let source_ip = vouch.source_ip.to_string();
+    let source_ip = crate::authz::audit::ip_text(vouch.source_ip);
     for (name, value) in vouch.identity_headers().into_iter().chain([(FORWARDED_FOR, source_ip)]) {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);

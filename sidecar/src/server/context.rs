@@ -133,7 +133,7 @@ pub fn context(
     let mut pairs = Vec::with_capacity(sources.len());
     for (name, source) in sources {
         let value = match source {
-            ContextSource::SourceIp => Some(origin.source_ip.to_string()),
+            ContextSource::SourceIp => Some(crate::authz::audit::ip_text(origin.source_ip)),
             ContextSource::Vpce => origin.vpce.clone(),
             ContextSource::RequestTime => Some(humantime::format_rfc3339_seconds(now).to_string()),
             ContextSource::Method => Some(method.as_str().to_owned()),
