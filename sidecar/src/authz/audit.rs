@@ -79,9 +79,9 @@ pub struct AuditEvent {
 }
 
 /// `ip` as text, exactly as its `Display` writes it. An IPv4 address is written digit by
-/// digit: `Display` goes through the formatting machinery once per octet (about 2,300
-/// instructions), and every forwarded request writes its source IP three times (its
-/// context, the upstream's `x-forwarded-for` and its audit line).
+/// digit: `Display` goes through the formatting machinery once per octet, and every
+/// forwarded request writes its source IP three times (its context, the upstream's
+/// `x-forwarded-for` and its audit line); about 1% of a kept request's instructions.
 pub(crate) fn ip_text(ip: IpAddr) -> String {
     let IpAddr::V4(v4) = ip else { return ip.to_string() };
     let mut text = String::with_capacity(15);
