@@ -291,25 +291,23 @@ impl ScopeIndex {
         if let Some(set) = self.selections.get(chosen.as_slice()) {
             return set;
         }
-        let picked = chosen.iter().map(|&i| {
-            let i = usize::try_from(i).ok();
-            let policy = i.and_then(|i| self.policies.get(i)).and_then(|id| whole.policy(id));
-            let reads = i.and_then(|i| self.reads_context.get(i)).copied().unwrap_or(true);
-            (policy, reads)
-        });
-        // every policy is in `whole`, with its template, so this cannot fail; the whole
-        // snapshot's set (every policy taken to read the context) decides alike
-        let everything = || Arc::new(Selection::everything(Arc::clone(whole)));
-        let Some(picked) = picked.map(|(policy, reads)| Some((policy?, reads))).collect::<Option<Vec<_>>>() else {
-            return everything();
-        };
-        match Selection::of(whole, picked.into_iter()) {
+        let picked: Option<Vec<(&Policy, bool)>> = chosen
+            .iter()
+            .map(|&i| {
+                let i = usize::try_from(i).ok()?;
+                let policy = whole.policy(self.policies.get(i)?)?;
+                Some((policy, self.reads_context.get(i).copied().unwrap_or(true)))
+            })
+            .collect();
+        match picked.and_then(|picked| Selection::of(whole, picked.iter().copied())) {
             Some(selection) => {
                 let selection = Arc::new(selection);
                 self.selections.insert(chosen.into_boxed_slice(), selection.clone());
                 selection
             }
-            None => everything(),
+            // every policy is in `whole`, with its template, so this cannot happen; the
+            // whole snapshot's set (every policy taken to read the context) decides alike
+            None => Arc::new(Selection::everything(Arc::clone(whole))),
         }
     }
 }
