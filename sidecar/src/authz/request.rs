@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 
-use cedar_policy::{EntityUid, Schema};
+use cedar_policy::{EntityTypeName, EntityUid, Schema};
 
 use super::engine::RequestError;
 
@@ -11,17 +11,40 @@ use super::engine::RequestError;
 /// quotes or backslashes is written as it is, which is what that escaping gives it.
 /// Anything else goes through Cedar's own `Display`.
 pub fn uid_text(uid: &EntityUid) -> String {
-    use std::fmt::Write;
     let id = uid.id().unescaped();
     if !id.bytes().all(|b| (b' '..=b'~').contains(&b) && !matches!(b, b'"' | b'\\' | b'\'')) {
         return uid.to_string();
     }
     let mut text = String::with_capacity(id.len() + 32);
-    let _ = write!(text, "{}", uid.type_name());
+    push_type_name(&mut text, uid.type_name());
     text.push_str("::\"");
     text.push_str(id);
     text.push('"');
     text
+}
+
+/// `name` as Cedar writes it, pushed onto `text`. Cedar's `Display` writes a name's
+/// path one part at a time through the formatting machinery (some 600 instructions, up
+/// to six times a request); the names of the first few types written on a thread are
+/// kept there and copied.
+fn push_type_name(text: &mut String, name: &EntityTypeName) {
+    use std::fmt::Write;
+    /// A process decides over a handful of types; past this many, the rest are written.
+    const KEPT: usize = 16;
+    thread_local! {
+        static NAMES: std::cell::RefCell<Vec<(EntityTypeName, Box<str>)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    NAMES.with_borrow_mut(|names| {
+        if let Some((_, written)) = names.iter().find(|(kept, _)| kept == name) {
+            text.push_str(written);
+            return;
+        }
+        let start = text.len();
+        let _ = write!(text, "{name}");
+        if names.len() < KEPT {
+            names.push((name.clone(), text[start..].into()));
+        }
+    });
 }
 
 /// Parse `Type::"id"` (with any namespace, e.g. `Studio::User::"user-1"`).
@@ -73,11 +96,13 @@ mod tests {
                 any::<String>(),
                 "\\PC{0,6}\u{301}\\PC{0,3}",
             ],
-            namespaced in any::<bool>(),
+            type_names in prop::collection::vec("[A-Z][a-z0-9_]{0,5}(::[A-Z][a-z0-9_]{0,5}){0,2}", 1..40),
         ) {
-            let type_name = if namespaced { "Studio::User" } else { "User" };
-            let uid = EntityUid::from_type_name_and_id(EntityTypeName::from_str(type_name).unwrap(), EntityId::new(&id));
-            prop_assert_eq!(uid_text(&uid), uid.to_string());
+            // more types than a thread keeps the names of, each written twice
+            for type_name in type_names.iter().chain(&type_names).map(String::as_str).chain(["Studio::User", "User"]) {
+                let uid = EntityUid::from_type_name_and_id(EntityTypeName::from_str(type_name).unwrap(), EntityId::new(&id));
+                prop_assert_eq!(uid_text(&uid), uid.to_string());
+            }
         }
     }
 }
