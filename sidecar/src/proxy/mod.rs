@@ -29,6 +29,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
@@ -281,7 +282,13 @@ pub(crate) async fn forward(
     upstream: &Upstream,
     call: Outgoing<'_>,
 ) -> Result<Response<Body>, ApiError> {
-    let uri = upstream_uri(&upstream.base, &call.path_and_query).ok_or(ApiError::Internal)?;
+    let target = upstream_target(&upstream.base, &call.path_and_query).ok_or(ApiError::Internal)?;
+    // a driven connection takes the target in origin form (its pool knows the `Host`);
+    // the pooled client, the absolute URI
+    let uri = match route {
+        RouteUpstream::Driven(_) => Uri::from(target),
+        RouteUpstream::Pooled(_) => upstream_uri(&upstream.base, target).ok_or(ApiError::Internal)?,
+    };
     let mut headers = call.headers;
     strip_client_headers(&mut headers, &call.hygiene);
     headers.remove(header::HOST);
@@ -293,7 +300,8 @@ pub(crate) async fn forward(
     let vouch = call.vouch;
     let source_ip = crate::authz::audit::ip_text(vouch.source_ip);
     for (name, value) in vouch.identity_headers().into_iter().chain([(FORWARDED_FOR, source_ip)]) {
-        if let Ok(value) = HeaderValue::from_str(&value) {
+        // the string's own bytes, checked as `from_str` checks them, not copied again
+        if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
             headers.insert(name, value);
         }
     }
@@ -332,16 +340,23 @@ pub(crate) async fn forward(
     Ok(Response::from_parts(parts, body))
 }
 
-/// The upstream base (scheme, authority, optional path prefix) joined with the path.
-fn upstream_uri(base: &Uri, path_and_query: &str) -> Option<Uri> {
+/// The upstream base's path prefix joined with the path: the target the upstream
+/// receives.
+fn upstream_target(base: &Uri, path_and_query: &str) -> Option<PathAndQuery> {
     let prefix = base.path().trim_end_matches('/');
-    let joined = format!("{prefix}{path_and_query}");
-    Uri::builder()
-        .scheme(base.scheme()?.clone())
-        .authority(base.authority()?.clone())
-        .path_and_query(joined)
-        .build()
-        .ok()
+    let mut joined = String::with_capacity(prefix.len() + path_and_query.len());
+    joined.push_str(prefix);
+    joined.push_str(path_and_query);
+    PathAndQuery::from_maybe_shared(Bytes::from(joined)).ok()
+}
+
+/// The upstream base (scheme, authority) with `target`: the absolute URI.
+fn upstream_uri(base: &Uri, target: PathAndQuery) -> Option<Uri> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(base.scheme()?.clone());
+    parts.authority = Some(base.authority()?.clone());
+    parts.path_and_query = Some(target);
+    Uri::from_parts(parts).ok()
 }
 
 #[cfg(test)]
@@ -363,12 +378,14 @@ mod tests {
     #[test]
     fn upstream_uris_keep_the_base_prefix() {
         let base: Uri = "http://127.0.0.1:9000/api/".parse().unwrap();
-        assert_eq!(
-            upstream_uri(&base, "/studio/u/t?x=1").unwrap().to_string(),
-            "http://127.0.0.1:9000/api/studio/u/t?x=1"
-        );
+        let uri = |base: &Uri, path| upstream_uri(base, upstream_target(base, path).unwrap()).unwrap().to_string();
+        assert_eq!(uri(&base, "/studio/u/t?x=1"), "http://127.0.0.1:9000/api/studio/u/t?x=1");
+        assert_eq!(upstream_target(&base, "/studio/u/t?x=1").unwrap(), "/api/studio/u/t?x=1");
         let base: Uri = "https://up.example".parse().unwrap();
-        assert_eq!(upstream_uri(&base, "/a").unwrap().to_string(), "https://up.example/a");
+        assert_eq!(uri(&base, "/a"), "https://up.example/a");
+        assert_eq!(upstream_target(&base, "/a?b").unwrap(), "/a?b");
+        // what no URI may carry is refused, as the URI builder refused it
+        assert!(upstream_target(&base, "/a b").is_none());
     }
 
     #[test]

@@ -52,6 +52,8 @@ type Connection = http1::Connection<TokioIo<TcpStream>, Body>;
 /// request that forwards there.
 pub(crate) struct UpstreamPool {
     address: String,
+    /// The `Host` a request in origin form is sent with (see [`host_of`]).
+    host: Option<HeaderValue>,
     /// Oldest first: a request takes the last, a connection given back goes last.
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
@@ -80,16 +82,19 @@ impl UpstreamPool {
             return None;
         }
         let authority = uri.authority()?;
-        Some(Self::new(
+        let mut pool = Self::new(
             format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80)),
             max_idle,
             http_client::IDLE_TIMEOUT,
-        ))
+        );
+        pool.host = host_of(authority);
+        Some(pool)
     }
 
     fn new(address: String, max_idle: usize, idle_timeout: Duration) -> Self {
         Self {
             address,
+            host: None,
             idle: Mutex::new(Vec::new()),
             max_idle: max_idle.clamp(1, http_client::MAX_IDLE_PER_HOST),
             idle_timeout,
@@ -184,14 +189,22 @@ pub(crate) struct Claim {
 }
 
 impl Claim {
-    /// Send `request` (its URI absolute, as for the pooled client) and return the
-    /// response, whose body drives the connection until it ends.
+    /// Send `request` and return the response, whose body drives the connection until
+    /// it ends. Its URI is the target in origin form (sent with the upstream's `Host`
+    /// unless it has one), or absolute, as for the pooled client (sent in origin form,
+    /// with the `Host` of its authority unless it has one).
     pub(crate) async fn send(
         self,
         mut request: Request<Body>,
         connect_timeout: Duration,
     ) -> Result<Response<Body>, BoxError> {
-        to_origin_form(&mut request);
+        if request.uri().authority().is_some() {
+            to_origin_form(&mut request);
+        } else if let Some(host) = &self.pool.host
+            && !request.headers().contains_key(header::HOST)
+        {
+            request.headers_mut().insert(header::HOST, host.clone());
+        }
         // idle connections the upstream has closed are dropped here, one after another
         while let Some(idle) = self.pool.take_idle() {
             let Some(mut owned) = idle.ready().await else { continue };
@@ -227,17 +240,21 @@ fn to_origin_form(request: &mut Request<Body>) {
     let uri = request.uri().clone();
     if let Some(authority) = uri.authority()
         && !request.headers().contains_key(header::HOST)
+        && let Some(value) = host_of(authority)
     {
-        let host = match authority.port_u16() {
-            Some(port) if port != 80 => format!("{}:{port}", authority.host()),
-            _ => authority.host().to_owned(),
-        };
-        if let Ok(value) = HeaderValue::from_str(&host) {
-            request.headers_mut().insert(header::HOST, value);
-        }
+        request.headers_mut().insert(header::HOST, value);
     }
     let target = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     *request.uri_mut() = Uri::from(target);
+}
+
+/// The `Host` of a plain-HTTP `authority`: its host, and its port when it is not 80.
+fn host_of(authority: &http::uri::Authority) -> Option<HeaderValue> {
+    let host = match authority.port_u16() {
+        Some(port) if port != 80 => format!("{}:{port}", authority.host()),
+        _ => authority.host().to_owned(),
+    };
+    HeaderValue::from_str(&host).ok()
 }
 
 /// A connection and the handle that sends on it.
@@ -451,5 +468,47 @@ mod tests {
         assert!(pool("https://app.internal", 8).is_none());
         assert_eq!(pool("http://a:1", 100_000).unwrap().max_idle, http_client::MAX_IDLE_PER_HOST);
         assert_eq!(pool("http://a:1", 0).unwrap().max_idle, 1);
+        let host = |authority: &str| host_of(&authority.parse().unwrap()).unwrap();
+        assert_eq!(host("app.internal"), "app.internal");
+        assert_eq!(host("app.internal:80"), "app.internal");
+        assert_eq!(host("app.internal:8080"), "app.internal:8080");
+        assert_eq!(host("[::1]:81"), "[::1]:81");
+        assert_eq!(pool("http://app.internal:80/x", 8).unwrap().host.unwrap(), "app.internal");
+    }
+
+    /// The head of the one request a listener of the test's receives, answered 204.
+    async fn head_received(listener: TcpListener) -> String {
+        use tokio::io::AsyncWriteExt;
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap() == 1 {
+            head.push(byte[0]);
+        }
+        stream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+        String::from_utf8(head).unwrap().to_ascii_lowercase()
+    }
+
+    #[tokio::test]
+    async fn a_request_goes_out_in_origin_form_with_the_upstreams_host_whichever_form_it_came_in() {
+        let base = |address: &str| -> Uri { format!("http://{address}/").parse().unwrap() };
+        for (uri, own_host) in [("/x?y=1", None), ("http://{}/x?y=1", None), ("/x?y=1", Some("app.example"))] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap().to_string();
+            let received = tokio::spawn(head_received(listener));
+            let pool = Arc::new(UpstreamPool::for_uri(&base(&address), 4).unwrap());
+            let mut request = Request::new(crate::body::full(Bytes::new()));
+            *request.uri_mut() = uri.replace("{}", &address).parse().unwrap();
+            if let Some(host) = own_host {
+                request.headers_mut().insert(header::HOST, HeaderValue::from_static(host));
+            }
+            let response = pool.claim().send(request, Duration::from_secs(2)).await.unwrap();
+            assert_eq!(response.status(), 204);
+            let head = received.await.unwrap();
+            assert!(head.starts_with("get /x?y=1 http/1.1\r\n"), "{uri}: {head}");
+            let host = own_host.map_or_else(|| address.clone(), str::to_owned);
+            assert_eq!(head.matches("\r\nhost: ").count(), 1, "{uri}: {head}");
+            assert!(head.contains(&format!("\r\nhost: {host}\r\n")), "{uri}: {head}");
+        }
     }
 }
