@@ -564,20 +564,20 @@ async fn account_pool(
     };
     let pool = &state.account_pool;
     let answer = match operation {
-        Operation::Validate(_) => pool.apply_over(&snapshot, &operation, request_id, entities),
+        Operation::Validate(_) => pool.answer_over(&snapshot, &operation, request_id, entities),
         Operation::List(_) => {
             let (pool, id) = (pool.clone(), request_id.to_owned());
             let (span, trace) = (tracing::Span::current(), crate::otel::audit_trace());
             tokio::task::spawn_blocking(move || {
                 let _entered = span.enter();
-                crate::otel::with_audit_trace_sync(trace, || pool.apply_over(&snapshot, &operation, &id, entities))
+                crate::otel::with_audit_trace_sync(trace, || pool.answer_over(&snapshot, &operation, &id, entities))
             })
             .await
             .map_err(|_| ApiError::Internal)?
         }
     }
     .map_err(refused)?;
-    Ok(json_response(http::StatusCode::OK, answer.to_string()))
+    Ok(json_response(http::StatusCode::OK, answer.to_json()))
 }
 
 #[cfg(test)]
