@@ -712,4 +712,23 @@ mod tests {
             b"{\"operationRequest\": {\"validateAccountAuthorizationRequest\": {}}, \"unread\": \"\xff\"}";
         assert!(matches!(parse(invalid_utf8), Err(EventError::NotJson(_))));
     }
+
+    #[test]
+    fn nesting_past_the_parsers_depth_limit_is_refused_wherever_it_is() {
+        // in a field nobody reads, in a field read as a string, and as the request: the
+        // parser's depth limit holds for what is skipped too (no deep recursion)
+        let deep = format!("{}1{}", "[".repeat(20_000), "]".repeat(20_000));
+        for body in [
+            format!(r#"{{"operationRequest": {{"validateAccountAuthorizationRequest": {{}}}}, "unread": {deep}}}"#),
+            format!(r#"{{"operationRequest": {{"validateAccountAuthorizationRequest": {{"regionName": {deep}}}}}}}"#),
+            format!(r#"{{"operationRequest": {{"listAuthorizedAccountsRequest": {deep}}}}}"#),
+        ] {
+            assert!(matches!(parse(body.as_bytes()), Err(EventError::NotJson(_))), "{}", &body[..80]);
+        }
+        // within the limit, a deep value nobody reads is skipped
+        let nested = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        let body =
+            format!(r#"{{"operationRequest": {{"validateAccountAuthorizationRequest": {{}}}}, "unread": {nested}}}"#);
+        assert!(matches!(parse(body.as_bytes()), Ok(Operation::Validate(_))));
+    }
 }
