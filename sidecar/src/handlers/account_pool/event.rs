@@ -107,8 +107,7 @@ trait Kind<'de>: Sized {
         None
     }
 
-    /// An integer; `None` when it is out of `i64`'s range.
-    fn integer(_: Option<i64>) -> Option<Self> {
+    fn integer(_: i64) -> Option<Self> {
         None
     }
 
@@ -126,8 +125,8 @@ impl Kind<'_> for String {
 }
 
 impl Kind<'_> for i64 {
-    fn integer(value: Option<i64>) -> Option<Self> {
-        value
+    fn integer(value: i64) -> Option<Self> {
+        Some(value)
     }
 }
 
@@ -165,11 +164,12 @@ impl<'de, T: Kind<'de>> Visitor<'de> for ReadVisitor<T> {
     }
 
     fn visit_i64<E: de::Error>(self, value: i64) -> Result<Read<T>, E> {
-        Ok(Self::or_wrong(T::integer(Some(value)), "a number"))
+        Ok(Self::or_wrong(T::integer(value), "a number"))
     }
 
     fn visit_u64<E: de::Error>(self, value: u64) -> Result<Read<T>, E> {
-        Ok(Self::or_wrong(i64::try_from(value).ok().and_then(|v| T::integer(Some(v))), "a number"))
+        // past `i64` is not an integer the interface takes
+        Ok(Self::or_wrong(i64::try_from(value).ok().and_then(T::integer), "a number"))
     }
 
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<Read<T>, E> {
@@ -275,25 +275,36 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
-/// An object of the event with the fields the interface names (each `None` until seen),
-/// the first of them found twice, and every other field skipped.
+/// A field the interface names: where it is in the event (for errors), and what was
+/// read there (`None` until seen).
+#[derive(Debug)]
+struct Field<T> {
+    path: &'static str,
+    read: Option<Read<T>>,
+}
+
+/// An object of the event with the fields the interface names, the first of them found
+/// twice, and every other field skipped.
 macro_rules! object {
     ($name:ident at $prefix:literal { $($field:ident: $kind:ty = $key:literal),* $(,)? }) => {
-        #[derive(Debug, Default)]
+        #[derive(Debug)]
         struct $name {
-            $($field: Option<Read<$kind>>,)*
+            $($field: Field<$kind>,)*
             duplicate: Option<&'static str>,
         }
 
         impl<'de> Kind<'de> for $name {
             fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
-                let mut this = Self::default();
+                let mut this = Self {
+                    $($field: Field { path: concat!($prefix, $key), read: None },)*
+                    duplicate: None,
+                };
                 while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                     match &*key {
                         $($key => {
                             let read = map.next_value::<Read<$kind>>()?;
-                            if this.$field.replace(read).is_some() && this.duplicate.is_none() {
-                                this.duplicate = Some(concat!($prefix, $key));
+                            if this.$field.read.replace(read).is_some() && this.duplicate.is_none() {
+                                this.duplicate = Some(this.$field.path);
                             }
                         })*
                         _ => {
@@ -334,12 +345,12 @@ object!(ValidateFields at "operationRequest.validateAccountAuthorizationRequest.
 });
 
 /// A field read: its value, or none when absent or `null`; another type is an error
-/// naming `field` (`expected` is what the interface gives it).
-fn take<T>(read: Option<Read<T>>, field: &'static str, expected: &'static str) -> Result<Option<T>, EventError> {
-    match read {
+/// naming the field (`expected` is what the interface gives it).
+fn take<T>(field: Field<T>, expected: &'static str) -> Result<Option<T>, EventError> {
+    match field.read {
         None | Some(Read::Absent) => Ok(None),
         Some(Read::Value(value)) => Ok(Some(value)),
-        Some(Read::Wrong(found)) => Err(EventError::WrongType { field, expected, found }),
+        Some(Read::Wrong(found)) => Err(EventError::WrongType { field: field.path, expected, found }),
     }
 }
 
@@ -356,95 +367,40 @@ fn whole<T>(read: Option<T>, duplicate: impl Fn(&T) -> Option<&'static str>) -> 
 pub fn parse(body: &[u8]) -> Result<Operation, EventError> {
     const OBJECT: &str = "an object";
     const STRING: &str = "a string";
-    const LIST: &str = "operationRequest.listAuthorizedAccountsRequest";
-    const VALIDATE: &str = "operationRequest.validateAccountAuthorizationRequest";
     if body.len() > MAX_EVENT_BYTES {
         return Err(EventError::TooLarge { limit: MAX_EVENT_BYTES });
     }
     let event: Read<Event> = serde_json::from_slice(body).map_err(|e| EventError::NotJson(e.to_string()))?;
     let event = match event {
-        Read::Value(event) => whole(Some(event), |e| e.duplicate)?,
-        Read::Absent => None,
+        Read::Value(event) => event,
+        Read::Absent => return Err(EventError::WrongType { field: "(the event)", expected: OBJECT, found: "null" }),
         Read::Wrong(found) => return Err(EventError::WrongType { field: "(the event)", expected: OBJECT, found }),
     };
-    let Some(event) = event else {
-        return Err(EventError::WrongType { field: "(the event)", expected: OBJECT, found: "null" });
-    };
-    let request = take(event.operation_request, "operationRequest", OBJECT)?;
-    let request = whole(request, |r| r.duplicate)?.ok_or(EventError::NoOperation)?;
-    let list = whole(take(request.list, LIST, OBJECT)?, |l| l.duplicate)?;
-    let validate = whole(take(request.validate, VALIDATE, OBJECT)?, |v| v.duplicate)?;
+    if let Some(field) = event.duplicate {
+        return Err(EventError::DuplicateField { field });
+    }
+    let request = whole(take(event.operation_request, OBJECT)?, |r| r.duplicate)?.ok_or(EventError::NoOperation)?;
+    let list = whole(take(request.list, OBJECT)?, |l| l.duplicate)?;
+    let validate = whole(take(request.validate, OBJECT)?, |v| v.duplicate)?;
     match (list, validate) {
         (Some(_), Some(_)) => Err(EventError::BothOperations),
         (None, None) => Err(EventError::NoOperation),
         (Some(list), None) => Ok(Operation::List(ListRequest {
-            domain_identifier: take(
-                list.domain_identifier,
-                concat!("operationRequest.listAuthorizedAccountsRequest", ".domainIdentifier"),
-                STRING,
-            )?,
-            domain_unit_identifier: take(
-                list.domain_unit_identifier,
-                concat!("operationRequest.listAuthorizedAccountsRequest", ".domainUnitIdentifier"),
-                STRING,
-            )?,
-            domain_region: take(
-                list.domain_region,
-                concat!("operationRequest.listAuthorizedAccountsRequest", ".domainRegion"),
-                STRING,
-            )?,
-            domain_partition: take(
-                list.domain_partition,
-                concat!("operationRequest.listAuthorizedAccountsRequest", ".domainPartition"),
-                STRING,
-            )?,
-            user_identifier: take(
-                list.user_identifier,
-                concat!("operationRequest.listAuthorizedAccountsRequest", ".userIdentifier"),
-                STRING,
-            )?,
-            max_results: take(
-                list.max_results,
-                concat!("operationRequest.listAuthorizedAccountsRequest", ".maxResults"),
-                "an integer",
-            )?,
-            next_token: take(
-                list.next_token,
-                concat!("operationRequest.listAuthorizedAccountsRequest", ".nextToken"),
-                STRING,
-            )?,
+            domain_identifier: take(list.domain_identifier, STRING)?,
+            domain_unit_identifier: take(list.domain_unit_identifier, STRING)?,
+            domain_region: take(list.domain_region, STRING)?,
+            domain_partition: take(list.domain_partition, STRING)?,
+            user_identifier: take(list.user_identifier, STRING)?,
+            max_results: take(list.max_results, "an integer")?,
+            next_token: take(list.next_token, STRING)?,
         })),
         (None, Some(validate)) => Ok(Operation::Validate(ValidateRequest {
-            domain_identifier: take(
-                validate.domain_identifier,
-                concat!("operationRequest.validateAccountAuthorizationRequest", ".domainIdentifier"),
-                STRING,
-            )?,
-            domain_unit_identifier: take(
-                validate.domain_unit_identifier,
-                concat!("operationRequest.validateAccountAuthorizationRequest", ".domainUnitIdentifier"),
-                STRING,
-            )?,
-            domain_region: take(
-                validate.domain_region,
-                concat!("operationRequest.validateAccountAuthorizationRequest", ".domainRegion"),
-                STRING,
-            )?,
-            aws_account_id: take(
-                validate.aws_account_id,
-                concat!("operationRequest.validateAccountAuthorizationRequest", ".awsAccountId"),
-                STRING,
-            )?,
-            region_name: take(
-                validate.region_name,
-                concat!("operationRequest.validateAccountAuthorizationRequest", ".regionName"),
-                STRING,
-            )?,
-            user_identifier: take(
-                validate.user_identifier,
-                concat!("operationRequest.validateAccountAuthorizationRequest", ".userIdentifier"),
-                STRING,
-            )?,
+            domain_identifier: take(validate.domain_identifier, STRING)?,
+            domain_unit_identifier: take(validate.domain_unit_identifier, STRING)?,
+            domain_region: take(validate.domain_region, STRING)?,
+            aws_account_id: take(validate.aws_account_id, STRING)?,
+            region_name: take(validate.region_name, STRING)?,
+            user_identifier: take(validate.user_identifier, STRING)?,
         })),
     }
 }
