@@ -79,6 +79,11 @@ pub struct RunArgs {
     /// Connections for the saturation runs.
     #[arg(long, default_value_t = 50)]
     connections: u32,
+    /// Saturation rounds: every target of the main table is saturated once a round, the
+    /// targets in turn, so that each round's figures share the machine's state; the
+    /// table gives the median round, and "× nginx" the median of the rounds' own ratios.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=15))]
+    rounds: u32,
     /// Fixed request rates for the latency runs.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
     rates: Vec<u32>,

@@ -31,13 +31,90 @@ pub struct OverloadRow {
     pub cpu_us: Option<f64>,
 }
 
+/// One saturation of one target.
+#[derive(Debug, Clone, Copy)]
+pub struct Round {
+    pub measured: Measured,
+    /// `--pin`: CPU time of the servers' core per request, in µs.
+    pub cpu_us: Option<f64>,
+}
+
 #[derive(Debug)]
 pub struct MainRow {
     pub name: String,
+    /// The median round (the lower of the two middle ones when the rounds are even).
     pub saturated: Measured,
+    /// Requests a second of every round, in the order run.
+    pub rounds: Vec<f64>,
     pub at_rates: Vec<Measured>,
-    /// `--pin`: CPU time of the servers' core per request at saturation, in µs.
+    /// `--pin`: the median of the rounds' CPU time per request, in µs.
     pub cpu_us: Option<f64>,
+    /// Whether its rounds ran in turn with the other rows' (see [`MainRow::over`]).
+    pub interleaved: bool,
+}
+
+impl MainRow {
+    /// The row of `name` saturated in `rounds` (at least one).
+    pub fn new(name: &str, rounds: &[Round], at_rates: Vec<Measured>) -> Option<Self> {
+        let mut by_rps = rounds.to_vec();
+        by_rps.sort_by(|a, b| a.measured.rps.total_cmp(&b.measured.rps));
+        let middle = by_rps.get(by_rps.len().checked_sub(1)? / 2)?;
+        let cpu: Vec<f64> = rounds.iter().filter_map(|r| r.cpu_us).collect();
+        Some(Self {
+            name: name.to_owned(),
+            saturated: middle.measured,
+            rounds: rounds.iter().map(|r| r.measured.rps).collect(),
+            at_rates,
+            cpu_us: median(&cpu),
+            interleaved: true,
+        })
+    }
+
+    /// This row's throughput over `base`'s: the median of the rounds' own ratios when
+    /// both ran the same rounds in turn (round `i` of each shares the machine's state of
+    /// that moment), else the ratio of the medians.
+    pub fn over(&self, base: &MainRow) -> Option<Ratio> {
+        let paired = self.interleaved && base.interleaved && self.rounds.len() == base.rounds.len();
+        let ratios: Vec<f64> = if paired {
+            self.rounds.iter().zip(&base.rounds).filter(|(_, b)| **b > 0.0).map(|(a, b)| a / b).collect()
+        } else {
+            vec![median(&self.rounds)? / median(&base.rounds)?]
+        };
+        Some(Ratio {
+            median: median(&ratios)?,
+            low: ratios.iter().copied().reduce(f64::min)?,
+            high: ratios.iter().copied().reduce(f64::max)?,
+        })
+    }
+}
+
+/// A throughput ratio over rounds: their median and range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ratio {
+    pub median: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+impl std::fmt::Display for Ratio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.2}", self.median)?;
+        if self.high > self.low {
+            write!(f, " ({:.2}–{:.2})", self.low, self.high)?;
+        }
+        Ok(())
+    }
+}
+
+/// The median of `values` (the mean of the two middle ones when they are even).
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let upper = *sorted.get(sorted.len() / 2)?;
+    if sorted.len() % 2 == 1 {
+        return Some(upper);
+    }
+    Some((sorted.get(sorted.len() / 2 - 1)? + upper) / 2.0)
 }
 
 #[derive(Debug)]
@@ -65,6 +142,7 @@ pub struct Report {
     sweep_duration: Duration,
     connections: u32,
     rates: Vec<u32>,
+    rounds: u32,
     pub main: Vec<MainRow>,
     pub sidecar_ready: Option<Duration>,
     pub sidecar_rss_kib: Option<(u64, u64)>,
@@ -94,6 +172,7 @@ impl Report {
             sweep_duration: args.sweep_duration,
             connections: args.connections,
             rates: args.rates.clone(),
+            rounds: args.rounds,
             main: Vec::new(),
             sidecar_ready: None,
             sidecar_rss_kib: None,
@@ -132,6 +211,14 @@ impl Report {
                  (the upstream's share included; the upstream alone's row is that share).\n"
             );
         }
+        if self.rounds > 1 {
+            let _ = writeln!(
+                out,
+                "Saturation in {} rounds, every target once a round in turn: the median round is shown, and × \
+                 nginx is the median of the rounds' own ratios (their range in brackets).\n",
+                self.rounds
+            );
+        }
         let mut header = "| target | saturated req/s | × nginx |".to_owned();
         let mut rule = "|---|---:|---:|".to_owned();
         if pinned {
@@ -143,9 +230,9 @@ impl Report {
             rule.push_str("---:|");
         }
         let _ = writeln!(out, "{header}\n{rule}");
-        let nginx_rps = self.row("nginx").map(|r| r.saturated.rps);
+        let nginx = self.row("nginx");
         for row in &self.main {
-            let ratio = nginx_rps.map_or_else(|| "-".to_owned(), |n| format!("{:.2}", row.saturated.rps / n));
+            let ratio = nginx.and_then(|n| row.over(n)).map_or_else(|| "-".to_owned(), |r| r.to_string());
             let _ = write!(
                 out,
                 "| {} | {:.0} ({} answers) | {ratio} |",
@@ -223,10 +310,8 @@ impl Report {
             };
             let _ = writeln!(out, "| {what} | {goal} | {value} | {met} |");
         };
-        let throughput = match (self.row("authz-sidecar →"), self.row("nginx")) {
-            (Some(s), Some(n)) => Some(s.saturated.rps / n.saturated.rps),
-            _ => None,
-        };
+        let over_nginx = |prefix: &str| Some(self.row(prefix)?.over(self.row("nginx")?)?.median);
+        let throughput = over_nginx("authz-sidecar →");
         line(
             "throughput, JWT + Cedar + forward",
             format!("≥ {THROUGHPUT_VS_NGINX}× nginx"),
@@ -234,10 +319,7 @@ impl Report {
             "×",
             &|v| v >= THROUGHPUT_VS_NGINX,
         );
-        let validate = match (self.row("authz-sidecar account-pool"), self.row("nginx")) {
-            (Some(s), Some(n)) => Some(s.saturated.rps / n.saturated.rps),
-            _ => None,
-        };
+        let validate = over_nginx("authz-sidecar account-pool");
         line("throughput, account-pool validate", format!("≥ {VALIDATE_VS_NGINX}× nginx"), validate, "×", &|v| {
             v >= VALIDATE_VS_NGINX
         });
@@ -329,5 +411,74 @@ impl Report {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(rps: f64) -> Round {
+        Round { measured: Measured { rps, p50: rps / 1e4, p99: 1.0, p999: 2.0, requests: rps as u64 }, cpu_us: None }
+    }
+
+    fn row(name: &str, rps: &[f64]) -> MainRow {
+        let rounds: Vec<Round> = rps.iter().map(|&r| round(r)).collect();
+        MainRow::new(name, &rounds, Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn a_row_is_its_median_round() {
+        let r = row("x", &[300.0, 100.0, 200.0]);
+        assert_eq!(r.saturated.rps, 200.0);
+        assert_eq!(r.rounds, vec![300.0, 100.0, 200.0]);
+        // an even count takes the lower middle round, a measured one
+        assert_eq!(row("x", &[400.0, 100.0, 300.0, 200.0]).saturated.rps, 200.0);
+        assert!(MainRow::new("x", &[], Vec::new()).is_none());
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn a_ratio_is_the_median_of_the_rounds_own_ratios() {
+        // the machine was twice as fast in round 2: the medians' ratio (70 / 100) would
+        // be 0.70, the rounds' own ratios are 0.60, 0.50, 0.70
+        let nginx = row("nginx", &[100.0, 200.0, 100.0]);
+        let sidecar = row("sidecar", &[60.0, 100.0, 70.0]);
+        let ratio = sidecar.over(&nginx).unwrap();
+        assert_eq!(ratio, Ratio { median: 0.6, low: 0.5, high: 0.7 });
+        assert_eq!(ratio.to_string(), "0.60 (0.50–0.70)");
+        // a row not run in turn with the others compares medians
+        let mut apart = row("traced", &[60.0, 100.0, 70.0]);
+        apart.interleaved = false;
+        assert_eq!(apart.over(&nginx).unwrap().to_string(), "0.70");
+        // so do rows of different round counts
+        assert_eq!(row("one", &[50.0]).over(&nginx).unwrap().to_string(), "0.50");
+    }
+
+    #[test]
+    fn the_table_and_the_targets_give_the_paired_median() {
+        let args = RunArgs {
+            oha: "oha".into(),
+            nginx: "nginx".into(),
+            sidecar: None,
+            duration: Duration::from_secs(3),
+            sweep_duration: Duration::from_secs(3),
+            connections: 50,
+            rounds: 3,
+            rates: Vec::new(),
+            no_sweep: true,
+            out: None,
+            pin: false,
+        };
+        let mut report = Report::new("m".into(), "t".into(), &args);
+        report.main.push(row("nginx → upstream", &[100.0, 200.0, 100.0]));
+        report.main.push(row("authz-sidecar → upstream", &[60.0, 100.0, 70.0]));
+        report.main.push(row("authz-sidecar account-pool validate", &[110.0, 190.0, 90.0]));
+        let text = report.render();
+        assert!(text.contains("Saturation in 3 rounds"), "{text}");
+        assert!(text.contains("| authz-sidecar → upstream | 70 (70 answers) | 0.60 (0.50–0.70) |"), "{text}");
+        assert!(text.contains("| throughput, JWT + Cedar + forward | ≥ 0.6× nginx | 0.60× | yes |"), "{text}");
+        // 1.10, 0.95, 0.90: the median round of each would give 110 / 100
+        assert!(text.contains("| throughput, account-pool validate | ≥ 1× nginx | 0.95× | **no** |"), "{text}");
     }
 }

@@ -14,7 +14,7 @@ use crate::grpc;
 use crate::http1;
 use crate::oha::{self, Load, Target};
 use crate::procs::{Process, command_on, cpu_busy_ticks, free_addr};
-use crate::report::{ListRow, MainRow, OVERLOAD_FACTOR, OverloadRow, Report, SweepRow};
+use crate::report::{ListRow, MainRow, OVERLOAD_FACTOR, OverloadRow, Report, Round, SweepRow};
 use crate::setup::{self, SidecarFiles};
 
 /// Policy and entity counts of the sweep, and pool sizes of the list sweep.
@@ -110,32 +110,44 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
         ("authz-sidecar Envoy check, gRPC (JWT + Cedar, OK)", Measure::Grpc(grpc_check)),
     ];
     let mut report = Report::new(setup::machine(), versions(&tools), args);
-    let row = |name: &str, target: &Measure| -> anyhow::Result<MainRow> {
-        eprintln!("loadbench: {name}");
-        let measure = |load: Load| match target {
-            Measure::Oha(target) => oha::measure(&tools.oha, tools.load_cpu, target, load, args.duration),
-            Measure::Grpc(addr) => grpc::measure(&tools.me, tools.load_cpu, *addr, &token, load, args.duration),
-        };
+    let measure = |target: &Measure, load: Load| match target {
+        Measure::Oha(target) => oha::measure(&tools.oha, tools.load_cpu, target, load, args.duration),
+        Measure::Grpc(addr) => grpc::measure(&tools.me, tools.load_cpu, *addr, &token, load, args.duration),
+    };
+    let saturate = |name: &str, target: &Measure| -> anyhow::Result<Round> {
         let busy_before = tools.server_cpu.and_then(cpu_busy_ticks);
-        let saturated =
-            measure(Load::Saturate { connections: args.connections }).with_context(|| format!("{name}, saturation"))?;
+        let measured = measure(target, Load::Saturate { connections: args.connections })
+            .with_context(|| format!("{name}, saturation"))?;
         let busy_after = tools.server_cpu.and_then(cpu_busy_ticks);
         // clock ticks are 1/100 s (Linux's USER_HZ)
         let cpu_us = match (busy_before, busy_after) {
-            (Some(before), Some(after)) if saturated.requests > 0 => {
-                Some((after.saturating_sub(before)) as f64 * 10_000.0 / saturated.requests as f64)
+            (Some(before), Some(after)) if measured.requests > 0 => {
+                Some((after.saturating_sub(before)) as f64 * 10_000.0 / measured.requests as f64)
             }
             _ => None,
         };
+        Ok(Round { measured, cpu_us })
+    };
+    let row = |name: &str, target: &Measure, rounds: &[Round]| -> anyhow::Result<MainRow> {
+        eprintln!("loadbench: {name}, fixed rates");
         let mut at_rates = Vec::new();
         for &rate in &args.rates {
             let load = Load::Rate { rate, connections: args.connections };
-            at_rates.push(measure(load).with_context(|| format!("{name}, {rate}/s"))?);
+            at_rates.push(measure(target, load).with_context(|| format!("{name}, {rate}/s"))?);
         }
-        Ok(MainRow { name: name.to_owned(), saturated, at_rates, cpu_us })
+        MainRow::new(name, rounds, at_rates).context("no saturation rounds")
     };
-    for (name, target) in &targets {
-        report.main.push(row(name, target)?);
+    // saturation in rounds, every target once a round: the machine's drift (another
+    // tenant, its clock) then weighs on each round's targets alike
+    let mut rounds = vec![Vec::new(); targets.len()];
+    for round in 1..=args.rounds {
+        for ((name, target), taken) in targets.iter().zip(&mut rounds) {
+            eprintln!("loadbench: {name}, saturation round {round} of {}", args.rounds);
+            taken.push(saturate(name, target)?);
+        }
+    }
+    for ((name, target), taken) in targets.iter().zip(&rounds) {
+        report.main.push(row(name, target, taken)?);
     }
     sidecar.check_running()?;
     report.sidecar_ready = Some(ready);
@@ -154,7 +166,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
     let (mut traced, _) = start_sidecar(&tools, run_dir, "traced", &traced_files)?;
     check_sidecar(traced_files.listen, &token)?;
     let name = "authz-sidecar → upstream, traced (every span exported over OTLP)";
-    let traced_row = row(name, &Measure::Oha(studio(traced_files.listen, setup::studio_headers(&token))))?;
+    let traced_target = Measure::Oha(studio(traced_files.listen, setup::studio_headers(&token)));
+    let mut taken = Vec::new();
+    for round in 1..=args.rounds {
+        eprintln!("loadbench: {name}, saturation round {round} of {}", args.rounds);
+        taken.push(saturate(name, &traced_target)?);
+    }
+    let mut traced_row = row(name, &traced_target, &taken)?;
+    // its rounds ran after the others', on a sidecar of its own
+    traced_row.interleaved = false;
     traced.check_running()?;
     drop(traced);
     let after_forward = report.main.iter().position(|r| r.name.starts_with("authz-sidecar →")).map_or(0, |i| i + 1);
