@@ -120,7 +120,9 @@ pub struct AvpSource {
 /// connections offered twice its saturation rate, 128 sheds about half and serves two
 /// thirds of the saturation rate (64 sheds four fifths and serves two fifths; 256 sheds
 /// almost nothing); 1,000 connections sending in bursts at 40% of it lose about 1% to
-/// 429 at 128. Past the limit a request is answered 429 before any work. Cores are what
+/// 429 at 128. Unpinned on two cores, 64 and 48 per core served a fifth to two fifths
+/// less than 128 during a flood and still let memory grow 1.5× (the connections' own
+/// buffers are half of it). Past the limit a request is answered 429 before any work. Cores are what
 /// the process may use (`available_parallelism`, which reads the cgroup's CPU quota),
 /// at least one.
 pub const REQUESTS_PER_CORE: usize = 128;
