@@ -10,6 +10,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use tracing::{Event, Level, Subscriber};
@@ -202,20 +203,11 @@ impl AuditEvent {
         if !Self::enabled(level) {
             return;
         }
-        // serialized into this thread's reused buffer, not a new string per event
-        let serialized = EMITTED.with_borrow_mut(|text| {
-            let mut bytes = std::mem::take(text).into_bytes();
-            bytes.clear();
-            let written = serde_json::to_writer(&mut bytes, self).is_ok();
-            match String::from_utf8(bytes) {
-                Ok(json) => *text = json,
-                Err(_) => return false,
-            }
-            written
+        // written into this thread's reused buffer, not a new string per event
+        EMITTED.with_borrow_mut(|text| {
+            text.clear();
+            self.write_json(text);
         });
-        if !serialized {
-            return;
-        }
         let _emitting = Emitting::begin();
         match level {
             Level::ERROR => tracing::error!(target: TARGET, audit = %Emitted, "decision"),
@@ -225,6 +217,163 @@ impl AuditEvent {
             Level::TRACE => tracing::trace!(target: TARGET, audit = %Emitted, "decision"),
         }
     }
+}
+
+impl AuditEvent {
+    /// The event as one JSON object: byte for byte what `serde_json` writes of its
+    /// `Serialize` form (a property test holds the two together), written field by
+    /// field. `serde_json` escapes every key and value a byte at a time, which was half
+    /// of an audit line's cost; here each key is written with its quotes, colon and
+    /// leading comma as one piece (`request_id`, always there, comes first), and a value
+    /// is looked at for what needs escaping first (see [`push_json_str`]).
+    fn write_json(&self, out: &mut String) {
+        /// A field's key as written after the first: `,"name":`.
+        macro_rules! key {
+            ($name:literal) => {
+                concat!(",\"", $name, "\":")
+            };
+        }
+        let string = |out: &mut String, key: &str, value: &str| {
+            out.push_str(key);
+            push_json_str(out, value);
+        };
+        out.push_str("{\"request_id\":");
+        push_json_str(out, &self.request_id);
+        if let Some(trace_id) = &self.trace_id {
+            string(out, key!("trace_id"), trace_id);
+        }
+        if let Some(route) = &self.route {
+            string(out, key!("route"), route);
+        }
+        if let Some(mode) = self.mode {
+            string(out, key!("mode"), mode);
+        }
+        if let Some(operation) = self.operation {
+            string(out, key!("operation"), operation);
+        }
+        string(out, key!("principal"), &self.principal);
+        string(out, key!("action"), &self.action);
+        string(out, key!("resource"), &self.resource);
+        if let Some(account) = &self.account {
+            string(out, key!("account"), account);
+        }
+        if let Some(region) = &self.region {
+            string(out, key!("region"), region);
+        }
+        if let Some(accounts) = self.accounts {
+            out.push_str(key!("accounts"));
+            out.push_str(itoa::Buffer::new().format(accounts));
+        }
+        string(out, key!("decision"), self.decision);
+        string(out, key!("reason"), self.reason);
+        for (key, values) in [(key!("policies"), &self.policies[..]), (key!("errors"), &self.errors[..])] {
+            out.push_str(key);
+            out.push('[');
+            for (i, value) in values.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                push_json_str(out, value);
+            }
+            out.push(']');
+        }
+        if let Some(ip) = self.source_ip {
+            string(out, key!("source_ip"), &ip_text(ip));
+        }
+        if let Some(vpce) = &self.vpce {
+            string(out, key!("vpce"), vpce);
+        }
+        string(out, key!("snapshot"), &self.snapshot);
+        out.push_str(key!("latency_us"));
+        out.push_str(itoa::Buffer::new().format(self.latency_us));
+        if self.cached {
+            out.push_str(key!("cached"));
+            out.push_str("true");
+        }
+        out.push('}');
+    }
+}
+
+/// `text` as a JSON string, exactly as `serde_json` writes it. `serde_json` escapes
+/// quotes, backslashes and the control characters below U+0020, nothing else. One look
+/// over the text ([`specials`]) says which of them it holds: most texts none, and are
+/// written as they are; a uid its quotes, each written after a backslash; one with
+/// control characters is written by `serde_json` itself.
+fn push_json_str(out: &mut String, text: &str) {
+    let Specials { quotes, controls } = specials(text.as_bytes());
+    if controls {
+        // serializing a string cannot fail
+        if let Ok(json) = serde_json::to_string(text) {
+            out.push_str(&json);
+        }
+        return;
+    }
+    out.push('"');
+    if quotes {
+        // each quote or backslash starts the next run, after its backslash (both are
+        // ASCII, so every index here is a character boundary)
+        let mut run = 0;
+        for (i, b) in text.bytes().enumerate() {
+            if b == b'"' || b == b'\\' {
+                out.push_str(text.get(run..i).unwrap_or_default());
+                out.push('\\');
+                run = i;
+            }
+        }
+        out.push_str(text.get(run..).unwrap_or_default());
+    } else {
+        out.push_str(text);
+    }
+    out.push('"');
+}
+
+/// What of JSON's escapes a text needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Specials {
+    /// A quote or a backslash.
+    quotes: bool,
+    /// A control character (below U+0020).
+    controls: bool,
+}
+
+impl std::ops::BitOr for Specials {
+    type Output = Self;
+
+    fn bitor(self, other: Self) -> Self {
+        Self { quotes: self.quotes | other.quotes, controls: self.controls | other.controls }
+    }
+}
+
+/// The bytes [`specials`] looks at together.
+const BLOCK: usize = 16;
+
+/// What `text` holds of JSON's escapes, looked at sixteen bytes at a time: a block of
+/// fixed size is a few vector instructions, where a loop over a short text (most of an
+/// audit line's are shorter than the compiler's vector loop) goes byte by byte. A text
+/// of a block or more ends with a block that overlaps the one before it; a shorter one
+/// is looked at padded with a byte that needs no escape.
+fn specials(text: &[u8]) -> Specials {
+    fn block(bytes: &[u8; BLOCK]) -> Specials {
+        let (quotes, controls) =
+            bytes.iter().fold((false, false), |(q, c), &b| (q | (b == b'"') | (b == b'\\'), c | (b < b' ')));
+        Specials { quotes, controls }
+    }
+    // a slice that is not a block cannot happen; were it to, the text would be escaped
+    // by serde_json, which is always right
+    let of = |bytes: &[u8]| <&[u8; BLOCK]>::try_from(bytes).map_or(Specials { quotes: true, controls: true }, block);
+    if text.len() < BLOCK {
+        let mut padded = [b'a'; BLOCK];
+        if let Some(head) = padded.get_mut(..text.len()) {
+            head.copy_from_slice(text);
+        }
+        return block(&padded);
+    }
+    let mut blocks = text.chunks_exact(BLOCK);
+    let found = blocks.by_ref().fold(Specials::default(), |found, bytes| found | of(bytes));
+    if blocks.remainder().is_empty() {
+        return found;
+    }
+    found | of(text.get(text.len() - BLOCK..).unwrap_or_default())
 }
 
 /// The message of every audit event [`AuditEvent::emit`] writes.
@@ -347,18 +496,63 @@ fn write_audit(writer: &mut Writer<'_>, level: &Level, message: &str, fields: &s
     writer.write_str("}\n")
 }
 
-/// Now, as tracing-subscriber's own lines write it (RFC 3339 in UTC, microseconds):
-/// through humantime, which writes the digits itself (tracing-subscriber's formatter
-/// goes through the formatting machinery for each of its seven numbers, a fifth of an
-/// audit line's cost). humantime covers the years 1970 to 9999; a clock outside them
-/// is written by tracing-subscriber.
+/// Now, as tracing-subscriber's own lines write it (RFC 3339 in UTC, microseconds).
 fn write_now(writer: &mut Writer<'_>) -> fmt::Result {
-    /// 10000-01-01T00:00:00Z, in seconds since the epoch.
-    const YEAR_10000: u64 = 253_402_300_800;
     let now = std::time::SystemTime::now();
-    match now.duration_since(std::time::UNIX_EPOCH) {
-        Ok(since) if since.as_secs() < YEAR_10000 => write!(writer, "{}", humantime::format_rfc3339_micros(now)),
-        _ => SystemTime.format_time(writer),
+    NOW.with_borrow_mut(|stamp| match stamp.at(now) {
+        Some((second, micros)) => {
+            writer.write_str(second)?;
+            writer.write_str(std::str::from_utf8(&micros).map_err(|_| fmt::Error)?)
+        }
+        None => SystemTime.format_time(writer),
+    })
+}
+
+thread_local! {
+    /// This thread's last audit second, written (see [`Stamp`]).
+    static NOW: std::cell::RefCell<Stamp> = const { std::cell::RefCell::new(Stamp::new()) };
+}
+
+/// A time as an audit line writes it, `2026-12-01T23:28:03.765473Z`. Everything up to
+/// the second is written by humantime once a second and kept (tracing-subscriber's
+/// formatter goes through the formatting machinery for each of its seven numbers, a
+/// fifth of an audit line's cost; humantime through it once, still a tenth); the
+/// microseconds are written digit by digit. humantime covers the years 1970 to 9999; a
+/// clock outside them is left to tracing-subscriber.
+struct Stamp {
+    /// The second `text` holds, since the epoch (none yet: `u64::MAX`).
+    second: u64,
+    /// `2026-12-01T23:28:03.`
+    text: String,
+}
+
+impl Stamp {
+    const fn new() -> Self {
+        Self { second: u64::MAX, text: String::new() }
+    }
+
+    /// `now` written: its second with the dot, then its microseconds and the `Z`; `None`
+    /// outside the years humantime writes.
+    fn at(&mut self, now: std::time::SystemTime) -> Option<(&str, [u8; 7])> {
+        /// 10000-01-01T00:00:00Z, in seconds since the epoch.
+        const YEAR_10000: u64 = 253_402_300_800;
+        let since = now.duration_since(std::time::UNIX_EPOCH).ok().filter(|s| s.as_secs() < YEAR_10000)?;
+        if since.as_secs() != self.second {
+            self.second = u64::MAX;
+            let second = std::time::UNIX_EPOCH + Duration::from_secs(since.as_secs());
+            let text = humantime::format_rfc3339_seconds(second).to_string();
+            // `…:SS` and its `Z`: the microseconds go between them
+            self.text = text.strip_suffix('Z')?.to_owned();
+            self.text.push('.');
+            self.second = since.as_secs();
+        }
+        let mut micros = *b"000000Z";
+        let mut left = since.subsec_micros();
+        for digit in micros.iter_mut().take(6).rev() {
+            *digit += u8::try_from(left % 10).ok()?;
+            left /= 10;
+        }
+        Some((&self.text, micros))
     }
 }
 
@@ -399,6 +593,9 @@ mod tests {
     use std::io::Write;
     use std::sync::Mutex;
     use std::time::Duration;
+
+    use proptest::option;
+    use proptest::prelude::{Just, Strategy};
 
     use super::*;
 
@@ -485,7 +682,117 @@ mod tests {
         assert!(text.contains(&format!(" {MESSAGE} audit=")), "{text}");
     }
 
+    /// Text with what JSON escapes (quotes, backslashes, control characters), what it
+    /// does not (`/`, DEL, non-ASCII), and anything at all.
+    fn text() -> impl Strategy<Value = String> {
+        proptest::prop_oneof![
+            "[a-z0-9:\"\\\\/\\x00-\\x1f\\x7f é😀]{0,24}",
+            proptest::prelude::any::<String>(),
+            "[a-zA-Z0-9:_-]{0,40}",
+        ]
+    }
+
+    fn static_text() -> impl Strategy<Value = &'static str> {
+        proptest::prop_oneof![Just("enforce"), Just("dry-run"), Just("a\"b\\c\n\u{1}é"), Just("")]
+    }
+
+    proptest::prop_compose! {
+        fn any_event()(
+            (request_id, trace_id, route, mode, operation, principal) in (
+                text(), option::of(text()), option::of(text()), option::of(static_text()), option::of(static_text()), text(),
+            ),
+            (action, resource, account, region, accounts, decision) in (
+                text(), text(), option::of(text()), option::of(text()), option::of(proptest::prelude::any::<usize>()), static_text(),
+            ),
+            (reason, policies, errors, source_ip, vpce, snapshot, latency_us, cached) in (
+                static_text(),
+                proptest::collection::vec(text(), 0..4),
+                proptest::collection::vec(text(), 0..3),
+                option::of(proptest::prelude::any::<IpAddr>()),
+                option::of(text()),
+                text(),
+                proptest::prelude::any::<u64>(),
+                proptest::prelude::any::<bool>(),
+            ),
+        ) -> AuditEvent {
+            AuditEvent {
+                request_id, trace_id: trace_id.map(Arc::from), route, mode, operation, principal, action, resource,
+                account, region, accounts, decision, reason, policies: policies.into(), errors, source_ip, vpce,
+                snapshot: snapshot.into(), latency_us, cached,
+            }
+        }
+    }
+
     proptest::proptest! {
+        /// A text's specials, looked at in blocks, are what a look at each byte finds,
+        /// at every length around the block's and wherever the special byte is.
+        #[test]
+        fn specials_are_found_wherever_they_are(len in 0usize..70, at in 0usize..70, special in proptest::prelude::any::<u8>()) {
+            let mut text = vec![b'x'; len];
+            if let Some(byte) = text.get_mut(at) {
+                *byte = special;
+            }
+            let expected = Specials {
+                quotes: text.iter().any(|&b| b == b'"' || b == b'\\'),
+                controls: text.iter().any(|&b| b < b' '),
+            };
+            proptest::prop_assert_eq!(specials(&text), expected);
+        }
+    }
+
+    proptest::proptest! {
+        /// The audit line's time is humantime's, whichever second it is and whatever
+        /// came before it on the thread (the same second, another, an earlier one).
+        #[test]
+        fn the_time_is_written_as_humantime_writes_it(
+            times in proptest::collection::vec((0u64..253_402_300_800, 0u32..1_000_000, 0u64..3), 1..8),
+        ) {
+            let mut stamp = Stamp::new();
+            let mut previous = 0;
+            for (second, micros, near) in times {
+                // often the second before, the same one or the next
+                let second = if near == 0 { second } else { (previous + near).saturating_sub(2) };
+                previous = second;
+                let now = std::time::UNIX_EPOCH + Duration::new(second, micros * 1_000 + 999);
+                let (head, tail) = stamp.at(now).unwrap();
+                let written = format!("{head}{}", std::str::from_utf8(&tail).unwrap());
+                proptest::prop_assert_eq!(written, humantime::format_rfc3339_micros(now).to_string());
+            }
+        }
+    }
+
+    #[test]
+    fn a_time_past_humantimes_years_is_left_to_tracing_subscriber() {
+        let far = std::time::UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+        assert!(Stamp::new().at(far).is_none());
+        let before = std::time::UNIX_EPOCH - Duration::from_secs(1);
+        assert!(Stamp::new().at(before).is_none());
+    }
+
+    #[test]
+    fn a_uid_is_written_with_its_quotes_escaped() {
+        let mut out = String::new();
+        push_json_str(&mut out, r#"Studio::User::"a\b""#);
+        assert_eq!(out, r#""Studio::User::\"a\\b\"""#);
+        out.clear();
+        push_json_str(&mut out, "tab\there\u{0}");
+        assert_eq!(out, r#""tab\there\u0000""#);
+    }
+
+    proptest::proptest! {
+        /// The line's event is exactly what `serde_json` writes of the event, whatever
+        /// its fields hold (a field added to the struct and not to the writer fails it).
+        #[test]
+        fn the_event_is_written_as_serde_json_writes_it(event in any_event()) {
+            let mut written = String::from("left as it was");
+            written.clear();
+            event.write_json(&mut written);
+            proptest::prop_assert_eq!(&written, &serde_json::to_string(&event).unwrap());
+            // and it reads back as the same JSON
+            let read: serde_json::Value = serde_json::from_str(&written).unwrap();
+            proptest::prop_assert_eq!(read, serde_json::to_value(&event).unwrap());
+        }
+
         /// Every address is written as its `Display` writes it, in the context and in
         /// the audit line alike.
         #[test]
