@@ -82,7 +82,8 @@ pub struct AuditEvent {
 /// `ip` as text, exactly as its `Display` writes it. An IPv4 address is written digit by
 /// digit: `Display` goes through the formatting machinery once per octet, and every
 /// forwarded request writes its source IP three times (its context, the upstream's
-/// `x-forwarded-for` and its audit line); about 1% of a kept request's instructions.
+/// `x-forwarded-for` and, through [`push_ip`], its audit line); about 1% of a kept
+/// request's instructions.
 pub(crate) fn ip_text(ip: IpAddr) -> String {
     let mut text = String::with_capacity(15);
     push_ip(&mut text, ip);
@@ -226,9 +227,7 @@ impl AuditEvent {
             Level::TRACE => tracing::trace!(target: TARGET, audit = %Emitted, "decision"),
         }
     }
-}
 
-impl AuditEvent {
     /// The event as one JSON object: byte for byte what `serde_json` writes of its
     /// `Serialize` form (a property test holds the two together), written field by
     /// field. `serde_json` escapes every key and value a byte at a time, which was half
@@ -570,9 +569,10 @@ impl Stamp {
 }
 
 /// `text` as a JSON string: as it is between quotes when nothing in it needs escaping
-/// (the message and target of an audit event), else through `serde_json`.
+/// (the message and target of an audit event, see [`specials`]), else through
+/// `serde_json`.
 fn write_json_str(writer: &mut Writer<'_>, text: &str) -> fmt::Result {
-    if text.bytes().all(|b| b >= b' ' && b != b'"' && b != b'\\') {
+    if specials(text.as_bytes()) == Specials::default() {
         writer.write_char('"')?;
         writer.write_str(text)?;
         return writer.write_char('"');

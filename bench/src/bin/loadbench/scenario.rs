@@ -139,14 +139,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
     };
     // saturation in rounds, every target once a round: the machine's drift (another
     // tenant, its clock) then weighs on each round's targets alike
-    let mut rounds = vec![Vec::new(); targets.len()];
-    for round in 1..=args.rounds {
-        for ((name, target), taken) in targets.iter().zip(&mut rounds) {
-            eprintln!("loadbench: {name}, saturation round {round} of {}", args.rounds);
-            taken.push(saturate(name, target)?);
+    let in_rounds = |targets: &[(&str, Measure)]| -> anyhow::Result<Vec<Vec<Round>>> {
+        let mut rounds = vec![Vec::new(); targets.len()];
+        for round in 1..=args.rounds {
+            for ((name, target), taken) in targets.iter().zip(&mut rounds) {
+                eprintln!("loadbench: {name}, saturation round {round} of {}", args.rounds);
+                taken.push(saturate(name, target)?);
+            }
         }
-    }
-    for ((name, target), taken) in targets.iter().zip(&rounds) {
+        Ok(rounds)
+    };
+    for ((name, target), taken) in targets.iter().zip(&in_rounds(&targets)?) {
         report.main.push(row(name, target, taken)?);
     }
     sidecar.check_running()?;
@@ -166,13 +169,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
     let (mut traced, _) = start_sidecar(&tools, run_dir, "traced", &traced_files)?;
     check_sidecar(traced_files.listen, &token)?;
     let name = "authz-sidecar → upstream, traced (every span exported over OTLP)";
-    let traced_target = Measure::Oha(studio(traced_files.listen, setup::studio_headers(&token)));
-    let mut taken = Vec::new();
-    for round in 1..=args.rounds {
-        eprintln!("loadbench: {name}, saturation round {round} of {}", args.rounds);
-        taken.push(saturate(name, &traced_target)?);
-    }
-    let mut traced_row = row(name, &traced_target, &taken)?;
+    let alone = [(name, Measure::Oha(studio(traced_files.listen, setup::studio_headers(&token))))];
+    let taken = in_rounds(&alone)?.concat();
+    let [(_, traced_target)] = &alone;
+    let mut traced_row = row(name, traced_target, &taken)?;
     // its rounds ran after the others', on a sidecar of its own
     traced_row.interleaved = false;
     traced.check_running()?;
