@@ -68,6 +68,31 @@ pub async fn start_binary(args: &[&str], env: &[(&str, &std::ffi::OsStr)], log: 
     start_binary_in(Command::new(binary()), args, env, log, true).await
 }
 
+/// As [`start_binary`], with stderr a pipe that nobody reads (the returned end: hold it,
+/// or the sidecar's writes fail instead of stalling).
+pub async fn start_binary_stalled_stderr(args: &[&str]) -> (Running, std::process::ChildStderr) {
+    let (data_port, admin_port) = (free_port(), free_port());
+    let mut child = Command::new(binary())
+        .args(["serve", "--dev"])
+        .args(["--listen", &format!("127.0.0.1:{data_port}"), "--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let child = Reaped(child);
+    let admin = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let data = format!("127.0.0.1:{data_port}").parse().unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(admin).await.is_ok() && harness::get(admin, "/readyz", &[]).await.0 == 200 {
+            return (Running { child, data, admin }, stderr);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not ready");
+}
+
 /// As [`start_binary`]; with `wait_ready` false it returns once the admin listener
 /// answers, ready or not.
 pub async fn start_binary_in_env(
@@ -181,4 +206,65 @@ async fn the_binary_serves_audits_every_decision_and_exits_0_on_sigterm() {
     }
     assert!(audits.iter().all(|e| e["timestamp"].is_string()));
     assert!(text.contains("DEVELOPMENT ISSUER ENABLED"), "--dev says so loudly");
+}
+
+/// `--log-overflow drop` with a stderr that takes nothing (a log pipeline that stalled):
+/// the sidecar keeps answering, and the lines it could not keep are counted on
+/// `/metrics`. (With `block`, the default, the same requests would wait for room.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stderr_with_log_overflow_drop_keeps_serving_and_counts_what_it_dropped() {
+    let ws = Workspace::shipped();
+    let (policies, entities) = (ws.policies(), ws.entities());
+    let args =
+        ["--policies", policies.to_str().unwrap(), "--entities", entities.to_str().unwrap(), "--log-overflow", "drop"];
+    let (Running { child: _child, data, admin }, _stderr) = start_binary_stalled_stderr(&args).await;
+    let (status, _, token) = harness::get(admin, "/dev/token?user=user-1&groups=Team1,Team2", &[]).await;
+    assert_eq!(status, 200);
+    let auth = format!("Bearer {token}");
+    // 12,000 audit lines of about 500 bytes: more than the pipe (64 KiB) and the
+    // writer's bound (4 MiB) hold together
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let auth = auth.clone();
+            tokio::spawn(async move {
+                let headers = [
+                    ("authorization", auth.as_str()),
+                    ("x-amzn-vpce-id", "vpce-0a1a000000000001a"),
+                    ("x-forwarded-for", "10.1.2.3"),
+                ];
+                let mut answered = 0;
+                for _ in 0..1_500 {
+                    let status = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        harness::get(data, "/studio/user-1/team1", &headers),
+                    )
+                    .await
+                    .expect("a request waited on the stalled log")
+                    .0;
+                    answered += usize::from(status == 200);
+                }
+                answered
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for client in clients {
+        answered += client.await.unwrap();
+    }
+    assert_eq!(answered, 12_000, "every request answered");
+    // the drop count is reported by the upkeep task (every 250 ms)
+    let mut dropped = 0.0;
+    for _ in 0..40 {
+        let (_, _, metrics) = harness::get(admin, "/metrics", &[]).await;
+        dropped = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("authz_log_lines_dropped_total "))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if dropped > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dropped >= 1_000.0, "{dropped} lines counted as dropped");
 }
