@@ -70,8 +70,6 @@ pub enum TracingError {
     Exporter(String),
     #[error("tracing: the export thread: {0}")]
     Thread(std::io::Error),
-    #[error("logging: the log writer thread: {0}")]
-    LogWriter(std::io::Error),
 }
 
 /// The layer that records spans and the pipeline that exports them.

@@ -75,15 +75,13 @@ pub(super) fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             return exit::FAILURE;
         }
     };
-    // a worker about to park hands over the log lines it gathered (telemetry::lines)
-    let runtime =
-        match tokio::runtime::Builder::new_multi_thread().enable_all().on_thread_park(crate::telemetry::park).build() {
-            Ok(runtime) => runtime,
-            Err(e) => {
-                let _ = writeln!(err, "error: cannot start the async runtime: {e}");
-                return exit::FAILURE;
-            }
-        };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot start the async runtime: {e}");
+            return exit::FAILURE;
+        }
+    };
     if args.check_config {
         if let Err(message) = runtime.block_on(app::check_aws(&config)).map_err(|e| e.to_string()) {
             let _ = writeln!(err, "error: {message}");

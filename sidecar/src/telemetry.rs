@@ -3,8 +3,6 @@
 //! Log lines go to stderr so that command output (decisions, test results) on stdout
 //! stays machine-readable. `RUST_LOG` overrides the level filter.
 
-mod lines;
-
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written.
@@ -32,9 +30,9 @@ pub(crate) enum LogOverflow {
     Drop,
 }
 
-/// How many bytes of lines may wait for the background writer before `LogOverflow`
-/// applies: about 8,000 audit lines.
-pub(crate) const LOG_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// How many lines the background writer holds before `LogOverflow` applies: at about
+/// 500 bytes an audit line, a few MiB.
+pub(crate) const LOG_BUFFER_LINES: usize = 8_192;
 
 /// How many bytes of lines the writer thread gathers into one write: it writes what it
 /// has gathered whenever no line is waiting, so a line is never held back for more, but
@@ -47,15 +45,14 @@ const LOG_WRITE_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub(crate) struct Telemetry {
     _exporting: Option<crate::otel::Exporting>,
-    _log_writer: Option<lines::WriterGuard>,
+    _log_writer: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
 /// Install the global subscriber. `default_level` applies when `RUST_LOG` is unset.
 ///
 /// With `background` (`serve`), lines are formatted on the thread that logs them and
 /// written to stderr by a thread of their own through a bounded buffer, so no request
-/// waits on a write (see [`lines`]; the runtime's workers call [`park`] before they
-/// park). Without it (the CLI and the Lambda form, whose process may be
+/// waits on a write. Without it (the CLI and the Lambda form, whose process may be
 /// frozen between invocations with lines still buffered), lines are written at once.
 ///
 /// With `traces` (`serve` with `[tracing]`), spans are recorded and exported too (see
@@ -71,13 +68,29 @@ pub(crate) fn init(
         let exporting = install(format, filter, std::io::stderr, traces)?;
         return Ok(Telemetry { _exporting: exporting, _log_writer: None });
     };
-    let (writer, guard) =
-        lines::background_writer(std::io::stderr(), overflow, LOG_BUFFER_BYTES, LOG_WRITE_BYTES, lines::SWEEP_INTERVAL)
-            .map_err(crate::otel::TracingError::LogWriter)?;
-    // a second init (tests) keeps the first writer's hook and count
-    let _ = WRITER.set(writer.clone());
+    let (writer, guard) = background_writer(std::io::stderr(), overflow, LOG_BUFFER_LINES, LOG_WRITE_BYTES);
+    let _ = DROPPED.set(writer.error_counter());
     let exporting = install(format, filter, writer, traces)?;
     Ok(Telemetry { _exporting: exporting, _log_writer: Some(guard) })
+}
+
+/// A writer that hands lines to a thread of their own, which writes them to `sink`,
+/// the lines that waited together in one write of at most `write_bytes`; `lines`
+/// bounds what waits, and `overflow` says what happens past it. While the sink stalls,
+/// what is held is the lines waiting and at most `write_bytes` the thread took before
+/// its write blocked.
+fn background_writer<W: std::io::Write + Send + 'static>(
+    sink: W,
+    overflow: LogOverflow,
+    lines: usize,
+    write_bytes: usize,
+) -> (tracing_appender::non_blocking::NonBlocking, tracing_appender::non_blocking::WorkerGuard) {
+    tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(lines)
+        .lossy(overflow == LogOverflow::Drop)
+        .thread_name("authz-log-writer")
+        // the thread flushes whenever it has written every line that was waiting
+        .finish(std::io::BufWriter::with_capacity(write_bytes, sink))
 }
 
 fn install<W>(
@@ -121,27 +134,19 @@ where
     }
 }
 
-/// `serve`'s background writer (its count of dropped lines, its park hook).
-static WRITER: std::sync::OnceLock<lines::LineWriter> = std::sync::OnceLock::new();
-
-/// The runtime's park hook (`serve`): a worker about to park hands over the lines it
-/// gathered (see [`lines`]). Without a background writer, nothing.
-pub(crate) fn park() {
-    if let Some(writer) = WRITER.get() {
-        writer.park();
-    }
-}
+/// The background writer's count of dropped lines (see [`LogOverflow::Drop`]).
+static DROPPED: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> = std::sync::OnceLock::new();
 
 /// Count and report lines the background writer dropped since `*reported`.
-fn report_dropped(reported: &mut u64) {
-    let Some(writer) = WRITER.get() else { return };
-    let dropped = writer.dropped_lines();
+fn report_dropped(reported: &mut usize) {
+    let Some(counter) = DROPPED.get() else { return };
+    let dropped = counter.dropped_lines();
     let new = dropped.saturating_sub(*reported);
     if new == 0 {
         return;
     }
     *reported = dropped;
-    metrics::counter!("authz_log_lines_dropped_total").increment(new);
+    metrics::counter!("authz_log_lines_dropped_total").increment(u64::try_from(new).unwrap_or(u64::MAX));
     tracing::warn!(
         dropped = new,
         total = dropped,
@@ -210,7 +215,112 @@ pub(crate) fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle 
 mod tests {
     use std::time::Duration;
 
+    use std::io::Write as _;
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+
+    /// A sink that holds every write until it is opened, then keeps what it is given.
+    #[derive(Clone, Default)]
+    struct Gate {
+        open: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        written: Arc<Mutex<Vec<u8>>>,
+        writes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Gate {
+        fn open(&self) {
+            let (lock, cvar) = &*self.open;
+            *lock.lock().unwrap() = true;
+            cvar.notify_all();
+        }
+
+        fn lines(&self) -> usize {
+            self.written.lock().unwrap().iter().filter(|b| **b == b'\n').count()
+        }
+    }
+
+    impl std::io::Write for Gate {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let (lock, cvar) = &*self.open;
+            let _open = cvar.wait_while(lock.lock().unwrap(), |open| !*open).unwrap();
+            self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.written.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// With `drop`, a sink that does not take lines never holds up the thread that logs:
+    /// what does not fit is dropped and counted. With `block`, every line arrives.
+    #[test]
+    fn a_stalled_sink_drops_and_counts_or_holds_every_line() {
+        let gate = Gate::default();
+        // a write buffer of 64 bytes: the thread holds at most 9 of these lines (7 to 9
+        // bytes each) before its write to the stalled sink blocks, and one more in hand
+        let (mut writer, guard) = background_writer(gate.clone(), LogOverflow::Drop, 16, 64);
+        let started = std::time::Instant::now();
+        for i in 0..1_000 {
+            // one write per line, as the subscriber writes each formatted line
+            writer.write_all(format!("line {i}\n").as_bytes()).unwrap();
+        }
+        // nothing was written yet, and the thread that logged did not wait for the sink
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let dropped = writer.error_counter().dropped_lines();
+        assert!(dropped >= 1_000 - 16 - 9 - 1, "{dropped} dropped");
+        gate.open();
+        drop(guard);
+        assert_eq!(gate.lines() + dropped, 1_000, "every line was written or counted");
+
+        let gate = Gate::default();
+        let (mut writer, guard) = background_writer(gate.clone(), LogOverflow::Block, 16, 64);
+        let opener = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                gate.open();
+            })
+        };
+        for i in 0..1_000 {
+            // one write per line, as the subscriber writes each formatted line
+            writer.write_all(format!("line {i}\n").as_bytes()).unwrap();
+        }
+        assert_eq!(writer.error_counter().dropped_lines(), 0);
+        drop(guard);
+        opener.join().unwrap();
+        assert_eq!(gate.lines(), 1_000, "block loses nothing");
+    }
+
+    /// Lines that waited together reach the sink in one write, not one write each, and
+    /// a line that waits alone is written at once.
+    #[test]
+    fn lines_that_waited_together_are_written_together() {
+        let gate = Gate::default();
+        let (mut writer, guard) = background_writer(gate.clone(), LogOverflow::Block, 2_048, LOG_WRITE_BYTES);
+        for i in 0..1_000 {
+            writer.write_all(format!("line {i}\n").as_bytes()).unwrap();
+        }
+        gate.open();
+        drop(guard);
+        assert_eq!(gate.lines(), 1_000);
+        let writes = gate.writes.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(writes <= 4, "1,000 lines that waited together took {writes} writes");
+
+        // alone, with the sink open: written without waiting for more
+        let gate = Gate::default();
+        gate.open();
+        let (mut writer, guard) = background_writer(gate.clone(), LogOverflow::Block, 16, LOG_WRITE_BYTES);
+        writer.write_all(b"alone\n").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while gate.lines() == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(gate.lines(), 1, "a line is not held back for company");
+        drop(guard);
+    }
 
     /// Resident memory of this process, in bytes (Linux).
     fn rss() -> u64 {
