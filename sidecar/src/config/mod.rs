@@ -33,7 +33,7 @@ pub use routes::{
     ACCESS_CALLER_ACTION, ACCESS_HANDLER_TYPE, ACCOUNT_POOL_CALLER_ACTION, ACCOUNT_POOL_HANDLER_TYPE, ContextSource,
     DEFAULT_STRIPPED_HEADERS, DeriveProfile, Handler, LOB_TYPE, MEMBERSHIP_EVENTS_CALLER_ACTION,
     MEMBERSHIP_EVENTS_HANDLER_TYPE, MIN_PROVISION_POLL, Mode, PROFILE_TYPE, PresignOptions, PresignResponse,
-    Provisioning, RouteAuthz, RouteConfig, TEAM_TYPE, Upstream, profile_type, team_type,
+    Provisioning, RouteAuthz, RouteConfig, StripList, TEAM_TYPE, Upstream, profile_type, team_type,
 };
 pub use shadow::ShadowConfig;
 pub use template::{IdTemplate, RenderError, TemplateError};

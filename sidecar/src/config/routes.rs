@@ -85,7 +85,36 @@ pub struct Upstream {
     /// Client headers removed before the upstream, besides the ones the sidecar always
     /// removes: [`DEFAULT_STRIPPED_HEADERS`] less the route's `keep_headers`, plus its
     /// `strip_headers`.
-    pub strip: Vec<HeaderName>,
+    pub strip: StripList,
+}
+
+/// Header names a forwarding route removes, sorted and without repeats, so that each
+/// header of a forwarded call is looked up by a binary search instead of compared with
+/// each of the thirty-odd names a route strips by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StripList(Vec<HeaderName>);
+
+impl StripList {
+    pub fn new(mut names: Vec<HeaderName>) -> Self {
+        names.sort_unstable_by(|a, b| Self::key(a.as_str()).cmp(&Self::key(b.as_str())));
+        names.dedup();
+        Self(names)
+    }
+
+    /// Names ordered by length first: most steps of a search compare two lengths, and
+    /// only names of the same length are compared byte by byte.
+    fn key(name: &str) -> (usize, &str) {
+        (name.len(), name)
+    }
+
+    /// Whether `name` (lower case, as `http` keeps header names) is on the list.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.binary_search_by(|listed| Self::key(listed.as_str()).cmp(&Self::key(name))).is_ok()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, HeaderName> {
+        self.0.iter()
+    }
 }
 
 /// Request-routing and client-address headers a client must not set through an
@@ -419,7 +448,7 @@ fn stripped_headers(
     route: &raw::RawRoute,
     key: &dyn Fn(&str) -> String,
     invalid: &dyn Fn(String, String) -> ConfigError,
-) -> Result<Vec<HeaderName>, ConfigError> {
+) -> Result<StripList, ConfigError> {
     let name = |field: &str, text: &str| {
         HeaderName::from_str(text).map_err(|_| invalid(key(field), format!("`{text}` is not a header name")))
     };
@@ -445,7 +474,7 @@ fn stripped_headers(
     for text in &route.strip_headers {
         strip.push(name("strip_headers", text)?);
     }
-    Ok(strip)
+    Ok(StripList::new(strip))
 }
 
 /// The shortest `provision_poll`: each poll is a SageMaker API call.
@@ -487,4 +516,44 @@ fn presign_options(
             .provision
             .then_some(Provisioning { max_wait: raw.provision_wait, poll_interval: raw.provision_poll }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn header_name() -> impl Strategy<Value = String> {
+        // short names from few letters, so that lists and lookups share names often
+        "[a-c_-]{1,4}|x-forwarded-[a-z]{1,3}"
+    }
+
+    proptest! {
+        /// The binary search finds exactly what a look at every listed name finds,
+        /// whatever the order and repeats the list was built from.
+        #[test]
+        fn the_strip_list_finds_what_a_linear_look_finds(
+            listed in proptest::collection::vec(header_name(), 0..40),
+            asked in proptest::collection::vec(header_name(), 1..20),
+        ) {
+            let names: Vec<HeaderName> = listed.iter().map(|n| HeaderName::from_str(n).unwrap()).collect();
+            let list = StripList::new(names.clone());
+            for name in asked.iter().chain(&listed) {
+                prop_assert_eq!(list.contains(name), names.iter().any(|n| n.as_str() == name), "{}", name);
+            }
+            prop_assert!(list.iter().count() <= names.len());
+        }
+    }
+
+    /// The default list with every spelling a route could keep or add.
+    #[test]
+    fn the_default_strip_list_holds_every_default_name() {
+        let list = StripList::new(DEFAULT_STRIPPED_HEADERS.iter().map(|h| HeaderName::from_static(h)).collect());
+        for name in DEFAULT_STRIPPED_HEADERS {
+            assert!(list.contains(name), "{name}");
+        }
+        assert!(!list.contains("x-forwarded-for"), "the sidecar writes its own, not on the route's list");
+        assert!(!list.contains("host"));
+    }
 }

@@ -35,7 +35,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::body::{Body, BoxError};
-use crate::config::Upstream;
+use crate::config::{StripList, Upstream};
 use crate::kept_metrics::kept_histogram;
 use crate::rescue::ApiError;
 use crate::server::state::RouteUpstream;
@@ -90,7 +90,7 @@ fn folded(name: &HeaderName) -> std::borrow::Cow<'_, str> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Hygiene<'a> {
     /// The route's strip list.
-    pub strip: &'a [HeaderName],
+    pub strip: &'a StripList,
     /// The forwarded-for header the sidecar reads (the sidecar writes `x-forwarded-for`).
     pub forwarded_for: &'a HeaderName,
     /// The VPC endpoint header, and whether a trusted proxy set it (only then is it kept).
@@ -106,7 +106,7 @@ pub(crate) fn strip_client_headers(headers: &mut HeaderMap, hygiene: &Hygiene<'_
         let folded = folded(name);
         let is = |other: &HeaderName| folded == other.as_str();
         folded.starts_with(IDENTITY_PREFIX)
-            || hygiene.strip.iter().any(is)
+            || hygiene.strip.contains(&folded)
             || is(hygiene.forwarded_for)
             || is(&FORWARDED_FOR)
             || (is(hygiene.vpce) && !(hygiene.vpce_believed && name == hygiene.vpce))
@@ -156,7 +156,7 @@ pub(crate) const ENVOY_HEADERS_TO_REMOVE: HeaderName = HeaderName::from_static("
 pub(crate) fn check_allowed(
     headers: &HeaderMap,
     vouch: &Vouch<'_>,
-    strip: &[HeaderName],
+    strip: &StripList,
     pass_authorization: bool,
 ) -> Response<Body> {
     let set = vouch.identity_headers();
@@ -390,8 +390,9 @@ mod tests {
 
     #[test]
     fn spoken_for_headers_go_under_every_spelling() {
-        let strip: Vec<HeaderName> =
-            crate::config::DEFAULT_STRIPPED_HEADERS.iter().map(|h| HeaderName::from_static(h)).collect();
+        let strip = StripList::new(
+            crate::config::DEFAULT_STRIPPED_HEADERS.iter().map(|h| HeaderName::from_static(h)).collect(),
+        );
         let vpce = HeaderName::from_static("x-amzn-vpce-id");
         let xff = HeaderName::from_static("x-forwarded-for");
         let hygiene =
@@ -428,7 +429,7 @@ mod tests {
 
     #[test]
     fn a_route_keeps_or_adds_to_the_strip_list() {
-        let strip = [HeaderName::from_static("x-tenant")];
+        let strip = StripList::new(vec![HeaderName::from_static("x-tenant")]);
         let (vpce, xff) = (HeaderName::from_static("x-amzn-vpce-id"), HeaderName::from_static("x-client"));
         let hygiene =
             Hygiene { strip: &strip, forwarded_for: &xff, vpce: &vpce, vpce_believed: false, pass_authorization: true };
