@@ -41,6 +41,30 @@ pub struct CanonicalPath {
 pub struct BadPath(pub &'static str);
 
 pub fn canonicalize(raw: &str) -> Result<CanonicalPath, BadPath> {
+    if already_canonical(raw) {
+        return Ok(CanonicalPath { decoded: raw.to_owned(), encoded: raw.to_owned() });
+    }
+    by_segments(raw)
+}
+
+/// Whether `raw` is its own canonical form, decoded and encoded alike: segments of
+/// unreserved characters only (letters, digits, `-._~`: nothing to decode, nothing to
+/// encode), none empty, `.` or `..`, and at most a trailing `/`. Most paths are; a look
+/// at their bytes is a tenth of taking them apart and putting them together again.
+fn already_canonical(raw: &str) -> bool {
+    let Some(rest) = raw.strip_prefix('/') else { return false };
+    if rest.is_empty() {
+        return true;
+    }
+    let inner = rest.strip_suffix('/').unwrap_or(rest);
+    inner.split('/').all(|segment| {
+        !matches!(segment, "" | "." | "..")
+            && segment.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+    })
+}
+
+/// The canonical form, segment by segment (see the module documentation).
+fn by_segments(raw: &str) -> Result<CanonicalPath, BadPath> {
     if !raw.starts_with('/') {
         return Err(BadPath("it does not start with `/`"));
     }
@@ -136,12 +160,35 @@ mod tests {
             Just("%3F".to_owned()),
             Just("%23".to_owned()),
             "[a-z0-9._~-]{1,6}",
+            "[A-Za-z0-9._~!$&'()*+,;=:@-]{1,6}",
+            Just("...".to_owned()),
             "[a-z%0-9]{1,8}",
             "\\PC{1,3}",
         ]
     }
 
     proptest::proptest! {
+        /// A path taken as it is gives what taking it apart gives, and every path
+        /// taken as it is would have been.
+        #[test]
+        fn a_path_taken_as_it_is_is_its_canonical_form(
+            segments in proptest::collection::vec(segment(), 0..8),
+            leading in proptest::bool::ANY,
+            trailing in proptest::bool::ANY,
+        ) {
+            let mut raw = format!("{}{}", if leading { "/" } else { "" }, segments.join("/"));
+            if trailing {
+                raw.push('/');
+            }
+            let by_segments = by_segments(&raw);
+            proptest::prop_assert_eq!(canonicalize(&raw), by_segments.clone(), "{}", raw);
+            if already_canonical(&raw) {
+                let canonical = by_segments.unwrap();
+                proptest::prop_assert_eq!(&canonical.decoded, &raw);
+                proptest::prop_assert_eq!(&canonical.encoded, &raw);
+            }
+        }
+
         /// Whatever path a client sends, what the sidecar routes (`decoded`) is what the
         /// upstream reads from what it forwards (`encoded`), by the same rules or by a
         /// plain percent-decode: a path is never authorized as one resource and served
