@@ -159,19 +159,110 @@ impl IdTemplate {
                 } else {
                     end_limit.get(pos).copied().unwrap_or(0).saturating_sub(1).min(id.len())
                 };
-                let mut total = 0u8;
-                for end in pos + 1..=limit {
-                    total = total.saturating_add(self.count(part + 1, end, id, end_limit, memo));
-                    if total >= 2 {
-                        break;
+                // What follows a parameter is literal text or the end (two parameters
+                // are never adjacent): only the ends where that text starts, or the id's
+                // own end, can read on, so the others are not tried.
+                match self.parts.get(part + 1) {
+                    None => u8::from(pos < id.len() && id.len() <= limit),
+                    Some(IdPart::Literal(next)) => {
+                        let mut total = 0u8;
+                        for end in pos + 1..=limit {
+                            if !id.get(end..).is_some_and(|rest| rest.starts_with(next.as_bytes())) {
+                                continue;
+                            }
+                            total = total.saturating_add(self.count(part + 1, end, id, end_limit, memo));
+                            if total >= 2 {
+                                break;
+                            }
+                        }
+                        total.min(2)
+                    }
+                    Some(IdPart::Param(_)) => {
+                        let mut total = 0u8;
+                        for end in pos + 1..=limit {
+                            total = total.saturating_add(self.count(part + 1, end, id, end_limit, memo));
+                            if total >= 2 {
+                                break;
+                            }
+                        }
+                        total.min(2)
                     }
                 }
-                total.min(2)
             }
         };
         if let Some(memo_slot) = memo.get_mut(slot) {
             *memo_slot = Some(found);
         }
         found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// In how many ways `id` splits into the template's parts, every value non-empty and
+    /// every value after the first free of the template's literal text: tried every way,
+    /// no memo, nothing skipped (0, 1, or 2 meaning more).
+    fn brute_readings(template: &IdTemplate, id: &str) -> u8 {
+        fn go(parts: &[IdPart], literals: &[&str], first: bool, id: &str) -> u32 {
+            match parts.split_first() {
+                None => u32::from(id.is_empty()),
+                Some((IdPart::Literal(text), rest)) => {
+                    id.strip_prefix(text.as_str()).map_or(0, |after| go(rest, literals, first, after))
+                }
+                Some((IdPart::Param(_), rest)) => (1..=id.len())
+                    .filter(|end| id.is_char_boundary(*end))
+                    .map(|end| id.split_at(end))
+                    .filter(|(value, _)| first || !literals.iter().any(|l| !l.is_empty() && value.contains(l)))
+                    .map(|(_, after)| go(rest, literals, false, after))
+                    .sum(),
+            }
+        }
+        let literals: Vec<&str> = template.literals().collect();
+        u8::try_from(go(&template.parts, &literals, true, id).min(2)).unwrap()
+    }
+
+    fn template() -> impl Strategy<Value = IdTemplate> {
+        let literal = prop_oneof![Just("-"), Just("x"), Just("-x"), Just("x-"), Just("--"), Just("ab")];
+        (proptest::bool::ANY, proptest::collection::vec(literal, 1..4), proptest::bool::ANY).prop_map(
+            |(lead, literals, trail)| {
+                let mut text = String::new();
+                if lead {
+                    text.push('p');
+                }
+                for (i, literal) in literals.iter().enumerate() {
+                    text.push_str(&format!("{{v{i}}}{literal}"));
+                }
+                text.push_str(&format!("{{last}}{}", if trail { "-" } else { "" }));
+                IdTemplate::parse(&text).unwrap()
+            },
+        )
+    }
+
+    proptest! {
+        /// The reading with its shortcuts counts what trying every split counts, for
+        /// ids of any text and for ids built from values the way `render` builds them.
+        #[test]
+        fn an_id_reads_back_as_trying_every_split_reads_it(
+            template in template(),
+            id in "[-xab1]{0,10}",
+            values in proptest::collection::vec("[-xab1]{1,4}", 4),
+        ) {
+            let built: String = template
+                .parts
+                .iter()
+                .enumerate()
+                .map(|(i, part)| match part {
+                    IdPart::Literal(text) => text.clone(),
+                    IdPart::Param(_) => values[i % values.len()].clone(),
+                })
+                .collect();
+            for id in [id, built] {
+                prop_assert_eq!(template.readings(id.as_bytes()), brute_readings(&template, &id), "{:?} {}", template, id);
+            }
+        }
     }
 }
