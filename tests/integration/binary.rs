@@ -71,26 +71,9 @@ pub async fn start_binary(args: &[&str], env: &[(&str, &std::ffi::OsStr)], log: 
 /// As [`start_binary`], with stderr a pipe that nobody reads (the returned end: hold it,
 /// or the sidecar's writes fail instead of stalling).
 pub async fn start_binary_stalled_stderr(args: &[&str]) -> (Running, std::process::ChildStderr) {
-    let (data_port, admin_port) = (free_port(), free_port());
-    let mut child = Command::new(binary())
-        .args(["serve", "--dev"])
-        .args(["--listen", &format!("127.0.0.1:{data_port}"), "--admin-listen", &format!("127.0.0.1:{admin_port}")])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let child = Reaped(child);
-    let admin = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let data = format!("127.0.0.1:{data_port}").parse().unwrap();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(admin).await.is_ok() && harness::get(admin, "/readyz", &[]).await.0 == 200 {
-            return (Running { child, data, admin }, stderr);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("not ready");
+    let mut running = start(Command::new(binary()), args, &[], Stdio::piped(), true).await.expect("not ready");
+    let stderr = running.child.stderr.take().unwrap();
+    (running, stderr)
 }
 
 /// As [`start_binary`]; with `wait_ready` false it returns once the admin listener
@@ -113,39 +96,53 @@ pub async fn start_binary_with_nofile(nofile: u64, args: &[&str], log: &std::pat
 }
 
 async fn start_binary_in(
-    mut command: Command,
+    command: Command,
     args: &[&str],
     env: &[(&str, &std::ffi::OsStr)],
     log: &std::path::Path,
     wait_ready: bool,
 ) -> Running {
+    let stderr = std::fs::File::create(log).unwrap().into();
+    match start(command, args, env, stderr, wait_ready).await {
+        Some(running) => running,
+        None => panic!("not ready: {}", std::fs::read_to_string(log).unwrap_or_default()),
+    }
+}
+
+/// `serve --dev` plus `args` on two free loopback ports; `None` (the process killed)
+/// when it is not up within 10 s.
+async fn start(
+    mut command: Command,
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+    stderr: Stdio,
+    wait_ready: bool,
+) -> Option<Running> {
     let (data_port, admin_port) = (free_port(), free_port());
     command
         .args(["serve", "--dev"])
         .args(["--listen", &format!("127.0.0.1:{data_port}"), "--admin-listen", &format!("127.0.0.1:{admin_port}")])
         .args(args)
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap());
+        .stderr(stderr);
     if !env.is_empty() {
         command.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
         for (key, value) in env {
             command.env(key, value);
         }
     }
-    let mut child = command.spawn().unwrap();
+    let child = Reaped(command.spawn().unwrap());
     let admin = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let data = format!("127.0.0.1:{data_port}").parse().unwrap();
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(admin).await.is_ok()
             && (!wait_ready || harness::get(admin, "/readyz", &[]).await.0 == 200)
         {
-            return Running { child: Reaped(child), data, admin };
+            return Some(Running { child, data, admin });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("not ready: {}", std::fs::read_to_string(log).unwrap_or_default());
+    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -164,22 +164,16 @@ impl IdTemplate {
                 // own end, can read on, so the others are not tried.
                 match self.parts.get(part + 1) {
                     None => u8::from(pos < id.len() && id.len() <= limit),
-                    Some(IdPart::Literal(next)) => {
+                    after => {
+                        let next = match after {
+                            Some(IdPart::Literal(text)) => Some(text.as_bytes()),
+                            _ => None,
+                        };
                         let mut total = 0u8;
                         for end in pos + 1..=limit {
-                            if !id.get(end..).is_some_and(|rest| rest.starts_with(next.as_bytes())) {
+                            if next.is_some_and(|text| !id.get(end..).is_some_and(|rest| rest.starts_with(text))) {
                                 continue;
                             }
-                            total = total.saturating_add(self.count(part + 1, end, id, end_limit, memo));
-                            if total >= 2 {
-                                break;
-                            }
-                        }
-                        total.min(2)
-                    }
-                    Some(IdPart::Param(_)) => {
-                        let mut total = 0u8;
-                        for end in pos + 1..=limit {
                             total = total.saturating_add(self.count(part + 1, end, id, end_limit, memo));
                             if total >= 2 {
                                 break;
