@@ -43,6 +43,8 @@ pub enum StartError {
     Records(#[from] crate::records::RecordsError),
     #[error("cannot start the shadow policies' thread: {0}")]
     Shadow(std::io::Error),
+    #[error("cannot start the data plane's threads: {0}")]
+    Cores(std::io::Error),
 }
 
 impl From<StateError> for StartError {
@@ -533,10 +535,29 @@ pub async fn run_with_snapshot(
     initial: Option<PolicySnapshot>,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
+    let cores = server::cores::Cores::start(app.config.server.threads).map_err(StartError::Cores)?;
+    run_on(app, listeners, initial, Arc::new(cores), shutdown).await
+}
+
+/// As [`run_with_snapshot`], with the data plane and Envoy's checks on `cores` (see
+/// [`server::cores`]), which are stopped at the end; the admin listener and the
+/// background tasks on the calling runtime.
+pub async fn run_on(
+    app: Arc<App>,
+    listeners: Listeners,
+    initial: Option<PolicySnapshot>,
+    cores: Arc<server::cores::Cores>,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
     let tls = match &app.config.server.tls {
         Some(files) => Some(Arc::new(server::tls::ReloadingTls::load(files)?)),
         None => None,
     };
+    let soft = server::limits::nofile().map(|(soft, _)| soft);
+    let max_connections = server::limits::max_connections(app.config.server.max_connections, soft);
+    tracing::info!(max_connections, descriptor_limit = soft, "data-plane connection cap");
+    let limits = ConnLimits::from_config(&app.config.server, max_connections);
+    let admin_limits = limits.admin();
     let metrics = crate::telemetry::metrics_handle();
     // Background tasks end with `tasks`, which is cancelled after the listeners drain.
     let tasks = CancellationToken::new();
@@ -546,21 +567,18 @@ pub async fn run_with_snapshot(
     tokio::spawn(app.clone().load_keys(tasks.clone()));
     tokio::spawn(app.clone().watch_directory(tasks.clone()));
     tokio::spawn(app.clone().sync_memberships(tasks.clone()));
-    tokio::spawn(app.state.overload.clone().probe(tasks.clone()));
     if let Some(tls) = &tls {
         tokio::spawn(tls.clone().watch(tasks.clone()));
     }
-
-    let soft = server::limits::nofile().map(|(soft, _)| soft);
-    let max_connections = server::limits::max_connections(app.config.server.max_connections, soft);
-    tracing::info!(max_connections, descriptor_limit = soft, "data-plane connection cap");
-    let limits = ConnLimits::from_config(&app.config.server, max_connections);
-    let admin_limits = limits.admin();
+    for index in 0..cores.len() {
+        cores.spawn(index, app.state.overload.clone().probe(index, tasks.clone()));
+    }
     let data_app = app.clone();
-    let data = server::serve(listeners.data, tls, limits.clone(), shutdown.clone(), move |request, inbound| {
-        let app = data_app.clone();
-        async move { server::pipeline::handle_on(&app.state, request, inbound).await }
-    });
+    let data =
+        server::serve_on(&cores, listeners.data, tls, limits.clone(), shutdown.clone(), move |request, inbound| {
+            let app = data_app.clone();
+            async move { server::pipeline::handle_on(&app.state, request, inbound).await }
+        });
     let admin_app = app.clone();
     let admin = server::serve(listeners.admin, None, admin_limits, shutdown.clone(), move |request, _inbound| {
         let app = admin_app.clone();
@@ -572,7 +590,7 @@ pub async fn run_with_snapshot(
         let (Some(listener), Some(config)) = (listeners.ext_authz, ext_authz_config.clone()) else { return };
         let check_app = app.clone();
         let limits = ConnLimits { listener: "ext_authz", ..limits.clone() };
-        server::serve(listener, None, limits, shutdown.clone(), move |request, inbound| {
+        server::serve_on(&cores, listener, None, limits, shutdown.clone(), move |request, inbound| {
             let (app, config) = (check_app.clone(), config.clone());
             async move { server::ext_authz::check(&app.state, &config, request, inbound).await }
         })
@@ -583,7 +601,7 @@ pub async fn run_with_snapshot(
         let max_message = server::ext_authz::grpc::max_message_bytes(app.config.server.max_header_bytes);
         let service = server::ext_authz::grpc::service(app.clone(), max_message);
         let limits = ConnLimits { listener: "ext_authz_grpc", ..limits.clone() };
-        server::serve(listener, None, limits, shutdown.clone(), move |request, inbound| {
+        server::serve_on(&cores, listener, None, limits, shutdown.clone(), move |request, inbound| {
             let (service, config) = (service.clone(), config.clone());
             async move { server::ext_authz::grpc::serve(&service, &config, request, inbound).await }
         })
@@ -591,5 +609,6 @@ pub async fn run_with_snapshot(
     };
     tokio::join!(data, admin, ext_authz, ext_authz_grpc);
     tasks.cancel();
+    cores.stop().await;
     Ok(())
 }

@@ -182,9 +182,16 @@ impl Client {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_one_after_another_share_one_upstream_connection_whatever_client_connection_they_came_on() {
+async fn requests_one_after_another_share_one_upstream_connection_per_core_whatever_client_connection_they_came_on() {
     let upstream = RawUpstream::start(|seen| (sized(&seen.header("host").unwrap_or_default()), false)).await;
-    let (launched, _ws, _jwks) = sidecar(&upstream.url()).await;
+    let ws = Workspace::shipped();
+    let jwks = Jwks::start(&[&keys().0]).await;
+    let setup = Setup { max_body_bytes: 4 * 1024 * 1024, ..Setup::default() };
+    // two data-plane cores: an upstream connection serves the requests of its own core
+    let toml =
+        config_toml(&ws, &jwks.url(), &upstream.url(), &setup).replacen("[server]\n", "[server]\nthreads = 2\n", 1);
+    let launched = harness::launch(authz_sidecar::config::Config::from_toml(&toml, "test").unwrap()).await;
+    harness::wait_ready(launched.admin, &launched.app).await;
     let mut client = Client::connect(launched.data).await;
     for _ in 0..5 {
         let (status, body) = client.call("GET", Vec::new()).await;
@@ -193,7 +200,8 @@ async fn requests_one_after_another_share_one_upstream_connection_whatever_clien
         assert_eq!(body, upstream.addr.to_string());
     }
     assert_eq!(upstream.accepted(), 1, "one upstream connection carried every request");
-    // more client connections, each kept open, asking in turn: still the one
+    // more client connections, each kept open, asking in turn: they are placed on both
+    // cores, and each core opens one upstream connection, then reuses it
     let mut others = Vec::new();
     for _ in 0..20 {
         let mut other = Client::connect(launched.data).await;
@@ -201,7 +209,7 @@ async fn requests_one_after_another_share_one_upstream_connection_whatever_clien
         others.push(other);
     }
     assert_eq!(client.call("GET", Vec::new()).await.0, 200);
-    assert_eq!(upstream.accepted(), 1, "an idle client connection holds no upstream connection");
+    assert_eq!(upstream.accepted(), 2, "an idle client connection holds no upstream connection; a core holds one");
     launched.shutdown.cancel();
 }
 

@@ -277,13 +277,21 @@ pub async fn launch(config: Config) -> Launched {
 }
 
 pub async fn launch_app(app: App) -> Launched {
+    launch_on(app, None).await
+}
+
+/// As [`launch_app`], with the data plane on `cores` when given (the test's to load).
+pub async fn launch_on(app: App, cores: Option<Arc<authz_sidecar::server::cores::Cores>>) -> Launched {
     let app = Arc::new(app);
     let data_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (data, admin) = (data_listener.local_addr().unwrap(), admin_listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
     let listeners = Listeners { data: data_listener, admin: admin_listener, ext_authz: None, ext_authz_grpc: None };
-    let task = tokio::spawn(app::run(app.clone(), listeners, shutdown.clone()));
+    let task = match cores {
+        Some(cores) => tokio::spawn(app::run_on(app.clone(), listeners, None, cores, shutdown.clone())),
+        None => tokio::spawn(app::run(app.clone(), listeners, shutdown.clone())),
+    };
     Launched { app, data, admin, shutdown, task }
 }
 

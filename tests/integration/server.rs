@@ -489,7 +489,10 @@ async fn an_overloaded_runtime_sheds_new_requests_until_it_is_calm() {
         "[server]\nshed_delay = \"20ms\"\n",
         1,
     );
-    let launched = harness::launch(authz_sidecar::config::Config::from_toml(&toml, "test").unwrap()).await;
+    let config = authz_sidecar::config::Config::from_toml(&toml, "test").unwrap();
+    // the data plane on two cores of the test's, which it can hold up
+    let cores = Arc::new(authz_sidecar::server::cores::Cores::start(2).unwrap());
+    let launched = harness::launch_on(authz_sidecar::app::App::new(config, false).unwrap(), Some(cores.clone())).await;
     let sidecar = Sidecar::from_parts(launched, ws, jwks, upstream).ready().await;
     let auth = format!("Bearer {}", token("user-1", &["Team1"]));
     let headers = [
@@ -499,11 +502,11 @@ async fn an_overloaded_runtime_sheds_new_requests_until_it_is_calm() {
     ];
     assert_eq!(sidecar.get(ALLOWED, &headers).await.0, 200);
 
-    // both workers held 60 ms at a time, over and over
+    // both cores held 60 ms at a time, over and over
     let hogging = Arc::new(AtomicBool::new(true));
-    for _ in 0..2 {
+    for core in 0..2 {
         let hogging = hogging.clone();
-        tokio::spawn(async move {
+        cores.spawn(core, async move {
             while hogging.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(60));
                 tokio::task::yield_now().await;

@@ -75,7 +75,9 @@ pub(super) fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             return exit::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // the control plane's (the admin listener, reloads, refreshes): the data plane runs
+    // on threads of its own (`server::cores`), blocking work on the blocking pool
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             let _ = writeln!(err, "error: cannot start the async runtime: {e}");

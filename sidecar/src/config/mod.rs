@@ -127,6 +127,9 @@ pub struct AvpSource {
 /// at least one.
 pub const REQUESTS_PER_CORE: usize = 128;
 
+/// The most data-plane threads `server.threads` may ask for.
+pub const MAX_THREADS: usize = 256;
+
 /// The default in-flight limit for `cores` cores.
 #[must_use]
 pub fn requests_per_core(cores: usize) -> usize {
@@ -147,6 +150,9 @@ pub struct ServerConfig {
     /// Access queries deciding at once (each may decide thousands of resources on the
     /// blocking pool); one more is answered 429 rather than take the data plane's cores.
     pub max_concurrent_access_queries: usize,
+    /// Threads serving the data plane and Envoy's checks, a single-threaded runtime each
+    /// (see [`crate::server::cores`]); default: one per core the process may use.
+    pub threads: usize,
     /// Shed new requests while the scheduling delay is past this; zero: never (see
     /// [`crate::server::overload`]).
     pub shed_delay: Duration,
@@ -302,11 +308,15 @@ impl Config {
             ("server.max_headers", server.max_headers),
             ("server.max_concurrent_requests", server.max_concurrent_requests.unwrap_or(1)),
             ("server.max_concurrent_access_queries", server.max_concurrent_access_queries.unwrap_or(1)),
+            ("server.threads", server.threads.unwrap_or(1)),
             ("server.max_connections", server.max_connections.unwrap_or(1)),
         ] {
             if value == 0 {
                 return Err(invalid(key.to_owned(), "must be greater than 0".to_owned()));
             }
+        }
+        if server.threads.is_some_and(|threads| threads > MAX_THREADS) {
+            return Err(invalid("server.threads".to_owned(), format!("must be at most {MAX_THREADS}")));
         }
         for (key, value) in [
             ("server.header_read_timeout", server.header_read_timeout),
@@ -523,6 +533,7 @@ impl Config {
                 max_concurrent_access_queries: server
                     .max_concurrent_access_queries
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
+                threads: server.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
                 shed_delay: server.shed_delay,
                 max_connections: server.max_connections,
                 idle_timeout: server.idle_timeout,
@@ -632,6 +643,10 @@ mod tests {
         assert!(Config::from_toml("[server]\nmax_concurrent_requests = 0\n", "test").is_err());
         assert_eq!(config.server.max_concurrent_access_queries, cores);
         assert!(Config::from_toml("[server]\nmax_concurrent_access_queries = 0\n", "test").is_err());
+        assert_eq!(config.server.threads, cores);
+        assert_eq!(Config::from_toml("[server]\nthreads = 3\n", "test").unwrap().server.threads, 3);
+        assert!(Config::from_toml("[server]\nthreads = 0\n", "test").is_err());
+        assert!(Config::from_toml("[server]\nthreads = 257\n", "test").is_err());
     }
 
     #[test]

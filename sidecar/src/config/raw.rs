@@ -113,6 +113,8 @@ pub struct RawServer {
     pub max_concurrent_requests: Option<usize>,
     /// Access queries (`handler = "access"`) deciding at once; default: one per core.
     pub max_concurrent_access_queries: Option<usize>,
+    /// Data-plane threads, each with a runtime of its own; default: one per core.
+    pub threads: Option<usize>,
     /// Shed new requests while the runtime's scheduling delay is past this (0: never).
     #[serde(with = "humantime_serde")]
     pub shed_delay: Duration,
@@ -138,6 +140,7 @@ impl Default for RawServer {
             max_body_bytes: 1024 * 1024,
             max_concurrent_requests: None,
             max_concurrent_access_queries: None,
+            threads: None,
             shed_delay: Duration::ZERO,
             max_connections: None,
             idle_timeout: Duration::from_secs(60),

@@ -12,6 +12,9 @@
 //!   as the inbound connections (a sidecar behind a load balancer holds hundreds of idle
 //!   keep-alive connections, each of which would otherwise keep an upstream connection
 //!   and its buffers). The most recently used idle connection is taken first.
+//! - A connection is used only by requests on the data-plane core that opened it (see
+//!   `server::cores`): its socket is registered with that core's reactor, and a request
+//!   on another core would wait for that core's turn at its reactor to hear from it.
 //! - A connection goes back to the pool only when its response body has ended. A body
 //!   cut short (the client went away) closes it, since it could not be reused.
 //! - At most as many idle connections are kept as requests may be in flight together
@@ -115,9 +118,12 @@ impl UpstreamPool {
     /// The most recently used idle connection that has not been idle too long; those
     /// that have are closed.
     fn take_idle(&self) -> Option<Owned> {
+        let here = crate::server::cores::current();
         let (expired, fresh) = {
             let mut idle = self.idle.lock().ok()?;
-            (self.expired(&mut idle), idle.pop())
+            let expired = self.expired(&mut idle);
+            let fresh = idle.iter().rposition(|i| i.owned.core == here).map(|at| idle.remove(at));
+            (expired, fresh)
         };
         // closed outside the lock
         drop(expired);
@@ -159,6 +165,9 @@ impl UpstreamPool {
         let pool = Arc::downgrade(self);
         let every = (self.idle_timeout / 2).max(Duration::from_millis(10));
         runtime.spawn(async move {
+            // however this ends (a data-plane core's runtime stops with its tasks), the
+            // next connection given back starts another
+            let _reaping = Reaping(pool.clone());
             loop {
                 tokio::time::sleep(every).await;
                 let Some(pool) = pool.upgrade() else { return };
@@ -178,6 +187,17 @@ impl UpstreamPool {
     #[cfg(test)]
     fn idle_count(&self) -> usize {
         self.idle.lock().map(|idle| idle.len()).unwrap_or(0)
+    }
+}
+
+/// Held by the reaping task: its end lets another start.
+struct Reaping(std::sync::Weak<UpstreamPool>);
+
+impl Drop for Reaping {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.upgrade() {
+            pool.reaping.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -259,6 +279,8 @@ fn host_of(authority: &http::uri::Authority) -> Option<HeaderValue> {
 
 /// A connection and the handle that sends on it.
 struct Owned {
+    /// The data-plane core that opened it, whose reactor its socket is registered with.
+    core: Option<usize>,
     send: http1::SendRequest<Body>,
     /// `None` once the connection has finished (closed by either side, or failed).
     conn: Option<Connection>,
@@ -279,7 +301,7 @@ impl Owned {
         stream.set_nodelay(true)?;
         let (send, conn) = http1::handshake(TokioIo::new(stream)).await?;
         metrics::counter!("authz_upstream_connections_total").increment(1);
-        Ok(Self { send, conn: Some(conn) })
+        Ok(Self { core: crate::server::cores::current(), send, conn: Some(conn) })
     }
 
     /// Poll the connection until it is ready for a request, or gone (`None`).
@@ -458,6 +480,36 @@ mod tests {
         assert!(unreaped.take_idle().is_none());
         assert_eq!(unreaped.idle_count(), 0);
         assert!(closed(&mut theirs[1]).await);
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_taken_only_on_the_core_that_opened_it() {
+        use crate::server::cores::Cores;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let pool = Arc::new(UpstreamPool::new(address.clone(), 4, http_client::IDLE_TIMEOUT));
+        let cores = Cores::start(2).unwrap();
+        let on = |core: usize| {
+            let pool = pool.clone();
+            cores.spawn(core, async move { pool.take_idle().is_some() })
+        };
+        let (opener, to) = (pool.clone(), address.clone());
+        cores
+            .spawn(0, async move {
+                let owned = Owned::connect(&to, Duration::from_secs(1)).await.unwrap();
+                opener.give_back(owned);
+            })
+            .await
+            .unwrap();
+        let _theirs = listener.accept().await.unwrap();
+        assert!(!on(1).await.unwrap(), "another core's connection is not taken");
+        assert!(pool.take_idle().is_none(), "nor off the cores");
+        assert_eq!(pool.idle_count(), 1);
+        assert!(on(0).await.unwrap(), "the core that opened it takes it");
+        assert_eq!(pool.idle_count(), 0);
+        assert!(pool.reaping.load(Ordering::Acquire), "the reaper started on core 0");
+        cores.stop().await;
+        assert!(!pool.reaping.load(Ordering::Acquire), "its end, with its core, lets another start");
     }
 
     #[test]

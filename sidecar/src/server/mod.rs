@@ -1,8 +1,10 @@
 //! The listeners: accept loops for the data plane and the admin endpoints.
 //!
 //! Both take a bound listener and a shutdown token from the caller, so tests run the
-//! real server on `127.0.0.1:0`. On shutdown a listener stops accepting at once, lets
-//! in-flight requests finish for at most the grace period, then closes what is left.
+//! real server on `127.0.0.1:0`. The data plane's connections are served on the
+//! data-plane cores ([`serve_on`], see [`cores`]), the admin listener's on the calling
+//! runtime ([`serve`]). On shutdown a listener stops accepting at once, lets in-flight
+//! requests finish for at most the grace period, then closes what is left.
 //!
 //! Every connection is bounded, whatever the client does or does not send:
 //!
@@ -22,6 +24,7 @@
 
 pub mod admin;
 pub mod context;
+pub mod cores;
 pub mod ext_authz;
 pub mod forwarded;
 pub mod head;
@@ -282,9 +285,41 @@ pub struct Inbound {
     pub peer: SocketAddr,
 }
 
-/// Serve `handler` on `listener` until `shutdown`, then drain.
+/// Serve `handler` on `listener` until `shutdown`, then drain, on the calling runtime.
 pub async fn serve<H, F>(
     listener: TcpListener,
+    tls: Option<Arc<tls::ReloadingTls>>,
+    limits: ConnLimits,
+    shutdown: CancellationToken,
+    handler: H,
+) where
+    H: Fn(hyper::Request<Incoming>, Inbound) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = hyper::Response<Body>> + Send + 'static,
+{
+    accept(listener, None, tls, limits, shutdown, handler).await;
+}
+
+/// As [`serve`], accepting here and serving each connection on the core of `cores`
+/// with the fewest open connections (see [`cores`]).
+pub async fn serve_on<H, F>(
+    cores: &cores::Cores,
+    listener: TcpListener,
+    tls: Option<Arc<tls::ReloadingTls>>,
+    limits: ConnLimits,
+    shutdown: CancellationToken,
+    handler: H,
+) where
+    H: Fn(hyper::Request<Incoming>, Inbound) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = hyper::Response<Body>> + Send + 'static,
+{
+    accept(listener, Some(cores), tls, limits, shutdown, handler).await;
+}
+
+/// Accept on `listener` until `shutdown`, serving each connection on a core of `cores`
+/// (on this runtime without them); then drain.
+async fn accept<H, F>(
+    listener: TcpListener,
+    cores: Option<&cores::Cores>,
     tls: Option<Arc<tls::ReloadingTls>>,
     limits: ConnLimits,
     shutdown: CancellationToken,
@@ -321,57 +356,43 @@ pub async fn serve<H, F>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        // the TLS configuration loaded last, for the life of this connection
-        let tls = tls.as_ref().map(|tls| tls.acceptor());
-        let (handler, builders, limits) = (handler.clone(), builders.clone(), limits.clone());
-        let (draining, closing) = (draining.clone(), closing.clone());
-        connections.spawn(async move {
-            metrics::gauge!("authz_connections_open", "listener" => listener_name).increment(1.0);
-            let accepted = Instant::now();
-            match tls {
-                None => {
-                    // the first bytes, peeked within the first request's deadline (past
-                    // it, the connection loop closes the connection and counts it)
-                    let peeked = tokio::time::timeout_at(accepted + limits.header_read_timeout, sniff(&stream));
-                    let protocol = tokio::select! {
-                        () = closing.cancelled() => None,
-                        () = draining.cancelled() => None,
-                        protocol = peeked => Some(protocol.ok().flatten()),
-                    };
-                    // (none: shut down before the client said anything)
-                    if let Some(protocol) = protocol {
-                        serve_connection(stream, peer, &builders, protocol, &limits, handler, accepted, &draining, &closing).await;
-                    }
-                }
-                // boxed: a TLS connection's state would otherwise make every plain
-                // connection's task as large
-                Some(acceptor) => Box::pin(async {
-                    let handshake = tokio::time::timeout_at(accepted + limits.header_read_timeout, acceptor.accept(stream));
-                    let stream = tokio::select! {
-                        () = closing.cancelled() => None,
-                        result = handshake => match result {
-                            Ok(Ok(stream)) => Some(stream),
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                None
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                metrics::counter!("authz_connections_timed_out_total", "listener" => listener_name, "phase" => "first_request").increment(1);
-                                None
-                            }
-                        },
-                    };
-                    if let Some(stream) = stream {
-                        let protocol = protocol_of_alpn(stream.get_ref().1.alpn_protocol());
-                        serve_connection(stream, peer, &builders, protocol, &limits, handler, accepted, &draining, &closing).await;
-                    }
-                })
-                .await,
+        let accepted = Accepted {
+            peer,
+            // the TLS configuration loaded last, for the life of this connection
+            tls: tls.as_ref().map(|tls| tls.acceptor()),
+            builders: builders.clone(),
+            limits: limits.clone(),
+            draining: draining.clone(),
+            closing: closing.clone(),
+            slot,
+        };
+        let handler = handler.clone();
+        match cores {
+            None => {
+                connections.spawn(accepted.serve(stream, handler));
             }
-            metrics::gauge!("authz_connections_open", "listener" => listener_name).decrement(1.0);
-            drop(slot);
-        });
+            Some(cores) => {
+                // registered with the chosen core's reactor instead of this runtime's
+                let stream = match stream.into_std() {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::warn!(listener = listener_name, %peer, error = %e, "cannot hand a connection to a core");
+                        continue;
+                    }
+                };
+                let seat = cores.seat();
+                cores.spawn(
+                    seat.core(),
+                    connections.track_future(async move {
+                        let _seat = seat;
+                        match tokio::net::TcpStream::from_std(stream) {
+                            Ok(stream) => accepted.serve(stream, handler).await,
+                            Err(e) => tracing::warn!(%peer, error = %e, "a core cannot take a connection"),
+                        }
+                    }),
+                );
+            }
+        }
     }
     drop(listener);
     draining.cancel();
@@ -383,6 +404,75 @@ pub async fn serve<H, F>(
             closing.cancel();
             connections.wait().await;
         }
+    }
+}
+
+/// An accepted connection and what serving it takes.
+struct Accepted {
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    builders: Arc<Builders>,
+    limits: Arc<ConnLimits>,
+    draining: CancellationToken,
+    closing: CancellationToken,
+    /// Its place under the listener's cap, given back when it ends.
+    slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Accepted {
+    /// Serve the connection on `stream` until it ends.
+    async fn serve<H, F>(self, stream: tokio::net::TcpStream, handler: H)
+    where
+        H: Fn(hyper::Request<Incoming>, Inbound) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = hyper::Response<Body>> + Send + 'static,
+    {
+        let Self { peer, tls, builders, limits, draining, closing, slot } = self;
+        let listener_name = limits.listener;
+        metrics::gauge!("authz_connections_open", "listener" => listener_name).increment(1.0);
+        let accepted = Instant::now();
+        match tls {
+            None => {
+                // the first bytes, peeked within the first request's deadline (past
+                // it, the connection loop closes the connection and counts it)
+                let peeked = tokio::time::timeout_at(accepted + limits.header_read_timeout, sniff(&stream));
+                let protocol = tokio::select! {
+                    () = closing.cancelled() => None,
+                    () = draining.cancelled() => None,
+                    protocol = peeked => Some(protocol.ok().flatten()),
+                };
+                // (none: shut down before the client said anything)
+                if let Some(protocol) = protocol {
+                    serve_connection(stream, peer, &builders, protocol, &limits, handler, accepted, &draining, &closing).await;
+                }
+            }
+            // boxed: a TLS connection's state would otherwise make every plain
+            // connection's task as large
+            Some(acceptor) => Box::pin(async {
+                let handshake = tokio::time::timeout_at(accepted + limits.header_read_timeout, acceptor.accept(stream));
+                let stream = tokio::select! {
+                    () = closing.cancelled() => None,
+                    result = handshake => match result {
+                        Ok(Ok(stream)) => Some(stream),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            None
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            metrics::counter!("authz_connections_timed_out_total", "listener" => listener_name, "phase" => "first_request").increment(1);
+                            None
+                        }
+                    },
+                };
+                if let Some(stream) = stream {
+                    let protocol = protocol_of_alpn(stream.get_ref().1.alpn_protocol());
+                    serve_connection(stream, peer, &builders, protocol, &limits, handler, accepted, &draining, &closing).await;
+                }
+            })
+            .await,
+        }
+        metrics::gauge!("authz_connections_open", "listener" => listener_name).decrement(1.0);
+        drop(slot);
     }
 }
 

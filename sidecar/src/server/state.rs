@@ -120,7 +120,7 @@ impl State {
             engine,
             upstreams,
             in_flight: Arc::new(Semaphore::new(config.server.max_concurrent_requests)),
-            overload: super::overload::Overload::new(config.server.shed_delay),
+            overload: super::overload::Overload::new(config.server.shed_delay, config.server.threads),
             dev,
             presigner: None,
             directory: None,
