@@ -13,36 +13,16 @@
 # --bin authz-sidecar --bin loadbench`) and oha (scripts/test-tools.sh installs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target="${CARGO_TARGET_DIR:-target}"
+source bench/by-hand.sh
 sidecar="${1:-$target/release/authz-sidecar}"
 policies="${2:-1000}"
 entities="${3:-10000}"
 reloads="${4:-0}"
-loadbench="$target/release/loadbench"
-oha="${OHA:-$HOME/.cache/authz-sidecar/tools/bin/oha}"
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
 "$loadbench" workload --policies "$policies" --entities "$entities" --dir "$work" >/dev/null
 token="$("$loadbench" token --jwks "$work/jwks.json")"
 
-"$loadbench" upstream --listen 127.0.0.1:18190 >/dev/null 2>&1 &
-pids+=($!)
-# glibc's malloc settings as deploy/Dockerfile's image has them, unless the environment
-# sets GLIBC_TUNABLES itself (empty: glibc's defaults)
-GLIBC_TUNABLES="${GLIBC_TUNABLES-glibc.malloc.mmap_threshold=131072}" \
-  "$sidecar" serve --config "$work/config.toml" >"$work/sidecar.log" 2>&1 &
-sidecar_pid=$!
-pids+=("$sidecar_pid")
-for _ in $(seq 1 300); do
-  curl -sf -o /dev/null http://127.0.0.1:18182/readyz && break
-  sleep 0.1
-done
+start "$sidecar"
 memory() { grep -E 'VmHWM|RssAnon|RssFile' "/proc/$sidecar_pid/status" | awk '{printf "%s %.1f MiB  ", $1, $2 / 1024}'; }
 echo "ready: $(memory)"
 "$oha" --no-tui -z 4s -c 50 -H "authorization: Bearer $token" -H "x-amzn-vpce-id: vpce-0a1a000000000001a" \

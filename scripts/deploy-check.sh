@@ -16,7 +16,7 @@ echo "-- Dockerfile (hadolint)"
 grep -qx 'ENV GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072' deploy/Dockerfile ||
   { echo "error: deploy/Dockerfile no longer fixes glibc's mmap threshold" >&2; exit 1; }
 # the benchmarks run the sidecar as the image does
-for bench in bench/src/bin/loadbench/scenario.rs bench/sweep-memory.sh; do
+for bench in bench/src/bin/loadbench/scenario.rs bench/by-hand.sh; do
   grep -q 'glibc.malloc.mmap_threshold=131072' "$bench" ||
     { echo "error: $bench does not run the sidecar with the image's GLIBC_TUNABLES" >&2; exit 1; }
 done

@@ -575,12 +575,12 @@ pub async fn run_on(
     }
     let data_app = app.clone();
     let data =
-        server::serve_on(&cores, listeners.data, tls, limits.clone(), shutdown.clone(), move |request, inbound| {
+        server::serve(listeners.data, Some(&cores), tls, limits.clone(), shutdown.clone(), move |request, inbound| {
             let app = data_app.clone();
             async move { server::pipeline::handle_on(&app.state, request, inbound).await }
         });
     let admin_app = app.clone();
-    let admin = server::serve(listeners.admin, None, admin_limits, shutdown.clone(), move |request, _inbound| {
+    let admin = server::serve(listeners.admin, None, None, admin_limits, shutdown.clone(), move |request, _inbound| {
         let app = admin_app.clone();
         let metrics = metrics.clone();
         async move { server::admin::handle(&app.state, &metrics, request) }
@@ -590,7 +590,7 @@ pub async fn run_on(
         let (Some(listener), Some(config)) = (listeners.ext_authz, ext_authz_config.clone()) else { return };
         let check_app = app.clone();
         let limits = ConnLimits { listener: "ext_authz", ..limits.clone() };
-        server::serve_on(&cores, listener, None, limits, shutdown.clone(), move |request, inbound| {
+        server::serve(listener, Some(&cores), None, limits, shutdown.clone(), move |request, inbound| {
             let (app, config) = (check_app.clone(), config.clone());
             async move { server::ext_authz::check(&app.state, &config, request, inbound).await }
         })
@@ -601,7 +601,7 @@ pub async fn run_on(
         let max_message = server::ext_authz::grpc::max_message_bytes(app.config.server.max_header_bytes);
         let service = server::ext_authz::grpc::service(app.clone(), max_message);
         let limits = ConnLimits { listener: "ext_authz_grpc", ..limits.clone() };
-        server::serve_on(&cores, listener, None, limits, shutdown.clone(), move |request, inbound| {
+        server::serve(listener, Some(&cores), None, limits, shutdown.clone(), move |request, inbound| {
             let (service, config) = (service.clone(), config.clone());
             async move { server::ext_authz::grpc::serve(&service, &config, request, inbound).await }
         })

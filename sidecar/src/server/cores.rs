@@ -11,10 +11,10 @@
 //!
 //! - **Placing.** A listener is accepted on the main runtime, and each connection is
 //!   handed to the core with the fewest open connections ([`Cores::seat`]; ties go
-//!   round). Keep-alive connections are few and long: placing them by count keeps the
-//!   cores evenly loaded, where letting each core accept for itself, or the kernel's
-//!   hash of `SO_REUSEPORT`, gave one core half as many again as the other (measured:
-//!   29/21 of 50). A connection costs one hand-over, its requests none.
+//!   round, as with Envoy's `exact_balance`). Keep-alive connections are few and long:
+//!   placing them by count keeps the cores evenly loaded, where letting each core accept
+//!   for itself split 50 connections opened at once unevenly, and the busier core set
+//!   the pace (measured). A connection costs one hand-over, its requests none.
 //! - **What stays on a core.** A connection, its requests, the tasks hyper spawns for
 //!   it (HTTP/2 streams), its timers and the upstream connections it opens (registered
 //!   with that core's reactor, and given only to requests on that core: see

@@ -2,9 +2,9 @@
 //!
 //! Both take a bound listener and a shutdown token from the caller, so tests run the
 //! real server on `127.0.0.1:0`. The data plane's connections are served on the
-//! data-plane cores ([`serve_on`], see [`cores`]), the admin listener's on the calling
-//! runtime ([`serve`]). On shutdown a listener stops accepting at once, lets in-flight
-//! requests finish for at most the grace period, then closes what is left.
+//! data-plane cores (see [`cores`]), the admin listener's on the calling runtime. On
+//! shutdown a listener stops accepting at once, lets in-flight requests finish for at
+//! most the grace period, then closes what is left.
 //!
 //! Every connection is bounded, whatever the client does or does not send:
 //!
@@ -285,39 +285,10 @@ pub struct Inbound {
     pub peer: SocketAddr,
 }
 
-/// Serve `handler` on `listener` until `shutdown`, then drain, on the calling runtime.
+/// Serve `handler` on `listener` until `shutdown`, then drain: each connection on the
+/// core of `cores` with the fewest open connections (see [`cores`]), or on the calling
+/// runtime without them. The accept loop runs on the calling runtime.
 pub async fn serve<H, F>(
-    listener: TcpListener,
-    tls: Option<Arc<tls::ReloadingTls>>,
-    limits: ConnLimits,
-    shutdown: CancellationToken,
-    handler: H,
-) where
-    H: Fn(hyper::Request<Incoming>, Inbound) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = hyper::Response<Body>> + Send + 'static,
-{
-    accept(listener, None, tls, limits, shutdown, handler).await;
-}
-
-/// As [`serve`], accepting here and serving each connection on the core of `cores`
-/// with the fewest open connections (see [`cores`]).
-pub async fn serve_on<H, F>(
-    cores: &cores::Cores,
-    listener: TcpListener,
-    tls: Option<Arc<tls::ReloadingTls>>,
-    limits: ConnLimits,
-    shutdown: CancellationToken,
-    handler: H,
-) where
-    H: Fn(hyper::Request<Incoming>, Inbound) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = hyper::Response<Body>> + Send + 'static,
-{
-    accept(listener, Some(cores), tls, limits, shutdown, handler).await;
-}
-
-/// Accept on `listener` until `shutdown`, serving each connection on a core of `cores`
-/// (on this runtime without them); then drain.
-async fn accept<H, F>(
     listener: TcpListener,
     cores: Option<&cores::Cores>,
     tls: Option<Arc<tls::ReloadingTls>>,
