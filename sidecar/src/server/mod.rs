@@ -285,12 +285,25 @@ pub struct Inbound {
     pub peer: SocketAddr,
 }
 
-/// Serve `handler` on `listener` until `shutdown`, then drain: each connection on the
-/// core of `cores` with the fewest open connections (see [`cores`]), or on the calling
-/// runtime without them. The accept loop runs on the calling runtime.
+/// What every accept loop of one listener shares: its limits and builders, its cap on
+/// open connections, its TLS configuration, and its connections, drained together.
+struct Listening {
+    limits: Arc<ConnLimits>,
+    builders: Arc<Builders>,
+    slots: Arc<Semaphore>,
+    tls: Option<Arc<tls::ReloadingTls>>,
+    connections: TaskTracker,
+    /// Finish what is in flight, take nothing new.
+    draining: CancellationToken,
+    /// Drop it all.
+    closing: CancellationToken,
+}
+
+/// Serve `handler` on `listener` until `shutdown`, then drain: accepted and served on
+/// every core of `cores` (see [`cores`]), or on the calling runtime without them.
 pub async fn serve<H, F>(
     listener: TcpListener,
-    cores: Option<&cores::Cores>,
+    cores: Option<&Arc<cores::Cores>>,
     tls: Option<Arc<tls::ReloadingTls>>,
     limits: ConnLimits,
     shutdown: CancellationToken,
@@ -300,80 +313,153 @@ pub async fn serve<H, F>(
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
 {
     let limits = Arc::new(limits);
-    let builders = Arc::new(Builders::new(&limits));
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let connections = TaskTracker::new();
-    // `draining`: finish what is in flight, take nothing new; `closing`: drop it all.
-    let (draining, closing) = (CancellationToken::new(), CancellationToken::new());
-    let listener_name = limits.listener;
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // e.g. out of file descriptors: back off instead of spinning
-                    tracing::warn!(listener = listener_name, error = %e, "accept failed");
-                    metrics::counter!("authz_accept_errors_total", "listener" => listener_name).increment(1);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(listener = listener_name, %peer, "connection refused: at max_connections");
-            metrics::counter!("authz_connections_refused_total", "listener" => listener_name).increment(1);
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let accepted = Accepted {
-            peer,
-            // the TLS configuration loaded last, for the life of this connection
-            tls: tls.as_ref().map(|tls| tls.acceptor()),
-            builders: builders.clone(),
-            limits: limits.clone(),
-            draining: draining.clone(),
-            closing: closing.clone(),
-            slot,
-        };
-        let handler = handler.clone();
-        match cores {
-            None => {
-                connections.spawn(accepted.serve(stream, handler));
-            }
-            Some(cores) => {
-                // registered with the chosen core's reactor instead of this runtime's
-                let stream = match stream.into_std() {
-                    Ok(stream) => stream,
-                    Err(e) => {
-                        tracing::warn!(listener = listener_name, %peer, error = %e, "cannot hand a connection to a core");
-                        continue;
+    let listening = Arc::new(Listening {
+        builders: Arc::new(Builders::new(&limits)),
+        slots: Arc::new(Semaphore::new(limits.max_connections)),
+        limits,
+        tls,
+        connections: TaskTracker::new(),
+        draining: CancellationToken::new(),
+        closing: CancellationToken::new(),
+    });
+    let name = listening.limits.listener;
+    match cores {
+        None => listening.clone().accept(listener, None, shutdown, handler).await,
+        Some(cores) => {
+            let mut loops = Vec::with_capacity(cores.len());
+            for (core, copy) in copies(listener, cores.len()).into_iter().enumerate() {
+                let (listening, place) = (listening.clone(), Some((cores.clone(), core)));
+                let (shutdown, handler) = (shutdown.clone(), handler.clone());
+                loops.push(cores.spawn(core, async move {
+                    // registered with this core's reactor
+                    match TcpListener::from_std(copy) {
+                        Ok(listener) => listening.accept(listener, place, shutdown, handler).await,
+                        Err(e) => tracing::error!(listener = name, core, error = %e, "a core cannot accept"),
                     }
-                };
-                let seat = cores.seat();
-                cores.spawn(
-                    seat.core(),
-                    connections.track_future(async move {
-                        let _seat = seat;
-                        match tokio::net::TcpStream::from_std(stream) {
-                            Ok(stream) => accepted.serve(stream, handler).await,
-                            Err(e) => tracing::warn!(%peer, error = %e, "a core cannot take a connection"),
-                        }
-                    }),
-                );
+                }));
+            }
+            for ended in loops {
+                if let Err(e) = ended.await {
+                    tracing::error!(listener = name, error = %e, "a core's accept loop ended early");
+                }
             }
         }
     }
-    drop(listener);
+    let Listening { limits, connections, draining, closing, .. } = listening.as_ref();
     draining.cancel();
     connections.close();
     tokio::select! {
-        () = connections.wait() => tracing::debug!(listener = listener_name, "all connections drained"),
+        () = connections.wait() => tracing::debug!(listener = name, "all connections drained"),
         () = tokio::time::sleep(limits.shutdown_grace) => {
-            tracing::warn!(listener = listener_name, grace = ?limits.shutdown_grace, "shutdown grace elapsed; closing the connections left");
+            tracing::warn!(listener = name, grace = ?limits.shutdown_grace, "shutdown grace elapsed; closing the connections left");
             closing.cancel();
             connections.wait().await;
+        }
+    }
+}
+
+/// `listener`'s socket, a copy for each of (at most) `count` cores to register with its
+/// own runtime: fewer when descriptors run out, none when the socket cannot be taken
+/// from the calling runtime (both logged).
+fn copies(listener: TcpListener, count: usize) -> Vec<std::net::TcpListener> {
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot take a listener from the runtime: nothing is accepted on it");
+            return Vec::new();
+        }
+    };
+    let mut copies = Vec::with_capacity(count);
+    while copies.len() + 1 < count {
+        match listener.try_clone() {
+            Ok(copy) => copies.push(copy),
+            Err(e) => {
+                tracing::warn!(error = %e, cores = copies.len() + 1, "cannot copy a listener for every core: fewer accept");
+                break;
+            }
+        }
+    }
+    copies.push(listener);
+    copies
+}
+
+impl Listening {
+    /// Accept on `listener` until `shutdown`. On a core (`place`: the cores and this
+    /// one's index), a connection is served here unless another core has fewer open by
+    /// more than one (see [`cores::Cores::seat_from`]); off the cores, on this runtime.
+    async fn accept<H, F>(
+        self: Arc<Self>,
+        listener: TcpListener,
+        place: Option<(Arc<cores::Cores>, usize)>,
+        shutdown: CancellationToken,
+        handler: H,
+    ) where
+        H: Fn(hyper::Request<Incoming>, Inbound) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = hyper::Response<Body>> + Send + 'static,
+    {
+        let listener_name = self.limits.listener;
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // e.g. out of file descriptors: back off instead of spinning
+                        tracing::warn!(listener = listener_name, error = %e, "accept failed");
+                        metrics::counter!("authz_accept_errors_total", "listener" => listener_name).increment(1);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                tracing::debug!(listener = listener_name, %peer, "connection refused: at max_connections");
+                metrics::counter!("authz_connections_refused_total", "listener" => listener_name).increment(1);
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let accepted = Accepted {
+                peer,
+                // the TLS configuration loaded last, for the life of this connection
+                tls: self.tls.as_ref().map(|tls| tls.acceptor()),
+                builders: self.builders.clone(),
+                limits: self.limits.clone(),
+                draining: self.draining.clone(),
+                closing: self.closing.clone(),
+                slot,
+            };
+            let handler = handler.clone();
+            let Some((cores, here)) = &place else {
+                self.connections.spawn(accepted.serve(stream, handler));
+                continue;
+            };
+            let seat = cores.seat_from(*here);
+            if seat.core() == *here {
+                self.connections.spawn(async move {
+                    let _seat = seat;
+                    accepted.serve(stream, handler).await;
+                });
+                continue;
+            }
+            // registered with the other core's reactor instead of this one's
+            let stream = match stream.into_std() {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(listener = listener_name, %peer, error = %e, "cannot hand a connection to a core");
+                    continue;
+                }
+            };
+            cores.spawn(
+                seat.core(),
+                self.connections.track_future(async move {
+                    let _seat = seat;
+                    match tokio::net::TcpStream::from_std(stream) {
+                        Ok(stream) => accepted.serve(stream, handler).await,
+                        Err(e) => tracing::warn!(%peer, error = %e, "a core cannot take a connection"),
+                    }
+                }),
+            );
         }
     }
 }
