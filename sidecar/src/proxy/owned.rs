@@ -12,6 +12,12 @@
 //!   as the inbound connections (a sidecar behind a load balancer holds hundreds of idle
 //!   keep-alive connections, each of which would otherwise keep an upstream connection
 //!   and its buffers). The most recently used idle connection is taken first.
+//! - An idle connection is only its socket. hyper's state for a connection (its read and
+//!   write buffers, and the channel a request is handed to it by, whose blocks of 32
+//!   requests become two after the 32nd: some 33 KiB in all) is made when a request takes
+//!   the connection and dropped when its response has ended. Under a flood the
+//!   connections in use are as many as the requests in flight, so this bounds what each
+//!   costs to one block of the channel; after it the idle ones cost next to nothing.
 //! - A connection is used only by requests on the data-plane core that opened it (see
 //!   `server::cores`): its socket is registered with that core's reactor, and a request
 //!   on another core would wait for that core's turn at its reactor to hear from it.
@@ -21,11 +27,15 @@
 //!   (`server.max_concurrent_requests`, never more than
 //!   [`http_client::MAX_IDLE_PER_HOST`]); one given back past that is closed. One idle
 //!   for [`http_client::IDLE_TIMEOUT`] is closed, whether or not requests come.
-//! - Before reuse a connection is polled once: one the upstream closed (its keep-alive
-//!   ran out) is seen there and dropped, and the next idle one is tried, then a new one.
-//!   If the upstream closes it between that look and the request being written, hyper
-//!   gives the request back unsent and it goes on a new connection, once. A request
-//!   already written is never sent twice.
+//! - A connection is parked only when hyper, polled after the response's end, asks for
+//!   the next request (so never after `Connection: close`, an HTTP/1.0 answer without
+//!   keep-alive, or a request body still being written) and has read nothing past the
+//!   response.
+//! - Before reuse its socket is looked at once: one the upstream closed (its keep-alive
+//!   ran out), or sent anything on unasked, is dropped, and the next idle one is tried,
+//!   then a new one. If the upstream closes it between that look and the request being
+//!   written, hyper gives the request back unsent and it goes on a new connection, once.
+//!   A request already written is never sent twice.
 //! - Plain `http://` upstreams only (a sidecar's app is on the same host or pod); an
 //!   `https://` upstream (TLS, perhaps HTTP/2 by ALPN) uses the pooled client.
 
@@ -33,7 +43,7 @@ use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -65,8 +75,11 @@ pub(crate) struct UpstreamPool {
     reaping: AtomicBool,
 }
 
+/// A connection between two requests: its socket, and the core whose reactor it is
+/// registered with.
 struct Idle {
-    owned: Owned,
+    core: Option<usize>,
+    stream: TcpStream,
     since: Instant,
 }
 
@@ -115,19 +128,19 @@ impl UpstreamPool {
         Claim { pool: self.clone() }
     }
 
-    /// The most recently used idle connection that has not been idle too long; those
-    /// that have are closed.
-    fn take_idle(&self) -> Option<Owned> {
+    /// The most recently used idle connection of this core's that has not been idle too
+    /// long; those that have are closed.
+    fn take_idle(&self) -> Option<Idle> {
         let here = crate::server::cores::current();
         let (expired, fresh) = {
             let mut idle = self.idle.lock().ok()?;
             let expired = self.expired(&mut idle);
-            let fresh = idle.iter().rposition(|i| i.owned.core == here).map(|at| idle.remove(at));
+            let fresh = idle.iter().rposition(|i| i.core == here).map(|at| idle.remove(at));
             (expired, fresh)
         };
         // closed outside the lock
         drop(expired);
-        fresh.map(|fresh| fresh.owned)
+        fresh
     }
 
     /// The connections of `idle` (oldest first) idle for the idle timeout or longer,
@@ -138,14 +151,17 @@ impl UpstreamPool {
         idle.drain(..stale).collect()
     }
 
-    /// Keep `owned` for the next request, unless as many are idle already.
+    /// Keep `owned`'s socket for the next request if it can carry one, unless as many
+    /// are idle already.
     fn give_back(self: &Arc<Self>, owned: Owned) {
+        let core = owned.core;
+        let Some(stream) = owned.park() else { return };
         let refused = match self.idle.lock() {
             Ok(mut idle) if idle.len() < self.max_idle => {
-                idle.push(Idle { owned, since: Instant::now() });
+                idle.push(Idle { core, stream, since: Instant::now() });
                 None
             }
-            _ => Some(owned),
+            _ => Some(stream),
         };
         // closed outside the lock
         drop(refused);
@@ -227,7 +243,10 @@ impl Claim {
         }
         // idle connections the upstream has closed are dropped here, one after another
         while let Some(idle) = self.pool.take_idle() {
-            let Some(mut owned) = idle.ready().await else { continue };
+            if !open(&idle.stream) {
+                continue;
+            }
+            let Ok(mut owned) = Owned::wrap(idle.core, idle.stream).await else { continue };
             match owned.exchange(request).await {
                 Ok(response) => return Ok(self.respond(owned, response)),
                 // closed by the upstream before the request was written: a new connection
@@ -299,21 +318,26 @@ impl Owned {
             .await
             .map_err(|_| -> BoxError { "connecting to the upstream timed out".into() })??;
         stream.set_nodelay(true)?;
-        let (send, conn) = http1::handshake(TokioIo::new(stream)).await?;
         metrics::counter!("authz_upstream_connections_total").increment(1);
-        Ok(Self { core: crate::server::cores::current(), send, conn: Some(conn) })
+        Self::wrap(crate::server::cores::current(), stream).await
     }
 
-    /// Poll the connection until it is ready for a request, or gone (`None`).
-    async fn ready(mut self) -> Option<Self> {
-        let ready = poll_fn(|cx| {
-            if !self.drive(cx) {
-                return Poll::Ready(false);
-            }
-            self.send.poll_ready(cx).map(|ready| ready.is_ok())
-        })
-        .await;
-        ready.then_some(self)
+    /// hyper's state for carrying requests on `stream` (opened on `core`).
+    async fn wrap(core: Option<usize>, stream: TcpStream) -> Result<Self, BoxError> {
+        let (send, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        Ok(Self { core, send, conn: Some(conn) })
+    }
+
+    /// The socket alone, if the connection can carry another request: hyper, polled once
+    /// more after the response's end, has asked for the next (it does not after
+    /// `Connection: close`, or while a request body is still being written), and has read
+    /// nothing past the response.
+    fn park(mut self) -> Option<TcpStream> {
+        if !self.drive(&mut Context::from_waker(Waker::noop())) || !self.send.is_ready() {
+            return None;
+        }
+        let parts = self.conn.take()?.into_parts();
+        parts.read_buf.is_empty().then(|| parts.io.into_inner())
     }
 
     /// Poll the connection (reading and writing what it can); `false` once it has
@@ -346,6 +370,20 @@ impl Owned {
             Some(request) => Exchange::Unsent(Box::new(request)),
             None => Exchange::Failed(error.into_error().into()),
         })
+    }
+}
+
+/// Whether an idle connection's upstream has neither closed it nor sent anything on it:
+/// its socket has nothing to read. Looks at the readiness its reactor has seen, and reads
+/// only when that says readable (a read that then finds nothing keeps it).
+fn open(stream: &TcpStream) -> bool {
+    match stream.poll_read_ready(&mut Context::from_waker(Waker::noop())) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            let mut byte = [0u8; 1];
+            matches!(stream.try_read(&mut byte), Err(error) if error.kind() == std::io::ErrorKind::WouldBlock)
+        }
     }
 }
 
@@ -526,6 +564,121 @@ mod tests {
         assert_eq!(host("app.internal:8080"), "app.internal:8080");
         assert_eq!(host("[::1]:81"), "[::1]:81");
         assert_eq!(pool("http://app.internal:80/x", 8).unwrap().host.unwrap(), "app.internal");
+    }
+
+    /// Accept one connection on `listener`; read each request's head on it (the test's
+    /// requests have no body, or one never sent), write the next of `answers`; then keep
+    /// the connection open until the test ends, and say whether the sidecar closed it.
+    async fn answering(listener: TcpListener, answers: Vec<&'static [u8]>) -> TcpStream {
+        use tokio::io::AsyncWriteExt;
+        let (mut stream, _) = listener.accept().await.unwrap();
+        for answer in answers {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap() == 1 {
+                head.push(byte[0]);
+            }
+            stream.write_all(answer).await.unwrap();
+        }
+        stream
+    }
+
+    /// A request body that never ends (its head is sent, then nothing).
+    struct Endless;
+
+    impl HttpBody for Endless {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_kept_only_when_hyper_asks_for_the_next_request_and_nothing_was_read_past_the_answer() {
+        let cases: [(&str, &[u8], Option<Body>); 5] = [
+            ("keep-alive", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", None),
+            ("connection: close", b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok", None),
+            ("HTTP/1.0", b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", None),
+            ("bytes past the answer", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n", None),
+            (
+                "the request body still being sent",
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                Some(Endless.boxed_unsync()),
+            ),
+        ];
+        for (case, answer, body) in cases {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap().to_string();
+            let upstream = tokio::spawn(answering(listener, vec![answer]));
+            let pool = Arc::new(UpstreamPool::new(address, 4, http_client::IDLE_TIMEOUT));
+            let mut request =
+                Request::post("/x").body(body.unwrap_or_else(|| crate::body::full(Bytes::new()))).unwrap();
+            request.headers_mut().insert(header::HOST, HeaderValue::from_static("upstream"));
+            let response = pool.claim().send(request, Duration::from_secs(2)).await.unwrap();
+            assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "ok", "{case}");
+            let mut theirs = upstream.await.unwrap();
+            let kept = case == "keep-alive";
+            assert_eq!(pool.idle_count(), usize::from(kept), "{case}");
+            assert_eq!(closed(&mut theirs).await, !kept, "{case}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_its_upstream_wrote_on_or_closed_is_passed_over_for_the_next_idle_one() {
+        use tokio::io::AsyncWriteExt;
+        for (case, unasked) in [("wrote on", &b"HTTP/1.1 408 Request Timeout\r\n\r\n"[..]), ("closed", &b""[..])] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap().to_string();
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            for _ in 0..2 {
+                ours.push(Owned::connect(&address, Duration::from_secs(1)).await.unwrap());
+                theirs.push(listener.accept().await.unwrap().0);
+            }
+            let pool = Arc::new(UpstreamPool::new(address, 4, http_client::IDLE_TIMEOUT));
+            for owned in ours {
+                pool.give_back(owned);
+            }
+            // the most recently used, taken first, is gone
+            let mut gone = theirs.pop().unwrap();
+            if unasked.is_empty() {
+                gone.shutdown().await.unwrap();
+            } else {
+                gone.write_all(unasked).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let older = listener_of(theirs.pop().unwrap(), b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nolder");
+            let mut request = Request::get("/x").body(crate::body::full(Bytes::new())).unwrap();
+            request.headers_mut().insert(header::HOST, HeaderValue::from_static("upstream"));
+            // a new connection would be accepted by the kernel and never answered
+            let response =
+                tokio::time::timeout(Duration::from_secs(2), pool.claim().send(request, Duration::from_secs(2)))
+                    .await
+                    .unwrap_or_else(|_| panic!("{case}: not answered on the older connection"))
+                    .unwrap();
+            assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "older", "{case}");
+            assert!(
+                tokio::time::timeout(Duration::from_millis(100), listener.accept()).await.is_err(),
+                "{case}: no new connection"
+            );
+            assert!(closed(&mut gone).await, "{case}: the one gone was closed");
+            drop(older.await.unwrap());
+        }
+    }
+
+    /// Answer the one request that arrives on `stream` with `answer`; the stream back.
+    fn listener_of(mut stream: TcpStream, answer: &'static [u8]) -> tokio::task::JoinHandle<TcpStream> {
+        use tokio::io::AsyncWriteExt;
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap() == 1 {
+                head.push(byte[0]);
+            }
+            stream.write_all(answer).await.unwrap();
+            stream
+        })
     }
 
     /// The head of the one request a listener of the test's receives, answered 204.
