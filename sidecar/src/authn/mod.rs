@@ -161,7 +161,9 @@ impl Authenticator {
             None => {}
         }
         kept_counter!("authz_token_cache_total", "result" => "miss").increment(1);
-        let identity = Arc::new(self.verify(token, digest).await?);
+        // boxed: a token new to the cache is the rare case, and its verification (a key
+        // set perhaps fetched) would make every request's future as large
+        let identity = Arc::new(Box::pin(self.verify(token, digest)).await?);
         self.verified.insert(digest, identity.clone());
         Ok(identity)
     }

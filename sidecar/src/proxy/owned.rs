@@ -241,29 +241,34 @@ impl Claim {
         {
             request.headers_mut().insert(header::HOST, host.clone());
         }
-        // idle connections the upstream has closed are dropped here, one after another
-        while let Some(idle) = self.pool.take_idle() {
-            if !open(&idle.stream) {
-                continue;
-            }
-            let Ok(mut owned) = Owned::wrap(idle.core, idle.stream).await else { continue };
+        // idle connections the upstream has closed are passed over, one after another;
+        // one it closes as the request goes out gives the request back, which then goes
+        // on a new connection
+        let mut reuse = true;
+        loop {
+            let idle = if reuse { self.pool.take_idle() } else { None };
+            let fresh = idle.is_none();
+            let mut owned = match idle {
+                Some(idle) if !open(&idle.stream) => continue,
+                Some(idle) => match Owned::wrap(idle.core, idle.stream).await {
+                    Ok(owned) => owned,
+                    Err(_) => continue,
+                },
+                // boxed: a new connection is the rare case, and its future would make
+                // every forwarded request's as large
+                None => Box::pin(Owned::connect(&self.pool.address, connect_timeout)).await?,
+            };
             match owned.exchange(request).await {
                 Ok(response) => return Ok(self.respond(owned, response)),
-                // closed by the upstream before the request was written: a new connection
-                Err(Exchange::Unsent(unsent)) => {
+                Err(Exchange::Unsent(unsent)) if !fresh => {
                     request = *unsent;
-                    break;
+                    reuse = false;
+                }
+                Err(Exchange::Unsent(_)) => {
+                    return Err("the upstream closed a new connection before the request was sent".into());
                 }
                 Err(Exchange::Failed(error)) => return Err(error),
             }
-        }
-        // boxed: a new connection is the rare case, and its future would make every
-        // forwarded request's as large
-        let mut owned = Box::pin(Owned::connect(&self.pool.address, connect_timeout)).await?;
-        match owned.exchange(request).await {
-            Ok(response) => Ok(self.respond(owned, response)),
-            Err(Exchange::Unsent(_)) => Err("the upstream closed a new connection before the request was sent".into()),
-            Err(Exchange::Failed(error)) => Err(error),
         }
     }
 
@@ -302,7 +307,9 @@ struct Owned {
     core: Option<usize>,
     send: http1::SendRequest<Body>,
     /// `None` once the connection has finished (closed by either side, or failed).
-    conn: Option<Connection>,
+    /// Boxed: hyper's state for it is some 700 bytes, which every future and body
+    /// holding the connection would otherwise hold too.
+    conn: Option<Box<Connection>>,
 }
 
 /// Why an exchange gave no response.
@@ -325,7 +332,7 @@ impl Owned {
     /// hyper's state for carrying requests on `stream` (opened on `core`).
     async fn wrap(core: Option<usize>, stream: TcpStream) -> Result<Self, BoxError> {
         let (send, conn) = http1::handshake(TokioIo::new(stream)).await?;
-        Ok(Self { core, send, conn: Some(conn) })
+        Ok(Self { core, send, conn: Some(Box::new(conn)) })
     }
 
     /// The socket alone, if the connection can carry another request: hyper, polled once
@@ -344,7 +351,7 @@ impl Owned {
     /// finished.
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(conn) = self.conn.as_mut() else { return false };
-        match Pin::new(conn).poll(cx) {
+        match Pin::new(conn.as_mut()).poll(cx) {
             Poll::Pending => true,
             Poll::Ready(result) => {
                 if let Err(error) = result {
