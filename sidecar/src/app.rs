@@ -45,6 +45,8 @@ pub enum StartError {
     Shadow(std::io::Error),
     #[error("cannot start the data plane's threads: {0}")]
     Cores(std::io::Error),
+    #[error("cannot accept the {listener} listener's connections on every data-plane thread: {source}")]
+    Accept { listener: &'static str, source: std::io::Error },
 }
 
 impl From<StateError> for StartError {
@@ -558,6 +560,34 @@ pub async fn run_on(
     tracing::info!(max_connections, descriptor_limit = soft, "data-plane connection cap");
     let limits = ConnLimits::from_config(&app.config.server, max_connections);
     let admin_limits = limits.admin();
+    // each listener the cores serve, shared with every core before anything starts
+    let on_cores = |listener: TcpListener, name: &'static str| {
+        let cores = cores.clone();
+        async move {
+            server::Accepting::on_cores(listener, &cores)
+                .await
+                .map_err(|source| StartError::Accept { listener: name, source })
+        }
+    };
+    let accepting = async {
+        let data = on_cores(listeners.data, "data").await?;
+        let ext_authz = match listeners.ext_authz {
+            Some(listener) => Some(on_cores(listener, "ext_authz").await?),
+            None => None,
+        };
+        let ext_authz_grpc = match listeners.ext_authz_grpc {
+            Some(listener) => Some(on_cores(listener, "ext_authz_grpc").await?),
+            None => None,
+        };
+        Ok::<_, StartError>((data, ext_authz, ext_authz_grpc))
+    };
+    let (data_accepting, ext_authz_accepting, ext_authz_grpc_accepting) = match accepting.await {
+        Ok(accepting) => accepting,
+        Err(error) => {
+            cores.stop().await;
+            return Err(error);
+        }
+    };
     let metrics = crate::telemetry::metrics_handle();
     // Background tasks end with `tasks`, which is cancelled after the listeners drain.
     let tasks = CancellationToken::new();
@@ -574,34 +604,34 @@ pub async fn run_on(
         cores.spawn(index, app.state.overload.clone().probe(index, tasks.clone()));
     }
     let data_app = app.clone();
-    let data =
-        server::serve(listeners.data, Some(&cores), tls, limits.clone(), shutdown.clone(), move |request, inbound| {
-            let app = data_app.clone();
-            async move { server::pipeline::handle_on(&app.state, request, inbound).await }
-        });
+    let data = server::serve(data_accepting, tls, limits.clone(), shutdown.clone(), move |request, inbound| {
+        let app = data_app.clone();
+        async move { server::pipeline::handle_on(&app.state, request, inbound).await }
+    });
     let admin_app = app.clone();
-    let admin = server::serve(listeners.admin, None, None, admin_limits, shutdown.clone(), move |request, _inbound| {
+    let admin_accepting = server::Accepting::Here(listeners.admin);
+    let admin = server::serve(admin_accepting, None, admin_limits, shutdown.clone(), move |request, _inbound| {
         let app = admin_app.clone();
         let metrics = metrics.clone();
         async move { server::admin::handle(&app.state, &metrics, request) }
     });
     let ext_authz_config = app.config.ext_authz.clone().map(Arc::new);
     let ext_authz = async {
-        let (Some(listener), Some(config)) = (listeners.ext_authz, ext_authz_config.clone()) else { return };
+        let (Some(accepting), Some(config)) = (ext_authz_accepting, ext_authz_config.clone()) else { return };
         let check_app = app.clone();
         let limits = ConnLimits { listener: "ext_authz", ..limits.clone() };
-        server::serve(listener, Some(&cores), None, limits, shutdown.clone(), move |request, inbound| {
+        server::serve(accepting, None, limits, shutdown.clone(), move |request, inbound| {
             let (app, config) = (check_app.clone(), config.clone());
             async move { server::ext_authz::check(&app.state, &config, request, inbound).await }
         })
         .await;
     };
     let ext_authz_grpc = async {
-        let (Some(listener), Some(config)) = (listeners.ext_authz_grpc, ext_authz_config.clone()) else { return };
+        let (Some(accepting), Some(config)) = (ext_authz_grpc_accepting, ext_authz_config.clone()) else { return };
         let max_message = server::ext_authz::grpc::max_message_bytes(app.config.server.max_header_bytes);
         let service = server::ext_authz::grpc::service(app.clone(), max_message);
         let limits = ConnLimits { listener: "ext_authz_grpc", ..limits.clone() };
-        server::serve(listener, Some(&cores), None, limits, shutdown.clone(), move |request, inbound| {
+        server::serve(accepting, None, limits, shutdown.clone(), move |request, inbound| {
             let (service, config) = (service.clone(), config.clone());
             async move { server::ext_authz::grpc::serve(&service, &config, request, inbound).await }
         })

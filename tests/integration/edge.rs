@@ -382,6 +382,53 @@ fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// A data plane of 200 threads under a descriptor limit that lets them start (about four
+/// descriptors each) but leaves too few for a copy of the listening socket for each:
+/// the start fails, naming why, instead of some threads (or all) accepting nothing while
+/// `/readyz` says ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_cannot_be_shared_with_every_thread_fails_the_start() {
+    let ws = Workspace::shipped();
+    let config = ws.dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nthreads = 200\n\
+             [policies]\ndir = \"{}\"\nentities = \"{}\"\n\
+             [[routes]]\nname = \"studio\"\nmethod = \"GET\"\n{}\nhandler = \"echo\"\n",
+            ws.policies().display(),
+            ws.entities().display(),
+            harness::STUDIO_ROUTE,
+        ),
+    )
+    .unwrap();
+    let (data, admin) = (crate::binary::free_port(), crate::binary::free_port());
+    let log = ws.dir.path().join("sidecar.log");
+    let mut child = crate::binary::Reaped(
+        std::process::Command::new("sh")
+            .args(["-c", "ulimit -n 900 && exec \"$0\" \"$@\""])
+            .arg(crate::binary::binary())
+            .args(["serve", "--dev", "--config", config.to_str().unwrap()])
+            .args(["--listen", &format!("127.0.0.1:{data}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut status = None;
+    for _ in 0..200 {
+        status = child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    let status = status.unwrap_or_else(|| panic!("still running: the start did not fail\n{stderr}"));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot accept the data listener's connections on every data-plane thread"), "{stderr}");
+}
+
 /// 2,000 sockets against the real binary under a descriptor limit of 256: the admin
 /// listener answers throughout, no connection outlives its deadline, memory stays
 /// bounded, and the data plane serves again once the flood is cut off.

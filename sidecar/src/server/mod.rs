@@ -299,11 +299,48 @@ struct Listening {
     closing: CancellationToken,
 }
 
-/// Serve `handler` on `listener` until `shutdown`, then drain: accepted and served on
-/// every core of `cores` (see [`cores`]), or on the calling runtime without them.
+/// Where a listener's connections are accepted.
+pub enum Accepting {
+    /// On the calling runtime, which serves them too.
+    Here(TcpListener),
+    /// On every data-plane core, each from its own copy of the listening socket,
+    /// registered with that core's reactor (see [`cores`]).
+    OnCores(Arc<cores::Cores>, Vec<TcpListener>),
+}
+
+impl std::fmt::Debug for Accepting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Here(listener) => f.debug_tuple("Here").field(&listener.local_addr().ok()).finish(),
+            Self::OnCores(_, listeners) => f.debug_struct("OnCores").field("cores", &listeners.len()).finish(),
+        }
+    }
+}
+
+impl Accepting {
+    /// `listener` accepted on every core of `cores`. The copies are made and registered
+    /// here, before anything is served, so that a listener that cannot be shared (out
+    /// of descriptors) fails the start instead of leaving a core, or the whole listener,
+    /// accepting nothing while the sidecar says it is ready.
+    pub async fn on_cores(listener: TcpListener, cores: &Arc<cores::Cores>) -> std::io::Result<Self> {
+        let listener = listener.into_std()?;
+        let mut copies = Vec::with_capacity(cores.len());
+        for _ in 1..cores.len() {
+            copies.push(listener.try_clone()?);
+        }
+        copies.push(listener);
+        let mut registered = Vec::with_capacity(copies.len());
+        for (core, copy) in copies.into_iter().enumerate() {
+            let on_core = cores.spawn(core, async move { TcpListener::from_std(copy) });
+            registered.push(on_core.await.map_err(std::io::Error::other)??);
+        }
+        Ok(Self::OnCores(cores.clone(), registered))
+    }
+}
+
+/// Serve `handler` on the connections `accepting` takes until `shutdown`, then drain.
 pub async fn serve<H, F>(
-    listener: TcpListener,
-    cores: Option<&Arc<cores::Cores>>,
+    accepting: Accepting,
     tls: Option<Arc<tls::ReloadingTls>>,
     limits: ConnLimits,
     shutdown: CancellationToken,
@@ -323,20 +360,14 @@ pub async fn serve<H, F>(
         closing: CancellationToken::new(),
     });
     let name = listening.limits.listener;
-    match cores {
-        None => listening.clone().accept(listener, None, shutdown, handler).await,
-        Some(cores) => {
-            let mut loops = Vec::with_capacity(cores.len());
-            for (core, copy) in copies(listener, cores.len()).into_iter().enumerate() {
+    match accepting {
+        Accepting::Here(listener) => listening.clone().accept(listener, None, shutdown, handler).await,
+        Accepting::OnCores(cores, listeners) => {
+            let mut loops = Vec::with_capacity(listeners.len());
+            for (core, listener) in listeners.into_iter().enumerate() {
                 let (listening, place) = (listening.clone(), Some((cores.clone(), core)));
                 let (shutdown, handler) = (shutdown.clone(), handler.clone());
-                loops.push(cores.spawn(core, async move {
-                    // registered with this core's reactor
-                    match TcpListener::from_std(copy) {
-                        Ok(listener) => listening.accept(listener, place, shutdown, handler).await,
-                        Err(e) => tracing::error!(listener = name, core, error = %e, "a core cannot accept"),
-                    }
-                }));
+                loops.push(cores.spawn(core, listening.accept(listener, place, shutdown, handler)));
             }
             for ended in loops {
                 if let Err(e) = ended.await {
@@ -356,31 +387,6 @@ pub async fn serve<H, F>(
             connections.wait().await;
         }
     }
-}
-
-/// `listener`'s socket, a copy for each of (at most) `count` cores to register with its
-/// own runtime: fewer when descriptors run out, none when the socket cannot be taken
-/// from the calling runtime (both logged).
-fn copies(listener: TcpListener, count: usize) -> Vec<std::net::TcpListener> {
-    let listener = match listener.into_std() {
-        Ok(listener) => listener,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot take a listener from the runtime: nothing is accepted on it");
-            return Vec::new();
-        }
-    };
-    let mut copies = Vec::with_capacity(count);
-    while copies.len() + 1 < count {
-        match listener.try_clone() {
-            Ok(copy) => copies.push(copy),
-            Err(e) => {
-                tracing::warn!(error = %e, cores = copies.len() + 1, "cannot copy a listener for every core: fewer accept");
-                break;
-            }
-        }
-    }
-    copies.push(listener);
-    copies
 }
 
 impl Listening {
