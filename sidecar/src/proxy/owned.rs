@@ -573,20 +573,24 @@ mod tests {
         assert_eq!(pool("http://app.internal:80/x", 8).unwrap().host.unwrap(), "app.internal");
     }
 
-    /// Accept one connection on `listener`; read each request's head on it (the test's
-    /// requests have no body, or one never sent), write the next of `answers`; then keep
-    /// the connection open until the test ends, and say whether the sidecar closed it.
-    async fn answering(listener: TcpListener, answers: Vec<&'static [u8]>) -> TcpStream {
+    /// Read one request's head on `stream` (the test's requests have no body, or one
+    /// never sent) and write `answer`; the head read.
+    async fn answer_one(stream: &mut TcpStream, answer: &[u8]) -> Vec<u8> {
         use tokio::io::AsyncWriteExt;
-        let (mut stream, _) = listener.accept().await.unwrap();
-        for answer in answers {
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap() == 1 {
-                head.push(byte[0]);
-            }
-            stream.write_all(answer).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap() == 1 {
+            head.push(byte[0]);
         }
+        stream.write_all(answer).await.unwrap();
+        head
+    }
+
+    /// Accept one connection on `listener` and answer its one request with `answer`; the
+    /// connection back, open.
+    async fn answering(listener: TcpListener, answer: &'static [u8]) -> TcpStream {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        answer_one(&mut stream, answer).await;
         stream
     }
 
@@ -618,7 +622,7 @@ mod tests {
         for (case, answer, body) in cases {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let address = listener.local_addr().unwrap().to_string();
-            let upstream = tokio::spawn(answering(listener, vec![answer]));
+            let upstream = tokio::spawn(answering(listener, answer));
             let pool = Arc::new(UpstreamPool::new(address, 4, http_client::IDLE_TIMEOUT));
             let mut request =
                 Request::post("/x").body(body.unwrap_or_else(|| crate::body::full(Bytes::new()))).unwrap();
@@ -655,7 +659,7 @@ mod tests {
                 gone.write_all(unasked).await.unwrap();
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let older = listener_of(theirs.pop().unwrap(), b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nolder");
+            let older = answer_on(theirs.pop().unwrap(), b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nolder");
             let mut request = Request::get("/x").body(crate::body::full(Bytes::new())).unwrap();
             request.headers_mut().insert(header::HOST, HeaderValue::from_static("upstream"));
             // a new connection would be accepted by the kernel and never answered
@@ -675,29 +679,17 @@ mod tests {
     }
 
     /// Answer the one request that arrives on `stream` with `answer`; the stream back.
-    fn listener_of(mut stream: TcpStream, answer: &'static [u8]) -> tokio::task::JoinHandle<TcpStream> {
-        use tokio::io::AsyncWriteExt;
+    fn answer_on(mut stream: TcpStream, answer: &'static [u8]) -> tokio::task::JoinHandle<TcpStream> {
         tokio::spawn(async move {
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap() == 1 {
-                head.push(byte[0]);
-            }
-            stream.write_all(answer).await.unwrap();
+            answer_one(&mut stream, answer).await;
             stream
         })
     }
 
     /// The head of the one request a listener of the test's receives, answered 204.
     async fn head_received(listener: TcpListener) -> String {
-        use tokio::io::AsyncWriteExt;
         let (mut stream, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap() == 1 {
-            head.push(byte[0]);
-        }
-        stream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+        let head = answer_one(&mut stream, b"HTTP/1.1 204 No Content\r\n\r\n").await;
         String::from_utf8(head).unwrap().to_ascii_lowercase()
     }
 
