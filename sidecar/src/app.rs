@@ -555,11 +555,6 @@ pub async fn run_on(
         Some(files) => Some(Arc::new(server::tls::ReloadingTls::load(files)?)),
         None => None,
     };
-    let soft = server::limits::nofile().map(|(soft, _)| soft);
-    let max_connections = server::limits::max_connections(app.config.server.max_connections, soft);
-    tracing::info!(max_connections, descriptor_limit = soft, "data-plane connection cap");
-    let limits = ConnLimits::from_config(&app.config.server, max_connections);
-    let admin_limits = limits.admin();
     // each listener the cores serve, shared with every core before anything starts
     let on_cores = |listener: TcpListener, name: &'static str| {
         let cores = cores.clone();
@@ -588,6 +583,14 @@ pub async fn run_on(
             return Err(error);
         }
     };
+    // the cap from what the descriptor limit leaves now that the threads hold theirs
+    let soft = server::limits::nofile().map(|(soft, _)| soft);
+    let open = server::limits::open_descriptors();
+    let max_connections =
+        server::limits::max_connections(app.config.server.max_connections, server::limits::headroom(soft, open));
+    tracing::info!(max_connections, descriptor_limit = soft, open_descriptors = open, "data-plane connection cap");
+    let limits = ConnLimits::from_config(&app.config.server, max_connections);
+    let admin_limits = limits.admin();
     let metrics = crate::telemetry::metrics_handle();
     // Background tasks end with `tasks`, which is cancelled after the listeners drain.
     let tasks = CancellationToken::new();

@@ -6,7 +6,10 @@
 //! start the soft `RLIMIT_NOFILE` is raised to the hard limit where the platform allows
 //! (both are logged), and the data plane may hold at most half of what is left after a
 //! fixed reserve (the admin listener's cap, files, clients): the other half is for the
-//! upstream connections its requests open.
+//! upstream connections its requests open. What is left is counted once the sidecar has
+//! started: its threads hold descriptors of their own (each runtime's poller, and a copy
+//! of each listening socket), a few per thread, which a sidecar with many threads under a
+//! low limit would otherwise count twice as free.
 
 /// Descriptors kept back for the admin listener's connections and everything else.
 pub const RESERVED_DESCRIPTORS: u64 = 128;
@@ -36,6 +39,19 @@ pub fn raise_nofile() -> Option<u64> {
     };
     tracing::info!(soft_before = before, soft = now, hard, "descriptor limit");
     Some(now)
+}
+
+/// The descriptors this process has open now; `None` where that cannot be read (only
+/// Linux's `/proc/self/fd` is read).
+pub fn open_descriptors() -> Option<u64> {
+    let entries = std::fs::read_dir("/proc/self/fd").ok()?;
+    // the directory being read is one of them
+    Some((entries.count() as u64).saturating_sub(1))
+}
+
+/// The descriptors still to be had under the soft limit `soft` with `open` in use.
+pub fn headroom(soft: Option<u64>, open: Option<u64>) -> Option<u64> {
+    soft.map(|soft| soft.saturating_sub(open.unwrap_or(0)))
 }
 
 /// The data-plane connection cap for a soft descriptor limit: half of what the reserve
@@ -81,5 +97,18 @@ mod tests {
         assert_eq!(max_connections(Some(100_000), Some(1024)), 448, "never above the budget");
         assert_eq!(max_connections(Some(10_000), Some(1 << 20)), 10_000, "an explicit cap may pass the default");
         assert_eq!(max_connections(None, None), DEFAULT_MAX_CONNECTIONS);
+    }
+
+    #[test]
+    fn what_is_open_already_is_not_counted_as_free() {
+        let open = open_descriptors().expect("Linux");
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(open_descriptors().unwrap() > open, "one more with a file open");
+        drop(file);
+        assert_eq!(headroom(Some(1024), Some(600)), Some(424));
+        assert_eq!(headroom(Some(1024), None), Some(1024), "unknown: the limit as before");
+        assert_eq!(headroom(Some(100), Some(600)), Some(0));
+        assert_eq!(headroom(None, Some(600)), None);
+        assert_eq!(max_connections(None, headroom(Some(1024), Some(600))), 148);
     }
 }
